@@ -1,0 +1,118 @@
+//! The Admin gRPC service meshctl talks to: apply, read and shift rules, and
+//! report on releases and proxies. Thin: all logic lives in `state`.
+
+use crate::rules::{Outcome, Split};
+use crate::state::State;
+use mesh_proto::v1 as pb;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Admin service implementation.
+pub struct Admin {
+    state: Arc<State>,
+}
+
+impl Admin {
+    /// An admin service over shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Admin { state }
+    }
+}
+
+fn to_pb(s: &Split) -> pb::Split {
+    pb::Split {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        service: s.service.clone(),
+        backends: s
+            .backends
+            .iter()
+            .map(|b| pb::SplitBackend {
+                service: b.service.clone(),
+                weight: b.weight,
+            })
+            .collect(),
+    }
+}
+
+fn namespace_or_default(ns: String) -> String {
+    if ns.is_empty() { crate::manifest::DEFAULT_NAMESPACE.into() } else { ns }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Admin {
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let files: Vec<(String, String)> = request
+            .into_inner()
+            .files
+            .into_iter()
+            .map(|f| (f.filename, f.content))
+            .collect();
+        let applied = self.state.apply(&files)?;
+        let results = applied
+            .outcomes
+            .iter()
+            .map(|(s, o)| {
+                let what = match o {
+                    Outcome::Created => "created",
+                    Outcome::Configured => "configured",
+                    Outcome::Unchanged => "unchanged",
+                };
+                format!("trafficsplit {}/{} {what}", s.namespace, s.name)
+            })
+            .collect();
+        Ok(Response::new(pb::ApplyResponse {
+            version: applied.version.to_string(),
+            warnings: applied.warnings,
+            results,
+        }))
+    }
+
+    async fn get_splits(&self, request: Request<pb::GetSplitsRequest>) -> Result<Response<pb::GetSplitsResponse>, Status> {
+        let ns = request.into_inner().namespace;
+        Ok(Response::new(pb::GetSplitsResponse {
+            splits: self.state.splits(&ns).iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn shift(&self, request: Request<pb::ShiftRequest>) -> Result<Response<pb::ShiftResponse>, Status> {
+        let r = request.into_inner();
+        let ns = namespace_or_default(r.namespace);
+        let (split, version, warnings) = self.state.shift(&ns, &r.service, &r.backend, r.percent)?;
+        Ok(Response::new(pb::ShiftResponse {
+            split: Some(to_pb(&split)),
+            version: version.to_string(),
+            warnings,
+        }))
+    }
+
+    async fn release_status(
+        &self,
+        request: Request<pb::ReleaseStatusRequest>,
+    ) -> Result<Response<pb::ReleaseStatusResponse>, Status> {
+        let r = request.into_inner();
+        let ns = namespace_or_default(r.namespace);
+        Ok(Response::new(self.state.status(&ns, &r.service)?))
+    }
+
+    async fn proxy_status(&self, _: Request<pb::ProxyStatusRequest>) -> Result<Response<pb::ProxyStatusResponse>, Status> {
+        let proxies = self
+            .state
+            .proxies()
+            .into_iter()
+            .map(|p| pb::ProxyStatus {
+                service: p.node.service,
+                version: p.node.version,
+                namespace: p.node.namespace,
+                instance_id: p.node.instance_id,
+                acked_version: p.acked.map(|v| v.to_string()).unwrap_or_default(),
+                nacked_version: p.nacked.as_ref().map(|(v, _)| v.to_string()).unwrap_or_default(),
+                nack_reason: p.nacked.map(|(_, r)| r).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ProxyStatusResponse {
+            control_version: self.state.version().to_string(),
+            proxies,
+        }))
+    }
+}

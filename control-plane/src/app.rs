@@ -1,0 +1,164 @@
+//! Wires mesh-control together: load the mesh file, restore state, bind the
+//! listeners (reporting the addresses actually bound), and serve until told
+//! to stop.
+
+use crate::config::Config;
+use crate::manifest::{self, Located};
+use crate::registry::Registry;
+use crate::rules::{self, RuleSet};
+use crate::state::State;
+use crate::store::Store;
+use crate::{admin::Admin, discovery::Discovery, http};
+use mesh_proto::v1::{admin_server::AdminServer, discovery_server::DiscoveryServer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Startup errors; each one is fatal and names its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The mesh file does not parse or validate.
+    #[error("invalid mesh config:\n{}", .0.join("\n"))]
+    Config(Vec<String>),
+    /// A file or directory could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The state directory is unusable.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Reads a mesh file, or every `*.yaml`/`*.yml` in a directory (sorted), and
+/// parses all of it, collecting every error.
+pub fn load_documents(path: &Path) -> Result<Vec<Located>, Error> {
+    let read_err = |source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let files = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .map_err(read_err)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|source| Error::Read {
+            path: f.display().to_string(),
+            source,
+        })?;
+        match manifest::parse(&f.display().to_string(), &text) {
+            Ok(mut d) => docs.append(&mut d),
+            Err(e) => errors.extend(e.iter().map(|e| e.to_string())),
+        }
+    }
+    if errors.is_empty() { Ok(docs) } else { Err(Error::Config(errors)) }
+}
+
+/// Builds the registry and rules a mesh file describes.
+pub fn seed(config: &Config) -> Result<(Registry, RuleSet), Error> {
+    let docs = match &config.config {
+        Some(p) => load_documents(p)?,
+        None => Vec::new(),
+    };
+    let registry = Registry::from_documents(&docs).map_err(Error::Config)?;
+    let splits = rules::splits_from(&docs).map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
+    let (rules, _) = RuleSet::default()
+        .apply(&splits, &docs)
+        .map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
+    Ok((registry, rules))
+}
+
+/// The bound control plane, ready to run.
+pub struct Bound {
+    /// gRPC address actually bound.
+    pub grpc_addr: SocketAddr,
+    /// HTTP address actually bound.
+    pub http_addr: SocketAddr,
+    grpc: TcpListener,
+    http: TcpListener,
+    state: Arc<State>,
+    config: Config,
+}
+
+/// Loads config and state and binds every listener. Nothing is served yet.
+pub async fn build(config: Config) -> Result<Bound, Error> {
+    let (registry, rules) = seed(&config)?;
+    let store = Store::open(&config.state_dir)?;
+    let state = Arc::new(State::new(registry, rules, store)?);
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })
+    };
+    let grpc = bind(config.grpc_addr).await?;
+    let http = bind(config.http_addr).await?;
+    Ok(Bound {
+        grpc_addr: grpc.local_addr().map_err(|source| Error::Bind { addr: config.grpc_addr, source })?,
+        http_addr: http.local_addr().map_err(|source| Error::Bind { addr: config.http_addr, source })?,
+        grpc,
+        http,
+        state,
+        config,
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+        let Bound {
+            grpc,
+            http,
+            state,
+            config,
+            ..
+        } = self;
+        tokio::spawn(http::serve(http));
+        let lease = config.lease();
+        let expiry_state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 6);
+            loop {
+                tick.tick().await;
+                match expiry_state.expire(lease) {
+                    Ok(dead) if !dead.is_empty() => tracing::info!(?dead, "leases expired"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "expiring leases"),
+                }
+            }
+        });
+        let discovery = Discovery::new(
+            state.clone(),
+            config.heartbeat(),
+            std::time::Duration::from_millis(config.propagation_timeout_ms),
+        );
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(DiscoveryServer::new(discovery))
+            .add_service(AdminServer::new(Admin::new(state)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
+            .await
+    }
+}

@@ -1,0 +1,164 @@
+//! The Discovery gRPC service: streams snapshots to sidecars, records their
+//! ACKs and NACKs, and takes heartbeats and deregistrations.
+
+use crate::registry::NodeId;
+use crate::state::{Snapshot, State};
+use futures::Stream;
+use mesh_proto::v1 as pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Discovery service implementation.
+pub struct Discovery {
+    state: Arc<State>,
+    next_stream: AtomicU64,
+    heartbeat: Duration,
+    propagation_timeout: Duration,
+}
+
+impl Discovery {
+    /// A discovery service over shared state.
+    pub fn new(state: Arc<State>, heartbeat: Duration, propagation_timeout: Duration) -> Self {
+        Discovery {
+            state,
+            next_stream: AtomicU64::new(1),
+            heartbeat,
+            propagation_timeout,
+        }
+    }
+}
+
+fn node_id(node: Option<pb::Node>) -> Result<(pb::Node, NodeId), Status> {
+    let node = node.ok_or_else(|| Status::invalid_argument("node is required"))?;
+    for (field, v) in [
+        ("node.service", &node.service),
+        ("node.namespace", &node.namespace),
+        ("node.instance_id", &node.instance_id),
+    ] {
+        if v.is_empty() {
+            return Err(Status::invalid_argument(format!("{field} must not be empty")));
+        }
+    }
+    let id = NodeId {
+        namespace: node.namespace.clone(),
+        service: node.service.clone(),
+        version: node.version.clone(),
+        instance_id: node.instance_id.clone(),
+    };
+    Ok((node, id))
+}
+
+/// Encodes the snapshot version into the nonce so an ACK or NACK names the
+/// version it answers even if newer ones were sent meanwhile.
+fn nonce(version: u64, seq: u64) -> String {
+    format!("{version}.{seq}")
+}
+
+fn version_of_nonce(nonce: &str) -> Option<u64> {
+    nonce.split('.').next()?.parse().ok()
+}
+
+fn response(snap: &Snapshot, seq: u64) -> pb::DiscoveryResponse {
+    pb::DiscoveryResponse {
+        version_info: snap.version.to_string(),
+        nonce: nonce(snap.version, seq),
+        services: snap.view.services.clone(),
+        clusters: snap.view.clusters.clone(),
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for Discovery {
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let (node, _) = node_id(first.node)?;
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stream = id, service = %node.service, instance = %node.instance_id, "proxy subscribed");
+        self.state.add_proxy(id, node);
+        let state = self.state.clone();
+        // Small buffer: a slow proxy should see the newest snapshot, not a queue of stale ones.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut snapshots = state.subscribe();
+            let mut seq = 0u64;
+            'send: loop {
+                let snap = snapshots.borrow_and_update().clone();
+                seq += 1;
+                if tx.send(Ok(response(&snap, seq))).await.is_err() {
+                    break;
+                }
+                loop {
+                    tokio::select! {
+                        changed = snapshots.changed() => {
+                            if changed.is_err() { break 'send; }
+                            continue 'send;
+                        }
+                        msg = inbound.message() => match msg {
+                            Ok(Some(req)) => {
+                                if let Some(v) = version_of_nonce(&req.response_nonce) {
+                                    let error = req.error_detail.map(|e| e.message);
+                                    if let Some(reason) = &error {
+                                        tracing::warn!(stream = id, version = v, %reason, "proxy rejected config");
+                                    }
+                                    state.record_reply(id, v, error);
+                                }
+                            }
+                            Ok(None) | Err(_) => break 'send,
+                        }
+                    }
+                }
+            }
+            tracing::info!(stream = id, "proxy unsubscribed");
+            state.remove_proxy(id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let (_, node) = node_id(req.node)?;
+        self.state.heartbeat(&node, &req.address, req.ready)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            interval_ms: self.heartbeat.as_millis() as u64,
+        }))
+    }
+
+    async fn deregister(&self, request: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let (_, node) = node_id(request.into_inner().node)?;
+        let version = self.state.deregister(&node.namespace, &node.instance_id)?;
+        let propagated = self
+            .state
+            .wait_propagated(version, &node.instance_id, self.propagation_timeout)
+            .await;
+        tracing::info!(instance = %node.instance_id, version, propagated, "instance deregistered");
+        Ok(Response::new(pb::DeregisterResponse { propagated }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonce_carries_the_version() {
+        assert_eq!(version_of_nonce(&nonce(42, 7)), Some(42));
+        assert_eq!(version_of_nonce(""), None);
+        assert_eq!(version_of_nonce("x.1"), None);
+    }
+}

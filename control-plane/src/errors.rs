@@ -1,0 +1,45 @@
+//! The one place that maps control-plane errors to gRPC status codes. Each
+//! mapping is a deliberate choice a client can rely on; see the tests.
+
+use crate::state::Error;
+use tonic::{Code, Status};
+
+/// The gRPC code for each error.
+pub fn code(e: &Error) -> Code {
+    match e {
+        Error::Invalid(_) | Error::Registry(_) => Code::InvalidArgument,
+        Error::Shift(crate::rules::ShiftError::Percent(_)) => Code::InvalidArgument,
+        Error::Shift(_) | Error::Index(_) => Code::NotFound,
+        Error::Store(_) => Code::Unavailable,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(code(&e), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::ShiftError;
+
+    #[test]
+    fn each_error_has_a_deliberate_code() {
+        assert_eq!(code(&Error::Invalid(vec![])), Code::InvalidArgument);
+        assert_eq!(code(&Error::Shift(ShiftError::Percent(120))), Code::InvalidArgument);
+        let no_split = ShiftError::NoSplit {
+            namespace: "d".into(),
+            service: "s".into(),
+        };
+        assert_eq!(code(&Error::Shift(no_split)), Code::NotFound);
+        let io = crate::store::Error::Io {
+            path: "x".into(),
+            source: std::io::Error::other("disk"),
+        };
+        let status = Status::from(Error::Store(io));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("disk"));
+    }
+}

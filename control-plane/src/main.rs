@@ -1,0 +1,50 @@
+//! mesh-control binary: parse config (exit 64 when bad), bind, print the bound
+//! addresses as one JSON line on stdout, serve until SIGINT/SIGTERM.
+
+use clap::Parser;
+use mesh_control::{app, config::Config};
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESH_CONTROL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async move {
+        let bound = match app::build(config).await {
+            Ok(b) => b,
+            Err(e @ (app::Error::Config(_) | app::Error::Read { .. })) => {
+                eprintln!("mesh-control: {e}");
+                return std::process::ExitCode::from(64);
+            }
+            Err(e) => {
+                eprintln!("mesh-control: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "{}",
+            serde_json::json!({"component": "mesh-control", "grpc": bound.grpc_addr, "http": bound.http_addr})
+        );
+        match bound.run(shutdown_signal()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mesh-control: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,466 @@
+//! Parses mesh YAML files into typed documents: SMI TrafficSplit, and mesh's
+//! own Service and Workload kinds. Owns every "file, document, field, problem"
+//! error message; it does not validate rules across documents (see `rules`).
+
+use serde::Deserialize;
+use std::fmt;
+
+/// API version of SMI TrafficSplit that mesh implements.
+pub const SPLIT_API_VERSION: &str = "split.smi-spec.io/v1alpha4";
+/// API version of mesh's own kinds.
+pub const MESH_API_VERSION: &str = "mesh.dev/v1alpha1";
+/// Namespace used when `metadata.namespace` is absent, as in Kubernetes.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One problem in one document, with enough context to find and fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Error {
+    /// File the document came from.
+    pub file: String,
+    /// 1-based line where the document (or the syntax error) starts.
+    pub line: usize,
+    /// "TrafficSplit default/echo-split", when the document got that far.
+    pub object: Option<String>,
+    /// Dotted path of the offending field, e.g. `spec.backends[1].weight`.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)?;
+        if let Some(object) = &self.object {
+            write!(f, ": {object}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// Kubernetes-style object metadata; only the fields mesh reads or tolerates.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectMeta {
+    /// Object name, unique per kind and namespace.
+    pub name: String,
+    /// Namespace; `default` when absent.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Ignored by mesh, accepted so `kubectl` manifests parse.
+    #[serde(default)]
+    pub labels: Option<serde_json::Value>,
+    /// Ignored by mesh, accepted so `kubectl` manifests parse.
+    #[serde(default)]
+    pub annotations: Option<serde_json::Value>,
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+/// A parsed document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    /// SMI TrafficSplit.
+    TrafficSplit(TrafficSplit),
+    /// A service with statically known instances.
+    Service(Service),
+    /// A workload `meshctl up` runs behind sidecars.
+    Workload(Workload),
+}
+
+/// A document and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    /// Source file.
+    pub file: String,
+    /// 1-based first line of the document.
+    pub line: usize,
+    /// The document.
+    pub doc: Document,
+}
+
+/// SMI TrafficSplit `split.smi-spec.io/v1alpha4`, as upstream defines it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficSplit {
+    /// Always `split.smi-spec.io/v1alpha4`.
+    pub api_version: String,
+    /// Always `TrafficSplit`.
+    pub kind: String,
+    /// Name and namespace.
+    pub metadata: ObjectMeta,
+    /// The split itself.
+    pub spec: TrafficSplitSpec,
+}
+
+/// `spec` of a TrafficSplit.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSplitSpec {
+    /// The root (apex) service clients address.
+    pub service: String,
+    /// Backends and their relative weights.
+    pub backends: Vec<SplitBackend>,
+    /// HTTPRouteGroup references; parsed so that the error can say they are unsupported.
+    #[serde(default)]
+    pub matches: Option<Vec<serde_json::Value>>,
+}
+
+/// One backend of a TrafficSplit.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitBackend {
+    /// Backend service name, in the split's namespace.
+    pub service: String,
+    /// Relative weight, kept raw so validation can say exactly what is wrong.
+    pub weight: RawNumber,
+}
+
+/// A number as written in YAML, before validation.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawNumber {
+    /// A non-negative integer.
+    Unsigned(u64),
+    /// A negative integer.
+    Signed(i64),
+    /// Anything with a fraction or exponent.
+    Float(f64),
+    /// A string (always an error for weights).
+    Text(String),
+}
+
+impl RawNumber {
+    /// The value as a weight, or the reason it is not one.
+    pub fn as_weight(&self) -> Result<u32, String> {
+        match self {
+            RawNumber::Unsigned(n) => u32::try_from(*n).map_err(|_| format!("{n} is too large")),
+            RawNumber::Signed(n) => Err(format!("{n} is negative; weights must be 0 or more")),
+            RawNumber::Float(f) if *f < 0.0 => Err(format!("{f} is negative; weights must be 0 or more")),
+            RawNumber::Float(f) => Err(format!("{f} is not a whole number")),
+            RawNumber::Text(s) => Err(format!("{s:?} is not a number")),
+        }
+    }
+}
+
+/// mesh's `Service`: a service whose instances are listed by hand.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    /// Always `mesh.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `Service`.
+    pub kind: String,
+    /// Name and namespace.
+    pub metadata: ObjectMeta,
+    /// Instances.
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+/// `spec` of a Service.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Statically known instances (each one's inbound sidecar listener).
+    #[serde(default)]
+    pub instances: Vec<StaticInstance>,
+}
+
+/// An instance listed in a Service document.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticInstance {
+    /// Unique instance id.
+    pub id: String,
+    /// "ip:port" of the instance's inbound sidecar listener.
+    pub address: String,
+    /// Version label; the instance also joins `<service>-<version>`.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// mesh's `Workload`: an app run by `meshctl up` with a sidecar per replica.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Workload {
+    /// Always `mesh.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `Workload`.
+    pub kind: String,
+    /// Name and namespace.
+    pub metadata: ObjectMeta,
+    /// What to run.
+    pub spec: WorkloadSpec,
+}
+
+/// `spec` of a Workload.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// Service the replicas belong to.
+    pub service: String,
+    /// Version label, e.g. `v1`; replicas also serve `<service>-<version>`.
+    #[serde(default)]
+    pub version: String,
+    /// Number of replicas.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// The app's command line; `{port}`, `{service}`, `{version}` and
+    /// `{instance}` are substituted. Absent for a client-only sidecar.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Health check the sidecar runs against the app.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An HTTP health check against the app.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Path probed with GET; 2xx means healthy.
+    pub path: String,
+    /// Probe interval in milliseconds.
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+    /// Consecutive failures before the instance leaves the endpoint set.
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+    /// Consecutive successes before it rejoins.
+    #[serde(default)]
+    pub success_threshold: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<NameOnly>,
+}
+
+#[derive(Deserialize)]
+struct NameOnly {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// Parses every document in `content`, returning all documents or every error.
+pub fn parse(file: &str, content: &str) -> Result<Vec<Located>, Vec<Error>> {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for (line, text) in split_documents(content) {
+        match parse_one(file, line, &text) {
+            Ok(Some(doc)) => docs.push(Located {
+                file: file.to_string(),
+                line,
+                doc,
+            }),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() { Ok(docs) } else { Err(errors) }
+}
+
+/// Splits a YAML stream on `---` lines, keeping each document's first line.
+fn split_documents(content: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut start = 1;
+    let mut current = String::new();
+    for (i, line) in content.lines().enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+            out.push((start, std::mem::take(&mut current)));
+            start = i + 2;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    out.push((start, current));
+    out.retain(|(_, text)| {
+        text.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    out
+}
+
+fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Error> {
+    let err = |object: Option<String>, field: Option<String>, problem: String| Error {
+        file: file.to_string(),
+        line,
+        object,
+        field,
+        problem,
+    };
+    let meta: TypeMeta = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, line, &e))?;
+    let kind = meta.kind.clone().unwrap_or_default();
+    let api = meta.api_version.clone().unwrap_or_default();
+    let object = meta.metadata.as_ref().map(|m| {
+        format!(
+            "{kind} {}/{}",
+            m.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+            m.name.as_deref().unwrap_or("<unnamed>")
+        )
+    });
+    if kind.is_empty() {
+        return Err(err(object, Some("kind".into()), "missing".into()));
+    }
+    let expected_api = match kind.as_str() {
+        "TrafficSplit" => SPLIT_API_VERSION,
+        "Service" | "Workload" => MESH_API_VERSION,
+        other => {
+            return Err(err(
+                object,
+                Some("kind".into()),
+                format!("unknown kind {other:?}; expected TrafficSplit, Service or Workload"),
+            ));
+        }
+    };
+    if api != expected_api {
+        return Err(err(
+            object,
+            Some("apiVersion".into()),
+            format!("{api:?} is not supported for {kind}; use {expected_api:?}"),
+        ));
+    }
+    let typed = |e: serde_saphyr::Error| {
+        let mut e2 = yaml_error(file, line, &e);
+        e2.object = object.clone();
+        e2
+    };
+    let doc = match kind.as_str() {
+        "TrafficSplit" => Document::TrafficSplit(serde_saphyr::from_str(text).map_err(typed)?),
+        "Service" => Document::Service(serde_saphyr::from_str(text).map_err(typed)?),
+        _ => Document::Workload(serde_saphyr::from_str(text).map_err(typed)?),
+    };
+    Ok(Some(doc))
+}
+
+/// Turns a YAML/serde error into ours, with the line made absolute.
+fn yaml_error(file: &str, doc_line: usize, e: &serde_saphyr::Error) -> Error {
+    let line = e
+        .location()
+        .map(|l| doc_line + l.line() as usize - 1)
+        .unwrap_or(doc_line);
+    let problem = e.without_snippet().to_string();
+    // serde-saphyr appends its own "at line X column Y" relative to the
+    // document; ours is absolute, so drop the relative one.
+    let problem = match problem.find(" at line ") {
+        Some(i) => problem[..i].to_string(),
+        None => problem,
+    };
+    Error {
+        file: file.to_string(),
+        line,
+        object: None,
+        field: field_from_message(&problem),
+        problem,
+    }
+}
+
+/// serde names unknown and missing fields in its message; lift the name out.
+fn field_from_message(msg: &str) -> Option<String> {
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(i) = msg.find(marker) {
+            let rest = &msg[i + marker.len()..];
+            return rest.find('`').map(|j| rest[..j].to_string());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPLIT: &str = "apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata:
+  name: echo
+spec:
+  service: echo
+  backends:
+  - service: echo-v1
+    weight: 80
+  - service: echo-v2
+    weight: 20
+";
+
+    #[test]
+    fn parses_a_split_with_default_namespace() {
+        let docs = parse("a.yaml", SPLIT).unwrap();
+        let Document::TrafficSplit(s) = &docs[0].doc else {
+            panic!("not a split")
+        };
+        assert_eq!(s.metadata.namespace, "default");
+        assert_eq!(s.spec.backends[1].weight.as_weight(), Ok(20));
+    }
+
+    #[test]
+    fn multi_document_lines_are_absolute() {
+        let bad = SPLIT.replace("weight: 20", "weight: 20\n    colour: red");
+        let input = format!("{SPLIT}---\n{bad}");
+        let errs = parse("rules.yaml", &input).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let msg = errs[0].to_string();
+        assert!(msg.starts_with("rules.yaml:"), "{msg}");
+        assert!(msg.contains("colour"), "{msg}");
+        assert!(msg.contains("TrafficSplit default/echo"), "{msg}");
+        assert!(errs[0].line > 12, "{msg}");
+    }
+
+    #[test]
+    fn weights_are_reported_precisely() {
+        assert!(RawNumber::Signed(-5).as_weight().unwrap_err().contains("negative"));
+        assert!(RawNumber::Float(2.5).as_weight().unwrap_err().contains("whole"));
+        assert!(RawNumber::Text("x".into()).as_weight().unwrap_err().contains("not a number"));
+        let docs = parse("a.yaml", &SPLIT.replace("weight: 20", "weight: -3")).unwrap();
+        let Document::TrafficSplit(s) = &docs[0].doc else {
+            panic!()
+        };
+        assert_eq!(s.spec.backends[1].weight, RawNumber::Signed(-3));
+        let docs = parse("a.yaml", &SPLIT.replace("weight: 20", "weight: 2.5")).unwrap();
+        let Document::TrafficSplit(s) = &docs[0].doc else {
+            panic!()
+        };
+        assert_eq!(s.spec.backends[1].weight, RawNumber::Float(2.5));
+    }
+
+    #[test]
+    fn malformed_yaml_names_file_and_line() {
+        let errs = parse("x.yaml", "kind: TrafficSplit\nspec: [unclosed\n").unwrap_err();
+        assert_eq!(errs[0].file, "x.yaml");
+        assert!(!errs[0].problem.is_empty());
+    }
+
+    #[test]
+    fn unknown_kind_and_api_version() {
+        let errs = parse("x.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").unwrap_err();
+        assert!(errs[0].to_string().contains("unknown kind \"Pod\""));
+        let errs = parse("x.yaml", &SPLIT.replace("v1alpha4", "v1alpha1")).unwrap_err();
+        assert_eq!(errs[0].field.as_deref(), Some("apiVersion"));
+    }
+
+    #[test]
+    fn comments_and_empty_documents_are_skipped() {
+        let docs = parse("x.yaml", &format!("# hello\n---\n{SPLIT}---\n")).unwrap();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].line, 3);
+    }
+}

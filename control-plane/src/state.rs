@@ -1,0 +1,310 @@
+//! The control plane's single writer: registry and rules behind one lock.
+//! Every change is validated, persisted, then published as a new snapshot on
+//! a watch channel that each discovery stream reads. Also tracks which
+//! version each subscribed proxy has ACKed.
+
+use crate::index::{self, View};
+use crate::manifest;
+use crate::registry::{Instance, NodeId, Registry};
+use crate::rules::{self, Outcome, RuleSet, Split};
+use crate::store::{self, Store};
+use mesh_proto::v1 as pb;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// One published version of the config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Monotonic version.
+    pub version: u64,
+    /// What every sidecar receives.
+    pub view: View,
+}
+
+/// Errors from changing state.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Rule documents that do not validate; every problem is listed.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<manifest::Error>),
+    /// A shift that cannot be done.
+    #[error(transparent)]
+    Shift(#[from] rules::ShiftError),
+    /// A registration that cannot be accepted.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    /// Unknown service in a read.
+    #[error(transparent)]
+    Index(#[from] index::Error),
+    /// The state directory could not be written; nothing was applied.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// What one apply did.
+#[derive(Debug)]
+pub struct Applied {
+    /// Version in force afterwards.
+    pub version: u64,
+    /// Per split.
+    pub outcomes: Vec<(Split, Outcome)>,
+    /// Accepted-but-suspicious findings.
+    pub warnings: Vec<String>,
+}
+
+struct Inner {
+    registry: Registry,
+    rules: RuleSet,
+    version: u64,
+}
+
+/// A proxy subscribed over discovery.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// Who it said it is.
+    pub node: pb::Node,
+    /// Last version it ACKed.
+    pub acked: Option<u64>,
+    /// Last version it NACKed, and why.
+    pub nacked: Option<(u64, String)>,
+}
+
+/// Shared control-plane state.
+pub struct State {
+    inner: Mutex<Inner>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    proxies: Mutex<BTreeMap<u64, Proxy>>,
+    /// Bumped on every ACK/NACK/disconnect so waiters re-check propagation.
+    acks: watch::Sender<u64>,
+    store: Store,
+}
+
+impl State {
+    /// Builds state from seed documents and whatever the store holds. Rules
+    /// saved in the store win over the seed: they are what operators applied.
+    pub fn new(registry: Registry, seed_rules: RuleSet, store: Store) -> Result<Self, store::Error> {
+        let rules = match store.load::<Vec<Split>>(store::RULES)? {
+            Some(saved) => RuleSet {
+                splits: saved.into_iter().map(|s| (s.key(), s)).collect(),
+            },
+            None => seed_rules,
+        };
+        let mut registry = registry;
+        if let Some(saved) = store.load::<Vec<Instance>>(store::REGISTRY)? {
+            registry.restore(saved, Instant::now());
+        }
+        // Seed versions from the wall clock so they keep rising across restarts.
+        let version = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        let view = index::build(&registry, &rules);
+        let (snapshots, _) = watch::channel(Arc::new(Snapshot { version, view }));
+        let (acks, _) = watch::channel(0);
+        store.save(store::RULES, &rules.splits.values().collect::<Vec<_>>())?;
+        Ok(State {
+            inner: Mutex::new(Inner {
+                registry,
+                rules,
+                version,
+            }),
+            snapshots,
+            proxies: Mutex::new(BTreeMap::new()),
+            acks,
+            store,
+        })
+    }
+
+    /// A receiver that sees every published snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.subscribe()
+    }
+
+    /// The version in force.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave Inner half-updated:
+        // every mutation builds the new value first and then assigns it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuilds the view and publishes it if anything changed.
+    fn publish(&self, inner: &mut Inner) -> u64 {
+        let view = index::build(&inner.registry, &inner.rules);
+        if self.snapshots.borrow().view != view {
+            inner.version += 1;
+            self.snapshots.send_replace(Arc::new(Snapshot {
+                version: inner.version,
+                view,
+            }));
+        }
+        inner.version
+    }
+
+    /// Validates and applies rule files, all or nothing.
+    pub fn apply(&self, files: &[(String, String)]) -> Result<Applied, Error> {
+        let mut docs = Vec::new();
+        let mut errors = Vec::new();
+        for (name, content) in files {
+            match manifest::parse(name, content) {
+                Ok(mut d) => docs.append(&mut d),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        for d in &docs {
+            if !matches!(d.doc, manifest::Document::TrafficSplit(_)) {
+                errors.push(manifest::Error {
+                    file: d.file.clone(),
+                    line: d.line,
+                    object: None,
+                    field: Some("kind".into()),
+                    problem: "only TrafficSplit rules can be applied; Service and Workload documents belong in the mesh file".into(),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::Invalid(errors));
+        }
+        let splits = rules::splits_from(&docs).map_err(Error::Invalid)?;
+        let mut inner = self.lock();
+        let (next, outcomes) = inner.rules.apply(&splits, &docs).map_err(Error::Invalid)?;
+        // Persist before publishing: a sidecar must never run rules a restart would lose.
+        self.store.save(store::RULES, &next.splits.values().collect::<Vec<_>>())?;
+        let warnings = splits.iter().flat_map(|s| index::warnings(&inner.registry, s)).collect();
+        inner.rules = next;
+        let version = self.publish(&mut inner);
+        Ok(Applied {
+            version,
+            outcomes,
+            warnings,
+        })
+    }
+
+    /// `release shift`.
+    pub fn shift(&self, namespace: &str, service: &str, backend: &str, percent: u32) -> Result<(Split, u64, Vec<String>), Error> {
+        let mut inner = self.lock();
+        let (next, split) = inner.rules.shift(namespace, service, backend, percent)?;
+        self.store.save(store::RULES, &next.splits.values().collect::<Vec<_>>())?;
+        let warnings = index::warnings(&inner.registry, &split);
+        inner.rules = next;
+        let version = self.publish(&mut inner);
+        Ok((split, version, warnings))
+    }
+
+    /// The splits in force, optionally in one namespace.
+    pub fn splits(&self, namespace: &str) -> Vec<Split> {
+        self.lock()
+            .rules
+            .splits
+            .values()
+            .filter(|s| namespace.is_empty() || s.namespace == namespace)
+            .cloned()
+            .collect()
+    }
+
+    /// `release status`.
+    pub fn status(&self, namespace: &str, service: &str) -> Result<pb::ReleaseStatusResponse, Error> {
+        let inner = self.lock();
+        let mut st = index::status(&inner.registry, &inner.rules, namespace, service)?;
+        st.version = inner.version.to_string();
+        Ok(st)
+    }
+
+    /// Records a heartbeat; publishes if the endpoint sets changed.
+    pub fn heartbeat(&self, node: &NodeId, address: &str, ready: bool) -> Result<(), Error> {
+        let mut inner = self.lock();
+        if inner.registry.heartbeat(node, address, ready, Instant::now())? {
+            self.store.save(store::REGISTRY, &inner.registry.registered())?;
+            self.publish(&mut inner);
+        }
+        Ok(())
+    }
+
+    /// Removes an instance; returns the version that no longer contains it.
+    pub fn deregister(&self, namespace: &str, instance_id: &str) -> Result<u64, Error> {
+        let mut inner = self.lock();
+        if inner.registry.deregister(namespace, instance_id) {
+            self.store.save(store::REGISTRY, &inner.registry.registered())?;
+        }
+        Ok(self.publish(&mut inner))
+    }
+
+    /// Drops instances whose heartbeats stopped.
+    pub fn expire(&self, lease: Duration) -> Result<Vec<String>, Error> {
+        let mut inner = self.lock();
+        let dead = inner.registry.expire(Instant::now(), lease);
+        if !dead.is_empty() {
+            self.store.save(store::REGISTRY, &inner.registry.registered())?;
+            self.publish(&mut inner);
+        }
+        Ok(dead)
+    }
+
+    /// Tracks a new discovery stream; returns its id.
+    pub fn add_proxy(&self, id: u64, node: pb::Node) {
+        self.proxies_lock().insert(
+            id,
+            Proxy {
+                node,
+                acked: None,
+                nacked: None,
+            },
+        );
+    }
+
+    /// Forgets a closed discovery stream.
+    pub fn remove_proxy(&self, id: u64) {
+        self.proxies_lock().remove(&id);
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// Records an ACK (`error` is None) or NACK of `version`.
+    pub fn record_reply(&self, id: u64, version: u64, error: Option<String>) {
+        if let Some(p) = self.proxies_lock().get_mut(&id) {
+            match error {
+                None => {
+                    p.acked = Some(version);
+                    if p.nacked.as_ref().is_some_and(|(v, _)| *v <= version) {
+                        p.nacked = None;
+                    }
+                }
+                Some(reason) => p.nacked = Some((version, reason)),
+            }
+        }
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// Subscribed proxies.
+    pub fn proxies(&self) -> Vec<Proxy> {
+        self.proxies_lock().values().cloned().collect()
+    }
+
+    fn proxies_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Proxy>> {
+        self.proxies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until every subscribed proxy other than `except_instance` has
+    /// answered `version` or later, or `timeout` passes. Returns which.
+    pub async fn wait_propagated(&self, version: u64, except_instance: &str, timeout: Duration) -> bool {
+        let mut acks = self.acks.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self.proxies_lock().values().all(|p| {
+                p.node.instance_id == except_instance
+                    || p.acked.is_some_and(|v| v >= version)
+                    || p.nacked.as_ref().is_some_and(|(v, _)| *v >= version)
+            });
+            if done {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, acks.changed()).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
