@@ -1,1 +1,17 @@
+//! mesh-proxy: the per-pod sidecar. Outbound requests are routed by service
+//! name, split by weight across backends and balanced across endpoints;
+//! inbound requests go to the local app. Config arrives from mesh-control
+//! over gRPC (`discovery`), the only writer of the live `State`.
+#![warn(missing_docs)]
 
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod discovery;
+pub mod errors;
+pub mod health;
+pub mod inbound;
+pub mod outbound;
+pub mod proxy;
+pub mod server;
+pub mod state;

@@ -1,0 +1,56 @@
+//! The sidecar's admin endpoints: `/live`, `/ready` (200 only once the first
+//! config has been applied) and `/config_dump` (the active config as JSON).
+
+use crate::state::State;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Serves the admin endpoints until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<ArcSwap<State>>, ready: watch::Receiver<bool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let resp = respond(req.uri().path(), &state, *ready.borrow());
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn respond(path: &str, state: &ArcSwap<State>, ready: bool) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match path {
+        "/live" => (StatusCode::OK, "text/plain", Bytes::from_static(b"live\n")),
+        "/ready" if ready => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+        "/ready" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"not ready: no config from the control plane yet\n"),
+        ),
+        "/config_dump" => {
+            let dump = state.load().dump();
+            let json = serde_json::to_vec_pretty(&dump).expect("dump always serializes");
+            (StatusCode::OK, "application/json", Bytes::from(json))
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, ctype)
+        .body(Full::new(body))
+        .expect("static parts are valid")
+}

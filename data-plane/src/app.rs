@@ -1,0 +1,138 @@
+//! Wires the sidecar together: bind every listener first (reporting the
+//! addresses actually bound, so tests use port 0), then run until shutdown,
+//! then shut down in the order that loses no request: deregister, stop
+//! accepting, drain in-flight requests.
+
+use crate::config::Config;
+use crate::discovery::{self, Registration};
+use crate::inbound::Inbound;
+use crate::outbound::Outbound;
+use crate::proxy::Forwarder;
+use crate::server::Drain;
+use crate::state::State;
+use crate::{admin, health};
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Startup errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The control plane URL is unusable.
+    #[error("control plane address: {0}")]
+    Control(#[from] tonic::transport::Error),
+}
+
+/// A sidecar with its listeners bound.
+pub struct Bound {
+    /// Outbound listener address.
+    pub outbound_addr: SocketAddr,
+    /// Inbound listener address, when there is a local app.
+    pub inbound_addr: Option<SocketAddr>,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    outbound: TcpListener,
+    inbound: Option<TcpListener>,
+    admin: TcpListener,
+    config: Config,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
+    let l = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+    let local = l.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    Ok((l, local))
+}
+
+/// Binds the listeners; serves nothing yet.
+pub async fn build(config: Config) -> Result<Bound, Error> {
+    let (outbound, outbound_addr) = bind(config.outbound_addr).await?;
+    let (admin, admin_addr) = bind(config.admin_addr).await?;
+    let (inbound, inbound_addr) = match config.app_addr {
+        Some(_) => {
+            let (l, a) = bind(config.inbound_addr).await?;
+            (Some(l), Some(a))
+        }
+        None => (None, None),
+    };
+    Ok(Bound {
+        outbound_addr,
+        inbound_addr,
+        admin_addr,
+        outbound,
+        inbound,
+        admin,
+        config,
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` resolves, then drains. Returns whether every
+    /// in-flight request finished within the drain timeout.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<bool, Error> {
+        let Bound {
+            outbound,
+            inbound,
+            admin,
+            config,
+            inbound_addr,
+            ..
+        } = self;
+        let state = Arc::new(ArcSwap::from_pointee(State::default()));
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+        let channel = discovery::channel(&config.control_addr)?;
+        let node = discovery::node(&config.identity);
+        let admin_task = tokio::spawn(admin::serve(admin, state.clone(), ready_rx.clone()));
+        let sub_task = tokio::spawn(discovery::subscribe(
+            channel.clone(),
+            node.clone(),
+            state.clone(),
+            ready_tx,
+            config.reconnect_max,
+        ));
+        let forwarder = Forwarder::new();
+        let drain = Drain::new();
+        let out = Outbound::new(state, ready_rx, forwarder.clone());
+        drain.serve(outbound, move |req| {
+            let out = out.clone();
+            async move { out.handle(req).await }
+        });
+        let registration = match (inbound, config.app_addr, inbound_addr) {
+            (Some(listener), Some(app), Some(bound)) => {
+                let inb = Inbound::new(app, forwarder);
+                drain.serve(listener, move |req| {
+                    let inb = inb.clone();
+                    async move { inb.handle(req).await }
+                });
+                let health = health::spawn(config.health.clone(), app);
+                let advertise = config.advertise_addr.unwrap_or(bound);
+                Some(Registration::start(channel, node, advertise, health))
+            }
+            _ => None,
+        };
+
+        shutdown.await;
+        // 1. Leave every endpoint set first, while still serving, so peers stop
+        //    picking this instance before its listeners close.
+        if let Some(reg) = &registration {
+            let propagated = reg.deregister(Duration::from_secs(5)).await;
+            tracing::info!(propagated, "deregistered");
+        }
+        // 2 and 3. Stop accepting, then let in-flight requests finish.
+        let drained = drain.shutdown(config.drain_timeout).await;
+        tracing::info!(drained, "drain complete");
+        sub_task.abort();
+        admin_task.abort();
+        Ok(drained)
+    }
+}

@@ -1,0 +1,283 @@
+//! mesh-proxy's configuration: `MESH_PROXY_*` variables parsed once at
+//! startup into plain data. Reads go through [`Env`] so tests use a map and
+//! never touch the process environment. Every bad key is reported at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Service this sidecar belongs to (required).
+pub const ENV_SERVICE: &str = "MESH_PROXY_SERVICE";
+/// Version label, e.g. `v1`.
+pub const ENV_VERSION: &str = "MESH_PROXY_VERSION";
+/// Namespace; default `default`.
+pub const ENV_NAMESPACE: &str = "MESH_PROXY_NAMESPACE";
+/// Unique instance id; default `<service>-<version>-<pid>`.
+pub const ENV_INSTANCE_ID: &str = "MESH_PROXY_INSTANCE_ID";
+/// Control plane gRPC URL.
+pub const ENV_CONTROL_ADDR: &str = "MESH_PROXY_CONTROL_ADDR";
+const DEFAULT_CONTROL_ADDR: &str = "http://127.0.0.1:15010";
+/// Outbound listener (the app sends requests here).
+pub const ENV_OUTBOUND_ADDR: &str = "MESH_PROXY_OUTBOUND_ADDR";
+const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:4140";
+/// Inbound listener (other sidecars send here).
+pub const ENV_INBOUND_ADDR: &str = "MESH_PROXY_INBOUND_ADDR";
+const DEFAULT_INBOUND_ADDR: &str = "127.0.0.1:4143";
+/// Address registered for this instance; default the bound inbound address.
+pub const ENV_ADVERTISE_ADDR: &str = "MESH_PROXY_ADVERTISE_ADDR";
+/// Admin listener: /ready /live /config_dump.
+pub const ENV_ADMIN_ADDR: &str = "MESH_PROXY_ADMIN_ADDR";
+const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:4191";
+/// The local app; unset for a client-only sidecar (no inbound, no registration).
+pub const ENV_APP_ADDR: &str = "MESH_PROXY_APP_ADDR";
+/// HTTP path probed on the app; unset means "ready while running".
+pub const ENV_HEALTH_PATH: &str = "MESH_PROXY_HEALTH_PATH";
+/// Probe interval in ms.
+pub const ENV_HEALTH_INTERVAL_MS: &str = "MESH_PROXY_HEALTH_INTERVAL_MS";
+const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1000;
+/// Probe timeout in ms.
+pub const ENV_HEALTH_TIMEOUT_MS: &str = "MESH_PROXY_HEALTH_TIMEOUT_MS";
+const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 500;
+/// Consecutive failures that make the app unready.
+pub const ENV_HEALTH_FAILURE_THRESHOLD: &str = "MESH_PROXY_HEALTH_FAILURE_THRESHOLD";
+const DEFAULT_HEALTH_FAILURE_THRESHOLD: u32 = 1;
+/// Consecutive successes that make it ready again.
+pub const ENV_HEALTH_SUCCESS_THRESHOLD: &str = "MESH_PROXY_HEALTH_SUCCESS_THRESHOLD";
+const DEFAULT_HEALTH_SUCCESS_THRESHOLD: u32 = 1;
+/// How long in-flight requests may take to finish on shutdown, in ms.
+pub const ENV_DRAIN_TIMEOUT_MS: &str = "MESH_PROXY_DRAIN_TIMEOUT_MS";
+const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Runtime worker threads; 1 (the default) keeps the tail short on small machines.
+pub const ENV_WORKERS: &str = "MESH_PROXY_WORKERS";
+const DEFAULT_WORKERS: usize = 1;
+/// Longest wait between reconnects to the control plane, in ms.
+pub const ENV_RECONNECT_MAX_MS: &str = "MESH_PROXY_RECONNECT_MAX_MS";
+const DEFAULT_RECONNECT_MAX_MS: u64 = 5_000;
+
+/// Where configuration values come from.
+pub trait Env {
+    /// The value of `key`, if set.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// Who this sidecar is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Service.
+    pub service: String,
+    /// Version label.
+    pub version: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Instance id.
+    pub instance_id: String,
+}
+
+/// Health checking of the local app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Probed path; `None` means always ready.
+    pub path: Option<String>,
+    /// Probe interval.
+    pub interval: Duration,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Failures before unready.
+    pub failure_threshold: u32,
+    /// Successes before ready.
+    pub success_threshold: u32,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Identity.
+    pub identity: Identity,
+    /// Control plane URL.
+    pub control_addr: String,
+    /// Outbound listener.
+    pub outbound_addr: SocketAddr,
+    /// Inbound listener.
+    pub inbound_addr: SocketAddr,
+    /// Registered address override.
+    pub advertise_addr: Option<SocketAddr>,
+    /// Admin listener.
+    pub admin_addr: SocketAddr,
+    /// Local app, if any.
+    pub app_addr: Option<SocketAddr>,
+    /// Health checks.
+    pub health: Health,
+    /// Drain timeout.
+    pub drain_timeout: Duration,
+    /// Worker threads.
+    pub workers: usize,
+    /// Reconnect backoff ceiling.
+    pub reconnect_max: Duration,
+}
+
+/// Every problem found while parsing, one per line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct Error(pub Vec<String>);
+
+struct Parser<'a> {
+    env: &'a dyn Env,
+    errors: Vec<String>,
+}
+
+impl Parser<'_> {
+    fn string(&self, key: &str) -> Option<String> {
+        self.env.get(key).filter(|v| !v.trim().is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&mut self, key: &str, default: T, what: &str) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.string(key) {
+            None => default,
+            Some(v) => v.trim().parse().unwrap_or_else(|e| {
+                self.errors.push(format!("{key}={v:?}: not {what}: {e}"));
+                default
+            }),
+        }
+    }
+
+    fn addr(&mut self, key: &str, default: &str) -> SocketAddr {
+        let fallback = default.parse().expect("defaults are valid");
+        self.parse(key, fallback, "an ip:port address")
+    }
+
+    fn optional_addr(&mut self, key: &str) -> Option<SocketAddr> {
+        let v = self.string(key)?;
+        match v.trim().parse() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.errors.push(format!("{key}={v:?}: not an ip:port address: {e}"));
+                None
+            }
+        }
+    }
+
+    fn millis(&mut self, key: &str, default: u64) -> Duration {
+        let ms = self.parse(key, default, "a number of milliseconds");
+        if ms == 0 {
+            self.errors.push(format!("{key}: must be greater than 0"));
+        }
+        Duration::from_millis(ms)
+    }
+
+    fn positive(&mut self, key: &str, default: u32) -> u32 {
+        let n = self.parse(key, default, "a whole number");
+        if n == 0 {
+            self.errors.push(format!("{key}: must be at least 1"));
+        }
+        n
+    }
+}
+
+impl Config {
+    /// Parses the configuration, reporting every bad key.
+    pub fn from_env(env: &dyn Env) -> Result<Config, Error> {
+        let mut p = Parser {
+            env,
+            errors: Vec::new(),
+        };
+        let service = p.string(ENV_SERVICE).unwrap_or_else(|| {
+            p.errors.push(format!("{ENV_SERVICE}: required (the service this sidecar belongs to)"));
+            String::new()
+        });
+        let version = p.string(ENV_VERSION).unwrap_or_default();
+        let namespace = p.string(ENV_NAMESPACE).unwrap_or_else(|| "default".into());
+        let instance_id = p.string(ENV_INSTANCE_ID).unwrap_or_else(|| {
+            let v = if version.is_empty() { String::new() } else { format!("-{version}") };
+            format!("{service}{v}-{}", std::process::id())
+        });
+        let control_addr = p.string(ENV_CONTROL_ADDR).unwrap_or_else(|| DEFAULT_CONTROL_ADDR.into());
+        if !(control_addr.starts_with("http://") || control_addr.starts_with("https://")) {
+            p.errors.push(format!("{ENV_CONTROL_ADDR}={control_addr:?}: must be a URL such as {DEFAULT_CONTROL_ADDR}"));
+        }
+        let health_path = p.string(ENV_HEALTH_PATH);
+        if let Some(path) = &health_path
+            && !path.starts_with('/')
+        {
+            p.errors.push(format!("{ENV_HEALTH_PATH}={path:?}: must start with '/'"));
+        }
+        let config = Config {
+            outbound_addr: p.addr(ENV_OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR),
+            inbound_addr: p.addr(ENV_INBOUND_ADDR, DEFAULT_INBOUND_ADDR),
+            advertise_addr: p.optional_addr(ENV_ADVERTISE_ADDR),
+            admin_addr: p.addr(ENV_ADMIN_ADDR, DEFAULT_ADMIN_ADDR),
+            app_addr: p.optional_addr(ENV_APP_ADDR),
+            health: Health {
+                path: health_path,
+                interval: p.millis(ENV_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_INTERVAL_MS),
+                timeout: p.millis(ENV_HEALTH_TIMEOUT_MS, DEFAULT_HEALTH_TIMEOUT_MS),
+                failure_threshold: p.positive(ENV_HEALTH_FAILURE_THRESHOLD, DEFAULT_HEALTH_FAILURE_THRESHOLD),
+                success_threshold: p.positive(ENV_HEALTH_SUCCESS_THRESHOLD, DEFAULT_HEALTH_SUCCESS_THRESHOLD),
+            },
+            drain_timeout: p.millis(ENV_DRAIN_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_MS),
+            workers: p.parse(ENV_WORKERS, DEFAULT_WORKERS, "a number of threads").max(1),
+            reconnect_max: p.millis(ENV_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MAX_MS),
+            control_addr,
+            identity: Identity {
+                service,
+                version,
+                namespace,
+                instance_id,
+            },
+        };
+        if p.errors.is_empty() { Ok(config) } else { Err(Error(p.errors)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_env(&env(&[(ENV_SERVICE, "echo")])).unwrap();
+        assert_eq!(c.identity.namespace, "default");
+        assert_eq!(c.outbound_addr, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(c.workers, 1);
+        assert!(c.app_addr.is_none());
+        assert_eq!(c.health.failure_threshold, 1);
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let err = Config::from_env(&env(&[
+            (ENV_OUTBOUND_ADDR, "nope"),
+            (ENV_HEALTH_INTERVAL_MS, "-3"),
+            (ENV_HEALTH_PATH, "healthz"),
+            (ENV_CONTROL_ADDR, "127.0.0.1:1"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [ENV_SERVICE, ENV_OUTBOUND_ADDR, ENV_HEALTH_INTERVAL_MS, ENV_HEALTH_PATH, ENV_CONTROL_ADDR] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        assert_eq!(err.0.len(), 5);
+    }
+}

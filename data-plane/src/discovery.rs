@@ -1,0 +1,184 @@
+//! The single writer of the sidecar's `State`: subscribes to the control
+//! plane, applies each snapshot atomically, ACKs or NACKs it, and reconnects
+//! with backoff, serving the last good config meanwhile. Also registers the
+//! instance with heartbeats and deregisters it on shutdown.
+
+use crate::config::Identity;
+use crate::state::State;
+use arc_swap::ArcSwap;
+use mesh_proto::v1 as pb;
+use mesh_proto::v1::discovery_client::DiscoveryClient;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Snapshots for 10,000 endpoints exceed tonic's 4 MiB default.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A lazily connecting channel to the control plane; tonic reconnects it.
+pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// The proto form of an identity.
+pub fn node(id: &Identity) -> pb::Node {
+    pb::Node {
+        service: id.service.clone(),
+        version: id.version.clone(),
+        namespace: id.namespace.clone(),
+        instance_id: id.instance_id.clone(),
+    }
+}
+
+/// Keeps a subscription open forever.
+pub async fn subscribe(
+    channel: Channel,
+    node: pb::Node,
+    state: Arc<ArcSwap<State>>,
+    ready: watch::Sender<bool>,
+    reconnect_max: Duration,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut delivered = false;
+        match subscribe_once(&channel, &node, &state, &ready, &mut delivered).await {
+            Ok(()) => tracing::warn!("control plane closed the discovery stream"),
+            Err(e) => tracing::warn!(error = %e, "discovery stream failed; serving last good config"),
+        }
+        // A stream that delivered config was healthy: start the backoff over.
+        if delivered {
+            backoff = FIRST_BACKOFF;
+        }
+        // Jitter keeps a fleet of sidecars from reconnecting in lockstep.
+        let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(reconnect_max);
+    }
+}
+
+async fn subscribe_once(
+    channel: &Channel,
+    node: &pb::Node,
+    state: &ArcSwap<State>,
+    ready: &watch::Sender<bool>,
+    delivered: &mut bool,
+) -> Result<(), tonic::Status> {
+    let mut client = DiscoveryClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+    let (tx, rx) = mpsc::channel(4);
+    let first = pb::DiscoveryRequest {
+        node: Some(node.clone()),
+        version_info: state.load().version.clone(),
+        ..Default::default()
+    };
+    tx.send(first).await.expect("receiver is alive");
+    let mut stream = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+    while let Some(resp) = stream.message().await? {
+        *delivered = true;
+        let reply = match State::from_proto(&resp, &node.namespace) {
+            Ok(next) => {
+                // One atomic swap: requests already running keep the Arc they loaded.
+                state.store(Arc::new(next));
+                ready.send_replace(true);
+                tracing::info!(version = %resp.version_info, "config applied");
+                pb::DiscoveryRequest {
+                    version_info: resp.version_info.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    ..Default::default()
+                }
+            }
+            Err(rejected) => {
+                tracing::warn!(version = %resp.version_info, reason = %rejected, "config rejected; keeping the previous one");
+                pb::DiscoveryRequest {
+                    version_info: state.load().version.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    error_detail: Some(pb::ErrorDetail {
+                        message: rejected.to_string(),
+                    }),
+                    ..Default::default()
+                }
+            }
+        };
+        if tx.send(reply).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Registration: heartbeats carry readiness; `stopped` is set under the lock
+/// at deregistration so no heartbeat can re-register the instance afterwards.
+pub struct Registration {
+    channel: Channel,
+    node: pb::Node,
+    stopped: Arc<Mutex<bool>>,
+}
+
+impl Registration {
+    /// Starts heartbeating `address` with readiness from `health`.
+    pub fn start(channel: Channel, node: pb::Node, address: SocketAddr, mut health: watch::Receiver<bool>) -> Self {
+        let stopped = Arc::new(Mutex::new(false));
+        let reg = Registration {
+            channel: channel.clone(),
+            node: node.clone(),
+            stopped: stopped.clone(),
+        };
+        tokio::spawn(async move {
+            let mut client = DiscoveryClient::new(channel);
+            let mut interval = Duration::from_secs(1);
+            loop {
+                {
+                    let stopped = stopped.lock().await;
+                    if *stopped {
+                        return;
+                    }
+                    let req = pb::HeartbeatRequest {
+                        node: Some(node.clone()),
+                        address: address.to_string(),
+                        ready: *health.borrow_and_update(),
+                    };
+                    match tokio::time::timeout(Duration::from_secs(2), client.heartbeat(req)).await {
+                        Ok(Ok(resp)) => {
+                            interval = Duration::from_millis(resp.into_inner().interval_ms.max(10));
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
+                        Err(_) => tracing::debug!("heartbeat timed out"),
+                    }
+                }
+                // A readiness change is reported at once, not at the next beat.
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    changed = health.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        reg
+    }
+
+    /// Stops heartbeats and removes the instance from every endpoint set.
+    /// Returns whether the control plane confirmed every sidecar has the change.
+    pub async fn deregister(&self, timeout: Duration) -> bool {
+        *self.stopped.lock().await = true;
+        let mut client = DiscoveryClient::new(self.channel.clone());
+        let req = pb::DeregisterRequest {
+            node: Some(self.node.clone()),
+        };
+        match tokio::time::timeout(timeout, client.deregister(req)).await {
+            Ok(Ok(resp)) => resp.into_inner().propagated,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "deregistration failed; the lease will expire instead");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("deregistration timed out; the lease will expire instead");
+                false
+            }
+        }
+    }
+}

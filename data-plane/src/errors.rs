@@ -1,0 +1,105 @@
+//! Proxy error types and the ONE table that turns them into HTTP responses
+//! (or gRPC trailers-only responses for gRPC requests). Every error response
+//! carries `mesh-proxy-error` so it is never mistaken for the app's own.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// Body of every response the proxy returns.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Header naming the proxy error behind a synthesized response.
+pub const ERROR_HEADER: &str = "mesh-proxy-error";
+
+/// Why the proxy could not forward a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Neither Host nor :authority.
+    #[error("request has no Host header or :authority")]
+    MissingAuthority,
+    /// The authority names no service in the mesh.
+    #[error("no service {0:?} in the mesh")]
+    UnknownService(String),
+    /// No backend of the route has a ready endpoint.
+    #[error("service {0} has no ready endpoints")]
+    NoEndpoints(String),
+    /// No config has arrived from the control plane yet.
+    #[error("no config received from the control plane yet")]
+    NotReady,
+    /// Connecting to or talking with the upstream failed.
+    #[error("upstream {addr}: {source}")]
+    Upstream {
+        /// Upstream address.
+        addr: String,
+        /// Cause.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+}
+
+/// HTTP status and gRPC code for each error.
+pub fn codes(e: &Error) -> (StatusCode, u32) {
+    match e {
+        Error::MissingAuthority => (StatusCode::BAD_REQUEST, 3),
+        Error::UnknownService(_) => (StatusCode::NOT_FOUND, 5),
+        Error::NoEndpoints(_) | Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, 14),
+        Error::Upstream { .. } => (StatusCode::BAD_GATEWAY, 14),
+    }
+}
+
+/// Whether a request is gRPC (it then gets a gRPC-shaped error).
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The response for an error.
+pub fn respond(e: &Error, grpc: bool) -> Response<Body> {
+    let (status, grpc_code) = codes(e);
+    let message = e.to_string();
+    let header = HeaderValue::from_str(&message).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
+    let mut resp = if grpc {
+        // Trailers-only gRPC response: HTTP 200 with the status in headers.
+        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+        let h = r.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(grpc_code));
+        h.insert("grpc-message", header.clone());
+        r
+    } else {
+        let mut r = Response::new(Either::Right(Full::new(Bytes::from(message + "\n"))));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    resp.headers_mut().insert(ERROR_HEADER, header);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        assert_eq!(codes(&Error::MissingAuthority), (StatusCode::BAD_REQUEST, 3));
+        assert_eq!(codes(&Error::UnknownService("x".into())), (StatusCode::NOT_FOUND, 5));
+        assert_eq!(codes(&Error::NoEndpoints("x".into())), (StatusCode::SERVICE_UNAVAILABLE, 14));
+        assert_eq!(codes(&Error::NotReady), (StatusCode::SERVICE_UNAVAILABLE, 14));
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only() {
+        let r = respond(&Error::NoEndpoints("echo".into()), true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert!(r.headers()[ERROR_HEADER].to_str().unwrap().contains("echo"));
+        let r = respond(&Error::UnknownService("x".into()), false);
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,72 @@
+//! mesh-proxy binary: parse config before binding anything (exit 64 when
+//! bad), bind, print the bound addresses as one JSON line on stdout, serve
+//! until SIGTERM/SIGINT, then deregister and drain.
+
+use mesh_proxy::{app, config};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESH_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match config::Config::from_env(&config::ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mesh-proxy: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    // One worker by default: on small machines the tail comes from
+    // cross-thread wake-ups, not from parsing (see shared/PEERS.md).
+    let rt = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    rt.block_on(async move {
+        let bound = match app::build(config).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("mesh-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "component": "mesh-proxy",
+                "outbound": bound.outbound_addr,
+                "inbound": bound.inbound_addr,
+                "admin": bound.admin_addr,
+            })
+        );
+        match bound.run(shutdown_signal()).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("mesh-proxy: drain timeout passed with requests still in flight");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("mesh-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,63 @@
+//! Outbound: requests from the local app, addressed by service name in Host
+//! or :authority → route → weighted backend → endpoint → peer sidecar.
+//! Each request reads the config snapshot once, so a config change never
+//! affects a request already under way.
+
+use crate::errors::{self, Body, Error};
+use crate::proxy::Forwarder;
+use crate::state::State;
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// The outbound handler.
+#[derive(Clone)]
+pub struct Outbound {
+    state: Arc<ArcSwap<State>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+    forwarder: Forwarder,
+}
+
+impl Outbound {
+    /// A handler over the live state.
+    pub fn new(state: Arc<ArcSwap<State>>, ready: tokio::sync::watch::Receiver<bool>, forwarder: Forwarder) -> Self {
+        Outbound { state, ready, forwarder }
+    }
+
+    /// Routes and forwards one request; errors become responses here.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let grpc = errors::is_grpc(&req);
+        match self.route_and_forward(req).await {
+            Ok(resp) => resp.map(Either::Left),
+            Err(e) => {
+                tracing::debug!(error = %e, "outbound request failed");
+                errors::respond(&e, grpc)
+            }
+        }
+    }
+
+    async fn route_and_forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
+        if !*self.ready.borrow() {
+            return Err(Error::NotReady);
+        }
+        // One lock-free load per request: this Arc pins the snapshot the request runs on.
+        let state = self.state.load_full();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .ok_or(Error::MissingAuthority)?;
+        let service = state
+            .resolve(authority)
+            .ok_or_else(|| Error::UnknownService(authority.to_string()))?;
+        let no_endpoints = || Error::NoEndpoints(format!("{}.{}", service.name, service.namespace));
+        let route = service.route(req.uri().path()).ok_or_else(no_endpoints)?;
+        let backend = route.pick_backend().ok_or_else(no_endpoints)?;
+        let endpoint = backend.cluster.pick().ok_or_else(no_endpoints)?;
+        let target = endpoint.authority.clone();
+        self.forwarder.forward(req, &target).await
+    }
+}

@@ -1,0 +1,111 @@
+//! Forwards one request to one upstream over pooled connections, keeping the
+//! app's protocol (HTTP/1.1 stays HTTP/1.1, h2/gRPC stays h2) and streaming
+//! bodies and trailers through without buffering. Shared by inbound and
+//! outbound; it knows nothing of routing.
+
+use crate::errors::Error;
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// Pooled HTTP/1.1 and HTTP/2 clients.
+#[derive(Clone)]
+pub struct Forwarder {
+    h1: Client<HttpConnector, Incoming>,
+    h2: Client<HttpConnector, Incoming>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Forwarder {
+    /// New clients with empty pools.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        // Loopback and LAN hops: Nagle only adds latency to small requests.
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector.clone());
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(true)
+            .build(connector);
+        Forwarder { h1, h2 }
+    }
+
+    /// Sends `req` to `authority`, which replaces the URI's authority. The
+    /// Host header is kept, so the upstream still sees the name the app used.
+    pub async fn forward(&self, mut req: Request<Incoming>, authority: &Authority) -> Result<Response<Incoming>, Error> {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are all set");
+        strip_hop_by_hop(req.headers_mut());
+        let client = if req.version() == Version::HTTP_2 { &self.h2 } else { &self.h1 };
+        let mut resp = client.request(req).await.map_err(|source| Error::Upstream {
+            addr: authority.to_string(),
+            source,
+        })?;
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
+    }
+}
+
+/// Removes headers that describe one hop, not the message (RFC 9110 §7.6.1),
+/// including any the Connection header names. `te: trailers` is end-to-end
+/// for gRPC and stays.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+        for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_end_to_end_ones_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-app", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none() && h.get(header::CONNECTION).is_none());
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-app"], "1");
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get(header::TE).is_none());
+    }
+}

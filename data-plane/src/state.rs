@@ -1,0 +1,438 @@
+//! The sidecar's live routing state as domain types, converted from proto
+//! once per snapshot. The data path reads it through an `ArcSwap` and never
+//! touches prost structs. A snapshot with any unusable resource is rejected
+//! whole, with every reason, so the previous config keeps serving.
+
+use http::uri::Authority;
+use mesh_proto::v1 as pb;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One applied snapshot.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Control-plane version of the snapshot.
+    pub version: String,
+    /// Services by every name the app may use for them.
+    by_host: HashMap<String, Arc<Service>>,
+    /// Services in a stable order, for dumps.
+    services: Vec<Arc<Service>>,
+    /// Endpoint sets by cluster name.
+    clusters: BTreeMap<String, Arc<Cluster>>,
+}
+
+/// Routes for one service.
+#[derive(Debug)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Content version.
+    pub resource_version: String,
+    /// In order; first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// One route.
+#[derive(Debug)]
+pub struct Route {
+    /// Name (the TrafficSplit's, or `default`).
+    pub name: String,
+    /// Path prefix it matches; empty matches all.
+    pub path_prefix: String,
+    /// All backends as configured.
+    pub backends: Vec<Backend>,
+    /// Indices of backends with ready endpoints, and the sum of their weights.
+    /// Precomputed per snapshot so a pick is one random number and a scan.
+    live: Vec<usize>,
+    live_weight: u64,
+}
+
+/// A weighted backend.
+#[derive(Debug)]
+pub struct Backend {
+    /// Its endpoints.
+    pub cluster: Arc<Cluster>,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// The ready endpoints of one backend service.
+#[derive(Debug)]
+pub struct Cluster {
+    /// `<service>.<namespace>`.
+    pub name: String,
+    /// Content version.
+    pub resource_version: String,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+}
+
+/// One instance's inbound sidecar listener.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Socket address.
+    pub addr: SocketAddr,
+    /// The same, ready to put in a URI without reparsing per request.
+    pub authority: Authority,
+    /// Instance id.
+    pub instance_id: String,
+    /// Version label.
+    pub version: String,
+}
+
+/// Why a snapshot was rejected (one line per bad resource).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}", .0.join("; "))]
+pub struct Rejected(pub Vec<String>);
+
+impl Cluster {
+    /// Round robin over the endpoints.
+    pub fn pick(&self) -> Option<&Endpoint> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.endpoints.get(i % self.endpoints.len())
+    }
+}
+
+impl Route {
+    /// Chooses a backend by weight among those with ready endpoints. When every
+    /// live backend has weight 0 (say v1 is down and v2 is a 0% canary), live
+    /// backends share equally: a split must never black-hole traffic.
+    pub fn pick_backend(&self) -> Option<&Backend> {
+        if self.live.is_empty() {
+            return None;
+        }
+        if self.live_weight == 0 {
+            return self.backends.get(self.live[fastrand::usize(..self.live.len())]);
+        }
+        let mut n = fastrand::u64(..self.live_weight);
+        for &i in &self.live {
+            let w = u64::from(self.backends[i].weight);
+            if n < w {
+                return self.backends.get(i);
+            }
+            n -= w;
+        }
+        None
+    }
+}
+
+impl Service {
+    /// The first route matching `path`.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| path.starts_with(&r.path_prefix))
+    }
+}
+
+impl State {
+    /// The service an authority names, with or without port. Short names
+    /// resolve in the sidecar's own namespace, as Kubernetes DNS does.
+    pub fn resolve(&self, authority: &str) -> Option<&Arc<Service>> {
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        self.by_host.get(host).or_else(|| {
+            // Avoid allocating on the hot path unless the host needs lowercasing.
+            if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.by_host.get(&host.to_ascii_lowercase())
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Converts a snapshot. `namespace` is the sidecar's own, for short names.
+    pub fn from_proto(resp: &pb::DiscoveryResponse, namespace: &str) -> Result<State, Rejected> {
+        let mut errors = Vec::new();
+        let mut clusters = BTreeMap::new();
+        for c in &resp.clusters {
+            let mut endpoints = Vec::with_capacity(c.endpoints.len());
+            for e in &c.endpoints {
+                match (e.address.parse::<SocketAddr>(), e.address.parse::<Authority>()) {
+                    (Ok(addr), Ok(authority)) => endpoints.push(Endpoint {
+                        addr,
+                        authority,
+                        instance_id: e.instance_id.clone(),
+                        version: e.version.clone(),
+                    }),
+                    _ => errors.push(format!("cluster {}: endpoint address {:?} is not ip:port", c.name, e.address)),
+                }
+            }
+            if clusters
+                .insert(
+                    c.name.clone(),
+                    Arc::new(Cluster {
+                        name: c.name.clone(),
+                        resource_version: c.resource_version.clone(),
+                        endpoints,
+                        next: AtomicUsize::new(0),
+                    }),
+                )
+                .is_some()
+            {
+                errors.push(format!("cluster {} appears twice", c.name));
+            }
+        }
+        let mut services = Vec::new();
+        let mut by_host = HashMap::new();
+        for s in &resp.services {
+            let id = format!("service {}/{}", s.namespace, s.name);
+            if s.name.is_empty() || s.namespace.is_empty() {
+                errors.push(format!("{id}: name and namespace are required"));
+                continue;
+            }
+            if s.routes.is_empty() {
+                errors.push(format!("{id}: has no routes"));
+                continue;
+            }
+            let mut routes = Vec::new();
+            for r in &s.routes {
+                let mut backends = Vec::new();
+                for b in &r.backends {
+                    match clusters.get(&b.cluster) {
+                        Some(c) => backends.push(Backend {
+                            cluster: Arc::clone(c),
+                            weight: b.weight,
+                        }),
+                        None => errors.push(format!("{id}: route {} names unknown cluster {:?}", r.name, b.cluster)),
+                    }
+                }
+                if r.backends.is_empty() {
+                    errors.push(format!("{id}: route {} has no backends", r.name));
+                }
+                let live: Vec<usize> = (0..backends.len())
+                    .filter(|&i| !backends[i].cluster.endpoints.is_empty())
+                    .collect();
+                let live_weight = live.iter().map(|&i| u64::from(backends[i].weight)).sum();
+                routes.push(Route {
+                    name: r.name.clone(),
+                    path_prefix: r.r#match.as_ref().map(|m| m.path_prefix.clone()).unwrap_or_default(),
+                    backends,
+                    live,
+                    live_weight,
+                });
+            }
+            let svc = Arc::new(Service {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                resource_version: s.resource_version.clone(),
+                routes,
+            });
+            let fq = format!("{}.{}", s.name, s.namespace);
+            for host in [
+                format!("{fq}.svc.cluster.local"),
+                format!("{fq}.svc"),
+                fq.clone(),
+            ] {
+                by_host.insert(host, svc.clone());
+            }
+            if s.namespace == namespace {
+                by_host.insert(s.name.clone(), svc.clone());
+            }
+            services.push(svc);
+        }
+        if !errors.is_empty() {
+            return Err(Rejected(errors));
+        }
+        Ok(State {
+            version: resp.version_info.clone(),
+            by_host,
+            services,
+            clusters,
+        })
+    }
+
+    /// A JSON-friendly view for `/config_dump`.
+    pub fn dump(&self) -> Dump {
+        Dump {
+            version: self.version.clone(),
+            services: self
+                .services
+                .iter()
+                .map(|s| DumpService {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    resource_version: s.resource_version.clone(),
+                    routes: s
+                        .routes
+                        .iter()
+                        .map(|r| DumpRoute {
+                            name: r.name.clone(),
+                            path_prefix: r.path_prefix.clone(),
+                            backends: r
+                                .backends
+                                .iter()
+                                .map(|b| DumpBackend {
+                                    cluster: b.cluster.name.clone(),
+                                    weight: b.weight,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            clusters: self
+                .clusters
+                .values()
+                .map(|c| DumpCluster {
+                    name: c.name.clone(),
+                    resource_version: c.resource_version.clone(),
+                    endpoints: c
+                        .endpoints
+                        .iter()
+                        .map(|e| DumpEndpoint {
+                            address: e.addr.to_string(),
+                            instance_id: e.instance_id.clone(),
+                            version: e.version.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `/config_dump` body.
+#[derive(Debug, Serialize)]
+pub struct Dump {
+    version: String,
+    services: Vec<DumpService>,
+    clusters: Vec<DumpCluster>,
+}
+
+#[derive(Debug, Serialize)]
+struct DumpService {
+    name: String,
+    namespace: String,
+    resource_version: String,
+    routes: Vec<DumpRoute>,
+}
+
+#[derive(Debug, Serialize)]
+struct DumpRoute {
+    name: String,
+    path_prefix: String,
+    backends: Vec<DumpBackend>,
+}
+
+#[derive(Debug, Serialize)]
+struct DumpBackend {
+    cluster: String,
+    weight: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct DumpCluster {
+    name: String,
+    resource_version: String,
+    endpoints: Vec<DumpEndpoint>,
+}
+
+#[derive(Debug, Serialize)]
+struct DumpEndpoint {
+    address: String,
+    instance_id: String,
+    version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(v1_eps: &[&str], v2_eps: &[&str], w1: u32, w2: u32) -> pb::DiscoveryResponse {
+        let cluster = |name: &str, eps: &[&str]| pb::Cluster {
+            name: name.into(),
+            resource_version: "r".into(),
+            endpoints: eps
+                .iter()
+                .map(|a| pb::Endpoint {
+                    address: (*a).into(),
+                    instance_id: format!("i-{a}"),
+                    version: String::new(),
+                })
+                .collect(),
+        };
+        pb::DiscoveryResponse {
+            version_info: "7".into(),
+            nonce: "7.1".into(),
+            services: vec![pb::ServiceConfig {
+                name: "echo".into(),
+                namespace: "default".into(),
+                resource_version: "r".into(),
+                routes: vec![pb::Route {
+                    name: "split".into(),
+                    r#match: None,
+                    backends: vec![
+                        pb::WeightedBackend { cluster: "echo-v1.default".into(), weight: w1 },
+                        pb::WeightedBackend { cluster: "echo-v2.default".into(), weight: w2 },
+                    ],
+                }],
+            }],
+            clusters: vec![cluster("echo-v1.default", v1_eps), cluster("echo-v2.default", v2_eps)],
+        }
+    }
+
+    #[test]
+    fn resolves_every_name_form() {
+        let s = State::from_proto(&snapshot(&["127.0.0.1:1"], &[], 1, 1), "default").unwrap();
+        for host in ["echo", "echo:80", "ECHO", "echo.default", "echo.default.svc.cluster.local:8080"] {
+            assert!(s.resolve(host).is_some(), "{host}");
+        }
+        let other = State::from_proto(&snapshot(&["127.0.0.1:1"], &[], 1, 1), "prod").unwrap();
+        assert!(other.resolve("echo").is_none());
+        assert!(other.resolve("echo.default").is_some());
+    }
+
+    #[test]
+    fn weighted_pick_follows_weights() {
+        let s = State::from_proto(&snapshot(&["127.0.0.1:1"], &["127.0.0.1:2"], 80, 20), "default").unwrap();
+        let route = s.resolve("echo").unwrap().route("/").unwrap();
+        let n = 20_000;
+        let v2 = (0..n)
+            .filter(|_| route.pick_backend().unwrap().cluster.name == "echo-v2.default")
+            .count();
+        // Binomial(20000, 0.2): sd ≈ 57; 6 sd either side.
+        assert!((3660..=4340).contains(&v2), "{v2}");
+    }
+
+    #[test]
+    fn empty_backend_hands_its_share_on() {
+        let s = State::from_proto(&snapshot(&[], &["127.0.0.1:2"], 100, 0), "default").unwrap();
+        let route = s.resolve("echo").unwrap().route("/").unwrap();
+        for _ in 0..100 {
+            assert_eq!(route.pick_backend().unwrap().cluster.name, "echo-v2.default");
+        }
+        let none = State::from_proto(&snapshot(&[], &[], 1, 1), "default").unwrap();
+        assert!(none.resolve("echo").unwrap().route("/").unwrap().pick_backend().is_none());
+    }
+
+    #[test]
+    fn round_robin_over_endpoints() {
+        let s = State::from_proto(&snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0), "default").unwrap();
+        let c = &s.clusters["echo-v1.default"];
+        let picks: Vec<u16> = (0..4).map(|_| c.pick().unwrap().addr.port()).collect();
+        assert_eq!(picks, vec![1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn bad_resources_reject_the_snapshot_with_every_reason() {
+        let mut snap = snapshot(&["not-an-address"], &[], 1, 1);
+        snap.services[0].routes[0].backends.push(pb::WeightedBackend {
+            cluster: "ghost.default".into(),
+            weight: 1,
+        });
+        let err = State::from_proto(&snap, "default").unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.to_string().contains("not-an-address"));
+        assert!(err.to_string().contains("ghost.default"));
+    }
+}
