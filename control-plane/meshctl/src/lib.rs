@@ -1,1 +1,11 @@
+//! meshctl's internals, a library so the end-to-end tests drive the same
+//! process supervision and traffic code as `meshctl up` and `meshctl demo`.
+//! This is a CLI crate: errors are `anyhow` and end up in front of a person.
+#![warn(missing_docs)]
 
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod procs;
+pub mod traffic;
+pub mod up;

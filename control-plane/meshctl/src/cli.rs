@@ -1,0 +1,236 @@
+//! The admin subcommands: apply, get splits, release shift/status and
+//! proxy-status, with output for people (tables) and machines (`-o json`).
+
+use crate::client::{admin, explain};
+use anyhow::{Context, Result, bail};
+use mesh_proto::v1 as pb;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned text.
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// Reads rule files: each path is a file, or a directory of `*.yaml`/`*.yml`.
+pub fn read_rule_files(paths: &[PathBuf]) -> Result<Vec<pb::RuleFile>> {
+    let mut files = Vec::new();
+    for p in paths {
+        let mut add = |path: &Path| -> Result<()> {
+            let content = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            files.push(pb::RuleFile {
+                filename: path.display().to_string(),
+                content,
+            });
+            Ok(())
+        };
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            entries.sort();
+            for e in entries {
+                add(&e)?;
+            }
+        } else {
+            add(p)?;
+        }
+    }
+    if files.is_empty() {
+        bail!("no rule files found in {paths:?}");
+    }
+    Ok(files)
+}
+
+/// `meshctl apply -f ...`
+pub async fn apply(control: &str, paths: &[PathBuf]) -> Result<()> {
+    let files = read_rule_files(paths)?;
+    let resp = admin(control)
+        .await?
+        .apply(pb::ApplyRequest { files })
+        .await
+        .map_err(|s| explain(s).context("rules rejected; nothing was applied"))?
+        .into_inner();
+    for r in &resp.results {
+        println!("{r}");
+    }
+    for w in &resp.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn split_json(s: &pb::Split) -> serde_json::Value {
+    json!({
+        "apiVersion": "split.smi-spec.io/v1alpha4",
+        "kind": "TrafficSplit",
+        "metadata": {"name": s.name, "namespace": s.namespace},
+        "spec": {
+            "service": s.service,
+            "backends": s.backends.iter().map(|b| json!({"service": b.service, "weight": b.weight})).collect::<Vec<_>>(),
+        }
+    })
+}
+
+/// `meshctl get splits`
+pub async fn get_splits(control: &str, namespace: &str, output: Output) -> Result<()> {
+    let resp = admin(control)
+        .await?
+        .get_splits(pb::GetSplitsRequest {
+            namespace: namespace.into(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"items": resp.splits.iter().map(split_json).collect::<Vec<_>>()}))?
+        ),
+        Output::Table => {
+            println!("{:<12} {:<16} {:<16} BACKENDS", "NAMESPACE", "NAME", "SERVICE");
+            for s in &resp.splits {
+                let backends: Vec<String> = s.backends.iter().map(|b| format!("{}={}", b.service, b.weight)).collect();
+                println!("{:<12} {:<16} {:<16} {}", s.namespace, s.name, s.service, backends.join(" "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `meshctl release shift`; returns the new config version.
+pub async fn shift(control: &str, namespace: &str, service: &str, backend: &str, percent: u32) -> Result<u64> {
+    let resp = admin(control)
+        .await?
+        .shift(pb::ShiftRequest {
+            service: service.into(),
+            namespace: namespace.into(),
+            backend: backend.into(),
+            percent,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    for w in &resp.warnings {
+        eprintln!("warning: {w}");
+    }
+    resp.version.parse().context("control plane returned a bad version")
+}
+
+/// Prints the result of a shift.
+pub fn print_shift(service: &str, split: &[(String, u32)]) {
+    let parts: Vec<String> = split.iter().map(|(b, w)| format!("{b} {w}%")).collect();
+    println!("{service}: {}", parts.join(", "));
+}
+
+/// Fetches `release status`.
+pub async fn status(control: &str, namespace: &str, service: &str) -> Result<pb::ReleaseStatusResponse> {
+    Ok(admin(control)
+        .await?
+        .release_status(pb::ReleaseStatusRequest {
+            service: service.into(),
+            namespace: namespace.into(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner())
+}
+
+/// Renders `release status`.
+pub fn render_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<String> {
+    if output == Output::Json {
+        let backends: Vec<_> = st
+            .backends
+            .iter()
+            .map(|b| {
+                json!({
+                    "service": b.service,
+                    "weight": b.weight,
+                    "effectivePercent": b.effective_percent,
+                    "readyEndpoints": b.endpoints.iter().filter(|e| e.ready).count(),
+                    "endpoints": b.endpoints.iter().map(|e| json!({"instance": e.instance_id, "address": e.address, "ready": e.ready})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&json!({
+            "service": st.service,
+            "namespace": st.namespace,
+            "hasSplit": st.has_split,
+            "configVersion": st.version,
+            "backends": backends,
+            "warnings": st.warnings,
+        }))?);
+    }
+    let mut out = format!(
+        "service {}/{} ({}; config version {})\n",
+        st.namespace,
+        st.service,
+        if st.has_split { "TrafficSplit" } else { "no TrafficSplit: routes to itself" },
+        st.version
+    );
+    out.push_str(&format!("{:<18} {:>6} {:>8}  {:<7}  ENDPOINTS\n", "BACKEND", "WEIGHT", "SHARE", "READY"));
+    for b in &st.backends {
+        let ready = b.endpoints.iter().filter(|e| e.ready).count();
+        let eps: Vec<String> = b
+            .endpoints
+            .iter()
+            .map(|e| format!("{}@{}{}", e.instance_id, e.address, if e.ready { "" } else { " (unready)" }))
+            .collect();
+        out.push_str(&format!(
+            "{:<18} {:>6} {:>7.1}%  {:<7}  {}\n",
+            b.service,
+            b.weight,
+            b.effective_percent,
+            format!("{ready}/{}", b.endpoints.len()),
+            if eps.is_empty() { "-".into() } else { eps.join(", ") }
+        ));
+    }
+    for w in &st.warnings {
+        out.push_str(&format!("WARNING: {w}\n"));
+    }
+    Ok(out)
+}
+
+/// `meshctl proxy-status`
+pub async fn proxy_status(control: &str, output: Output) -> Result<()> {
+    let resp = admin(control)
+        .await?
+        .proxy_status(pb::ProxyStatusRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if output == Output::Json {
+        let proxies: Vec<_> = resp
+            .proxies
+            .iter()
+            .map(|p| {
+                json!({"service": p.service, "version": p.version, "namespace": p.namespace, "instance": p.instance_id,
+                       "ackedVersion": p.acked_version, "nackedVersion": p.nacked_version, "nackReason": p.nack_reason})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"controlVersion": resp.control_version, "proxies": proxies}))?);
+        return Ok(());
+    }
+    println!("control plane config version {}", resp.control_version);
+    println!("{:<18} {:<12} {:<8} {:<16} STATUS", "INSTANCE", "SERVICE", "VERSION", "ACKED");
+    for p in &resp.proxies {
+        let status = if !p.nack_reason.is_empty() {
+            format!("REJECTED {}: {}", p.nacked_version, p.nack_reason)
+        } else if p.acked_version == resp.control_version {
+            "SYNCED".into()
+        } else {
+            "STALE".into()
+        };
+        println!(
+            "{:<18} {:<12} {:<8} {:<16} {status}",
+            p.instance_id, p.service, p.version, p.acked_version
+        );
+    }
+    Ok(())
+}

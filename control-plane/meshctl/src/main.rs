@@ -1,0 +1,184 @@
+//! meshctl: the mesh command-line tool. Parses arguments and calls into the
+//! library; every failure prints one readable message and exits non-zero.
+
+use clap::{Parser, Subcommand};
+use meshctl::cli::{self, Output};
+use meshctl::client::DEFAULT_CONTROL;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "meshctl", version, about = "Operate a mesh: rules, releases and a local mesh")]
+struct Args {
+    /// Control plane gRPC URL.
+    #[arg(long, global = true, env = "MESH_CONTROL_URL", default_value = DEFAULT_CONTROL)]
+    control: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a whole local mesh from one mesh file until Ctrl-C.
+    Up {
+        /// Mesh file or directory.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Keep control-plane state here (default: a fresh temporary directory).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Where process logs go.
+        #[arg(long, default_value = ".mesh/logs")]
+        log_dir: PathBuf,
+    },
+    /// Run the canary-release demo end to end.
+    Demo {
+        /// Requests measured at each step.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+    },
+    /// Validate and apply TrafficSplit rules (all or nothing).
+    Apply {
+        /// Rule files or directories.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show resources.
+    Get {
+        #[command(subcommand)]
+        what: Get,
+    },
+    /// Shift traffic between versions and inspect releases.
+    Release {
+        #[command(subcommand)]
+        what: Release,
+    },
+    /// Which config version each sidecar runs.
+    ProxyStatus {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum Get {
+    /// TrafficSplits in force.
+    Splits {
+        /// Namespace (default: all).
+        #[arg(short, long, default_value = "")]
+        namespace: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum Release {
+    /// Send N% of a service's traffic to one backend, the rest to the others.
+    Shift {
+        /// Root service of the split.
+        service: String,
+        /// Backend that receives the weight.
+        #[arg(long)]
+        to: String,
+        /// Percentage, 0–100.
+        #[arg(long)]
+        weight: u32,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Weights and live endpoints per backend.
+    Status {
+        /// Root service.
+        service: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let control = args.control.as_str();
+    match args.command {
+        Cmd::Up { file, state_dir, log_dir } => up(control, file, state_dir, log_dir).await,
+        Cmd::Demo { requests } => meshctl::demo::run(requests).await,
+        Cmd::Apply { files } => cli::apply(control, &files).await,
+        Cmd::Get {
+            what: Get::Splits { namespace, output },
+        } => cli::get_splits(control, &namespace, output).await,
+        Cmd::Release {
+            what: Release::Shift {
+                service,
+                to,
+                weight,
+                namespace,
+            },
+        } => {
+            let version = cli::shift(control, &namespace, &service, &to, weight).await?;
+            let st = cli::status(control, &namespace, &service).await?;
+            let weights: Vec<(String, u32)> = st.backends.iter().map(|b| (b.service.clone(), b.weight)).collect();
+            cli::print_shift(&service, &weights);
+            println!("config version {version} pushed to sidecars");
+            Ok(())
+        }
+        Cmd::Release {
+            what: Release::Status {
+                service,
+                namespace,
+                output,
+            },
+        } => {
+            let st = cli::status(control, &namespace, &service).await?;
+            print!("{}", cli::render_status(&st, output)?);
+            if output == Output::Json {
+                println!();
+            }
+            Ok(())
+        }
+        Cmd::ProxyStatus { output } => cli::proxy_status(control, output).await,
+    }
+}
+
+async fn up(control: &str, file: PathBuf, state_dir: Option<PathBuf>, log_dir: PathBuf) -> anyhow::Result<()> {
+    let grpc_addr = control.trim_start_matches("http://").to_string();
+    let mesh = meshctl::up::Mesh::start(&meshctl::up::Options {
+        file,
+        state_dir,
+        grpc_addr,
+        http_addr: "127.0.0.1:15014".into(),
+        log_dir,
+    })
+    .await?;
+    println!("mesh is up. Ctrl-C to stop.\n");
+    print!("{}", mesh.describe());
+    if let Some(client) = mesh.replicas.iter().find(|r| r.app.is_none())
+        && let Ok(out) = client.sidecar.addr("outbound")
+    {
+        println!("\ntry:\n  curl -H 'Host: echo' http://{out}/\n  meshctl release shift echo --to echo-v2 --weight 10\n  meshctl release status echo");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    println!("\nstopping…");
+    mesh.shutdown().await;
+    Ok(())
+}

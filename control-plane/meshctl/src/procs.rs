@@ -1,0 +1,189 @@
+//! Runs mesh processes as children: spawn, read the one JSON line each
+//! prints with the addresses it bound, wait for readiness over HTTP with a
+//! bounded deadline, and stop them with SIGTERM (then SIGKILL). Used by
+//! `meshctl up`, `meshctl demo` and the end-to-end tests alike.
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a process may take to print its bound addresses.
+const BIND_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running child process.
+pub struct Proc {
+    /// Name for messages and the log file.
+    pub name: String,
+    /// The JSON line it printed on startup.
+    pub bound: serde_json::Value,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    child: Child,
+}
+
+/// Finds a mesh binary: next to the running executable first (a cargo
+/// target dir or an install dir), then on PATH.
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        for candidate in [dir.join(name), dir.join("..").join(name)] {
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(name)
+}
+
+impl Proc {
+    /// Spawns `cmd`, sending stderr to `log_dir/<name>.log`, and waits for its
+    /// bound-addresses line.
+    pub async fn spawn(name: &str, cmd: Command, log_dir: &Path) -> Result<Proc> {
+        let (mut child, log) = start(name, cmd, log_dir, Stdio::piped())?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(BIND_DEADLINE, lines.next_line()).await;
+        let line = match first {
+            Ok(Ok(Some(line))) => line,
+            _ => {
+                let status = child.try_wait().ok().flatten();
+                bail!(
+                    "{name} did not report its addresses (exit: {status:?}); last log lines:\n{}",
+                    tail(&log, 15)
+                );
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let bound = serde_json::from_str(&line).with_context(|| format!("{name} printed {line:?}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            bound,
+            log,
+            child,
+        })
+    }
+
+    /// Spawns an app that prints nothing we read; its output goes to its log.
+    pub fn spawn_plain(name: &str, cmd: Command, log_dir: &Path) -> Result<Proc> {
+        let log = log_dir.join(format!("{name}.log"));
+        let (child, log) = start(name, cmd, log_dir, Stdio::from(std::fs::File::create(&log)?))?;
+        Ok(Proc {
+            name: name.to_string(),
+            bound: serde_json::Value::Null,
+            log,
+            child,
+        })
+    }
+
+    /// An address from the bound line.
+    pub fn addr(&self, key: &str) -> Result<SocketAddr> {
+        self.bound
+            .get(key)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow!("{} reported no {key:?} address: {}", self.name, self.bound))?
+            .parse()
+            .with_context(|| format!("{}'s {key} address", self.name))
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends a signal, if the process still runs.
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait()).await.ok()?.ok()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Returns the exit status.
+    pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        if let Some(st) = self.wait(grace).await {
+            return Some(st);
+        }
+        let _ = self.child.start_kill();
+        self.wait(Duration::from_secs(5)).await
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+}
+
+fn start(name: &str, mut cmd: Command, log_dir: &Path, stdout: Stdio) -> Result<(Child, PathBuf)> {
+    std::fs::create_dir_all(log_dir)?;
+    let log = log_dir.join(format!("{name}.log"));
+    let err_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("creating {}", log.display()))?;
+    // Own process group: a Ctrl-C in the terminal reaches meshctl only, which
+    // then stops the children in order.
+    cmd.stdout(stdout)
+        .stderr(err_file)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {name} ({:?})", cmd.as_std().get_program()))?;
+    Ok((child, log))
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `http://addr{path}` until it answers 200, or fails after `deadline`.
+pub async fn wait_ready(addr: SocketAddr, path: &str, deadline: Duration) -> Result<()> {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        let last = match crate::traffic::get(addr, path).await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= end {
+            bail!("http://{addr}{path} not ready after {deadline:?}: {last}");
+        }
+        // Polling interval of a readiness wait, not a stand-in for one.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the sidecar whose admin listens on `admin` runs config
+/// version `min_version` or newer.
+pub async fn wait_config(admin: SocketAddr, min_version: u64, deadline: Duration) -> Result<()> {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        let (_, body) = crate::traffic::get(admin, "/config_dump").await?;
+        let dump: serde_json::Value = serde_json::from_str(&body)?;
+        let v: u64 = dump["version"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if v >= min_version {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("sidecar {admin} still at config {v} after {deadline:?}; wanted {min_version}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

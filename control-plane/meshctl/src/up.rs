@@ -1,0 +1,228 @@
+//! `meshctl up`: runs a whole local mesh from one mesh file: the control
+//! plane, then each Workload replica's app and sidecar, as child processes.
+
+use crate::procs::{Proc, binary, wait_ready};
+use anyhow::{Context, Result, bail};
+use mesh_control::manifest::{Document, Workload};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
+
+/// How long the whole mesh may take to become ready.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Where to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Mesh file or directory.
+    pub file: PathBuf,
+    /// Control plane state; a fresh temporary directory when None.
+    pub state_dir: Option<PathBuf>,
+    /// Control plane gRPC address.
+    pub grpc_addr: String,
+    /// Control plane HTTP address.
+    pub http_addr: String,
+    /// Where process logs go.
+    pub log_dir: PathBuf,
+}
+
+/// One replica of a workload.
+pub struct Replica {
+    /// Workload name.
+    pub workload: String,
+    /// Service.
+    pub service: String,
+    /// Version.
+    pub version: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// The app, unless the workload is sidecar-only.
+    pub app: Option<(Proc, String)>,
+    /// Its sidecar.
+    pub sidecar: Proc,
+}
+
+/// A running mesh.
+pub struct Mesh {
+    /// The control plane.
+    pub control: Proc,
+    /// Every replica.
+    pub replicas: Vec<Replica>,
+    /// Log directory.
+    pub log_dir: PathBuf,
+    _state: Option<TempDir>,
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    // Bind-and-release: the app binds it a moment later. Good enough for a
+    // local dev mesh; tests and benches use apps that report their own port.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn substitute(arg: &str, port: u16, w: &Workload, instance: &str) -> String {
+    arg.replace("{port}", &port.to_string())
+        .replace("{addr}", &format!("127.0.0.1:{port}"))
+        .replace("{service}", &w.spec.service)
+        .replace("{version}", &w.spec.version)
+        .replace("{instance}", instance)
+}
+
+impl Mesh {
+    /// Starts everything and waits until every sidecar is ready.
+    pub async fn start(opts: &Options) -> Result<Mesh> {
+        let docs = mesh_control::app::load_documents(&opts.file)?;
+        let workloads: Vec<&Workload> = docs
+            .iter()
+            .filter_map(|d| match &d.doc {
+                Document::Workload(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        if workloads.is_empty() {
+            bail!("{}: no Workload documents; nothing to run", opts.file.display());
+        }
+        let (state_dir, temp) = match &opts.state_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let d = std::env::temp_dir().join(format!("mesh-up-{}", std::process::id()));
+                (d.clone(), Some(TempDir(d)))
+            }
+        };
+        let mut cmd = Command::new(binary("mesh-control"));
+        cmd.arg("--config")
+            .arg(&opts.file)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--grpc-addr")
+            .arg(&opts.grpc_addr)
+            .arg("--http-addr")
+            .arg(&opts.http_addr);
+        let control = Proc::spawn("mesh-control", cmd, &opts.log_dir).await?;
+        wait_ready(control.addr("http")?, "/ready", READY_DEADLINE).await?;
+        let control_url = format!("http://{}", control.addr("grpc")?);
+        let mut replicas = Vec::new();
+        for w in workloads {
+            for i in 0..w.spec.replicas {
+                replicas.push(start_replica(w, i, &control_url, &opts.log_dir).await?);
+            }
+        }
+        for r in &replicas {
+            wait_ready(r.sidecar.addr("admin")?, "/ready", READY_DEADLINE)
+                .await
+                .with_context(|| format!("sidecar of {}", r.instance_id))?;
+        }
+        Ok(Mesh {
+            control,
+            replicas,
+            log_dir: opts.log_dir.clone(),
+            _state: temp,
+        })
+    }
+
+    /// The control plane's gRPC URL.
+    pub fn control_url(&self) -> Result<String> {
+        Ok(format!("http://{}", self.control.addr("grpc")?))
+    }
+
+    /// The first replica of a workload.
+    pub fn replica(&self, workload: &str) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.workload == workload)
+    }
+
+    /// A table of where everything listens.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let grpc = self.control.addr("grpc").map(|a| a.to_string()).unwrap_or_default();
+        let http = self.control.addr("http").map(|a| a.to_string()).unwrap_or_default();
+        out.push_str(&format!("control plane   grpc {grpc}   http {http}\n\n"));
+        out.push_str(&format!(
+            "{:<12} {:<14} {:<8} {:<22} {:<22} {:<22} {:<22}\n",
+            "WORKLOAD", "INSTANCE", "VERSION", "APP", "OUTBOUND (app → mesh)", "INBOUND (mesh → app)", "ADMIN"
+        ));
+        for r in &self.replicas {
+            let get = |k: &str| r.sidecar.addr(k).map(|a| a.to_string()).unwrap_or_else(|_| "-".into());
+            out.push_str(&format!(
+                "{:<12} {:<14} {:<8} {:<22} {:<22} {:<22} {:<22}\n",
+                r.workload,
+                r.instance_id,
+                if r.version.is_empty() { "-" } else { &r.version },
+                r.app.as_ref().map(|(_, a)| a.as_str()).unwrap_or("-"),
+                get("outbound"),
+                get("inbound"),
+                get("admin"),
+            ));
+        }
+        out.push_str(&format!("\nlogs: {}\n", self.log_dir.display()));
+        out
+    }
+
+    /// Stops sidecars and apps, then the control plane.
+    pub async fn shutdown(mut self) {
+        let grace = Duration::from_secs(15);
+        let stops = self.replicas.iter_mut().map(|r| async move {
+            r.sidecar.stop(grace).await;
+            if let Some((app, _)) = &mut r.app {
+                app.stop(grace).await;
+            }
+        });
+        futures::future::join_all(stops).await;
+        self.control.stop(grace).await;
+    }
+}
+
+async fn start_replica(w: &Workload, i: u32, control_url: &str, log_dir: &Path) -> Result<Replica> {
+    let instance_id = format!("{}-{i}", w.metadata.name);
+    let app = if w.spec.command.is_empty() {
+        None
+    } else {
+        let port = free_port()?;
+        let args: Vec<String> = w.spec.command.iter().map(|a| substitute(a, port, w, &instance_id)).collect();
+        let program = if args[0].contains('/') { PathBuf::from(&args[0]) } else { binary(&args[0]) };
+        let mut cmd = Command::new(program);
+        cmd.args(&args[1..]).env("PORT", port.to_string());
+        let proc = Proc::spawn_plain(&format!("{instance_id}-app"), cmd, log_dir)?;
+        Some((proc, format!("127.0.0.1:{port}")))
+    };
+    let mut cmd = Command::new(binary("mesh-proxy"));
+    cmd.env("MESH_PROXY_SERVICE", &w.spec.service)
+        .env("MESH_PROXY_VERSION", &w.spec.version)
+        .env("MESH_PROXY_NAMESPACE", &w.metadata.namespace)
+        .env("MESH_PROXY_INSTANCE_ID", &instance_id)
+        .env("MESH_PROXY_CONTROL_ADDR", control_url)
+        .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
+        .env("MESH_PROXY_INBOUND_ADDR", "127.0.0.1:0")
+        .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0");
+    if let Some((_, addr)) = &app {
+        cmd.env("MESH_PROXY_APP_ADDR", addr);
+    }
+    if let Some(h) = &w.spec.health {
+        cmd.env("MESH_PROXY_HEALTH_PATH", &h.path);
+        if let Some(ms) = h.interval_ms {
+            cmd.env("MESH_PROXY_HEALTH_INTERVAL_MS", ms.to_string());
+        }
+        if let Some(n) = h.failure_threshold {
+            cmd.env("MESH_PROXY_HEALTH_FAILURE_THRESHOLD", n.to_string());
+        }
+        if let Some(n) = h.success_threshold {
+            cmd.env("MESH_PROXY_HEALTH_SUCCESS_THRESHOLD", n.to_string());
+        }
+    }
+    let sidecar = Proc::spawn(&format!("{instance_id}-proxy"), cmd, log_dir).await?;
+    Ok(Replica {
+        workload: w.metadata.name.clone(),
+        service: w.spec.service.clone(),
+        version: w.spec.version.clone(),
+        instance_id,
+        app,
+        sidecar,
+    })
+}
