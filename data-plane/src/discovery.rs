@@ -132,6 +132,7 @@ impl Registration {
         tokio::spawn(async move {
             let mut client = DiscoveryClient::new(channel);
             let mut interval = Duration::from_secs(1);
+            let mut health_open = true;
             loop {
                 {
                     let stopped = stopped.lock().await;
@@ -152,9 +153,11 @@ impl Registration {
                     }
                 }
                 // A readiness change is reported at once, not at the next beat.
+                // A closed channel means readiness is final (no health check):
+                // keep beating on the interval.
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
-                    changed = health.changed() => if changed.is_err() { return },
+                    changed = health.changed(), if health_open => health_open = changed.is_ok(),
                 }
             }
         });

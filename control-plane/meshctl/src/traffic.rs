@@ -14,6 +14,8 @@ use tokio::sync::watch;
 
 /// Header the echo workload names its version in.
 pub const VERSION_HEADER: &str = "x-echo-version";
+/// Header the echo workload names its instance in.
+pub const INSTANCE_HEADER: &str = "x-echo-instance";
 
 /// What one request got.
 #[derive(Debug, Clone)]
@@ -22,6 +24,8 @@ pub struct Outcome {
     pub started: Instant,
     /// Version that answered, if it succeeded.
     pub version: Option<String>,
+    /// Instance that answered, if it succeeded.
+    pub instance: Option<String>,
     /// Failure description, if it failed.
     pub error: Option<String>,
 }
@@ -77,25 +81,24 @@ pub async fn one(client: &Client<HttpConnector, Full<Bytes>>, proxy: SocketAddr,
     let result = async {
         let resp = client.request(req).await?;
         let status = resp.status();
-        let version = resp
-            .headers()
-            .get(VERSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (version, instance) = (header(VERSION_HEADER), header(INSTANCE_HEADER));
         let body = resp.into_body().collect().await?.to_bytes();
         anyhow::ensure!(status.is_success(), "HTTP {status}: {}", String::from_utf8_lossy(&body).trim());
-        version.context("answer has no version header")
+        Ok((version.context("answer has no version header")?, instance))
     }
     .await;
     match result {
-        Ok(v) => Outcome {
+        Ok((v, i)) => Outcome {
             started,
             version: Some(v),
+            instance: i,
             error: None,
         },
         Err(e) => Outcome {
             started,
             version: None,
+            instance: None,
             error: Some(format!("{e:#}")),
         },
     }

@@ -1,0 +1,100 @@
+//! Registry health: an instance whose app fails its health check stops
+//! receiving traffic within two probe intervals and returns when it passes;
+//! a rolling restart of one of two instances fails no request.
+
+mod support;
+
+use meshctl::procs::wait_config;
+use meshctl::traffic::{Steady, burst, get};
+use std::time::{Duration, Instant};
+use support::{DEADLINE, Health, Mesh};
+
+const INTERVAL_MS: u64 = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_check_removes_instance_within_two_intervals() {
+    let mesh = Mesh::start("health").await;
+    let health = Some(Health {
+        interval_ms: INTERVAL_MS,
+        failure_threshold: 1,
+    });
+    let a = mesh.instance("echo", "v1", "echo-v1-a", &[], health).await;
+    let _b = mesh.instance("echo", "v1", "echo-v1-b", &[], health).await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)]).await.unwrap();
+    let client = mesh.client("client-0").await;
+    let (outbound, admin) = (client.addr("outbound").unwrap(), client.addr("admin").unwrap());
+    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+
+    let steady = Steady::start(outbound, "echo", 2, 100_000);
+    let warm = burst(outbound, "echo", 200, 2).await;
+    assert_eq!(warm.failures, 0);
+    // The app's health endpoint starts failing; the app itself keeps serving.
+    let (status, _) = get(a.app_addr(), "/admin/health?ok=false").await.unwrap();
+    assert_eq!(status, 200);
+    let failed_at = Instant::now();
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)]).await.unwrap();
+    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    let after = burst(outbound, "echo", 300, 2).await;
+    assert_eq!(after.failures, 0);
+
+    // It passes again and rejoins.
+    get(a.app_addr(), "/admin/health?ok=true").await.unwrap();
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)]).await.unwrap();
+    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    let back = burst(outbound, "echo", 200, 2).await;
+    let outcomes = steady.finish().await;
+
+    let cutoff = failed_at + Duration::from_millis(2 * INTERVAL_MS);
+    let late_hits = outcomes
+        .iter()
+        .filter(|o| o.started > cutoff && o.started < cutoff + Duration::from_millis(500))
+        .filter(|o| o.instance.as_deref() == Some("echo-v1-a"))
+        .count();
+    assert_eq!(late_hits, 0, "unhealthy instance still got traffic two probe intervals after failing");
+    assert!(outcomes.iter().all(|o| o.error.is_none()), "no request fails");
+    let back_on_a = outcomes
+        .iter()
+        .filter(|o| o.instance.as_deref() == Some("echo-v1-a"))
+        .count();
+    assert!(back_on_a > 0, "instance a served traffic at some point");
+    assert_eq!(back.failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_one_instance_fails_no_request() {
+    let mesh = Mesh::start("restart").await;
+    let mut a = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
+    let _b = mesh.instance("echo", "v1", "echo-v1-b", &[], None).await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)]).await.unwrap();
+    let client = mesh.client("client-0").await;
+    let (outbound, admin) = (client.addr("outbound").unwrap(), client.addr("admin").unwrap());
+    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+
+    let steady = Steady::start(outbound, "echo", 4, 100_000);
+    let warm = burst(outbound, "echo", 200, 2).await;
+    assert!(warm.failures == 0 && warm.total() == 200);
+
+    // SIGTERM: deregister, stop accepting, drain, exit 0.
+    let status = a.stop().await.expect("sidecar exited");
+    assert!(status.success(), "sidecar drained cleanly: {status:?}");
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)]).await.unwrap();
+    let during = burst(outbound, "echo", 300, 2).await;
+    assert_eq!(during.failures, 0, "{:?}", during.sample_errors);
+
+    // The replacement comes up under the same instance id, as a restarted pod would.
+    let _a2 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)]).await.unwrap();
+    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    let after = burst(outbound, "echo", 300, 2).await;
+    let outcomes = steady.finish().await;
+
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), outcomes.len(), &failed[..failed.len().min(3)]);
+    assert_eq!(after.failures, 0);
+    assert!(
+        after.by_version.values().sum::<u64>() == 300,
+        "the restarted instance is back in rotation"
+    );
+    let on_new = burst(outbound, "echo", 100, 1).await;
+    assert_eq!(on_new.failures, 0);
+}

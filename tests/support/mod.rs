@@ -1,0 +1,293 @@
+//! Test harness: runs the real binaries (mesh-control, mesh-proxy,
+//! mesh-echo, meshctl) on loopback with port 0, waits on readiness with
+//! bounded deadlines, and prints every process's log tail when a test fails.
+#![allow(dead_code, unreachable_pub)]
+
+use anyhow::{Context, Result, bail};
+use meshctl::procs::{Proc, binary, wait_ready};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::process::Command;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Builds the binaries once per test process, so `cargo test` alone always
+/// runs the current code (a stale binary would test yesterday's mesh).
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "mesh-proxy", "-p", "mesh-control", "-p", "meshctl", "-p", "mesh-echo"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the mesh binaries");
+        assert!(status.success(), "building the mesh binaries failed");
+    });
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("mesh-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// An echo app with its sidecar.
+pub struct Instance {
+    pub id: String,
+    pub app: Proc,
+    pub sidecar: Proc,
+}
+
+impl Instance {
+    pub fn app_addr(&self) -> SocketAddr {
+        self.app.addr("addr").expect("echo reports addr")
+    }
+    pub fn admin(&self) -> SocketAddr {
+        self.sidecar.addr("admin").expect("sidecar reports admin")
+    }
+    /// Graceful stop: sidecar first (deregister, drain), then the app.
+    pub async fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let st = self.sidecar.stop(Duration::from_secs(15)).await;
+        self.app.stop(Duration::from_secs(5)).await;
+        st
+    }
+}
+
+/// Health-check settings for an instance's sidecar.
+#[derive(Clone, Copy)]
+pub struct Health {
+    pub interval_ms: u64,
+    pub failure_threshold: u32,
+}
+
+/// A control plane plus whatever the test starts around it.
+pub struct Mesh {
+    pub dir: TempDir,
+    pub control: Proc,
+    pub grpc: SocketAddr,
+    procs_for_logs: Vec<PathBuf>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- logs in {} ---", self.dir.0.display());
+            if let Ok(entries) = std::fs::read_dir(self.dir.0.join("logs")) {
+                for e in entries.flatten() {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("== {} ==\n{}", e.path().display(), lines[lines.len().saturating_sub(25)..].join("\n"));
+                }
+            }
+        }
+    }
+}
+
+impl Mesh {
+    /// Starts a control plane on port 0 with a fresh state dir.
+    pub async fn start(tag: &str) -> Mesh {
+        Self::start_with(tag, None).await
+    }
+
+    /// Starts a control plane seeded with a mesh file.
+    pub async fn start_with(tag: &str, mesh_file: Option<&str>) -> Mesh {
+        ensure_built();
+        let dir = TempDir::new(tag);
+        if let Some(yaml) = mesh_file {
+            std::fs::write(dir.0.join("mesh.yaml"), yaml).unwrap();
+        }
+        let control = start_control(&dir.0, "127.0.0.1:0".parse().unwrap(), mesh_file.is_some())
+            .await
+            .expect("control plane starts");
+        let grpc = control.addr("grpc").unwrap();
+        Mesh {
+            dir,
+            control,
+            grpc,
+            procs_for_logs: Vec::new(),
+        }
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.0.join("logs")
+    }
+
+    /// Kills the control plane hard (SIGKILL): no goodbye to anyone.
+    pub async fn kill_control(&mut self) {
+        self.control.signal(nix::sys::signal::Signal::SIGKILL);
+        self.control.wait(Duration::from_secs(5)).await.expect("control plane died");
+    }
+
+    /// Restarts the control plane on the same address and state dir.
+    pub async fn restart_control(&mut self) {
+        self.control = start_control(&self.dir.0, self.grpc, false)
+            .await
+            .expect("control plane restarts");
+    }
+
+    /// Starts an echo app and its sidecar; waits until the sidecar is ready.
+    pub async fn instance(&self, service: &str, version: &str, id: &str, echo_args: &[&str], health: Option<Health>) -> Instance {
+        let mut cmd = Command::new(binary("mesh-echo"));
+        cmd.args(["--service", service, "--version", version, "--instance", id]).args(echo_args);
+        let app = Proc::spawn(&format!("{id}-app"), cmd, &self.logs()).await.expect("echo starts");
+        let app_addr = app.addr("addr").unwrap();
+        let mut cmd = self.sidecar_cmd(service, version, id);
+        cmd.env("MESH_PROXY_APP_ADDR", app_addr.to_string())
+            .env("MESH_PROXY_INBOUND_ADDR", "127.0.0.1:0");
+        if let Some(h) = health {
+            cmd.env("MESH_PROXY_HEALTH_PATH", "/healthz")
+                .env("MESH_PROXY_HEALTH_INTERVAL_MS", h.interval_ms.to_string())
+                .env("MESH_PROXY_HEALTH_FAILURE_THRESHOLD", h.failure_threshold.to_string());
+        }
+        let sidecar = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs()).await.expect("sidecar starts");
+        wait_ready(sidecar.addr("admin").unwrap(), "/ready", DEADLINE).await.expect("sidecar ready");
+        Instance {
+            id: id.to_string(),
+            app,
+            sidecar,
+        }
+    }
+
+    /// Starts a client-only sidecar (no app) and waits until it is ready.
+    pub async fn client(&self, id: &str) -> Proc {
+        let cmd = self.sidecar_cmd("client", "", id);
+        let p = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs()).await.expect("client sidecar starts");
+        wait_ready(p.addr("admin").unwrap(), "/ready", DEADLINE).await.expect("client sidecar ready");
+        p
+    }
+
+    fn sidecar_cmd(&self, service: &str, version: &str, id: &str) -> Command {
+        let mut cmd = Command::new(binary("mesh-proxy"));
+        cmd.env("MESH_PROXY_SERVICE", service)
+            .env("MESH_PROXY_VERSION", version)
+            .env("MESH_PROXY_INSTANCE_ID", id)
+            .env("MESH_PROXY_CONTROL_ADDR", self.control_url())
+            .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
+            .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0")
+            .env("MESH_PROXY_RECONNECT_MAX_MS", "500")
+            .env("MESH_PROXY_LOG", "info");
+        cmd
+    }
+
+    /// Runs meshctl against this control plane.
+    pub async fn meshctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary("meshctl"))
+            .arg("--control")
+            .arg(self.control_url())
+            .args(args)
+            .output()
+            .await
+            .expect("meshctl runs")
+    }
+
+    /// Writes `yaml` to a file named `name` and applies it with meshctl.
+    pub async fn apply(&self, name: &str, yaml: &str) -> std::process::Output {
+        let path = self.dir.0.join(name);
+        std::fs::write(&path, yaml).unwrap();
+        self.meshctl(&["apply", "-f", path.to_str().unwrap()]).await
+    }
+
+    /// Applies and insists it worked; returns the config version it produced.
+    pub async fn apply_ok(&self, name: &str, yaml: &str) {
+        let out = self.apply(name, yaml).await;
+        assert!(
+            out.status.success(),
+            "apply failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The control plane's current config version.
+    pub async fn version(&self) -> u64 {
+        let mut c = meshctl::client::admin(&self.control_url()).await.unwrap();
+        let st = c
+            .proxy_status(mesh_proto::v1::ProxyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        st.control_version.parse().unwrap()
+    }
+
+    /// Waits until `service`'s backends have these ready endpoint counts.
+    pub async fn wait_ready_endpoints(&self, service: &str, want: &[(&str, usize)]) -> Result<()> {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let st = meshctl::cli::status(&self.control_url(), "default", service).await?;
+            let ok = want.iter().all(|(backend, n)| {
+                st.backends
+                    .iter()
+                    .find(|b| b.service == *backend)
+                    .map(|b| b.endpoints.iter().filter(|e| e.ready).count())
+                    == Some(*n)
+            });
+            if ok {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > end {
+                bail!("endpoints never reached {want:?}: {st:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn start_control(dir: &Path, grpc: SocketAddr, seeded: bool) -> Result<Proc> {
+    let mut cmd = Command::new(binary("mesh-control"));
+    cmd.arg("--grpc-addr")
+        .arg(grpc.to_string())
+        .arg("--http-addr")
+        .arg("127.0.0.1:0")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("MESH_CONTROL_HEARTBEAT_MS", "300");
+    if seeded {
+        cmd.arg("--config").arg(dir.join("mesh.yaml"));
+    }
+    let p = Proc::spawn("mesh-control", cmd, &dir.join("logs")).await?;
+    wait_ready(p.addr("http")?, "/ready", DEADLINE).await.context("control plane ready")?;
+    Ok(p)
+}
+
+/// A TrafficSplit document.
+pub fn split(root: &str, backends: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: {root}-split\nspec:\n  service: {root}\n  backends:\n"
+    );
+    for (b, w) in backends {
+        s.push_str(&format!("  - service: {b}\n    weight: {w}\n"));
+    }
+    s
+}
+
+/// Whether `observed` successes out of `n` fit probability `p` within 5
+/// standard deviations of the binomial (false-failure odds ≈ 1 in 1.7 million).
+pub fn within_binomial(observed: u64, n: u64, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (observed as f64 - mean).abs() <= 5.0 * sd
+}
