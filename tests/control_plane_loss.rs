@@ -14,15 +14,33 @@ async fn control_plane_loss_and_restart() {
     let mut mesh = Mesh::start("cp-loss").await;
     let _v1 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
     let _v2 = mesh.instance("echo", "v2", "echo-v2-a", &[], None).await;
-    mesh.apply_ok("split.yaml", &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]))
-        .await;
+    mesh.apply_ok(
+        "split.yaml",
+        &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]),
+    )
+    .await;
     // Rules applied through the admin API (not the seed file) must survive.
-    let out = mesh.meshctl(&["release", "shift", "echo", "--to", "echo-v2", "--weight", "70"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)]).await.unwrap();
+    let out = mesh
+        .meshctl(&[
+            "release", "shift", "echo", "--to", "echo-v2", "--weight", "70",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
+        .await
+        .unwrap();
     let client = mesh.client("client-0").await;
-    let (outbound, admin) = (client.addr("outbound").unwrap(), client.addr("admin").unwrap());
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    let (outbound, admin) = (
+        client.addr("outbound").unwrap(),
+        client.addr("admin").unwrap(),
+    );
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
 
     let steady = Steady::start(outbound, "echo", 2, 100_000);
     mesh.kill_control().await;
@@ -30,7 +48,10 @@ async fn control_plane_loss_and_restart() {
     // Well past a heartbeat lease and several reconnect attempts.
     let during = burst(outbound, "echo", 1000, 4).await;
     assert_eq!(during.failures, 0, "{:?}", during.sample_errors);
-    assert!(within_binomial(during.count("v2"), 1000, 0.7), "last good 30/70 config keeps serving: {during:?}");
+    assert!(
+        within_binomial(during.count("v2"), 1000, 0.7),
+        "last good 30/70 config keeps serving: {during:?}"
+    );
 
     mesh.restart_control().await;
     // Every sidecar resubscribes and ACKs the restarted control plane's config.
@@ -40,11 +61,17 @@ async fn control_plane_loss_and_restart() {
         let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let version = st["controlVersion"].as_str().unwrap_or("?").to_string();
         let proxies = st["proxies"].as_array().cloned().unwrap_or_default();
-        let synced = proxies.iter().filter(|p| p["ackedVersion"] == version.as_str()).count();
+        let synced = proxies
+            .iter()
+            .filter(|p| p["ackedVersion"] == version.as_str())
+            .count();
         if proxies.len() == 3 && synced == 3 {
             break;
         }
-        assert!(tokio::time::Instant::now() < end, "sidecars did not resubscribe: {st}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "sidecars did not resubscribe: {st}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let out = mesh.meshctl(&["get", "splits", "-o", "json"]).await;
@@ -56,13 +83,32 @@ async fn control_plane_loss_and_restart() {
     assert_eq!(after.failures, 0, "{:?}", after.sample_errors);
     assert!(within_binomial(after.count("v2"), 1000, 0.7), "{after:?}");
 
-    let out = mesh.meshctl(&["release", "shift", "echo", "--to", "echo-v2", "--weight", "100"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    let out = mesh
+        .meshctl(&[
+            "release", "shift", "echo", "--to", "echo-v2", "--weight", "100",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
     let last = burst(outbound, "echo", 300, 4).await;
-    assert_eq!(last.count("v2"), 300, "shift after restart takes effect: {last:?}");
+    assert_eq!(
+        last.count("v2"),
+        300,
+        "shift after restart takes effect: {last:?}"
+    );
 
     let outcomes = steady.finish().await;
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
-    assert_eq!(failed, 0, "{failed} of {} background requests failed", outcomes.len());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} background requests failed",
+        outcomes.len()
+    );
 }

@@ -20,10 +20,17 @@ async fn failing_health_check_removes_instance_within_two_intervals() {
     });
     let a = mesh.instance("echo", "v1", "echo-v1-a", &[], health).await;
     let _b = mesh.instance("echo", "v1", "echo-v1-b", &[], health).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 2)]).await.unwrap();
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
+        .await
+        .unwrap();
     let client = mesh.client("client-0").await;
-    let (outbound, admin) = (client.addr("outbound").unwrap(), client.addr("admin").unwrap());
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    let (outbound, admin) = (
+        client.addr("outbound").unwrap(),
+        client.addr("admin").unwrap(),
+    );
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
 
     let steady = Steady::start(outbound, "echo", 2, 100_000);
     let warm = burst(outbound, "echo", 200, 2).await;
@@ -32,15 +39,23 @@ async fn failing_health_check_removes_instance_within_two_intervals() {
     let (status, _) = get(a.app_addr(), "/admin/health?ok=false").await.unwrap();
     assert_eq!(status, 200);
     let failed_at = Instant::now();
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)]).await.unwrap();
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
+        .await
+        .unwrap();
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
     let after = burst(outbound, "echo", 300, 2).await;
     assert_eq!(after.failures, 0);
 
     // It passes again and rejoins.
     get(a.app_addr(), "/admin/health?ok=true").await.unwrap();
-    mesh.wait_ready_endpoints("echo", &[("echo", 2)]).await.unwrap();
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
+        .await
+        .unwrap();
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
     let back = burst(outbound, "echo", 200, 2).await;
     let outcomes = steady.finish().await;
 
@@ -50,8 +65,14 @@ async fn failing_health_check_removes_instance_within_two_intervals() {
         .filter(|o| o.started > cutoff && o.started < cutoff + Duration::from_millis(500))
         .filter(|o| o.instance.as_deref() == Some("echo-v1-a"))
         .count();
-    assert_eq!(late_hits, 0, "unhealthy instance still got traffic two probe intervals after failing");
-    assert!(outcomes.iter().all(|o| o.error.is_none()), "no request fails");
+    assert_eq!(
+        late_hits, 0,
+        "unhealthy instance still got traffic two probe intervals after failing"
+    );
+    assert!(
+        outcomes.iter().all(|o| o.error.is_none()),
+        "no request fails"
+    );
     let back_on_a = outcomes
         .iter()
         .filter(|o| o.instance.as_deref() == Some("echo-v1-a"))
@@ -65,10 +86,17 @@ async fn rolling_restart_of_one_instance_fails_no_request() {
     let mesh = Mesh::start("restart").await;
     let mut a = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
     let _b = mesh.instance("echo", "v1", "echo-v1-b", &[], None).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 2)]).await.unwrap();
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
+        .await
+        .unwrap();
     let client = mesh.client("client-0").await;
-    let (outbound, admin) = (client.addr("outbound").unwrap(), client.addr("admin").unwrap());
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    let (outbound, admin) = (
+        client.addr("outbound").unwrap(),
+        client.addr("admin").unwrap(),
+    );
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
 
     let steady = Steady::start(outbound, "echo", 4, 100_000);
     let warm = burst(outbound, "echo", 200, 2).await;
@@ -77,19 +105,31 @@ async fn rolling_restart_of_one_instance_fails_no_request() {
     // SIGTERM: deregister, stop accepting, drain, exit 0.
     let status = a.stop().await.expect("sidecar exited");
     assert!(status.success(), "sidecar drained cleanly: {status:?}");
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)]).await.unwrap();
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
+        .await
+        .unwrap();
     let during = burst(outbound, "echo", 300, 2).await;
     assert_eq!(during.failures, 0, "{:?}", during.sample_errors);
 
     // The replacement comes up under the same instance id, as a restarted pod would.
     let _a2 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 2)]).await.unwrap();
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
+        .await
+        .unwrap();
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
     let after = burst(outbound, "echo", 300, 2).await;
     let outcomes = steady.finish().await;
 
     let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), outcomes.len(), &failed[..failed.len().min(3)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(3)]
+    );
     assert_eq!(after.failures, 0);
     assert!(
         after.by_version.values().sum::<u64>() == 300,

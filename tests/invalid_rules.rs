@@ -26,17 +26,29 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
     let mesh = Mesh::start("invalid").await;
     let _v1 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
     let _v2 = mesh.instance("echo", "v2", "echo-v2-a", &[], None).await;
-    mesh.apply_ok("split.yaml", &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]))
-        .await;
-    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)]).await.unwrap();
+    mesh.apply_ok(
+        "split.yaml",
+        &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]),
+    )
+    .await;
+    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
+        .await
+        .unwrap();
     let client = mesh.client("client-0").await;
-    let (outbound, admin) = (client.addr("outbound").unwrap(), client.addr("admin").unwrap());
+    let (outbound, admin) = (
+        client.addr("outbound").unwrap(),
+        client.addr("admin").unwrap(),
+    );
     let good_version = mesh.version().await;
     wait_config(admin, good_version, DEADLINE).await.unwrap();
 
     // Each would move traffic to v2 if it were (partly) applied.
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
-        ("malformed.yaml", GOOD.replace("  backends:\n", "  backends: [\n"), vec!["malformed.yaml:"]),
+        (
+            "malformed.yaml",
+            GOOD.replace("  backends:\n", "  backends: [\n"),
+            vec!["malformed.yaml:"],
+        ),
         (
             "unknown-field.yaml",
             GOOD.replace("  service: echo\n", "  service: echo\n  colour: red\n"),
@@ -50,7 +62,11 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
         (
             "fraction.yaml",
             GOOD.replace("weight: 100", "weight: 99.5"),
-            vec!["fraction.yaml:", "spec.backends[1].weight", "not a whole number"],
+            vec![
+                "fraction.yaml:",
+                "spec.backends[1].weight",
+                "not a whole number",
+            ],
         ),
         (
             "zero.yaml",
@@ -65,12 +81,21 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
         (
             "duplicate-root.yaml",
             GOOD.replace("name: echo-split", "name: another-split"),
-            vec!["duplicate-root.yaml:", "spec.service", "already has TrafficSplit default/echo-split"],
+            vec![
+                "duplicate-root.yaml:",
+                "spec.service",
+                "already has TrafficSplit default/echo-split",
+            ],
         ),
         (
             // A valid document next to a bad one: all or nothing.
             "mixed.yaml",
-            format!("{GOOD}---\n{}", GOOD.replace("name: echo-split", "name: b").replace("service: echo\n", "service: other\n").replace("weight: 100", "weight: x")),
+            format!(
+                "{GOOD}---\n{}",
+                GOOD.replace("name: echo-split", "name: b")
+                    .replace("service: echo\n", "service: other\n")
+                    .replace("weight: 100", "weight: x")
+            ),
             vec!["mixed.yaml:", "spec.backends[1].weight", "not a number"],
         ),
     ];
@@ -83,29 +108,62 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
         }
         assert!(stderr.contains("nothing was applied"), "{name}: {stderr}");
     }
-    assert_eq!(mesh.version().await, good_version, "no rejected apply changed the config");
+    assert_eq!(
+        mesh.version().await,
+        good_version,
+        "no rejected apply changed the config"
+    );
     let t = burst(outbound, "echo", 300, 4).await;
-    assert_eq!((t.count("v1"), t.failures), (300, 0), "previous weights keep serving: {t:?}");
+    assert_eq!(
+        (t.count("v1"), t.failures),
+        (300, 0),
+        "previous weights keep serving: {t:?}"
+    );
 
     // Lenient on purpose (SMI): a backend that does not exist yet is accepted
     // with a warning, and its share goes to backends that have endpoints.
-    let canary = split("echo", &[("echo-v1", "50"), ("echo-v2", "0"), ("echo-v3", "50")]);
+    let canary = split(
+        "echo",
+        &[("echo-v1", "50"), ("echo-v2", "0"), ("echo-v3", "50")],
+    );
     let out = mesh.apply("canary.yaml", &canary).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("warning") && stderr.contains("echo-v3"), "{stderr}");
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    assert!(
+        stderr.contains("warning") && stderr.contains("echo-v3"),
+        "{stderr}"
+    );
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
     let t = burst(outbound, "echo", 300, 4).await;
-    assert_eq!((t.count("v1"), t.failures), (300, 0), "no black hole for a canary without endpoints: {t:?}");
+    assert_eq!(
+        (t.count("v1"), t.failures),
+        (300, 0),
+        "no black hole for a canary without endpoints: {t:?}"
+    );
     let out = mesh.meshctl(&["release", "status", "echo"]).await;
     let status = String::from_utf8_lossy(&out.stdout);
-    assert!(status.contains("WARNING") && status.contains("echo-v3") && status.contains("NO READY ENDPOINTS"), "{status}");
+    assert!(
+        status.contains("WARNING")
+            && status.contains("echo-v3")
+            && status.contains("NO READY ENDPOINTS"),
+        "{status}"
+    );
 
     // Unknown services and backends are named.
-    let out = mesh.meshctl(&["release", "shift", "nope", "--to", "nope-v2", "--weight", "10"]).await;
+    let out = mesh
+        .meshctl(&[
+            "release", "shift", "nope", "--to", "nope-v2", "--weight", "10",
+        ])
+        .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("default/nope"));
-    let out = mesh.meshctl(&["release", "shift", "echo", "--to", "echo-v9", "--weight", "10"]).await;
+    let out = mesh
+        .meshctl(&[
+            "release", "shift", "echo", "--to", "echo-v9", "--weight", "10",
+        ])
+        .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"echo-v9\" is not a backend"));
     let out = mesh.meshctl(&["release", "status", "nope"]).await;
@@ -119,7 +177,13 @@ async fn bad_config_exits_64_naming_every_problem() {
     let file = dir.0.join("mesh.yaml");
     std::fs::write(&file, GOOD.replace("weight: 0", "weight: -1")).unwrap();
     let out = tokio::process::Command::new(binary("mesh-control"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&file)
         .arg("--state-dir")
         .arg(dir.0.join("state"))
@@ -128,7 +192,10 @@ async fn bad_config_exits_64_naming_every_problem() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
-    assert!(stderr.contains("mesh.yaml") && stderr.contains("spec.backends[0].weight"), "{stderr}");
+    assert!(
+        stderr.contains("mesh.yaml") && stderr.contains("spec.backends[0].weight"),
+        "{stderr}"
+    );
 
     let out = tokio::process::Command::new(binary("mesh-proxy"))
         .env_clear()
@@ -139,7 +206,11 @@ async fn bad_config_exits_64_naming_every_problem() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
-    for key in ["MESH_PROXY_SERVICE", "MESH_PROXY_OUTBOUND_ADDR", "MESH_PROXY_HEALTH_INTERVAL_MS"] {
+    for key in [
+        "MESH_PROXY_SERVICE",
+        "MESH_PROXY_OUTBOUND_ADDR",
+        "MESH_PROXY_HEALTH_INTERVAL_MS",
+    ] {
         assert!(stderr.contains(key), "{key} not named: {stderr}");
     }
 }

@@ -13,34 +13,86 @@ async fn shift_to_100_percent_under_load_fails_nothing() {
     let mesh = Mesh::start("shift").await;
     let _v1 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
     let _v2 = mesh.instance("echo", "v2", "echo-v2-a", &[], None).await;
-    mesh.apply_ok("split.yaml", &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]))
-        .await;
-    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)]).await.unwrap();
+    mesh.apply_ok(
+        "split.yaml",
+        &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]),
+    )
+    .await;
+    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
+        .await
+        .unwrap();
     let client = mesh.client("client-0").await;
-    let (outbound, admin) = (client.addr("outbound").unwrap(), client.addr("admin").unwrap());
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    let (outbound, admin) = (
+        client.addr("outbound").unwrap(),
+        client.addr("admin").unwrap(),
+    );
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
 
     let steady = Steady::start(outbound, "echo", 4, 50_000);
     // Real traffic before the shift, so the shift lands mid-stream.
     let before = burst(outbound, "echo", 300, 2).await;
-    assert_eq!(before.count("v1"), 300, "before the shift everything goes to v1: {before:?}");
+    assert_eq!(
+        before.count("v1"),
+        300,
+        "before the shift everything goes to v1: {before:?}"
+    );
 
-    let out = mesh.meshctl(&["release", "shift", "echo", "--to", "echo-v2", "--weight", "100"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mesh
+        .meshctl(&[
+            "release", "shift", "echo", "--to", "echo-v2", "--weight", "100",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("echo-v2 100%") && stdout.contains("echo-v1 0%"), "{stdout}");
-    wait_config(admin, mesh.version().await, DEADLINE).await.unwrap();
+    assert!(
+        stdout.contains("echo-v2 100%") && stdout.contains("echo-v1 0%"),
+        "{stdout}"
+    );
+    wait_config(admin, mesh.version().await, DEADLINE)
+        .await
+        .unwrap();
     let applied = Instant::now();
 
     let after = burst(outbound, "echo", 300, 2).await;
     let outcomes = steady.finish().await;
     assert_eq!(after.failures, 0, "{:?}", after.sample_errors);
-    assert_eq!(after.count("v2"), 300, "after the shift everything goes to v2: {after:?}");
+    assert_eq!(
+        after.count("v2"),
+        300,
+        "after the shift everything goes to v2: {after:?}"
+    );
     let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), outcomes.len(), &failed[..failed.len().min(3)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(3)]
+    );
     let late: Vec<_> = outcomes.iter().filter(|o| o.started > applied).collect();
-    assert!(late.len() >= 10, "too little traffic after the shift to judge: {}", late.len());
-    let stray = late.iter().filter(|o| o.version.as_deref() != Some("v2")).count();
-    assert_eq!(stray, 0, "{stray} of {} requests after the shift reached v1", late.len());
-    assert!(outcomes.iter().any(|o| o.version.as_deref() == Some("v1")), "steady traffic saw v1 before the shift");
+    assert!(
+        late.len() >= 10,
+        "too little traffic after the shift to judge: {}",
+        late.len()
+    );
+    let stray = late
+        .iter()
+        .filter(|o| o.version.as_deref() != Some("v2"))
+        .count();
+    assert_eq!(
+        stray,
+        0,
+        "{stray} of {} requests after the shift reached v1",
+        late.len()
+    );
+    assert!(
+        outcomes.iter().any(|o| o.version.as_deref() == Some("v1")),
+        "steady traffic saw v1 before the shift"
+    );
 }

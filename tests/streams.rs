@@ -13,14 +13,25 @@ use meshctl::procs::wait_config;
 use std::net::SocketAddr;
 use support::{DEADLINE, Mesh};
 
-async fn mesh_with(tag: &str, echo_args: &[&str]) -> (Mesh, support::Instance, meshctl::procs::Proc) {
+async fn mesh_with(
+    tag: &str,
+    echo_args: &[&str],
+) -> (Mesh, support::Instance, meshctl::procs::Proc) {
     let mesh = Mesh::start(tag).await;
-    let inst = mesh.instance("echo", "v1", "echo-v1-a", echo_args, None).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)]).await.unwrap();
-    let client = mesh.client("client-0").await;
-    wait_config(client.addr("admin").unwrap(), mesh.version().await, DEADLINE)
+    let inst = mesh
+        .instance("echo", "v1", "echo-v1-a", echo_args, None)
+        .await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
         .await
         .unwrap();
+    let client = mesh.client("client-0").await;
+    wait_config(
+        client.addr("admin").unwrap(),
+        mesh.version().await,
+        DEADLINE,
+    )
+    .await
+    .unwrap();
     (mesh, inst, client)
 }
 
@@ -47,10 +58,19 @@ async fn grpc_server_stream_arrives_whole_and_in_order() {
         .unwrap()
         .into_inner();
     let mut seq = 0u32;
-    while let Some(msg) = stream.message().await.expect("stream ends with an OK status trailer") {
+    while let Some(msg) = stream
+        .message()
+        .await
+        .expect("stream ends with an OK status trailer")
+    {
         assert_eq!(msg.seq, seq);
         assert_eq!(msg.payload.len(), 1024);
-        assert!(msg.payload.iter().enumerate().all(|(i, b)| *b == ((i as u32 + seq) % 251) as u8));
+        assert!(
+            msg.payload
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == ((i as u32 + seq) % 251) as u8)
+        );
         seq += 1;
     }
     assert_eq!(seq, 2000);
@@ -66,7 +86,10 @@ async fn grpc_error_status_survives_two_sidecars() {
         .expect_err("the app fails every call");
     assert_eq!(err.code(), tonic::Code::Internal);
     assert_eq!(err.message(), "injected error");
-    assert!(err.metadata().get("mesh-proxy-error").is_none(), "the app's error, not the proxy's");
+    assert!(
+        err.metadata().get("mesh-proxy-error").is_none(),
+        "the app's error, not the proxy's"
+    );
 }
 
 fn fnv(data: &[u8]) -> String {
@@ -83,9 +106,13 @@ fn fnv(data: &[u8]) -> String {
 async fn post(proxy: SocketAddr, h2: bool, body: Bytes) -> http::Response<hyper::body::Incoming> {
     let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(proxy).await.unwrap());
     if h2 {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
         tokio::spawn(conn);
-        let req = http::Request::post("http://echo/upload").body(Full::new(body)).unwrap();
+        let req = http::Request::post("http://echo/upload")
+            .body(Full::new(body))
+            .unwrap();
         send.send_request(req).await.unwrap()
     } else {
         let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
@@ -111,22 +138,37 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn ten_megabyte_bodies_pass_intact_over_h1_and_h2() {
     let (_mesh, inst, client) = mesh_with("bigbody", &[]).await;
     let outbound = client.addr("outbound").unwrap();
-    let body: Bytes = (0..10 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect::<Vec<u8>>().into();
+    let body: Bytes = (0..10 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect::<Vec<u8>>()
+        .into();
     let want = fnv(&body);
     let pids = [client.pid().unwrap(), inst.sidecar.pid().unwrap()];
     let before: Vec<u64> = pids.iter().map(|p| peak_rss_kib(*p)).collect();
     for h2 in [false, true] {
         let resp = post(outbound, h2, body.clone()).await;
         assert_eq!(resp.status(), 200, "h2={h2}: {:?}", resp.headers());
-        let json: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(json["body_bytes"], 10 * 1024 * 1024, "h2={h2}: {json}");
-        assert_eq!(json["body_fnv"], want.as_str(), "h2={h2}: body altered in transit");
-        assert_eq!(json["protocol"], if h2 { "HTTP/2.0" } else { "HTTP/1.1" }, "protocol preserved");
+        assert_eq!(
+            json["body_fnv"],
+            want.as_str(),
+            "h2={h2}: body altered in transit"
+        );
+        assert_eq!(
+            json["protocol"],
+            if h2 { "HTTP/2.0" } else { "HTTP/1.1" },
+            "protocol preserved"
+        );
     }
     // Streaming, not buffering: 20 MB passed through each sidecar, yet its
     // peak memory grew by far less than one body.
     for (pid, before) in pids.iter().zip(before) {
         let grew_mib = (peak_rss_kib(*pid) - before) / 1024;
-        assert!(grew_mib < 6, "sidecar {pid} peak RSS grew {grew_mib} MiB: it buffers bodies");
+        assert!(
+            grew_mib < 6,
+            "sidecar {pid} peak RSS grew {grew_mib} MiB: it buffers bodies"
+        );
     }
 }

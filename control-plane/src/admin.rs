@@ -36,12 +36,19 @@ fn to_pb(s: &Split) -> pb::Split {
 }
 
 fn namespace_or_default(ns: String) -> String {
-    if ns.is_empty() { crate::manifest::DEFAULT_NAMESPACE.into() } else { ns }
+    if ns.is_empty() {
+        crate::manifest::DEFAULT_NAMESPACE.into()
+    } else {
+        ns
+    }
 }
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for Admin {
-    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
         let files: Vec<(String, String)> = request
             .into_inner()
             .files
@@ -68,17 +75,24 @@ impl pb::admin_server::Admin for Admin {
         }))
     }
 
-    async fn get_splits(&self, request: Request<pb::GetSplitsRequest>) -> Result<Response<pb::GetSplitsResponse>, Status> {
+    async fn get_splits(
+        &self,
+        request: Request<pb::GetSplitsRequest>,
+    ) -> Result<Response<pb::GetSplitsResponse>, Status> {
         let ns = request.into_inner().namespace;
         Ok(Response::new(pb::GetSplitsResponse {
             splits: self.state.splits(&ns).iter().map(to_pb).collect(),
         }))
     }
 
-    async fn shift(&self, request: Request<pb::ShiftRequest>) -> Result<Response<pb::ShiftResponse>, Status> {
+    async fn shift(
+        &self,
+        request: Request<pb::ShiftRequest>,
+    ) -> Result<Response<pb::ShiftResponse>, Status> {
         let r = request.into_inner();
         let ns = namespace_or_default(r.namespace);
-        let (split, version, warnings) = self.state.shift(&ns, &r.service, &r.backend, r.percent)?;
+        let (split, version, warnings) =
+            self.state.shift(&ns, &r.service, &r.backend, r.percent)?;
         Ok(Response::new(pb::ShiftResponse {
             split: Some(to_pb(&split)),
             version: version.to_string(),
@@ -95,7 +109,10 @@ impl pb::admin_server::Admin for Admin {
         Ok(Response::new(self.state.status(&ns, &r.service)?))
     }
 
-    async fn proxy_status(&self, _: Request<pb::ProxyStatusRequest>) -> Result<Response<pb::ProxyStatusResponse>, Status> {
+    async fn proxy_status(
+        &self,
+        _: Request<pb::ProxyStatusRequest>,
+    ) -> Result<Response<pb::ProxyStatusResponse>, Status> {
         let proxies = self
             .state
             .proxies()
@@ -106,7 +123,11 @@ impl pb::admin_server::Admin for Admin {
                 namespace: p.node.namespace,
                 instance_id: p.node.instance_id,
                 acked_version: p.acked.map(|v| v.to_string()).unwrap_or_default(),
-                nacked_version: p.nacked.as_ref().map(|(v, _)| v.to_string()).unwrap_or_default(),
+                nacked_version: p
+                    .nacked
+                    .as_ref()
+                    .map(|(v, _)| v.to_string())
+                    .unwrap_or_default(),
                 nack_reason: p.nacked.map(|(_, r)| r).unwrap_or_default(),
             })
             .collect();

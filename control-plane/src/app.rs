@@ -9,7 +9,8 @@ use crate::rules::{self, RuleSet};
 use crate::state::State;
 use crate::store::Store;
 use crate::{admin::Admin, discovery::Discovery, http};
-use mesh_proto::v1::{admin_server::AdminServer, discovery_server::DiscoveryServer};
+use mesh_proto::prebuilt::server::discovery_server::DiscoveryServer;
+use mesh_proto::v1::admin_server::AdminServer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -74,7 +75,11 @@ pub fn load_documents(path: &Path) -> Result<Vec<Located>, Error> {
             Err(e) => errors.extend(e.iter().map(|e| e.to_string())),
         }
     }
-    if errors.is_empty() { Ok(docs) } else { Err(Error::Config(errors)) }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(Error::Config(errors))
+    }
 }
 
 /// Builds the registry and rules a mesh file describes.
@@ -84,7 +89,8 @@ pub fn seed(config: &Config) -> Result<(Registry, RuleSet), Error> {
         None => Vec::new(),
     };
     let registry = Registry::from_documents(&docs).map_err(Error::Config)?;
-    let splits = rules::splits_from(&docs).map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
+    let splits = rules::splits_from(&docs)
+        .map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
     let (rules, _) = RuleSet::default()
         .apply(&splits, &docs)
         .map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
@@ -116,8 +122,14 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
     let grpc = bind(config.grpc_addr).await?;
     let http = bind(config.http_addr).await?;
     Ok(Bound {
-        grpc_addr: grpc.local_addr().map_err(|source| Error::Bind { addr: config.grpc_addr, source })?,
-        http_addr: http.local_addr().map_err(|source| Error::Bind { addr: config.http_addr, source })?,
+        grpc_addr: grpc.local_addr().map_err(|source| Error::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?,
+        http_addr: http.local_addr().map_err(|source| Error::Bind {
+            addr: config.http_addr,
+            source,
+        })?,
         grpc,
         http,
         state,
@@ -127,7 +139,10 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
 
 impl Bound {
     /// Serves until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
         let Bound {
             grpc,
             http,

@@ -13,7 +13,11 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:15014";
 
 /// mesh control plane.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mesh-control", version, about = "mesh control plane: discovery, rules and releases")]
+#[command(
+    name = "mesh-control",
+    version,
+    about = "mesh control plane: discovery, rules and releases"
+)]
 pub struct Config {
     /// gRPC listen address for sidecars and meshctl.
     #[arg(long, env = "MESH_CONTROL_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
@@ -31,7 +35,11 @@ pub struct Config {
     #[arg(long, env = "MESH_CONTROL_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
     /// How long a deregistration waits for every sidecar to ACK, in ms.
-    #[arg(long, env = "MESH_CONTROL_PROPAGATION_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        env = "MESH_CONTROL_PROPAGATION_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
     pub propagation_timeout_ms: u64,
 }
 

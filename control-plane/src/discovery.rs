@@ -2,7 +2,8 @@
 //! ACKs and NACKs, and takes heartbeats and deregistrations.
 
 use crate::registry::NodeId;
-use crate::state::{Snapshot, State};
+use crate::state::State;
+use mesh_proto::prebuilt::{Prebuilt, server::discovery_server};
 use futures::Stream;
 use mesh_proto::v1 as pb;
 use std::pin::Pin;
@@ -41,7 +42,9 @@ fn node_id(node: Option<pb::Node>) -> Result<(pb::Node, NodeId), Status> {
         ("node.instance_id", &node.instance_id),
     ] {
         if v.is_empty() {
-            return Err(Status::invalid_argument(format!("{field} must not be empty")));
+            return Err(Status::invalid_argument(format!(
+                "{field} must not be empty"
+            )));
         }
     }
     let id = NodeId {
@@ -53,29 +56,16 @@ fn node_id(node: Option<pb::Node>) -> Result<(pb::Node, NodeId), Status> {
     Ok((node, id))
 }
 
-/// Encodes the snapshot version into the nonce so an ACK or NACK names the
-/// version it answers even if newer ones were sent meanwhile.
-fn nonce(version: u64, seq: u64) -> String {
-    format!("{version}.{seq}")
-}
-
+/// The nonce is the snapshot version (see `state::Snapshot`), so an ACK or
+/// NACK names the version it answers even if newer ones were sent meanwhile.
 fn version_of_nonce(nonce: &str) -> Option<u64> {
-    nonce.split('.').next()?.parse().ok()
+    nonce.parse().ok()
 }
 
-fn response(snap: &Snapshot, seq: u64) -> pb::DiscoveryResponse {
-    pb::DiscoveryResponse {
-        version_info: snap.version.to_string(),
-        nonce: nonce(snap.version, seq),
-        services: snap.view.services.clone(),
-        clusters: snap.view.clusters.clone(),
-    }
-}
-
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Prebuilt, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl pb::discovery_server::Discovery for Discovery {
+impl discovery_server::Discovery for Discovery {
     type SubscribeStream = SubscribeStream;
 
     async fn subscribe(
@@ -96,11 +86,10 @@ impl pb::discovery_server::Discovery for Discovery {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             let mut snapshots = state.subscribe();
-            let mut seq = 0u64;
             'send: loop {
-                let snap = snapshots.borrow_and_update().clone();
-                seq += 1;
-                if tx.send(Ok(response(&snap, seq))).await.is_err() {
+                // A refcount bump: the snapshot was encoded once for all streams.
+                let encoded = snapshots.borrow_and_update().encoded.clone();
+                if tx.send(Ok(encoded)).await.is_err() {
                     break;
                 }
                 loop {
@@ -130,7 +119,10 @@ impl pb::discovery_server::Discovery for Discovery {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
         let (_, node) = node_id(req.node)?;
         self.state.heartbeat(&node, &req.address, req.ready)?;
@@ -139,7 +131,10 @@ impl pb::discovery_server::Discovery for Discovery {
         }))
     }
 
-    async fn deregister(&self, request: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let (_, node) = node_id(request.into_inner().node)?;
         let version = self.state.deregister(&node.namespace, &node.instance_id)?;
         let propagated = self
@@ -157,8 +152,8 @@ mod tests {
 
     #[test]
     fn nonce_carries_the_version() {
-        assert_eq!(version_of_nonce(&nonce(42, 7)), Some(42));
+        assert_eq!(version_of_nonce("42"), Some(42));
         assert_eq!(version_of_nonce(""), None);
-        assert_eq!(version_of_nonce("x.1"), None);
+        assert_eq!(version_of_nonce("x"), None);
     }
 }

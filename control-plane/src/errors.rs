@@ -28,7 +28,10 @@ mod tests {
     #[test]
     fn each_error_has_a_deliberate_code() {
         assert_eq!(code(&Error::Invalid(vec![])), Code::InvalidArgument);
-        assert_eq!(code(&Error::Shift(ShiftError::Percent(120))), Code::InvalidArgument);
+        assert_eq!(
+            code(&Error::Shift(ShiftError::Percent(120))),
+            Code::InvalidArgument
+        );
         let no_split = ShiftError::NoSplit {
             namespace: "d".into(),
             service: "s".into(),

@@ -112,7 +112,11 @@ fn content_version<M: Message>(m: &M) -> String {
 /// Mirrors what the sidecar does per request, so `release status` tells the
 /// truth about where traffic goes.
 pub fn effective_shares(backends: &[(u32, bool)]) -> Vec<f64> {
-    let live: u64 = backends.iter().filter(|(_, up)| *up).map(|(w, _)| u64::from(*w)).sum();
+    let live: u64 = backends
+        .iter()
+        .filter(|(_, up)| *up)
+        .map(|(w, _)| u64::from(*w))
+        .sum();
     let live_count = backends.iter().filter(|(_, up)| *up).count();
     backends
         .iter()
@@ -152,7 +156,9 @@ pub fn warnings(reg: &Registry, split: &Split) -> Vec<String> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// Neither a split nor an instance names this service.
-    #[error("unknown service {namespace}/{service}: no TrafficSplit routes it and no instance serves it")]
+    #[error(
+        "unknown service {namespace}/{service}: no TrafficSplit routes it and no instance serves it"
+    )]
     UnknownService {
         /// Namespace.
         namespace: String,
@@ -162,7 +168,12 @@ pub enum Error {
 }
 
 /// `release status`: weights, effective shares and endpoints per backend.
-pub fn status(reg: &Registry, rules: &RuleSet, namespace: &str, service: &str) -> Result<pb::ReleaseStatusResponse, Error> {
+pub fn status(
+    reg: &Registry,
+    rules: &RuleSet,
+    namespace: &str,
+    service: &str,
+) -> Result<pb::ReleaseStatusResponse, Error> {
     let split = rules.for_service(namespace, service);
     if split.is_none() && !reg.knows(namespace, service) {
         return Err(Error::UnknownService {
@@ -172,7 +183,11 @@ pub fn status(reg: &Registry, rules: &RuleSet, namespace: &str, service: &str) -
     }
     let catalog = reg.services();
     let pairs: Vec<(String, u32)> = match split {
-        Some(s) => s.backends.iter().map(|b| (b.service.clone(), b.weight)).collect(),
+        Some(s) => s
+            .backends
+            .iter()
+            .map(|b| (b.service.clone(), b.weight))
+            .collect(),
         None => vec![(service.to_string(), 1)],
     };
     let mut backends: Vec<pb::BackendStatus> = pairs
@@ -214,7 +229,9 @@ pub fn status(reg: &Registry, rules: &RuleSet, namespace: &str, service: &str) -
         }
     }
     if up.iter().all(|(_, live)| !live) {
-        warnings.push(format!("service {namespace}/{service} has NO READY ENDPOINTS at all: requests fail with 503"));
+        warnings.push(format!(
+            "service {namespace}/{service} has NO READY ENDPOINTS at all: requests fail with 503"
+        ));
     }
     Ok(pb::ReleaseStatusResponse {
         service: service.into(),
@@ -242,7 +259,13 @@ mod tests {
                 version: (*v).into(),
                 instance_id: (*id).into(),
             };
-            r.heartbeat(&node, &format!("127.0.0.1:{}", 1000 + i), *ready, Instant::now()).unwrap();
+            r.heartbeat(
+                &node,
+                &format!("127.0.0.1:{}", 1000 + i),
+                *ready,
+                Instant::now(),
+            )
+            .unwrap();
         }
         r
     }
@@ -253,8 +276,14 @@ mod tests {
             namespace: "default".into(),
             service: "echo".into(),
             backends: vec![
-                Backend { service: "echo-v1".into(), weight: w1 },
-                Backend { service: "echo-v2".into(), weight: w2 },
+                Backend {
+                    service: "echo-v1".into(),
+                    weight: w1,
+                },
+                Backend {
+                    service: "echo-v2".into(),
+                    weight: w2,
+                },
             ],
         };
         let mut set = RuleSet::default();
@@ -268,9 +297,19 @@ mod tests {
         let v = build(&reg, &rules(80, 20));
         let echo = v.services.iter().find(|s| s.name == "echo").unwrap();
         let bs = &echo.routes[0].backends;
-        assert_eq!((bs[0].cluster.as_str(), bs[0].weight), ("echo-v1.default", 80));
-        let v2 = v.clusters.iter().find(|c| c.name == "echo-v2.default").unwrap();
-        assert!(v2.endpoints.is_empty(), "unready instance must not be an endpoint");
+        assert_eq!(
+            (bs[0].cluster.as_str(), bs[0].weight),
+            ("echo-v1.default", 80)
+        );
+        let v2 = v
+            .clusters
+            .iter()
+            .find(|c| c.name == "echo-v2.default")
+            .unwrap();
+        assert!(
+            v2.endpoints.is_empty(),
+            "unready instance must not be an endpoint"
+        );
         // Subset services route to themselves.
         let sub = v.services.iter().find(|s| s.name == "echo-v1").unwrap();
         assert_eq!(sub.routes[0].backends[0].cluster, "echo-v1.default");
@@ -281,16 +320,32 @@ mod tests {
         let reg = reg_with(&[("a", "v1", true)]);
         let a = build(&reg, &rules(80, 20));
         let b = build(&reg, &rules(50, 50));
-        let find = |v: &View| v.services.iter().find(|s| s.name == "echo").unwrap().resource_version.clone();
+        let find = |v: &View| {
+            v.services
+                .iter()
+                .find(|s| s.name == "echo")
+                .unwrap()
+                .resource_version
+                .clone()
+        };
         assert_ne!(find(&a), find(&b));
         assert_eq!(a.clusters, b.clusters);
     }
 
     #[test]
     fn empty_backends_hand_their_share_on() {
-        assert_eq!(effective_shares(&[(80, true), (20, false)]), vec![100.0, 0.0]);
-        assert_eq!(effective_shares(&[(100, false), (0, true)]), vec![0.0, 100.0]);
-        assert_eq!(effective_shares(&[(50, true), (50, true)]), vec![50.0, 50.0]);
+        assert_eq!(
+            effective_shares(&[(80, true), (20, false)]),
+            vec![100.0, 0.0]
+        );
+        assert_eq!(
+            effective_shares(&[(100, false), (0, true)]),
+            vec![0.0, 100.0]
+        );
+        assert_eq!(
+            effective_shares(&[(50, true), (50, true)]),
+            vec![50.0, 50.0]
+        );
     }
 
     #[test]
@@ -299,6 +354,9 @@ mod tests {
         let st = status(&reg, &rules(90, 10), "default", "echo").unwrap();
         assert_eq!(st.backends[0].effective_percent, 100.0);
         assert!(st.warnings[0].contains("NO READY ENDPOINTS"));
-        assert!(matches!(status(&reg, &rules(90, 10), "default", "nope"), Err(Error::UnknownService { .. })));
+        assert!(matches!(
+            status(&reg, &rules(90, 10), "default", "nope"),
+            Err(Error::UnknownService { .. })
+        ));
     }
 }

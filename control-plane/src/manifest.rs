@@ -140,7 +140,9 @@ impl RawNumber {
         match self {
             RawNumber::Unsigned(n) => u32::try_from(*n).map_err(|_| format!("{n} is too large")),
             RawNumber::Signed(n) => Err(format!("{n} is negative; weights must be 0 or more")),
-            RawNumber::Float(f) if *f < 0.0 => Err(format!("{f} is negative; weights must be 0 or more")),
+            RawNumber::Float(f) if *f < 0.0 => {
+                Err(format!("{f} is negative; weights must be 0 or more"))
+            }
             RawNumber::Float(f) => Err(format!("{f} is not a whole number")),
             RawNumber::Text(s) => Err(format!("{s:?} is not a number")),
         }
@@ -274,7 +276,11 @@ pub fn parse(file: &str, content: &str) -> Result<Vec<Located>, Vec<Error>> {
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok(docs) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Splits a YAML stream on `---` lines, keeping each document's first line.
@@ -427,9 +433,24 @@ spec:
 
     #[test]
     fn weights_are_reported_precisely() {
-        assert!(RawNumber::Signed(-5).as_weight().unwrap_err().contains("negative"));
-        assert!(RawNumber::Float(2.5).as_weight().unwrap_err().contains("whole"));
-        assert!(RawNumber::Text("x".into()).as_weight().unwrap_err().contains("not a number"));
+        assert!(
+            RawNumber::Signed(-5)
+                .as_weight()
+                .unwrap_err()
+                .contains("negative")
+        );
+        assert!(
+            RawNumber::Float(2.5)
+                .as_weight()
+                .unwrap_err()
+                .contains("whole")
+        );
+        assert!(
+            RawNumber::Text("x".into())
+                .as_weight()
+                .unwrap_err()
+                .contains("not a number")
+        );
         let docs = parse("a.yaml", &SPLIT.replace("weight: 20", "weight: -3")).unwrap();
         let Document::TrafficSplit(s) = &docs[0].doc else {
             panic!()

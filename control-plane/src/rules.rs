@@ -75,7 +75,11 @@ pub fn splits_from(docs: &[Located]) -> Result<Vec<Split>, Vec<manifest::Error>>
     if let Err(mut e) = check_unique_roots(out.iter().map(|s| (s, Some(located_of(docs, s))))) {
         errors.append(&mut e);
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 fn located_of<'a>(docs: &'a [Located], s: &Split) -> &'a Located {
@@ -85,7 +89,10 @@ fn located_of<'a>(docs: &'a [Located], s: &Split) -> &'a Located {
 }
 
 fn split_from(at: &Located, ts: &manifest::TrafficSplit) -> Result<Split, Vec<manifest::Error>> {
-    let object = format!("TrafficSplit {}/{}", ts.metadata.namespace, ts.metadata.name);
+    let object = format!(
+        "TrafficSplit {}/{}",
+        ts.metadata.namespace, ts.metadata.name
+    );
     let mut errors = Vec::new();
     let mut err = |field: String, problem: String| {
         errors.push(manifest::Error {
@@ -119,7 +126,10 @@ fn split_from(at: &Located, ts: &manifest::TrafficSplit) -> Result<Split, Vec<ma
         } else if b.service == ts.spec.service {
             err(
                 field("service"),
-                format!("{:?} is the split's own root service; SMI forbids self-referential splits", b.service),
+                format!(
+                    "{:?} is the split's own root service; SMI forbids self-referential splits",
+                    b.service
+                ),
             );
         } else if backends.iter().any(|x: &Backend| x.service == b.service) {
             err(field("service"), format!("{:?} is listed twice", b.service));
@@ -162,7 +172,9 @@ fn check_unique_roots<'a>(
         let root = (s.namespace.clone(), s.service.clone());
         match seen.get(&root) {
             Some(other) if other.name != s.name => errors.push(manifest::Error {
-                file: at.map(|l| l.file.clone()).unwrap_or_else(|| "<state>".into()),
+                file: at
+                    .map(|l| l.file.clone())
+                    .unwrap_or_else(|| "<state>".into()),
                 line: at.map(|l| l.line).unwrap_or(0),
                 object: Some(format!("TrafficSplit {}/{}", s.namespace, s.name)),
                 field: Some("spec.service".into()),
@@ -177,7 +189,11 @@ fn check_unique_roots<'a>(
             }
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// The set of splits in force, keyed by `(namespace, name)`.
@@ -186,6 +202,9 @@ pub struct RuleSet {
     /// Splits by identity.
     pub splits: BTreeMap<(String, String), Split>,
 }
+
+/// What an apply did to each split it was given.
+pub type Outcomes = Vec<(Split, Outcome)>;
 
 /// What an apply did to one split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +231,7 @@ impl RuleSet {
         &self,
         new: &[Split],
         docs: &[Located],
-    ) -> Result<(RuleSet, Vec<(Split, Outcome)>), Vec<manifest::Error>> {
+    ) -> Result<(RuleSet, Outcomes), Vec<manifest::Error>> {
         let mut next = self.clone();
         let mut outcomes = Vec::new();
         for s in new {
@@ -271,7 +290,11 @@ impl RuleSet {
                     .join(", "),
             });
         }
-        let others: Vec<&Backend> = split.backends.iter().filter(|b| b.service != backend).collect();
+        let others: Vec<&Backend> = split
+            .backends
+            .iter()
+            .filter(|b| b.service != backend)
+            .collect();
         let rest = 100 - percent;
         let shares = if others.is_empty() {
             Vec::new()
@@ -325,7 +348,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<Vec<Split>, Vec<manifest::Error>> {
-        let docs = manifest::parse("r.yaml", yaml).map_err(|e| e)?;
+        let docs = manifest::parse("r.yaml", yaml)?;
         splits_from(&docs)
     }
 
@@ -341,17 +364,45 @@ mod tests {
 
     #[test]
     fn valid_split() {
-        let s = parse(&split_yaml("e", "echo", &[("echo-v1", "80"), ("echo-v2", "20")])).unwrap();
-        assert_eq!(s[0].backends[1], Backend { service: "echo-v2".into(), weight: 20 });
+        let s = parse(&split_yaml(
+            "e",
+            "echo",
+            &[("echo-v1", "80"), ("echo-v2", "20")],
+        ))
+        .unwrap();
+        assert_eq!(
+            s[0].backends[1],
+            Backend {
+                service: "echo-v2".into(),
+                weight: 20
+            }
+        );
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let errs = parse(&split_yaml("e", "echo", &[("echo", "-1"), ("echo-v2", "1.5")])).unwrap_err();
+        let errs = parse(&split_yaml(
+            "e",
+            "echo",
+            &[("echo", "-1"), ("echo-v2", "1.5")],
+        ))
+        .unwrap_err();
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(text.iter().any(|t| t.contains("spec.backends[0].service") && t.contains("self-referential")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("spec.backends[0].weight") && t.contains("negative")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("spec.backends[1].weight") && t.contains("whole")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.contains("spec.backends[0].service") && t.contains("self-referential")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("spec.backends[0].weight") && t.contains("negative")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("spec.backends[1].weight") && t.contains("whole")),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -368,31 +419,69 @@ mod tests {
             split_yaml("b", "echo", &[("v2", "1")])
         );
         let errs = parse(&two).unwrap_err();
-        assert!(errs[0].to_string().contains("already has TrafficSplit default/a"), "{errs:?}");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("already has TrafficSplit default/a"),
+            "{errs:?}"
+        );
 
         let docs_a = manifest::parse("a.yaml", &split_yaml("a", "echo", &[("v1", "1")])).unwrap();
-        let (set, _) = RuleSet::default().apply(&splits_from(&docs_a).unwrap(), &docs_a).unwrap();
+        let (set, _) = RuleSet::default()
+            .apply(&splits_from(&docs_a).unwrap(), &docs_a)
+            .unwrap();
         let docs_b = manifest::parse("b.yaml", &split_yaml("b", "echo", &[("v2", "1")])).unwrap();
-        let errs = set.apply(&splits_from(&docs_b).unwrap(), &docs_b).unwrap_err();
-        assert!(errs[0].to_string().starts_with("b.yaml:1: TrafficSplit default/b"), "{errs:?}");
+        let errs = set
+            .apply(&splits_from(&docs_b).unwrap(), &docs_b)
+            .unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("b.yaml:1: TrafficSplit default/b"),
+            "{errs:?}"
+        );
         // Re-applying the same name is an update, not a conflict.
-        let docs_a2 = manifest::parse("a.yaml", &split_yaml("a", "echo", &[("v1", "1"), ("v2", "1")])).unwrap();
-        let (_, outcomes) = set.apply(&splits_from(&docs_a2).unwrap(), &docs_a2).unwrap();
+        let docs_a2 = manifest::parse(
+            "a.yaml",
+            &split_yaml("a", "echo", &[("v1", "1"), ("v2", "1")]),
+        )
+        .unwrap();
+        let (_, outcomes) = set
+            .apply(&splits_from(&docs_a2).unwrap(), &docs_a2)
+            .unwrap();
         assert_eq!(outcomes[0].1, Outcome::Configured);
     }
 
     #[test]
     fn shift_sums_to_100_and_keeps_proportions() {
-        let docs = manifest::parse("a.yaml", &split_yaml("a", "echo", &[("v1", "60"), ("v2", "0"), ("v3", "20")])).unwrap();
-        let (set, _) = RuleSet::default().apply(&splits_from(&docs).unwrap(), &docs).unwrap();
+        let docs = manifest::parse(
+            "a.yaml",
+            &split_yaml("a", "echo", &[("v1", "60"), ("v2", "0"), ("v3", "20")]),
+        )
+        .unwrap();
+        let (set, _) = RuleSet::default()
+            .apply(&splits_from(&docs).unwrap(), &docs)
+            .unwrap();
         let (_, s) = set.shift("default", "echo", "v2", 10).unwrap();
         let w: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();
         assert_eq!(w, vec![68, 10, 22]);
         let (_, s) = set.shift("default", "echo", "v2", 100).unwrap();
-        assert_eq!(s.backends.iter().map(|b| b.weight).collect::<Vec<_>>(), vec![0, 100, 0]);
-        assert!(matches!(set.shift("default", "echo", "v9", 5), Err(ShiftError::UnknownBackend { .. })));
-        assert!(matches!(set.shift("default", "nope", "v1", 5), Err(ShiftError::NoSplit { .. })));
-        assert!(matches!(set.shift("default", "echo", "v1", 101), Err(ShiftError::Percent(101))));
+        assert_eq!(
+            s.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+            vec![0, 100, 0]
+        );
+        assert!(matches!(
+            set.shift("default", "echo", "v9", 5),
+            Err(ShiftError::UnknownBackend { .. })
+        ));
+        assert!(matches!(
+            set.shift("default", "nope", "v1", 5),
+            Err(ShiftError::NoSplit { .. })
+        ));
+        assert!(matches!(
+            set.shift("default", "echo", "v1", 101),
+            Err(ShiftError::Percent(101))
+        ));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::manifest;
 use crate::registry::{Instance, NodeId, Registry};
 use crate::rules::{self, Outcome, RuleSet, Split};
 use crate::store::{self, Store};
+use mesh_proto::prebuilt::Prebuilt;
 use mesh_proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,23 @@ pub struct Snapshot {
     pub version: u64,
     /// What every sidecar receives.
     pub view: View,
+    /// The same, encoded once for every stream.
+    pub encoded: Prebuilt,
+}
+
+impl Snapshot {
+    fn new(version: u64, view: View) -> Self {
+        // The nonce is the version: each stream gets a version at most once,
+        // so it is unique per response on a stream, as the protocol needs,
+        // and the encoding can be shared by every stream.
+        let encoded = Prebuilt::new(&pb::DiscoveryResponse {
+            version_info: version.to_string(),
+            nonce: version.to_string(),
+            services: view.services.clone(),
+            clusters: view.clusters.clone(),
+        });
+        Snapshot { version, view, encoded }
+    }
 }
 
 /// Errors from changing state.
@@ -84,7 +102,11 @@ pub struct State {
 impl State {
     /// Builds state from seed documents and whatever the store holds. Rules
     /// saved in the store win over the seed: they are what operators applied.
-    pub fn new(registry: Registry, seed_rules: RuleSet, store: Store) -> Result<Self, store::Error> {
+    pub fn new(
+        registry: Registry,
+        seed_rules: RuleSet,
+        store: Store,
+    ) -> Result<Self, store::Error> {
         let rules = match store.load::<Vec<Split>>(store::RULES)? {
             Some(saved) => RuleSet {
                 splits: saved.into_iter().map(|s| (s.key(), s)).collect(),
@@ -101,7 +123,7 @@ impl State {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
         let view = index::build(&registry, &rules);
-        let (snapshots, _) = watch::channel(Arc::new(Snapshot { version, view }));
+        let (snapshots, _) = watch::channel(Arc::new(Snapshot::new(version, view)));
         let (acks, _) = watch::channel(0);
         store.save(store::RULES, &rules.splits.values().collect::<Vec<_>>())?;
         Ok(State {
@@ -138,10 +160,7 @@ impl State {
         let view = index::build(&inner.registry, &inner.rules);
         if self.snapshots.borrow().view != view {
             inner.version += 1;
-            self.snapshots.send_replace(Arc::new(Snapshot {
-                version: inner.version,
-                view,
-            }));
+            self.snapshots.send_replace(Arc::new(Snapshot::new(inner.version, view)));
         }
         inner.version
     }
@@ -174,8 +193,12 @@ impl State {
         let mut inner = self.lock();
         let (next, outcomes) = inner.rules.apply(&splits, &docs).map_err(Error::Invalid)?;
         // Persist before publishing: a sidecar must never run rules a restart would lose.
-        self.store.save(store::RULES, &next.splits.values().collect::<Vec<_>>())?;
-        let warnings = splits.iter().flat_map(|s| index::warnings(&inner.registry, s)).collect();
+        self.store
+            .save(store::RULES, &next.splits.values().collect::<Vec<_>>())?;
+        let warnings = splits
+            .iter()
+            .flat_map(|s| index::warnings(&inner.registry, s))
+            .collect();
         inner.rules = next;
         let version = self.publish(&mut inner);
         Ok(Applied {
@@ -186,10 +209,17 @@ impl State {
     }
 
     /// `release shift`.
-    pub fn shift(&self, namespace: &str, service: &str, backend: &str, percent: u32) -> Result<(Split, u64, Vec<String>), Error> {
+    pub fn shift(
+        &self,
+        namespace: &str,
+        service: &str,
+        backend: &str,
+        percent: u32,
+    ) -> Result<(Split, u64, Vec<String>), Error> {
         let mut inner = self.lock();
         let (next, split) = inner.rules.shift(namespace, service, backend, percent)?;
-        self.store.save(store::RULES, &next.splits.values().collect::<Vec<_>>())?;
+        self.store
+            .save(store::RULES, &next.splits.values().collect::<Vec<_>>())?;
         let warnings = index::warnings(&inner.registry, &split);
         inner.rules = next;
         let version = self.publish(&mut inner);
@@ -208,7 +238,11 @@ impl State {
     }
 
     /// `release status`.
-    pub fn status(&self, namespace: &str, service: &str) -> Result<pb::ReleaseStatusResponse, Error> {
+    pub fn status(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> Result<pb::ReleaseStatusResponse, Error> {
         let inner = self.lock();
         let mut st = index::status(&inner.registry, &inner.rules, namespace, service)?;
         st.version = inner.version.to_string();
@@ -218,8 +252,12 @@ impl State {
     /// Records a heartbeat; publishes if the endpoint sets changed.
     pub fn heartbeat(&self, node: &NodeId, address: &str, ready: bool) -> Result<(), Error> {
         let mut inner = self.lock();
-        if inner.registry.heartbeat(node, address, ready, Instant::now())? {
-            self.store.save(store::REGISTRY, &inner.registry.registered())?;
+        if inner
+            .registry
+            .heartbeat(node, address, ready, Instant::now())?
+        {
+            self.store
+                .save(store::REGISTRY, &inner.registry.registered())?;
             self.publish(&mut inner);
         }
         Ok(())
@@ -229,7 +267,8 @@ impl State {
     pub fn deregister(&self, namespace: &str, instance_id: &str) -> Result<u64, Error> {
         let mut inner = self.lock();
         if inner.registry.deregister(namespace, instance_id) {
-            self.store.save(store::REGISTRY, &inner.registry.registered())?;
+            self.store
+                .save(store::REGISTRY, &inner.registry.registered())?;
         }
         Ok(self.publish(&mut inner))
     }
@@ -239,7 +278,8 @@ impl State {
         let mut inner = self.lock();
         let dead = inner.registry.expire(Instant::now(), lease);
         if !dead.is_empty() {
-            self.store.save(store::REGISTRY, &inner.registry.registered())?;
+            self.store
+                .save(store::REGISTRY, &inner.registry.registered())?;
             self.publish(&mut inner);
         }
         Ok(dead)
@@ -290,7 +330,12 @@ impl State {
 
     /// Waits until every subscribed proxy other than `except_instance` has
     /// answered `version` or later, or `timeout` passes. Returns which.
-    pub async fn wait_propagated(&self, version: u64, except_instance: &str, timeout: Duration) -> bool {
+    pub async fn wait_propagated(
+        &self,
+        version: u64,
+        except_instance: &str,
+        timeout: Duration,
+    ) -> bool {
         let mut acks = self.acks.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -302,7 +347,10 @@ impl State {
             if done {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, acks.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, acks.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }

@@ -75,7 +75,9 @@ impl Store {
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)?;
         // The rename itself is only durable once the directory entry is.
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 }

@@ -13,7 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<ArcSwap<State>>, ready: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ArcSwap<State>>,
+    ready: watch::Receiver<bool>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -46,7 +50,11 @@ fn respond(path: &str, state: &ArcSwap<State>, ready: bool) -> Response<Full<Byt
             let json = serde_json::to_vec_pretty(&dump).expect("dump always serializes");
             (StatusCode::OK, "application/json", Bytes::from(json))
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found\n"),
+        ),
     };
     Response::builder()
         .status(status)

@@ -49,8 +49,12 @@ pub struct Bound {
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
-    let l = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-    let local = l.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let local = l
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
     Ok((l, local))
 }
 

@@ -169,7 +169,8 @@ impl Parser<'_> {
         match v.trim().parse() {
             Ok(a) => Some(a),
             Err(e) => {
-                self.errors.push(format!("{key}={v:?}: not an ip:port address: {e}"));
+                self.errors
+                    .push(format!("{key}={v:?}: not an ip:port address: {e}"));
                 None
             }
         }
@@ -200,24 +201,35 @@ impl Config {
             errors: Vec::new(),
         };
         let service = p.string(ENV_SERVICE).unwrap_or_else(|| {
-            p.errors.push(format!("{ENV_SERVICE}: required (the service this sidecar belongs to)"));
+            p.errors.push(format!(
+                "{ENV_SERVICE}: required (the service this sidecar belongs to)"
+            ));
             String::new()
         });
         let version = p.string(ENV_VERSION).unwrap_or_default();
         let namespace = p.string(ENV_NAMESPACE).unwrap_or_else(|| "default".into());
         let instance_id = p.string(ENV_INSTANCE_ID).unwrap_or_else(|| {
-            let v = if version.is_empty() { String::new() } else { format!("-{version}") };
+            let v = if version.is_empty() {
+                String::new()
+            } else {
+                format!("-{version}")
+            };
             format!("{service}{v}-{}", std::process::id())
         });
-        let control_addr = p.string(ENV_CONTROL_ADDR).unwrap_or_else(|| DEFAULT_CONTROL_ADDR.into());
+        let control_addr = p
+            .string(ENV_CONTROL_ADDR)
+            .unwrap_or_else(|| DEFAULT_CONTROL_ADDR.into());
         if !(control_addr.starts_with("http://") || control_addr.starts_with("https://")) {
-            p.errors.push(format!("{ENV_CONTROL_ADDR}={control_addr:?}: must be a URL such as {DEFAULT_CONTROL_ADDR}"));
+            p.errors.push(format!(
+                "{ENV_CONTROL_ADDR}={control_addr:?}: must be a URL such as {DEFAULT_CONTROL_ADDR}"
+            ));
         }
         let health_path = p.string(ENV_HEALTH_PATH);
         if let Some(path) = &health_path
             && !path.starts_with('/')
         {
-            p.errors.push(format!("{ENV_HEALTH_PATH}={path:?}: must start with '/'"));
+            p.errors
+                .push(format!("{ENV_HEALTH_PATH}={path:?}: must start with '/'"));
         }
         let config = Config {
             outbound_addr: p.addr(ENV_OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR),
@@ -229,11 +241,19 @@ impl Config {
                 path: health_path,
                 interval: p.millis(ENV_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_INTERVAL_MS),
                 timeout: p.millis(ENV_HEALTH_TIMEOUT_MS, DEFAULT_HEALTH_TIMEOUT_MS),
-                failure_threshold: p.positive(ENV_HEALTH_FAILURE_THRESHOLD, DEFAULT_HEALTH_FAILURE_THRESHOLD),
-                success_threshold: p.positive(ENV_HEALTH_SUCCESS_THRESHOLD, DEFAULT_HEALTH_SUCCESS_THRESHOLD),
+                failure_threshold: p.positive(
+                    ENV_HEALTH_FAILURE_THRESHOLD,
+                    DEFAULT_HEALTH_FAILURE_THRESHOLD,
+                ),
+                success_threshold: p.positive(
+                    ENV_HEALTH_SUCCESS_THRESHOLD,
+                    DEFAULT_HEALTH_SUCCESS_THRESHOLD,
+                ),
             },
             drain_timeout: p.millis(ENV_DRAIN_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_MS),
-            workers: p.parse(ENV_WORKERS, DEFAULT_WORKERS, "a number of threads").max(1),
+            workers: p
+                .parse(ENV_WORKERS, DEFAULT_WORKERS, "a number of threads")
+                .max(1),
             reconnect_max: p.millis(ENV_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MAX_MS),
             control_addr,
             identity: Identity {
@@ -243,7 +263,11 @@ impl Config {
                 instance_id,
             },
         };
-        if p.errors.is_empty() { Ok(config) } else { Err(Error(p.errors)) }
+        if p.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error(p.errors))
+        }
     }
 }
 
@@ -252,7 +276,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -275,7 +302,13 @@ mod tests {
         ]))
         .unwrap_err();
         let text = err.to_string();
-        for key in [ENV_SERVICE, ENV_OUTBOUND_ADDR, ENV_HEALTH_INTERVAL_MS, ENV_HEALTH_PATH, ENV_CONTROL_ADDR] {
+        for key in [
+            ENV_SERVICE,
+            ENV_OUTBOUND_ADDR,
+            ENV_HEALTH_INTERVAL_MS,
+            ENV_HEALTH_PATH,
+            ENV_CONTROL_ADDR,
+        ] {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
         assert_eq!(err.0.len(), 5);

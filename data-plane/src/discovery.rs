@@ -50,7 +50,9 @@ pub async fn subscribe(
         let mut delivered = false;
         match subscribe_once(&channel, &node, &state, &ready, &mut delivered).await {
             Ok(()) => tracing::warn!("control plane closed the discovery stream"),
-            Err(e) => tracing::warn!(error = %e, "discovery stream failed; serving last good config"),
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery stream failed; serving last good config")
+            }
         }
         // A stream that delivered config was healthy: start the backoff over.
         if delivered {
@@ -78,7 +80,10 @@ async fn subscribe_once(
         ..Default::default()
     };
     tx.send(first).await.expect("receiver is alive");
-    let mut stream = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+    let mut stream = client
+        .subscribe(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     while let Some(resp) = stream.message().await? {
         *delivered = true;
         let reply = match State::from_proto(&resp, &node.namespace) {
@@ -122,7 +127,12 @@ pub struct Registration {
 
 impl Registration {
     /// Starts heartbeating `address` with readiness from `health`.
-    pub fn start(channel: Channel, node: pb::Node, address: SocketAddr, mut health: watch::Receiver<bool>) -> Self {
+    pub fn start(
+        channel: Channel,
+        node: pb::Node,
+        address: SocketAddr,
+        mut health: watch::Receiver<bool>,
+    ) -> Self {
         let stopped = Arc::new(Mutex::new(false));
         let reg = Registration {
             channel: channel.clone(),
@@ -144,7 +154,8 @@ impl Registration {
                         address: address.to_string(),
                         ready: *health.borrow_and_update(),
                     };
-                    match tokio::time::timeout(Duration::from_secs(2), client.heartbeat(req)).await {
+                    match tokio::time::timeout(Duration::from_secs(2), client.heartbeat(req)).await
+                    {
                         Ok(Ok(resp)) => {
                             interval = Duration::from_millis(resp.into_inner().interval_ms.max(10));
                         }

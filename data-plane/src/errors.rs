@@ -61,20 +61,26 @@ pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
 pub fn respond(e: &Error, grpc: bool) -> Response<Body> {
     let (status, grpc_code) = codes(e);
     let message = e.to_string();
-    let header = HeaderValue::from_str(&message).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
+    let header =
+        HeaderValue::from_str(&message).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
     let mut resp = if grpc {
         // Trailers-only gRPC response: HTTP 200 with the status in headers.
         let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
         let h = r.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         h.insert("grpc-status", HeaderValue::from(grpc_code));
         h.insert("grpc-message", header.clone());
         r
     } else {
         let mut r = Response::new(Either::Right(Full::new(Bytes::from(message + "\n"))));
         *r.status_mut() = status;
-        r.headers_mut()
-            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
         r
     };
     resp.headers_mut().insert(ERROR_HEADER, header);
@@ -87,10 +93,22 @@ mod tests {
 
     #[test]
     fn table() {
-        assert_eq!(codes(&Error::MissingAuthority), (StatusCode::BAD_REQUEST, 3));
-        assert_eq!(codes(&Error::UnknownService("x".into())), (StatusCode::NOT_FOUND, 5));
-        assert_eq!(codes(&Error::NoEndpoints("x".into())), (StatusCode::SERVICE_UNAVAILABLE, 14));
-        assert_eq!(codes(&Error::NotReady), (StatusCode::SERVICE_UNAVAILABLE, 14));
+        assert_eq!(
+            codes(&Error::MissingAuthority),
+            (StatusCode::BAD_REQUEST, 3)
+        );
+        assert_eq!(
+            codes(&Error::UnknownService("x".into())),
+            (StatusCode::NOT_FOUND, 5)
+        );
+        assert_eq!(
+            codes(&Error::NoEndpoints("x".into())),
+            (StatusCode::SERVICE_UNAVAILABLE, 14)
+        );
+        assert_eq!(
+            codes(&Error::NotReady),
+            (StatusCode::SERVICE_UNAVAILABLE, 14)
+        );
     }
 
     #[test]

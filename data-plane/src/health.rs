@@ -17,8 +17,11 @@ pub fn spawn(health: Health, app: SocketAddr) -> watch::Receiver<bool> {
         return watch::channel(true).1;
     };
     let (tx, rx) = watch::channel(false);
-    let uri: http::Uri = format!("http://{app}{path}").parse().expect("validated path and address");
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: http::Uri = format!("http://{app}{path}")
+        .parse()
+        .expect("validated path and address");
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(health.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -17,7 +17,10 @@ pub struct Inbound {
 impl Inbound {
     /// A handler forwarding to the app at `app`.
     pub fn new(app: std::net::SocketAddr, forwarder: Forwarder) -> Self {
-        let app = app.to_string().parse().expect("a socket address is a valid authority");
+        let app = app
+            .to_string()
+            .parse()
+            .expect("a socket address is a valid authority");
         Inbound { app, forwarder }
     }
 

@@ -22,8 +22,16 @@ pub struct Outbound {
 
 impl Outbound {
     /// A handler over the live state.
-    pub fn new(state: Arc<ArcSwap<State>>, ready: tokio::sync::watch::Receiver<bool>, forwarder: Forwarder) -> Self {
-        Outbound { state, ready, forwarder }
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        ready: tokio::sync::watch::Receiver<bool>,
+        forwarder: Forwarder,
+    ) -> Self {
+        Outbound {
+            state,
+            ready,
+            forwarder,
+        }
     }
 
     /// Routes and forwards one request; errors become responses here.
@@ -48,7 +56,11 @@ impl Outbound {
             .uri()
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .ok_or(Error::MissingAuthority)?;
         let service = state
             .resolve(authority)

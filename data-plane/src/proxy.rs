@@ -43,7 +43,11 @@ impl Forwarder {
 
     /// Sends `req` to `authority`, which replaces the URI's authority. The
     /// Host header is kept, so the upstream still sees the name the app used.
-    pub async fn forward(&self, mut req: Request<Incoming>, authority: &Authority) -> Result<Response<Incoming>, Error> {
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        authority: &Authority,
+    ) -> Result<Response<Incoming>, Error> {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(authority.clone());
@@ -52,11 +56,18 @@ impl Forwarder {
         }
         *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are all set");
         strip_hop_by_hop(req.headers_mut());
-        let client = if req.version() == Version::HTTP_2 { &self.h2 } else { &self.h1 };
-        let mut resp = client.request(req).await.map_err(|source| Error::Upstream {
-            addr: authority.to_string(),
-            source,
-        })?;
+        let client = if req.version() == Version::HTTP_2 {
+            &self.h2
+        } else {
+            &self.h1
+        };
+        let mut resp = client
+            .request(req)
+            .await
+            .map_err(|source| Error::Upstream {
+                addr: authority.to_string(),
+                source,
+            })?;
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
@@ -66,7 +77,11 @@ impl Forwarder {
 /// including any the Connection header names. `te: trailers` is end-to-end
 /// for gRPC and stays.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+    if let Some(conn) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
         for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             headers.remove(name);
         }
@@ -100,7 +115,11 @@ mod tests {
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert("x-app", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
-        assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none() && h.get(header::CONNECTION).is_none());
+        assert!(
+            h.get("x-hop").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get(header::CONNECTION).is_none()
+        );
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["x-app"], "1");
         let mut h = HeaderMap::new();

@@ -28,7 +28,10 @@ impl Drain {
     /// A drain with no connections yet.
     pub fn new() -> Arc<Self> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new());
         Arc::new(Drain {
             graceful: Mutex::new(Some(GracefulShutdown::new())),
             stop: watch::channel(false).0,
@@ -37,7 +40,11 @@ impl Drain {
     }
 
     /// Accepts connections on `listener` until shutdown, serving each with `handler`.
-    pub fn serve<H, F>(self: &Arc<Self>, listener: TcpListener, handler: H) -> tokio::task::JoinHandle<()>
+    pub fn serve<H, F>(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        handler: H,
+    ) -> tokio::task::JoinHandle<()>
     where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
@@ -91,6 +98,8 @@ impl Drain {
         let Some(graceful) = self.lock().take() else {
             return true;
         };
-        tokio::time::timeout(timeout, graceful.shutdown()).await.is_ok()
+        tokio::time::timeout(timeout, graceful.shutdown())
+            .await
+            .is_ok()
     }
 }

@@ -111,7 +111,9 @@ impl Route {
             return None;
         }
         if self.live_weight == 0 {
-            return self.backends.get(self.live[fastrand::usize(..self.live.len())]);
+            return self
+                .backends
+                .get(self.live[fastrand::usize(..self.live.len())]);
         }
         let mut n = fastrand::u64(..self.live_weight);
         for &i in &self.live {
@@ -128,7 +130,9 @@ impl Route {
 impl Service {
     /// The first route matching `path`.
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(&r.path_prefix))
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(&r.path_prefix))
     }
 }
 
@@ -157,14 +161,20 @@ impl State {
         for c in &resp.clusters {
             let mut endpoints = Vec::with_capacity(c.endpoints.len());
             for e in &c.endpoints {
-                match (e.address.parse::<SocketAddr>(), e.address.parse::<Authority>()) {
+                match (
+                    e.address.parse::<SocketAddr>(),
+                    e.address.parse::<Authority>(),
+                ) {
                     (Ok(addr), Ok(authority)) => endpoints.push(Endpoint {
                         addr,
                         authority,
                         instance_id: e.instance_id.clone(),
                         version: e.version.clone(),
                     }),
-                    _ => errors.push(format!("cluster {}: endpoint address {:?} is not ip:port", c.name, e.address)),
+                    _ => errors.push(format!(
+                        "cluster {}: endpoint address {:?} is not ip:port",
+                        c.name, e.address
+                    )),
                 }
             }
             if clusters
@@ -203,7 +213,10 @@ impl State {
                             cluster: Arc::clone(c),
                             weight: b.weight,
                         }),
-                        None => errors.push(format!("{id}: route {} names unknown cluster {:?}", r.name, b.cluster)),
+                        None => errors.push(format!(
+                            "{id}: route {} names unknown cluster {:?}",
+                            r.name, b.cluster
+                        )),
                     }
                 }
                 if r.backends.is_empty() {
@@ -215,7 +228,11 @@ impl State {
                 let live_weight = live.iter().map(|&i| u64::from(backends[i].weight)).sum();
                 routes.push(Route {
                     name: r.name.clone(),
-                    path_prefix: r.r#match.as_ref().map(|m| m.path_prefix.clone()).unwrap_or_default(),
+                    path_prefix: r
+                        .r#match
+                        .as_ref()
+                        .map(|m| m.path_prefix.clone())
+                        .unwrap_or_default(),
                     backends,
                     live,
                     live_weight,
@@ -372,19 +389,34 @@ mod tests {
                     name: "split".into(),
                     r#match: None,
                     backends: vec![
-                        pb::WeightedBackend { cluster: "echo-v1.default".into(), weight: w1 },
-                        pb::WeightedBackend { cluster: "echo-v2.default".into(), weight: w2 },
+                        pb::WeightedBackend {
+                            cluster: "echo-v1.default".into(),
+                            weight: w1,
+                        },
+                        pb::WeightedBackend {
+                            cluster: "echo-v2.default".into(),
+                            weight: w2,
+                        },
                     ],
                 }],
             }],
-            clusters: vec![cluster("echo-v1.default", v1_eps), cluster("echo-v2.default", v2_eps)],
+            clusters: vec![
+                cluster("echo-v1.default", v1_eps),
+                cluster("echo-v2.default", v2_eps),
+            ],
         }
     }
 
     #[test]
     fn resolves_every_name_form() {
         let s = State::from_proto(&snapshot(&["127.0.0.1:1"], &[], 1, 1), "default").unwrap();
-        for host in ["echo", "echo:80", "ECHO", "echo.default", "echo.default.svc.cluster.local:8080"] {
+        for host in [
+            "echo",
+            "echo:80",
+            "ECHO",
+            "echo.default",
+            "echo.default.svc.cluster.local:8080",
+        ] {
             assert!(s.resolve(host).is_some(), "{host}");
         }
         let other = State::from_proto(&snapshot(&["127.0.0.1:1"], &[], 1, 1), "prod").unwrap();
@@ -394,7 +426,11 @@ mod tests {
 
     #[test]
     fn weighted_pick_follows_weights() {
-        let s = State::from_proto(&snapshot(&["127.0.0.1:1"], &["127.0.0.1:2"], 80, 20), "default").unwrap();
+        let s = State::from_proto(
+            &snapshot(&["127.0.0.1:1"], &["127.0.0.1:2"], 80, 20),
+            "default",
+        )
+        .unwrap();
         let route = s.resolve("echo").unwrap().route("/").unwrap();
         let n = 20_000;
         let v2 = (0..n)
@@ -409,15 +445,29 @@ mod tests {
         let s = State::from_proto(&snapshot(&[], &["127.0.0.1:2"], 100, 0), "default").unwrap();
         let route = s.resolve("echo").unwrap().route("/").unwrap();
         for _ in 0..100 {
-            assert_eq!(route.pick_backend().unwrap().cluster.name, "echo-v2.default");
+            assert_eq!(
+                route.pick_backend().unwrap().cluster.name,
+                "echo-v2.default"
+            );
         }
         let none = State::from_proto(&snapshot(&[], &[], 1, 1), "default").unwrap();
-        assert!(none.resolve("echo").unwrap().route("/").unwrap().pick_backend().is_none());
+        assert!(
+            none.resolve("echo")
+                .unwrap()
+                .route("/")
+                .unwrap()
+                .pick_backend()
+                .is_none()
+        );
     }
 
     #[test]
     fn round_robin_over_endpoints() {
-        let s = State::from_proto(&snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0), "default").unwrap();
+        let s = State::from_proto(
+            &snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0),
+            "default",
+        )
+        .unwrap();
         let c = &s.clusters["echo-v1.default"];
         let picks: Vec<u16> = (0..4).map(|_| c.pick().unwrap().addr.port()).collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
@@ -426,10 +476,12 @@ mod tests {
     #[test]
     fn bad_resources_reject_the_snapshot_with_every_reason() {
         let mut snap = snapshot(&["not-an-address"], &[], 1, 1);
-        snap.services[0].routes[0].backends.push(pb::WeightedBackend {
-            cluster: "ghost.default".into(),
-            weight: 1,
-        });
+        snap.services[0].routes[0]
+            .backends
+            .push(pb::WeightedBackend {
+                cluster: "ghost.default".into(),
+                weight: 1,
+            });
         let err = State::from_proto(&snap, "default").unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
         assert!(err.to_string().contains("not-an-address"));

@@ -1,6 +1,6 @@
 //! mesh-proto: the generated gRPC contract between mesh-control, mesh-proxy
-//! and meshctl. Nothing but generated code lives here; conversions into
-//! domain types belong to the crate that consumes them.
+//! and meshctl. Only generated code and one wire-level helper (`prebuilt`)
+//! live here; conversions into domain types belong to the consuming crate.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
 /// `mesh.v1`: discovery (control plane → sidecars) and admin (meshctl → control plane).
@@ -12,3 +12,5 @@ pub mod v1 {
 pub mod echo {
     tonic::include_proto!("mesh.echo.v1");
 }
+
+pub mod prebuilt;

@@ -7,7 +7,6 @@ use anyhow::{Context, Result, bail};
 use meshctl::procs::{Proc, binary, wait_ready};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -16,17 +15,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Builds the binaries once per test process, so `cargo test` alone always
 /// runs the current code (a stale binary would test yesterday's mesh).
 pub fn ensure_built() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "mesh-proxy", "-p", "mesh-control", "-p", "meshctl", "-p", "mesh-echo"]);
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("running cargo build for the mesh binaries");
-        assert!(status.success(), "building the mesh binaries failed");
-    });
+    meshctl::procs::ensure_built(!cfg!(debug_assertions));
 }
 
 /// A temporary directory removed on drop.
@@ -96,7 +85,11 @@ impl Drop for Mesh {
                 for e in entries.flatten() {
                     let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                     let lines: Vec<&str> = text.lines().collect();
-                    eprintln!("== {} ==\n{}", e.path().display(), lines[lines.len().saturating_sub(25)..].join("\n"));
+                    eprintln!(
+                        "== {} ==\n{}",
+                        e.path().display(),
+                        lines[lines.len().saturating_sub(25)..].join("\n")
+                    );
                 }
             }
         }
@@ -139,7 +132,10 @@ impl Mesh {
     /// Kills the control plane hard (SIGKILL): no goodbye to anyone.
     pub async fn kill_control(&mut self) {
         self.control.signal(nix::sys::signal::Signal::SIGKILL);
-        self.control.wait(Duration::from_secs(5)).await.expect("control plane died");
+        self.control
+            .wait(Duration::from_secs(5))
+            .await
+            .expect("control plane died");
     }
 
     /// Restarts the control plane on the same address and state dir.
@@ -150,10 +146,20 @@ impl Mesh {
     }
 
     /// Starts an echo app and its sidecar; waits until the sidecar is ready.
-    pub async fn instance(&self, service: &str, version: &str, id: &str, echo_args: &[&str], health: Option<Health>) -> Instance {
+    pub async fn instance(
+        &self,
+        service: &str,
+        version: &str,
+        id: &str,
+        echo_args: &[&str],
+        health: Option<Health>,
+    ) -> Instance {
         let mut cmd = Command::new(binary("mesh-echo"));
-        cmd.args(["--service", service, "--version", version, "--instance", id]).args(echo_args);
-        let app = Proc::spawn(&format!("{id}-app"), cmd, &self.logs()).await.expect("echo starts");
+        cmd.args(["--service", service, "--version", version, "--instance", id])
+            .args(echo_args);
+        let app = Proc::spawn(&format!("{id}-app"), cmd, &self.logs())
+            .await
+            .expect("echo starts");
         let app_addr = app.addr("addr").unwrap();
         let mut cmd = self.sidecar_cmd(service, version, id);
         cmd.env("MESH_PROXY_APP_ADDR", app_addr.to_string())
@@ -161,10 +167,17 @@ impl Mesh {
         if let Some(h) = health {
             cmd.env("MESH_PROXY_HEALTH_PATH", "/healthz")
                 .env("MESH_PROXY_HEALTH_INTERVAL_MS", h.interval_ms.to_string())
-                .env("MESH_PROXY_HEALTH_FAILURE_THRESHOLD", h.failure_threshold.to_string());
+                .env(
+                    "MESH_PROXY_HEALTH_FAILURE_THRESHOLD",
+                    h.failure_threshold.to_string(),
+                );
         }
-        let sidecar = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs()).await.expect("sidecar starts");
-        wait_ready(sidecar.addr("admin").unwrap(), "/ready", DEADLINE).await.expect("sidecar ready");
+        let sidecar = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
+            .await
+            .expect("sidecar starts");
+        wait_ready(sidecar.addr("admin").unwrap(), "/ready", DEADLINE)
+            .await
+            .expect("sidecar ready");
         Instance {
             id: id.to_string(),
             app,
@@ -175,8 +188,12 @@ impl Mesh {
     /// Starts a client-only sidecar (no app) and waits until it is ready.
     pub async fn client(&self, id: &str) -> Proc {
         let cmd = self.sidecar_cmd("client", "", id);
-        let p = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs()).await.expect("client sidecar starts");
-        wait_ready(p.addr("admin").unwrap(), "/ready", DEADLINE).await.expect("client sidecar ready");
+        let p = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
+            .await
+            .expect("client sidecar starts");
+        wait_ready(p.addr("admin").unwrap(), "/ready", DEADLINE)
+            .await
+            .expect("client sidecar ready");
         p
     }
 
@@ -269,7 +286,9 @@ async fn start_control(dir: &Path, grpc: SocketAddr, seeded: bool) -> Result<Pro
         cmd.arg("--config").arg(dir.join("mesh.yaml"));
     }
     let p = Proc::spawn("mesh-control", cmd, &dir.join("logs")).await?;
-    wait_ready(p.addr("http")?, "/ready", DEADLINE).await.context("control plane ready")?;
+    wait_ready(p.addr("http")?, "/ready", DEADLINE)
+        .await
+        .context("control plane ready")?;
     Ok(p)
 }
 

@@ -21,7 +21,8 @@ pub fn read_rule_files(paths: &[PathBuf]) -> Result<Vec<pb::RuleFile>> {
     let mut files = Vec::new();
     for p in paths {
         let mut add = |path: &Path| -> Result<()> {
-            let content = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let content = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             files.push(pb::RuleFile {
                 filename: path.display().to_string(),
                 content,
@@ -91,13 +92,28 @@ pub async fn get_splits(control: &str, namespace: &str, output: Output) -> Resul
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"items": resp.splits.iter().map(split_json).collect::<Vec<_>>()}))?
+            serde_json::to_string_pretty(
+                &json!({"items": resp.splits.iter().map(split_json).collect::<Vec<_>>()})
+            )?
         ),
         Output::Table => {
-            println!("{:<12} {:<16} {:<16} BACKENDS", "NAMESPACE", "NAME", "SERVICE");
+            println!(
+                "{:<12} {:<16} {:<16} BACKENDS",
+                "NAMESPACE", "NAME", "SERVICE"
+            );
             for s in &resp.splits {
-                let backends: Vec<String> = s.backends.iter().map(|b| format!("{}={}", b.service, b.weight)).collect();
-                println!("{:<12} {:<16} {:<16} {}", s.namespace, s.name, s.service, backends.join(" "));
+                let backends: Vec<String> = s
+                    .backends
+                    .iter()
+                    .map(|b| format!("{}={}", b.service, b.weight))
+                    .collect();
+                println!(
+                    "{:<12} {:<16} {:<16} {}",
+                    s.namespace,
+                    s.name,
+                    s.service,
+                    backends.join(" ")
+                );
             }
         }
     }
@@ -105,7 +121,13 @@ pub async fn get_splits(control: &str, namespace: &str, output: Output) -> Resul
 }
 
 /// `meshctl release shift`; returns the new config version.
-pub async fn shift(control: &str, namespace: &str, service: &str, backend: &str, percent: u32) -> Result<u64> {
+pub async fn shift(
+    control: &str,
+    namespace: &str,
+    service: &str,
+    backend: &str,
+    percent: u32,
+) -> Result<u64> {
     let resp = admin(control)
         .await?
         .shift(pb::ShiftRequest {
@@ -120,7 +142,9 @@ pub async fn shift(control: &str, namespace: &str, service: &str, backend: &str,
     for w in &resp.warnings {
         eprintln!("warning: {w}");
     }
-    resp.version.parse().context("control plane returned a bad version")
+    resp.version
+        .parse()
+        .context("control plane returned a bad version")
 }
 
 /// Prints the result of a shift.
@@ -130,7 +154,11 @@ pub fn print_shift(service: &str, split: &[(String, u32)]) {
 }
 
 /// Fetches `release status`.
-pub async fn status(control: &str, namespace: &str, service: &str) -> Result<pb::ReleaseStatusResponse> {
+pub async fn status(
+    control: &str,
+    namespace: &str,
+    service: &str,
+) -> Result<pb::ReleaseStatusResponse> {
     Ok(admin(control)
         .await?
         .release_status(pb::ReleaseStatusRequest {
@@ -171,16 +199,30 @@ pub fn render_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<S
         "service {}/{} ({}; config version {})\n",
         st.namespace,
         st.service,
-        if st.has_split { "TrafficSplit" } else { "no TrafficSplit: routes to itself" },
+        if st.has_split {
+            "TrafficSplit"
+        } else {
+            "no TrafficSplit: routes to itself"
+        },
         st.version
     );
-    out.push_str(&format!("{:<18} {:>6} {:>8}  {:<7}  ENDPOINTS\n", "BACKEND", "WEIGHT", "SHARE", "READY"));
+    out.push_str(&format!(
+        "{:<18} {:>6} {:>8}  {:<7}  ENDPOINTS\n",
+        "BACKEND", "WEIGHT", "SHARE", "READY"
+    ));
     for b in &st.backends {
         let ready = b.endpoints.iter().filter(|e| e.ready).count();
         let eps: Vec<String> = b
             .endpoints
             .iter()
-            .map(|e| format!("{}@{}{}", e.instance_id, e.address, if e.ready { "" } else { " (unready)" }))
+            .map(|e| {
+                format!(
+                    "{}@{}{}",
+                    e.instance_id,
+                    e.address,
+                    if e.ready { "" } else { " (unready)" }
+                )
+            })
             .collect();
         out.push_str(&format!(
             "{:<18} {:>6} {:>7.1}%  {:<7}  {}\n",
@@ -188,7 +230,11 @@ pub fn render_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<S
             b.weight,
             b.effective_percent,
             format!("{ready}/{}", b.endpoints.len()),
-            if eps.is_empty() { "-".into() } else { eps.join(", ") }
+            if eps.is_empty() {
+                "-".into()
+            } else {
+                eps.join(", ")
+            }
         ));
     }
     for w in &st.warnings {
@@ -214,11 +260,19 @@ pub async fn proxy_status(control: &str, output: Output) -> Result<()> {
                        "ackedVersion": p.acked_version, "nackedVersion": p.nacked_version, "nackReason": p.nack_reason})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"controlVersion": resp.control_version, "proxies": proxies}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"controlVersion": resp.control_version, "proxies": proxies})
+            )?
+        );
         return Ok(());
     }
     println!("control plane config version {}", resp.control_version);
-    println!("{:<18} {:<12} {:<8} {:<16} STATUS", "INSTANCE", "SERVICE", "VERSION", "ACKED");
+    println!(
+        "{:<18} {:<12} {:<8} {:<16} STATUS",
+        "INSTANCE", "SERVICE", "VERSION", "ACKED"
+    );
     for p in &resp.proxies {
         let status = if !p.nack_reason.is_empty() {
             format!("REJECTED {}: {}", p.nacked_version, p.nack_reason)

@@ -15,7 +15,9 @@ pub async fn admin(url: &str) -> Result<AdminClient<Channel>> {
         .connect_timeout(std::time::Duration::from_secs(2))
         .connect()
         .await
-        .with_context(|| format!("cannot reach the control plane at {url}; is it running (`meshctl up`)?"))?;
+        .with_context(|| {
+            format!("cannot reach the control plane at {url}; is it running (`meshctl up`)?")
+        })?;
     Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 

@@ -3,10 +3,10 @@
 //! shifts 0 → 10 → 50 → 100% to v2, and shows the v1/v2 share of answers at
 //! each step and the number of failed requests (which should be zero).
 
+use crate::cli;
 use crate::procs::wait_config;
 use crate::traffic::{Steady, burst};
 use crate::up::{Mesh, Options};
-use crate::cli;
 use anyhow::{Context, Result, bail};
 use std::time::Duration;
 
@@ -45,19 +45,29 @@ async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let st = cli::status(&control, "default", "echo").await?;
-        let ready: usize = st.backends.iter().map(|b| b.endpoints.iter().filter(|e| e.ready).count()).sum();
+        let ready: usize = st
+            .backends
+            .iter()
+            .map(|b| b.endpoints.iter().filter(|e| e.ready).count())
+            .sum();
         if ready >= 3 {
             print!("{}", cli::render_status(&st, cli::Output::Table)?);
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("echo instances not ready after 30s:\n{}", cli::render_status(&st, cli::Output::Table)?);
+            bail!(
+                "echo instances not ready after 30s:\n{}",
+                cli::render_status(&st, cli::Output::Table)?
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("\n▶ steady background traffic through the client sidecar ({outbound}, Host: echo)");
     let steady = Steady::start(outbound, "echo", 2, 1_000_000);
-    println!("\n{:<22} {:>8} {:>8} {:>7}   share of answers", "step", "v1", "v2", "failed");
+    println!(
+        "\n{:<22} {:>8} {:>8} {:>7}   share of answers",
+        "step", "v1", "v2", "failed"
+    );
     for pct in [0u32, 10, 50, 100] {
         let version = cli::shift(&control, "default", "echo", "echo-v2", pct).await?;
         wait_config(admin, version, Duration::from_secs(10)).await?;
@@ -83,7 +93,10 @@ async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
         failed
     );
     let st = cli::status(&control, "default", "echo").await?;
-    println!("\n$ meshctl release status echo\n{}", cli::render_status(&st, cli::Output::Table)?);
+    println!(
+        "\n$ meshctl release status echo\n{}",
+        cli::render_status(&st, cli::Output::Table)?
+    );
     if failed > 0 {
         bail!("{failed} requests failed during the release");
     }

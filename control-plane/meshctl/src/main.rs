@@ -7,7 +7,11 @@ use meshctl::client::DEFAULT_CONTROL;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "meshctl", version, about = "Operate a mesh: rules, releases and a local mesh")]
+#[command(
+    name = "meshctl",
+    version,
+    about = "Operate a mesh: rules, releases and a local mesh"
+)]
 struct Args {
     /// Control plane gRPC URL.
     #[arg(long, global = true, env = "MESH_CONTROL_URL", default_value = DEFAULT_CONTROL)]
@@ -117,33 +121,43 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let control = args.control.as_str();
     match args.command {
-        Cmd::Up { file, state_dir, log_dir } => up(control, file, state_dir, log_dir).await,
+        Cmd::Up {
+            file,
+            state_dir,
+            log_dir,
+        } => up(control, file, state_dir, log_dir).await,
         Cmd::Demo { requests } => meshctl::demo::run(requests).await,
         Cmd::Apply { files } => cli::apply(control, &files).await,
         Cmd::Get {
             what: Get::Splits { namespace, output },
         } => cli::get_splits(control, &namespace, output).await,
         Cmd::Release {
-            what: Release::Shift {
-                service,
-                to,
-                weight,
-                namespace,
-            },
+            what:
+                Release::Shift {
+                    service,
+                    to,
+                    weight,
+                    namespace,
+                },
         } => {
             let version = cli::shift(control, &namespace, &service, &to, weight).await?;
             let st = cli::status(control, &namespace, &service).await?;
-            let weights: Vec<(String, u32)> = st.backends.iter().map(|b| (b.service.clone(), b.weight)).collect();
+            let weights: Vec<(String, u32)> = st
+                .backends
+                .iter()
+                .map(|b| (b.service.clone(), b.weight))
+                .collect();
             cli::print_shift(&service, &weights);
             println!("config version {version} pushed to sidecars");
             Ok(())
         }
         Cmd::Release {
-            what: Release::Status {
-                service,
-                namespace,
-                output,
-            },
+            what:
+                Release::Status {
+                    service,
+                    namespace,
+                    output,
+                },
         } => {
             let st = cli::status(control, &namespace, &service).await?;
             print!("{}", cli::render_status(&st, output)?);
@@ -156,7 +170,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-async fn up(control: &str, file: PathBuf, state_dir: Option<PathBuf>, log_dir: PathBuf) -> anyhow::Result<()> {
+async fn up(
+    control: &str,
+    file: PathBuf,
+    state_dir: Option<PathBuf>,
+    log_dir: PathBuf,
+) -> anyhow::Result<()> {
     let grpc_addr = control.trim_start_matches("http://").to_string();
     let mesh = meshctl::up::Mesh::start(&meshctl::up::Options {
         file,
@@ -171,7 +190,9 @@ async fn up(control: &str, file: PathBuf, state_dir: Option<PathBuf>, log_dir: P
     if let Some(client) = mesh.replicas.iter().find(|r| r.app.is_none())
         && let Ok(out) = client.sidecar.addr("outbound")
     {
-        println!("\ntry:\n  curl -H 'Host: echo' http://{out}/\n  meshctl release shift echo --to echo-v2 --weight 10\n  meshctl release status echo");
+        println!(
+            "\ntry:\n  curl -H 'Host: echo' http://{out}/\n  meshctl release shift echo --to echo-v2 --weight 10\n  meshctl release status echo"
+        );
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

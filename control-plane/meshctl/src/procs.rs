@@ -62,7 +62,8 @@ impl Proc {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let bound = serde_json::from_str(&line).with_context(|| format!("{name} printed {line:?}"))?;
+        let bound =
+            serde_json::from_str(&line).with_context(|| format!("{name} printed {line:?}"))?;
         Ok(Proc {
             name: name.to_string(),
             bound,
@@ -74,7 +75,12 @@ impl Proc {
     /// Spawns an app that prints nothing we read; its output goes to its log.
     pub fn spawn_plain(name: &str, cmd: Command, log_dir: &Path) -> Result<Proc> {
         let log = log_dir.join(format!("{name}.log"));
-        let (child, log) = start(name, cmd, log_dir, Stdio::from(std::fs::File::create(&log)?))?;
+        let (child, log) = start(
+            name,
+            cmd,
+            log_dir,
+            Stdio::from(std::fs::File::create(&log)?),
+        )?;
         Ok(Proc {
             name: name.to_string(),
             bound: serde_json::Value::Null,
@@ -107,7 +113,10 @@ impl Proc {
 
     /// Waits for exit up to `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(timeout, self.child.wait()).await.ok()?.ok()
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// SIGTERM, then SIGKILL after `grace`. Returns the exit status.
@@ -177,7 +186,10 @@ pub async fn wait_config(admin: SocketAddr, min_version: u64, deadline: Duration
     loop {
         let (_, body) = crate::traffic::get(admin, "/config_dump").await?;
         let dump: serde_json::Value = serde_json::from_str(&body)?;
-        let v: u64 = dump["version"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let v: u64 = dump["version"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if v >= min_version {
             return Ok(());
         }
@@ -186,4 +198,22 @@ pub async fn wait_config(admin: SocketAddr, min_version: u64, deadline: Duration
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Builds the mesh binaries when run under cargo (tests, `cargo run` of the
+/// benches), so those never exercise a stale binary. A no-op elsewhere.
+pub fn ensure_built(release: bool) {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let Ok(cargo) = std::env::var("CARGO") else {
+            return;
+        };
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "mesh-proxy", "-p", "mesh-control", "-p", "meshctl", "-p", "mesh-echo"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the mesh binaries");
+        assert!(status.success(), "building the mesh binaries failed");
+    });
 }

@@ -72,7 +72,11 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 /// Sends one GET for `host` via `proxy` and reports who answered.
-pub async fn one(client: &Client<HttpConnector, Full<Bytes>>, proxy: SocketAddr, host: &str) -> Outcome {
+pub async fn one(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+    host: &str,
+) -> Outcome {
     let started = Instant::now();
     let req = http::Request::get(format!("http://{proxy}/"))
         .header(http::header::HOST, host)
@@ -81,10 +85,19 @@ pub async fn one(client: &Client<HttpConnector, Full<Bytes>>, proxy: SocketAddr,
     let result = async {
         let resp = client.request(req).await?;
         let status = resp.status();
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let (version, instance) = (header(VERSION_HEADER), header(INSTANCE_HEADER));
         let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::ensure!(status.is_success(), "HTTP {status}: {}", String::from_utf8_lossy(&body).trim());
+        anyhow::ensure!(
+            status.is_success(),
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
         Ok((version.context("answer has no version header")?, instance))
     }
     .await;
@@ -111,7 +124,12 @@ pub async fn burst(proxy: SocketAddr, host: &str, n: usize, concurrency: usize) 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let (client, next, tally, host) = (client.clone(), next.clone(), tally.clone(), host.to_string());
+            let (client, next, tally, host) = (
+                client.clone(),
+                next.clone(),
+                tally.clone(),
+                host.to_string(),
+            );
             tokio::spawn(async move {
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
                     let o = one(&client, proxy, &host).await;
@@ -123,8 +141,7 @@ pub async fn burst(proxy: SocketAddr, host: &str, n: usize, concurrency: usize) 
     for w in workers {
         let _ = w.await;
     }
-    let t = tally.lock().expect("tally lock").clone();
-    t
+    tally.lock().expect("tally lock").clone()
 }
 
 /// Traffic that runs until stopped, recording every outcome.

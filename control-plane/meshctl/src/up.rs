@@ -65,7 +65,9 @@ impl Drop for TempDir {
 fn free_port() -> Result<u16> {
     // Bind-and-release: the app binds it a moment later. Good enough for a
     // local dev mesh; tests and benches use apps that report their own port.
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn substitute(arg: &str, port: u16, w: &Workload, instance: &str) -> String {
@@ -88,7 +90,10 @@ impl Mesh {
             })
             .collect();
         if workloads.is_empty() {
-            bail!("{}: no Workload documents; nothing to run", opts.file.display());
+            bail!(
+                "{}: no Workload documents; nothing to run",
+                opts.file.display()
+            );
         }
         let (state_dir, temp) = match &opts.state_dir {
             Some(d) => (d.clone(), None),
@@ -141,20 +146,43 @@ impl Mesh {
     /// A table of where everything listens.
     pub fn describe(&self) -> String {
         let mut out = String::new();
-        let grpc = self.control.addr("grpc").map(|a| a.to_string()).unwrap_or_default();
-        let http = self.control.addr("http").map(|a| a.to_string()).unwrap_or_default();
+        let grpc = self
+            .control
+            .addr("grpc")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let http = self
+            .control
+            .addr("http")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         out.push_str(&format!("control plane   grpc {grpc}   http {http}\n\n"));
         out.push_str(&format!(
             "{:<12} {:<14} {:<8} {:<22} {:<22} {:<22} {:<22}\n",
-            "WORKLOAD", "INSTANCE", "VERSION", "APP", "OUTBOUND (app → mesh)", "INBOUND (mesh → app)", "ADMIN"
+            "WORKLOAD",
+            "INSTANCE",
+            "VERSION",
+            "APP",
+            "OUTBOUND (app → mesh)",
+            "INBOUND (mesh → app)",
+            "ADMIN"
         ));
         for r in &self.replicas {
-            let get = |k: &str| r.sidecar.addr(k).map(|a| a.to_string()).unwrap_or_else(|_| "-".into());
+            let get = |k: &str| {
+                r.sidecar
+                    .addr(k)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "-".into())
+            };
             out.push_str(&format!(
                 "{:<12} {:<14} {:<8} {:<22} {:<22} {:<22} {:<22}\n",
                 r.workload,
                 r.instance_id,
-                if r.version.is_empty() { "-" } else { &r.version },
+                if r.version.is_empty() {
+                    "-"
+                } else {
+                    &r.version
+                },
                 r.app.as_ref().map(|(_, a)| a.as_str()).unwrap_or("-"),
                 get("outbound"),
                 get("inbound"),
@@ -185,8 +213,17 @@ async fn start_replica(w: &Workload, i: u32, control_url: &str, log_dir: &Path) 
         None
     } else {
         let port = free_port()?;
-        let args: Vec<String> = w.spec.command.iter().map(|a| substitute(a, port, w, &instance_id)).collect();
-        let program = if args[0].contains('/') { PathBuf::from(&args[0]) } else { binary(&args[0]) };
+        let args: Vec<String> = w
+            .spec
+            .command
+            .iter()
+            .map(|a| substitute(a, port, w, &instance_id))
+            .collect();
+        let program = if args[0].contains('/') {
+            PathBuf::from(&args[0])
+        } else {
+            binary(&args[0])
+        };
         let mut cmd = Command::new(program);
         cmd.args(&args[1..]).env("PORT", port.to_string());
         let proc = Proc::spawn_plain(&format!("{instance_id}-app"), cmd, log_dir)?;

@@ -120,7 +120,11 @@ impl Registry {
                 Document::TrafficSplit(_) => {}
             }
         }
-        if errors.is_empty() { Ok(reg) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(reg)
+        } else {
+            Err(errors)
+        }
     }
 
     /// Restores registered instances saved before a restart. They get a fresh
@@ -147,7 +151,13 @@ impl Registry {
     }
 
     /// Records a heartbeat. Returns whether the endpoint sets changed.
-    pub fn heartbeat(&mut self, node: &NodeId, address: &str, ready: bool, now: Instant) -> Result<bool, Error> {
+    pub fn heartbeat(
+        &mut self,
+        node: &NodeId,
+        address: &str,
+        ready: bool,
+        now: Instant,
+    ) -> Result<bool, Error> {
         for (name, v) in [
             ("node.service", &node.service),
             ("node.namespace", &node.namespace),
@@ -198,7 +208,9 @@ impl Registry {
             self.seen.remove(k);
             self.instances.remove(k);
         }
-        dead.into_iter().map(|(ns, id)| format!("{ns}/{id}")).collect()
+        dead.into_iter()
+            .map(|(ns, id)| format!("{ns}/{id}"))
+            .collect()
     }
 
     /// Every known service with all its instances (ready or not), including
@@ -250,9 +262,18 @@ mod tests {
     fn instances_join_root_and_subset_services() {
         let mut r = Registry::default();
         let now = Instant::now();
-        assert!(r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, now).unwrap());
-        assert!(r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, now).unwrap());
-        assert!(!r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, now).unwrap());
+        assert!(
+            r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, now)
+                .unwrap()
+        );
+        assert!(
+            r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, now)
+                .unwrap()
+        );
+        assert!(
+            !r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, now)
+                .unwrap()
+        );
         let s = r.services();
         assert_eq!(s[&("default".into(), "echo".into())].len(), 2);
         assert_eq!(s[&("default".into(), "echo-v2".into())][0].instance_id, "b");
@@ -262,19 +283,29 @@ mod tests {
     fn leases_expire_and_restore_refreshes_them() {
         let mut r = Registry::default();
         let t0 = Instant::now();
-        r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, t0).unwrap();
-        assert!(r.expire(t0 + Duration::from_secs(1), Duration::from_secs(3)).is_empty());
-        assert_eq!(r.expire(t0 + Duration::from_secs(4), Duration::from_secs(3)), vec!["default/a"]);
+        r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, t0)
+            .unwrap();
+        assert!(
+            r.expire(t0 + Duration::from_secs(1), Duration::from_secs(3))
+                .is_empty()
+        );
+        assert_eq!(
+            r.expire(t0 + Duration::from_secs(4), Duration::from_secs(3)),
+            vec!["default/a"]
+        );
         let mut r2 = Registry::default();
-        r2.restore(vec![Instance {
-            namespace: "default".into(),
-            service: "echo".into(),
-            version: "v1".into(),
-            instance_id: "a".into(),
-            address: "127.0.0.1:1".into(),
-            ready: true,
-            source: Source::Registered,
-        }], t0);
+        r2.restore(
+            vec![Instance {
+                namespace: "default".into(),
+                service: "echo".into(),
+                version: "v1".into(),
+                instance_id: "a".into(),
+                address: "127.0.0.1:1".into(),
+                ready: true,
+                source: Source::Registered,
+            }],
+            t0,
+        );
         assert!(r2.knows("default", "echo-v1"));
     }
 
@@ -282,7 +313,13 @@ mod tests {
     fn bad_registrations_are_refused() {
         let mut r = Registry::default();
         let now = Instant::now();
-        assert_eq!(r.heartbeat(&node("", "v1"), "127.0.0.1:1", true, now), Err(Error::Missing("node.instance_id")));
-        assert!(matches!(r.heartbeat(&node("a", "v1"), "nowhere", true, now), Err(Error::Address(_))));
+        assert_eq!(
+            r.heartbeat(&node("", "v1"), "127.0.0.1:1", true, now),
+            Err(Error::Missing("node.instance_id"))
+        );
+        assert!(matches!(
+            r.heartbeat(&node("a", "v1"), "nowhere", true, now),
+            Err(Error::Address(_))
+        ));
     }
 }

@@ -24,7 +24,10 @@ use tokio_stream::Stream;
 use tonic::codegen::Service;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mesh-echo", about = "echo workload: HTTP/1.1, h2c and gRPC on one port")]
+#[command(
+    name = "mesh-echo",
+    about = "echo workload: HTTP/1.1, h2c and gRPC on one port"
+)]
 struct Args {
     /// Listen address; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -81,11 +84,16 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, tonic::Status>> +
 
 #[tonic::async_trait]
 impl Echo for Grpc {
-    async fn unary(&self, req: tonic::Request<EchoRequest>) -> Result<tonic::Response<EchoReply>, tonic::Status> {
+    async fn unary(
+        &self,
+        req: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoReply>, tonic::Status> {
         if self.0.delay_and_fail().await {
             return Err(tonic::Status::internal("injected error"));
         }
-        Ok(tonic::Response::new(self.0.reply(req.into_inner().payload, 0)))
+        Ok(tonic::Response::new(
+            self.0.reply(req.into_inner().payload, 0),
+        ))
     }
 
     type ServerStreamStream = ReplyStream;
@@ -97,7 +105,10 @@ impl Echo for Grpc {
         if self.0.delay_and_fail().await {
             return Err(tonic::Status::internal("injected error"));
         }
-        let StreamRequest { count, payload_size } = req.into_inner();
+        let StreamRequest {
+            count,
+            payload_size,
+        } = req.into_inner();
         let app = self.0.clone();
         let stream = tokio_stream::iter((0..count).map(move |seq| {
             let payload = (0..payload_size).map(|i| ((i + seq) % 251) as u8).collect();
@@ -133,12 +144,19 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
             return if app.healthy.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "{\"healthy\":true}\n".into())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "{\"healthy\":false}\n".into())
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "{\"healthy\":false}\n".into(),
+                )
             };
         }
         "/admin/health" => {
-            app.healthy.store(!query.contains("ok=false"), Ordering::Relaxed);
-            return text(StatusCode::OK, format!("{{\"healthy\":{}}}\n", app.healthy.load(Ordering::Relaxed)));
+            app.healthy
+                .store(!query.contains("ok=false"), Ordering::Relaxed);
+            return text(
+                StatusCode::OK,
+                format!("{{\"healthy\":{}}}\n", app.healthy.load(Ordering::Relaxed)),
+            );
         }
         _ => {}
     }
@@ -154,11 +172,19 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
                     hash = fnv(hash, d);
                 }
             }
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{{\"error\":{:?}}}\n", e.to_string())),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("{{\"error\":{:?}}}\n", e.to_string()),
+                );
+            }
         }
     }
     if app.delay_and_fail().await {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "{\"error\":\"injected error\"}\n".into());
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{\"error\":\"injected error\"}\n".into(),
+        );
     }
     let summary = serde_json::json!({
         "service": app.args.service,
@@ -183,7 +209,10 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!((0.0..=1.0).contains(&args.error_rate), "--error-rate must be between 0 and 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.error_rate),
+        "--error-rate must be between 0 and 1"
+    );
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     println!(
         "{}",
@@ -196,7 +225,9 @@ async fn main() -> anyhow::Result<()> {
         filler,
     });
     let grpc = tonic::service::Routes::new(EchoServer::new(Grpc(app.clone())));
-    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let (stream, _) = tokio::select! {

@@ -1,0 +1,218 @@
+//! Control-plane benchmarks against a real mesh-control process:
+//! - fan-out: N simulated sidecars subscribe over gRPC and ACK every
+//!   version; a `release shift` is timed from the Shift RPC to the moment the
+//!   last subscriber has the new version and sends its ACK;
+//! - memory: control-plane RSS with 1,000 services and 10,000 endpoints.
+//!
+//! The simulated sidecars are a tonic client written here because no load
+//! tool speaks mesh's discovery protocol; they do what mesh-proxy does on the
+//! wire (subscribe, receive, ACK) without running 1,000 proxy processes.
+
+use crate::report::{percentile, rss_mib};
+use anyhow::{Context, Result, bail};
+use mesh_proto::v1 as pb;
+use mesh_proto::v1::discovery_client::DiscoveryClient;
+use meshctl::procs::{Proc, binary, wait_ready};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Subscriptions sharing one HTTP/2 connection, as a node's sidecars would not;
+/// but 10 per connection keeps the client side from dominating the measurement.
+const STREAMS_PER_CONN: usize = 10;
+
+/// Results of one fan-out run.
+pub(crate) struct Fanout {
+    /// When the first subscriber had the change: the floor under the fan-out.
+    pub(crate) first_p50_ms: f64,
+    pub(crate) subscribers: usize,
+    pub(crate) shifts: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+/// Results of the memory run.
+pub(crate) struct Memory {
+    pub(crate) services: usize,
+    pub(crate) endpoints: usize,
+    pub(crate) rss_mib: f64,
+    pub(crate) peak_mib: f64,
+    pub(crate) subscribers: usize,
+}
+
+fn mesh_file(services: usize, endpoints_per: usize) -> String {
+    let mut s = String::new();
+    for i in 0..services {
+        s.push_str(&format!(
+            "apiVersion: mesh.dev/v1alpha1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  instances:\n"
+        ));
+        for j in 0..endpoints_per {
+            let v = if j % 2 == 0 { "v1" } else { "v2" };
+            s.push_str(&format!(
+                "  - {{id: svc-{i}-{j}, address: \"127.0.{}.{}:{}\", version: {v}}}\n",
+                i % 250,
+                1 + j % 250,
+                10000 + j
+            ));
+        }
+        s.push_str("---\n");
+    }
+    s.push_str(
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: svc-0\nspec:\n  service: svc-0\n  backends:\n  - {service: svc-0-v1, weight: 100}\n  - {service: svc-0-v2, weight: 0}\n",
+    );
+    s
+}
+
+async fn start_control(dir: &Path, yaml: &str) -> Result<(Proc, String)> {
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("mesh.yaml");
+    std::fs::write(&file, yaml)?;
+    let _ = std::fs::remove_dir_all(dir.join("state"));
+    let mut cmd = Command::new(binary("mesh-control"));
+    cmd.args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("MESH_CONTROL_LOG", "warn");
+    let p = Proc::spawn("mesh-control", cmd, &dir.join("logs")).await?;
+    wait_ready(p.addr("http")?, "/ready", DEADLINE).await?;
+    let url = format!("http://{}", p.addr("grpc")?);
+    Ok((p, url))
+}
+
+/// Opens `n` subscriptions; every received version is reported as
+/// (subscriber, version, when its ACK was sent).
+async fn subscribe(url: &str, n: usize) -> Result<mpsc::UnboundedReceiver<(usize, u64, Instant)>> {
+    let (report, rx) = mpsc::unbounded_channel();
+    for conn in 0..n.div_ceil(STREAMS_PER_CONN) {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        for i in conn * STREAMS_PER_CONN..((conn + 1) * STREAMS_PER_CONN).min(n) {
+            let (channel, report) = (channel.clone(), report.clone());
+            tokio::spawn(async move {
+                let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
+                let (tx, rx) = mpsc::channel(4);
+                let node = pb::Node {
+                    service: "sim".into(),
+                    version: "v1".into(),
+                    namespace: "default".into(),
+                    instance_id: format!("sim-{i}"),
+                };
+                tx.send(pb::DiscoveryRequest {
+                    node: Some(node),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+                let mut stream = client.subscribe(ReceiverStream::new(rx)).await.ok()?.into_inner();
+                while let Ok(Some(resp)) = stream.message().await {
+                    let ack = pb::DiscoveryRequest {
+                        version_info: resp.version_info.clone(),
+                        response_nonce: resp.nonce.clone(),
+                        ..Default::default()
+                    };
+                    tx.send(ack).await.ok()?;
+                    let v = resp.version_info.parse().unwrap_or(0);
+                    report.send((i, v, Instant::now())).ok()?;
+                }
+                Some(())
+            });
+        }
+    }
+    Ok(rx)
+}
+
+/// Waits until every subscriber reported `version` or newer; returns when the last one did.
+async fn all_have(rx: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>, n: usize, version: u64) -> Result<(Instant, Instant)> {
+    let mut have = vec![None; n];
+    let mut count = 0;
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while count < n {
+        let Ok(Some((i, v, at))) = tokio::time::timeout_at(end, rx.recv()).await else {
+            bail!("only {count} of {n} subscribers reached version {version}");
+        };
+        if v >= version && have[i].is_none() {
+            have[i] = Some(at);
+            count += 1;
+        }
+    }
+    let times: Vec<Instant> = have.into_iter().flatten().collect();
+    Ok((*times.iter().min().expect("n > 0"), *times.iter().max().expect("n > 0")))
+}
+
+/// Times `shifts` rule changes fanned out to `n` subscribers.
+pub(crate) async fn fanout(dir: &Path, n: usize, shifts: usize) -> Result<Fanout> {
+    let (mut control, url) = start_control(dir, &mesh_file(10, 4)).await?;
+    let mut rx = subscribe(&url, n).await?;
+    let mut admin = meshctl::client::admin(&url).await?;
+    let initial: u64 = admin
+        .proxy_status(pb::ProxyStatusRequest {})
+        .await?
+        .into_inner()
+        .control_version
+        .parse()?;
+    all_have(&mut rx, n, initial).await.context("initial snapshot")?;
+    let mut samples = Vec::new();
+    let mut firsts = Vec::new();
+    for k in 0..shifts {
+        let start = Instant::now();
+        let resp = admin
+            .shift(pb::ShiftRequest {
+                service: "svc-0".into(),
+                namespace: "default".into(),
+                backend: "svc-0-v2".into(),
+                percent: (k % 2 * 10 + 10) as u32,
+            })
+            .await?
+            .into_inner();
+        let (first, last) = all_have(&mut rx, n, resp.version.parse()?).await?;
+        samples.push(last.duration_since(start).as_secs_f64() * 1000.0);
+        firsts.push(first.duration_since(start).as_secs_f64() * 1000.0);
+    }
+    // The control plane saw every ACK too, not just the senders.
+    let st = admin.proxy_status(pb::ProxyStatusRequest {}).await?.into_inner();
+    let acked = st.proxies.iter().filter(|p| p.acked_version == st.control_version).count();
+    if acked != n {
+        bail!("control plane recorded {acked} of {n} ACKs of the last version");
+    }
+    control.stop(Duration::from_secs(5)).await;
+    samples.sort_by(f64::total_cmp);
+    firsts.sort_by(f64::total_cmp);
+    Ok(Fanout {
+        first_p50_ms: percentile(&firsts, 50.0),
+        subscribers: n,
+        shifts,
+        p50_ms: percentile(&samples, 50.0),
+        p99_ms: percentile(&samples, 99.0),
+        max_ms: *samples.last().unwrap_or(&f64::NAN),
+    })
+}
+
+/// Control-plane memory with `services` × `per` endpoints and `subscribers` streams.
+pub(crate) async fn memory(dir: &Path, services: usize, per: usize, subscribers: usize) -> Result<Memory> {
+    let (mut control, url) = start_control(dir, &mesh_file(services, per)).await?;
+    let mut rx = subscribe(&url, subscribers).await?;
+    let mut admin = meshctl::client::admin(&url).await?;
+    let version: u64 = admin
+        .proxy_status(pb::ProxyStatusRequest {})
+        .await?
+        .into_inner()
+        .control_version
+        .parse()?;
+    all_have(&mut rx, subscribers, version).await?;
+    let (rss, peak) = rss_mib(control.pid().context("control plane running")?);
+    control.stop(Duration::from_secs(5)).await;
+    Ok(Memory {
+        services,
+        endpoints: services * per,
+        rss_mib: rss,
+        peak_mib: peak,
+        subscribers,
+    })
+}
