@@ -37,7 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     tonic_prost_build::configure().compile_with_config(
         config(&protoc),
-        &["mesh/v1/discovery.proto", "mesh/v1/admin.proto", "mesh/v1/echo.proto"],
+        &[
+            "mesh/v1/discovery.proto",
+            "mesh/v1/admin.proto",
+            "mesh/v1/echo.proto",
+        ],
         &["."],
     )?;
 

@@ -73,11 +73,17 @@ async fn start_control(dir: &Path, yaml: &str) -> Result<(Proc, String)> {
     std::fs::write(&file, yaml)?;
     let _ = std::fs::remove_dir_all(dir.join("state"));
     let mut cmd = Command::new(binary("mesh-control"));
-    cmd.args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config"])
-        .arg(&file)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env("MESH_CONTROL_LOG", "warn");
+    cmd.args([
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--config",
+    ])
+    .arg(&file)
+    .arg("--state-dir")
+    .arg(dir.join("state"))
+    .env("MESH_CONTROL_LOG", "warn");
     let p = Proc::spawn("mesh-control", cmd, &dir.join("logs")).await?;
     wait_ready(p.addr("http")?, "/ready", DEADLINE).await?;
     let url = format!("http://{}", p.addr("grpc")?);
@@ -110,7 +116,11 @@ async fn subscribe(url: &str, n: usize) -> Result<mpsc::UnboundedReceiver<(usize
                 })
                 .await
                 .ok()?;
-                let mut stream = client.subscribe(ReceiverStream::new(rx)).await.ok()?.into_inner();
+                let mut stream = client
+                    .subscribe(ReceiverStream::new(rx))
+                    .await
+                    .ok()?
+                    .into_inner();
                 while let Ok(Some(resp)) = stream.message().await {
                     let ack = pb::DiscoveryRequest {
                         version_info: resp.version_info.clone(),
@@ -129,7 +139,11 @@ async fn subscribe(url: &str, n: usize) -> Result<mpsc::UnboundedReceiver<(usize
 }
 
 /// Waits until every subscriber reported `version` or newer; returns when the last one did.
-async fn all_have(rx: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>, n: usize, version: u64) -> Result<(Instant, Instant)> {
+async fn all_have(
+    rx: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>,
+    n: usize,
+    version: u64,
+) -> Result<(Instant, Instant)> {
     let mut have = vec![None; n];
     let mut count = 0;
     let end = tokio::time::Instant::now() + DEADLINE;
@@ -143,7 +157,10 @@ async fn all_have(rx: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>, n: us
         }
     }
     let times: Vec<Instant> = have.into_iter().flatten().collect();
-    Ok((*times.iter().min().expect("n > 0"), *times.iter().max().expect("n > 0")))
+    Ok((
+        *times.iter().min().expect("n > 0"),
+        *times.iter().max().expect("n > 0"),
+    ))
 }
 
 /// Times `shifts` rule changes fanned out to `n` subscribers.
@@ -157,7 +174,9 @@ pub(crate) async fn fanout(dir: &Path, n: usize, shifts: usize) -> Result<Fanout
         .into_inner()
         .control_version
         .parse()?;
-    all_have(&mut rx, n, initial).await.context("initial snapshot")?;
+    all_have(&mut rx, n, initial)
+        .await
+        .context("initial snapshot")?;
     let mut samples = Vec::new();
     let mut firsts = Vec::new();
     for k in 0..shifts {
@@ -176,8 +195,15 @@ pub(crate) async fn fanout(dir: &Path, n: usize, shifts: usize) -> Result<Fanout
         firsts.push(first.duration_since(start).as_secs_f64() * 1000.0);
     }
     // The control plane saw every ACK too, not just the senders.
-    let st = admin.proxy_status(pb::ProxyStatusRequest {}).await?.into_inner();
-    let acked = st.proxies.iter().filter(|p| p.acked_version == st.control_version).count();
+    let st = admin
+        .proxy_status(pb::ProxyStatusRequest {})
+        .await?
+        .into_inner();
+    let acked = st
+        .proxies
+        .iter()
+        .filter(|p| p.acked_version == st.control_version)
+        .count();
     if acked != n {
         bail!("control plane recorded {acked} of {n} ACKs of the last version");
     }
@@ -195,7 +221,12 @@ pub(crate) async fn fanout(dir: &Path, n: usize, shifts: usize) -> Result<Fanout
 }
 
 /// Control-plane memory with `services` × `per` endpoints and `subscribers` streams.
-pub(crate) async fn memory(dir: &Path, services: usize, per: usize, subscribers: usize) -> Result<Memory> {
+pub(crate) async fn memory(
+    dir: &Path,
+    services: usize,
+    per: usize,
+    subscribers: usize,
+) -> Result<Memory> {
     let (mut control, url) = start_control(dir, &mesh_file(services, per)).await?;
     let mut rx = subscribe(&url, subscribers).await?;
     let mut admin = meshctl::client::admin(&url).await?;

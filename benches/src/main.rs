@@ -39,7 +39,11 @@ async fn main() -> Result<()> {
 
 async fn control_suite(quick: bool) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mesh-bench-{}", std::process::id()));
-    let (sizes, shifts, scale) = if quick { (vec![20], 3, (50, 10, 5)) } else { (vec![100, 1000], 30, (1000, 10, 100)) };
+    let (sizes, shifts, scale) = if quick {
+        (vec![20], 3, (50, 10, 5))
+    } else {
+        (vec![100, 1000], 30, (1000, 10, 100))
+    };
     let mut rows = Vec::new();
     let mut fanouts = Vec::new();
     for n in sizes {

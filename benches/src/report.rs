@@ -15,16 +15,30 @@ pub(crate) fn repo_root() -> PathBuf {
 pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
         .map(|kib| kib / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB RAM, Linux {}", kernel.trim())
+    format!(
+        "{cores} cores ({cpu}), {mem_gib:.0} GiB RAM, Linux {}",
+        kernel.trim()
+    )
 }
 
 /// Saves `json` as benches/results/<suite>.json.
@@ -39,8 +53,12 @@ pub(crate) fn write_json(suite: &str, json: &serde_json::Value) -> Result<PathBu
 /// Replaces the `suite` section of BENCHMARKS.md with `body`.
 pub(crate) fn update_markdown(suite: &str, body: &str) -> Result<()> {
     let path = repo_root().join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let (begin, end) = (format!("<!-- {suite}:begin -->"), format!("<!-- {suite}:end -->"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (begin, end) = (
+        format!("<!-- {suite}:begin -->"),
+        format!("<!-- {suite}:end -->"),
+    );
     let (Some(b), Some(e)) = (text.find(&begin), text.find(&end)) else {
         anyhow::bail!("BENCHMARKS.md has no {begin} … {end} markers");
     };

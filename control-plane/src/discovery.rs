@@ -3,8 +3,8 @@
 
 use crate::registry::NodeId;
 use crate::state::State;
-use mesh_proto::prebuilt::{Prebuilt, server::discovery_server};
 use futures::Stream;
+use mesh_proto::prebuilt::{Prebuilt, server::discovery_server};
 use mesh_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -37,7 +37,11 @@ impl Snapshot {
             services: view.services.clone(),
             clusters: view.clusters.clone(),
         });
-        Snapshot { version, view, encoded }
+        Snapshot {
+            version,
+            view,
+            encoded,
+        }
     }
 }
 
@@ -160,7 +164,8 @@ impl State {
         let view = index::build(&inner.registry, &inner.rules);
         if self.snapshots.borrow().view != view {
             inner.version += 1;
-            self.snapshots.send_replace(Arc::new(Snapshot::new(inner.version, view)));
+            self.snapshots
+                .send_replace(Arc::new(Snapshot::new(inner.version, view)));
         }
         inner.version
     }

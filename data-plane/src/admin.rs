@@ -1,5 +1,6 @@
 //! The sidecar's admin endpoints: `/live`, `/ready` (200 only once the first
-//! config has been applied) and `/config_dump` (the active config as JSON).
+//! config has been applied, i.e. the state has a version) and `/config_dump`
+//! (the active config as JSON).
 
 use crate::state::State;
 use arc_swap::ArcSwap;
@@ -10,23 +11,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<ArcSwap<State>>,
-    ready: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<ArcSwap<State>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
-        let ready = ready.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = respond(req.uri().path(), &state, *ready.borrow());
+                let resp = respond(req.uri().path(), &state);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -36,7 +31,8 @@ pub async fn serve(
     }
 }
 
-fn respond(path: &str, state: &ArcSwap<State>, ready: bool) -> Response<Full<Bytes>> {
+fn respond(path: &str, state: &ArcSwap<State>) -> Response<Full<Bytes>> {
+    let ready = !state.load().version.is_empty();
     let (status, ctype, body) = match path {
         "/live" => (StatusCode::OK, "text/plain", Bytes::from_static(b"live\n")),
         "/ready" if ready => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),

@@ -93,20 +93,18 @@ impl Bound {
             ..
         } = self;
         let state = Arc::new(ArcSwap::from_pointee(State::default()));
-        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         let channel = discovery::channel(&config.control_addr)?;
         let node = discovery::node(&config.identity);
-        let admin_task = tokio::spawn(admin::serve(admin, state.clone(), ready_rx.clone()));
+        let admin_task = tokio::spawn(admin::serve(admin, state.clone()));
         let sub_task = tokio::spawn(discovery::subscribe(
             channel.clone(),
             node.clone(),
             state.clone(),
-            ready_tx,
             config.reconnect_max,
         ));
         let forwarder = Forwarder::new();
         let drain = Drain::new();
-        let out = Outbound::new(state, ready_rx, forwarder.clone());
+        let out = Outbound::new(state, forwarder.clone());
         drain.serve(outbound, move |req| {
             let out = out.clone();
             async move { out.handle(req).await }

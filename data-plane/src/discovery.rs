@@ -42,13 +42,12 @@ pub async fn subscribe(
     channel: Channel,
     node: pb::Node,
     state: Arc<ArcSwap<State>>,
-    ready: watch::Sender<bool>,
     reconnect_max: Duration,
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let mut delivered = false;
-        match subscribe_once(&channel, &node, &state, &ready, &mut delivered).await {
+        match subscribe_once(&channel, &node, &state, &mut delivered).await {
             Ok(()) => tracing::warn!("control plane closed the discovery stream"),
             Err(e) => {
                 tracing::warn!(error = %e, "discovery stream failed; serving last good config")
@@ -69,7 +68,6 @@ async fn subscribe_once(
     channel: &Channel,
     node: &pb::Node,
     state: &ArcSwap<State>,
-    ready: &watch::Sender<bool>,
     delivered: &mut bool,
 ) -> Result<(), tonic::Status> {
     let mut client = DiscoveryClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
@@ -90,7 +88,6 @@ async fn subscribe_once(
             Ok(next) => {
                 // One atomic swap: requests already running keep the Arc they loaded.
                 state.store(Arc::new(next));
-                ready.send_replace(true);
                 tracing::info!(version = %resp.version_info, "config applied");
                 pb::DiscoveryRequest {
                     version_info: resp.version_info.clone(),

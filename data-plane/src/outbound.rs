@@ -16,22 +16,13 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Outbound {
     state: Arc<ArcSwap<State>>,
-    ready: tokio::sync::watch::Receiver<bool>,
     forwarder: Forwarder,
 }
 
 impl Outbound {
     /// A handler over the live state.
-    pub fn new(
-        state: Arc<ArcSwap<State>>,
-        ready: tokio::sync::watch::Receiver<bool>,
-        forwarder: Forwarder,
-    ) -> Self {
-        Outbound {
-            state,
-            ready,
-            forwarder,
-        }
+    pub fn new(state: Arc<ArcSwap<State>>, forwarder: Forwarder) -> Self {
+        Outbound { state, forwarder }
     }
 
     /// Routes and forwards one request; errors become responses here.
@@ -47,11 +38,12 @@ impl Outbound {
     }
 
     async fn route_and_forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
-        if !*self.ready.borrow() {
-            return Err(Error::NotReady);
-        }
         // One lock-free load per request: this Arc pins the snapshot the request runs on.
         let state = self.state.load_full();
+        // Only the initial, empty state has no version.
+        if state.version.is_empty() {
+            return Err(Error::NotReady);
+        }
         let authority = req
             .uri()
             .authority()

@@ -157,6 +157,10 @@ impl State {
     /// Converts a snapshot. `namespace` is the sidecar's own, for short names.
     pub fn from_proto(resp: &pb::DiscoveryResponse, namespace: &str) -> Result<State, Rejected> {
         let mut errors = Vec::new();
+        // An empty version is what "no config yet" looks like; never accept it as config.
+        if resp.version_info.is_empty() {
+            errors.push("snapshot has no version_info".to_string());
+        }
         let mut clusters = BTreeMap::new();
         for c in &resp.clusters {
             let mut endpoints = Vec::with_capacity(c.endpoints.len());

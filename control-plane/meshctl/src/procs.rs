@@ -209,11 +209,24 @@ pub fn ensure_built(release: bool) {
             return;
         };
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "mesh-proxy", "-p", "mesh-control", "-p", "meshctl", "-p", "mesh-echo"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "mesh-proxy",
+            "-p",
+            "mesh-control",
+            "-p",
+            "meshctl",
+            "-p",
+            "mesh-echo",
+        ]);
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for the mesh binaries");
+        let status = cmd
+            .status()
+            .expect("running cargo build for the mesh binaries");
         assert!(status.success(), "building the mesh binaries failed");
     });
 }

@@ -1,0 +1,90 @@
+//! `meshctl up` runs a whole mesh from the demo mesh file, answers meshctl
+//! commands, and on Ctrl-C stops every process it started.
+
+mod support;
+
+use meshctl::procs::binary;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::process::Stdio;
+use std::time::Duration;
+use support::DEADLINE;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_demo_mesh_and_ctrl_c_stops_it() {
+    support::ensure_built();
+    let dir = support::TempDir::new("up");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let control = format!("http://127.0.0.1:{port}");
+    let mesh_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo/mesh.yaml");
+    let mut up = Command::new(binary("meshctl"))
+        .args(["--control", &control, "up", "-f", mesh_file, "--log-dir"])
+        .arg(dir.0.join("logs"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let up_line = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            printed.push_str(&l);
+            printed.push('\n');
+            if l.starts_with("client ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        up_line,
+        Ok(true),
+        "meshctl up never printed its table:\n{printed}"
+    );
+    assert!(
+        printed.contains("mesh is up") && printed.contains("echo-v2-0"),
+        "{printed}"
+    );
+
+    // The mesh it started answers meshctl.
+    let out = Command::new(binary("meshctl"))
+        .args([
+            "--control",
+            &control,
+            "release",
+            "status",
+            "echo",
+            "-o",
+            "json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["backends"][0]["service"], "echo-v1");
+    assert_eq!(st["backends"][0]["weight"], 100);
+
+    // Ctrl-C: everything stops, and the control plane's port closes.
+    kill(Pid::from_raw(up.id().unwrap() as i32), Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), up.wait())
+        .await
+        .expect("up exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the control plane still listens after Ctrl-C"
+    );
+}
