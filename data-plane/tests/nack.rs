@@ -1,0 +1,170 @@
+//! The sidecar's discovery client NACKs a snapshot it cannot use, with the
+//! reason, and keeps serving the previous one.
+//!
+//! mesh-control validates everything it publishes, so it cannot be made to
+//! send an unusable snapshot; the case is version skew between the planes.
+//! This test therefore puts a small gRPC server speaking the Discovery
+//! protocol in front of the real sidecar client, over loopback.
+
+use arc_swap::ArcSwap;
+use mesh_proto::v1 as pb;
+use mesh_proto::v1::discovery_server::{Discovery, DiscoveryServer};
+use mesh_proxy::{discovery, state::State};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Sends `snapshots` one by one, waiting for each reply, and reports replies.
+struct SkewedControlPlane {
+    snapshots: Vec<pb::DiscoveryResponse>,
+    replies: mpsc::UnboundedSender<pb::DiscoveryRequest>,
+}
+
+type Out = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for SkewedControlPlane {
+    type SubscribeStream = Out;
+
+    async fn subscribe(
+        &self,
+        req: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<Out>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.expect("first request");
+        assert_eq!(
+            first.node.expect("node is sent first").instance_id,
+            "client-0"
+        );
+        let (tx, rx) = mpsc::channel(1);
+        let (snapshots, replies) = (self.snapshots.clone(), self.replies.clone());
+        tokio::spawn(async move {
+            for s in snapshots {
+                tx.send(Ok(s)).await.ok()?;
+                let reply = inbound.message().await.ok()??;
+                replies.send(reply).ok()?;
+            }
+            // Hold the stream open so the client does not reconnect mid-test.
+            let _ = inbound.message().await;
+            Some(())
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    async fn deregister(
+        &self,
+        _: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+}
+
+fn snapshot(version: &str, cluster: &str) -> pb::DiscoveryResponse {
+    pb::DiscoveryResponse {
+        version_info: version.into(),
+        nonce: version.into(),
+        services: vec![pb::ServiceConfig {
+            name: "echo".into(),
+            namespace: "default".into(),
+            resource_version: "r".into(),
+            routes: vec![pb::Route {
+                name: "default".into(),
+                r#match: None,
+                backends: vec![pb::WeightedBackend {
+                    cluster: cluster.into(),
+                    weight: 1,
+                }],
+            }],
+        }],
+        clusters: vec![pb::Cluster {
+            name: "echo.default".into(),
+            resource_version: "r".into(),
+            endpoints: vec![pb::Endpoint {
+                address: "127.0.0.1:9".into(),
+                instance_id: "e".into(),
+                version: "v1".into(),
+            }],
+        }],
+    }
+}
+
+#[tokio::test]
+async fn unusable_snapshot_is_nacked_with_its_reason_and_the_old_one_keeps_serving() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    let fixture = SkewedControlPlane {
+        snapshots: vec![
+            snapshot("1", "echo.default"),
+            snapshot("2", "ghost.default"),
+        ],
+        replies: replies_tx,
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DiscoveryServer::new(fixture))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let state = Arc::new(ArcSwap::from_pointee(State::default()));
+    let node = pb::Node {
+        service: "client".into(),
+        version: String::new(),
+        namespace: "default".into(),
+        instance_id: "client-0".into(),
+    };
+    let channel = discovery::channel(&format!("http://{addr}")).unwrap();
+    tokio::spawn(discovery::subscribe(
+        channel,
+        node,
+        state.clone(),
+        Duration::from_millis(200),
+    ));
+
+    let deadline = Duration::from_secs(10);
+    let ack = tokio::time::timeout(deadline, replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ack.version_info.as_str(), ack.response_nonce.as_str()),
+        ("1", "1")
+    );
+    assert!(ack.error_detail.is_none(), "version 1 is usable");
+
+    let nack = tokio::time::timeout(deadline, replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        nack.response_nonce, "2",
+        "the NACK names the response it rejects"
+    );
+    assert_eq!(nack.version_info, "1", "and says which version still runs");
+    let reason = nack
+        .error_detail
+        .expect("a NACK carries its reason")
+        .message;
+    assert!(
+        reason.contains("unknown cluster \"ghost.default\""),
+        "{reason}"
+    );
+
+    let running = state.load();
+    assert_eq!(running.version, "1");
+    assert!(
+        running.resolve("echo").is_some(),
+        "the previous config keeps serving"
+    );
+}
