@@ -1,11 +1,19 @@
 //! mesh-bench: loopback benchmarks with real processes. Every figure is
 //! written to benches/results/<suite>.json and to BENCHMARKS.md.
 //!
-//!   cargo run --release -p mesh-benches -- control          # full
-//!   cargo run --release -p mesh-benches -- control --quick  # CI smoke: checks it works, asserts no timings
+//!   cargo run --release -p mesh-benches -- all          # everything, < 10 min
+//!   cargo run --release -p mesh-benches -- all --quick  # CI smoke: every scenario runs; no timings asserted
+//!
+//! Needs oha (`cargo install oha --locked`), nginx and haproxy (Debian
+//! packages); `benches/setup.sh` installs whatever is missing.
 
 mod control;
+mod data;
+mod data_suite;
+mod load;
+mod peers;
 mod report;
+mod sys;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +34,18 @@ enum Suite {
         #[arg(long)]
         quick: bool,
     },
+    /// Data plane: direct vs mesh vs nginx vs haproxy, HTTP/1.1 and gRPC.
+    Data {
+        /// Small and fast: proves every scenario runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Both suites.
+    All {
+        /// Small and fast: proves every scenario runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[tokio::main]
@@ -34,7 +54,25 @@ async fn main() -> Result<()> {
     meshctl::procs::ensure_built(!cfg!(debug_assertions));
     match args.suite {
         Suite::Control { quick } => control_suite(quick).await,
+        Suite::Data { quick } => data(quick).await,
+        Suite::All { quick } => {
+            data(quick).await?;
+            control_suite(quick).await
+        }
     }
+}
+
+async fn data(quick: bool) -> Result<()> {
+    let (md, json) = data_suite::run(quick).await?;
+    println!("{md}");
+    if quick {
+        println!("quick mode: every scenario ran end to end; numbers not recorded");
+        return Ok(());
+    }
+    let path = report::write_json("data", &json)?;
+    report::update_markdown("data", &md)?;
+    println!("wrote {} and BENCHMARKS.md", path.display());
+    Ok(())
 }
 
 async fn control_suite(quick: bool) -> Result<()> {

@@ -74,6 +74,7 @@ impl Proc {
 
     /// Spawns an app that prints nothing we read; its output goes to its log.
     pub fn spawn_plain(name: &str, cmd: Command, log_dir: &Path) -> Result<Proc> {
+        std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{name}.log"));
         let (child, log) = start(
             name,
