@@ -3,7 +3,6 @@
 
 mod support;
 
-use meshctl::procs::wait_config;
 use meshctl::traffic::burst;
 use support::{DEADLINE, Mesh};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,20 +17,8 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400_and_the_sidecar_keeps_serving() {
-    let mesh = Mesh::start("badhttp").await;
-    let inst = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
-    let client = mesh.client("client-0").await;
-    let outbound = client.addr("outbound").unwrap();
-    wait_config(
-        client.addr("admin").unwrap(),
-        mesh.version().await,
-        DEADLINE,
-    )
-    .await
-    .unwrap();
+    let (_mesh, inst, client) = Mesh::one_instance("badhttp", &[]).await;
+    let outbound = client.outbound;
     let inbound = inst.sidecar.addr("inbound").unwrap();
     for target in [outbound, inbound] {
         for garbage in [

@@ -4,21 +4,14 @@
 
 mod support;
 
-use meshctl::procs::wait_config;
 use meshctl::traffic::{Steady, burst};
 use std::time::Duration;
-use support::{DEADLINE, Mesh, split, within_binomial};
+use support::{DEADLINE, Mesh, within_binomial};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_loss_and_restart() {
-    let mut mesh = Mesh::start("cp-loss").await;
-    let _v1 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
-    let _v2 = mesh.instance("echo", "v2", "echo-v2-a", &[], None).await;
-    mesh.apply_ok(
-        "split.yaml",
-        &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]),
-    )
-    .await;
+    let (mut mesh, _instances, client) = Mesh::two_versions("cp-loss", "100", "0").await;
+    let outbound = client.outbound;
     // Rules applied through the admin API (not the seed file) must survive.
     let out = mesh
         .meshctl(&[
@@ -30,17 +23,7 @@ async fn control_plane_loss_and_restart() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
-        .await
-        .unwrap();
-    let client = mesh.client("client-0").await;
-    let (outbound, admin) = (
-        client.addr("outbound").unwrap(),
-        client.addr("admin").unwrap(),
-    );
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    mesh.sync(&client).await;
 
     let steady = Steady::start(outbound, "echo", 2, 100_000);
     mesh.kill_control().await;
@@ -93,9 +76,7 @@ async fn control_plane_loss_and_restart() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    mesh.sync(&client).await;
     let last = burst(outbound, "echo", 300, 4).await;
     assert_eq!(
         last.count("v2"),

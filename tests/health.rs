@@ -4,33 +4,32 @@
 
 mod support;
 
-use meshctl::procs::wait_config;
 use meshctl::traffic::{Steady, burst, get};
 use std::time::{Duration, Instant};
-use support::{DEADLINE, Health, Mesh};
+use support::{Client, Health, Instance, Mesh};
 
 const INTERVAL_MS: u64 = 300;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_health_check_removes_instance_within_two_intervals() {
-    let mesh = Mesh::start("health").await;
-    let health = Some(Health {
-        interval_ms: INTERVAL_MS,
-        failure_threshold: 1,
-    });
+/// Two v1 instances of echo, both ready, and a client sidecar that knows them.
+async fn two_instances(tag: &str, health: Option<Health>) -> (Mesh, Instance, Instance, Client) {
+    let mesh = Mesh::start(tag).await;
     let a = mesh.instance("echo", "v1", "echo-v1-a", &[], health).await;
-    let _b = mesh.instance("echo", "v1", "echo-v1-b", &[], health).await;
+    let b = mesh.instance("echo", "v1", "echo-v1-b", &[], health).await;
     mesh.wait_ready_endpoints("echo", &[("echo", 2)])
         .await
         .unwrap();
     let client = mesh.client("client-0").await;
-    let (outbound, admin) = (
-        client.addr("outbound").unwrap(),
-        client.addr("admin").unwrap(),
-    );
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    (mesh, a, b, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_check_removes_instance_within_two_intervals() {
+    let health = Some(Health {
+        interval_ms: INTERVAL_MS,
+        failure_threshold: 1,
+    });
+    let (mesh, a, _b, client) = two_instances("health", health).await;
+    let outbound = client.outbound;
 
     let steady = Steady::start(outbound, "echo", 2, 100_000);
     let warm = burst(outbound, "echo", 200, 2).await;
@@ -55,9 +54,7 @@ async fn failing_health_check_removes_instance_within_two_intervals() {
     mesh.wait_ready_endpoints("echo", &[("echo", 2)])
         .await
         .unwrap();
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    mesh.sync(&client).await;
     let back = burst(outbound, "echo", 200, 2).await;
     let outcomes = steady.finish().await;
     assert!(
@@ -95,20 +92,8 @@ async fn failing_health_check_removes_instance_within_two_intervals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_one_instance_fails_no_request() {
-    let mesh = Mesh::start("restart").await;
-    let mut a = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
-    let _b = mesh.instance("echo", "v1", "echo-v1-b", &[], None).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
-        .await
-        .unwrap();
-    let client = mesh.client("client-0").await;
-    let (outbound, admin) = (
-        client.addr("outbound").unwrap(),
-        client.addr("admin").unwrap(),
-    );
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    let (mesh, mut a, _b, client) = two_instances("restart", None).await;
+    let outbound = client.outbound;
 
     let steady = Steady::start(outbound, "echo", 4, 100_000);
     let warm = burst(outbound, "echo", 200, 2).await;
@@ -128,9 +113,7 @@ async fn rolling_restart_of_one_instance_fails_no_request() {
     mesh.wait_ready_endpoints("echo", &[("echo", 2)])
         .await
         .unwrap();
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    mesh.sync(&client).await;
     let after = burst(outbound, "echo", 300, 2).await;
     let outcomes = steady.finish().await;
 

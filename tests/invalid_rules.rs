@@ -4,9 +4,9 @@
 
 mod support;
 
-use meshctl::procs::{binary, wait_config};
+use meshctl::procs::binary;
 use meshctl::traffic::burst;
-use support::{DEADLINE, Mesh, split};
+use support::{Mesh, split};
 
 const GOOD: &str = "apiVersion: split.smi-spec.io/v1alpha4
 kind: TrafficSplit
@@ -23,24 +23,9 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
-    let mesh = Mesh::start("invalid").await;
-    let _v1 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
-    let _v2 = mesh.instance("echo", "v2", "echo-v2-a", &[], None).await;
-    mesh.apply_ok(
-        "split.yaml",
-        &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]),
-    )
-    .await;
-    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
-        .await
-        .unwrap();
-    let client = mesh.client("client-0").await;
-    let (outbound, admin) = (
-        client.addr("outbound").unwrap(),
-        client.addr("admin").unwrap(),
-    );
+    let (mesh, _instances, client) = Mesh::two_versions("invalid", "100", "0").await;
+    let outbound = client.outbound;
     let good_version = mesh.version().await;
-    wait_config(admin, good_version, DEADLINE).await.unwrap();
 
     // Each would move traffic to v2 if it were (partly) applied.
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
@@ -133,9 +118,7 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
         stderr.contains("warning") && stderr.contains("echo-v3"),
         "{stderr}"
     );
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    mesh.sync(&client).await;
     let t = burst(outbound, "echo", 300, 4).await;
     assert_eq!(
         (t.count("v1"), t.failures),

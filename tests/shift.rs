@@ -3,32 +3,14 @@
 
 mod support;
 
-use meshctl::procs::wait_config;
 use meshctl::traffic::{Steady, burst};
 use std::time::Instant;
-use support::{DEADLINE, Mesh, split};
+use support::Mesh;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shift_to_100_percent_under_load_fails_nothing() {
-    let mesh = Mesh::start("shift").await;
-    let _v1 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
-    let _v2 = mesh.instance("echo", "v2", "echo-v2-a", &[], None).await;
-    mesh.apply_ok(
-        "split.yaml",
-        &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]),
-    )
-    .await;
-    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
-        .await
-        .unwrap();
-    let client = mesh.client("client-0").await;
-    let (outbound, admin) = (
-        client.addr("outbound").unwrap(),
-        client.addr("admin").unwrap(),
-    );
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    let (mesh, _instances, client) = Mesh::two_versions("shift", "100", "0").await;
+    let outbound = client.outbound;
 
     let steady = Steady::start(outbound, "echo", 4, 50_000);
     // Real traffic before the shift, so the shift lands mid-stream.
@@ -54,9 +36,7 @@ async fn shift_to_100_percent_under_load_fails_nothing() {
         stdout.contains("echo-v2 100%") && stdout.contains("echo-v1 0%"),
         "{stdout}"
     );
-    wait_config(admin, mesh.version().await, DEADLINE)
-        .await
-        .unwrap();
+    mesh.sync(&client).await;
     let applied = Instant::now();
 
     let after = burst(outbound, "echo", 300, 2).await;

@@ -6,40 +6,16 @@ mod support;
 
 use mesh_proto::echo::EchoRequest;
 use mesh_proto::echo::echo_client::EchoClient;
-use meshctl::procs::wait_config;
 use meshctl::traffic::burst;
 use std::collections::BTreeMap;
-use support::{DEADLINE, Mesh, split, within_binomial};
+use support::{Mesh, within_binomial};
 
 const N: u64 = 4000;
 
-async fn mesh_80_20(tag: &str) -> (Mesh, Vec<support::Instance>, meshctl::procs::Proc) {
-    let mesh = Mesh::start(tag).await;
-    let v1 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
-    let v2 = mesh.instance("echo", "v2", "echo-v2-a", &[], None).await;
-    mesh.apply_ok(
-        "split.yaml",
-        &split("echo", &[("echo-v1", "80"), ("echo-v2", "20")]),
-    )
-    .await;
-    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
-        .await
-        .unwrap();
-    let client = mesh.client("client-0").await;
-    wait_config(
-        client.addr("admin").unwrap(),
-        mesh.version().await,
-        DEADLINE,
-    )
-    .await
-    .unwrap();
-    (mesh, vec![v1, v2], client)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_requests_follow_an_80_20_split() {
-    let (_mesh, _instances, client) = mesh_80_20("split-h1").await;
-    let t = burst(client.addr("outbound").unwrap(), "echo", N as usize, 8).await;
+    let (_mesh, _instances, client) = Mesh::two_versions("split-h1", "80", "20").await;
+    let t = burst(client.outbound, "echo", N as usize, 8).await;
     assert_eq!(t.failures, 0, "failures: {:?}", t.sample_errors);
     assert_eq!(t.total(), N);
     let v2 = t.count("v2");
@@ -51,17 +27,14 @@ async fn http1_requests_follow_an_80_20_split() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_follow_an_80_20_split() {
-    let (_mesh, _instances, client) = mesh_80_20("split-grpc").await;
+    let (_mesh, _instances, client) = Mesh::two_versions("split-grpc", "80", "20").await;
     // Connect to the client sidecar; address the call to the service by name.
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        client.addr("outbound").unwrap()
-    ))
-    .unwrap()
-    .origin("http://echo".parse().unwrap())
-    .connect()
-    .await
-    .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.outbound))
+        .unwrap()
+        .origin("http://echo".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let mut c = EchoClient::new(channel.clone());

@@ -9,31 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioExecutor;
 use mesh_proto::echo::echo_client::EchoClient;
 use mesh_proto::echo::{EchoRequest, StreamRequest};
-use meshctl::procs::wait_config;
 use std::net::SocketAddr;
-use support::{DEADLINE, Mesh};
-
-async fn mesh_with(
-    tag: &str,
-    echo_args: &[&str],
-) -> (Mesh, support::Instance, meshctl::procs::Proc) {
-    let mesh = Mesh::start(tag).await;
-    let inst = mesh
-        .instance("echo", "v1", "echo-v1-a", echo_args, None)
-        .await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
-    let client = mesh.client("client-0").await;
-    wait_config(
-        client.addr("admin").unwrap(),
-        mesh.version().await,
-        DEADLINE,
-    )
-    .await
-    .unwrap();
-    (mesh, inst, client)
-}
+use support::Mesh;
 
 async fn grpc(outbound: SocketAddr) -> EchoClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
@@ -47,8 +24,8 @@ async fn grpc(outbound: SocketAddr) -> EchoClient<tonic::transport::Channel> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_server_stream_arrives_whole_and_in_order() {
-    let (_mesh, _inst, client) = mesh_with("stream", &[]).await;
-    let mut c = grpc(client.addr("outbound").unwrap()).await;
+    let (_mesh, _inst, client) = Mesh::one_instance("stream", &[]).await;
+    let mut c = grpc(client.outbound).await;
     let mut stream = c
         .server_stream(StreamRequest {
             count: 2000,
@@ -78,8 +55,8 @@ async fn grpc_server_stream_arrives_whole_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_error_status_survives_two_sidecars() {
-    let (_mesh, _inst, client) = mesh_with("trailers", &["--error-rate", "1.0"]).await;
-    let mut c = grpc(client.addr("outbound").unwrap()).await;
+    let (_mesh, _inst, client) = Mesh::one_instance("trailers", &["--error-rate", "1.0"]).await;
+    let mut c = grpc(client.outbound).await;
     let err = c
         .unary(EchoRequest { payload: vec![1] })
         .await
@@ -136,14 +113,14 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_megabyte_bodies_pass_intact_over_h1_and_h2() {
-    let (_mesh, inst, client) = mesh_with("bigbody", &[]).await;
-    let outbound = client.addr("outbound").unwrap();
+    let (_mesh, inst, client) = Mesh::one_instance("bigbody", &[]).await;
+    let outbound = client.outbound;
     let body: Bytes = (0..10 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect::<Vec<u8>>()
         .into();
     let want = fnv(&body);
-    let pids = [client.pid().unwrap(), inst.sidecar.pid().unwrap()];
+    let pids = [client.proc.pid().unwrap(), inst.sidecar.pid().unwrap()];
     let before: Vec<u64> = pids.iter().map(|p| peak_rss_kib(*p)).collect();
     for h2 in [false, true] {
         let resp = post(outbound, h2, body.clone()).await;

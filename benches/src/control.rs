@@ -12,10 +12,9 @@ use crate::report::{percentile, rss_mib};
 use anyhow::{Context, Result, bail};
 use mesh_proto::v1 as pb;
 use mesh_proto::v1::discovery_client::DiscoveryClient;
-use meshctl::procs::{Proc, binary, wait_ready};
+use meshctl::procs::{ControlPlane, Proc};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -72,20 +71,15 @@ async fn start_control(dir: &Path, yaml: &str) -> Result<(Proc, String)> {
     let file = dir.join("mesh.yaml");
     std::fs::write(&file, yaml)?;
     let _ = std::fs::remove_dir_all(dir.join("state"));
-    let mut cmd = Command::new(binary("mesh-control"));
-    cmd.args([
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--config",
-    ])
-    .arg(&file)
-    .arg("--state-dir")
-    .arg(dir.join("state"))
-    .env("MESH_CONTROL_LOG", "warn");
-    let p = Proc::spawn("mesh-control", cmd, &dir.join("logs")).await?;
-    wait_ready(p.addr("http")?, "/ready", DEADLINE).await?;
+    let p = ControlPlane {
+        grpc_addr: "127.0.0.1:0",
+        state_dir: &dir.join("state"),
+        config: Some(&file),
+        heartbeat_ms: None,
+        log: "warn",
+    }
+    .start(&dir.join("logs"))
+    .await?;
     let url = format!("http://{}", p.addr("grpc")?);
     Ok((p, url))
 }

@@ -10,7 +10,7 @@ use crate::load::{self, Run};
 use crate::peers::{self, Hop};
 use crate::sys;
 use anyhow::{Context, Result};
-use meshctl::procs::{Proc, binary, wait_ready};
+use meshctl::procs::{ControlPlane, Proc, binary, wait_ready};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -102,18 +102,15 @@ pub(crate) fn direct(echo: SocketAddr) -> Topology {
 }
 
 pub(crate) async fn mesh(dir: &Path, echo: SocketAddr) -> Result<Topology> {
-    let mut cmd = Command::new(binary("mesh-control"));
-    cmd.args([
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--state-dir",
-    ])
-    .arg(dir.join("state"))
-    .env("MESH_CONTROL_LOG", "warn");
-    let control = Proc::spawn("mesh-control", cmd, dir).await?;
-    wait_ready(control.addr("http")?, "/ready", Duration::from_secs(20)).await?;
+    let control = ControlPlane {
+        grpc_addr: "127.0.0.1:0",
+        state_dir: &dir.join("state"),
+        config: None,
+        heartbeat_ms: None,
+        log: "warn",
+    }
+    .start(dir)
+    .await?;
     let url = format!("http://{}", control.addr("grpc")?);
     let sidecar = |id: &str, service: &str| {
         let mut cmd = Command::new(binary("mesh-proxy"));

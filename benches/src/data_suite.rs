@@ -68,7 +68,10 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             } else {
                 t.grpc(0, flat).await?
             };
-            eprintln!("{:<8} {proto}  max {:.0} rps", t.name, m.run.rps);
+            eprintln!(
+                "{:<8} {proto}  max {:.0} rps  errors {}",
+                t.name, m.run.rps, m.run.errors
+            );
             rows.push(Row {
                 topo: t.name,
                 proto,
@@ -192,6 +195,30 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
     for (name, v) in rss.iter().filter(|(n, _)| *n != "direct") {
         let list: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
         let _ = writeln!(s, "| {name} | {} |", list.join(", "));
+    }
+    // Ratios at 1,000 rps and flat out, the figures the issue asks to compare.
+    let _ = writeln!(
+        s,
+        "\n### Ratios (same run)\n\n| protocol | mesh/direct p99 @1k rps | mesh/nginx added p99 @1k rps | mesh/nginx throughput | mesh/nginx CPU per request |\n|---|---|---|---|---|"
+    );
+    for proto in ["http", "grpc"] {
+        let get = |topo: &str, rate: u64| find(rows, topo, proto, rate);
+        let (Some(d), Some(m), Some(n)) =
+            (get("direct", 1000), get("mesh", 1000), get("nginx", 1000))
+        else {
+            continue;
+        };
+        let (Some(mf), Some(nf)) = (get("mesh", 0), get("nginx", 0)) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| {proto} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+            m.run.p99 / d.run.p99,
+            (m.run.p99 - d.run.p99) / (n.run.p99 - d.run.p99),
+            mf.run.rps / nf.run.rps,
+            mf.cpu_per_1k / nf.cpu_per_1k,
+        );
     }
     // Targets from the benchmark issue, stated against this run.
     let added_p99 = |topo: &str| {

@@ -5,7 +5,7 @@
 
 use crate::index::{self, View};
 use crate::manifest;
-use crate::registry::{Instance, NodeId, Registry};
+use crate::registry::{NodeId, Registry};
 use crate::rules::{self, Outcome, RuleSet, Split};
 use crate::store::{self, Store};
 use mesh_proto::prebuilt::Prebuilt;
@@ -111,14 +111,9 @@ impl State {
         seed_rules: RuleSet,
         store: Store,
     ) -> Result<Self, store::Error> {
-        let rules = match store.load::<Vec<Split>>(store::RULES)? {
-            Some(saved) => RuleSet {
-                splits: saved.into_iter().map(|s| (s.key(), s)).collect(),
-            },
-            None => seed_rules,
-        };
+        let rules = store.load_rules()?.unwrap_or(seed_rules);
         let mut registry = registry;
-        if let Some(saved) = store.load::<Vec<Instance>>(store::REGISTRY)? {
+        if let Some(saved) = store.load_registry()? {
             registry.restore(saved, Instant::now());
         }
         // Seed versions from the wall clock so they keep rising across restarts.
@@ -129,7 +124,7 @@ impl State {
         let view = index::build(&registry, &rules);
         let (snapshots, _) = watch::channel(Arc::new(Snapshot::new(version, view)));
         let (acks, _) = watch::channel(0);
-        store.save(store::RULES, &rules.splits.values().collect::<Vec<_>>())?;
+        store.save_rules(&rules)?;
         Ok(State {
             inner: Mutex::new(Inner {
                 registry,
@@ -198,8 +193,7 @@ impl State {
         let mut inner = self.lock();
         let (next, outcomes) = inner.rules.apply(&splits, &docs).map_err(Error::Invalid)?;
         // Persist before publishing: a sidecar must never run rules a restart would lose.
-        self.store
-            .save(store::RULES, &next.splits.values().collect::<Vec<_>>())?;
+        self.store.save_rules(&next)?;
         let warnings = splits
             .iter()
             .flat_map(|s| index::warnings(&inner.registry, s))
@@ -223,8 +217,7 @@ impl State {
     ) -> Result<(Split, u64, Vec<String>), Error> {
         let mut inner = self.lock();
         let (next, split) = inner.rules.shift(namespace, service, backend, percent)?;
-        self.store
-            .save(store::RULES, &next.splits.values().collect::<Vec<_>>())?;
+        self.store.save_rules(&next)?;
         let warnings = index::warnings(&inner.registry, &split);
         inner.rules = next;
         let version = self.publish(&mut inner);
@@ -261,8 +254,7 @@ impl State {
             .registry
             .heartbeat(node, address, ready, Instant::now())?
         {
-            self.store
-                .save(store::REGISTRY, &inner.registry.registered())?;
+            self.store.save_registry(&inner.registry)?;
             self.publish(&mut inner);
         }
         Ok(())
@@ -272,8 +264,7 @@ impl State {
     pub fn deregister(&self, namespace: &str, instance_id: &str) -> Result<u64, Error> {
         let mut inner = self.lock();
         if inner.registry.deregister(namespace, instance_id) {
-            self.store
-                .save(store::REGISTRY, &inner.registry.registered())?;
+            self.store.save_registry(&inner.registry)?;
         }
         Ok(self.publish(&mut inner))
     }
@@ -283,8 +274,7 @@ impl State {
         let mut inner = self.lock();
         let dead = inner.registry.expire(Instant::now(), lease);
         if !dead.is_empty() {
-            self.store
-                .save(store::REGISTRY, &inner.registry.registered())?;
+            self.store.save_registry(&inner.registry)?;
             self.publish(&mut inner);
         }
         Ok(dead)

@@ -82,6 +82,31 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The rules in force, if any were saved.
+    pub fn load_rules(&self) -> Result<Option<crate::rules::RuleSet>, Error> {
+        let saved: Option<Vec<crate::rules::Split>> = self.load(RULES)?;
+        Ok(saved.map(|splits| crate::rules::RuleSet {
+            splits: splits.into_iter().map(|s| (s.key(), s)).collect(),
+        }))
+    }
+
+    /// Saves the rules in force.
+    pub fn save_rules(&self, rules: &crate::rules::RuleSet) -> Result<(), Error> {
+        self.save(RULES, &rules.splits.values().collect::<Vec<_>>())
+    }
+
+    /// Registered instances saved before a restart.
+    pub fn load_registry(&self) -> Result<Option<Vec<crate::registry::Instance>>, Error> {
+        self.load(REGISTRY)
+    }
+
+    /// Saves the registered instances.
+    pub fn save_registry(&self, registry: &crate::registry::Registry) -> Result<(), Error> {
+        self.save(REGISTRY, &registry.registered())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

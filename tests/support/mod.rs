@@ -3,8 +3,8 @@
 //! bounded deadlines, and prints every process's log tail when a test fails.
 #![allow(dead_code, unreachable_pub)]
 
-use anyhow::{Context, Result, bail};
-use meshctl::procs::{Proc, binary, wait_ready};
+use anyhow::{Result, bail};
+use meshctl::procs::{Proc, binary, wait_config, wait_ready};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +60,13 @@ impl Instance {
         self.app.stop(Duration::from_secs(5)).await;
         st
     }
+}
+
+/// A client-only sidecar: the app side sends to `outbound`.
+pub struct Client {
+    pub proc: Proc,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 /// Health-check settings for an instance's sidecar.
@@ -185,16 +192,59 @@ impl Mesh {
         }
     }
 
-    /// Starts a client-only sidecar (no app) and waits until it is ready.
-    pub async fn client(&self, id: &str) -> Proc {
+    /// Starts a client-only sidecar (no app) and waits until it runs the
+    /// control plane's current config.
+    pub async fn client(&self, id: &str) -> Client {
         let cmd = self.sidecar_cmd("client", "", id);
-        let p = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
+        let proc = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
             .await
             .expect("client sidecar starts");
-        wait_ready(p.addr("admin").unwrap(), "/ready", DEADLINE)
+        let client = Client {
+            outbound: proc.addr("outbound").unwrap(),
+            admin: proc.addr("admin").unwrap(),
+            proc,
+        };
+        self.sync(&client).await;
+        client
+    }
+
+    /// Waits until `client` runs the control plane's current config.
+    pub async fn sync(&self, client: &Client) {
+        wait_config(client.admin, self.version().await, DEADLINE)
             .await
-            .expect("client sidecar ready");
-        p
+            .expect("client sidecar catches up with the control plane");
+    }
+
+    /// One echo instance (extra `echo_args`), ready, and a client sidecar
+    /// that knows it.
+    pub async fn one_instance(tag: &str, echo_args: &[&str]) -> (Mesh, Instance, Client) {
+        let mesh = Mesh::start(tag).await;
+        let inst = mesh
+            .instance("echo", "v1", "echo-v1-a", echo_args, None)
+            .await;
+        mesh.wait_ready_endpoints("echo", &[("echo", 1)])
+            .await
+            .unwrap();
+        let client = mesh.client("client-0").await;
+        (mesh, inst, client)
+    }
+
+    /// echo v1 and v2, one instance each, behind a TrafficSplit with these
+    /// weights, both ready, and a client sidecar that knows it all.
+    pub async fn two_versions(tag: &str, w1: &str, w2: &str) -> (Mesh, [Instance; 2], Client) {
+        let mesh = Mesh::start(tag).await;
+        let v1 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
+        let v2 = mesh.instance("echo", "v2", "echo-v2-a", &[], None).await;
+        mesh.apply_ok(
+            "split.yaml",
+            &split("echo", &[("echo-v1", w1), ("echo-v2", w2)]),
+        )
+        .await;
+        mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
+            .await
+            .unwrap();
+        let client = mesh.client("client-0").await;
+        (mesh, [v1, v2], client)
     }
 
     fn sidecar_cmd(&self, service: &str, version: &str, id: &str) -> Command {
@@ -274,22 +324,17 @@ impl Mesh {
 }
 
 async fn start_control(dir: &Path, grpc: SocketAddr, seeded: bool) -> Result<Proc> {
-    let mut cmd = Command::new(binary("mesh-control"));
-    cmd.arg("--grpc-addr")
-        .arg(grpc.to_string())
-        .arg("--http-addr")
-        .arg("127.0.0.1:0")
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env("MESH_CONTROL_HEARTBEAT_MS", "300");
-    if seeded {
-        cmd.arg("--config").arg(dir.join("mesh.yaml"));
+    let mesh_file = dir.join("mesh.yaml");
+    meshctl::procs::ControlPlane {
+        grpc_addr: &grpc.to_string(),
+        state_dir: &dir.join("state"),
+        config: seeded.then_some(mesh_file.as_path()),
+        // Short leases, so tests see expiry and recovery quickly.
+        heartbeat_ms: Some(300),
+        log: "info",
     }
-    let p = Proc::spawn("mesh-control", cmd, &dir.join("logs")).await?;
-    wait_ready(p.addr("http")?, "/ready", DEADLINE)
-        .await
-        .context("control plane ready")?;
-    Ok(p)
+    .start(&dir.join("logs"))
+    .await
 }
 
 /// A TrafficSplit document.

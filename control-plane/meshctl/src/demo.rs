@@ -24,7 +24,6 @@ pub async fn run(per_step: usize) -> Result<()> {
         file,
         state_dir: Some(dir.join("state")),
         grpc_addr: "127.0.0.1:0".into(),
-        http_addr: "127.0.0.1:0".into(),
         log_dir: dir.join("logs"),
     })
     .await?;

@@ -185,8 +185,6 @@ async fn up(
         file,
         state_dir,
         grpc_addr,
-        // Nothing needs the health port fixed; the table prints it.
-        http_addr: "127.0.0.1:0".into(),
         log_dir,
     })
     .await?;

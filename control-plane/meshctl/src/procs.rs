@@ -231,3 +231,38 @@ pub fn ensure_built(release: bool) {
         assert!(status.success(), "building the mesh binaries failed");
     });
 }
+
+/// How to start a mesh-control child process.
+#[derive(Debug, Clone)]
+pub struct ControlPlane<'a> {
+    /// gRPC listen address (`127.0.0.1:0` for any free port).
+    pub grpc_addr: &'a str,
+    /// State directory.
+    pub state_dir: &'a Path,
+    /// Mesh file or directory to seed it with.
+    pub config: Option<&'a Path>,
+    /// Heartbeat interval it tells sidecars, when not the default.
+    pub heartbeat_ms: Option<u64>,
+    /// Log filter (`MESH_CONTROL_LOG`).
+    pub log: &'a str,
+}
+
+impl ControlPlane<'_> {
+    /// Starts mesh-control (HTTP on a free port) and waits until it is ready.
+    pub async fn start(&self, log_dir: &Path) -> Result<Proc> {
+        let mut cmd = Command::new(binary("mesh-control"));
+        cmd.args(["--grpc-addr", self.grpc_addr, "--http-addr", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(self.state_dir)
+            .env("MESH_CONTROL_LOG", self.log);
+        if let Some(c) = self.config {
+            cmd.arg("--config").arg(c);
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            cmd.env("MESH_CONTROL_HEARTBEAT_MS", ms.to_string());
+        }
+        let p = Proc::spawn("mesh-control", cmd, log_dir).await?;
+        wait_ready(p.addr("http")?, "/ready", BIND_DEADLINE).await?;
+        Ok(p)
+    }
+}

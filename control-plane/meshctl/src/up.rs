@@ -1,7 +1,7 @@
 //! `meshctl up`: runs a whole local mesh from one mesh file: the control
 //! plane, then each Workload replica's app and sidecar, as child processes.
 
-use crate::procs::{Proc, binary, wait_ready};
+use crate::procs::{ControlPlane, Proc, binary, wait_ready};
 use anyhow::{Context, Result, bail};
 use mesh_control::manifest::{Document, Workload};
 use std::path::{Path, PathBuf};
@@ -20,8 +20,6 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// Control plane gRPC address.
     pub grpc_addr: String,
-    /// Control plane HTTP address.
-    pub http_addr: String,
     /// Where process logs go.
     pub log_dir: PathBuf,
 }
@@ -102,17 +100,15 @@ impl Mesh {
                 (d.clone(), Some(TempDir(d)))
             }
         };
-        let mut cmd = Command::new(binary("mesh-control"));
-        cmd.arg("--config")
-            .arg(&opts.file)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--grpc-addr")
-            .arg(&opts.grpc_addr)
-            .arg("--http-addr")
-            .arg(&opts.http_addr);
-        let control = Proc::spawn("mesh-control", cmd, &opts.log_dir).await?;
-        wait_ready(control.addr("http")?, "/ready", READY_DEADLINE).await?;
+        let control = ControlPlane {
+            grpc_addr: &opts.grpc_addr,
+            state_dir: &state_dir,
+            config: Some(&opts.file),
+            heartbeat_ms: None,
+            log: "info",
+        }
+        .start(&opts.log_dir)
+        .await?;
         let control_url = format!("http://{}", control.addr("grpc")?);
         let mut replicas = Vec::new();
         for w in workloads {
