@@ -4,7 +4,7 @@
 //! `meshctl up`, `meshctl demo` and the end-to-end tests alike.
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,15 @@ pub struct Proc {
     /// Where its stderr goes.
     pub log: PathBuf,
     child: Child,
+    /// Its process group (it leads its own), swept on stop and drop so
+    /// grandchildren such as nginx workers never outlive it.
+    group: Option<Pid>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.sweep();
+    }
 }
 
 /// Finds a mesh binary: next to the running executable first (a cargo
@@ -68,6 +77,7 @@ impl Proc {
             name: name.to_string(),
             bound,
             log,
+            group: group_of(&child),
             child,
         })
     }
@@ -86,6 +96,7 @@ impl Proc {
             name: name.to_string(),
             bound: serde_json::Value::Null,
             log,
+            group: group_of(&child),
             child,
         })
     }
@@ -123,17 +134,33 @@ impl Proc {
     /// SIGTERM, then SIGKILL after `grace`. Returns the exit status.
     pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         self.signal(Signal::SIGTERM);
-        if let Some(st) = self.wait(grace).await {
-            return Some(st);
+        let status = match self.wait(grace).await {
+            Some(st) => Some(st),
+            None => {
+                let _ = self.child.start_kill();
+                self.wait(Duration::from_secs(5)).await
+            }
+        };
+        self.sweep();
+        status
+    }
+
+    /// Kills whatever is left of its process group.
+    fn sweep(&mut self) {
+        if let Some(group) = self.group.take() {
+            let _ = killpg(group, Signal::SIGKILL);
         }
-        let _ = self.child.start_kill();
-        self.wait(Duration::from_secs(5)).await
     }
 
     /// The last lines of its log.
     pub fn log_tail(&self, n: usize) -> String {
         tail(&self.log, n)
     }
+}
+
+fn group_of(child: &Child) -> Option<Pid> {
+    // `start` puts every child in a new group led by itself.
+    child.id().map(|id| Pid::from_raw(id as i32))
 }
 
 fn start(name: &str, mut cmd: Command, log_dir: &Path, stdout: Stdio) -> Result<(Child, PathBuf)> {
