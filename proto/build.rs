@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "mesh/v1/discovery.proto",
             "mesh/v1/admin.proto",
+            "mesh/v1/identity.proto",
             "mesh/v1/echo.proto",
         ],
         &["."],

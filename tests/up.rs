@@ -76,6 +76,27 @@ async fn up_runs_the_demo_mesh_and_ctrl_c_stops_it() {
     assert_eq!(st["backends"][0]["service"], "echo-v1");
     assert_eq!(st["backends"][0]["weight"], 100);
 
+    // `up` wires identity: each sidecar gets a SPIFFE certificate from the CA.
+    let admin: std::net::SocketAddr = printed
+        .lines()
+        .find(|l| l.starts_with("echo-v1 "))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("echo-v1 row with an admin address")
+        .parse()
+        .unwrap();
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = meshctl::traffic::get(admin, "/identity").await.unwrap();
+        if body.contains("spiffe://cluster.local/ns/default/sa/echo") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no workload certificate: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Ctrl-C: everything stops, and the control plane's port closes.
     kill(Pid::from_raw(up.id().unwrap() as i32), Signal::SIGINT).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), up.wait())

@@ -77,6 +77,7 @@ async fn start_control(dir: &Path, yaml: &str) -> Result<(Proc, String)> {
         config: Some(&file),
         heartbeat_ms: None,
         log: "warn",
+        extra_args: &[],
     }
     .start(&dir.join("logs"))
     .await?;

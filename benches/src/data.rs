@@ -108,6 +108,7 @@ pub(crate) async fn mesh(dir: &Path, echo: SocketAddr) -> Result<Topology> {
         config: None,
         heartbeat_ms: None,
         log: "warn",
+        extra_args: &[],
     }
     .start(dir)
     .await?;

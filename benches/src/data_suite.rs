@@ -80,8 +80,13 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             });
         }
     }
-    let errors: u64 = rows.iter().map(|r| r.m.run.errors).sum();
-    anyhow::ensure!(errors == 0, "{errors} requests failed during the benchmark");
+    // Our path must not fail a single request; a peer's failures are shown, not fatal.
+    let ours: u64 = rows
+        .iter()
+        .filter(|r| r.topo == "mesh" || r.topo == "direct")
+        .map(|r| r.m.run.errors)
+        .sum();
+    anyhow::ensure!(ours == 0, "{ours} requests failed through mesh or direct");
     let rss: Vec<(&str, Vec<f64>)> = topologies.iter().map(|t| (t.name, t.peak_rss())).collect();
     let md = render(&rows, &rss, fixed, flat);
     let json = json!({
@@ -119,7 +124,7 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
     for proto in ["http", "grpc"] {
         let _ = writeln!(
             s,
-            "### {} at fixed rates\n\n| path | rate | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU-s / 1k req / proxy |\n|---|---|---|---|---|---|---|---|---|---|",
+            "### {} at fixed rates\n\n| path | rate | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU-s / 1k req / proxy | errors |\n|---|---|---|---|---|---|---|---|---|---|---|",
             if proto == "http" {
                 "HTTP/1.1"
             } else {
@@ -146,7 +151,7 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
                 };
                 let _ = writeln!(
                     s,
-                    "| {} | {rate} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {cpu} |",
+                    "| {} | {rate} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {cpu} | {} |",
                     r.topo,
                     m.p50,
                     m.p90,
@@ -154,7 +159,8 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
                     m.p999,
                     added(m.p50, d.run.p50),
                     added(m.p99, d.run.p99),
-                    added(m.p999, d.run.p999)
+                    added(m.p999, d.run.p999),
+                    m.errors
                 );
             }
         }
@@ -162,7 +168,7 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
     }
     let _ = writeln!(
         s,
-        "### Flat out\n\n| path | protocol | requests/s | vs direct | proxy CPU-s / 1k req / proxy | requests per proxy CPU-second |\n|---|---|---|---|---|---|"
+        "### Flat out\n\n| path | protocol | requests/s | vs direct | proxy CPU-s / 1k req / proxy | requests per proxy CPU-second | errors |\n|---|---|---|---|---|---|---|"
     );
     for proto in ["http", "grpc"] {
         let d = find(rows, "direct", proto, 0)
@@ -181,10 +187,11 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
             };
             let _ = writeln!(
                 s,
-                "| {} | {proto} | {:.0} | {:.2}× | {cpu} | {per_core} |",
+                "| {} | {proto} | {:.0} | {:.2}× | {cpu} | {per_core} | {} |",
                 r.topo,
                 r.m.run.rps,
-                r.m.run.rps / d
+                r.m.run.rps / d,
+                r.m.run.errors
             );
         }
     }

@@ -36,8 +36,11 @@ http {{
   fastcgi_temp_path {d}/{name}-fcgi;
   uwsgi_temp_path {d}/{name}-uwsgi;
   scgi_temp_path {d}/{name}-scgi;
-  upstream up {{ server 127.0.0.1:{http_up}; keepalive 64; }}
-  upstream grpc_up {{ server 127.0.0.1:{grpc_up}; keepalive 64; }}
+  # Keep connections for the whole run: nginx's default of 1,000 requests per
+  # connection makes it drop h2 connections with calls in flight under load.
+  keepalive_requests 10000000;
+  upstream up {{ server 127.0.0.1:{http_up}; keepalive 64; keepalive_requests 10000000; }}
+  upstream grpc_up {{ server 127.0.0.1:{grpc_up}; keepalive 64; keepalive_requests 10000000; }}
   server {{
     listen 127.0.0.1:{http};
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}

@@ -3,6 +3,7 @@
 //! to stop.
 
 use crate::config::Config;
+use crate::identity::{Identity, ca, tokens::Tokens};
 use crate::manifest::{self, Located};
 use crate::registry::Registry;
 use crate::rules::{self, RuleSet};
@@ -11,6 +12,7 @@ use crate::store::Store;
 use crate::{admin::Admin, discovery::Discovery, http};
 use mesh_proto::prebuilt::server::discovery_server::DiscoveryServer;
 use mesh_proto::v1::admin_server::AdminServer;
+use mesh_proto::v1::identity_server::IdentityServer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,6 +37,12 @@ pub enum Error {
     /// The state directory is unusable.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The CA could not be loaded or created.
+    #[error(transparent)]
+    Ca(#[from] crate::identity::ca::Error),
+    /// The bootstrap tokens file is invalid.
+    #[error(transparent)]
+    Tokens(#[from] crate::identity::tokens::Error),
     /// A listener could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -106,6 +114,7 @@ pub struct Bound {
     grpc: TcpListener,
     http: TcpListener,
     state: Arc<State>,
+    identity: Identity,
     config: Config,
 }
 
@@ -114,6 +123,25 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
     let (registry, rules) = seed(&config)?;
     let store = Store::open(&config.state_dir)?;
     let state = Arc::new(State::new(registry, rules, store)?);
+    let provided = config
+        .ca_cert
+        .as_ref()
+        .zip(config.ca_key.as_ref())
+        .map(|(cert, key)| ca::Provided {
+            cert: cert.clone(),
+            key: key.clone(),
+            roots: config.ca_roots.clone(),
+        });
+    let ca = ca::Ca::load_or_create(
+        &config.state_dir.join("ca"),
+        provided.as_ref(),
+        std::time::Duration::from_secs(config.cert_lifetime_secs.max(1)),
+    )?;
+    let tokens = match &config.bootstrap_tokens {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::default(),
+    };
+    let identity = Identity::new(Arc::new(ca), tokens, config.trust_domain.clone());
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -133,6 +161,7 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         grpc,
         http,
         state,
+        identity,
         config,
     })
 }
@@ -147,6 +176,7 @@ impl Bound {
             grpc,
             http,
             state,
+            identity,
             config,
             ..
         } = self;
@@ -173,6 +203,7 @@ impl Bound {
             .tcp_nodelay(true)
             .add_service(DiscoveryServer::new(discovery))
             .add_service(AdminServer::new(Admin::new(state)))
+            .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
             .await
     }

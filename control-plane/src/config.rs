@@ -34,6 +34,28 @@ pub struct Config {
     /// Heartbeat interval sidecars are told to use, in ms; the lease is three.
     #[arg(long, env = "MESH_CONTROL_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// SPIFFE trust domain of the identities the CA issues.
+    #[arg(
+        long,
+        env = "MESH_CONTROL_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates, in seconds (sidecars rotate at ~70%).
+    #[arg(long, env = "MESH_CONTROL_CERT_LIFETIME_SECS", default_value_t = 24 * 3600)]
+    pub cert_lifetime_secs: u64,
+    /// Local-mode bootstrap tokens (YAML list of {token, namespace, serviceAccount}).
+    #[arg(long, env = "MESH_CONTROL_BOOTSTRAP_TOKENS")]
+    pub bootstrap_tokens: Option<PathBuf>,
+    /// Operator-provided issuing CA certificate (PEM); default: generated in the state dir.
+    #[arg(long, env = "MESH_CONTROL_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// Private key of `--ca-cert` (PEM).
+    #[arg(long, env = "MESH_CONTROL_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Trust anchors for `--ca-cert` (PEM); default: `--ca-cert` itself.
+    #[arg(long, env = "MESH_CONTROL_CA_ROOTS", requires = "ca_cert")]
+    pub ca_roots: Option<PathBuf>,
     /// How long a deregistration waits for every sidecar to ACK, in ms.
     #[arg(
         long,

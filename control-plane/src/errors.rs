@@ -14,6 +14,22 @@ pub fn code(e: &Error) -> Code {
     }
 }
 
+/// The gRPC code for each identity error.
+pub fn identity_code(e: &crate::identity::ca::Error) -> Code {
+    use crate::identity::ca::Error as Ca;
+    match e {
+        Ca::Csr(_) | Ca::Names(_) => Code::InvalidArgument,
+        Ca::Mismatch { .. } => Code::PermissionDenied,
+        Ca::Io { .. } | Ca::Invalid { .. } | Ca::Sign(_) => Code::Internal,
+    }
+}
+
+impl From<crate::identity::ca::Error> for Status {
+    fn from(e: crate::identity::ca::Error) -> Status {
+        Status::new(identity_code(&e), e.to_string())
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         Status::new(code(&e), e.to_string())
@@ -44,5 +60,14 @@ mod tests {
         let status = Status::from(Error::Store(io));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("disk"));
+        let mismatch = crate::identity::ca::Error::Mismatch {
+            proven: "spiffe://a".into(),
+            requested: "spiffe://b".into(),
+        };
+        assert_eq!(Status::from(mismatch).code(), Code::PermissionDenied);
+        assert_eq!(
+            identity_code(&crate::identity::ca::Error::Csr("x".into())),
+            Code::InvalidArgument
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod discovery;
 pub mod errors;
 pub mod http;
+pub mod identity;
 pub mod index;
 pub mod manifest;
 pub mod registry;

@@ -17,7 +17,12 @@ fn main() -> std::process::ExitCode {
     rt.block_on(async move {
         let bound = match app::build(config).await {
             Ok(b) => b,
-            Err(e @ (app::Error::Config(_) | app::Error::Read { .. })) => {
+            Err(
+                e @ (app::Error::Config(_)
+                | app::Error::Read { .. }
+                | app::Error::Tokens(_)
+                | app::Error::Ca(_)),
+            ) => {
                 eprintln!("mesh-control: {e}");
                 return std::process::ExitCode::from(64);
             }

@@ -1,6 +1,7 @@
 //! The sidecar's admin endpoints: `/live`, `/ready` (200 only once the first
 //! config has been applied, i.e. the state has a version) and `/config_dump`
-//! (the active config as JSON).
+//! (the active config as JSON), `/identity` (the workload certificate's
+//! SPIFFE ID and expiry).
 
 use crate::state::State;
 use arc_swap::ArcSwap;
@@ -12,16 +13,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// Reports the workload identity for `/identity`.
+pub type IdentityStatus = Arc<dyn Fn() -> crate::identity::Status + Send + Sync>;
+
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<ArcSwap<State>>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ArcSwap<State>>,
+    identity: Option<IdentityStatus>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let (state, identity) = (state.clone(), identity.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = respond(req.uri().path(), &state);
+                let resp = respond(req.uri().path(), &state, identity.as_ref());
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -31,7 +39,11 @@ pub async fn serve(listener: TcpListener, state: Arc<ArcSwap<State>>) {
     }
 }
 
-fn respond(path: &str, state: &ArcSwap<State>) -> Response<Full<Bytes>> {
+fn respond(
+    path: &str,
+    state: &ArcSwap<State>,
+    identity: Option<&IdentityStatus>,
+) -> Response<Full<Bytes>> {
     let ready = !state.load().version.is_empty();
     let (status, ctype, body) = match path {
         "/live" => (StatusCode::OK, "text/plain", Bytes::from_static(b"live\n")),
@@ -41,6 +53,17 @@ fn respond(path: &str, state: &ArcSwap<State>) -> Response<Full<Bytes>> {
             "text/plain",
             Bytes::from_static(b"not ready: no config from the control plane yet\n"),
         ),
+        "/identity" => match identity {
+            Some(status) => {
+                let json = serde_json::to_vec_pretty(&status()).expect("status always serializes");
+                (StatusCode::OK, "application/json", Bytes::from(json))
+            }
+            None => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                Bytes::from_static(b"no workload identity: MESH_PROXY_IDENTITY_TOKEN is not set\n"),
+            ),
+        },
         "/config_dump" => {
             let dump = state.load().dump();
             let json = serde_json::to_vec_pretty(&dump).expect("dump always serializes");

@@ -10,7 +10,7 @@ use crate::outbound::Outbound;
 use crate::proxy::Forwarder;
 use crate::server::Drain;
 use crate::state::State;
-use crate::{admin, health};
+use crate::{admin, health, identity};
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -95,7 +95,15 @@ impl Bound {
         let state = Arc::new(ArcSwap::from_pointee(State::default()));
         let channel = discovery::channel(&config.control_addr)?;
         let node = discovery::node(&config.identity);
-        let admin_task = tokio::spawn(admin::serve(admin, state.clone()));
+        let agent = config
+            .tls
+            .as_ref()
+            .map(|t| identity::Agent::new(channel.clone(), t.token.clone(), t.spiffe_id.clone()));
+        let identity_status: Option<admin::IdentityStatus> = agent
+            .as_ref()
+            .map(|a| Arc::new(a.status_fn()) as admin::IdentityStatus);
+        let identity_task = agent.map(|a| tokio::spawn(a.run()));
+        let admin_task = tokio::spawn(admin::serve(admin, state.clone(), identity_status));
         let sub_task = tokio::spawn(discovery::subscribe(
             channel.clone(),
             node.clone(),
@@ -135,6 +143,9 @@ impl Bound {
         tracing::info!(drained, "drain complete");
         sub_task.abort();
         admin_task.abort();
+        if let Some(t) = identity_task {
+            t.abort();
+        }
         Ok(drained)
     }
 }

@@ -54,6 +54,15 @@ const DEFAULT_WORKERS: usize = 1;
 pub const ENV_RECONNECT_MAX_MS: &str = "MESH_PROXY_RECONNECT_MAX_MS";
 const DEFAULT_RECONNECT_MAX_MS: u64 = 5_000;
 
+/// Local-mode bootstrap token proving this workload's identity to the CA;
+/// unset means no workload certificate.
+pub const ENV_IDENTITY_TOKEN: &str = "MESH_PROXY_IDENTITY_TOKEN";
+/// Service account in the SPIFFE ID; default the service name.
+pub const ENV_SERVICE_ACCOUNT: &str = "MESH_PROXY_SERVICE_ACCOUNT";
+/// SPIFFE trust domain.
+pub const ENV_TRUST_DOMAIN: &str = "MESH_PROXY_TRUST_DOMAIN";
+const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
 /// Where configuration values come from.
 pub trait Env {
     /// The value of `key`, if set.
@@ -129,6 +138,17 @@ pub struct Config {
     pub workers: usize,
     /// Reconnect backoff ceiling.
     pub reconnect_max: Duration,
+    /// Workload certificate, when a bootstrap token is configured.
+    pub tls: Option<Tls>,
+}
+
+/// Workload identity settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Bootstrap token.
+    pub token: String,
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub spiffe_id: String,
 }
 
 /// Every problem found while parsing, one per line.
@@ -231,7 +251,20 @@ impl Config {
             p.errors
                 .push(format!("{ENV_HEALTH_PATH}={path:?}: must start with '/'"));
         }
+        let tls = p.string(ENV_IDENTITY_TOKEN).map(|token| {
+            let sa = p
+                .string(ENV_SERVICE_ACCOUNT)
+                .unwrap_or_else(|| service.clone());
+            let td = p
+                .string(ENV_TRUST_DOMAIN)
+                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
+            Tls {
+                token,
+                spiffe_id: format!("spiffe://{td}/ns/{namespace}/sa/{sa}"),
+            }
+        });
         let config = Config {
+            tls,
             outbound_addr: p.addr(ENV_OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR),
             inbound_addr: p.addr(ENV_INBOUND_ADDR, DEFAULT_INBOUND_ADDR),
             advertise_addr: p.optional_addr(ENV_ADVERTISE_ADDR),
@@ -290,6 +323,37 @@ mod tests {
         assert_eq!(c.workers, 1);
         assert!(c.app_addr.is_none());
         assert_eq!(c.health.failure_threshold, 1);
+    }
+
+    #[test]
+    fn identity_from_token_namespace_and_service_account() {
+        let c = Config::from_env(&env(&[
+            (ENV_SERVICE, "echo"),
+            (ENV_NAMESPACE, "prod"),
+            (ENV_IDENTITY_TOKEN, "t"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.tls.unwrap().spiffe_id,
+            "spiffe://cluster.local/ns/prod/sa/echo"
+        );
+        let c = Config::from_env(&env(&[
+            (ENV_SERVICE, "echo"),
+            (ENV_IDENTITY_TOKEN, "t"),
+            (ENV_SERVICE_ACCOUNT, "web"),
+            (ENV_TRUST_DOMAIN, "example.org"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.tls.unwrap().spiffe_id,
+            "spiffe://example.org/ns/default/sa/web"
+        );
+        assert!(
+            Config::from_env(&env(&[(ENV_SERVICE, "echo")]))
+                .unwrap()
+                .tls
+                .is_none()
+        );
     }
 
     #[test]

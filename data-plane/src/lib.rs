@@ -10,6 +10,7 @@ pub mod config;
 pub mod discovery;
 pub mod errors;
 pub mod health;
+pub mod identity;
 pub mod inbound;
 pub mod outbound;
 pub mod proxy;

@@ -81,7 +81,8 @@ pub struct Mesh {
     pub dir: TempDir,
     pub control: Proc,
     pub grpc: SocketAddr,
-    procs_for_logs: Vec<PathBuf>,
+    /// Extra mesh-control flags, kept across restarts.
+    control_args: Vec<String>,
 }
 
 impl Drop for Mesh {
@@ -106,17 +107,15 @@ impl Drop for Mesh {
 impl Mesh {
     /// Starts a control plane on port 0 with a fresh state dir.
     pub async fn start(tag: &str) -> Mesh {
-        Self::start_with(tag, None).await
+        Self::start_with_args(tag, &[]).await
     }
 
-    /// Starts a control plane seeded with a mesh file.
-    pub async fn start_with(tag: &str, mesh_file: Option<&str>) -> Mesh {
+    /// Starts a control plane with extra flags (kept for restarts).
+    pub async fn start_with_args(tag: &str, args: &[&str]) -> Mesh {
         ensure_built();
         let dir = TempDir::new(tag);
-        if let Some(yaml) = mesh_file {
-            std::fs::write(dir.0.join("mesh.yaml"), yaml).unwrap();
-        }
-        let control = start_control(&dir.0, "127.0.0.1:0".parse().unwrap(), mesh_file.is_some())
+        let control_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let control = start_control(&dir.0, "127.0.0.1:0".parse().unwrap(), &control_args)
             .await
             .expect("control plane starts");
         let grpc = control.addr("grpc").unwrap();
@@ -124,7 +123,7 @@ impl Mesh {
             dir,
             control,
             grpc,
-            procs_for_logs: Vec::new(),
+            control_args,
         }
     }
 
@@ -147,7 +146,7 @@ impl Mesh {
 
     /// Restarts the control plane on the same address and state dir.
     pub async fn restart_control(&mut self) {
-        self.control = start_control(&self.dir.0, self.grpc, false)
+        self.control = start_control(&self.dir.0, self.grpc, &self.control_args)
             .await
             .expect("control plane restarts");
     }
@@ -247,7 +246,8 @@ impl Mesh {
         (mesh, [v1, v2], client)
     }
 
-    fn sidecar_cmd(&self, service: &str, version: &str, id: &str) -> Command {
+    /// The command for a sidecar of this mesh (ports 0; no app).
+    pub fn sidecar_cmd(&self, service: &str, version: &str, id: &str) -> Command {
         let mut cmd = Command::new(binary("mesh-proxy"));
         cmd.env("MESH_PROXY_SERVICE", service)
             .env("MESH_PROXY_VERSION", version)
@@ -323,15 +323,15 @@ impl Mesh {
     }
 }
 
-async fn start_control(dir: &Path, grpc: SocketAddr, seeded: bool) -> Result<Proc> {
-    let mesh_file = dir.join("mesh.yaml");
+async fn start_control(dir: &Path, grpc: SocketAddr, extra_args: &[String]) -> Result<Proc> {
     meshctl::procs::ControlPlane {
         grpc_addr: &grpc.to_string(),
         state_dir: &dir.join("state"),
-        config: seeded.then_some(mesh_file.as_path()),
+        config: None,
         // Short leases, so tests see expiry and recovery quickly.
         heartbeat_ms: Some(300),
         log: "info",
+        extra_args,
     }
     .start(&dir.join("logs"))
     .await

@@ -237,18 +237,10 @@ pub fn ensure_built(release: bool) {
             return;
         };
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "mesh-proxy",
-            "-p",
-            "mesh-control",
-            "-p",
-            "meshctl",
-            "-p",
-            "mesh-echo",
-        ]);
+        // The whole workspace's binaries, as `cargo build --bins` would: a
+        // narrower package set resolves features differently and recompiles
+        // shared dependencies.
+        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
         if release {
             cmd.arg("--release");
         }
@@ -272,6 +264,8 @@ pub struct ControlPlane<'a> {
     pub heartbeat_ms: Option<u64>,
     /// Log filter (`MESH_CONTROL_LOG`).
     pub log: &'a str,
+    /// Further flags, e.g. `--bootstrap-tokens FILE`.
+    pub extra_args: &'a [String],
 }
 
 impl ControlPlane<'_> {
@@ -285,6 +279,7 @@ impl ControlPlane<'_> {
         if let Some(c) = self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.args(self.extra_args);
         if let Some(ms) = self.heartbeat_ms {
             cmd.env("MESH_CONTROL_HEARTBEAT_MS", ms.to_string());
         }

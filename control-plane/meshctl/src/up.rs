@@ -100,20 +100,39 @@ impl Mesh {
                 (d.clone(), Some(TempDir(d)))
             }
         };
+        // One bootstrap token per workload: each sidecar proves its identity
+        // with it and gets a SPIFFE certificate from the control plane's CA.
+        let tokens: Vec<String> = workloads.iter().map(|_| token()).collect::<Result<_>>()?;
+        let tokens_file = state_dir.join("bootstrap-tokens.yaml");
+        let listing: String = workloads
+            .iter()
+            .zip(&tokens)
+            .map(|(w, t)| {
+                format!(
+                    "- {{token: {t}, namespace: {}, serviceAccount: {}}}\n",
+                    w.metadata.namespace, w.spec.service
+                )
+            })
+            .collect();
+        write_secret(&tokens_file, &listing)?;
         let control = ControlPlane {
             grpc_addr: &opts.grpc_addr,
             state_dir: &state_dir,
             config: Some(&opts.file),
             heartbeat_ms: None,
             log: "info",
+            extra_args: &[
+                "--bootstrap-tokens".into(),
+                tokens_file.display().to_string(),
+            ],
         }
         .start(&opts.log_dir)
         .await?;
         let control_url = format!("http://{}", control.addr("grpc")?);
         let mut replicas = Vec::new();
-        for w in workloads {
+        for (w, token) in workloads.iter().zip(&tokens) {
             for i in 0..w.spec.replicas {
-                replicas.push(start_replica(w, i, &control_url, &opts.log_dir).await?);
+                replicas.push(start_replica(w, i, &control_url, token, &opts.log_dir).await?);
             }
         }
         for r in &replicas {
@@ -203,7 +222,39 @@ impl Mesh {
     }
 }
 
-async fn start_replica(w: &Workload, i: u32, control_url: &str, log_dir: &Path) -> Result<Replica> {
+/// A bootstrap token: 128 bits from the kernel's CSPRNG, hex.
+fn token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a file only its owner can read.
+fn write_secret(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+async fn start_replica(
+    w: &Workload,
+    i: u32,
+    control_url: &str,
+    token: &str,
+    log_dir: &Path,
+) -> Result<Replica> {
     let instance_id = format!("{}-{i}", w.metadata.name);
     let app = if w.spec.command.is_empty() {
         None
@@ -233,7 +284,8 @@ async fn start_replica(w: &Workload, i: u32, control_url: &str, log_dir: &Path) 
         .env("MESH_PROXY_CONTROL_ADDR", control_url)
         .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
         .env("MESH_PROXY_INBOUND_ADDR", "127.0.0.1:0")
-        .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0");
+        .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MESH_PROXY_IDENTITY_TOKEN", token);
     if let Some((_, addr)) = &app {
         cmd.env("MESH_PROXY_APP_ADDR", addr);
     }

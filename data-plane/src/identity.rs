@@ -1,0 +1,159 @@
+//! The sidecar's workload identity: generates a key pair locally, proves
+//! who it is with its bootstrap token, and gets a SPIFFE certificate for the
+//! key. The private key never leaves this process: only a CSR is sent. The
+//! certificate is renewed at ~70% of its lifetime with a fresh key; a failed
+//! renewal keeps the current certificate and retries with backoff.
+
+use arc_swap::ArcSwapOption;
+use mesh_proto::v1 as pb;
+use mesh_proto::v1::identity_client::IdentityClient;
+use rcgen::{CertificateParams, KeyPair, SanType};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::transport::Channel;
+
+/// Renew when this fraction of the lifetime has passed.
+const RENEW_AT: f64 = 0.7;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A certificate and the key it certifies.
+pub struct Certified {
+    /// SPIFFE ID.
+    pub identity: String,
+    /// Leaf then intermediates, PEM.
+    pub chain_pem: Vec<String>,
+    /// The private key, PEM. Never serialized anywhere but into TLS configs.
+    pub key_pem: String,
+    /// Trust anchors, PEM.
+    pub roots_pem: Vec<String>,
+    /// When it was issued and when it expires, Unix seconds.
+    pub issued_unix: i64,
+    /// Expiry, Unix seconds.
+    pub not_after_unix: i64,
+}
+
+/// The current certificate, readable without locks; `None` until the first.
+pub type Current = Arc<ArcSwapOption<Certified>>;
+
+/// What `/identity` shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    identity: Option<String>,
+    not_after_unix: Option<i64>,
+    expires_in_secs: Option<i64>,
+    renewals: u64,
+    roots_pem: Vec<String>,
+}
+
+/// Errors obtaining a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Building the key or CSR failed.
+    #[error("building the CSR: {0}")]
+    Csr(#[from] rcgen::Error),
+    /// The CA refused or could not be reached.
+    #[error("the CA refused: {0}")]
+    Refused(#[from] tonic::Status),
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Keeps the workload's certificate fresh.
+pub struct Agent {
+    client: IdentityClient<Channel>,
+    token: String,
+    identity: String,
+    current: Current,
+    renewals: Arc<AtomicU64>,
+}
+
+impl Agent {
+    /// An agent for `identity`, proving it with `token`.
+    pub fn new(channel: Channel, token: String, identity: String) -> Self {
+        Agent {
+            client: IdentityClient::new(channel),
+            token,
+            identity,
+            current: Arc::new(ArcSwapOption::empty()),
+            renewals: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The shared current certificate.
+    pub fn current(&self) -> Current {
+        self.current.clone()
+    }
+
+    /// A reader for `/identity`.
+    pub fn status_fn(&self) -> impl Fn() -> Status + Send + Sync + 'static {
+        let (current, renewals) = (self.current.clone(), self.renewals.clone());
+        move || {
+            let c = current.load();
+            Status {
+                identity: c.as_ref().map(|c| c.identity.clone()),
+                not_after_unix: c.as_ref().map(|c| c.not_after_unix),
+                expires_in_secs: c.as_ref().map(|c| c.not_after_unix - now_unix()),
+                renewals: renewals.load(Ordering::Relaxed),
+                roots_pem: c.as_ref().map(|c| c.roots_pem.clone()).unwrap_or_default(),
+            }
+        }
+    }
+
+    async fn certify(&mut self) -> Result<Certified, Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(self.identity.as_str().try_into()?)];
+        let csr = params.serialize_request(&key)?.pem()?;
+        let resp = self
+            .client
+            .certify(pb::CertifyRequest {
+                csr_pem: csr,
+                token: self.token.clone(),
+            })
+            .await?
+            .into_inner();
+        let mut chain_pem = vec![resp.certificate_pem];
+        chain_pem.extend(resp.chain_pem);
+        Ok(Certified {
+            identity: resp.identity,
+            chain_pem,
+            key_pem: key.serialize_pem(),
+            roots_pem: resp.roots_pem,
+            issued_unix: now_unix(),
+            not_after_unix: resp.not_after_unix,
+        })
+    }
+
+    /// Obtains and renews certificates forever.
+    pub async fn run(mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.certify().await {
+                Ok(c) => {
+                    let lifetime = (c.not_after_unix - c.issued_unix).max(1) as f64;
+                    let wait = Duration::from_secs_f64(lifetime * RENEW_AT);
+                    tracing::info!(identity = %c.identity, not_after = c.not_after_unix, "certificate obtained");
+                    // New connections pick this up; existing ones keep theirs until they close.
+                    if self.current.swap(Some(Arc::new(c))).is_some() {
+                        self.renewals.fetch_add(1, Ordering::Relaxed);
+                    }
+                    backoff = FIRST_BACKOFF;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, identity = %self.identity, "certificate request failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
