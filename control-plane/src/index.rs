@@ -43,6 +43,7 @@ pub fn build(reg: &Registry, rules: &RuleSet) -> View {
                             address: i.address.clone(),
                             instance_id: i.instance_id.clone(),
                             version: i.version.clone(),
+                            identity: i.identity.clone(),
                         })
                         .collect()
                 })
@@ -263,6 +264,7 @@ mod tests {
                 &node,
                 &format!("127.0.0.1:{}", 1000 + i),
                 *ready,
+                "",
                 Instant::now(),
             )
             .unwrap();

@@ -184,6 +184,9 @@ pub struct StaticInstance {
     /// Version label; the instance also joins `<service>-<version>`.
     #[serde(default)]
     pub version: String,
+    /// SPIFFE ID the instance presents over mTLS; absent for plaintext.
+    #[serde(default)]
+    pub identity: String,
 }
 
 /// mesh's `Workload`: an app run by `meshctl up` with a sidecar per replica.

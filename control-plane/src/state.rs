@@ -248,11 +248,17 @@ impl State {
     }
 
     /// Records a heartbeat; publishes if the endpoint sets changed.
-    pub fn heartbeat(&self, node: &NodeId, address: &str, ready: bool) -> Result<(), Error> {
+    pub fn heartbeat(
+        &self,
+        node: &NodeId,
+        address: &str,
+        ready: bool,
+        identity: &str,
+    ) -> Result<(), Error> {
         let mut inner = self.lock();
         if inner
             .registry
-            .heartbeat(node, address, ready, Instant::now())?
+            .heartbeat(node, address, ready, identity, Instant::now())?
         {
             self.store.save_registry(&inner.registry)?;
             self.publish(&mut inner);

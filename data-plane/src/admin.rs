@@ -21,15 +21,16 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<ArcSwap<State>>,
     identity: Option<IdentityStatus>,
+    counters: Arc<crate::inbound::Counters>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (state, identity) = (state.clone(), identity.clone());
+        let (state, identity, counters) = (state.clone(), identity.clone(), counters.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = respond(req.uri().path(), &state, identity.as_ref());
+                let resp = respond(req.uri().path(), &state, identity.as_ref(), &counters);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -43,8 +44,11 @@ fn respond(
     path: &str,
     state: &ArcSwap<State>,
     identity: Option<&IdentityStatus>,
+    counters: &crate::inbound::Counters,
 ) -> Response<Full<Bytes>> {
-    let ready = !state.load().version.is_empty();
+    // Ready once config has arrived and, with mTLS configured, a certificate too.
+    let ready = !state.load().version.is_empty()
+        && identity.is_none_or(|status| status().identity.is_some());
     let (status, ctype, body) = match path {
         "/live" => (StatusCode::OK, "text/plain", Bytes::from_static(b"live\n")),
         "/ready" if ready => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
@@ -52,6 +56,11 @@ fn respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             Bytes::from_static(b"not ready: no config from the control plane yet\n"),
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            Bytes::from(counters.render()),
         ),
         "/identity" => match identity {
             Some(status) => {

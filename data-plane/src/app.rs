@@ -4,8 +4,9 @@
 //! accepting, drain in-flight requests.
 
 use crate::config::Config;
+use crate::connect::TlsContext;
 use crate::discovery::{self, Registration};
-use crate::inbound::Inbound;
+use crate::inbound::{self, Inbound};
 use crate::outbound::Outbound;
 use crate::proxy::Forwarder;
 use crate::server::Drain;
@@ -99,34 +100,56 @@ impl Bound {
             .tls
             .as_ref()
             .map(|t| identity::Agent::new(channel.clone(), t.token.clone(), t.spiffe_id.clone()));
+        let certificate = agent.as_ref().map(|a| a.current());
         let identity_status: Option<admin::IdentityStatus> = agent
             .as_ref()
             .map(|a| Arc::new(a.status_fn()) as admin::IdentityStatus);
         let identity_task = agent.map(|a| tokio::spawn(a.run()));
-        let admin_task = tokio::spawn(admin::serve(admin, state.clone(), identity_status));
+        let counters = Arc::new(inbound::Counters::default());
+        let admin_task = tokio::spawn(admin::serve(
+            admin,
+            state.clone(),
+            identity_status,
+            counters.clone(),
+        ));
         let sub_task = tokio::spawn(discovery::subscribe(
             channel.clone(),
             node.clone(),
             state.clone(),
             config.reconnect_max,
         ));
-        let forwarder = Forwarder::new();
+        let tls = certificate.clone().map(|identity| TlsContext {
+            state: state.clone(),
+            identity,
+        });
+        let forwarder = Forwarder::new(tls);
         let drain = Drain::new();
-        let out = Outbound::new(state, forwarder.clone());
+        let out = Outbound::new(state, forwarder.clone(), certificate.is_some());
         drain.serve(outbound, move |req| {
             let out = out.clone();
             async move { out.handle(req).await }
         });
         let registration = match (inbound, config.app_addr, inbound_addr) {
             (Some(listener), Some(app), Some(bound)) => {
-                let inb = Inbound::new(app, forwarder);
-                drain.serve(listener, move |req| {
-                    let inb = inb.clone();
-                    async move { inb.handle(req).await }
-                });
+                Inbound::new(
+                    app,
+                    forwarder,
+                    certificate.clone(),
+                    config.inbound_mode,
+                    counters,
+                )
+                .serve(&drain, listener);
                 let health = health::spawn(config.health.clone(), app);
                 let advertise = config.advertise_addr.unwrap_or(bound);
-                Some(Registration::start(channel, node, advertise, health))
+                let spiffe_id = config.tls.as_ref().map(|t| t.spiffe_id.clone());
+                Some(Registration::start(
+                    channel,
+                    node,
+                    advertise,
+                    health,
+                    spiffe_id,
+                    certificate,
+                ))
             }
             _ => None,
         };

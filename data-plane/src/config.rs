@@ -63,6 +63,9 @@ pub const ENV_SERVICE_ACCOUNT: &str = "MESH_PROXY_SERVICE_ACCOUNT";
 pub const ENV_TRUST_DOMAIN: &str = "MESH_PROXY_TRUST_DOMAIN";
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// Inbound mode: `strict` (mTLS only) or `permissive` (also plaintext).
+pub const ENV_INBOUND_MODE: &str = "MESH_PROXY_INBOUND_MODE";
+
 /// Where configuration values come from.
 pub trait Env {
     /// The value of `key`, if set.
@@ -140,6 +143,8 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// Workload certificate, when a bootstrap token is configured.
     pub tls: Option<Tls>,
+    /// Whether inbound accepts plaintext.
+    pub inbound_mode: crate::inbound::Mode,
 }
 
 /// Workload identity settings.
@@ -263,7 +268,13 @@ impl Config {
                 spiffe_id: format!("spiffe://{td}/ns/{namespace}/sa/{sa}"),
             }
         });
+        let inbound_mode = p.parse(
+            ENV_INBOUND_MODE,
+            crate::inbound::Mode::Permissive,
+            "an inbound mode",
+        );
         let config = Config {
+            inbound_mode,
             tls,
             outbound_addr: p.addr(ENV_OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR),
             inbound_addr: p.addr(ENV_INBOUND_ADDR, DEFAULT_INBOUND_ADDR),

@@ -124,11 +124,16 @@ pub struct Registration {
 
 impl Registration {
     /// Starts heartbeating `address` with readiness from `health`.
+    /// `identity` is the SPIFFE ID the inbound presents (None: plaintext);
+    /// with one, the instance reports ready only once `certificate` exists,
+    /// so no peer dials mTLS to an instance that cannot terminate it yet.
     pub fn start(
         channel: Channel,
         node: pb::Node,
         address: SocketAddr,
         mut health: watch::Receiver<bool>,
+        identity: Option<String>,
+        certificate: Option<crate::identity::Current>,
     ) -> Self {
         let stopped = Arc::new(Mutex::new(false));
         let reg = Registration {
@@ -140,16 +145,20 @@ impl Registration {
             let mut client = DiscoveryClient::new(channel);
             let mut interval = Duration::from_secs(1);
             let mut health_open = true;
+            let mut waiting_for_cert;
             loop {
                 {
                     let stopped = stopped.lock().await;
                     if *stopped {
                         return;
                     }
+                    let certified = certificate.as_ref().is_none_or(|c| c.load().is_some());
+                    waiting_for_cert = !certified;
                     let req = pb::HeartbeatRequest {
                         node: Some(node.clone()),
                         address: address.to_string(),
-                        ready: *health.borrow_and_update(),
+                        ready: *health.borrow_and_update() && certified,
+                        identity: identity.clone().unwrap_or_default(),
                     };
                     match tokio::time::timeout(Duration::from_secs(2), client.heartbeat(req)).await
                     {
@@ -163,8 +172,14 @@ impl Registration {
                 // A readiness change is reported at once, not at the next beat.
                 // A closed channel means readiness is final (no health check):
                 // keep beating on the interval.
+                // Until the first certificate arrives, check back quickly.
+                let pause = if waiting_for_cert {
+                    interval.min(Duration::from_millis(50))
+                } else {
+                    interval
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     changed = health.changed(), if health_open => health_open = changed.is_ok(),
                 }
             }

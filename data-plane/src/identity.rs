@@ -33,6 +33,8 @@ pub struct Certified {
     pub issued_unix: i64,
     /// Expiry, Unix seconds.
     pub not_after_unix: i64,
+    /// rustls configs for this certificate.
+    pub tls: crate::tls::Material,
 }
 
 /// The current certificate, readable without locks; `None` until the first.
@@ -41,7 +43,8 @@ pub type Current = Arc<ArcSwapOption<Certified>>;
 /// What `/identity` shows.
 #[derive(Debug, Serialize)]
 pub struct Status {
-    identity: Option<String>,
+    /// The SPIFFE ID of the current certificate; `None` until the first.
+    pub identity: Option<String>,
     not_after_unix: Option<i64>,
     expires_in_secs: Option<i64>,
     renewals: u64,
@@ -57,6 +60,9 @@ pub enum Error {
     /// The CA refused or could not be reached.
     #[error("the CA refused: {0}")]
     Refused(#[from] tonic::Status),
+    /// The certificate it returned is unusable.
+    #[error("unusable certificate: {0}")]
+    Tls(#[from] crate::tls::Error),
 }
 
 fn now_unix() -> i64 {
@@ -122,13 +128,16 @@ impl Agent {
             .into_inner();
         let mut chain_pem = vec![resp.certificate_pem];
         chain_pem.extend(resp.chain_pem);
+        let key_pem = key.serialize_pem();
+        let tls = crate::tls::Material::new(&chain_pem, &key_pem, &resp.roots_pem)?;
         Ok(Certified {
             identity: resp.identity,
             chain_pem,
-            key_pem: key.serialize_pem(),
+            key_pem,
             roots_pem: resp.roots_pem,
             issued_unix: now_unix(),
             not_after_unix: resp.not_after_unix,
+            tls,
         })
     }
 

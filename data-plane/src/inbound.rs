@@ -1,33 +1,198 @@
-//! Inbound: requests from peer sidecars → the local app, same protocol.
+//! Inbound: peer sidecars → the local app, same protocol. A connection that
+//! opens with a TLS handshake record is mTLS: it is terminated here with the
+//! workload certificate and must present a client certificate from our CA.
+//! Anything else is plaintext, which only permissive mode accepts (from
+//! unmeshed clients); strict mode refuses and counts it. The verified client
+//! identity reaches the app in [`CLIENT_ID_HEADER`]; a copy of that header
+//! arriving from outside is always removed first.
 
 use crate::errors::{self, Body};
+use crate::identity::Current;
 use crate::proxy::Forwarder;
+use crate::server::Drain;
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 
-/// The inbound handler.
+/// Header carrying the verified SPIFFE ID of the calling workload.
+pub const CLIENT_ID_HEADER: &str = "mesh-client-id";
+/// First byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// A peer gets this long to start and finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether plaintext is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// mTLS only; plaintext connections are refused.
+    Strict,
+    /// mTLS from meshed peers, plaintext from unmeshed clients.
+    Permissive,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "strict" => Ok(Mode::Strict),
+            "permissive" => Ok(Mode::Permissive),
+            other => Err(format!("{other:?} is neither strict nor permissive")),
+        }
+    }
+}
+
+/// Inbound connection counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    tls: AtomicU64,
+    plaintext: AtomicU64,
+    plaintext_refused: AtomicU64,
+    handshake_failed: AtomicU64,
+}
+
+impl Counters {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP mesh_inbound_connections_total Inbound connections by transport and outcome.\n\
+             # TYPE mesh_inbound_connections_total counter\n\
+             mesh_inbound_connections_total{{tls=\"true\",outcome=\"accepted\"}} {}\n\
+             mesh_inbound_connections_total{{tls=\"true\",outcome=\"handshake_failed\"}} {}\n\
+             mesh_inbound_connections_total{{tls=\"false\",outcome=\"accepted\"}} {}\n\
+             mesh_inbound_connections_total{{tls=\"false\",outcome=\"refused\"}} {}\n",
+            get(&self.tls),
+            get(&self.handshake_failed),
+            get(&self.plaintext),
+            get(&self.plaintext_refused),
+        )
+    }
+}
+
+/// The inbound side of the sidecar.
 #[derive(Clone)]
 pub struct Inbound {
     app: Authority,
     forwarder: Forwarder,
+    identity: Option<Current>,
+    mode: Mode,
+    counters: Arc<Counters>,
 }
 
 impl Inbound {
-    /// A handler forwarding to the app at `app`.
-    pub fn new(app: std::net::SocketAddr, forwarder: Forwarder) -> Self {
+    /// Forwards to the app at `app`; terminates mTLS with `identity`'s certificate.
+    pub fn new(
+        app: std::net::SocketAddr,
+        forwarder: Forwarder,
+        identity: Option<Current>,
+        mode: Mode,
+        counters: Arc<Counters>,
+    ) -> Self {
         let app = app
             .to_string()
             .parse()
             .expect("a socket address is a valid authority");
-        Inbound { app, forwarder }
+        Inbound {
+            app,
+            forwarder,
+            identity,
+            mode,
+            counters,
+        }
     }
 
-    /// Forwards one request to the app.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Accepts on `listener` until the drain stops it.
+    pub fn serve(self, drain: &Arc<Drain>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        let d = drain.clone();
+        drain.accept(listener, move |stream| {
+            let (inbound, drain) = (self.clone(), d.clone());
+            tokio::spawn(async move { inbound.connection(&drain, stream).await });
+        })
+    }
+
+    async fn connection(self, drain: &Drain, stream: TcpStream) {
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+        let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE_RECORD;
+        if !is_tls {
+            if self.mode == Mode::Strict {
+                self.counters
+                    .plaintext_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = ?stream.peer_addr().ok(), "plaintext connection refused: inbound is strict mTLS");
+                return;
+            }
+            self.counters.plaintext.fetch_add(1, Ordering::Relaxed);
+            let inbound = self.clone();
+            drain
+                .serve_conn(TokioIo::new(stream), move |req| {
+                    let inbound = inbound.clone();
+                    async move { inbound.handle(req, None).await }
+                })
+                .await;
+            return;
+        }
+        let Some(cert) = self.identity.as_ref().and_then(|c| c.load_full()) else {
+            self.counters
+                .handshake_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("TLS connection refused: no workload certificate yet");
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.tls.server.clone());
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.counters
+                    .handshake_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "mTLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.counters
+                    .handshake_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("mTLS handshake timed out");
+                return;
+            }
+        };
+        let client: Option<Arc<str>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(crate::tls::spiffe_id)
+            .map(Arc::from);
+        self.counters.tls.fetch_add(1, Ordering::Relaxed);
+        let inbound = self.clone();
+        drain
+            .serve_conn(TokioIo::new(tls), move |req| {
+                let (inbound, client) = (inbound.clone(), client.clone());
+                async move { inbound.handle(req, client).await }
+            })
+            .await;
+    }
+
+    /// Forwards one request to the app, with the verified client identity (if any).
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: Option<Arc<str>>,
+    ) -> Response<Body> {
+        // Never let an outside copy pass for a verified identity.
+        req.headers_mut().remove(CLIENT_ID_HEADER);
+        if let Some(id) = client.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            req.headers_mut().insert(CLIENT_ID_HEADER, id);
+        }
         let grpc = errors::is_grpc(&req);
-        match self.forwarder.forward(req, &self.app).await {
+        match self.forwarder.forward(req, &self.app, false).await {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => {
                 tracing::debug!(error = %e, "inbound request failed");

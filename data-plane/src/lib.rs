@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod connect;
 pub mod discovery;
 pub mod errors;
 pub mod health;
@@ -16,3 +17,4 @@ pub mod outbound;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod tls;

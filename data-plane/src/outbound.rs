@@ -17,12 +17,18 @@ use std::sync::Arc;
 pub struct Outbound {
     state: Arc<ArcSwap<State>>,
     forwarder: Forwarder,
+    /// Whether this sidecar has a workload identity, so it can speak mTLS.
+    mtls: bool,
 }
 
 impl Outbound {
     /// A handler over the live state.
-    pub fn new(state: Arc<ArcSwap<State>>, forwarder: Forwarder) -> Self {
-        Outbound { state, forwarder }
+    pub fn new(state: Arc<ArcSwap<State>>, forwarder: Forwarder, mtls: bool) -> Self {
+        Outbound {
+            state,
+            forwarder,
+            mtls,
+        }
     }
 
     /// Routes and forwards one request; errors become responses here.
@@ -62,6 +68,10 @@ impl Outbound {
         let backend = route.pick_backend().ok_or_else(no_endpoints)?;
         let endpoint = backend.cluster.pick().ok_or_else(no_endpoints)?;
         let target = endpoint.authority.clone();
-        self.forwarder.forward(req, &target).await
+        // mTLS whenever the endpoint has an identity and we have one; an
+        // identity-less client falls back to plaintext, which only a
+        // permissive server accepts.
+        let secure = self.mtls && endpoint.identity.is_some();
+        self.forwarder.forward(req, &target, secure).await
     }
 }

@@ -3,53 +3,48 @@
 //! bodies and trailers through without buffering. Shared by inbound and
 //! outbound; it knows nothing of routing.
 
+use crate::connect::{Connector, TlsContext};
 use crate::errors::Error;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
 /// Pooled HTTP/1.1 and HTTP/2 clients.
 #[derive(Clone)]
 pub struct Forwarder {
-    h1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
-}
-
-impl Default for Forwarder {
-    fn default() -> Self {
-        Self::new()
-    }
+    h1: Client<Connector, Incoming>,
+    h2: Client<Connector, Incoming>,
 }
 
 impl Forwarder {
-    /// New clients with empty pools.
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        // Loopback and LAN hops: Nagle only adds latency to small requests.
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+    /// New clients with empty pools; `tls` enables mTLS to endpoints that
+    /// publish an identity.
+    pub fn new(tls: Option<TlsContext>) -> Self {
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector.clone());
+            .build(Connector::new(tls.clone(), crate::tls::HTTP1));
         let h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
-            .build(connector);
+            .build(Connector::new(tls, crate::tls::H2));
         Forwarder { h1, h2 }
     }
 
-    /// Sends `req` to `authority`, which replaces the URI's authority. The
-    /// Host header is kept, so the upstream still sees the name the app used.
+    /// Sends `req` to `authority` (over mTLS when `secure`), which replaces
+    /// the URI's authority. The Host header is kept, so the upstream still
+    /// sees the name the app used.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         authority: &Authority,
+        secure: bool,
     ) -> Result<Response<Incoming>, Error> {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
+        // The scheme keys the pool too, so plain and mTLS connections never mix.
+        parts.scheme = Some(if secure { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Connection tracking shared by all listeners.
@@ -50,6 +50,22 @@ impl Drain {
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let this = Arc::clone(self);
+        self.accept(listener, move |stream| {
+            let (this, handler) = (this.clone(), handler.clone());
+            tokio::spawn(async move { this.serve_conn(TokioIo::new(stream), handler).await });
+        })
+    }
+
+    /// Accepts connections until shutdown and hands each to `on_conn`, which
+    /// must not block (it spawns whatever per-connection work it needs).
+    pub fn accept<C>(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        on_conn: C,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        C: Fn(TcpStream) + Send + 'static,
+    {
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             loop {
@@ -57,34 +73,41 @@ impl Drain {
                     _ = stop.wait_for(|s| *s) => break,
                     r = listener.accept() => r,
                 };
-                let stream = match accepted {
-                    Ok((s, _)) => s,
+                match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        on_conn(stream);
+                    }
                     Err(e) => {
                         // Usually EMFILE: back off briefly instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
                     }
-                };
-                let _ = stream.set_nodelay(true);
-                let Some(watcher) = this.lock().as_ref().map(|g| g.watcher()) else {
-                    break;
-                };
-                let builder = Arc::clone(&this.builder);
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let fut = handler(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with error");
-                    }
-                });
+                }
             }
             // Dropping the listener here closes the port: new connections are refused.
         })
+    }
+
+    /// Serves one connection (plain or TLS) until it ends, tracked for the
+    /// graceful drain. A connection arriving after shutdown began is dropped.
+    pub async fn serve_conn<I, H, F>(&self, io: I, handler: H)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let Some(watcher) = self.lock().as_ref().map(|g| g.watcher()) else {
+            return;
+        };
+        let svc = service_fn(move |req| {
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = self.builder.serve_connection(io, svc);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with error");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<GracefulShutdown>> {

@@ -22,6 +22,8 @@ pub struct State {
     services: Vec<Arc<Service>>,
     /// Endpoint sets by cluster name.
     clusters: BTreeMap<String, Arc<Cluster>>,
+    /// The SPIFFE ID each mTLS endpoint must present, for the connector.
+    identities: HashMap<SocketAddr, String>,
 }
 
 /// Routes for one service.
@@ -84,6 +86,8 @@ pub struct Endpoint {
     pub instance_id: String,
     /// Version label.
     pub version: String,
+    /// SPIFFE ID it presents over mTLS; `None` means plaintext.
+    pub identity: Option<String>,
 }
 
 /// Why a snapshot was rejected (one line per bad resource).
@@ -154,6 +158,11 @@ impl State {
         })
     }
 
+    /// The identity the endpoint at `addr` must present, if it speaks mTLS.
+    pub fn identity_of(&self, addr: &SocketAddr) -> Option<&str> {
+        self.identities.get(addr).map(String::as_str)
+    }
+
     /// Converts a snapshot. `namespace` is the sidecar's own, for short names.
     pub fn from_proto(resp: &pb::DiscoveryResponse, namespace: &str) -> Result<State, Rejected> {
         let mut errors = Vec::new();
@@ -162,6 +171,7 @@ impl State {
             errors.push("snapshot has no version_info".to_string());
         }
         let mut clusters = BTreeMap::new();
+        let mut identities = HashMap::new();
         for c in &resp.clusters {
             let mut endpoints = Vec::with_capacity(c.endpoints.len());
             for e in &c.endpoints {
@@ -169,12 +179,22 @@ impl State {
                     e.address.parse::<SocketAddr>(),
                     e.address.parse::<Authority>(),
                 ) {
-                    (Ok(addr), Ok(authority)) => endpoints.push(Endpoint {
-                        addr,
-                        authority,
-                        instance_id: e.instance_id.clone(),
-                        version: e.version.clone(),
-                    }),
+                    (Ok(addr), Ok(authority)) => {
+                        let identity = (!e.identity.is_empty()).then(|| e.identity.clone());
+                        if let Some(id) = &identity {
+                            if !id.starts_with("spiffe://") {
+                                errors.push(format!("cluster {}: endpoint {addr} identity {id:?} is not a SPIFFE ID", c.name));
+                            }
+                            identities.insert(addr, id.clone());
+                        }
+                        endpoints.push(Endpoint {
+                            addr,
+                            authority,
+                            instance_id: e.instance_id.clone(),
+                            version: e.version.clone(),
+                            identity,
+                        })
+                    }
                     _ => errors.push(format!(
                         "cluster {}: endpoint address {:?} is not ip:port",
                         c.name, e.address
@@ -269,6 +289,7 @@ impl State {
             by_host,
             services,
             clusters,
+            identities,
         })
     }
 
@@ -314,6 +335,7 @@ impl State {
                             address: e.addr.to_string(),
                             instance_id: e.instance_id.clone(),
                             version: e.version.clone(),
+                            identity: e.identity.clone(),
                         })
                         .collect(),
                 })
@@ -363,6 +385,7 @@ struct DumpEndpoint {
     address: String,
     instance_id: String,
     version: String,
+    identity: Option<String>,
 }
 
 #[cfg(test)]
@@ -379,6 +402,7 @@ mod tests {
                     address: (*a).into(),
                     instance_id: format!("i-{a}"),
                     version: String::new(),
+                    identity: String::new(),
                 })
                 .collect(),
         };

@@ -94,6 +94,7 @@ fn snapshot(version: &str, cluster: &str) -> pb::DiscoveryResponse {
                 address: "127.0.0.1:9".into(),
                 instance_id: "e".into(),
                 version: "v1".into(),
+                identity: String::new(),
             }],
         }],
     }

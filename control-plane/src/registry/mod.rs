@@ -39,6 +39,9 @@ pub struct Instance {
     pub address: String,
     /// Whether its app passes health checks.
     pub ready: bool,
+    /// SPIFFE ID its inbound presents over mTLS; empty for plaintext.
+    #[serde(default)]
+    pub identity: String,
     /// Static or registered.
     pub source: Source,
 }
@@ -104,6 +107,7 @@ impl Registry {
                                 instance_id: inst.id.clone(),
                                 address: inst.address.clone(),
                                 ready: true,
+                                identity: inst.identity.clone(),
                                 source: Source::Static,
                             },
                         );
@@ -156,6 +160,7 @@ impl Registry {
         node: &NodeId,
         address: &str,
         ready: bool,
+        identity: &str,
         now: Instant,
     ) -> Result<bool, Error> {
         for (name, v) in [
@@ -179,6 +184,7 @@ impl Registry {
             instance_id: node.instance_id.clone(),
             address: address.to_string(),
             ready,
+            identity: identity.to_string(),
             source: Source::Registered,
         };
         let changed = self.instances.get(&key) != Some(&inst);
@@ -263,15 +269,15 @@ mod tests {
         let mut r = Registry::default();
         let now = Instant::now();
         assert!(
-            r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, now)
+            r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, "", now)
                 .unwrap()
         );
         assert!(
-            r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, now)
+            r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, "", now)
                 .unwrap()
         );
         assert!(
-            !r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, now)
+            !r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, "", now)
                 .unwrap()
         );
         let s = r.services();
@@ -283,7 +289,7 @@ mod tests {
     fn leases_expire_and_restore_refreshes_them() {
         let mut r = Registry::default();
         let t0 = Instant::now();
-        r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, t0)
+        r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, "", t0)
             .unwrap();
         assert!(
             r.expire(t0 + Duration::from_secs(1), Duration::from_secs(3))
@@ -302,6 +308,7 @@ mod tests {
                 instance_id: "a".into(),
                 address: "127.0.0.1:1".into(),
                 ready: true,
+                identity: String::new(),
                 source: Source::Registered,
             }],
             t0,
@@ -314,11 +321,11 @@ mod tests {
         let mut r = Registry::default();
         let now = Instant::now();
         assert_eq!(
-            r.heartbeat(&node("", "v1"), "127.0.0.1:1", true, now),
+            r.heartbeat(&node("", "v1"), "127.0.0.1:1", true, "", now),
             Err(Error::Missing("node.instance_id"))
         );
         assert!(matches!(
-            r.heartbeat(&node("a", "v1"), "nowhere", true, now),
+            r.heartbeat(&node("a", "v1"), "nowhere", true, "", now),
             Err(Error::Address(_))
         ));
     }

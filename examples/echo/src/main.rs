@@ -160,6 +160,12 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
         }
         _ => {}
     }
+    // The verified caller identity the sidecar passes on (mTLS only).
+    let client_id = req
+        .headers()
+        .get("mesh-client-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
     let mut body = req.into_body();
@@ -195,6 +201,7 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
         "protocol": version,
         "body_bytes": len,
         "body_fnv": format!("{hash:016x}"),
+        "client_id": client_id,
     });
     let mut out = summary.to_string();
     out.push('\n');
