@@ -160,6 +160,20 @@ impl Mesh {
         echo_args: &[&str],
         health: Option<Health>,
     ) -> Instance {
+        self.instance_with(service, version, id, echo_args, health, &[])
+            .await
+    }
+
+    /// `instance`, with extra sidecar environment (identity token, inbound mode).
+    pub async fn instance_with(
+        &self,
+        service: &str,
+        version: &str,
+        id: &str,
+        echo_args: &[&str],
+        health: Option<Health>,
+        sidecar_env: &[(&str, &str)],
+    ) -> Instance {
         let mut cmd = Command::new(binary("mesh-echo"));
         cmd.args(["--service", service, "--version", version, "--instance", id])
             .args(echo_args);
@@ -178,6 +192,7 @@ impl Mesh {
                     h.failure_threshold.to_string(),
                 );
         }
+        cmd.envs(sidecar_env.iter().copied());
         let sidecar = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
             .await
             .expect("sidecar starts");
@@ -194,7 +209,13 @@ impl Mesh {
     /// Starts a client-only sidecar (no app) and waits until it runs the
     /// control plane's current config.
     pub async fn client(&self, id: &str) -> Client {
-        let cmd = self.sidecar_cmd("client", "", id);
+        self.client_with(id, &[]).await
+    }
+
+    /// `client`, with extra sidecar environment.
+    pub async fn client_with(&self, id: &str, env: &[(&str, &str)]) -> Client {
+        let mut cmd = self.sidecar_cmd("client", "", id);
+        cmd.envs(env.iter().copied());
         let proc = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
             .await
             .expect("client sidecar starts");
@@ -203,6 +224,10 @@ impl Mesh {
             admin: proc.addr("admin").unwrap(),
             proc,
         };
+        // Ready covers the workload certificate too, when one is configured.
+        wait_ready(client.admin, "/ready", DEADLINE)
+            .await
+            .expect("client sidecar ready");
         self.sync(&client).await;
         client
     }
