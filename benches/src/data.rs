@@ -101,14 +101,35 @@ pub(crate) fn direct(echo: SocketAddr) -> Topology {
     }
 }
 
-pub(crate) async fn mesh(dir: &Path, echo: SocketAddr) -> Result<Topology> {
+/// A sidecar pair; with `mtls`, both sidecars hold workload certificates
+/// and the server's inbound is strict.
+pub(crate) async fn mesh(dir: &Path, echo: SocketAddr, mtls: bool) -> Result<Topology> {
+    std::fs::create_dir_all(dir)?;
+    const SERVER_TOKEN: &str = "bench-echo-token-0123456789abcdef";
+    const CLIENT_TOKEN: &str = "bench-client-token-0123456789abcd";
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "- {{token: {SERVER_TOKEN}, namespace: default, serviceAccount: echo}}\n\
+             - {{token: {CLIENT_TOKEN}, namespace: default, serviceAccount: client}}\n"
+        ),
+    )?;
+    let extra_args = if mtls {
+        vec![
+            "--bootstrap-tokens".to_string(),
+            tokens.display().to_string(),
+        ]
+    } else {
+        Vec::new()
+    };
     let control = ControlPlane {
         grpc_addr: "127.0.0.1:0",
         state_dir: &dir.join("state"),
         config: None,
         heartbeat_ms: None,
         log: "warn",
-        extra_args: &[],
+        extra_args: &extra_args,
     }
     .start(dir)
     .await?;
@@ -126,8 +147,15 @@ pub(crate) async fn mesh(dir: &Path, echo: SocketAddr) -> Result<Topology> {
     };
     let mut server_cmd = sidecar("echo-0", "echo");
     server_cmd.env("MESH_PROXY_APP_ADDR", echo.to_string());
+    let mut client_cmd = sidecar("client-0", "client");
+    if mtls {
+        server_cmd
+            .env("MESH_PROXY_IDENTITY_TOKEN", SERVER_TOKEN)
+            .env("MESH_PROXY_INBOUND_MODE", "strict");
+        client_cmd.env("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN);
+    }
     let server = Proc::spawn("server-sidecar", server_cmd, dir).await?;
-    let client = Proc::spawn("client-sidecar", sidecar("client-0", "client"), dir).await?;
+    let client = Proc::spawn("client-sidecar", client_cmd, dir).await?;
     let admin = client.addr("admin")?;
     wait_ready(admin, "/ready", Duration::from_secs(20)).await?;
     // Wait until the client sidecar knows echo's endpoint.
@@ -145,7 +173,7 @@ pub(crate) async fn mesh(dir: &Path, echo: SocketAddr) -> Result<Topology> {
     }
     let out = client.addr("outbound")?;
     Ok(Topology {
-        name: "mesh",
+        name: if mtls { "mesh-mtls" } else { "mesh" },
         http: out,
         grpc: out,
         host: Some("echo"),

@@ -29,7 +29,8 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let (_echo, echo) = data::echo(&dir).await?;
     let topologies: Vec<Topology> = vec![
         data::direct(echo),
-        data::mesh(&dir.join("mesh"), echo).await?,
+        data::mesh(&dir.join("mesh"), echo, false).await?,
+        data::mesh(&dir.join("mesh-mtls"), echo, true).await?,
         data::pair(&dir.join("nginx"), echo, "nginx").await?,
         data::pair(&dir.join("haproxy"), echo, "haproxy").await?,
     ];
@@ -83,7 +84,7 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     // Our path must not fail a single request; a peer's failures are shown, not fatal.
     let ours: u64 = rows
         .iter()
-        .filter(|r| r.topo == "mesh" || r.topo == "direct")
+        .filter(|r| r.topo.starts_with("mesh") || r.topo == "direct")
         .map(|r| r.m.run.errors)
         .sum();
     anyhow::ensure!(ours == 0, "{ours} requests failed through mesh or direct");
@@ -227,6 +228,30 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
             mf.cpu_per_1k / nf.cpu_per_1k,
         );
     }
+    // What mTLS costs, same run.
+    let _ = writeln!(
+        s,
+        "\n### mTLS vs plaintext (same run)\n\n| protocol | mTLS/plaintext p50 @1k rps | mTLS/plaintext p99 @1k rps | mTLS/plaintext throughput | mTLS/plaintext CPU per request |\n|---|---|---|---|---|"
+    );
+    for proto in ["http", "grpc"] {
+        let get = |topo: &str, rate: u64| find(rows, topo, proto, rate);
+        let (Some(p), Some(t), Some(pf), Some(tf)) = (
+            get("mesh", 1000),
+            get("mesh-mtls", 1000),
+            get("mesh", 0),
+            get("mesh-mtls", 0),
+        ) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| {proto} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+            t.run.p50 / p.run.p50,
+            t.run.p99 / p.run.p99,
+            tf.run.rps / pf.run.rps,
+            tf.cpu_per_1k / pf.cpu_per_1k,
+        );
+    }
     // Targets from the benchmark issue, stated against this run.
     let added_p99 = |topo: &str| {
         let d = find(rows, "direct", "http", 1000)?.run.p99;
@@ -246,15 +271,17 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
         added_p99("mesh").unwrap_or(f64::NAN),
         added_p99("nginx").unwrap_or(f64::NAN),
     );
+    let tp99 = added_p99("mesh-mtls").unwrap_or(f64::NAN);
     let (mpc, npc) = (
         per_core("mesh").unwrap_or(f64::NAN),
         per_core("nginx").unwrap_or(f64::NAN),
     );
     let _ = writeln!(
         s,
-        "\n### Targets (HTTP/1.1, this run)\n\n| target | mesh | nginx pair | status |\n|---|---|---|---|\n| added p99 of a sidecar pair ≤ 0.5 ms at 1,000 rps | {mp99:+.3} ms | {np99:+.3} ms | {} |\n| added p99 no worse than the nginx pair (shared/PEERS.md goal) | {mp99:+.3} ms | {np99:+.3} ms | {} |\n| sidecar peak RSS ≤ 15 MB under load | {mesh_rss:.1} MiB | | {} |\n| ≤ 0.1 CPU-s per 1,000 requests per sidecar (1,000 rps) | {mesh_cpu:.3} | | {} |\n| throughput per core ≥ nginx's | {mpc:.0} req/CPU-s | {npc:.0} req/CPU-s | {} |",
+        "\n### Targets (HTTP/1.1, this run)\n\n| target | mesh | nginx pair | status |\n|---|---|---|---|\n| added p99 of a sidecar pair ≤ 0.5 ms at 1,000 rps | {mp99:+.3} ms | {np99:+.3} ms | {} |\n| added p99 no worse than the nginx pair | {mp99:+.3} ms | {np99:+.3} ms | {} |\n| with mTLS, added p99 no worse than the plaintext nginx pair (shared/PEERS.md goal) | {tp99:+.3} ms | {np99:+.3} ms | {} |\n| sidecar peak RSS ≤ 15 MB under load | {mesh_rss:.1} MiB | | {} |\n| ≤ 0.1 CPU-s per 1,000 requests per sidecar (1,000 rps) | {mesh_cpu:.3} | | {} |\n| throughput per core ≥ nginx's | {mpc:.0} req/CPU-s | {npc:.0} req/CPU-s | {} |",
         mark(mp99 <= 0.5),
         mark(mp99 <= np99),
+        mark(tp99 <= np99),
         mark(mesh_rss <= 15.0 * 1_000_000.0 / 1_048_576.0),
         mark(mesh_cpu <= 0.1),
         mark(mpc >= npc),
