@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ECHO_TOKEN: &str = "echo-bootstrap-token-0123456789";
 const CLIENT_TOKEN: &str = "client-bootstrap-token-012345678";
+const OTHER_TOKEN: &str = "other-bootstrap-token-0123456789";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const ECHO_ID: &str = "spiffe://cluster.local/ns/default/sa/echo";
 
@@ -25,7 +26,8 @@ async fn mesh(tag: &str, lifetime_secs: &str) -> (Mesh, TempDir) {
         &tokens,
         format!(
             "- {{token: {ECHO_TOKEN}, namespace: default, serviceAccount: echo}}\n\
-             - {{token: {CLIENT_TOKEN}, namespace: default, serviceAccount: client}}\n"
+             - {{token: {CLIENT_TOKEN}, namespace: default, serviceAccount: client}}\n\
+             - {{token: {OTHER_TOKEN}, namespace: default, serviceAccount: other}}\n"
         ),
     )
     .unwrap();
@@ -233,4 +235,96 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         &failed[..failed.len().min(3)]
     );
     assert!(counter(echo.admin(), r#"tls="true",outcome="accepted""#).await >= 1);
+}
+
+const POLICY: &str = "apiVersion: mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: echo-callers
+spec:
+  service: echo
+  allow:
+  - identity: spiffe://cluster.local/ns/default/sa/client
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_policy_admits_listed_callers_and_denies_the_rest() {
+    let (mesh, _tokens) = mesh("mtls-authz", "3600").await;
+    let echo = mesh
+        .instance_with(
+            "echo",
+            "v1",
+            "echo-v1-a",
+            &[],
+            None,
+            &[
+                ("MESH_PROXY_IDENTITY_TOKEN", ECHO_TOKEN),
+                ("MESH_PROXY_INBOUND_MODE", "strict"),
+            ],
+        )
+        .await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
+        .await
+        .unwrap();
+    // A policy that does not parse is rejected, naming the field.
+    let bad = mesh
+        .apply(
+            "bad-policy.yaml",
+            &POLICY.replace("spiffe://cluster.local/ns/default/sa/client", "client"),
+        )
+        .await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("spec.allow[0].identity"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    mesh.apply_ok("policy.yaml", POLICY).await;
+    let allowed = mesh
+        .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN)])
+        .await;
+    let other = mesh
+        .client_with(
+            "other-0",
+            &[
+                ("MESH_PROXY_IDENTITY_TOKEN", OTHER_TOKEN),
+                ("MESH_PROXY_SERVICE_ACCOUNT", "other"),
+            ],
+        )
+        .await;
+
+    let ok = burst(allowed.outbound, "echo", 100, 2).await;
+    assert_eq!(
+        (ok.count("v1"), ok.failures),
+        (100, 0),
+        "{:?}",
+        ok.sample_errors
+    );
+    let denied = burst(other.outbound, "echo", 20, 2).await;
+    assert_eq!(denied.failures, 20);
+    assert!(
+        denied.sample_errors[0].contains("403")
+            && denied.sample_errors[0]
+                .contains("does not allow spiffe://cluster.local/ns/default/sa/other"),
+        "{:?}",
+        denied.sample_errors
+    );
+    // gRPC callers get PERMISSION_DENIED.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", other.outbound))
+        .unwrap()
+        .origin("http://echo".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let err = mesh_proto::echo::echo_client::EchoClient::new(channel)
+        .unary(mesh_proto::echo::EchoRequest { payload: vec![1] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // The decision is logged with its reason.
+    let log = std::fs::read_to_string(&echo.sidecar.log).unwrap();
+    assert!(
+        log.contains("request denied") && log.contains("echo-callers"),
+        "no denial in the sidecar log"
+    );
 }

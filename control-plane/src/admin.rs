@@ -59,13 +59,13 @@ impl pb::admin_server::Admin for Admin {
         let results = applied
             .outcomes
             .iter()
-            .map(|(s, o)| {
+            .map(|(rule, o)| {
                 let what = match o {
                     Outcome::Created => "created",
                     Outcome::Configured => "configured",
                     Outcome::Unchanged => "unchanged",
                 };
-                format!("trafficsplit {}/{} {what}", s.namespace, s.name)
+                format!("{rule} {what}")
             })
             .collect();
         Ok(Response::new(pb::ApplyResponse {

@@ -29,6 +29,12 @@ pub fn build(reg: &Registry, rules: &RuleSet) -> View {
     for s in rules.splits.values() {
         roots.insert((s.namespace.clone(), s.service.clone()), Some(s));
     }
+    // A protected service is config-worthy even before it has instances.
+    for p in rules.policies.values() {
+        roots
+            .entry((p.namespace.clone(), p.service.clone()))
+            .or_insert(None);
+    }
     let mut clusters: BTreeMap<String, pb::Cluster> = BTreeMap::new();
     let mut cluster_for = |ns: &str, svc: &str| {
         let name = cluster_name(ns, svc);
@@ -79,6 +85,11 @@ pub fn build(reg: &Registry, rules: &RuleSet) -> View {
                 }],
             ),
         };
+        let authorization = rules
+            .policies
+            .values()
+            .find(|p| p.namespace == ns && p.service == svc)
+            .map(authorization);
         let mut sc = pb::ServiceConfig {
             name: svc,
             namespace: ns,
@@ -88,6 +99,7 @@ pub fn build(reg: &Registry, rules: &RuleSet) -> View {
                 r#match: Some(pb::RouteMatch::default()),
                 backends,
             }],
+            authorization,
         };
         sc.resource_version = content_version(&sc);
         services.push(sc);
@@ -95,6 +107,27 @@ pub fn build(reg: &Registry, rules: &RuleSet) -> View {
     View {
         services,
         clusters: clusters.into_values().collect(),
+    }
+}
+
+/// The proto form of a policy.
+fn authorization(p: &crate::policy::Policy) -> pb::Authorization {
+    use pb::allow_rule::Match;
+    pb::Authorization {
+        policy: p.name.clone(),
+        allow: p
+            .allow
+            .iter()
+            .filter_map(|r| {
+                let m = match (&r.identity, &r.namespace, &r.identity_suffix) {
+                    (Some(id), _, _) => Match::Identity(id.clone()),
+                    (_, Some(ns), _) => Match::Namespace(ns.clone()),
+                    (_, _, Some(suffix)) => Match::IdentitySuffix(suffix.clone()),
+                    _ => return None,
+                };
+                Some(pb::AllowRule { r#match: Some(m) })
+            })
+            .collect(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod index;
 pub mod manifest;
+pub mod policy;
 pub mod registry;
 pub mod rules;
 pub mod state;

@@ -70,6 +70,48 @@ pub enum Document {
     Service(Service),
     /// A workload `meshctl up` runs behind sidecars.
     Workload(Workload),
+    /// Who may call a service.
+    AuthorizationPolicy(AuthorizationPolicy),
+}
+
+/// mesh's `AuthorizationPolicy`: the callers a service accepts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicy {
+    /// Always `mesh.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `AuthorizationPolicy`.
+    pub kind: String,
+    /// Name and namespace (the target service's namespace).
+    pub metadata: ObjectMeta,
+    /// Target and rules.
+    pub spec: AuthorizationSpec,
+}
+
+/// `spec` of an AuthorizationPolicy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationSpec {
+    /// Service the policy protects.
+    pub service: String,
+    /// A caller is allowed when any rule matches; an empty list denies everyone.
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+}
+
+/// One rule: exactly one field set.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AllowRule {
+    /// Exactly this SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Any service account in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Any SPIFFE ID ending with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_suffix: Option<String>,
 }
 
 /// A document and where it came from.
@@ -332,12 +374,14 @@ fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Er
     }
     let expected_api = match kind.as_str() {
         "TrafficSplit" => SPLIT_API_VERSION,
-        "Service" | "Workload" => MESH_API_VERSION,
+        "Service" | "Workload" | "AuthorizationPolicy" => MESH_API_VERSION,
         other => {
             return Err(err(
                 object,
                 Some("kind".into()),
-                format!("unknown kind {other:?}; expected TrafficSplit, Service or Workload"),
+                format!(
+                    "unknown kind {other:?}; expected TrafficSplit, AuthorizationPolicy, Service or Workload"
+                ),
             ));
         }
     };
@@ -356,6 +400,9 @@ fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Er
     let doc = match kind.as_str() {
         "TrafficSplit" => Document::TrafficSplit(serde_saphyr::from_str(text).map_err(typed)?),
         "Service" => Document::Service(serde_saphyr::from_str(text).map_err(typed)?),
+        "AuthorizationPolicy" => {
+            Document::AuthorizationPolicy(serde_saphyr::from_str(text).map_err(typed)?)
+        }
         _ => Document::Workload(serde_saphyr::from_str(text).map_err(typed)?),
     };
     Ok(Some(doc))

@@ -2,6 +2,7 @@
 //! whole set, and the arithmetic of `release shift`. Pure: no I/O, no locks.
 
 use crate::manifest::{self, Document, Located};
+use crate::policy::Policy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -58,6 +59,18 @@ pub enum ShiftError {
     /// Percent outside 0..=100.
     #[error("weight {0} is out of range; give a percentage from 0 to 100")]
     Percent(u32),
+}
+
+/// Splits and authorization policies from documents, every problem of both at once.
+pub fn rules_from(docs: &[Located]) -> Result<(Vec<Split>, Vec<Policy>), Vec<manifest::Error>> {
+    match (splits_from(docs), crate::policy::policies_from(docs)) {
+        (Ok(s), Ok(p)) => Ok((s, p)),
+        (s, p) => {
+            let mut all = s.err().unwrap_or_default();
+            all.extend(p.err().unwrap_or_default());
+            Err(all)
+        }
+    }
 }
 
 /// Converts parsed documents into splits, reporting every problem at once.
@@ -201,10 +214,13 @@ fn check_unique_roots<'a>(
 pub struct RuleSet {
     /// Splits by identity.
     pub splits: BTreeMap<(String, String), Split>,
+    /// Authorization policies by identity.
+    #[serde(default)]
+    pub policies: BTreeMap<(String, String), Policy>,
 }
 
-/// What an apply did to each split it was given.
-pub type Outcomes = Vec<(Split, Outcome)>;
+/// What an apply did to each rule it was given, e.g. `("trafficsplit default/echo", Created)`.
+pub type Outcomes = Vec<(String, Outcome)>;
 
 /// What an apply did to one split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +246,7 @@ impl RuleSet {
     pub fn apply(
         &self,
         new: &[Split],
+        new_policies: &[Policy],
         docs: &[Located],
     ) -> Result<(RuleSet, Outcomes), Vec<manifest::Error>> {
         let mut next = self.clone();
@@ -240,7 +257,42 @@ impl RuleSet {
                 Some(old) if &old == s => Outcome::Unchanged,
                 Some(_) => Outcome::Configured,
             };
-            outcomes.push((s.clone(), outcome));
+            outcomes.push((format!("trafficsplit {}/{}", s.namespace, s.name), outcome));
+        }
+        let mut errors = Vec::new();
+        for p in new_policies {
+            let outcome = match next.policies.insert(p.key(), p.clone()) {
+                None => Outcome::Created,
+                Some(old) if &old == p => Outcome::Unchanged,
+                Some(_) => Outcome::Configured,
+            };
+            outcomes.push((
+                format!("authorizationpolicy {}/{}", p.namespace, p.name),
+                outcome,
+            ));
+            // One policy per service, across applies too: name the incoming document.
+            if let Some(other) = self
+                .policies
+                .values()
+                .find(|o| o.namespace == p.namespace && o.service == p.service && o.name != p.name)
+            {
+                let at = docs.iter().find(|d| {
+                    matches!(&d.doc, Document::AuthorizationPolicy(a) if a.metadata.name == p.name && a.metadata.namespace == p.namespace)
+                });
+                errors.push(manifest::Error {
+                    file: at.map(|d| d.file.clone()).unwrap_or_default(),
+                    line: at.map(|d| d.line).unwrap_or(0),
+                    object: Some(format!("AuthorizationPolicy {}/{}", p.namespace, p.name)),
+                    field: Some("spec.service".into()),
+                    problem: format!(
+                        "service {:?} already has AuthorizationPolicy {}/{}",
+                        p.service, other.namespace, other.name
+                    ),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         // Report the conflict against the incoming document, not the old split.
         let ordered = new
@@ -428,11 +480,11 @@ mod tests {
 
         let docs_a = manifest::parse("a.yaml", &split_yaml("a", "echo", &[("v1", "1")])).unwrap();
         let (set, _) = RuleSet::default()
-            .apply(&splits_from(&docs_a).unwrap(), &docs_a)
+            .apply(&splits_from(&docs_a).unwrap(), &[], &docs_a)
             .unwrap();
         let docs_b = manifest::parse("b.yaml", &split_yaml("b", "echo", &[("v2", "1")])).unwrap();
         let errs = set
-            .apply(&splits_from(&docs_b).unwrap(), &docs_b)
+            .apply(&splits_from(&docs_b).unwrap(), &[], &docs_b)
             .unwrap_err();
         assert!(
             errs[0]
@@ -447,7 +499,7 @@ mod tests {
         )
         .unwrap();
         let (_, outcomes) = set
-            .apply(&splits_from(&docs_a2).unwrap(), &docs_a2)
+            .apply(&splits_from(&docs_a2).unwrap(), &[], &docs_a2)
             .unwrap();
         assert_eq!(outcomes[0].1, Outcome::Configured);
     }
@@ -460,7 +512,7 @@ mod tests {
         )
         .unwrap();
         let (set, _) = RuleSet::default()
-            .apply(&splits_from(&docs).unwrap(), &docs)
+            .apply(&splits_from(&docs).unwrap(), &[], &docs)
             .unwrap();
         let (_, s) = set.shift("default", "echo", "v2", 10).unwrap();
         let w: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();

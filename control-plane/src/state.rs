@@ -6,7 +6,7 @@
 use crate::index::{self, View};
 use crate::manifest;
 use crate::registry::{NodeId, Registry};
-use crate::rules::{self, Outcome, RuleSet, Split};
+use crate::rules::{self, RuleSet, Split};
 use crate::store::{self, Store};
 use mesh_proto::prebuilt::Prebuilt;
 use mesh_proto::v1 as pb;
@@ -71,7 +71,7 @@ pub struct Applied {
     /// Version in force afterwards.
     pub version: u64,
     /// Per split.
-    pub outcomes: Vec<(Split, Outcome)>,
+    pub outcomes: rules::Outcomes,
     /// Accepted-but-suspicious findings.
     pub warnings: Vec<String>,
 }
@@ -176,22 +176,28 @@ impl State {
             }
         }
         for d in &docs {
-            if !matches!(d.doc, manifest::Document::TrafficSplit(_)) {
+            if !matches!(
+                d.doc,
+                manifest::Document::TrafficSplit(_) | manifest::Document::AuthorizationPolicy(_)
+            ) {
                 errors.push(manifest::Error {
                     file: d.file.clone(),
                     line: d.line,
                     object: None,
                     field: Some("kind".into()),
-                    problem: "only TrafficSplit rules can be applied; Service and Workload documents belong in the mesh file".into(),
+                    problem: "only TrafficSplit and AuthorizationPolicy rules can be applied; Service and Workload documents belong in the mesh file".into(),
                 });
             }
         }
         if !errors.is_empty() {
             return Err(Error::Invalid(errors));
         }
-        let splits = rules::splits_from(&docs).map_err(Error::Invalid)?;
+        let (splits, policies) = rules::rules_from(&docs).map_err(Error::Invalid)?;
         let mut inner = self.lock();
-        let (next, outcomes) = inner.rules.apply(&splits, &docs).map_err(Error::Invalid)?;
+        let (next, outcomes) = inner
+            .rules
+            .apply(&splits, &policies, &docs)
+            .map_err(Error::Invalid)?;
         // Persist before publishing: a sidecar must never run rules a restart would lose.
         self.store.save_rules(&next)?;
         let warnings = splits

@@ -82,18 +82,31 @@ impl Store {
     }
 }
 
+/// The on-disk form of the rules in force.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedRules {
+    splits: Vec<crate::rules::Split>,
+    #[serde(default)]
+    policies: Vec<crate::policy::Policy>,
+}
+
 impl Store {
     /// The rules in force, if any were saved.
     pub fn load_rules(&self) -> Result<Option<crate::rules::RuleSet>, Error> {
-        let saved: Option<Vec<crate::rules::Split>> = self.load(RULES)?;
-        Ok(saved.map(|splits| crate::rules::RuleSet {
-            splits: splits.into_iter().map(|s| (s.key(), s)).collect(),
+        let saved: Option<SavedRules> = self.load(RULES)?;
+        Ok(saved.map(|saved| crate::rules::RuleSet {
+            splits: saved.splits.into_iter().map(|s| (s.key(), s)).collect(),
+            policies: saved.policies.into_iter().map(|p| (p.key(), p)).collect(),
         }))
     }
 
     /// Saves the rules in force.
     pub fn save_rules(&self, rules: &crate::rules::RuleSet) -> Result<(), Error> {
-        self.save(RULES, &rules.splits.values().collect::<Vec<_>>())
+        let saved = SavedRules {
+            splits: rules.splits.values().cloned().collect(),
+            policies: rules.policies.values().cloned().collect(),
+        };
+        self.save(RULES, &saved)
     }
 
     /// Registered instances saved before a restart.

@@ -47,22 +47,27 @@ fn respond(
     counters: &crate::inbound::Counters,
 ) -> Response<Full<Bytes>> {
     // Ready once config has arrived and, with mTLS configured, a certificate too.
-    let ready = !state.load().version.is_empty()
-        && identity.is_none_or(|status| status().identity.is_some());
-    let (status, ctype, body) = match path {
-        "/live" => (StatusCode::OK, "text/plain", Bytes::from_static(b"live\n")),
-        "/ready" if ready => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
-        "/ready" => (
+    let missing = if state.load().version.is_empty() {
+        Some("no config from the control plane yet")
+    } else if identity.is_some_and(|status| status().identity.is_none()) {
+        Some("no workload certificate yet (see the log for the CA's answer)")
+    } else {
+        None
+    };
+    let (status, ctype, body) = match (path, missing) {
+        ("/live", _) => (StatusCode::OK, "text/plain", Bytes::from_static(b"live\n")),
+        ("/ready", None) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+        ("/ready", Some(why)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            Bytes::from_static(b"not ready: no config from the control plane yet\n"),
+            Bytes::from(format!("not ready: {why}\n")),
         ),
-        "/metrics" => (
+        ("/metrics", _) => (
             StatusCode::OK,
             "text/plain; version=0.0.4",
             Bytes::from(counters.render()),
         ),
-        "/identity" => match identity {
+        ("/identity", _) => match identity {
             Some(status) => {
                 let json = serde_json::to_vec_pretty(&status()).expect("status always serializes");
                 (StatusCode::OK, "application/json", Bytes::from(json))
@@ -73,7 +78,7 @@ fn respond(
                 Bytes::from_static(b"no workload identity: MESH_PROXY_IDENTITY_TOKEN is not set\n"),
             ),
         },
-        "/config_dump" => {
+        ("/config_dump", _) => {
             let dump = state.load().dump();
             let json = serde_json::to_vec_pretty(&dump).expect("dump always serializes");
             (StatusCode::OK, "application/json", Bytes::from(json))

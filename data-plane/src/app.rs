@@ -124,6 +124,7 @@ impl Bound {
         });
         let forwarder = Forwarder::new(tls);
         let drain = Drain::new();
+        let inbound_state = state.clone();
         let out = Outbound::new(state, forwarder.clone(), certificate.is_some());
         drain.serve(outbound, move |req| {
             let out = out.clone();
@@ -131,12 +132,15 @@ impl Bound {
         });
         let registration = match (inbound, config.app_addr, inbound_addr) {
             (Some(listener), Some(app), Some(bound)) => {
+                let own = format!("{}.{}", config.identity.service, config.identity.namespace);
                 Inbound::new(
                     app,
                     forwarder,
                     certificate.clone(),
                     config.inbound_mode,
                     counters,
+                    inbound_state,
+                    own,
                 )
                 .serve(&drain, listener);
                 let health = health::spawn(config.health.clone(), app);

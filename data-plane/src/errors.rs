@@ -25,6 +25,9 @@ pub enum Error {
     /// No backend of the route has a ready endpoint.
     #[error("service {0} has no ready endpoints")]
     NoEndpoints(String),
+    /// An authorization policy does not allow the caller.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// No config has arrived from the control plane yet.
     #[error("no config received from the control plane yet")]
     NotReady,
@@ -44,6 +47,7 @@ pub fn codes(e: &Error) -> (StatusCode, u32) {
     match e {
         Error::MissingAuthority => (StatusCode::BAD_REQUEST, 3),
         Error::UnknownService(_) => (StatusCode::NOT_FOUND, 5),
+        Error::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
         Error::NoEndpoints(_) | Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, 14),
         Error::Upstream { .. } => (StatusCode::BAD_GATEWAY, 14),
     }
@@ -108,6 +112,10 @@ mod tests {
         assert_eq!(
             codes(&Error::NotReady),
             (StatusCode::SERVICE_UNAVAILABLE, 14)
+        );
+        assert_eq!(
+            codes(&Error::Forbidden("x".into())),
+            (StatusCode::FORBIDDEN, 7)
         );
     }
 

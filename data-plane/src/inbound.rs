@@ -10,6 +10,8 @@ use crate::errors::{self, Body};
 use crate::identity::Current;
 use crate::proxy::Forwarder;
 use crate::server::Drain;
+use crate::state::State;
+use arc_swap::ArcSwap;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
 use http_body_util::Either;
@@ -19,6 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+
+/// The verified caller identity set on `req` (see [`Inbound::handle`]).
+fn client_id<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(CLIENT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+}
 
 /// Header carrying the verified SPIFFE ID of the calling workload.
 pub const CLIENT_ID_HEADER: &str = "mesh-client-id";
@@ -83,16 +92,23 @@ pub struct Inbound {
     identity: Option<Current>,
     mode: Mode,
     counters: Arc<Counters>,
+    /// Live config, for this service's authorization policy.
+    state: Arc<ArcSwap<State>>,
+    /// This service's own name, `<service>.<namespace>`, as the state resolves it.
+    own: String,
 }
 
 impl Inbound {
     /// Forwards to the app at `app`; terminates mTLS with `identity`'s certificate.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         app: std::net::SocketAddr,
         forwarder: Forwarder,
         identity: Option<Current>,
         mode: Mode,
         counters: Arc<Counters>,
+        state: Arc<ArcSwap<State>>,
+        own: String,
     ) -> Self {
         let app = app
             .to_string()
@@ -104,6 +120,8 @@ impl Inbound {
             identity,
             mode,
             counters,
+            state,
+            own,
         }
     }
 
@@ -192,6 +210,19 @@ impl Inbound {
             req.headers_mut().insert(CLIENT_ID_HEADER, id);
         }
         let grpc = errors::is_grpc(&req);
+        // One lock-free snapshot load; the policy travels with the service's config.
+        if let Some(auth) = self
+            .state
+            .load()
+            .resolve(&self.own)
+            .and_then(|s| s.authorization.clone())
+        {
+            if let Err(reason) = auth.check(client_id(&req)) {
+                tracing::warn!(policy = %auth.policy, %reason, path = req.uri().path(), "request denied");
+                return errors::respond(&errors::Error::Forbidden(reason), grpc);
+            }
+            tracing::debug!(policy = %auth.policy, client = ?client_id(&req), "request allowed");
+        }
         match self.forwarder.forward(req, &self.app, false).await {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => {

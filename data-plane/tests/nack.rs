@@ -78,6 +78,7 @@ fn snapshot(version: &str, cluster: &str) -> pb::DiscoveryResponse {
             name: "echo".into(),
             namespace: "default".into(),
             resource_version: "r".into(),
+            authorization: None,
             routes: vec![pb::Route {
                 name: "default".into(),
                 r#match: None,

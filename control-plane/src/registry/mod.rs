@@ -121,7 +121,7 @@ impl Registry {
                             .insert((ns.clone(), subset(&w.spec.service, &w.spec.version)));
                     }
                 }
-                Document::TrafficSplit(_) => {}
+                Document::TrafficSplit(_) | Document::AuthorizationPolicy(_) => {}
             }
         }
         if errors.is_empty() {
