@@ -97,6 +97,24 @@ async fn up_runs_the_demo_mesh_and_ctrl_c_stops_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // `meshctl check` reports a healthy mesh with its identities once it settles.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let out = Command::new(binary("meshctl"))
+            .args(["--control", &control, "check"])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            assert!(stdout.contains("spiffe://cluster.local/ns/default/sa/echo"), "{stdout}");
+            assert!(stdout.contains("all checks passed"), "{stdout}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "meshctl check never passed:\n{stdout}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Ctrl-C: everything stops, and the control plane's port closes.
     kill(Pid::from_raw(up.id().unwrap() as i32), Signal::SIGINT).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), up.wait())

@@ -1,6 +1,7 @@
 //! The Admin gRPC service meshctl talks to: apply, read and shift rules, and
 //! report on releases and proxies. Thin: all logic lives in `state`.
 
+use crate::identity::ca::Ca;
 use crate::rules::{Outcome, Split};
 use crate::state::State;
 use mesh_proto::v1 as pb;
@@ -10,12 +11,18 @@ use tonic::{Request, Response, Status};
 /// Admin service implementation.
 pub struct Admin {
     state: Arc<State>,
+    ca: Arc<Ca>,
+    trust_domain: String,
 }
 
 impl Admin {
-    /// An admin service over shared state.
-    pub fn new(state: Arc<State>) -> Self {
-        Admin { state }
+    /// An admin service over shared state and the CA.
+    pub fn new(state: Arc<State>, ca: Arc<Ca>, trust_domain: String) -> Self {
+        Admin {
+            state,
+            ca,
+            trust_domain,
+        }
     }
 }
 
@@ -134,6 +141,18 @@ impl pb::admin_server::Admin for Admin {
         Ok(Response::new(pb::ProxyStatusResponse {
             control_version: self.state.version().to_string(),
             proxies,
+        }))
+    }
+
+    async fn identities(
+        &self,
+        _: Request<pb::IdentitiesRequest>,
+    ) -> Result<Response<pb::IdentitiesResponse>, Status> {
+        Ok(Response::new(pb::IdentitiesResponse {
+            trust_domain: self.trust_domain.clone(),
+            root_not_after_unix: self.ca.root_not_after_unix(),
+            cert_lifetime_secs: self.ca.lifetime().as_secs() as i64,
+            workloads: self.state.identities(),
         }))
     }
 }

@@ -115,6 +115,7 @@ pub struct Bound {
     http: TcpListener,
     state: Arc<State>,
     identity: Identity,
+    ca: Arc<ca::Ca>,
     config: Config,
 }
 
@@ -141,7 +142,8 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         Some(path) => Tokens::load(path)?,
         None => Tokens::default(),
     };
-    let identity = Identity::new(Arc::new(ca), tokens, config.trust_domain.clone());
+    let ca = Arc::new(ca);
+    let identity = Identity::new(ca.clone(), tokens, config.trust_domain.clone());
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -162,6 +164,7 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         http,
         state,
         identity,
+        ca,
         config,
     })
 }
@@ -177,6 +180,7 @@ impl Bound {
             http,
             state,
             identity,
+            ca,
             config,
             ..
         } = self;
@@ -202,7 +206,11 @@ impl Bound {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(DiscoveryServer::new(discovery))
-            .add_service(AdminServer::new(Admin::new(state)))
+            .add_service(AdminServer::new(Admin::new(
+                state,
+                ca,
+                config.trust_domain.clone(),
+            )))
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
             .await

@@ -125,8 +125,13 @@ impl discovery_server::Discovery for Discovery {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
         let (_, node) = node_id(req.node)?;
-        self.state
-            .heartbeat(&node, &req.address, req.ready, &req.identity)?;
+        self.state.heartbeat(
+            &node,
+            &req.address,
+            req.ready,
+            &req.identity,
+            req.cert_not_after_unix,
+        )?;
         Ok(Response::new(pb::HeartbeatResponse {
             interval_ms: self.heartbeat.as_millis() as u64,
         }))

@@ -260,6 +260,7 @@ impl State {
         address: &str,
         ready: bool,
         identity: &str,
+        cert_not_after_unix: i64,
     ) -> Result<(), Error> {
         let mut inner = self.lock();
         if inner
@@ -269,7 +270,26 @@ impl State {
             self.store.save_registry(&inner.registry)?;
             self.publish(&mut inner);
         }
+        inner
+            .registry
+            .note_cert(&node.namespace, &node.instance_id, cert_not_after_unix);
         Ok(())
+    }
+
+    /// Instances with their certificate expiry.
+    pub fn identities(&self) -> Vec<pb::WorkloadIdentity> {
+        self.lock()
+            .registry
+            .identities()
+            .into_iter()
+            .map(|(i, not_after)| pb::WorkloadIdentity {
+                namespace: i.namespace.clone(),
+                service: i.service.clone(),
+                instance_id: i.instance_id.clone(),
+                identity: i.identity.clone(),
+                cert_not_after_unix: not_after,
+            })
+            .collect()
     }
 
     /// Removes an instance; returns the version that no longer contains it.

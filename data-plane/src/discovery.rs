@@ -159,6 +159,10 @@ impl Registration {
                         address: address.to_string(),
                         ready: *health.borrow_and_update() && certified,
                         identity: identity.clone().unwrap_or_default(),
+                        cert_not_after_unix: certificate
+                            .as_ref()
+                            .and_then(|c| c.load().as_ref().map(|c| c.not_after_unix))
+                            .unwrap_or(0),
                     };
                     match tokio::time::timeout(Duration::from_secs(2), client.heartbeat(req)).await
                     {

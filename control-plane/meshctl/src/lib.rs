@@ -3,6 +3,7 @@
 //! This is a CLI crate: errors are `anyhow` and end up in front of a person.
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod demo;

@@ -56,6 +56,9 @@ enum Cmd {
         #[command(subcommand)]
         what: Release,
     },
+    /// Health of the mesh: config in sync, certificates fresh, CA root valid.
+    /// Exits non-zero when anything needs attention.
+    Check,
     /// Which config version each sidecar runs.
     ProxyStatus {
         /// Output format.
@@ -171,6 +174,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::ProxyStatus { output } => cli::proxy_status(control, output).await,
+        Cmd::Check => {
+            if meshctl::check::run(control).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("the mesh needs attention (see the warnings above)")
+            }
+        }
     }
 }
 

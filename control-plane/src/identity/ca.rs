@@ -249,6 +249,26 @@ impl Ca {
         &self.roots_pem
     }
 
+    /// The earliest expiry among the trust anchors, Unix seconds.
+    pub fn root_not_after_unix(&self) -> i64 {
+        use rustls_pki_types::pem::PemObject;
+        self.roots_pem
+            .iter()
+            .filter_map(|pem| rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok())
+            .filter_map(|der| {
+                x509_parser::parse_x509_certificate(&der)
+                    .ok()
+                    .map(|(_, c)| c.validity().not_after.timestamp())
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Lifetime of the workload certificates it signs.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
     /// Signs a leaf for `identity` with the public key of `csr_pem`, if the
     /// CSR asks for exactly that identity.
     pub fn sign(&self, csr_pem: &str, identity: &str) -> Result<Signed, Error> {

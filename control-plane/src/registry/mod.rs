@@ -78,6 +78,9 @@ pub struct Registry {
     seen: BTreeMap<(String, String), Instant>,
     /// Services known from documents even before any instance exists.
     declared: BTreeSet<ServiceKey>,
+    /// Certificate expiry each instance last reported. Informational: it
+    /// changes no endpoint set, so it is neither persisted nor published.
+    cert_expiry: BTreeMap<(String, String), i64>,
 }
 
 impl Registry {
@@ -192,10 +195,27 @@ impl Registry {
         Ok(changed)
     }
 
+    /// Records the expiry of an instance's certificate (0: none).
+    pub fn note_cert(&mut self, namespace: &str, instance_id: &str, not_after_unix: i64) {
+        self.cert_expiry.insert(
+            (namespace.to_string(), instance_id.to_string()),
+            not_after_unix,
+        );
+    }
+
+    /// Every instance with the expiry of its certificate (0 when unknown).
+    pub fn identities(&self) -> Vec<(&Instance, i64)> {
+        self.instances
+            .iter()
+            .map(|(k, i)| (i, self.cert_expiry.get(k).copied().unwrap_or(0)))
+            .collect()
+    }
+
     /// Removes a registered instance. Returns whether it was present.
     pub fn deregister(&mut self, namespace: &str, instance_id: &str) -> bool {
         let key = (namespace.to_string(), instance_id.to_string());
         self.seen.remove(&key);
+        self.cert_expiry.remove(&key);
         match self.instances.get(&key) {
             Some(i) if i.source == Source::Registered => self.instances.remove(&key).is_some(),
             _ => false,
