@@ -124,6 +124,21 @@ async fn sidecars_get_and_renew_spiffe_certificates_that_survive_a_ca_restart() 
         root.as_str(),
         "new certificates chain to the same root"
     );
+    // A sidecar started after the restart chains to the same root too.
+    let mut cmd = mesh.sidecar_cmd("echo", "v1", "echo-1");
+    cmd.env("MESH_PROXY_IDENTITY_TOKEN", ECHO_TOKEN);
+    let late = Proc::spawn("echo-1-proxy", cmd, &mesh.logs())
+        .await
+        .unwrap();
+    let late_admin = late.addr("admin").unwrap();
+    wait_ready(late_admin, "/ready", DEADLINE).await.unwrap();
+    let fresh = identity(late_admin).await;
+    assert_eq!(fresh["identity"], ECHO_ID);
+    assert_eq!(
+        fresh["roots_pem"][0],
+        root.as_str(),
+        "a new sidecar chains to the same root"
+    );
 
     // Refusals say why.
     let mut ca = IdentityClient::connect(mesh.control_url()).await.unwrap();

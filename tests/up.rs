@@ -107,11 +107,17 @@ async fn up_runs_the_demo_mesh_and_ctrl_c_stops_it() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
-            assert!(stdout.contains("spiffe://cluster.local/ns/default/sa/echo"), "{stdout}");
+            assert!(
+                stdout.contains("spiffe://cluster.local/ns/default/sa/echo"),
+                "{stdout}"
+            );
             assert!(stdout.contains("all checks passed"), "{stdout}");
             break;
         }
-        assert!(tokio::time::Instant::now() < end, "meshctl check never passed:\n{stdout}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "meshctl check never passed:\n{stdout}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -147,6 +147,7 @@ impl Inbound {
                 return;
             }
             self.counters.plaintext.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(tls = false, peer = ?stream.peer_addr().ok(), "plaintext connection accepted (permissive)");
             let inbound = self.clone();
             drain
                 .serve_conn(TokioIo::new(stream), move |req| {
