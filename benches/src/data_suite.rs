@@ -116,7 +116,7 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- data`\n\nLoad: {} connections; HTTP/1.1 GET of a 1 KiB body by oha (`-q RATE --latency-correction`); gRPC unary with a 1 KiB payload by the open-loop client in `benches/src/load.rs`. {} s per fixed-rate run, {} s flat out. mesh runs plaintext (mTLS arrives with its own issue), one worker per sidecar; nginx one worker, haproxy one thread. \"Added\" is the path minus direct in the same run.\n",
+        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- data`\n\nLoad: {} connections; HTTP/1.1 GET of a 1 KiB body by oha (`-q RATE --latency-correction`); gRPC unary with a 1 KiB payload by the open-loop client in `benches/src/load.rs`. {} s per fixed-rate run, {} s flat out. mesh is the plaintext sidecar pair; mesh-mtls is the same pair with workload certificates (TLS 1.3, strict inbound); one worker per sidecar; nginx one worker, haproxy one thread. \"Added\" is the path minus direct in the same run.\n",
         report::machine(),
         data::CONNS,
         fixed.as_secs_f64(),
