@@ -13,16 +13,7 @@ async fn control_plane_loss_and_restart() {
     let (mut mesh, _instances, client) = Mesh::two_versions("cp-loss", "100", "0").await;
     let outbound = client.outbound;
     // Rules applied through the admin API (not the seed file) must survive.
-    let out = mesh
-        .meshctl(&[
-            "release", "shift", "echo", "--to", "echo-v2", "--weight", "70",
-        ])
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh.shift_echo_v2("70").await;
     mesh.sync(&client).await;
 
     let steady = Steady::start(outbound, "echo", 2, 100_000);
@@ -66,16 +57,7 @@ async fn control_plane_loss_and_restart() {
     assert_eq!(after.failures, 0, "{:?}", after.sample_errors);
     assert!(within_binomial(after.count("v2"), 1000, 0.7), "{after:?}");
 
-    let out = mesh
-        .meshctl(&[
-            "release", "shift", "echo", "--to", "echo-v2", "--weight", "100",
-        ])
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh.shift_echo_v2("100").await;
     mesh.sync(&client).await;
     let last = burst(outbound, "echo", 300, 4).await;
     assert_eq!(

@@ -80,9 +80,8 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strict_mtls_carries_verified_identity_and_refuses_plaintext() {
-    let (mesh, _tokens) = mesh("mtls", "3600").await;
+/// An echo instance with a workload certificate and a strict inbound, ready.
+async fn strict_echo(mesh: &Mesh) -> support::Instance {
     let echo = mesh
         .instance_with(
             "echo",
@@ -99,6 +98,13 @@ async fn strict_mtls_carries_verified_identity_and_refuses_plaintext() {
     mesh.wait_ready_endpoints("echo", &[("echo", 1)])
         .await
         .unwrap();
+    echo
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mtls_carries_verified_identity_and_refuses_plaintext() {
+    let (mesh, _tokens) = mesh("mtls", "3600").await;
+    let echo = strict_echo(&mesh).await;
     let client = mesh
         .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN)])
         .await;
@@ -181,22 +187,7 @@ async fn a_forged_identity_header_from_an_unmeshed_client_never_reaches_the_app(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_under_load_without_a_failed_request() {
     let (mesh, _tokens) = mesh("mtls-rotate", "3").await;
-    let echo = mesh
-        .instance_with(
-            "echo",
-            "v1",
-            "echo-v1-a",
-            &[],
-            None,
-            &[
-                ("MESH_PROXY_IDENTITY_TOKEN", ECHO_TOKEN),
-                ("MESH_PROXY_INBOUND_MODE", "strict"),
-            ],
-        )
-        .await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
+    let echo = strict_echo(&mesh).await;
     let client = mesh
         .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN)])
         .await;
@@ -250,22 +241,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_policy_admits_listed_callers_and_denies_the_rest() {
     let (mesh, _tokens) = mesh("mtls-authz", "3600").await;
-    let echo = mesh
-        .instance_with(
-            "echo",
-            "v1",
-            "echo-v1-a",
-            &[],
-            None,
-            &[
-                ("MESH_PROXY_IDENTITY_TOKEN", ECHO_TOKEN),
-                ("MESH_PROXY_INBOUND_MODE", "strict"),
-            ],
-        )
-        .await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
+    let echo = strict_echo(&mesh).await;
     // A policy that does not parse is rejected, naming the field.
     let bad = mesh
         .apply(

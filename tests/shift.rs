@@ -21,17 +21,7 @@ async fn shift_to_100_percent_under_load_fails_nothing() {
         "before the shift everything goes to v1: {before:?}"
     );
 
-    let out = mesh
-        .meshctl(&[
-            "release", "shift", "echo", "--to", "echo-v2", "--weight", "100",
-        ])
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = mesh.shift_echo_v2("100").await;
     assert!(
         stdout.contains("echo-v2 100%") && stdout.contains("echo-v1 0%"),
         "{stdout}"

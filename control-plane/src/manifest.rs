@@ -27,6 +27,19 @@ pub struct Error {
     pub problem: String,
 }
 
+impl Error {
+    /// A problem with `field` of the document `at`, which describes `object`.
+    pub fn at(at: &Located, object: &str, field: String, problem: String) -> Error {
+        Error {
+            file: at.file.clone(),
+            line: at.line,
+            object: Some(object.to_string()),
+            field: Some(field),
+            problem,
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.file, self.line)?;

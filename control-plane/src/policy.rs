@@ -38,13 +38,7 @@ pub fn policies_from(docs: &[Located]) -> Result<Vec<Policy>, Vec<manifest::Erro
             p.metadata.namespace, p.metadata.name
         );
         let mut err = |field: String, problem: String| {
-            errors.push(manifest::Error {
-                file: at.file.clone(),
-                line: at.line,
-                object: Some(object.clone()),
-                field: Some(field),
-                problem,
-            })
+            errors.push(manifest::Error::at(at, &object, field, problem))
         };
         if p.spec.service.is_empty() {
             err(

@@ -108,13 +108,7 @@ fn split_from(at: &Located, ts: &manifest::TrafficSplit) -> Result<Split, Vec<ma
     );
     let mut errors = Vec::new();
     let mut err = |field: String, problem: String| {
-        errors.push(manifest::Error {
-            file: at.file.clone(),
-            line: at.line,
-            object: Some(object.clone()),
-            field: Some(field),
-            problem,
-        })
+        errors.push(manifest::Error::at(at, &object, field, problem))
     };
     if ts.metadata.name.is_empty() {
         err("metadata.name".into(), "must not be empty".into());

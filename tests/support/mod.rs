@@ -296,6 +296,22 @@ impl Mesh {
             .expect("meshctl runs")
     }
 
+    /// `meshctl release shift echo --to echo-v2 --weight <percent>`, which must
+    /// succeed; returns what it printed.
+    pub async fn shift_echo_v2(&self, percent: &str) -> String {
+        let out = self
+            .meshctl(&[
+                "release", "shift", "echo", "--to", "echo-v2", "--weight", percent,
+            ])
+            .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Writes `yaml` to a file named `name` and applies it with meshctl.
     pub async fn apply(&self, name: &str, yaml: &str) -> std::process::Output {
         let path = self.dir.0.join(name);
