@@ -246,20 +246,12 @@ impl RuleSet {
         let mut next = self.clone();
         let mut outcomes = Vec::new();
         for s in new {
-            let outcome = match next.splits.insert(s.key(), s.clone()) {
-                None => Outcome::Created,
-                Some(old) if &old == s => Outcome::Unchanged,
-                Some(_) => Outcome::Configured,
-            };
+            let outcome = upsert(&mut next.splits, s.key(), s);
             outcomes.push((format!("trafficsplit {}/{}", s.namespace, s.name), outcome));
         }
         let mut errors = Vec::new();
         for p in new_policies {
-            let outcome = match next.policies.insert(p.key(), p.clone()) {
-                None => Outcome::Created,
-                Some(old) if &old == p => Outcome::Unchanged,
-                Some(_) => Outcome::Configured,
-            };
+            let outcome = upsert(&mut next.policies, p.key(), p);
             outcomes.push((
                 format!("authorizationpolicy {}/{}", p.namespace, p.name),
                 outcome,
@@ -369,6 +361,15 @@ impl RuleSet {
         let mut next = self.clone();
         next.splits.insert(updated.key(), updated.clone());
         Ok((next, updated))
+    }
+}
+
+/// Inserts `value` under `key` and says whether that created, changed or kept it.
+fn upsert<K: Ord, V: PartialEq + Clone>(map: &mut BTreeMap<K, V>, key: K, value: &V) -> Outcome {
+    match map.insert(key, value.clone()) {
+        None => Outcome::Created,
+        Some(old) if &old == value => Outcome::Unchanged,
+        Some(_) => Outcome::Configured,
     }
 }
 
