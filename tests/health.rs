@@ -117,14 +117,7 @@ async fn rolling_restart_of_one_instance_fails_no_request() {
     let after = burst(outbound, "echo", 300, 2).await;
     let outcomes = steady.finish().await;
 
-    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        outcomes.len(),
-        &failed[..failed.len().min(3)]
-    );
+    support::assert_none_failed(&outcomes, "during the restart");
     assert_eq!(after.failures, 0);
     assert!(
         after.by_version.values().sum::<u64>() == 300,

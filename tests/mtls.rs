@@ -212,19 +212,12 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let outcomes = steady.finish().await;
-    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
     assert!(
         outcomes.len() > 100,
         "too little traffic to judge: {}",
         outcomes.len()
     );
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed across rotations: {:?}",
-        failed.len(),
-        outcomes.len(),
-        &failed[..failed.len().min(3)]
-    );
+    support::assert_none_failed(&outcomes, "across rotations");
     assert!(counter(echo.admin(), r#"tls="true",outcome="accepted""#).await >= 1);
 }
 

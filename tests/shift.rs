@@ -37,14 +37,7 @@ async fn shift_to_100_percent_under_load_fails_nothing() {
         300,
         "after the shift everything goes to v2: {after:?}"
     );
-    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        outcomes.len(),
-        &failed[..failed.len().min(3)]
-    );
+    support::assert_none_failed(&outcomes, "during the shift");
     let late: Vec<_> = outcomes.iter().filter(|o| o.started > applied).collect();
     assert!(
         late.len() >= 10,

@@ -30,9 +30,17 @@ pub struct Error {
 impl Error {
     /// A problem with `field` of the document `at`, which describes `object`.
     pub fn at(at: &Located, object: &str, field: String, problem: String) -> Error {
+        Self::about(Some(at), object, field, problem)
+    }
+
+    /// The same, for an object that may come from saved state rather than a
+    /// document being applied (then the file reads `<state>`).
+    pub fn about(at: Option<&Located>, object: &str, field: String, problem: String) -> Error {
         Error {
-            file: at.file.clone(),
-            line: at.line,
+            file: at
+                .map(|d| d.file.clone())
+                .unwrap_or_else(|| "<state>".into()),
+            line: at.map(|d| d.line).unwrap_or(0),
             object: Some(object.to_string()),
             field: Some(field),
             problem,

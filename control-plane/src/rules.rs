@@ -178,18 +178,15 @@ fn check_unique_roots<'a>(
     for (s, at) in splits {
         let root = (s.namespace.clone(), s.service.clone());
         match seen.get(&root) {
-            Some(other) if other.name != s.name => errors.push(manifest::Error {
-                file: at
-                    .map(|l| l.file.clone())
-                    .unwrap_or_else(|| "<state>".into()),
-                line: at.map(|l| l.line).unwrap_or(0),
-                object: Some(format!("TrafficSplit {}/{}", s.namespace, s.name)),
-                field: Some("spec.service".into()),
-                problem: format!(
+            Some(other) if other.name != s.name => errors.push(manifest::Error::about(
+                at,
+                &format!("TrafficSplit {}/{}", s.namespace, s.name),
+                "spec.service".into(),
+                format!(
                     "service {:?} already has TrafficSplit {}/{}; one root service takes one split",
                     s.service, other.namespace, other.name
                 ),
-            }),
+            )),
             Some(_) => {}
             None => {
                 seen.insert(root, s);
@@ -265,16 +262,15 @@ impl RuleSet {
                 let at = docs.iter().find(|d| {
                     matches!(&d.doc, Document::AuthorizationPolicy(a) if a.metadata.name == p.name && a.metadata.namespace == p.namespace)
                 });
-                errors.push(manifest::Error {
-                    file: at.map(|d| d.file.clone()).unwrap_or_default(),
-                    line: at.map(|d| d.line).unwrap_or(0),
-                    object: Some(format!("AuthorizationPolicy {}/{}", p.namespace, p.name)),
-                    field: Some("spec.service".into()),
-                    problem: format!(
+                errors.push(manifest::Error::about(
+                    at,
+                    &format!("AuthorizationPolicy {}/{}", p.namespace, p.name),
+                    "spec.service".into(),
+                    format!(
                         "service {:?} already has AuthorizationPolicy {}/{}",
                         p.service, other.namespace, other.name
                     ),
-                });
+                ));
             }
         }
         if !errors.is_empty() {

@@ -199,6 +199,29 @@ impl Inbound {
             .await;
     }
 
+    /// Applies this service's authorization policy, if it has one. Sync on
+    /// purpose: the snapshot guard is borrowed, never held across an await,
+    /// and the policy is never copied per request.
+    fn authorize<B>(&self, req: &Request<B>) -> Result<(), errors::Error> {
+        let state = self.state.load();
+        let Some(auth) = state
+            .resolve(&self.own)
+            .and_then(|s| s.authorization.as_ref())
+        else {
+            return Ok(());
+        };
+        match auth.check(client_id(req)) {
+            Ok(()) => {
+                tracing::debug!(policy = %auth.policy, client = ?client_id(req), "request allowed");
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!(policy = %auth.policy, %reason, path = req.uri().path(), "request denied");
+                Err(errors::Error::Forbidden(reason))
+            }
+        }
+    }
+
     /// Forwards one request to the app, with the verified client identity (if any).
     pub async fn handle(
         &self,
@@ -211,18 +234,8 @@ impl Inbound {
             req.headers_mut().insert(CLIENT_ID_HEADER, id);
         }
         let grpc = errors::is_grpc(&req);
-        // One lock-free snapshot load; the policy travels with the service's config.
-        if let Some(auth) = self
-            .state
-            .load()
-            .resolve(&self.own)
-            .and_then(|s| s.authorization.clone())
-        {
-            if let Err(reason) = auth.check(client_id(&req)) {
-                tracing::warn!(policy = %auth.policy, %reason, path = req.uri().path(), "request denied");
-                return errors::respond(&errors::Error::Forbidden(reason), grpc);
-            }
-            tracing::debug!(policy = %auth.policy, client = ?client_id(&req), "request allowed");
+        if let Err(e) = self.authorize(&req) {
+            return errors::respond(&e, grpc);
         }
         match self.forwarder.forward(req, &self.app, false).await {
             Ok(resp) => resp.map(Either::Left),

@@ -378,6 +378,18 @@ async fn start_control(dir: &Path, grpc: SocketAddr, extra_args: &[String]) -> R
     .await
 }
 
+/// Fails the test if any recorded request failed, showing a few of them.
+pub fn assert_none_failed(outcomes: &[meshctl::traffic::Outcome], during: &str) {
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed {during}: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
+
 /// A TrafficSplit document.
 pub fn split(root: &str, backends: &[(&str, &str)]) -> String {
     let mut s = format!(
