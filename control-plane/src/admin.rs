@@ -92,6 +92,15 @@ impl pb::admin_server::Admin for Admin {
         }))
     }
 
+    async fn get_routes(
+        &self,
+        request: Request<pb::GetRoutesRequest>,
+    ) -> Result<Response<pb::GetRoutesResponse>, Status> {
+        let r = request.into_inner();
+        let ns = namespace_or_default(r.namespace);
+        Ok(Response::new(self.state.routes(&ns, &r.service)?))
+    }
+
     async fn shift(
         &self,
         request: Request<pb::ShiftRequest>,

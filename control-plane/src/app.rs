@@ -97,10 +97,10 @@ pub fn seed(config: &Config) -> Result<(Registry, RuleSet), Error> {
         None => Vec::new(),
     };
     let registry = Registry::from_documents(&docs).map_err(Error::Config)?;
-    let (splits, policies) = rules::rules_from(&docs)
+    let incoming = rules::rules_from(&docs)
         .map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
     let (rules, _) = RuleSet::default()
-        .apply(&splits, &policies, &docs)
+        .apply(&incoming, &docs)
         .map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
     Ok((registry, rules))
 }

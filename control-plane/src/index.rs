@@ -24,23 +24,36 @@ pub fn cluster_name(namespace: &str, service: &str) -> String {
 /// Builds the view from the catalog and the splits.
 pub fn build(reg: &Registry, rules: &RuleSet) -> View {
     let catalog = reg.services();
-    let mut roots: BTreeMap<ServiceKey, Option<&Split>> =
-        catalog.keys().map(|k| (k.clone(), None)).collect();
-    for s in rules.splits.values() {
-        roots.insert((s.namespace.clone(), s.service.clone()), Some(s));
-    }
-    // A protected service is config-worthy even before it has instances.
-    for p in rules.policies.values() {
-        roots
-            .entry((p.namespace.clone(), p.service.clone()))
-            .or_insert(None);
-    }
+    let mut roots: std::collections::BTreeSet<ServiceKey> = catalog.keys().cloned().collect();
+    // A routed or protected service is config-worthy even before it has instances.
+    roots.extend(
+        rules
+            .splits
+            .values()
+            .map(|s| (s.namespace.clone(), s.service.clone()))
+            .chain(
+                rules
+                    .http_routes
+                    .values()
+                    .map(|r| (r.namespace.clone(), r.service.clone())),
+            )
+            .chain(
+                rules
+                    .policies
+                    .values()
+                    .map(|p| (p.namespace.clone(), p.service.clone())),
+            ),
+    );
     let mut clusters: BTreeMap<String, pb::Cluster> = BTreeMap::new();
     let mut cluster_for = |ns: &str, svc: &str| {
         let name = cluster_name(ns, svc);
         clusters.entry(name.clone()).or_insert_with(|| {
-            let endpoints = catalog
-                .get(&(ns.to_string(), svc.to_string()))
+            let instances = catalog.get(&(ns.to_string(), svc.to_string()));
+            // A version subset (echo-v1) takes its service's TrafficPolicy.
+            let parent = instances
+                .and_then(|insts| insts.iter().find(|i| i.service != svc))
+                .map(|i| i.service.as_str());
+            let endpoints = instances
                 .map(|insts| {
                     insts
                         .iter()
@@ -58,6 +71,7 @@ pub fn build(reg: &Registry, rules: &RuleSet) -> View {
                 name: name.clone(),
                 resource_version: String::new(),
                 endpoints,
+                policy: Some(crate::routing::backend_policy(rules, ns, svc, parent)),
             };
             c.resource_version = content_version(&c);
             c
@@ -65,26 +79,9 @@ pub fn build(reg: &Registry, rules: &RuleSet) -> View {
         name
     };
     let mut services = Vec::new();
-    for ((ns, svc), split) in roots {
-        let (route_name, backends) = match split {
-            Some(s) => (
-                s.name.clone(),
-                s.backends
-                    .iter()
-                    .map(|b| pb::WeightedBackend {
-                        cluster: cluster_for(&ns, &b.service),
-                        weight: b.weight,
-                    })
-                    .collect(),
-            ),
-            None => (
-                "default".to_string(),
-                vec![pb::WeightedBackend {
-                    cluster: cluster_for(&ns, &svc),
-                    weight: 1,
-                }],
-            ),
-        };
+    for (ns, svc) in roots {
+        let routes =
+            crate::routing::routes_for(rules, &ns, &svc, &mut |backend| cluster_for(&ns, backend));
         let authorization = rules
             .policies
             .values()
@@ -94,11 +91,7 @@ pub fn build(reg: &Registry, rules: &RuleSet) -> View {
             name: svc,
             namespace: ns,
             resource_version: String::new(),
-            routes: vec![pb::Route {
-                name: route_name,
-                r#match: Some(pb::RouteMatch::default()),
-                backends,
-            }],
+            routes,
             authorization,
         };
         sc.resource_version = content_version(&sc);
@@ -307,6 +300,7 @@ mod tests {
 
     fn rules(w1: u32, w2: u32) -> RuleSet {
         let s = Split {
+            matches: Vec::new(),
             name: "echo".into(),
             namespace: "default".into(),
             service: "echo".into(),

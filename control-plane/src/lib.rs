@@ -15,6 +15,7 @@ pub mod index;
 pub mod manifest;
 pub mod policy;
 pub mod registry;
+pub mod routing;
 pub mod rules;
 pub mod state;
 pub mod store;

@@ -93,6 +93,12 @@ pub enum Document {
     Workload(Workload),
     /// Who may call a service.
     AuthorizationPolicy(AuthorizationPolicy),
+    /// SMI HTTPRouteGroup.
+    HttpRouteGroup(crate::routing::docs::HttpRouteGroup),
+    /// Gateway API HTTPRoute on a Service.
+    HttpRoute(crate::routing::docs::HttpRoute),
+    /// How callers treat a service (boxed: by far the largest kind).
+    TrafficPolicy(Box<crate::routing::docs::TrafficPolicy>),
 }
 
 /// mesh's `AuthorizationPolicy`: the callers a service accepts.
@@ -168,9 +174,9 @@ pub struct TrafficSplitSpec {
     pub service: String,
     /// Backends and their relative weights.
     pub backends: Vec<SplitBackend>,
-    /// HTTPRouteGroup references; parsed so that the error can say they are unsupported.
+    /// HTTPRouteGroup references: the split applies only to matching requests.
     #[serde(default)]
-    pub matches: Option<Vec<serde_json::Value>>,
+    pub matches: Vec<crate::routing::docs::SplitMatchRef>,
 }
 
 /// One backend of a TrafficSplit.
@@ -395,13 +401,15 @@ fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Er
     }
     let expected_api = match kind.as_str() {
         "TrafficSplit" => SPLIT_API_VERSION,
-        "Service" | "Workload" | "AuthorizationPolicy" => MESH_API_VERSION,
+        "Service" | "Workload" | "AuthorizationPolicy" | "TrafficPolicy" => MESH_API_VERSION,
+        "HTTPRouteGroup" => crate::routing::docs::SPECS_API_VERSION,
+        "HTTPRoute" => crate::routing::docs::GATEWAY_API_VERSION,
         other => {
             return Err(err(
                 object,
                 Some("kind".into()),
                 format!(
-                    "unknown kind {other:?}; expected TrafficSplit, AuthorizationPolicy, Service or Workload"
+                    "unknown kind {other:?}; expected TrafficSplit, HTTPRouteGroup, HTTPRoute, TrafficPolicy, AuthorizationPolicy, Service or Workload"
                 ),
             ));
         }
@@ -424,6 +432,9 @@ fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Er
         "AuthorizationPolicy" => {
             Document::AuthorizationPolicy(serde_saphyr::from_str(text).map_err(typed)?)
         }
+        "HTTPRouteGroup" => Document::HttpRouteGroup(serde_saphyr::from_str(text).map_err(typed)?),
+        "HTTPRoute" => Document::HttpRoute(serde_saphyr::from_str(text).map_err(typed)?),
+        "TrafficPolicy" => Document::TrafficPolicy(serde_saphyr::from_str(text).map_err(typed)?),
         _ => Document::Workload(serde_saphyr::from_str(text).map_err(typed)?),
     };
     Ok(Some(doc))

@@ -17,6 +17,10 @@ pub struct Split {
     pub service: String,
     /// Backends in declaration order.
     pub backends: Vec<Backend>,
+    /// HTTPRouteGroups whose matches select the split's traffic; empty
+    /// means all traffic not taken by a matched split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<String>,
 }
 
 /// A backend and its relative weight.
@@ -61,13 +65,33 @@ pub enum ShiftError {
     Percent(u32),
 }
 
-/// Splits and authorization policies from documents, every problem of both at once.
-pub fn rules_from(docs: &[Located]) -> Result<(Vec<Split>, Vec<Policy>), Vec<manifest::Error>> {
-    match (splits_from(docs), crate::policy::policies_from(docs)) {
-        (Ok(s), Ok(p)) => Ok((s, p)),
-        (s, p) => {
+/// The rules of one apply, validated one document at a time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Incoming {
+    /// TrafficSplits.
+    pub splits: Vec<Split>,
+    /// AuthorizationPolicies.
+    pub policies: Vec<Policy>,
+    /// HTTPRouteGroups, HTTPRoutes and TrafficPolicies.
+    pub routing: crate::routing::Routing,
+}
+
+/// Every rule kind from documents, every problem of every kind at once.
+pub fn rules_from(docs: &[Located]) -> Result<Incoming, Vec<manifest::Error>> {
+    match (
+        splits_from(docs),
+        crate::policy::policies_from(docs),
+        crate::routing::routing_from(docs),
+    ) {
+        (Ok(splits), Ok(policies), Ok(routing)) => Ok(Incoming {
+            splits,
+            policies,
+            routing,
+        }),
+        (s, p, r) => {
             let mut all = s.err().unwrap_or_default();
             all.extend(p.err().unwrap_or_default());
+            all.extend(r.err().unwrap_or_default());
             Err(all)
         }
     }
@@ -116,11 +140,13 @@ fn split_from(at: &Located, ts: &manifest::TrafficSplit) -> Result<Split, Vec<ma
     if ts.spec.service.is_empty() {
         err("spec.service".into(), "must name the root service".into());
     }
-    if ts.spec.matches.as_ref().is_some_and(|m| !m.is_empty()) {
-        err(
-            "spec.matches".into(),
-            "HTTPRouteGroup matches are not supported yet; remove them to split all traffic".into(),
-        );
+    for (i, m) in ts.spec.matches.iter().enumerate() {
+        if m.kind != "HTTPRouteGroup" {
+            err(
+                format!("spec.matches[{i}].kind"),
+                format!("{:?} is not supported; use HTTPRouteGroup", m.kind),
+            );
+        }
     }
     if ts.spec.backends.is_empty() {
         err("spec.backends".into(), "needs at least one backend".into());
@@ -166,6 +192,7 @@ fn split_from(at: &Located, ts: &manifest::TrafficSplit) -> Result<Split, Vec<ma
         namespace: ts.metadata.namespace.clone(),
         service: ts.spec.service.clone(),
         backends,
+        matches: ts.spec.matches.iter().map(|m| m.name.clone()).collect(),
     })
 }
 
@@ -175,7 +202,8 @@ fn check_unique_roots<'a>(
 ) -> Result<(), Vec<manifest::Error>> {
     let mut seen: BTreeMap<(String, String), &Split> = BTreeMap::new();
     let mut errors = Vec::new();
-    for (s, at) in splits {
+    // Matched splits may share a root; only one may take the rest.
+    for (s, at) in splits.filter(|(s, _)| s.matches.is_empty()) {
         let root = (s.namespace.clone(), s.service.clone());
         match seen.get(&root) {
             Some(other) if other.name != s.name => errors.push(manifest::Error::about(
@@ -183,7 +211,7 @@ fn check_unique_roots<'a>(
                 &format!("TrafficSplit {}/{}", s.namespace, s.name),
                 "spec.service".into(),
                 format!(
-                    "service {:?} already has TrafficSplit {}/{}; one root service takes one split",
+                    "service {:?} already has TrafficSplit {}/{}; one root service takes one split without matches",
                     s.service, other.namespace, other.name
                 ),
             )),
@@ -201,13 +229,18 @@ fn check_unique_roots<'a>(
 }
 
 /// The set of splits in force, keyed by `(namespace, name)`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RuleSet {
     /// Splits by identity.
     pub splits: BTreeMap<(String, String), Split>,
     /// Authorization policies by identity.
-    #[serde(default)]
     pub policies: BTreeMap<(String, String), Policy>,
+    /// SMI HTTPRouteGroups by identity.
+    pub route_groups: BTreeMap<(String, String), crate::routing::RouteGroup>,
+    /// Gateway API HTTPRoutes by identity.
+    pub http_routes: BTreeMap<(String, String), crate::routing::HttpRoute>,
+    /// TrafficPolicies by identity.
+    pub traffic_policies: BTreeMap<(String, String), crate::routing::TrafficPolicy>,
 }
 
 /// What an apply did to each rule it was given, e.g. `("trafficsplit default/echo", Created)`.
@@ -225,21 +258,22 @@ pub enum Outcome {
 }
 
 impl RuleSet {
-    /// The split whose root is `namespace/service`.
+    /// The split that takes `namespace/service`'s unmatched traffic (the
+    /// one `release shift` moves).
     pub fn for_service(&self, namespace: &str, service: &str) -> Option<&Split> {
         self.splits
             .values()
-            .find(|s| s.namespace == namespace && s.service == service)
+            .find(|s| s.namespace == namespace && s.service == service && s.matches.is_empty())
     }
 
     /// Upserts `new` (like `kubectl apply`) and validates the merged set.
     /// Returns the new set; `self` is untouched, so a failure applies nothing.
     pub fn apply(
         &self,
-        new: &[Split],
-        new_policies: &[Policy],
+        incoming: &Incoming,
         docs: &[Located],
     ) -> Result<(RuleSet, Outcomes), Vec<manifest::Error>> {
+        let (new, new_policies) = (&incoming.splits, &incoming.policies);
         let mut next = self.clone();
         let mut outcomes = Vec::new();
         for s in new {
@@ -290,6 +324,7 @@ impl RuleSet {
         // Old splits first, so the incoming one is the one named as the conflict.
         dedup.sort_by_key(|(_, at)| at.is_some());
         check_unique_roots(dedup.into_iter())?;
+        outcomes.extend(crate::routing::apply(&mut next, &incoming.routing, docs)?);
         Ok((next, outcomes))
     }
 
@@ -361,7 +396,12 @@ impl RuleSet {
 }
 
 /// Inserts `value` under `key` and says whether that created, changed or kept it.
-fn upsert<K: Ord, V: PartialEq + Clone>(map: &mut BTreeMap<K, V>, key: K, value: &V) -> Outcome {
+/// Inserts or replaces, saying which it was.
+pub fn upsert<K: Ord, V: PartialEq + Clone>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: &V,
+) -> Outcome {
     match map.insert(key, value.clone()) {
         None => Outcome::Created,
         Some(old) if &old == value => Outcome::Unchanged,
@@ -471,11 +511,23 @@ mod tests {
 
         let docs_a = manifest::parse("a.yaml", &split_yaml("a", "echo", &[("v1", "1")])).unwrap();
         let (set, _) = RuleSet::default()
-            .apply(&splits_from(&docs_a).unwrap(), &[], &docs_a)
+            .apply(
+                &Incoming {
+                    splits: splits_from(&docs_a).unwrap(),
+                    ..Default::default()
+                },
+                &docs_a,
+            )
             .unwrap();
         let docs_b = manifest::parse("b.yaml", &split_yaml("b", "echo", &[("v2", "1")])).unwrap();
         let errs = set
-            .apply(&splits_from(&docs_b).unwrap(), &[], &docs_b)
+            .apply(
+                &Incoming {
+                    splits: splits_from(&docs_b).unwrap(),
+                    ..Default::default()
+                },
+                &docs_b,
+            )
             .unwrap_err();
         assert!(
             errs[0]
@@ -490,7 +542,13 @@ mod tests {
         )
         .unwrap();
         let (_, outcomes) = set
-            .apply(&splits_from(&docs_a2).unwrap(), &[], &docs_a2)
+            .apply(
+                &Incoming {
+                    splits: splits_from(&docs_a2).unwrap(),
+                    ..Default::default()
+                },
+                &docs_a2,
+            )
             .unwrap();
         assert_eq!(outcomes[0].1, Outcome::Configured);
     }
@@ -503,7 +561,13 @@ mod tests {
         )
         .unwrap();
         let (set, _) = RuleSet::default()
-            .apply(&splits_from(&docs).unwrap(), &[], &docs)
+            .apply(
+                &Incoming {
+                    splits: splits_from(&docs).unwrap(),
+                    ..Default::default()
+                },
+                &docs,
+            )
             .unwrap();
         let (_, s) = set.shift("default", "echo", "v2", 10).unwrap();
         let w: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();

@@ -176,31 +176,36 @@ impl State {
             }
         }
         for d in &docs {
-            if !matches!(
+            if matches!(
                 d.doc,
-                manifest::Document::TrafficSplit(_) | manifest::Document::AuthorizationPolicy(_)
+                manifest::Document::Service(_) | manifest::Document::Workload(_)
             ) {
                 errors.push(manifest::Error {
                     file: d.file.clone(),
                     line: d.line,
                     object: None,
                     field: Some("kind".into()),
-                    problem: "only TrafficSplit and AuthorizationPolicy rules can be applied; Service and Workload documents belong in the mesh file".into(),
+                    problem: "Service and Workload documents belong in the mesh file; apply takes rules (TrafficSplit, HTTPRouteGroup, HTTPRoute, TrafficPolicy, AuthorizationPolicy)".into(),
                 });
             }
         }
         if !errors.is_empty() {
             return Err(Error::Invalid(errors));
         }
-        let (splits, policies) = rules::rules_from(&docs).map_err(Error::Invalid)?;
+        let incoming = rules::rules_from(&docs).map_err(Error::Invalid)?;
         let mut inner = self.lock();
         let (next, outcomes) = inner
             .rules
-            .apply(&splits, &policies, &docs)
+            .apply(&incoming, &docs)
             .map_err(Error::Invalid)?;
+        crate::routing::check_mirrors(&incoming.routing, &docs, |ns, svc| {
+            inner.registry.knows(ns, svc)
+        })
+        .map_err(Error::Invalid)?;
         // Persist before publishing: a sidecar must never run rules a restart would lose.
         self.store.save_rules(&next)?;
-        let warnings = splits
+        let warnings = incoming
+            .splits
             .iter()
             .flat_map(|s| index::warnings(&inner.registry, s))
             .collect();
@@ -239,6 +244,42 @@ impl State {
             .filter(|s| namespace.is_empty() || s.namespace == namespace)
             .cloned()
             .collect()
+    }
+
+    /// `meshctl get routes`: the service's config and the clusters it names,
+    /// from the snapshot sidecars run.
+    pub fn routes(&self, namespace: &str, service: &str) -> Result<pb::GetRoutesResponse, Error> {
+        let snap = self.snapshots.borrow().clone();
+        let sc = snap
+            .view
+            .services
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == service)
+            .ok_or_else(|| index::Error::UnknownService {
+                namespace: namespace.into(),
+                service: service.into(),
+            })?;
+        let named: std::collections::BTreeSet<&str> = sc
+            .routes
+            .iter()
+            .flat_map(|r| {
+                r.backends
+                    .iter()
+                    .map(|b| b.cluster.as_str())
+                    .chain(r.mirror.iter().map(|m| m.cluster.as_str()))
+            })
+            .collect();
+        Ok(pb::GetRoutesResponse {
+            version: snap.version.to_string(),
+            service: Some(sc.clone()),
+            clusters: snap
+                .view
+                .clusters
+                .iter()
+                .filter(|c| named.contains(c.name.as_str()))
+                .cloned()
+                .collect(),
+        })
     }
 
     /// `release status`.

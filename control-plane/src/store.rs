@@ -82,12 +82,25 @@ impl Store {
     }
 }
 
+fn keyed<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> (String, String),
+) -> std::collections::BTreeMap<(String, String), T> {
+    items.into_iter().map(|t| (key(&t), t)).collect()
+}
+
 /// The on-disk form of the rules in force.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedRules {
     splits: Vec<crate::rules::Split>,
     #[serde(default)]
     policies: Vec<crate::policy::Policy>,
+    #[serde(default)]
+    route_groups: Vec<crate::routing::RouteGroup>,
+    #[serde(default)]
+    http_routes: Vec<crate::routing::HttpRoute>,
+    #[serde(default)]
+    traffic_policies: Vec<crate::routing::TrafficPolicy>,
 }
 
 impl Store {
@@ -97,6 +110,13 @@ impl Store {
         Ok(saved.map(|saved| crate::rules::RuleSet {
             splits: saved.splits.into_iter().map(|s| (s.key(), s)).collect(),
             policies: saved.policies.into_iter().map(|p| (p.key(), p)).collect(),
+            route_groups: keyed(saved.route_groups, |g| {
+                (g.namespace.clone(), g.name.clone())
+            }),
+            http_routes: keyed(saved.http_routes, |r| (r.namespace.clone(), r.name.clone())),
+            traffic_policies: keyed(saved.traffic_policies, |p| {
+                (p.namespace.clone(), p.name.clone())
+            }),
         }))
     }
 
@@ -105,6 +125,9 @@ impl Store {
         let saved = SavedRules {
             splits: rules.splits.values().cloned().collect(),
             policies: rules.policies.values().cloned().collect(),
+            route_groups: rules.route_groups.values().cloned().collect(),
+            http_routes: rules.http_routes.values().cloned().collect(),
+            traffic_policies: rules.traffic_policies.values().cloned().collect(),
         };
         self.save(RULES, &saved)
     }

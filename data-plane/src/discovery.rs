@@ -84,7 +84,7 @@ async fn subscribe_once(
         .into_inner();
     while let Some(resp) = stream.message().await? {
         *delivered = true;
-        let reply = match State::from_proto(&resp, &node.namespace) {
+        let reply = match State::from_proto(&resp, &node.namespace, &state.load()) {
             Ok(next) => {
                 // One atomic swap: requests already running keep the Arc they loaded.
                 state.store(Arc::new(next));

@@ -22,12 +22,37 @@ pub enum Error {
     /// The authority names no service in the mesh.
     #[error("no service {0:?} in the mesh")]
     UnknownService(String),
+    /// No route of the service matches the request.
+    #[error("no route of service {0} matches the request")]
+    NoRoute(String),
     /// No backend of the route has a ready endpoint.
     #[error("service {0} has no ready endpoints")]
     NoEndpoints(String),
     /// An authorization policy does not allow the caller.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Outlier detection has ejected every endpoint of the backend.
+    #[error("every endpoint of {0} is ejected after consecutive failures")]
+    AllEjected(String),
+    /// The backend's concurrency limit is reached.
+    #[error("{cluster} is at its limit of {limit} concurrent requests")]
+    Overloaded {
+        /// Backend.
+        cluster: String,
+        /// The limit.
+        limit: u32,
+    },
+    /// The route's timeout (or the last attempt's) expired.
+    #[error("no response within {0:?}")]
+    Timeout(std::time::Duration),
+    /// Fault injection aborted the request.
+    #[error("fault injected by route {route}")]
+    FaultAbort {
+        /// Route name.
+        route: String,
+        /// Status to answer with.
+        status: StatusCode,
+    },
     /// No config has arrived from the control plane yet.
     #[error("no config received from the control plane yet")]
     NotReady,
@@ -47,9 +72,25 @@ pub fn codes(e: &Error) -> (StatusCode, u32) {
     match e {
         Error::MissingAuthority => (StatusCode::BAD_REQUEST, 3),
         Error::UnknownService(_) => (StatusCode::NOT_FOUND, 5),
+        Error::NoRoute(_) => (StatusCode::NOT_FOUND, 12),
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
         Error::NoEndpoints(_) | Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, 14),
+        Error::AllEjected(_) | Error::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, 14),
         Error::Upstream { .. } => (StatusCode::BAD_GATEWAY, 14),
+        Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 4),
+        Error::FaultAbort { status, .. } => (*status, grpc_code_for(*status)),
+    }
+}
+
+/// The gRPC code gRPC's HTTP mapping gives a status (grpc/doc/http-grpc-status-mapping.md).
+fn grpc_code_for(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
     }
 }
 
@@ -117,6 +158,19 @@ mod tests {
             codes(&Error::Forbidden("x".into())),
             (StatusCode::FORBIDDEN, 7)
         );
+        assert_eq!(
+            codes(&Error::AllEjected("x".into())),
+            (StatusCode::SERVICE_UNAVAILABLE, 14)
+        );
+        assert_eq!(
+            codes(&Error::Timeout(std::time::Duration::from_secs(1))),
+            (StatusCode::GATEWAY_TIMEOUT, 4)
+        );
+        let abort = Error::FaultAbort {
+            route: "r".into(),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+        };
+        assert_eq!(codes(&abort), (StatusCode::SERVICE_UNAVAILABLE, 14));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! identity reaches the app in [`CLIENT_ID_HEADER`]; a copy of that header
 //! arriving from outside is always removed first.
 
+use crate::body::ReqBody;
 use crate::errors::{self, Body};
 use crate::identity::Current;
 use crate::proxy::Forwarder;
@@ -237,7 +238,11 @@ impl Inbound {
         if let Err(e) = self.authorize(&req) {
             return errors::respond(&e, grpc);
         }
-        match self.forwarder.forward(req, &self.app, false).await {
+        match self
+            .forwarder
+            .forward(req.map(ReqBody::Stream), &self.app, false)
+            .await
+        {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => {
                 tracing::debug!(error = %e, "inbound request failed");

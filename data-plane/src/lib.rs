@@ -6,6 +6,8 @@
 
 pub mod admin;
 pub mod app;
+pub mod balance;
+pub mod body;
 pub mod config;
 pub mod connect;
 pub mod discovery;
@@ -15,6 +17,8 @@ pub mod identity;
 pub mod inbound;
 pub mod outbound;
 pub mod proxy;
+pub mod retry;
+pub mod route;
 pub mod server;
 pub mod state;
 pub mod tls;

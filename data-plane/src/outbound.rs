@@ -1,16 +1,29 @@
 //! Outbound: requests from the local app, addressed by service name in Host
-//! or :authority → route → weighted backend → endpoint → peer sidecar.
-//! Each request reads the config snapshot once, so a config change never
-//! affects a request already under way.
+//! or :authority → route (first match) → faults → mirror → attempts, each
+//! one weighted backend → endpoint (balancer, ejection) → peer sidecar, with
+//! the route's timeout over all of them. Each request reads the config
+//! snapshot once, so a config change never affects a request under way.
 
+use crate::balance::{Attempt, NoPick, Slot};
+use crate::body::{self, Replay, ReqBody};
 use crate::errors::{self, Body, Error};
 use crate::proxy::Forwarder;
-use crate::state::State;
+use crate::retry::{ATTEMPT_HEADER, Policy as RetryPolicy, grpc_status};
+use crate::route::{Mirror, Route, roll};
+use crate::state::{Cluster, State};
 use arc_swap::ArcSwap;
-use http::{Request, Response};
-use http_body_util::Either;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Most mirrored requests in flight at once; beyond it copies are dropped,
+/// so a slow shadow can never pile up work in the sidecar.
+const MIRRORS_IN_FLIGHT: usize = 256;
+/// A mirrored request is abandoned after this long.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The outbound handler.
 #[derive(Clone)]
@@ -19,6 +32,15 @@ pub struct Outbound {
     forwarder: Forwarder,
     /// Whether this sidecar has a workload identity, so it can speak mTLS.
     mtls: bool,
+    mirrors: Arc<AtomicUsize>,
+}
+
+/// How one attempt ended, as far as retries and ejection care.
+struct Verdict {
+    /// Counts as a success for outlier detection and the EWMA.
+    ok: bool,
+    /// The route's retry policy wants another attempt.
+    retriable: bool,
 }
 
 impl Outbound {
@@ -28,6 +50,7 @@ impl Outbound {
             state,
             forwarder,
             mtls,
+            mirrors: Arc::default(),
         }
     }
 
@@ -63,15 +86,213 @@ impl Outbound {
         let service = state
             .resolve(authority)
             .ok_or_else(|| Error::UnknownService(authority.to_string()))?;
-        let no_endpoints = || Error::NoEndpoints(format!("{}.{}", service.name, service.namespace));
-        let route = service.route(req.uri().path()).ok_or_else(no_endpoints)?;
-        let backend = route.pick_backend().ok_or_else(no_endpoints)?;
-        let endpoint = backend.cluster.pick().ok_or_else(no_endpoints)?;
-        let target = endpoint.authority.clone();
-        // mTLS whenever the endpoint has an identity and we have one; an
-        // identity-less client falls back to plaintext, which only a
-        // permissive server accepts.
+        let route = service
+            .route(&req)
+            .ok_or_else(|| Error::NoRoute(format!("{}.{}", service.name, service.namespace)))?;
+        if let Some(f) = &route.fault {
+            if roll(f.delay_percent) {
+                tokio::time::sleep(f.delay).await;
+            }
+            if roll(f.abort_percent) {
+                return Err(Error::FaultAbort {
+                    route: route.name.clone(),
+                    status: http::StatusCode::from_u16(f.abort_status)
+                        .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
+                });
+            }
+        }
+        let attempts = self.attempts(req, route);
+        match route.timeout {
+            Some(t) => tokio::time::timeout(t, attempts)
+                .await
+                .map_err(|_| Error::Timeout(t))?,
+            None => attempts.await,
+        }
+    }
+
+    /// Sends the request, retrying per the route's policy while the budget
+    /// allows. Only a replayable body (buffered, ≤ 64 KiB) is ever retried.
+    async fn attempts(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+    ) -> Result<Response<Incoming>, Error> {
+        let retry = route.retry.as_ref();
+        if let Some((_, budget)) = retry {
+            budget.deposit();
+        }
+        let retry = retry.filter(|(p, _)| p.allows_method(req.method()));
+        let mirror = route.mirror.as_ref().filter(|m| roll(m.percent));
+        let (parts, incoming) = req.into_parts();
+        let (replay, mut streamed) = if retry.is_some() || mirror.is_some() {
+            match body::buffer(incoming).await {
+                Ok(r) => (Some(r), None),
+                Err(b) => (None, Some(b)),
+            }
+        } else {
+            (None, Some(ReqBody::Stream(incoming)))
+        };
+        if let (Some(m), Some(r)) = (mirror, &replay) {
+            self.mirror(m, &parts, r.clone());
+        }
+        let max_attempts = match (retry, &replay) {
+            (Some((p, _)), Some(_)) => 1 + p.max_retries,
+            _ => 1,
+        };
+        let mut parts = Some(parts);
+        // The backend (by address) and endpoint the last attempt failed on.
+        let mut avoid: Option<(usize, usize)> = None;
+        for attempt in 1..=max_attempts {
+            let req = match &replay {
+                Some(r) => {
+                    let head = parts.as_ref().expect("kept while replaying");
+                    let mut req = copy_head(head, ReqBody::Replay(r.clone()));
+                    if attempt > 1 {
+                        req.headers_mut()
+                            .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+                    }
+                    req
+                }
+                None => Request::from_parts(
+                    parts.take().expect("one attempt without replay"),
+                    streamed.take().expect("one attempt without replay"),
+                ),
+            };
+            let backend = route.pick_backend().ok_or_else(|| no_endpoints(route))?;
+            let cluster = &backend.cluster;
+            let _slot = Slot::take(&cluster.in_flight, cluster.policy.max_requests)
+                .map_err(|e| pick_error(e, cluster))?;
+            let skip = avoid
+                .filter(|(c, _)| *c == Arc::as_ptr(cluster) as usize)
+                .map(|(_, i)| i);
+            let i = cluster.pick(skip).map_err(|e| pick_error(e, cluster))?;
+            let endpoint = &cluster.endpoints[i];
+            // mTLS whenever the endpoint has an identity and we have one; an
+            // identity-less client falls back to plaintext, which only a
+            // permissive server accepts.
+            let secure = self.mtls && endpoint.identity.is_some();
+            let tracker = Attempt::start(&cluster.stats[i]);
+            let per_try = retry.and_then(|(p, _)| p.per_try_timeout);
+            let sent = self.forwarder.forward(req, &endpoint.authority, secure);
+            let outcome = match per_try {
+                Some(t) => tokio::time::timeout(t, sent)
+                    .await
+                    .unwrap_or(Err(Error::Timeout(t))),
+                None => sent.await,
+            };
+            let verdict = judge(&outcome, retry.map(|(p, _)| p));
+            if tracker.finish(verdict.ok, &cluster.policy, &cluster.stats) {
+                tracing::warn!(
+                    endpoint = %endpoint.addr,
+                    cluster = %cluster.name,
+                    "endpoint ejected after consecutive failures"
+                );
+            }
+            let Some((policy, budget)) = retry else {
+                return outcome;
+            };
+            if !verdict.retriable || attempt == max_attempts {
+                return outcome;
+            }
+            if !budget.withdraw() {
+                tracing::debug!(route = %route.name, "retry budget exhausted");
+                return outcome;
+            }
+            drop(outcome);
+            tokio::time::sleep(policy.backoff(attempt)).await;
+            avoid = Some((Arc::as_ptr(cluster) as usize, i));
+        }
+        unreachable!("the last attempt always returns")
+    }
+
+    /// Sends a copy to the shadow backend and forgets it.
+    fn mirror(&self, m: &Mirror, head: &http::request::Parts, body: Replay) {
+        let cluster = Arc::clone(&m.cluster);
+        let Ok(i) = cluster.pick(None) else {
+            return;
+        };
+        if self.mirrors.fetch_add(1, Ordering::Relaxed) >= MIRRORS_IN_FLIGHT {
+            self.mirrors.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(cluster = %cluster.name, "mirror dropped: too many in flight");
+            return;
+        }
+        let req = copy_head(head, ReqBody::Replay(body));
+        let endpoint = cluster.endpoints[i].clone();
         let secure = self.mtls && endpoint.identity.is_some();
-        self.forwarder.forward(req, &target, secure).await
+        let (forwarder, mirrors) = (self.forwarder.clone(), Arc::clone(&self.mirrors));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                // Read the answer to the end so the connection can be reused.
+                if let Ok(resp) = forwarder.forward(req, &endpoint.authority, secure).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            })
+            .await;
+            mirrors.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A new request with the same method, URI, version and headers.
+fn copy_head(head: &http::request::Parts, body: ReqBody) -> Request<ReqBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req
+}
+
+fn no_endpoints(route: &Route) -> Error {
+    let names: Vec<&str> = route
+        .backends
+        .iter()
+        .map(|b| b.cluster.name.as_str())
+        .collect();
+    Error::NoEndpoints(names.join(", "))
+}
+
+fn pick_error(e: NoPick, cluster: &Cluster) -> Error {
+    match e {
+        NoPick::Empty => Error::NoEndpoints(cluster.name.clone()),
+        NoPick::AllEjected => Error::AllEjected(cluster.name.clone()),
+        NoPick::Overloaded(limit) => Error::Overloaded {
+            cluster: cluster.name.clone(),
+            limit,
+        },
+    }
+}
+
+/// Whether an attempt succeeded, and whether `policy` retries it.
+fn judge(outcome: &Result<Response<Incoming>, Error>, policy: Option<&RetryPolicy>) -> Verdict {
+    match outcome {
+        Ok(resp) => {
+            // gRPC UNAVAILABLE is the server saying it cannot serve: a failure.
+            let ok = !resp.status().is_server_error() && grpc_status(resp.headers()) != Some(14);
+            Verdict {
+                ok,
+                retriable: policy
+                    .is_some_and(|p| p.retries_response(resp.status(), resp.headers())),
+            }
+        }
+        Err(Error::Upstream { source, .. }) => Verdict {
+            ok: false,
+            retriable: policy.is_some_and(|p| {
+                if source.is_connect() {
+                    p.on_connect_failure
+                } else {
+                    p.on_reset
+                }
+            }),
+        },
+        // A per-try timeout: what a gateway would call a 504.
+        Err(Error::Timeout(_)) => Verdict {
+            ok: false,
+            retriable: policy.is_some_and(|p| p.on_5xx || p.on_gateway_error),
+        },
+        Err(_) => Verdict {
+            ok: true,
+            retriable: false,
+        },
     }
 }

@@ -3,6 +3,7 @@
 //! bodies and trailers through without buffering. Shared by inbound and
 //! outbound; it knows nothing of routing.
 
+use crate::body::ReqBody;
 use crate::connect::{Connector, TlsContext};
 use crate::errors::Error;
 use http::uri::{Authority, Scheme};
@@ -15,8 +16,8 @@ use std::time::Duration;
 /// Pooled HTTP/1.1 and HTTP/2 clients.
 #[derive(Clone)]
 pub struct Forwarder {
-    h1: Client<Connector, Incoming>,
-    h2: Client<Connector, Incoming>,
+    h1: Client<Connector, ReqBody>,
+    h2: Client<Connector, ReqBody>,
 }
 
 impl Forwarder {
@@ -38,7 +39,7 @@ impl Forwarder {
     /// sees the name the app used.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ReqBody>,
         authority: &Authority,
         secure: bool,
     ) -> Result<Response<Incoming>, Error> {

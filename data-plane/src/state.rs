@@ -3,13 +3,18 @@
 //! touches prost structs. A snapshot with any unusable resource is rejected
 //! whole, with every reason, so the previous config keeps serving.
 
+pub use crate::route::{Backend, Route};
+
+use crate::balance;
+use crate::retry::Budget;
+use crate::route;
 use http::uri::Authority;
 use mesh_proto::v1 as pb;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// One applied snapshot.
 #[derive(Debug, Default)]
@@ -104,30 +109,6 @@ impl Authorization {
     }
 }
 
-/// One route.
-#[derive(Debug)]
-pub struct Route {
-    /// Name (the TrafficSplit's, or `default`).
-    pub name: String,
-    /// Path prefix it matches; empty matches all.
-    pub path_prefix: String,
-    /// All backends as configured.
-    pub backends: Vec<Backend>,
-    /// Indices of backends with ready endpoints, and the sum of their weights.
-    /// Precomputed per snapshot so a pick is one random number and a scan.
-    live: Vec<usize>,
-    live_weight: u64,
-}
-
-/// A weighted backend.
-#[derive(Debug)]
-pub struct Backend {
-    /// Its endpoints.
-    pub cluster: Arc<Cluster>,
-    /// Relative weight.
-    pub weight: u32,
-}
-
 /// The ready endpoints of one backend service.
 #[derive(Debug)]
 pub struct Cluster {
@@ -137,7 +118,13 @@ pub struct Cluster {
     pub resource_version: String,
     /// Endpoints.
     pub endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
+    /// What this sidecar knows of each endpoint, in endpoint order.
+    pub stats: Vec<Arc<balance::Stats>>,
+    /// How callers treat it.
+    pub policy: balance::Policy,
+    /// Requests in flight to it from this sidecar (kept across snapshots).
+    pub in_flight: Arc<AtomicU32>,
+    rr: AtomicU64,
 }
 
 /// One instance's inbound sidecar listener.
@@ -161,47 +148,17 @@ pub struct Endpoint {
 pub struct Rejected(pub Vec<String>);
 
 impl Cluster {
-    /// Round robin over the endpoints.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.endpoints.get(i % self.endpoints.len())
-    }
-}
-
-impl Route {
-    /// Chooses a backend by weight among those with ready endpoints. When every
-    /// live backend has weight 0 (say v1 is down and v2 is a 0% canary), live
-    /// backends share equally: a split must never black-hole traffic.
-    pub fn pick_backend(&self) -> Option<&Backend> {
-        if self.live.is_empty() {
-            return None;
-        }
-        if self.live_weight == 0 {
-            return self
-                .backends
-                .get(self.live[fastrand::usize(..self.live.len())]);
-        }
-        let mut n = fastrand::u64(..self.live_weight);
-        for &i in &self.live {
-            let w = u64::from(self.backends[i].weight);
-            if n < w {
-                return self.backends.get(i);
-            }
-            n -= w;
-        }
-        None
+    /// An endpoint by the backend's policy, skipping ejected ones and, when
+    /// there is a choice, `avoid`.
+    pub fn pick(&self, avoid: Option<usize>) -> Result<usize, balance::NoPick> {
+        balance::pick(&self.stats, &self.policy, &self.rr, avoid)
     }
 }
 
 impl Service {
-    /// The first route matching `path`.
-    pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| path.starts_with(&r.path_prefix))
+    /// The first route matching the request.
+    pub fn route<B>(&self, req: &http::Request<B>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(req))
     }
 }
 
@@ -229,7 +186,13 @@ impl State {
     }
 
     /// Converts a snapshot. `namespace` is the sidecar's own, for short names.
-    pub fn from_proto(resp: &pb::DiscoveryResponse, namespace: &str) -> Result<State, Rejected> {
+    /// Statistics, in-flight counts and retry budgets carry over from `prev`.
+    pub fn from_proto(
+        resp: &pb::DiscoveryResponse,
+        namespace: &str,
+        prev: &State,
+    ) -> Result<State, Rejected> {
+        let mut carried = prev.carried();
         let mut errors = Vec::new();
         // An empty version is what "no config yet" looks like; never accept it as config.
         if resp.version_info.is_empty() {
@@ -239,6 +202,7 @@ impl State {
         let mut identities = HashMap::new();
         for c in &resp.clusters {
             let mut endpoints = Vec::with_capacity(c.endpoints.len());
+            let mut stats = Vec::with_capacity(c.endpoints.len());
             for e in &c.endpoints {
                 match (
                     e.address.parse::<SocketAddr>(),
@@ -252,6 +216,9 @@ impl State {
                             }
                             identities.insert(addr, id.clone());
                         }
+                        // One record per instance, shared by every cluster it is in
+                        // (echo and echo-v1), so what one learns the other knows.
+                        stats.push(Arc::clone(carried.stats.entry(addr).or_default()));
                         endpoints.push(Endpoint {
                             addr,
                             authority,
@@ -273,7 +240,10 @@ impl State {
                         name: c.name.clone(),
                         resource_version: c.resource_version.clone(),
                         endpoints,
-                        next: AtomicUsize::new(0),
+                        stats,
+                        policy: balance::Policy::from_proto(c.policy.as_ref()),
+                        in_flight: carried.in_flight.get(&c.name).cloned().unwrap_or_default(),
+                        rr: AtomicU64::new(0),
                     }),
                 )
                 .is_some()
@@ -293,39 +263,16 @@ impl State {
                 errors.push(format!("{id}: has no routes"));
                 continue;
             }
+            let cx = route::Context {
+                clusters: &clusters,
+                budgets: &carried.budgets,
+            };
             let mut routes = Vec::new();
             for r in &s.routes {
-                let mut backends = Vec::new();
-                for b in &r.backends {
-                    match clusters.get(&b.cluster) {
-                        Some(c) => backends.push(Backend {
-                            cluster: Arc::clone(c),
-                            weight: b.weight,
-                        }),
-                        None => errors.push(format!(
-                            "{id}: route {} names unknown cluster {:?}",
-                            r.name, b.cluster
-                        )),
-                    }
+                match Route::from_proto(r, &id, &cx) {
+                    Ok(r) => routes.push(r),
+                    Err(mut e) => errors.append(&mut e),
                 }
-                if r.backends.is_empty() {
-                    errors.push(format!("{id}: route {} has no backends", r.name));
-                }
-                let live: Vec<usize> = (0..backends.len())
-                    .filter(|&i| !backends[i].cluster.endpoints.is_empty())
-                    .collect();
-                let live_weight = live.iter().map(|&i| u64::from(backends[i].weight)).sum();
-                routes.push(Route {
-                    name: r.name.clone(),
-                    path_prefix: r
-                        .r#match
-                        .as_ref()
-                        .map(|m| m.path_prefix.clone())
-                        .unwrap_or_default(),
-                    backends,
-                    live,
-                    live_weight,
-                });
             }
             let svc = Arc::new(Service {
                 name: s.name.clone(),
@@ -359,6 +306,28 @@ impl State {
         })
     }
 
+    /// What a new snapshot inherits: endpoint statistics by address,
+    /// in-flight counts by cluster, and retry budgets by `service/route`.
+    fn carried(&self) -> Carried {
+        let mut c = Carried::default();
+        for cl in self.clusters.values() {
+            c.in_flight
+                .insert(cl.name.clone(), Arc::clone(&cl.in_flight));
+            for (e, st) in cl.endpoints.iter().zip(&cl.stats) {
+                c.stats.insert(e.addr, Arc::clone(st));
+            }
+        }
+        for s in &self.services {
+            for r in &s.routes {
+                if let Some((_, b)) = &r.retry {
+                    let key = format!("service {}/{}/{}", s.namespace, s.name, r.name);
+                    c.budgets.insert(key, Arc::clone(b));
+                }
+            }
+        }
+        c
+    }
+
     /// A JSON-friendly view for `/config_dump`.
     pub fn dump(&self) -> Dump {
         Dump {
@@ -370,22 +339,7 @@ impl State {
                     name: s.name.clone(),
                     namespace: s.namespace.clone(),
                     resource_version: s.resource_version.clone(),
-                    routes: s
-                        .routes
-                        .iter()
-                        .map(|r| DumpRoute {
-                            name: r.name.clone(),
-                            path_prefix: r.path_prefix.clone(),
-                            backends: r
-                                .backends
-                                .iter()
-                                .map(|b| DumpBackend {
-                                    cluster: b.cluster.name.clone(),
-                                    weight: b.weight,
-                                })
-                                .collect(),
-                        })
-                        .collect(),
+                    routes: s.routes.iter().map(Route::dump).collect(),
                 })
                 .collect(),
             clusters: self
@@ -394,10 +348,13 @@ impl State {
                 .map(|c| DumpCluster {
                     name: c.name.clone(),
                     resource_version: c.resource_version.clone(),
+                    policy: c.policy.clone(),
                     endpoints: c
                         .endpoints
                         .iter()
-                        .map(|e| DumpEndpoint {
+                        .zip(&c.stats)
+                        .map(|(e, st)| DumpEndpoint {
+                            stats: st.dump(),
                             address: e.addr.to_string(),
                             instance_id: e.instance_id.clone(),
                             version: e.version.clone(),
@@ -408,6 +365,13 @@ impl State {
                 .collect(),
         }
     }
+}
+
+#[derive(Default)]
+struct Carried {
+    stats: HashMap<SocketAddr, Arc<balance::Stats>>,
+    in_flight: HashMap<String, Arc<AtomicU32>>,
+    budgets: HashMap<String, Arc<Budget>>,
 }
 
 /// `/config_dump` body.
@@ -423,26 +387,14 @@ struct DumpService {
     name: String,
     namespace: String,
     resource_version: String,
-    routes: Vec<DumpRoute>,
-}
-
-#[derive(Debug, Serialize)]
-struct DumpRoute {
-    name: String,
-    path_prefix: String,
-    backends: Vec<DumpBackend>,
-}
-
-#[derive(Debug, Serialize)]
-struct DumpBackend {
-    cluster: String,
-    weight: u32,
+    routes: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
 struct DumpCluster {
     name: String,
     resource_version: String,
+    policy: balance::Policy,
     endpoints: Vec<DumpEndpoint>,
 }
 
@@ -452,6 +404,7 @@ struct DumpEndpoint {
     instance_id: String,
     version: String,
     identity: Option<String>,
+    stats: balance::StatsDump,
 }
 
 #[cfg(test)]
@@ -471,6 +424,7 @@ mod tests {
                     identity: String::new(),
                 })
                 .collect(),
+            policy: None,
         };
         pb::DiscoveryResponse {
             version_info: "7".into(),
@@ -482,7 +436,6 @@ mod tests {
                 authorization: None,
                 routes: vec![pb::Route {
                     name: "split".into(),
-                    r#match: None,
                     backends: vec![
                         pb::WeightedBackend {
                             cluster: "echo-v1.default".into(),
@@ -493,6 +446,7 @@ mod tests {
                             weight: w2,
                         },
                     ],
+                    ..Default::default()
                 }],
             }],
             clusters: vec![
@@ -504,7 +458,12 @@ mod tests {
 
     #[test]
     fn resolves_every_name_form() {
-        let s = State::from_proto(&snapshot(&["127.0.0.1:1"], &[], 1, 1), "default").unwrap();
+        let s = State::from_proto(
+            &snapshot(&["127.0.0.1:1"], &[], 1, 1),
+            "default",
+            &State::default(),
+        )
+        .unwrap();
         for host in [
             "echo",
             "echo:80",
@@ -514,7 +473,12 @@ mod tests {
         ] {
             assert!(s.resolve(host).is_some(), "{host}");
         }
-        let other = State::from_proto(&snapshot(&["127.0.0.1:1"], &[], 1, 1), "prod").unwrap();
+        let other = State::from_proto(
+            &snapshot(&["127.0.0.1:1"], &[], 1, 1),
+            "prod",
+            &State::default(),
+        )
+        .unwrap();
         assert!(other.resolve("echo").is_none());
         assert!(other.resolve("echo.default").is_some());
     }
@@ -524,9 +488,14 @@ mod tests {
         let s = State::from_proto(
             &snapshot(&["127.0.0.1:1"], &["127.0.0.1:2"], 80, 20),
             "default",
+            &State::default(),
         )
         .unwrap();
-        let route = s.resolve("echo").unwrap().route("/").unwrap();
+        let route = s
+            .resolve("echo")
+            .unwrap()
+            .route(&http::Request::new(()))
+            .unwrap();
         let n = 20_000;
         let v2 = (0..n)
             .filter(|_| route.pick_backend().unwrap().cluster.name == "echo-v2.default")
@@ -537,19 +506,29 @@ mod tests {
 
     #[test]
     fn empty_backend_hands_its_share_on() {
-        let s = State::from_proto(&snapshot(&[], &["127.0.0.1:2"], 100, 0), "default").unwrap();
-        let route = s.resolve("echo").unwrap().route("/").unwrap();
+        let s = State::from_proto(
+            &snapshot(&[], &["127.0.0.1:2"], 100, 0),
+            "default",
+            &State::default(),
+        )
+        .unwrap();
+        let route = s
+            .resolve("echo")
+            .unwrap()
+            .route(&http::Request::new(()))
+            .unwrap();
         for _ in 0..100 {
             assert_eq!(
                 route.pick_backend().unwrap().cluster.name,
                 "echo-v2.default"
             );
         }
-        let none = State::from_proto(&snapshot(&[], &[], 1, 1), "default").unwrap();
+        let none =
+            State::from_proto(&snapshot(&[], &[], 1, 1), "default", &State::default()).unwrap();
         assert!(
             none.resolve("echo")
                 .unwrap()
-                .route("/")
+                .route(&http::Request::new(()))
                 .unwrap()
                 .pick_backend()
                 .is_none()
@@ -604,11 +583,68 @@ mod tests {
         let s = State::from_proto(
             &snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0),
             "default",
+            &State::default(),
         )
         .unwrap();
         let c = &s.clusters["echo-v1.default"];
-        let picks: Vec<u16> = (0..4).map(|_| c.pick().unwrap().addr.port()).collect();
-        assert_eq!(picks, vec![1, 2, 1, 2]);
+        // Unmeasured endpoints cost the same, so P2C spreads over both.
+        let firsts = (0..200).filter(|_| c.pick(None) == Ok(0)).count();
+        assert!((40..=160).contains(&firsts), "{firsts}");
+    }
+
+    #[test]
+    fn statistics_survive_a_new_snapshot() {
+        let snap = snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0);
+        let a = State::from_proto(&snap, "default", &State::default()).unwrap();
+        let b = State::from_proto(&snap, "default", &a).unwrap();
+        let (ca, cb) = (
+            &a.clusters["echo-v1.default"],
+            &b.clusters["echo-v1.default"],
+        );
+        assert!(Arc::ptr_eq(&ca.stats[1], &cb.stats[1]));
+        // The same instance in two clusters has one record.
+        let snap = snapshot(&["127.0.0.1:1"], &["127.0.0.1:1"], 1, 1);
+        let c = State::from_proto(&snap, "default", &State::default()).unwrap();
+        assert!(Arc::ptr_eq(
+            &c.clusters["echo-v1.default"].stats[0],
+            &c.clusters["echo-v2.default"].stats[0]
+        ));
+        assert!(Arc::ptr_eq(&ca.in_flight, &cb.in_flight));
+    }
+
+    #[test]
+    fn routes_match_path_method_and_headers() {
+        use pb::request_match::Path;
+        let mut snap = snapshot(&["127.0.0.1:1"], &["127.0.0.1:2"], 1, 0);
+        let mut canary = snap.services[0].routes[0].clone();
+        canary.name = "canary".into();
+        canary.backends[0].weight = 0;
+        canary.backends[1].weight = 1;
+        canary.matches = vec![pb::RequestMatch {
+            path: Some(Path::PathPrefix("/api".into())),
+            method: "GET".into(),
+            headers: vec![pb::HeaderMatch {
+                name: "x-canary".into(),
+                value: Some(pb::header_match::Value::Regex("true|yes".into())),
+            }],
+        }];
+        snap.services[0].routes.insert(0, canary);
+        let s = State::from_proto(&snap, "default", &State::default()).unwrap();
+        let svc = s.resolve("echo").unwrap();
+        let req = |m: &str, path: &str, canary: Option<&str>| {
+            let mut b = http::Request::builder().method(m).uri(path);
+            if let Some(v) = canary {
+                b = b.header("x-canary", v);
+            }
+            b.body(()).unwrap()
+        };
+        let name = |r: http::Request<()>| svc.route(&r).unwrap().name.clone();
+        assert_eq!(name(req("GET", "/api/x", Some("yes"))), "canary");
+        assert_eq!(name(req("GET", "/api", Some("true"))), "canary");
+        assert_eq!(name(req("GET", "/apix", Some("true"))), "split");
+        assert_eq!(name(req("GET", "/api", Some("truer"))), "split");
+        assert_eq!(name(req("POST", "/api", Some("true"))), "split");
+        assert_eq!(name(req("GET", "/api", None)), "split");
     }
 
     #[test]
@@ -620,7 +656,7 @@ mod tests {
                 cluster: "ghost.default".into(),
                 weight: 1,
             });
-        let err = State::from_proto(&snap, "default").unwrap_err();
+        let err = State::from_proto(&snap, "default", &State::default()).unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
         assert!(err.to_string().contains("not-an-address"));
         assert!(err.to_string().contains("ghost.default"));

@@ -86,6 +86,7 @@ fn snapshot(version: &str, cluster: &str) -> pb::DiscoveryResponse {
                     cluster: cluster.into(),
                     weight: 1,
                 }],
+                ..Default::default()
             }],
         }],
         clusters: vec![pb::Cluster {
@@ -97,6 +98,7 @@ fn snapshot(version: &str, cluster: &str) -> pb::DiscoveryResponse {
                 version: "v1".into(),
                 identity: String::new(),
             }],
+            policy: None,
         }],
     }
 }

@@ -3,6 +3,8 @@
 //! bounded deadlines, and prints every process's log tail when a test fails.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod load;
+
 use anyhow::{Result, bail};
 use meshctl::procs::{Proc, binary, wait_config, wait_ready};
 use std::net::SocketAddr;
@@ -397,6 +399,20 @@ pub fn split(root: &str, backends: &[(&str, &str)]) -> String {
     );
     for (b, w) in backends {
         s.push_str(&format!("  - service: {b}\n    weight: {w}\n"));
+    }
+    s
+}
+
+/// A TrafficPolicy document for `service` with this YAML under `spec`
+/// (indented two spaces, after `service`).
+pub fn traffic_policy(service: &str, spec: &str) -> String {
+    let mut s = format!(
+        "apiVersion: mesh.dev/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: {service}-policy\nspec:\n  service: {service}\n"
+    );
+    for line in spec.lines() {
+        s.push_str("  ");
+        s.push_str(line);
+        s.push('\n');
     }
     s
 }

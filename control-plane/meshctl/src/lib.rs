@@ -8,5 +8,6 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod procs;
+pub mod routes;
 pub mod traffic;
 pub mod up;

@@ -78,6 +78,17 @@ enum Get {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// The effective routes and backend policies of one service.
+    Routes {
+        /// Service.
+        service: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +149,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Get {
             what: Get::Splits { namespace, output },
         } => cli::get_splits(control, &namespace, output).await,
+        Cmd::Get {
+            what:
+                Get::Routes {
+                    service,
+                    namespace,
+                    output,
+                },
+        } => meshctl::routes::get_routes(control, &namespace, &service, output).await,
         Cmd::Release {
             what:
                 Release::Shift {

@@ -124,7 +124,7 @@ impl Registry {
                             .insert((ns.clone(), subset(&w.spec.service, &w.spec.version)));
                     }
                 }
-                Document::TrafficSplit(_) | Document::AuthorizationPolicy(_) => {}
+                _ => {}
             }
         }
         if errors.is_empty() {

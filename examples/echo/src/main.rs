@@ -3,7 +3,9 @@
 //! Every answer names the service, version and instance that produced it.
 //!
 //! HTTP paths: `/healthz` (the health check), `/admin/health?ok=false|true`
-//! (make the health check fail or pass), anything else echoes a JSON summary
+//! (make the health check fail or pass), `/admin/stats` (requests that
+//! arrived, by method, and how many were retries: tests count arrivals
+//! here), anything else echoes a JSON summary
 //! of the request; request bodies are streamed and hashed, never buffered,
 //! so a 10 MB upload can be checked end to end.
 
@@ -44,9 +46,13 @@ struct Args {
     /// Added latency per request, in ms.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Fraction of requests answered with HTTP 500 / gRPC INTERNAL (0.0–1.0).
+    /// Fraction of requests answered with an error (0.0–1.0).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// HTTP status of those errors (gRPC gets the matching code: 503 →
+    /// UNAVAILABLE, anything else → INTERNAL).
+    #[arg(long, default_value_t = 500)]
+    error_status: u16,
     /// Size of the body returned for GET, in bytes.
     #[arg(long, default_value_t = 0)]
     response_bytes: usize,
@@ -54,6 +60,8 @@ struct Args {
 
 struct App {
     args: Args,
+    /// Arrivals (not counting /healthz and /admin), by method, and retries.
+    arrivals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     healthy: AtomicBool,
     filler: Bytes,
 }
@@ -64,6 +72,22 @@ impl App {
             tokio::time::sleep(Duration::from_millis(self.args.latency_ms)).await;
         }
         self.args.error_rate > 0.0 && fastrand::f64() < self.args.error_rate
+    }
+
+    fn grpc_error(&self) -> tonic::Status {
+        if self.args.error_status == 503 {
+            tonic::Status::unavailable("injected error")
+        } else {
+            tonic::Status::internal("injected error")
+        }
+    }
+
+    fn count(&self, method: &str, headers: &http::HeaderMap) {
+        let mut a = self.arrivals.lock().expect("stats lock");
+        *a.entry(method.to_string()).or_default() += 1;
+        if headers.contains_key("mesh-retry-attempt") {
+            *a.entry("retries".to_string()).or_default() += 1;
+        }
     }
 
     fn reply(&self, payload: Vec<u8>, seq: u32) -> EchoReply {
@@ -89,7 +113,7 @@ impl Echo for Grpc {
         req: tonic::Request<EchoRequest>,
     ) -> Result<tonic::Response<EchoReply>, tonic::Status> {
         if self.0.delay_and_fail().await {
-            return Err(tonic::Status::internal("injected error"));
+            return Err(self.0.grpc_error());
         }
         Ok(tonic::Response::new(
             self.0.reply(req.into_inner().payload, 0),
@@ -103,7 +127,7 @@ impl Echo for Grpc {
         req: tonic::Request<StreamRequest>,
     ) -> Result<tonic::Response<ReplyStream>, tonic::Status> {
         if self.0.delay_and_fail().await {
-            return Err(tonic::Status::internal("injected error"));
+            return Err(self.0.grpc_error());
         }
         let StreamRequest {
             count,
@@ -158,8 +182,20 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
                 format!("{{\"healthy\":{}}}\n", app.healthy.load(Ordering::Relaxed)),
             );
         }
+        "/admin/stats" => {
+            let by_method = app.arrivals.lock().expect("stats lock").clone();
+            return text(
+                StatusCode::OK,
+                serde_json::json!({
+                    "requests": by_method.iter().filter(|(k, _)| *k != "retries").map(|(_, v)| v).sum::<u64>(),
+                    "by_method": by_method,
+                })
+                .to_string(),
+            );
+        }
         _ => {}
     }
+    app.count(req.method().as_str(), req.headers());
     // The verified caller identity the sidecar passes on (mTLS only).
     let client_id = req
         .headers()
@@ -188,7 +224,8 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
     }
     if app.delay_and_fail().await {
         return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::from_u16(app.args.error_status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "{\"error\":\"injected error\"}\n".into(),
         );
     }
@@ -227,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let filler = Bytes::from(vec![b'x'; args.response_bytes]);
     let app = Arc::new(App {
+        arrivals: Default::default(),
         args,
         healthy: AtomicBool::new(true),
         filler,
@@ -253,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
                 let (app, mut grpc) = (app.clone(), grpc.clone());
                 async move {
                     if is_grpc {
+                        app.count(req.method().as_str(), req.headers());
                         grpc.call(req).await
                     } else {
                         Ok(http(app, req).await)

@@ -1,0 +1,178 @@
+//! The route model in proto form: the routes of one service (HTTPRoute
+//! rules, or matched TrafficSplits first and then the unmatched one), with
+//! TrafficPolicy defaults filled in, and the policy of one backend.
+
+use super::{HeaderMatch, PathMatch, RequestMatch, Retry, RouteRule, TrafficPolicy};
+use crate::rules::{RuleSet, Split};
+use mesh_proto::v1 as pb;
+
+/// The TrafficPolicy governing `service`, if any.
+fn policy_for<'a>(rules: &'a RuleSet, ns: &str, service: &str) -> Option<&'a TrafficPolicy> {
+    rules
+        .traffic_policies
+        .values()
+        .find(|p| p.namespace == ns && p.service == service)
+}
+
+/// The routes of `ns/service`, first match wins. `cluster` names (and
+/// registers) the cluster of a backend service.
+pub fn routes_for(
+    rules: &RuleSet,
+    ns: &str,
+    service: &str,
+    cluster: &mut dyn FnMut(&str) -> String,
+) -> Vec<pb::Route> {
+    let policy = policy_for(rules, ns, service);
+    let mut model: Vec<RouteRule> = Vec::new();
+    if let Some(r) = rules
+        .http_routes
+        .values()
+        .find(|r| r.namespace == ns && r.service == service)
+    {
+        model = r.rules.clone();
+    } else {
+        let mut splits: Vec<&Split> = rules
+            .splits
+            .values()
+            .filter(|s| s.namespace == ns && s.service == service)
+            .collect();
+        // Matched splits first (by name), then the catch-all.
+        splits.sort_by_key(|s| (s.matches.is_empty(), s.name.clone()));
+        for s in splits {
+            let matches = s
+                .matches
+                .iter()
+                .filter_map(|g| rules.route_groups.get(&(ns.to_string(), g.clone())))
+                .flat_map(|g| g.matches.iter().map(|(_, m)| m.clone()))
+                .collect();
+            model.push(RouteRule {
+                name: s.name.clone(),
+                matches,
+                backends: s.backends.clone(),
+                timeout_ms: None,
+                retry: None,
+                mirror: None,
+            });
+        }
+        if model.last().is_none_or(|r| !r.matches.is_empty()) {
+            model.push(RouteRule {
+                name: "default".into(),
+                matches: Vec::new(),
+                backends: vec![crate::rules::Backend {
+                    service: service.to_string(),
+                    weight: 1,
+                }],
+                timeout_ms: None,
+                retry: None,
+                mirror: None,
+            });
+        }
+    }
+    model
+        .into_iter()
+        .map(|r| {
+            let retry = r
+                .retry
+                .or_else(|| policy.and_then(|p| p.retry.clone()))
+                .unwrap_or_default();
+            let mirror = r.mirror.or_else(|| policy.and_then(|p| p.mirror.clone()));
+            pb::Route {
+                name: r.name,
+                r#match: None,
+                backends: r
+                    .backends
+                    .iter()
+                    .map(|b| pb::WeightedBackend {
+                        cluster: cluster(&b.service),
+                        weight: b.weight,
+                    })
+                    .collect(),
+                matches: r.matches.iter().map(request_match).collect(),
+                timeout_ms: r
+                    .timeout_ms
+                    .or_else(|| policy.and_then(|p| p.timeout_ms))
+                    .unwrap_or(0),
+                retry: retry_proto(&retry),
+                mirror: mirror.map(|m| pb::Mirror {
+                    cluster: cluster(&m.service),
+                    percent: m.percent,
+                }),
+                fault: policy.and_then(|p| p.fault.as_ref()).map(|f| pb::Fault {
+                    delay_ms: f.delay_ms,
+                    delay_percent: f.delay_percent,
+                    abort_status: u32::from(f.abort_status),
+                    abort_percent: f.abort_percent,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// A policy with nothing to retry on is no policy: the sidecar then skips
+/// buffering bodies for replay.
+fn retry_proto(r: &Retry) -> Option<pb::RetryPolicy> {
+    if r.retry_on.is_empty() && r.grpc_codes.is_empty() {
+        return None;
+    }
+    Some(pb::RetryPolicy {
+        max_retries: r.attempts,
+        per_try_timeout_ms: r.per_try_timeout_ms,
+        backoff_base_ms: r.backoff_ms,
+        backoff_max_ms: r.max_backoff_ms,
+        retry_on: r.retry_on.clone(),
+        grpc_codes: r.grpc_codes.clone(),
+        non_idempotent: r.non_idempotent,
+        budget_ratio: r.budget_ratio,
+        budget_min_per_sec: r.budget_min_per_second,
+    })
+}
+
+fn request_match(m: &RequestMatch) -> pb::RequestMatch {
+    use pb::request_match::Path;
+    pb::RequestMatch {
+        path: m.path.as_ref().map(|p| match p {
+            PathMatch::Exact(v) => Path::PathExact(v.clone()),
+            PathMatch::Prefix(v) => Path::PathPrefix(v.clone()),
+            PathMatch::Regex(v) => Path::PathRegex(v.clone()),
+        }),
+        method: m.method.clone().unwrap_or_default(),
+        headers: m.headers.iter().map(header_match).collect(),
+    }
+}
+
+fn header_match(h: &HeaderMatch) -> pb::HeaderMatch {
+    use pb::header_match::Value;
+    pb::HeaderMatch {
+        name: h.name.clone(),
+        value: Some(match &h.value {
+            Ok(exact) => Value::Exact(exact.clone()),
+            Err(re) => Value::Regex(re.clone()),
+        }),
+    }
+}
+
+/// The policy of backend `service`: its own TrafficPolicy, else that of
+/// `parent` (the service it is a version subset of), else the defaults.
+pub fn backend_policy(
+    rules: &RuleSet,
+    ns: &str,
+    service: &str,
+    parent: Option<&str>,
+) -> pb::BackendPolicy {
+    let default = TrafficPolicy::default();
+    let p = policy_for(rules, ns, service)
+        .or_else(|| parent.and_then(|parent| policy_for(rules, ns, parent)))
+        .unwrap_or(&default);
+    pb::BackendPolicy {
+        load_balancer: match p.load_balancer.as_str() {
+            "round-robin" => pb::LoadBalancer::RoundRobin,
+            "least-request" => pb::LoadBalancer::LeastRequest,
+            _ => pb::LoadBalancer::P2cEwma,
+        } as i32,
+        consecutive_failures: p.consecutive_failures,
+        base_ejection_ms: p.base_ejection_ms,
+        max_ejection_percent: p.max_ejection_percent,
+        max_requests: p.max_requests,
+        max_pending: p.max_pending,
+    }
+}

@@ -1,0 +1,125 @@
+//! Request bodies as the forwarder sends them: streamed through untouched,
+//! or buffered (up to `REPLAY_LIMIT`) so a retry or a mirror can send the
+//! same bytes again. A body that outgrows the limit keeps streaming, with the
+//! part already read sent first; it is then never replayed.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Largest body kept for replay.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// A body the forwarder can send.
+#[derive(Debug)]
+pub enum ReqBody {
+    /// Streamed from the client.
+    Stream(Incoming),
+    /// Fully buffered.
+    Replay(Replay),
+    /// Read past the limit: the buffered head, then the rest of the stream.
+    Overflow(Option<Bytes>, Incoming),
+}
+
+/// A buffered body: clone it per attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Replay {
+    /// Bytes in the body.
+    pub fn len(&self) -> usize {
+        self.data.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads `body` into memory if it fits in `REPLAY_LIMIT`. Otherwise gives
+/// back a body that sends everything read so far and then streams the rest.
+pub async fn buffer(mut body: Incoming) -> Result<Replay, ReqBody> {
+    if body.is_end_stream() {
+        return Ok(Replay::default());
+    }
+    if body.size_hint().lower() > REPLAY_LIMIT as u64 {
+        return Err(ReqBody::Stream(body));
+    }
+    let mut buf = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            // The client broke off; send what we have and let the stream
+            // report its error to the upstream as it would have.
+            return Err(ReqBody::Overflow(Some(buf.freeze()), body));
+        };
+        match frame.into_data() {
+            Ok(d) => {
+                buf.extend_from_slice(&d);
+                if buf.len() > REPLAY_LIMIT {
+                    return Err(ReqBody::Overflow(Some(buf.freeze()), body));
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(Replay {
+        data: (!buf.is_empty()).then(|| buf.freeze()),
+        trailers,
+    })
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Replay(r) => Poll::Ready(match (r.data.take(), r.trailers.take()) {
+                (Some(d), _) => Some(Ok(Frame::data(d))),
+                (None, Some(t)) => Some(Ok(Frame::trailers(t))),
+                (None, None) => None,
+            }),
+            ReqBody::Overflow(head, rest) => match head.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Stream(b) => b.is_end_stream(),
+            ReqBody::Replay(r) => r.data.is_none() && r.trailers.is_none(),
+            ReqBody::Overflow(head, rest) => head.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Stream(b) => b.size_hint(),
+            ReqBody::Replay(r) => SizeHint::with_exact(r.len() as u64),
+            ReqBody::Overflow(head, rest) => {
+                let head = head.as_ref().map_or(0, |h| h.len() as u64);
+                let mut hint = rest.size_hint();
+                hint.set_lower(hint.lower() + head);
+                if let Some(upper) = hint.upper() {
+                    hint.set_upper(upper + head);
+                }
+                hint
+            }
+        }
+    }
+}
