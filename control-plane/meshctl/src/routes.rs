@@ -151,7 +151,7 @@ fn table(resp: &pb::GetRoutesResponse) -> String {
         "BACKEND", "READY", "BALANCER", "EJECTION"
     ));
     for c in &resp.clusters {
-        let p = c.policy.clone().unwrap_or_default();
+        let p = c.policy.unwrap_or_default();
         let ejection = if p.consecutive_failures == 0 {
             "off".to_string()
         } else {
@@ -209,7 +209,7 @@ fn to_json(resp: &pb::GetRoutesResponse) -> Value {
             })),
         })).collect::<Vec<_>>(),
         "backends": resp.clusters.iter().map(|c| {
-            let p = c.policy.clone().unwrap_or_default();
+            let p = c.policy.unwrap_or_default();
             json!({
                 "service": short(&c.name),
                 "readyEndpoints": c.endpoints.len(),
