@@ -197,3 +197,103 @@ async fn bad_config_exits_64_naming_every_problem() {
         assert!(stderr.contains(key), "{key} not named: {stderr}");
     }
 }
+
+/// An HTTPRoute on echo with `rules` (YAML list items, indented 2).
+fn http_route(rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: echo-route\nspec:\n  parentRefs:\n  - name: echo\n    kind: Service\n  rules:\n{rules}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_resilience_rules_are_rejected_naming_the_field() {
+    let (mesh, _inst, client) = Mesh::one_instance("invalid-resilience", &[]).await;
+    mesh.apply_ok("good.yaml", &support::traffic_policy("echo", "timeout: 5s"))
+        .await;
+    let good_version = mesh.version().await;
+    let policy = |spec: &str| support::traffic_policy("echo", spec);
+    let rule = "  - backendRefs:\n    - name: echo-v1\n";
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "zero-attempts.yaml",
+            policy("retry:\n  attempts: 0"),
+            vec!["spec.retry.attempts", "is 0"],
+        ),
+        (
+            "budget.yaml",
+            policy("retry:\n  budget:\n    ratio: 1.5"),
+            vec!["spec.retry.budget.ratio", "1.5 is outside 0-1"],
+        ),
+        (
+            "negative-timeout.yaml",
+            policy("timeout: -1s"),
+            vec!["spec.timeout", "negative"],
+        ),
+        (
+            "unparsable-timeout.yaml",
+            policy("timeout: soon"),
+            vec!["spec.timeout", "\"soon\" is not a duration"],
+        ),
+        (
+            "mirror-ghost.yaml",
+            policy("mirror:\n  service: ghost\n  percent: 10"),
+            vec!["spec.mirror.service", "unknown service default/ghost"],
+        ),
+        (
+            "bad-regex.yaml",
+            http_route(
+                "  - matches:\n    - headers:\n      - type: RegularExpression\n        name: x-canary\n        value: \"([a-z\"\n    backendRefs:\n    - name: echo-v1\n",
+            ),
+            vec!["spec.rules[0].matches[0].headers[0].value", "does not compile"],
+        ),
+        (
+            "bad-smi-regex.yaml",
+            "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata:\n  name: g\nspec:\n  matches:\n  - name: m\n    pathRegex: \"*oops\"\n".into(),
+            vec!["spec.matches[0].pathRegex", "does not compile"],
+        ),
+        (
+            "too-many-rules.yaml",
+            http_route(&rule.repeat(17)),
+            vec!["spec.rules", "has 17 rules; Gateway API allows at most 16"],
+        ),
+        (
+            "gateway-zero-attempts.yaml",
+            http_route(&format!("{rule}    retry:\n      attempts: 0\n")),
+            vec!["spec.rules[0].retry.attempts", "is 0"],
+        ),
+        (
+            "gateway-timeout.yaml",
+            http_route(&format!("{rule}    timeouts:\n      backendRequest: 1x\n")),
+            vec!["spec.rules[0].timeouts.backendRequest", "not a duration"],
+        ),
+        (
+            "missing-group.yaml",
+            split("echo", &[("echo-v1", "1")]).replace(
+                "  backends:\n",
+                "  matches:\n  - kind: HTTPRouteGroup\n    name: nowhere\n  backends:\n",
+            ),
+            vec!["spec.matches[0].name", "no HTTPRouteGroup default/nowhere"],
+        ),
+    ];
+    for (name, yaml, expected) in &cases {
+        let out = mesh.apply(name, yaml).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(stderr.contains(&format!("{name}:")), "{name}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(e), "{name}: expected {e:?} in: {stderr}");
+        }
+        assert!(stderr.contains("nothing was applied"), "{name}: {stderr}");
+    }
+    assert_eq!(
+        mesh.version().await,
+        good_version,
+        "no rejected apply changed the config"
+    );
+    // The good policy still governs the routes, and traffic flows.
+    let out = mesh.meshctl(&["get", "routes", "echo", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["routes"][0]["timeoutMs"], 5000, "{json:#}");
+    let t = burst(client.outbound, "echo", 100, 4).await;
+    assert_eq!((t.count("v1"), t.failures), (100, 0));
+}

@@ -302,3 +302,145 @@ async fn faults_are_injected_per_route() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("delay 100ms 100%, abort 503 50%"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_turn_overload_into_immediate_503s() {
+    let (mesh, _inst, client) = Mesh::one_instance("limits", &["--latency-ms", "1000"]).await;
+    mesh.apply_ok(
+        "limits.yaml",
+        &traffic_policy(
+            "echo",
+            "limits:\n  maxRequests: 2\nretry:\n  attempts: 1\n  retryOn: []",
+        ),
+    )
+    .await;
+    mesh.sync(&client).await;
+    // Ten callers at once, each on its own connection.
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let proxy = client.outbound;
+            tokio::spawn(async move {
+                let http = meshctl::traffic::client();
+                support::load::send(&http, proxy, &Shape::get("echo"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    assert_eq!(with_status(&replies, 200), 2, "{replies:?}");
+    for r in replies.iter().filter(|r| r.status == 503) {
+        assert!(
+            r.elapsed < Duration::from_millis(500),
+            "refused late: {r:?}"
+        );
+        assert!(
+            r.proxy_error
+                .as_deref()
+                .unwrap()
+                .contains("limit of 2 concurrent requests"),
+            "{r:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_connection_limit_refuses_at_once_while_a_handshake_hangs() {
+    const TOKEN: &str = "client-bootstrap-token-012345678";
+    let tokens = support::TempDir::new("pending-tokens");
+    let file = tokens.0.join("tokens.yaml");
+    std::fs::write(
+        &file,
+        format!("- {{token: {TOKEN}, namespace: default, serviceAccount: client}}\n"),
+    )
+    .unwrap();
+    let mesh =
+        Mesh::start_with_args("pending", &["--bootstrap-tokens", file.to_str().unwrap()]).await;
+    // A peer that accepts TCP and never answers TLS: every mTLS connection
+    // attempt to it stays pending until the handshake timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    // Register it as an instance of `silent` through the public discovery API,
+    // heartbeating like a sidecar would.
+    let control = mesh.control_url();
+    let beat = tokio::spawn(async move {
+        let mut c = mesh_proto::v1::discovery_client::DiscoveryClient::connect(control)
+            .await
+            .unwrap();
+        loop {
+            c.heartbeat(mesh_proto::v1::HeartbeatRequest {
+                node: Some(mesh_proto::v1::Node {
+                    service: "silent".into(),
+                    version: "v1".into(),
+                    namespace: "default".into(),
+                    instance_id: "silent-0".into(),
+                }),
+                address: silent_addr.to_string(),
+                ready: true,
+                identity: "spiffe://cluster.local/ns/default/sa/silent".into(),
+                cert_not_after_unix: 0,
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    mesh.wait_ready_endpoints("silent", &[("silent", 1)])
+        .await
+        .unwrap();
+    mesh.apply_ok(
+        "pending.yaml",
+        &traffic_policy(
+            "silent",
+            "limits:\n  maxPendingConnections: 1\nretry:\n  attempts: 1\n  retryOn: []",
+        ),
+    )
+    .await;
+    let client = mesh
+        .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", TOKEN)])
+        .await;
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let proxy = client.outbound;
+            tokio::spawn(async move {
+                let http = meshctl::traffic::client();
+                support::load::send(&http, proxy, &Shape::get("silent"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    beat.abort();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(refused.len(), 5, "{replies:?}");
+    for r in &refused {
+        assert!(
+            r.elapsed < Duration::from_millis(500),
+            "refused late: {r:?}"
+        );
+        assert!(
+            r.proxy_error
+                .as_deref()
+                .unwrap()
+                .contains("1 connection attempts already pending"),
+            "{r:?}"
+        );
+    }
+    // The one attempt that went ahead gives up at the handshake timeout.
+    let hung: Vec<_> = replies.iter().filter(|r| r.status != 503).collect();
+    assert_eq!(hung[0].status, 502, "{hung:?}");
+    assert!(hung[0].elapsed >= Duration::from_secs(3), "{hung:?}");
+}

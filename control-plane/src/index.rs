@@ -202,21 +202,33 @@ pub fn status(
     service: &str,
 ) -> Result<pb::ReleaseStatusResponse, Error> {
     let split = rules.for_service(namespace, service);
-    if split.is_none() && !reg.knows(namespace, service) {
+    // A service routed by HTTPRoute: its catch-all rule (or its last) holds
+    // the weights a release moves.
+    let http_route = rules
+        .http_routes
+        .values()
+        .find(|r| r.namespace == namespace && r.service == service)
+        .and_then(|r| {
+            r.rules
+                .iter()
+                .find(|x| x.matches.is_empty())
+                .or(r.rules.last())
+        });
+    if split.is_none() && http_route.is_none() && !reg.knows(namespace, service) {
         return Err(Error::UnknownService {
             namespace: namespace.into(),
             service: service.into(),
         });
     }
     let catalog = reg.services();
-    let pairs: Vec<(String, u32)> = match split {
-        Some(s) => s
-            .backends
-            .iter()
-            .map(|b| (b.service.clone(), b.weight))
-            .collect(),
-        None => vec![(service.to_string(), 1)],
-    };
+    let pairs: Vec<(String, u32)> =
+        match (split.map(|s| &s.backends), http_route.map(|r| &r.backends)) {
+            (Some(backends), _) | (None, Some(backends)) => backends
+                .iter()
+                .map(|b| (b.service.clone(), b.weight))
+                .collect(),
+            (None, None) => vec![(service.to_string(), 1)],
+        };
     let mut backends: Vec<pb::BackendStatus> = pairs
         .iter()
         .map(|(svc, w)| pb::BackendStatus {
@@ -263,7 +275,7 @@ pub fn status(
     Ok(pb::ReleaseStatusResponse {
         service: service.into(),
         namespace: namespace.into(),
-        has_split: split.is_some(),
+        has_split: split.is_some() || http_route.is_some(),
         backends,
         warnings,
         version: String::new(),

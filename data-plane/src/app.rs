@@ -122,7 +122,7 @@ impl Bound {
             state: state.clone(),
             identity,
         });
-        let forwarder = Forwarder::new(tls);
+        let forwarder = Forwarder::new(tls, state.clone());
         let drain = Drain::new();
         let inbound_state = state.clone();
         let out = Outbound::new(state, forwarder.clone(), certificate.is_some());

@@ -43,6 +43,8 @@ pub struct Policy {
     pub max_ejection_percent: u32,
     /// Concurrent requests from this sidecar; 0 is unlimited.
     pub max_requests: u32,
+    /// Concurrent connection attempts to each endpoint; 0 is unlimited.
+    pub max_pending: u32,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -59,6 +61,7 @@ impl Default for Policy {
             base_ejection: Duration::from_secs(30),
             max_ejection_percent: 50,
             max_requests: 0,
+            max_pending: 0,
         }
     }
 }
@@ -79,6 +82,7 @@ impl Policy {
             base_ejection: Duration::from_millis(p.base_ejection_ms),
             max_ejection_percent: p.max_ejection_percent.min(100),
             max_requests: p.max_requests,
+            max_pending: p.max_pending,
         }
     }
 }
@@ -93,6 +97,8 @@ fn now_ns() -> u64 {
 #[derive(Debug, Default)]
 pub struct Stats {
     in_flight: AtomicU32,
+    /// Connection attempts under way.
+    connecting: Arc<AtomicU32>,
     /// Until when it is ejected (ns on our clock); 0 when it is not.
     ejected_until: AtomicU64,
     ewma: Mutex<Ewma>,
@@ -307,7 +313,15 @@ impl Drop for Attempt {
     }
 }
 
-/// Admission against a backend's concurrency limit; the slot frees on drop.
+impl Stats {
+    /// Admits one connection attempt unless `limit` (0 = none) are already
+    /// under way; the slot frees when the attempt ends either way.
+    pub fn connect_slot(&self, limit: u32) -> Result<Slot, NoPick> {
+        Slot::take(&self.connecting, limit)
+    }
+}
+
+/// Admission against a concurrency limit; the slot frees on drop.
 #[derive(Debug)]
 pub struct Slot(Arc<AtomicU32>);
 

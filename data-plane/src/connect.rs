@@ -36,18 +36,34 @@ pub struct Connector {
     http: HttpConnector,
     tls: Option<TlsContext>,
     alpn: &'static [u8],
+    /// For per-endpoint connection-attempt limits.
+    state: Arc<ArcSwap<State>>,
 }
+
+/// How long a TCP connect, and separately a TLS handshake, may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A connection attempt refused because the endpoint's backend already has
+/// its limit of attempts under way.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} connection attempts already pending")]
+pub struct PendingLimit(pub u32);
 
 impl Connector {
     /// Plain TCP with no delay; mTLS with `alpn` when `tls` is set.
-    pub fn new(tls: Option<TlsContext>, alpn: &'static [u8]) -> Self {
+    pub fn new(tls: Option<TlsContext>, alpn: &'static [u8], state: Arc<ArcSwap<State>>) -> Self {
         let mut http = HttpConnector::new();
         // Loopback and LAN hops: Nagle only adds latency to small requests.
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         // We wrap TLS ourselves after the TCP connect.
         http.enforce_http(false);
-        Connector { http, tls, alpn }
+        Connector {
+            http,
+            tls,
+            alpn,
+            state,
+        }
     }
 }
 
@@ -71,12 +87,23 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let mut http = self.http.clone();
         let (tls, alpn) = (self.tls.clone(), self.alpn);
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        // Held until the connection is up or has failed.
+        let slot = authority
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .and_then(|addr| {
+                let state = self.state.load();
+                let (stats, limit) = state.pending_limit(&addr)?;
+                Some(stats.connect_slot(*limit).map_err(|_| PendingLimit(*limit)))
+            })
+            .transpose();
         Box::pin(async move {
+            let _slot = slot?;
             let secure = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .unwrap_or_default();
             let tcp = tower_service::Service::call(&mut http, uri)
                 .await?
                 .into_inner();
@@ -96,9 +123,13 @@ impl tower_service::Service<Uri> for Connector {
                 .load_full()
                 .ok_or("no workload certificate yet")?;
             let config = cert.tls.client(&expected, alpn)?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                .await?;
+            let handshake = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp);
+            // A peer that accepts TCP but never answers TLS must not hold the
+            // attempt (and its slot) forever.
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                .await
+                .map_err(|_| format!("TLS handshake with {addr} timed out"))??;
             Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
         })
     }

@@ -42,6 +42,14 @@ pub enum Error {
         /// The limit.
         limit: u32,
     },
+    /// The endpoint's backend has its limit of connection attempts pending.
+    #[error("{addr}: {limit} connection attempts already pending")]
+    PendingLimit {
+        /// Endpoint.
+        addr: String,
+        /// The limit.
+        limit: u32,
+    },
     /// The route's timeout (or the last attempt's) expired.
     #[error("no response within {0:?}")]
     Timeout(std::time::Duration),
@@ -75,7 +83,9 @@ pub fn codes(e: &Error) -> (StatusCode, u32) {
         Error::NoRoute(_) => (StatusCode::NOT_FOUND, 12),
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
         Error::NoEndpoints(_) | Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, 14),
-        Error::AllEjected(_) | Error::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, 14),
+        Error::AllEjected(_) | Error::Overloaded { .. } | Error::PendingLimit { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, 14)
+        }
         Error::Upstream { .. } => (StatusCode::BAD_GATEWAY, 14),
         Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, 4),
         Error::FaultAbort { status, .. } => (*status, grpc_code_for(*status)),

@@ -37,8 +37,9 @@ pub struct Outbound {
 
 /// How one attempt ended, as far as retries and ejection care.
 struct Verdict {
-    /// Counts as a success for outlier detection and the EWMA.
-    ok: bool,
+    /// Success or failure for outlier detection and the EWMA; `None` when
+    /// the attempt never reached the endpoint (our own limits said no).
+    ok: Option<bool>,
     /// The route's retry policy wants another attempt.
     retriable: bool,
 }
@@ -181,7 +182,9 @@ impl Outbound {
                 None => sent.await,
             };
             let verdict = judge(&outcome, retry.map(|(p, _)| p));
-            if tracker.finish(verdict.ok, &cluster.policy, &cluster.stats) {
+            if let Some(ok) = verdict.ok
+                && tracker.finish(ok, &cluster.policy, &cluster.stats)
+            {
                 tracing::warn!(
                     endpoint = %endpoint.addr,
                     cluster = %cluster.name,
@@ -270,13 +273,13 @@ fn judge(outcome: &Result<Response<Incoming>, Error>, policy: Option<&RetryPolic
             // gRPC UNAVAILABLE is the server saying it cannot serve: a failure.
             let ok = !resp.status().is_server_error() && grpc_status(resp.headers()) != Some(14);
             Verdict {
-                ok,
+                ok: Some(ok),
                 retriable: policy
                     .is_some_and(|p| p.retries_response(resp.status(), resp.headers())),
             }
         }
         Err(Error::Upstream { source, .. }) => Verdict {
-            ok: false,
+            ok: Some(false),
             retriable: policy.is_some_and(|p| {
                 if source.is_connect() {
                     p.on_connect_failure
@@ -287,11 +290,11 @@ fn judge(outcome: &Result<Response<Incoming>, Error>, policy: Option<&RetryPolic
         },
         // A per-try timeout: what a gateway would call a 504.
         Err(Error::Timeout(_)) => Verdict {
-            ok: false,
+            ok: Some(false),
             retriable: policy.is_some_and(|p| p.on_5xx || p.on_gateway_error),
         },
         Err(_) => Verdict {
-            ok: true,
+            ok: None,
             retriable: false,
         },
     }

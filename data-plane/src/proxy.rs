@@ -4,13 +4,16 @@
 //! outbound; it knows nothing of routing.
 
 use crate::body::ReqBody;
-use crate::connect::{Connector, TlsContext};
+use crate::connect::{Connector, PendingLimit, TlsContext};
 use crate::errors::Error;
+use crate::state::State;
+use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Pooled HTTP/1.1 and HTTP/2 clients.
@@ -23,14 +26,19 @@ pub struct Forwarder {
 impl Forwarder {
     /// New clients with empty pools; `tls` enables mTLS to endpoints that
     /// publish an identity.
-    pub fn new(tls: Option<TlsContext>) -> Self {
+    /// `state` supplies per-endpoint connection-attempt limits.
+    pub fn new(tls: Option<TlsContext>, state: Arc<ArcSwap<State>>) -> Self {
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(Connector::new(tls.clone(), crate::tls::HTTP1));
+            .build(Connector::new(
+                tls.clone(),
+                crate::tls::HTTP1,
+                state.clone(),
+            ));
         let h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
-            .build(Connector::new(tls, crate::tls::H2));
+            .build(Connector::new(tls, crate::tls::H2, state));
         Forwarder { h1, h2 }
     }
 
@@ -57,16 +65,36 @@ impl Forwarder {
         } else {
             &self.h1
         };
-        let mut resp = client
-            .request(req)
-            .await
-            .map_err(|source| Error::Upstream {
+        let mut resp = client.request(req).await.map_err(|source| {
+            // Our own connection-attempt limit, not the upstream's fault.
+            if let Some(limit) = find_source::<PendingLimit>(&source) {
+                return Error::PendingLimit {
+                    addr: authority.to_string(),
+                    limit: limit.0,
+                };
+            }
+            Error::Upstream {
                 addr: authority.to_string(),
                 source,
-            })?;
+            }
+        })?;
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
+}
+
+/// The first error of type `T` in `e`'s source chain.
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Removes headers that describe one hop, not the message (RFC 9110 §7.6.1),

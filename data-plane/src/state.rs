@@ -29,6 +29,8 @@ pub struct State {
     clusters: BTreeMap<String, Arc<Cluster>>,
     /// The SPIFFE ID each mTLS endpoint must present, for the connector.
     identities: HashMap<SocketAddr, String>,
+    /// Endpoints whose backends cap connection attempts: the limit.
+    pending_limits: HashMap<SocketAddr, (Arc<balance::Stats>, u32)>,
 }
 
 /// Routes for one service.
@@ -180,6 +182,12 @@ impl State {
         })
     }
 
+    /// The connection-attempt limit for `addr`, with its statistics, if its
+    /// backend sets one.
+    pub fn pending_limit(&self, addr: &SocketAddr) -> Option<&(Arc<balance::Stats>, u32)> {
+        self.pending_limits.get(addr)
+    }
+
     /// The identity the endpoint at `addr` must present, if it speaks mTLS.
     pub fn identity_of(&self, addr: &SocketAddr) -> Option<&str> {
         self.identities.get(addr).map(String::as_str)
@@ -297,12 +305,23 @@ impl State {
         if !errors.is_empty() {
             return Err(Rejected(errors));
         }
+        let mut pending_limits: HashMap<SocketAddr, (Arc<balance::Stats>, u32)> = HashMap::new();
+        for c in clusters.values().filter(|c| c.policy.max_pending > 0) {
+            for (e, st) in c.endpoints.iter().zip(&c.stats) {
+                let limit = c.policy.max_pending;
+                let entry = pending_limits
+                    .entry(e.addr)
+                    .or_insert_with(|| (Arc::clone(st), limit));
+                entry.1 = entry.1.min(limit);
+            }
+        }
         Ok(State {
             version: resp.version_info.clone(),
             by_host,
             services,
             clusters,
             identities,
+            pending_limits,
         })
     }
 

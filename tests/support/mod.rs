@@ -347,7 +347,15 @@ impl Mesh {
     pub async fn wait_ready_endpoints(&self, service: &str, want: &[(&str, usize)]) -> Result<()> {
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let st = meshctl::cli::status(&self.control_url(), "default", service).await?;
+            // A service can be unknown until its first instance registers.
+            let st = match meshctl::cli::status(&self.control_url(), "default", service).await {
+                Ok(st) => st,
+                Err(e) if tokio::time::Instant::now() > end => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
             let ok = want.iter().all(|(backend, n)| {
                 st.backends
                     .iter()

@@ -1,0 +1,242 @@
+//! Routing beyond weights: canary-by-header in both syntaxes (SMI
+//! TrafficSplit + HTTPRouteGroup, and Gateway API HTTPRoute on a Service),
+//! everything else following the weights; `meshctl get routes`; and traffic
+//! mirroring that never slows or fails the primary, even when the shadow is
+//! slow and broken.
+
+mod support;
+
+use support::load::{Shape, arrivals, many, percentile, settled_arrivals, with_status};
+use support::{Mesh, within_binomial};
+
+const SMI: &str = "apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata:
+  name: canary-header
+spec:
+  matches:
+  - name: canary
+    headers:
+      x-canary: \"true\"
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata:
+  name: echo-canary
+spec:
+  service: echo
+  matches:
+  - kind: HTTPRouteGroup
+    name: canary-header
+  backends:
+  - service: echo-v2
+    weight: 100
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata:
+  name: echo-split
+spec:
+  service: echo
+  backends:
+  - service: echo-v1
+    weight: 80
+  - service: echo-v2
+    weight: 20
+";
+
+const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo-routes
+spec:
+  parentRefs:
+  - group: \"\"
+    kind: Service
+    name: echo
+    port: 80
+  rules:
+  - name: canary
+    matches:
+    - headers:
+      - name: x-canary
+        value: \"true\"
+    backendRefs:
+    - name: echo-v2
+      port: 80
+  - name: weighted
+    backendRefs:
+    - name: echo-v1
+      port: 80
+      weight: 80
+    - name: echo-v2
+      port: 80
+      weight: 20
+";
+
+/// v1 and v2 of echo, the rules applied, and a client sidecar that has them.
+async fn canary_mesh(tag: &str, rules: &str) -> (Mesh, Vec<support::Instance>, support::Client) {
+    let mesh = Mesh::start(tag).await;
+    let insts = vec![
+        mesh.instance("echo", "v1", "echo-v1-a", &[], None).await,
+        mesh.instance("echo", "v2", "echo-v2-a", &[], None).await,
+    ];
+    mesh.apply_ok("rules.yaml", rules).await;
+    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
+        .await
+        .unwrap();
+    let client = mesh.client("client-0").await;
+    (mesh, insts, client)
+}
+
+/// `x-canary: true` always reaches v2; without it (or with another value)
+/// the 80/20 weights hold.
+async fn assert_canary_by_header(client: &support::Client) {
+    let canary = Shape::get("echo").header("x-canary", "true");
+    let replies = many(client.outbound, &canary, 500, 4).await;
+    let v2 = replies
+        .iter()
+        .filter(|r| r.version.as_deref() == Some("v2"))
+        .count();
+    assert_eq!(v2, 500, "x-canary: true must always reach v2");
+    for shape in [
+        Shape::get("echo"),
+        Shape::get("echo").header("x-canary", "false"),
+    ] {
+        let n = 2000;
+        let replies = many(client.outbound, &shape, n, 4).await;
+        assert_eq!(with_status(&replies, 200), n);
+        let v2 = replies
+            .iter()
+            .filter(|r| r.version.as_deref() == Some("v2"))
+            .count();
+        assert!(
+            within_binomial(v2 as u64, n as u64, 0.2),
+            "{v2} of {n} to v2 for {shape:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_by_header_with_smi_traffic_split_and_http_route_group() {
+    let (mesh, _insts, client) = canary_mesh("route-smi", SMI).await;
+    assert_canary_by_header(&client).await;
+    // `get routes` shows the compiled model: the matched split first.
+    let out = mesh.meshctl(&["get", "routes", "echo"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let canary = text
+        .lines()
+        .position(|l| l.starts_with("echo-canary"))
+        .expect(&text);
+    let split = text
+        .lines()
+        .position(|l| l.starts_with("echo-split"))
+        .expect(&text);
+    assert!(canary < split, "{text}");
+    assert!(
+        text.contains("x-canary~true") && text.contains("echo-v2 100%"),
+        "{text}"
+    );
+    assert!(text.contains("echo-v1 80%, echo-v2 20%"), "{text}");
+    assert!(
+        text.contains("p2c-ewma") && text.contains("after 5 failures"),
+        "{text}"
+    );
+    // A release shift moves the catch-all split; the canary route stays.
+    mesh.shift_echo_v2("50").await;
+    mesh.sync(&client).await;
+    let replies = many(
+        client.outbound,
+        &Shape::get("echo").header("x-canary", "true"),
+        200,
+        4,
+    )
+    .await;
+    assert!(replies.iter().all(|r| r.version.as_deref() == Some("v2")));
+    let out = mesh.meshctl(&["get", "routes", "echo", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["routes"][1]["backends"][1]["weight"], 50, "{json:#}");
+    assert_eq!(
+        json["routes"][0]["retry"]["budget"]["ratio"], 0.2,
+        "{json:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_by_header_with_gateway_api_http_route() {
+    let (mesh, _insts, client) = canary_mesh("route-gw", GATEWAY).await;
+    assert_canary_by_header(&client).await;
+    // One syntax per service: a TrafficSplit on top is refused, naming both.
+    let out = mesh
+        .apply("split.yaml", &support::split("echo", &[("echo-v1", "1")]))
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("HTTPRoute default/echo-routes")
+            && stderr.contains("TrafficSplit default/echo-split"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_copies_a_share_and_a_bad_shadow_never_hurts_the_primary() {
+    let mesh = Mesh::start("mirror").await;
+    let _primary = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
+    let shadow = mesh
+        .instance("echo-shadow", "v1", "shadow-a", &[], None)
+        .await;
+    let dark = mesh
+        .instance(
+            "echo-dark",
+            "v1",
+            "dark-a",
+            &["--error-rate", "1", "--latency-ms", "2000"],
+            None,
+        )
+        .await;
+    let route = |mirror: &str| {
+        let mut r = String::from(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: echo\nspec:\n  parentRefs:\n  - name: echo\n    kind: Service\n  rules:\n  - backendRefs:\n    - name: echo-v1\n",
+        );
+        r.push_str(mirror);
+        r
+    };
+    let mirror_to = |svc: &str, pct: u32| {
+        format!(
+            "    filters:\n    - type: RequestMirror\n      requestMirror:\n        backendRef:\n          name: {svc}\n          port: 80\n        percent: {pct}\n"
+        )
+    };
+    mesh.apply_ok("mirror.yaml", &route(&mirror_to("echo-shadow", 50)))
+        .await;
+    let client = mesh.client("client-0").await;
+    let n = 1000;
+    let replies = many(client.outbound, &Shape::get("echo"), n, 4).await;
+    assert_eq!(with_status(&replies, 200), n);
+    let copies = settled_arrivals(&shadow).await.requests;
+    assert!(
+        within_binomial(copies, n as u64, 0.5),
+        "shadow got {copies} of {n}"
+    );
+
+    // Baseline without mirroring, then everything mirrored to a shadow that
+    // fails every request after 2 s.
+    mesh.apply_ok("mirror.yaml", &route("")).await;
+    mesh.sync(&client).await;
+    let base = many(client.outbound, &Shape::get("echo"), 300, 4).await;
+    mesh.apply_ok("mirror.yaml", &route(&mirror_to("echo-dark", 100)))
+        .await;
+    mesh.sync(&client).await;
+    let with_dark = many(client.outbound, &Shape::get("echo"), 300, 4).await;
+    assert_eq!(with_status(&with_dark, 200), 300, "the primary never fails");
+    let (b50, b99) = (percentile(&base, 50.0), percentile(&base, 99.0));
+    let (d50, d99) = (percentile(&with_dark, 50.0), percentile(&with_dark, 99.0));
+    assert!(
+        d50 <= b50 * 2 + std::time::Duration::from_millis(5)
+            && d99 <= b99 * 2 + std::time::Duration::from_millis(25),
+        "p50 {b50:?} → {d50:?}, p99 {b99:?} → {d99:?}"
+    );
+    let copies = arrivals(&dark).await.requests;
+    assert!(copies >= 100, "the dark shadow got {copies} copies");
+}
