@@ -102,8 +102,15 @@ pub(crate) fn direct(echo: SocketAddr) -> Topology {
 }
 
 /// A sidecar pair; with `mtls`, both sidecars hold workload certificates
-/// and the server's inbound is strict.
-pub(crate) async fn mesh(dir: &Path, echo: SocketAddr, mtls: bool) -> Result<Topology> {
+/// and the server's inbound is strict. `proxy` is the mesh-proxy binary
+/// (another build's, to compare two versions in one run), named `name`.
+pub(crate) async fn mesh(
+    dir: &Path,
+    echo: SocketAddr,
+    mtls: bool,
+    proxy: &Path,
+    name: &'static str,
+) -> Result<Topology> {
     std::fs::create_dir_all(dir)?;
     const SERVER_TOKEN: &str = "bench-echo-token-0123456789abcdef";
     const CLIENT_TOKEN: &str = "bench-client-token-0123456789abcd";
@@ -135,7 +142,7 @@ pub(crate) async fn mesh(dir: &Path, echo: SocketAddr, mtls: bool) -> Result<Top
     .await?;
     let url = format!("http://{}", control.addr("grpc")?);
     let sidecar = |id: &str, service: &str| {
-        let mut cmd = Command::new(binary("mesh-proxy"));
+        let mut cmd = Command::new(proxy);
         cmd.env("MESH_PROXY_SERVICE", service)
             .env("MESH_PROXY_INSTANCE_ID", id)
             .env("MESH_PROXY_CONTROL_ADDR", &url)
@@ -173,7 +180,7 @@ pub(crate) async fn mesh(dir: &Path, echo: SocketAddr, mtls: bool) -> Result<Top
     }
     let out = client.addr("outbound")?;
     Ok(Topology {
-        name: if mtls { "mesh-mtls" } else { "mesh" },
+        name,
         http: out,
         grpc: out,
         host: Some("echo"),

@@ -667,6 +667,40 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_route_policy_rejects_the_snapshot_naming_the_route() {
+        let mut snap = snapshot(&["127.0.0.1:1"], &[], 1, 0);
+        let r = &mut snap.services[0].routes[0];
+        r.matches = vec![pb::RequestMatch {
+            headers: vec![pb::HeaderMatch {
+                name: "x-canary".into(),
+                value: Some(pb::header_match::Value::Regex("([a-z".into())),
+            }],
+            ..Default::default()
+        }];
+        r.retry = Some(pb::RetryPolicy {
+            max_retries: 1,
+            retry_on: vec!["sometimes".into()],
+            ..Default::default()
+        });
+        r.mirror = Some(pb::Mirror {
+            cluster: "ghost.default".into(),
+            percent: 5.0,
+        });
+        let err = State::from_proto(&snap, "default", &State::default()).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        for e in &err.0 {
+            assert!(e.starts_with("service default/echo: route split:"), "{e}");
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("does not compile")
+                && text.contains("sometimes")
+                && text.contains("ghost"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn bad_resources_reject_the_snapshot_with_every_reason() {
         let mut snap = snapshot(&["not-an-address"], &[], 1, 1);
         snap.services[0].routes[0]
