@@ -7,9 +7,6 @@ use serde_json::json;
 use std::fmt::Write;
 use std::time::Duration;
 
-/// Path to another mesh-proxy binary to measure as `mesh-base`.
-pub(crate) const BASELINE_ENV: &str = "MESH_BENCH_BASELINE_PROXY";
-
 /// Fixed rates (requests/s); 1,000 is where the targets and peer figures sit.
 const RATES: [u64; 3] = [500, 1000, 2000];
 
@@ -36,17 +33,6 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         data::mesh(&dir.join("mesh"), echo, false, &proxy, "mesh").await?,
         data::mesh(&dir.join("mesh-mtls"), echo, true, &proxy, "mesh-mtls").await?,
     ];
-    // Another build of the sidecar (say, before a change), measured in the
-    // same run so the comparison is not at the mercy of machine noise.
-    if let Some(base) = std::env::var_os(BASELINE_ENV) {
-        let base = std::path::PathBuf::from(base);
-        anyhow::ensure!(
-            base.is_file(),
-            "{BASELINE_ENV}={} is not a file",
-            base.display()
-        );
-        topologies.push(data::mesh(&dir.join("mesh-base"), echo, false, &base, "mesh-base").await?);
-    }
     topologies.push(data::pair(&dir.join("nginx"), echo, "nginx").await?);
     topologies.push(data::pair(&dir.join("haproxy"), echo, "haproxy").await?);
     let mut rows = Vec::new();
@@ -266,35 +252,6 @@ fn render(rows: &[Row], rss: &[(&str, Vec<f64>)], fixed: Duration, flat: Duratio
             tf.run.rps / pf.run.rps,
             tf.cpu_per_1k / pf.cpu_per_1k,
         );
-    }
-    // This build against another one, when MESH_BENCH_BASELINE_PROXY names it.
-    if rows.iter().any(|r| r.topo == "mesh-base") {
-        let _ = writeln!(
-            s,
-            "\n### This build vs. the baseline build (same run, `{BASELINE_ENV}`)\n\n| protocol | added p50 @1k rps: this / base | added p99 @1k rps: this / base | throughput this/base | CPU per request this/base |\n|---|---|---|---|---|"
-        );
-        for proto in ["http", "grpc"] {
-            let get = |topo: &str, rate: u64| find(rows, topo, proto, rate);
-            let (Some(d), Some(m), Some(b), Some(mf), Some(bf)) = (
-                get("direct", 1000),
-                get("mesh", 1000),
-                get("mesh-base", 1000),
-                get("mesh", 0),
-                get("mesh-base", 0),
-            ) else {
-                continue;
-            };
-            let _ = writeln!(
-                s,
-                "| {proto} | {:+.3} / {:+.3} ms | {:+.3} / {:+.3} ms | {:.2}× | {:.2}× |",
-                m.run.p50 - d.run.p50,
-                b.run.p50 - d.run.p50,
-                m.run.p99 - d.run.p99,
-                b.run.p99 - d.run.p99,
-                mf.run.rps / bf.run.rps,
-                mf.cpu_per_1k / bf.cpu_per_1k,
-            );
-        }
     }
     // Targets from the benchmark issue, stated against this run.
     let added_p99 = |topo: &str| {

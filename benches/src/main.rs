@@ -7,6 +7,7 @@
 //! Needs oha (`cargo install oha --locked`), nginx and haproxy (Debian
 //! packages); `benches/setup.sh` installs whatever is missing.
 
+mod ab;
 mod control;
 mod data;
 mod data_suite;
@@ -40,6 +41,13 @@ enum Suite {
         #[arg(long)]
         quick: bool,
     },
+    /// This build's sidecar against another build (MESH_BENCH_BASELINE_PROXY),
+    /// interleaved rounds in one run.
+    Ab {
+        /// Small and fast: proves the comparison runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Both suites.
     All {
         /// Small and fast: proves every scenario runs; numbers are not recorded.
@@ -55,6 +63,15 @@ async fn main() -> Result<()> {
     match args.suite {
         Suite::Control { quick } => control_suite(quick).await,
         Suite::Data { quick } => data(quick).await,
+        Suite::Ab { quick } => {
+            let (md, json) = ab::run(quick).await?;
+            println!("{md}");
+            if !quick {
+                report::write_json("ab", &json)?;
+                report::update_markdown("ab", &md)?;
+            }
+            Ok(())
+        }
         Suite::All { quick } => {
             data(quick).await?;
             control_suite(quick).await
