@@ -159,6 +159,34 @@ async fn retries_stay_within_the_budget() {
     );
     // Without a budget it would be 3 per request; with one, some still happen.
     assert!(retries >= n / 10, "{retries}");
+
+    // Allowed to eject everything, the sidecar fails fast and says why.
+    mesh.apply_ok(
+        "eject-all.yaml",
+        &traffic_policy(
+            "echo",
+            "outlierDetection:\n  consecutiveFailures: 2\n  maxEjectionPercent: 100\nretry:\n  attempts: 1\n  retryOn: []",
+        ),
+    )
+    .await;
+    mesh.sync(&client).await;
+    many(client.outbound, &Shape::get("echo"), 20, 1).await;
+    let before = total_arrivals(&all).await;
+    let replies = many(client.outbound, &Shape::get("echo"), 50, 4).await;
+    assert_eq!(
+        total_arrivals(&all).await,
+        before,
+        "no request reaches an ejected endpoint"
+    );
+    for r in &replies {
+        assert_eq!(r.status, 503);
+        let why = r.proxy_error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("every endpoint of echo.default is ejected"),
+            "{r:?}"
+        );
+        assert!(r.elapsed < Duration::from_millis(100), "{r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

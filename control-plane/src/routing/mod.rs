@@ -468,3 +468,59 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod precedence_tests {
+    use super::*;
+    use crate::rules::rules_from;
+
+    #[test]
+    fn http_route_rules_follow_gateway_api_precedence() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo
+spec:
+  parentRefs:
+  - name: echo
+  rules:
+  - name: all
+    backendRefs:
+    - name: echo-v1
+  - name: canary
+    matches:
+    - headers:
+      - name: x-canary
+        value: \"true\"
+    backendRefs:
+    - name: echo-v2
+  - name: api
+    matches:
+    - path:
+        type: PathPrefix
+        value: /api
+    - path:
+        type: Exact
+        value: /login
+      method: POST
+    backendRefs:
+    - name: echo-v2
+";
+        let docs = manifest::parse("r.yaml", yaml).unwrap();
+        let incoming = rules_from(&docs).unwrap();
+        let rules = RuleSet::default().apply(&incoming, &docs).unwrap().0;
+        let routes = routes_for(&rules, "default", "echo", &mut |s| s.to_string());
+        let order: Vec<(&str, usize)> = routes
+            .iter()
+            .map(|r| (r.name.as_str(), r.matches.len()))
+            .collect();
+        // Exact /login, then prefix /api, then the header match on "/", then the catch-all.
+        assert_eq!(order, [("api", 1), ("api", 1), ("canary", 1), ("all", 0)]);
+        use mesh_proto::v1::request_match::Path;
+        assert_eq!(
+            routes[0].matches[0].path,
+            Some(Path::PathExact("/login".into()))
+        );
+        assert_eq!(routes[0].matches[0].method, "POST");
+    }
+}

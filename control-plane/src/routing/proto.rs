@@ -29,7 +29,7 @@ pub fn routes_for(
         .values()
         .find(|r| r.namespace == ns && r.service == service)
     {
-        model = r.rules.clone();
+        model = by_precedence(&r.rules);
     } else {
         let mut splits: Vec<&Split> = rules
             .splits
@@ -106,6 +106,41 @@ pub fn routes_for(
             }
         })
         .collect()
+}
+
+/// HTTPRoute rules in Gateway API match precedence: one route per match,
+/// ordered by exact path, then regex path, then the longest path prefix,
+/// then a method, then the most header matches; ties keep declaration
+/// order. A match without a path counts as the prefix `/`. (SMI has no
+/// such rule: there, declaration order, matched splits first, is the spec.)
+fn by_precedence(rules: &[RouteRule]) -> Vec<RouteRule> {
+    let mut expanded: Vec<RouteRule> = Vec::new();
+    for rule in rules {
+        if rule.matches.is_empty() {
+            expanded.push(rule.clone());
+        }
+        for m in &rule.matches {
+            expanded.push(RouteRule {
+                matches: vec![m.clone()],
+                ..rule.clone()
+            });
+        }
+    }
+    let key = |r: &RouteRule| {
+        let m = r.matches.first();
+        let (rank, len) = match m.and_then(|m| m.path.as_ref()) {
+            Some(PathMatch::Exact(p)) => (3, p.len()),
+            Some(PathMatch::Regex(p)) => (2, p.len()),
+            Some(PathMatch::Prefix(p)) => (1, p.trim_end_matches('/').len()),
+            None => (1, 0),
+        };
+        let method = m.is_some_and(|m| m.method.is_some());
+        let headers = m.map_or(0, |m| m.headers.len());
+        std::cmp::Reverse((rank, len, method, headers))
+    };
+    // Stable: equal keys keep declaration order.
+    expanded.sort_by_key(key);
+    expanded
 }
 
 /// A policy with nothing to retry on is no policy: the sidecar then skips
