@@ -1,0 +1,123 @@
+//! The route model end to end: example files in both syntaxes, TrafficPolicy
+//! defaults, and Gateway API match precedence.
+
+use super::*;
+use crate::rules::rules_from;
+use mesh_proto::v1 as pb;
+
+fn rules_of(file: &str) -> RuleSet {
+    let path = format!("{}/../examples/rules/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs = manifest::parse(&path, &text).unwrap();
+    let incoming = rules_from(&docs).unwrap_or_else(|e| panic!("{file}: {e:?}"));
+    RuleSet::default().apply(&incoming, &docs).unwrap().0
+}
+
+fn routes(rules: &RuleSet) -> Vec<pb::Route> {
+    routes_for(rules, "default", "echo", &mut |s| format!("{s}.default"))
+}
+
+#[test]
+fn both_syntaxes_compile_to_the_same_canary_route() {
+    let smi = routes(&rules_of("canary-header-smi.yaml"));
+    let gw = routes(&rules_of("canary-header-gateway.yaml"));
+    assert_eq!(smi.len(), 2);
+    assert_eq!(gw.len(), 2);
+    // SMI header values are regexes, Gateway API's exact by default:
+    // the same requests match either way.
+    let value = |r: &pb::Route| r.matches[0].headers[0].clone();
+    assert_eq!(value(&smi[0]).name, "x-canary");
+    assert_eq!(value(&gw[0]).name, "x-canary");
+    for r in [&smi, &gw] {
+        assert_eq!(r[0].backends.len(), 1);
+        assert_eq!(r[0].backends[0].cluster, "echo-v2.default");
+        assert!(r[1].matches.is_empty());
+        let weights: Vec<u32> = r[1].backends.iter().map(|b| b.weight).collect();
+        assert_eq!(weights, [90, 10]);
+        // The mesh default retry policy fills in where nothing is set.
+        assert!(
+            r[0].retry
+                .as_ref()
+                .is_some_and(|p| p.max_retries == 2 && !p.non_idempotent)
+        );
+    }
+    assert_eq!(gw[1].timeout_ms, 2000);
+    assert_eq!(gw[1].retry.as_ref().unwrap().per_try_timeout_ms, 500);
+    assert_eq!(
+        gw[1].retry.as_ref().unwrap().retry_on,
+        ["502", "503", "504"]
+    );
+}
+
+#[test]
+fn traffic_policy_example_sets_backend_policy_and_route_defaults() {
+    let rules = rules_of("traffic-policy.yaml");
+    let p = backend_policy(&rules, "default", "echo-v1", Some("echo"));
+    assert_eq!(p.max_requests, 1000);
+    assert_eq!(p.max_pending, 100);
+    assert_eq!(p.consecutive_failures, 5);
+    let r = routes(&rules);
+    assert_eq!(r[0].timeout_ms, 10_000);
+    assert_eq!(r[0].retry.as_ref().unwrap().per_try_timeout_ms, 1000);
+    assert_eq!(r[0].fault.as_ref().unwrap().abort_status, 503);
+    // A service without a policy gets the defaults.
+    let d = backend_policy(&rules, "default", "other", None);
+    assert_eq!(
+        (
+            d.consecutive_failures,
+            d.max_ejection_percent,
+            d.max_requests
+        ),
+        (5, 50, 0)
+    );
+}
+
+#[test]
+fn http_route_rules_follow_gateway_api_precedence() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo
+spec:
+  parentRefs:
+  - name: echo
+  rules:
+  - name: all
+    backendRefs:
+    - name: echo-v1
+  - name: canary
+    matches:
+    - headers:
+      - name: x-canary
+        value: \"true\"
+    backendRefs:
+    - name: echo-v2
+  - name: api
+    matches:
+    - path:
+        type: PathPrefix
+        value: /api
+    - path:
+        type: Exact
+        value: /login
+      method: POST
+    backendRefs:
+    - name: echo-v2
+";
+    let docs = manifest::parse("r.yaml", yaml).unwrap();
+    let incoming = rules_from(&docs).unwrap();
+    let rules = RuleSet::default().apply(&incoming, &docs).unwrap().0;
+    let routes = routes_for(&rules, "default", "echo", &mut |s| s.to_string());
+    let order: Vec<(&str, usize)> = routes
+        .iter()
+        .map(|r| (r.name.as_str(), r.matches.len()))
+        .collect();
+    // Exact /login, then prefix /api, then the header match on "/", then the catch-all.
+    assert_eq!(order, [("api", 1), ("api", 1), ("canary", 1), ("all", 0)]);
+    use mesh_proto::v1::request_match::Path;
+    assert_eq!(
+        routes[0].matches[0].path,
+        Some(Path::PathExact("/login".into()))
+    );
+    assert_eq!(routes[0].matches[0].method, "POST");
+}
