@@ -41,6 +41,7 @@ async fn retries_and_ejection_hide_a_failing_endpoint() {
     assert!(ok * 1000 >= n * 999, "{ok} of {n} succeeded; want ≥ 99.9%");
     let bad = arrivals(&insts[2]).await;
     let good = total_arrivals(&[&insts[0], &insts[1]]).await;
+    eprintln!("measured: {ok}/{n} ok; failing endpoint got {bad:?}; good ones {good:?}");
     // Ejected after 5 consecutive failures (a few more can be in flight at
     // the time): without ejection it would see a third of 2,000.
     assert!(bad.requests <= 12, "the failing endpoint got {bad:?}");
@@ -153,6 +154,7 @@ async fn retries_stay_within_the_budget() {
     // 20% of requests, plus 10/s over each 10 s window the run touched.
     let windows = (secs / 10.0).ceil().max(1.0);
     let allowed = 0.2 * n as f64 + 100.0 * windows;
+    eprintln!("measured: {retries} retries for {n} requests in {secs:.1}s; budget {allowed}");
     assert!(
         (retries as f64) <= allowed,
         "{retries} retries for {n} requests in {secs:.1}s; budget allows {allowed}"
@@ -207,6 +209,7 @@ async fn timeouts_answer_504_on_time_and_compose_with_per_try_timeouts() {
         .unwrap();
     assert_eq!(r.status, 504, "{r:?}");
     let secs = r.elapsed.as_secs_f64();
+    eprintln!("measured: 504 after {secs:.3}s");
     assert!(
         (0.9..=1.1).contains(&secs),
         "504 after {secs:.3}s; want 1 s ± 10%"
@@ -257,6 +260,7 @@ async fn timeouts_answer_504_on_time_and_compose_with_per_try_timeouts() {
         .await
         .unwrap();
     let secs = r.elapsed.as_secs_f64();
+    eprintln!("measured: 504 after {secs:.3}s");
     assert_eq!(r.status, 504);
     assert!((0.9..=1.1).contains(&secs), "{secs:.3}s");
     let seen = arrivals(&slow).await - before;
@@ -272,6 +276,7 @@ async fn p2c_ewma_avoids_a_slow_endpoint_that_round_robin_does_not() {
     let replies = many(client.outbound, &get, n, 4).await;
     assert_eq!(with_status(&replies, 200), n);
     let slow = from_instance(&replies, "echo-bad");
+    eprintln!("measured: P2C-EWMA sent the slow endpoint {slow} of {n}");
     assert!(
         slow * 10 < n,
         "P2C-EWMA sent the slow endpoint {slow} of {n}"
@@ -286,6 +291,7 @@ async fn p2c_ewma_avoids_a_slow_endpoint_that_round_robin_does_not() {
     let n = 300;
     let replies = many(client.outbound, &get, n, 8).await;
     let slow = from_instance(&replies, "echo-bad");
+    eprintln!("measured: round robin sent the slow endpoint {slow} of {n}");
     assert!(
         (90..=110).contains(&slow),
         "round robin sent the slow endpoint {slow} of {n}"

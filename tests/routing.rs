@@ -215,16 +215,28 @@ async fn mirroring_copies_a_share_and_a_bad_shadow_never_hurts_the_primary() {
     let replies = many(client.outbound, &Shape::get("echo"), n, 4).await;
     assert_eq!(with_status(&replies, 200), n);
     let copies = settled_arrivals(&shadow).await.requests;
+    eprintln!("measured: shadow got {copies} of {n} at 50%");
     assert!(
         within_binomial(copies, n as u64, 0.5),
         "shadow got {copies} of {n}"
     );
 
-    // Baseline without mirroring, then everything mirrored to a shadow that
-    // fails every request after 2 s.
-    mesh.apply_ok("mirror.yaml", &route("")).await;
+    // Baseline: everything mirrored to the healthy shadow. Then the same to
+    // a shadow that fails every request after 2 s.
+    mesh.apply_ok("mirror.yaml", &route(&mirror_to("echo-shadow", 100)))
+        .await;
     mesh.sync(&client).await;
     let base = many(client.outbound, &Shape::get("echo"), 300, 4).await;
+    let none = {
+        mesh.apply_ok("mirror.yaml", &route("")).await;
+        mesh.sync(&client).await;
+        many(client.outbound, &Shape::get("echo"), 300, 4).await
+    };
+    eprintln!(
+        "measured: no mirror p50 {:?} p99 {:?}",
+        percentile(&none, 50.0),
+        percentile(&none, 99.0)
+    );
     mesh.apply_ok("mirror.yaml", &route(&mirror_to("echo-dark", 100)))
         .await;
     mesh.sync(&client).await;
@@ -232,9 +244,11 @@ async fn mirroring_copies_a_share_and_a_bad_shadow_never_hurts_the_primary() {
     assert_eq!(with_status(&with_dark, 200), 300, "the primary never fails");
     let (b50, b99) = (percentile(&base, 50.0), percentile(&base, 99.0));
     let (d50, d99) = (percentile(&with_dark, 50.0), percentile(&with_dark, 99.0));
+    eprintln!("measured: p50 {b50:?} -> {d50:?}, p99 {b99:?} -> {d99:?} with a dark shadow");
     assert!(
-        d50 <= b50 * 2 + std::time::Duration::from_millis(5)
-            && d99 <= b99 * 2 + std::time::Duration::from_millis(25),
+        // Same mirroring work either way; only the shadow's health differs.
+        d50 <= b50.mul_f64(1.5) + std::time::Duration::from_millis(1)
+            && d99 <= b99 * 2 + std::time::Duration::from_millis(5),
         "p50 {b50:?} → {d50:?}, p99 {b99:?} → {d99:?}"
     );
     let copies = arrivals(&dark).await.requests;
