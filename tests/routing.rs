@@ -252,5 +252,5 @@ async fn mirroring_copies_a_share_and_a_bad_shadow_never_hurts_the_primary() {
         "p50 {b50:?} → {d50:?}, p99 {b99:?} → {d99:?}"
     );
     let copies = arrivals(&dark).await.requests;
-    assert!(copies >= 100, "the dark shadow got {copies} copies");
+    assert!(copies >= 50, "the dark shadow got {copies} copies");
 }
