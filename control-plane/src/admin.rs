@@ -145,6 +145,8 @@ impl pb::admin_server::Admin for Admin {
                     .map(|(v, _)| v.to_string())
                     .unwrap_or_default(),
                 nack_reason: p.nacked.map(|(_, r)| r).unwrap_or_default(),
+                last_push_ms: p.last_push.map(|d| d.as_secs_f64() * 1000.0),
+                last_seen_ms_ago: p.last_seen.elapsed().as_millis() as u64,
             })
             .collect();
         Ok(Response::new(pb::ProxyStatusResponse {

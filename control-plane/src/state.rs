@@ -91,6 +91,12 @@ pub struct Proxy {
     pub acked: Option<u64>,
     /// Last version it NACKed, and why.
     pub nacked: Option<(u64, String)>,
+    /// From publishing (or its stream opening, if later) to its ACK, for
+    /// the last version it ACKed.
+    pub last_push: Option<Duration>,
+    /// Its last ACK, NACK, heartbeat or subscription.
+    pub last_seen: Instant,
+    connected: Instant,
 }
 
 /// Shared control-plane state.
@@ -98,6 +104,8 @@ pub struct State {
     inner: Mutex<Inner>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     proxies: Mutex<BTreeMap<u64, Proxy>>,
+    /// When recent versions were published, for push latency.
+    published: Mutex<BTreeMap<u64, Instant>>,
     /// Bumped on every ACK/NACK/disconnect so waiters re-check propagation.
     acks: watch::Sender<u64>,
     store: Store,
@@ -133,6 +141,7 @@ impl State {
             }),
             snapshots,
             proxies: Mutex::new(BTreeMap::new()),
+            published: Mutex::new(BTreeMap::new()),
             acks,
             store,
         })
@@ -159,6 +168,13 @@ impl State {
         let view = index::build(&inner.registry, &inner.rules);
         if self.snapshots.borrow().view != view {
             inner.version += 1;
+            let mut published = self.published.lock().expect("published lock");
+            published.insert(inner.version, Instant::now());
+            // A sidecar ACKs within seconds; older versions only matter as "unknown".
+            while published.len() > 64 {
+                published.pop_first();
+            }
+            drop(published);
             self.snapshots
                 .send_replace(Arc::new(Snapshot::new(inner.version, view)));
         }
@@ -314,6 +330,13 @@ impl State {
         inner
             .registry
             .note_cert(&node.namespace, &node.instance_id, cert_not_after_unix);
+        drop(inner);
+        let now = Instant::now();
+        for p in self.proxies_lock().values_mut() {
+            if p.node.instance_id == node.instance_id && p.node.namespace == node.namespace {
+                p.last_seen = now;
+            }
+        }
         Ok(())
     }
 
@@ -361,6 +384,9 @@ impl State {
                 node,
                 acked: None,
                 nacked: None,
+                last_push: None,
+                last_seen: Instant::now(),
+                connected: Instant::now(),
             },
         );
     }
@@ -373,9 +399,22 @@ impl State {
 
     /// Records an ACK (`error` is None) or NACK of `version`.
     pub fn record_reply(&self, id: u64, version: u64, error: Option<String>) {
+        let now = Instant::now();
+        let published = self
+            .published
+            .lock()
+            .expect("published lock")
+            .get(&version)
+            .copied();
         if let Some(p) = self.proxies_lock().get_mut(&id) {
+            p.last_seen = now;
             match error {
                 None => {
+                    // A version published before the stream opened was pushed
+                    // when it opened.
+                    if p.acked != Some(version) {
+                        p.last_push = published.map(|at| now - at.max(p.connected));
+                    }
                     p.acked = Some(version);
                     if p.nacked.as_ref().is_some_and(|(v, _)| *v <= version) {
                         p.nacked = None;

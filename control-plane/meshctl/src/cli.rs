@@ -257,7 +257,8 @@ pub async fn proxy_status(control: &str, output: Output) -> Result<()> {
             .iter()
             .map(|p| {
                 json!({"service": p.service, "version": p.version, "namespace": p.namespace, "instance": p.instance_id,
-                       "ackedVersion": p.acked_version, "nackedVersion": p.nacked_version, "nackReason": p.nack_reason})
+                       "ackedVersion": p.acked_version, "nackedVersion": p.nacked_version, "nackReason": p.nack_reason,
+                       "lastPushMs": p.last_push_ms, "lastSeenMsAgo": p.last_seen_ms_ago})
             })
             .collect();
         println!(
@@ -270,8 +271,8 @@ pub async fn proxy_status(control: &str, output: Output) -> Result<()> {
     }
     println!("control plane config version {}", resp.control_version);
     println!(
-        "{:<18} {:<12} {:<8} {:<16} STATUS",
-        "INSTANCE", "SERVICE", "VERSION", "ACKED"
+        "{:<18} {:<12} {:<8} {:<16} {:<10} {:<10} STATUS",
+        "INSTANCE", "SERVICE", "VERSION", "ACKED", "PUSH", "SEEN"
     );
     for p in &resp.proxies {
         let status = if !p.nack_reason.is_empty() {
@@ -281,8 +282,12 @@ pub async fn proxy_status(control: &str, output: Output) -> Result<()> {
         } else {
             "STALE".into()
         };
+        let push = p
+            .last_push_ms
+            .map_or("-".to_string(), |ms| format!("{ms:.1}ms"));
+        let seen = format!("{:.1}s ago", p.last_seen_ms_ago as f64 / 1000.0);
         println!(
-            "{:<18} {:<12} {:<8} {:<16} {status}",
+            "{:<18} {:<12} {:<8} {:<16} {push:<10} {seen:<10} {status}",
             p.instance_id, p.service, p.version, p.acked_version
         );
     }
