@@ -21,16 +21,16 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<ArcSwap<State>>,
     identity: Option<IdentityStatus>,
-    counters: Arc<crate::inbound::Counters>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (state, identity, counters) = (state.clone(), identity.clone(), counters.clone());
+        let (state, identity, metrics) = (state.clone(), identity.clone(), metrics.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = respond(req.uri().path(), &state, identity.as_ref(), &counters);
+                let resp = respond(req.uri().path(), &state, identity.as_ref(), &metrics);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -44,7 +44,7 @@ fn respond(
     path: &str,
     state: &ArcSwap<State>,
     identity: Option<&IdentityStatus>,
-    counters: &crate::inbound::Counters,
+    metrics: &crate::metrics::Metrics,
 ) -> Response<Full<Bytes>> {
     // Ready once config has arrived and, with mTLS configured, a certificate too.
     let missing = if state.load().version.is_empty() {
@@ -64,8 +64,8 @@ fn respond(
         ),
         ("/metrics", _) => (
             StatusCode::OK,
-            "text/plain; version=0.0.4",
-            Bytes::from(counters.render()),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Bytes::from(metrics.render()),
         ),
         ("/identity", _) => match identity {
             Some(status) => {

@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::connect::TlsContext;
 use crate::discovery::{self, Registration};
-use crate::inbound::{self, Inbound};
+use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::proxy::Forwarder;
 use crate::server::Drain;
@@ -105,18 +105,19 @@ impl Bound {
             .as_ref()
             .map(|a| Arc::new(a.status_fn()) as admin::IdentityStatus);
         let identity_task = agent.map(|a| tokio::spawn(a.run()));
-        let counters = Arc::new(inbound::Counters::default());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let admin_task = tokio::spawn(admin::serve(
             admin,
             state.clone(),
             identity_status,
-            counters.clone(),
+            metrics.clone(),
         ));
         let sub_task = tokio::spawn(discovery::subscribe(
             channel.clone(),
             node.clone(),
             state.clone(),
             config.reconnect_max,
+            metrics.clone(),
         ));
         let tls = certificate.clone().map(|identity| TlsContext {
             state: state.clone(),
@@ -125,7 +126,12 @@ impl Bound {
         let forwarder = Forwarder::new(tls, state.clone());
         let drain = Drain::new();
         let inbound_state = state.clone();
-        let out = Outbound::new(state, forwarder.clone(), certificate.is_some());
+        let out = Outbound::new(
+            state,
+            forwarder.clone(),
+            certificate.is_some(),
+            metrics.clone(),
+        );
         drain.serve(outbound, move |req| {
             let out = out.clone();
             async move { out.handle(req).await }
@@ -138,7 +144,7 @@ impl Bound {
                     forwarder,
                     certificate.clone(),
                     config.inbound_mode,
-                    counters,
+                    metrics,
                     inbound_state,
                     own,
                 )

@@ -43,11 +43,12 @@ pub async fn subscribe(
     node: pb::Node,
     state: Arc<ArcSwap<State>>,
     reconnect_max: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let mut delivered = false;
-        match subscribe_once(&channel, &node, &state, &mut delivered).await {
+        match subscribe_once(&channel, &node, &state, &metrics, &mut delivered).await {
             Ok(()) => tracing::warn!("control plane closed the discovery stream"),
             Err(e) => {
                 tracing::warn!(error = %e, "discovery stream failed; serving last good config")
@@ -68,6 +69,7 @@ async fn subscribe_once(
     channel: &Channel,
     node: &pb::Node,
     state: &ArcSwap<State>,
+    metrics: &crate::metrics::Metrics,
     delivered: &mut bool,
 ) -> Result<(), tonic::Status> {
     let mut client = DiscoveryClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
@@ -88,6 +90,7 @@ async fn subscribe_once(
             Ok(next) => {
                 // One atomic swap: requests already running keep the Arc they loaded.
                 state.store(Arc::new(next));
+                metrics.config_applied(&resp.version_info);
                 tracing::info!(version = %resp.version_info, "config applied");
                 pb::DiscoveryRequest {
                     version_info: resp.version_info.clone(),

@@ -9,6 +9,7 @@
 use crate::body::ReqBody;
 use crate::errors::{self, Body};
 use crate::identity::Current;
+use crate::metrics::{ConnectionLabels, Metrics, RequestLabels};
 use crate::proxy::Forwarder;
 use crate::server::Drain;
 use crate::state::State;
@@ -19,7 +20,6 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -57,34 +57,6 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// Inbound connection counts, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    tls: AtomicU64,
-    plaintext: AtomicU64,
-    plaintext_refused: AtomicU64,
-    handshake_failed: AtomicU64,
-}
-
-impl Counters {
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "# HELP mesh_inbound_connections_total Inbound connections by transport and outcome.\n\
-             # TYPE mesh_inbound_connections_total counter\n\
-             mesh_inbound_connections_total{{tls=\"true\",outcome=\"accepted\"}} {}\n\
-             mesh_inbound_connections_total{{tls=\"true\",outcome=\"handshake_failed\"}} {}\n\
-             mesh_inbound_connections_total{{tls=\"false\",outcome=\"accepted\"}} {}\n\
-             mesh_inbound_connections_total{{tls=\"false\",outcome=\"refused\"}} {}\n",
-            get(&self.tls),
-            get(&self.handshake_failed),
-            get(&self.plaintext),
-            get(&self.plaintext_refused),
-        )
-    }
-}
-
 /// The inbound side of the sidecar.
 #[derive(Clone)]
 pub struct Inbound {
@@ -92,7 +64,7 @@ pub struct Inbound {
     forwarder: Forwarder,
     identity: Option<Current>,
     mode: Mode,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     /// Live config, for this service's authorization policy.
     state: Arc<ArcSwap<State>>,
     /// This service's own name, `<service>.<namespace>`, as the state resolves it.
@@ -107,7 +79,7 @@ impl Inbound {
         forwarder: Forwarder,
         identity: Option<Current>,
         mode: Mode,
-        counters: Arc<Counters>,
+        metrics: Arc<Metrics>,
         state: Arc<ArcSwap<State>>,
         own: String,
     ) -> Self {
@@ -120,7 +92,7 @@ impl Inbound {
             forwarder,
             identity,
             mode,
-            counters,
+            metrics,
             state,
             own,
         }
@@ -135,19 +107,24 @@ impl Inbound {
         })
     }
 
+    fn connection_outcome(&self, tls: bool, outcome: &'static str) {
+        self.metrics
+            .inbound_connections
+            .get_or_create(&ConnectionLabels { tls, outcome })
+            .inc();
+    }
+
     async fn connection(self, drain: &Drain, stream: TcpStream) {
         let mut first = [0u8; 1];
         let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
         let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE_RECORD;
         if !is_tls {
             if self.mode == Mode::Strict {
-                self.counters
-                    .plaintext_refused
-                    .fetch_add(1, Ordering::Relaxed);
+                self.connection_outcome(false, "refused");
                 tracing::info!(peer = ?stream.peer_addr().ok(), "plaintext connection refused: inbound is strict mTLS");
                 return;
             }
-            self.counters.plaintext.fetch_add(1, Ordering::Relaxed);
+            self.connection_outcome(false, "accepted");
             tracing::debug!(tls = false, peer = ?stream.peer_addr().ok(), "plaintext connection accepted (permissive)");
             let inbound = self.clone();
             drain
@@ -159,9 +136,7 @@ impl Inbound {
             return;
         }
         let Some(cert) = self.identity.as_ref().and_then(|c| c.load_full()) else {
-            self.counters
-                .handshake_failed
-                .fetch_add(1, Ordering::Relaxed);
+            self.connection_outcome(true, "handshake_failed");
             tracing::warn!("TLS connection refused: no workload certificate yet");
             return;
         };
@@ -169,16 +144,12 @@ impl Inbound {
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                self.counters
-                    .handshake_failed
-                    .fetch_add(1, Ordering::Relaxed);
+                self.connection_outcome(true, "handshake_failed");
                 tracing::warn!(error = %e, "mTLS handshake failed");
                 return;
             }
             Err(_) => {
-                self.counters
-                    .handshake_failed
-                    .fetch_add(1, Ordering::Relaxed);
+                self.connection_outcome(true, "handshake_failed");
                 tracing::warn!("mTLS handshake timed out");
                 return;
             }
@@ -190,7 +161,7 @@ impl Inbound {
             .and_then(|c| c.first())
             .and_then(crate::tls::spiffe_id)
             .map(Arc::from);
-        self.counters.tls.fetch_add(1, Ordering::Relaxed);
+        self.connection_outcome(true, "accepted");
         let inbound = self.clone();
         drain
             .serve_conn(TokioIo::new(tls), move |req| {
@@ -229,25 +200,42 @@ impl Inbound {
         mut req: Request<Incoming>,
         client: Option<Arc<str>>,
     ) -> Response<Body> {
+        let peer = client.as_deref().map(str::to_owned);
         // Never let an outside copy pass for a verified identity.
         req.headers_mut().remove(CLIENT_ID_HEADER);
         if let Some(id) = client.and_then(|c| HeaderValue::from_str(&c).ok()) {
             req.headers_mut().insert(CLIENT_ID_HEADER, id);
         }
         let grpc = errors::is_grpc(&req);
-        if let Err(e) = self.authorize(&req) {
-            return errors::respond(&e, grpc);
-        }
-        match self
-            .forwarder
-            .forward(req.map(ReqBody::Stream), &self.app, false)
-            .await
-        {
-            Ok(resp) => resp.map(Either::Left),
-            Err(e) => {
-                tracing::debug!(error = %e, "inbound request failed");
-                errors::respond(&e, grpc)
-            }
-        }
+        let started = std::time::Instant::now();
+        let resp = match self.authorize(&req) {
+            Err(e) => errors::respond(&e, grpc),
+            Ok(()) => match self
+                .forwarder
+                .forward(req.map(ReqBody::Stream), &self.app, false)
+                .await
+            {
+                Ok(resp) => resp.map(Either::Left),
+                Err(e) => {
+                    tracing::debug!(error = %e, "inbound request failed");
+                    errors::respond(&e, grpc)
+                }
+            },
+        };
+        self.metrics.request(
+            RequestLabels {
+                direction: "inbound",
+                service: self.own.clone(),
+                status_code: resp.status().as_u16(),
+                grpc_status: crate::retry::grpc_status(resp.headers())
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                tls: peer.is_some(),
+                peer_identity: peer.unwrap_or_default(),
+                ..Default::default()
+            },
+            started.elapsed(),
+        );
+        resp
     }
 }

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod health;
 pub mod identity;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
 pub mod proxy;
 pub mod retry;

@@ -7,6 +7,7 @@
 use crate::balance::{Attempt, NoPick, Slot};
 use crate::body::{self, Replay, ReqBody};
 use crate::errors::{self, Body, Error};
+use crate::metrics::{BackendLabels, Metrics, MirrorLabels, RequestLabels, RouteLabels};
 use crate::proxy::Forwarder;
 use crate::retry::{ATTEMPT_HEADER, Policy as RetryPolicy, grpc_status};
 use crate::route::{Mirror, Route, roll};
@@ -34,6 +35,18 @@ pub struct Outbound {
     /// Whether this sidecar has a workload identity, so it can speak mTLS.
     mtls: bool,
     mirrors: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+/// What the request met on its way, for its metric labels.
+#[derive(Default)]
+struct Observed {
+    service: Option<String>,
+    route: String,
+    backend: String,
+    version: String,
+    tls: bool,
+    peer: String,
 }
 
 /// How one attempt ended, as far as retries and ejection care.
@@ -47,28 +60,69 @@ struct Verdict {
 
 impl Outbound {
     /// A handler over the live state.
-    pub fn new(state: Arc<ArcSwap<State>>, forwarder: Forwarder, mtls: bool) -> Self {
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        forwarder: Forwarder,
+        mtls: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Outbound {
             state,
             forwarder,
             mtls,
             mirrors: Arc::default(),
+            metrics,
         }
     }
 
     /// Routes and forwards one request; errors become responses here.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let grpc = errors::is_grpc(&req);
-        match self.route_and_forward(req).await {
+        let started = std::time::Instant::now();
+        let mut seen = Observed::default();
+        let resp = match self.route_and_forward(req, &mut seen).await {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => {
                 tracing::debug!(error = %e, "outbound request failed");
+                if matches!(e, Error::Timeout(_))
+                    && let Some(service) = &seen.service
+                {
+                    self.metrics
+                        .timeouts
+                        .get_or_create(&RouteLabels {
+                            service: service.clone(),
+                            route: seen.route.clone(),
+                        })
+                        .inc();
+                }
                 errors::respond(&e, grpc)
             }
-        }
+        };
+        self.metrics.request(
+            RequestLabels {
+                direction: "outbound",
+                // Only names from config: an unknown authority is not a label value.
+                service: seen.service.unwrap_or_else(|| "unknown".into()),
+                route: seen.route,
+                backend: seen.backend,
+                backend_version: seen.version,
+                status_code: resp.status().as_u16(),
+                grpc_status: crate::retry::grpc_status(resp.headers())
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                tls: seen.tls,
+                peer_identity: seen.peer,
+            },
+            started.elapsed(),
+        );
+        resp
     }
 
-    async fn route_and_forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
+    async fn route_and_forward(
+        &self,
+        req: Request<Incoming>,
+        seen: &mut Observed,
+    ) -> Result<Response<Incoming>, Error> {
         // One lock-free load per request: this Arc pins the snapshot the request runs on.
         let state = self.state.load_full();
         // Only the initial, empty state has no version.
@@ -88,9 +142,10 @@ impl Outbound {
         let service = state
             .resolve(authority)
             .ok_or_else(|| Error::UnknownService(authority.to_string()))?;
-        let route = service
-            .route(&req)
-            .ok_or_else(|| Error::NoRoute(format!("{}.{}", service.name, service.namespace)))?;
+        let name = format!("{}.{}", service.name, service.namespace);
+        seen.service = Some(name.clone());
+        let route = service.route(&req).ok_or(Error::NoRoute(name))?;
+        seen.route.clone_from(&route.name);
         if let Some(f) = &route.fault {
             if roll(f.delay_percent) {
                 tokio::time::sleep(f.delay).await;
@@ -103,7 +158,7 @@ impl Outbound {
                 });
             }
         }
-        let attempts = self.attempts(req, route);
+        let attempts = self.attempts(req, route, seen);
         match route.timeout {
             Some(t) => tokio::time::timeout(t, attempts)
                 .await
@@ -118,6 +173,7 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         route: &Route,
+        seen: &mut Observed,
     ) -> Result<Response<Incoming>, Error> {
         let retry = route.retry.as_ref();
         if let Some((_, budget)) = retry {
@@ -173,6 +229,14 @@ impl Outbound {
             // identity-less client falls back to plaintext, which only a
             // permissive server accepts.
             let secure = self.mtls && endpoint.identity.is_some();
+            seen.backend.clone_from(&cluster.name);
+            seen.version.clone_from(&endpoint.version);
+            seen.tls = secure;
+            seen.peer = if secure {
+                endpoint.identity.clone().unwrap_or_default()
+            } else {
+                String::new()
+            };
             let tracker = Attempt::start(&cluster.stats[i]);
             let per_try = retry.and_then(|(p, _)| p.per_try_timeout);
             let sent = self.forwarder.forward(req, &endpoint.authority, secure);
@@ -191,6 +255,12 @@ impl Outbound {
                     cluster = %cluster.name,
                     "endpoint ejected after consecutive failures"
                 );
+                self.metrics
+                    .ejections
+                    .get_or_create(&BackendLabels {
+                        backend: cluster.name.clone(),
+                    })
+                    .inc();
             }
             let Some((policy, budget)) = retry else {
                 return outcome;
@@ -203,6 +273,13 @@ impl Outbound {
                 return outcome;
             }
             drop(outcome);
+            self.metrics
+                .retries
+                .get_or_create(&RouteLabels {
+                    service: seen.service.clone().unwrap_or_default(),
+                    route: route.name.clone(),
+                })
+                .inc();
             tokio::time::sleep(policy.backoff(attempt)).await;
             avoid = Some((Arc::as_ptr(cluster) as usize, i));
         }
@@ -215,11 +292,22 @@ impl Outbound {
         let Ok(i) = cluster.pick(None) else {
             return;
         };
+        let count = |result| {
+            self.metrics
+                .mirrors
+                .get_or_create(&MirrorLabels {
+                    backend: cluster.name.clone(),
+                    result,
+                })
+                .inc();
+        };
         if self.mirrors.fetch_add(1, Ordering::Relaxed) >= MIRRORS_IN_FLIGHT {
             self.mirrors.fetch_sub(1, Ordering::Relaxed);
+            count("dropped");
             tracing::debug!(cluster = %cluster.name, "mirror dropped: too many in flight");
             return;
         }
+        count("sent");
         let req = copy_head(head, ReqBody::Replay(body));
         let endpoint = cluster.endpoints[i].clone();
         let secure = self.mtls && endpoint.identity.is_some();

@@ -134,6 +134,7 @@ async fn unusable_snapshot_is_nacked_with_its_reason_and_the_old_one_keeps_servi
         node,
         state.clone(),
         Duration::from_millis(200),
+        Default::default(),
     ));
 
     let deadline = Duration::from_secs(10);

@@ -3,7 +3,8 @@
 //! Every answer names the service, version and instance that produced it.
 //!
 //! HTTP paths: `/healthz` (the health check), `/admin/health?ok=false|true`
-//! (make the health check fail or pass), `/admin/stats` (requests that
+//! (make the health check fail or pass), `?status=NNN` on any other path
+//! (answer with that status), `/admin/stats` (requests that
 //! arrived, by method, and how many were retries: tests count arrivals
 //! here), anything else echoes a JSON summary
 //! of the request; request bodies are streamed and hashed, never buffered,
@@ -221,6 +222,15 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
                 );
             }
         }
+    }
+    // `?status=NNN` answers with that status: tests count known codes.
+    if let Some(code) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("status="))
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        return text(code, format!("{{\"status\":{}}}\n", code.as_u16()));
     }
     if app.delay_and_fail().await {
         return text(
