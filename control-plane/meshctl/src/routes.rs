@@ -94,7 +94,7 @@ fn table(resp: &pb::GetRoutesResponse) -> String {
         return String::new();
     };
     let mut out = format!(
-        "service {}/{} (config version {})\n\n{:<16} {:<28} {:<24} {:<8} {:<48} {:<16} FAULT\n",
+        "service {}/{} (config version {})\n\n{:<16} {:<28} {:<24} {:<8} {:<64} {:<16} FAULT\n",
         sc.namespace,
         sc.name,
         resp.version,
@@ -121,7 +121,7 @@ fn table(resp: &pb::GetRoutesResponse) -> String {
             .collect();
         let m = matches(r);
         out.push_str(&format!(
-            "{:<16} {:<28} {:<24} {:<8} {:<48} {:<16} {}\n",
+            "{:<16} {:<28} {:<24} {:<8} {:<64} {:<16} {}\n",
             r.name,
             if m.is_empty() {
                 "*".to_string()
