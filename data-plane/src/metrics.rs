@@ -215,6 +215,82 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The Grafana dashboard in install/ queries only metrics and labels
+    /// the sidecar really exports.
+    #[test]
+    fn the_dashboard_queries_what_the_sidecar_exports() {
+        let m = Metrics::default();
+        m.request(RequestLabels::default(), Duration::from_millis(1));
+        let route = RouteLabels {
+            service: "s".into(),
+            route: "r".into(),
+        };
+        m.retries.get_or_create(&route).inc();
+        m.timeouts.get_or_create(&route).inc();
+        m.ejections
+            .get_or_create(&BackendLabels {
+                backend: "b".into(),
+            })
+            .inc();
+        m.mirrors
+            .get_or_create(&MirrorLabels {
+                backend: "b".into(),
+                result: "sent",
+            })
+            .inc();
+        m.inbound_connections
+            .get_or_create(&ConnectionLabels {
+                tls: true,
+                outcome: "accepted",
+            })
+            .inc();
+        m.config_applied("1");
+        let text = m.render();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../install/grafana/mesh-dashboard.json"
+        );
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut exprs: Vec<String> = dash["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["targets"].as_array().unwrap().iter())
+            .map(|t| t["expr"].as_str().unwrap().to_string())
+            .collect();
+        exprs.push(
+            dash["templating"]["list"][1]["definition"]
+                .as_str()
+                .unwrap()
+                .into(),
+        );
+        assert!(exprs.len() >= 10);
+        let metric = regex::Regex::new(r"mesh_[a-z_]+").unwrap();
+        let by = regex::Regex::new(r"by \(([^)]*)\)").unwrap();
+        for e in &exprs {
+            for name in metric.find_iter(e) {
+                let name = name.as_str();
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                    "{name} (in {e}) is not exported:\n{text}"
+                );
+            }
+            for labels in by.captures_iter(e) {
+                for label in labels[1].split(',').map(str::trim) {
+                    if label == "le" || label == "instance" {
+                        continue; // histogram bucket bound; added by Prometheus
+                    }
+                    assert!(
+                        text.contains(&format!("{label}=\"")),
+                        "label {label} (in {e}) is not exported"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn renders_openmetrics_with_units_and_eof() {
         let m = Metrics::default();
