@@ -189,16 +189,25 @@ pub(crate) async fn fanout(dir: &Path, n: usize, shifts: usize) -> Result<Fanout
         samples.push(last.duration_since(start).as_secs_f64() * 1000.0);
         firsts.push(first.duration_since(start).as_secs_f64() * 1000.0);
     }
-    // The control plane saw every ACK too, not just the senders.
-    let st = admin
-        .proxy_status(pb::ProxyStatusRequest {})
-        .await?
-        .into_inner();
-    let acked = st
-        .proxies
-        .iter()
-        .filter(|p| p.acked_version == st.control_version)
-        .count();
+    // The control plane saw every ACK too, not just the senders. The last
+    // ACKs may still be on the wire when the last sidecar has the version,
+    // so wait for them, with a deadline.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let acked = loop {
+        let st = admin
+            .proxy_status(pb::ProxyStatusRequest {})
+            .await?
+            .into_inner();
+        let acked = st
+            .proxies
+            .iter()
+            .filter(|p| p.acked_version == st.control_version)
+            .count();
+        if acked == n || Instant::now() > deadline {
+            break acked;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     if acked != n {
         bail!("control plane recorded {acked} of {n} ACKs of the last version");
     }
