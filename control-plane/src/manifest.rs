@@ -206,11 +206,17 @@ pub enum RawNumber {
 impl RawNumber {
     /// The value as a weight, or the reason it is not one.
     pub fn as_weight(&self) -> Result<u32, String> {
+        self.as_count("weights")
+    }
+
+    /// The value as a whole number of `what` (plural, for the message), or
+    /// the reason it is not one.
+    pub fn as_count(&self, what: &str) -> Result<u32, String> {
         match self {
             RawNumber::Unsigned(n) => u32::try_from(*n).map_err(|_| format!("{n} is too large")),
-            RawNumber::Signed(n) => Err(format!("{n} is negative; weights must be 0 or more")),
+            RawNumber::Signed(n) => Err(format!("{n} is negative; {what} must be 0 or more")),
             RawNumber::Float(f) if *f < 0.0 => {
-                Err(format!("{f} is negative; weights must be 0 or more"))
+                Err(format!("{f} is negative; {what} must be 0 or more"))
             }
             RawNumber::Float(f) => Err(format!("{f} is not a whole number")),
             RawNumber::Text(s) => Err(format!("{s:?} is not a number")),

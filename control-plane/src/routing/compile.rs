@@ -73,10 +73,31 @@ impl Problems<'_> {
     }
 
     pub(super) fn count(&mut self, field: &str, v: &Option<RawNumber>) -> Option<u32> {
-        match v.as_ref()?.as_weight() {
+        match v.as_ref()?.as_count("values") {
             Ok(n) => Some(n),
             Err(e) => {
-                self.add(field, e.replace("weights", "values"));
+                self.add(field, e);
+                None
+            }
+        }
+    }
+
+    /// Retry attempts: a whole number of at least 1; `zero` says what to
+    /// write instead of 0 in this syntax.
+    pub(super) fn attempts(
+        &mut self,
+        field: &str,
+        v: &Option<RawNumber>,
+        zero: &str,
+    ) -> Option<u32> {
+        match v.as_ref()?.as_count("attempts") {
+            Ok(0) => {
+                self.add(field, format!("is 0; give at least 1, {zero}"));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.add(field, e);
                 None
             }
         }

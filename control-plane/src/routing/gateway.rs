@@ -3,7 +3,6 @@
 use super::compile::Problems;
 use super::docs::{self, HttpRouteMatch};
 use super::{HeaderMatch, HttpRoute, MAX_RULES, Mirror, PathMatch, RequestMatch, Retry, RouteRule};
-use crate::manifest::RawNumber;
 use crate::rules::Backend;
 
 pub(super) fn http_route(p: &mut Problems<'_>, r: &docs::HttpRoute) -> Option<HttpRoute> {
@@ -99,14 +98,8 @@ pub(super) fn http_route(p: &mut Problems<'_>, r: &docs::HttpRoute) -> Option<Ht
         };
         let retry = rule.retry.as_ref().map(|g| {
             let mut retry = Retry::default();
-            match g.attempts.as_ref().map(RawNumber::as_weight) {
-                Some(Ok(0)) => p.add(
-                    field("retry.attempts"),
-                    "is 0; give at least 1, or remove retry",
-                ),
-                Some(Ok(n)) => retry.attempts = n,
-                Some(Err(e)) => p.add(field("retry.attempts"), e.replace("weights", "attempts")),
-                None => {}
+            if let Some(n) = p.attempts(&field("retry.attempts"), &g.attempts, "or remove retry") {
+                retry.attempts = n;
             }
             if !g.codes.is_empty() {
                 retry.retry_on = g.codes.iter().map(u16::to_string).collect();
@@ -141,7 +134,7 @@ pub(super) fn http_route(p: &mut Problems<'_>, r: &docs::HttpRoute) -> Option<Ht
                     check_service_ref(p, &format!("{ff}.requestMirror.backendRef"), &m.backend_ref);
                     let percent = match &m.percent {
                         None => 100.0,
-                        Some(v) => match v.as_weight() {
+                        Some(v) => match v.as_count("percentages") {
                             Ok(n) => {
                                 p.percent(&format!("{ff}.requestMirror.percent"), f64::from(n))
                             }

@@ -3,7 +3,6 @@
 use super::compile::Problems;
 use super::docs;
 use super::{Fault, Mirror, Retry, TrafficPolicy};
-use crate::manifest::RawNumber;
 
 const RETRY_CONDITIONS: [&str; 4] = ["5xx", "gateway-error", "connect-failure", "reset"];
 /// gRPC status names (lower-case, dashes) to codes.
@@ -124,14 +123,12 @@ pub(super) fn traffic_policy(p: &mut Problems<'_>, tp: &docs::TrafficPolicy) -> 
 
 fn retry_spec(p: &mut Problems<'_>, r: &docs::RetrySpec) -> Retry {
     let mut out = Retry::default();
-    match r.attempts.as_ref().map(RawNumber::as_weight) {
-        Some(Ok(0)) => p.add(
-            "spec.retry.attempts",
-            "is 0; give at least 1, or set retryOn: [] to never retry",
-        ),
-        Some(Ok(n)) => out.attempts = n,
-        Some(Err(e)) => p.add("spec.retry.attempts", e.replace("weights", "attempts")),
-        None => {}
+    if let Some(n) = p.attempts(
+        "spec.retry.attempts",
+        &r.attempts,
+        "or set retryOn: [] to never retry",
+    ) {
+        out.attempts = n;
     }
     out.per_try_timeout_ms = p
         .duration("spec.retry.perTryTimeout", &r.per_try_timeout)
