@@ -101,6 +101,35 @@ pub enum Document {
     TrafficPolicy(Box<crate::routing::docs::TrafficPolicy>),
 }
 
+impl Document {
+    /// The kind as written in YAML, and the document's metadata.
+    pub fn kind_and_meta(&self) -> (&'static str, &ObjectMeta) {
+        match self {
+            Document::TrafficSplit(d) => ("TrafficSplit", &d.metadata),
+            Document::Service(d) => ("Service", &d.metadata),
+            Document::Workload(d) => ("Workload", &d.metadata),
+            Document::AuthorizationPolicy(d) => ("AuthorizationPolicy", &d.metadata),
+            Document::HttpRouteGroup(d) => ("HTTPRouteGroup", &d.metadata),
+            Document::HttpRoute(d) => ("HTTPRoute", &d.metadata),
+            Document::TrafficPolicy(d) => ("TrafficPolicy", &d.metadata),
+        }
+    }
+}
+
+/// The document of `kind` named `namespace/name` among `docs`, so an error
+/// about an object can point at the file and line it came from.
+pub fn find<'a>(
+    docs: &'a [Located],
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a Located> {
+    docs.iter().find(|d| {
+        let (k, meta) = d.doc.kind_and_meta();
+        k == kind && meta.namespace == namespace && meta.name == name
+    })
+}
+
 /// mesh's `AuthorizationPolicy`: the callers a service accepts.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -120,8 +120,7 @@ pub fn splits_from(docs: &[Located]) -> Result<Vec<Split>, Vec<manifest::Error>>
 }
 
 fn located_of<'a>(docs: &'a [Located], s: &Split) -> &'a Located {
-    docs.iter()
-        .find(|d| matches!(&d.doc, Document::TrafficSplit(t) if t.metadata.name == s.name && t.metadata.namespace == s.namespace))
+    manifest::find(docs, "TrafficSplit", &s.namespace, &s.name)
         .expect("every split came from a document")
 }
 
@@ -293,9 +292,7 @@ impl RuleSet {
                 .values()
                 .find(|o| o.namespace == p.namespace && o.service == p.service && o.name != p.name)
             {
-                let at = docs.iter().find(|d| {
-                    matches!(&d.doc, Document::AuthorizationPolicy(a) if a.metadata.name == p.name && a.metadata.namespace == p.namespace)
-                });
+                let at = manifest::find(docs, "AuthorizationPolicy", &p.namespace, &p.name);
                 errors.push(manifest::Error::about(
                     at,
                     &format!("AuthorizationPolicy {}/{}", p.namespace, p.name),

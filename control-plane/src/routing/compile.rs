@@ -123,12 +123,13 @@ pub fn routing_from(docs: &[Located]) -> Result<Routing, Vec<manifest::Error>> {
     let mut out = Routing::default();
     let mut errors = Vec::new();
     for at in docs {
-        let (object, meta) = match &at.doc {
-            Document::HttpRouteGroup(g) => ("HTTPRouteGroup", &g.metadata),
-            Document::HttpRoute(r) => ("HTTPRoute", &r.metadata),
-            Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
-            _ => continue,
-        };
+        if !matches!(
+            at.doc,
+            Document::HttpRouteGroup(_) | Document::HttpRoute(_) | Document::TrafficPolicy(_)
+        ) {
+            continue;
+        }
+        let (object, meta) = at.doc.kind_and_meta();
         let mut p = Problems {
             at,
             object: format!("{object} {}/{}", meta.namespace, meta.name),

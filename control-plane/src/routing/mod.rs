@@ -12,7 +12,7 @@ mod traffic;
 pub use compile::{duration_ms, routing_from};
 pub use proto::{backend_policy, routes_for};
 
-use crate::manifest::{self, Document, Located};
+use crate::manifest::{self, Located};
 use crate::rules::{Outcome, Outcomes, RuleSet};
 use serde::{Deserialize, Serialize};
 
@@ -221,19 +221,6 @@ pub struct Routing {
     pub policies: Vec<TrafficPolicy>,
 }
 
-fn located<'a>(docs: &'a [Located], kind: &str, ns: &str, name: &str) -> Option<&'a Located> {
-    docs.iter().find(|d| {
-        let (k, meta) = match &d.doc {
-            Document::HttpRouteGroup(g) => ("HTTPRouteGroup", &g.metadata),
-            Document::HttpRoute(r) => ("HTTPRoute", &r.metadata),
-            Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
-            Document::TrafficSplit(s) => ("TrafficSplit", &s.metadata),
-            _ => return false,
-        };
-        k == kind && meta.namespace == ns && meta.name == name
-    })
-}
-
 /// Upserts the routing documents into `next` (already holding this apply's
 /// splits) and checks the merged set: TrafficSplit matches name existing
 /// groups, a service is routed by TrafficSplits or by one HTTPRoute, never
@@ -279,7 +266,7 @@ pub fn apply(
                 .contains_key(&(s.namespace.clone(), g.clone()))
             {
                 errors.push(manifest::Error::about(
-                    located(docs, "TrafficSplit", &s.namespace, &s.name),
+                    manifest::find(docs, "TrafficSplit", &s.namespace, &s.name),
                     &format!("TrafficSplit {}/{}", s.namespace, s.name),
                     format!("spec.matches[{i}].name"),
                     format!(
@@ -291,7 +278,7 @@ pub fn apply(
         }
     }
     for r in next.http_routes.values() {
-        let at = located(docs, "HTTPRoute", &r.namespace, &r.name);
+        let at = manifest::find(docs, "HTTPRoute", &r.namespace, &r.name);
         let object = format!("HTTPRoute {}/{}", r.namespace, r.name);
         if let Some(s) = next
             .splits
@@ -299,7 +286,7 @@ pub fn apply(
             .find(|s| s.namespace == r.namespace && s.service == r.service)
         {
             errors.push(manifest::Error::about(
-                at.or_else(|| located(docs, "TrafficSplit", &s.namespace, &s.name)),
+                at.or_else(|| manifest::find(docs, "TrafficSplit", &s.namespace, &s.name)),
                 &object,
                 "spec.parentRefs[0].name".into(),
                 format!(
@@ -331,7 +318,7 @@ pub fn apply(
             .find(|o| o.namespace == p.namespace && o.service == p.service && o.name < p.name)
         {
             errors.push(manifest::Error::about(
-                located(docs, "TrafficPolicy", &p.namespace, &p.name),
+                manifest::find(docs, "TrafficPolicy", &p.namespace, &p.name),
                 &format!("TrafficPolicy {}/{}", p.namespace, p.name),
                 "spec.service".into(),
                 format!(
@@ -359,7 +346,7 @@ pub fn check_mirrors(
     let mut check = |kind: &str, ns: &str, name: &str, field: String, m: &Mirror| {
         if !knows(ns, &m.service) {
             errors.push(manifest::Error::about(
-                located(docs, kind, ns, name),
+                manifest::find(docs, kind, ns, name),
                 &format!("{kind} {ns}/{name}"),
                 field,
                 format!("mirror names unknown service {ns}/{}", m.service),
