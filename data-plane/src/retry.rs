@@ -156,39 +156,49 @@ impl Budget {
         self.ratio == ratio && self.min_per_sec == min_per_sec
     }
 
-    fn with_slot<T>(&self, f: impl FnOnce(&mut (u64, u64, u64), u64, u64) -> T) -> T {
-        let mut b = self.buckets.lock().expect("budget lock");
-        let sec = b.start.elapsed().as_secs();
-        let window = BUDGET_WINDOW.as_secs();
-        let (reqs, retries) = b
-            .slots
-            .iter()
-            .filter(|s| s.0 != u64::MAX && s.0 + window > sec)
-            .fold((0, 0), |acc, s| (acc.0 + s.1, acc.1 + s.2));
-        let slot = &mut b.slots[(sec % window) as usize];
-        if slot.0 != sec {
-            *slot = (sec, 0, 0);
-        }
-        f(slot, reqs, retries)
-    }
-
-    /// Counts an original request.
+    /// Counts an original request. On every request's path, so it only
+    /// touches the current second's bucket.
     pub fn deposit(&self) {
-        self.with_slot(|slot, _, _| slot.1 += 1);
+        self.buckets.lock().expect("budget lock").current().1 += 1;
     }
 
     /// Takes one retry from the budget, if there is one left.
     pub fn withdraw(&self) -> bool {
-        let (ratio, floor) = (self.ratio, self.min_per_sec);
-        self.with_slot(|slot, reqs, retries| {
-            let allowed = ratio * reqs as f64 + f64::from(floor) * BUDGET_WINDOW.as_secs_f64();
-            if (retries as f64) < allowed {
-                slot.2 += 1;
-                true
-            } else {
-                false
-            }
-        })
+        let mut b = self.buckets.lock().expect("budget lock");
+        let (reqs, retries) = b.totals();
+        let allowed =
+            self.ratio * reqs as f64 + f64::from(self.min_per_sec) * BUDGET_WINDOW.as_secs_f64();
+        if (retries as f64) < allowed {
+            b.current().2 += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Buckets {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
+    /// This second's bucket, recycled from the one ten seconds ago.
+    fn current(&mut self) -> &mut (u64, u64, u64) {
+        let sec = self.now();
+        let slot = &mut self.slots[(sec % BUDGET_WINDOW.as_secs()) as usize];
+        if slot.0 != sec {
+            *slot = (sec, 0, 0);
+        }
+        slot
+    }
+
+    /// Requests and retries over the window.
+    fn totals(&self) -> (u64, u64) {
+        let sec = self.now();
+        self.slots
+            .iter()
+            .filter(|s| s.0 != u64::MAX && s.0 + BUDGET_WINDOW.as_secs() > sec)
+            .fold((0, 0), |acc, s| (acc.0 + s.1, acc.1 + s.2))
     }
 }
 
