@@ -21,6 +21,26 @@ spec:
     weight: 100
 ";
 
+/// Applies each case, which must fail naming its file and every expected
+/// fragment, with nothing applied: the config version stays `good_version`.
+async fn assert_all_rejected(mesh: &Mesh, cases: &[(&str, String, Vec<&str>)], good_version: u64) {
+    for (name, yaml, expected) in cases {
+        let out = mesh.apply(name, yaml).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(stderr.contains(&format!("{name}:")), "{name}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(e), "{name}: expected {e:?} in: {stderr}");
+        }
+        assert!(stderr.contains("nothing was applied"), "{name}: {stderr}");
+    }
+    assert_eq!(
+        mesh.version().await,
+        good_version,
+        "no rejected apply changed the config"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
     let (mesh, _instances, client) = Mesh::two_versions("invalid", "100", "0").await;
@@ -84,20 +104,7 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
             vec!["mixed.yaml:", "spec.backends[1].weight", "not a number"],
         ),
     ];
-    for (name, yaml, expected) in &cases {
-        let out = mesh.apply(name, yaml).await;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name} was accepted");
-        for e in expected {
-            assert!(stderr.contains(e), "{name}: expected {e:?} in: {stderr}");
-        }
-        assert!(stderr.contains("nothing was applied"), "{name}: {stderr}");
-    }
-    assert_eq!(
-        mesh.version().await,
-        good_version,
-        "no rejected apply changed the config"
-    );
+    assert_all_rejected(&mesh, &cases, good_version).await;
     let t = burst(outbound, "echo", 300, 4).await;
     assert_eq!(
         (t.count("v1"), t.failures),
@@ -275,21 +282,7 @@ async fn bad_resilience_rules_are_rejected_naming_the_field() {
             vec!["spec.matches[0].name", "no HTTPRouteGroup default/nowhere"],
         ),
     ];
-    for (name, yaml, expected) in &cases {
-        let out = mesh.apply(name, yaml).await;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name} was accepted");
-        assert!(stderr.contains(&format!("{name}:")), "{name}: {stderr}");
-        for e in expected {
-            assert!(stderr.contains(e), "{name}: expected {e:?} in: {stderr}");
-        }
-        assert!(stderr.contains("nothing was applied"), "{name}: {stderr}");
-    }
-    assert_eq!(
-        mesh.version().await,
-        good_version,
-        "no rejected apply changed the config"
-    );
+    assert_all_rejected(&mesh, &cases, good_version).await;
     // The good policy still governs the routes, and traffic flows.
     let out = mesh.meshctl(&["get", "routes", "echo", "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -8,7 +8,7 @@ mod support;
 
 use http::Method;
 use std::time::{Duration, Instant};
-use support::load::{Shape, arrivals, from_instance, many, total_arrivals, with_status};
+use support::load::{Shape, arrivals, at_once, from_instance, many, total_arrivals, with_status};
 use support::{Instance, Mesh, traffic_policy};
 
 /// Three v1 instances of echo, the last one failing every request with 503.
@@ -350,21 +350,7 @@ async fn concurrency_limits_turn_overload_into_immediate_503s() {
     .await;
     mesh.sync(&client).await;
     // Ten callers at once, each on its own connection.
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let proxy = client.outbound;
-            tokio::spawn(async move {
-                let http = meshctl::traffic::client();
-                support::load::send(&http, proxy, &Shape::get("echo"))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut replies = Vec::new();
-    for t in tasks {
-        replies.push(t.await.unwrap());
-    }
+    let replies = at_once(client.outbound, &Shape::get("echo"), 10).await;
     assert_eq!(with_status(&replies, 200), 2, "{replies:?}");
     for r in replies.iter().filter(|r| r.status == 503) {
         assert!(
@@ -442,21 +428,7 @@ async fn pending_connection_limit_refuses_at_once_while_a_handshake_hangs() {
     let client = mesh
         .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", TOKEN)])
         .await;
-    let tasks: Vec<_> = (0..6)
-        .map(|_| {
-            let proxy = client.outbound;
-            tokio::spawn(async move {
-                let http = meshctl::traffic::client();
-                support::load::send(&http, proxy, &Shape::get("silent"))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut replies = Vec::new();
-    for t in tasks {
-        replies.push(t.await.unwrap());
-    }
+    let replies = at_once(client.outbound, &Shape::get("silent"), 6).await;
     beat.abort();
     let refused: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
     assert_eq!(refused.len(), 5, "{replies:?}");

@@ -125,6 +125,27 @@ pub async fn many(proxy: SocketAddr, shape: &Shape, n: usize, concurrency: usize
     all
 }
 
+/// Sends `n` requests all at once, each on its own connection, so none
+/// waits behind another in a client pool.
+pub async fn at_once(proxy: SocketAddr, shape: &Shape, n: usize) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let shape = shape.clone();
+            tokio::spawn(async move {
+                let http = meshctl::traffic::client();
+                send(&http, proxy, &shape)
+                    .await
+                    .expect("the sidecar answers")
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    replies
+}
+
 /// Replies with this status.
 pub fn with_status(replies: &[Reply], status: u16) -> usize {
     replies.iter().filter(|r| r.status == status).count()
