@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "mesh/v1/admin.proto",
             "mesh/v1/identity.proto",
             "mesh/v1/echo.proto",
+            "mesh/v1/telemetry.proto",
         ],
         &["."],
     )?;

@@ -4,6 +4,7 @@
 use crate::identity::ca::Ca;
 use crate::rules::{Outcome, Split};
 use crate::state::State;
+use crate::telemetry::{DEFAULT_WINDOW, MAX_WINDOW, Window};
 use mesh_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -13,15 +14,22 @@ pub struct Admin {
     state: Arc<State>,
     ca: Arc<Ca>,
     trust_domain: String,
+    telemetry: Arc<Window>,
 }
 
 impl Admin {
     /// An admin service over shared state and the CA.
-    pub fn new(state: Arc<State>, ca: Arc<Ca>, trust_domain: String) -> Self {
+    pub fn new(
+        state: Arc<State>,
+        ca: Arc<Ca>,
+        trust_domain: String,
+        telemetry: Arc<Window>,
+    ) -> Self {
         Admin {
             state,
             ca,
             trust_domain,
+            telemetry,
         }
     }
 }
@@ -99,6 +107,38 @@ impl pb::admin_server::Admin for Admin {
         let r = request.into_inner();
         let ns = namespace_or_default(r.namespace);
         Ok(Response::new(self.state.routes(&ns, &r.service)?))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let r = request.into_inner();
+        let window = match r.window_ms {
+            0 => DEFAULT_WINDOW,
+            ms => std::time::Duration::from_millis(ms),
+        };
+        if window > MAX_WINDOW {
+            return Err(Status::invalid_argument(format!(
+                "window {}s is longer than the {}s the control plane keeps",
+                window.as_secs(),
+                MAX_WINDOW.as_secs()
+            )));
+        }
+        let direction = match r.direction.as_str() {
+            "" | "inbound" => "inbound",
+            "outbound" => "outbound",
+            other => {
+                return Err(crate::telemetry::Error::Direction(other.into()).into());
+            }
+        };
+        let service = (!r.service.is_empty())
+            .then(|| format!("{}.{}", r.service, namespace_or_default(r.namespace)));
+        Ok(Response::new(pb::GetStatsResponse {
+            window_ms: window.as_millis() as u64,
+            direction: direction.into(),
+            rows: self.telemetry.stats(service.as_deref(), window, direction),
+        }))
     }
 
     async fn shift(

@@ -13,6 +13,7 @@ use crate::{admin::Admin, discovery::Discovery, http};
 use mesh_proto::prebuilt::server::discovery_server::DiscoveryServer;
 use mesh_proto::v1::admin_server::AdminServer;
 use mesh_proto::v1::identity_server::IdentityServer;
+use mesh_proto::v1::telemetry_server::TelemetryServer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -203,13 +204,18 @@ impl Bound {
             config.heartbeat(),
             std::time::Duration::from_millis(config.propagation_timeout_ms),
         );
+        let window = Arc::new(crate::telemetry::Window::default());
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(DiscoveryServer::new(discovery))
+            .add_service(TelemetryServer::new(crate::telemetry::Service(
+                window.clone(),
+            )))
             .add_service(AdminServer::new(Admin::new(
                 state,
                 ca,
                 config.trust_domain.clone(),
+                window,
             )))
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)

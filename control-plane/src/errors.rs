@@ -30,6 +30,12 @@ impl From<crate::identity::ca::Error> for Status {
     }
 }
 
+impl From<crate::telemetry::Error> for Status {
+    fn from(e: crate::telemetry::Error) -> Status {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         Status::new(code(&e), e.to_string())

@@ -19,3 +19,4 @@ pub mod routing;
 pub mod rules;
 pub mod state;
 pub mod store;
+pub mod telemetry;

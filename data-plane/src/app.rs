@@ -105,7 +105,18 @@ impl Bound {
             .as_ref()
             .map(|a| Arc::new(a.status_fn()) as admin::IdentityStatus);
         let identity_task = agent.map(|a| tokio::spawn(a.run()));
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            config.telemetry.enabled,
+            config.identity.version.clone(),
+        ));
+        let report_task = config.telemetry.enabled.then(|| {
+            tokio::spawn(crate::telemetry::report(
+                channel.clone(),
+                node.clone(),
+                metrics.aggregates.clone(),
+                config.telemetry.report_interval,
+            ))
+        });
         let admin_task = tokio::spawn(admin::serve(
             admin,
             state.clone(),
@@ -176,6 +187,9 @@ impl Bound {
         tracing::info!(drained, "drain complete");
         sub_task.abort();
         admin_task.abort();
+        if let Some(t) = report_task {
+            t.abort();
+        }
         if let Some(t) = identity_task {
             t.abort();
         }

@@ -22,4 +22,5 @@ pub mod retry;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

@@ -5,12 +5,14 @@
 //! bounded by the mesh's size: a request for an unknown authority is
 //! counted under `service="unknown"`.
 
+use crate::telemetry::Aggregates;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -110,10 +112,22 @@ pub struct Metrics {
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     config_version: Gauge,
     config_applied: Gauge<f64, AtomicU64>,
+    /// The interval in progress, streamed to the control plane.
+    pub aggregates: Arc<Aggregates>,
+    enabled: bool,
+    own_version: String,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(true, String::new())
+    }
+}
+
+impl Metrics {
+    /// Metrics for a sidecar of `own_version`; with `enabled` false,
+    /// requests are not counted at all (the telemetry-off switch).
+    pub fn new(enabled: bool, own_version: String) -> Self {
         let mut registry = Registry::with_prefix("mesh");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -174,13 +188,21 @@ impl Default for Metrics {
             inbound_connections,
             config_version,
             config_applied,
+            aggregates: Arc::new(Aggregates::new(&BUCKETS)),
+            enabled,
+            own_version,
         }
     }
-}
 
-impl Metrics {
     /// Counts one finished request and its latency to response headers.
-    pub fn request(&self, labels: RequestLabels, elapsed: Duration) {
+    /// Inbound requests are served by this sidecar's own version.
+    pub fn request(&self, mut labels: RequestLabels, elapsed: Duration) {
+        if !self.enabled {
+            return;
+        }
+        if labels.direction == "inbound" && labels.backend_version.is_empty() {
+            labels.backend_version.clone_from(&self.own_version);
+        }
         self.latency
             .get_or_create(&LatencyLabels {
                 direction: labels.direction,
@@ -191,6 +213,23 @@ impl Metrics {
             })
             .observe(elapsed.as_secs_f64());
         self.requests.get_or_create(&labels).inc();
+        let failed = labels.status_code >= 500
+            || !(labels.grpc_status.is_empty() || labels.grpc_status == "0");
+        let backend = if labels.direction == "inbound" {
+            labels.service.clone()
+        } else {
+            labels.backend
+        };
+        self.aggregates.record(
+            (
+                labels.direction,
+                labels.service,
+                backend,
+                labels.backend_version,
+            ),
+            failed,
+            elapsed,
+        );
     }
 
     /// Records that `version` was applied now.

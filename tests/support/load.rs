@@ -226,3 +226,34 @@ pub async fn settled_arrivals(inst: &Instance) -> Arrivals {
         last = now;
     }
 }
+
+/// Open-loop load: one request every `1/rate` s for `duration`, each on its
+/// own task so a slow answer never delays the next send (as a real client
+/// population does). Returns each reply with the instant it was sent.
+pub async fn open_loop(
+    proxy: SocketAddr,
+    shape: &Shape,
+    rate: u32,
+    duration: Duration,
+) -> Vec<(Instant, Reply)> {
+    let client = meshctl::traffic::client();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let n = (duration.as_secs_f64() * rate as f64) as usize;
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        tick.tick().await;
+        let (client, shape) = (client.clone(), shape.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let reply = send(&client, proxy, &shape)
+                .await
+                .expect("the sidecar answers");
+            (sent, reply)
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}

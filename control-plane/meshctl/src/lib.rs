@@ -9,5 +9,6 @@ pub mod client;
 pub mod demo;
 pub mod procs;
 pub mod routes;
+pub mod stat;
 pub mod traffic;
 pub mod up;

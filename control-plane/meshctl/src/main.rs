@@ -59,12 +59,57 @@ enum Cmd {
     /// Health of the mesh: config in sync, certificates fresh, CA root valid.
     /// Exits non-zero when anything needs attention.
     Check,
+    /// Golden metrics per service and version: RPS, success rate, latency.
+    Stat {
+        #[command(flatten)]
+        query: StatArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// The same as stat, redrawn live in the terminal.
+    Top {
+        #[command(flatten)]
+        query: StatArgs,
+        /// Redraw period.
+        #[arg(long, default_value = "2s")]
+        every: String,
+        /// Stop after this many frames (default: until Ctrl-C).
+        #[arg(long)]
+        frames: Option<u32>,
+    },
     /// Which config version each sidecar runs.
     ProxyStatus {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+#[derive(clap::Args)]
+struct StatArgs {
+    /// Service (default: every service).
+    service: Option<String>,
+    /// Namespace.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// How far back to look, e.g. 30s or 5m (at most 10m).
+    #[arg(long, default_value = "30s")]
+    window: String,
+    /// inbound: as the serving sidecars saw it; outbound: as callers saw it.
+    #[arg(long, default_value = "inbound", value_parser = ["inbound", "outbound"])]
+    direction: String,
+}
+
+impl StatArgs {
+    fn query(self) -> meshctl::stat::Query {
+        meshctl::stat::Query {
+            service: self.service.unwrap_or_default(),
+            namespace: self.namespace,
+            window: self.window,
+            direction: self.direction,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -193,6 +238,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::ProxyStatus { output } => cli::proxy_status(control, output).await,
+        Cmd::Stat { query, output } => meshctl::stat::stat(control, &query.query(), output).await,
+        Cmd::Top {
+            query,
+            every,
+            frames,
+        } => {
+            let every = mesh_control::routing::duration_ms(&every)
+                .map_err(|e| anyhow::anyhow!("--every {e}"))?;
+            let every = std::time::Duration::from_millis(every.max(100));
+            meshctl::stat::top(control, &query.query(), every, frames).await
+        }
         Cmd::Check => {
             if meshctl::check::run(control).await? {
                 Ok(())

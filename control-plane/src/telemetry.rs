@@ -1,0 +1,377 @@
+//! The Mixer-style view of the mesh: receives the sidecars' per-interval
+//! aggregates (`mesh.v1.Telemetry/Report`), keeps a rolling window of them
+//! per sidecar, and answers golden-metric queries (rate, success rate,
+//! latency percentiles per service and version) for meshctl and the release
+//! controller, with no Prometheus server involved.
+
+use mesh_proto::v1 as pb;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The longest window a query may ask for; older reports are dropped.
+pub const MAX_WINDOW: Duration = Duration::from_secs(600);
+/// The window when a query names none.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+
+/// A report the window refuses.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// No node.
+    #[error("telemetry report without a node")]
+    NoNode,
+    /// Bucket bounds not ascending, or counts not one longer than bounds.
+    #[error("telemetry report from {instance}: {problem}")]
+    Buckets {
+        /// Reporter.
+        instance: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A direction other than inbound or outbound.
+    #[error("unknown direction {0:?}: expected inbound or outbound")]
+    Direction(String),
+}
+
+struct Received {
+    at: Instant,
+    report: pb::TelemetryReport,
+}
+
+/// Reports per sidecar (namespace/service/instance), newest last.
+#[derive(Default)]
+pub struct Window {
+    reporters: Mutex<HashMap<String, VecDeque<Received>>>,
+}
+
+fn check(report: &pb::TelemetryReport) -> Result<String, Error> {
+    let node = report.node.as_ref().ok_or(Error::NoNode)?;
+    let instance = format!("{}/{}/{}", node.namespace, node.service, node.instance_id);
+    let bounds = &report.bucket_bounds_seconds;
+    let bad = |problem: String| Error::Buckets {
+        instance: instance.clone(),
+        problem,
+    };
+    if bounds.windows(2).any(|w| w[0] >= w[1]) || bounds.iter().any(|b| !b.is_finite()) {
+        return Err(bad("bucket bounds must be finite and ascending".into()));
+    }
+    for t in &report.traffic {
+        if t.latency_buckets.len() != bounds.len() + 1 {
+            return Err(bad(format!(
+                "{} latency buckets for {} bounds (expected {})",
+                t.latency_buckets.len(),
+                bounds.len(),
+                bounds.len() + 1
+            )));
+        }
+        if t.direction != "inbound" && t.direction != "outbound" {
+            return Err(Error::Direction(t.direction.clone()));
+        }
+    }
+    Ok(instance)
+}
+
+/// Merged latency buckets over one set of bounds.
+struct Histogram {
+    bounds: Vec<f64>,
+    counts: Vec<u64>,
+}
+
+impl Histogram {
+    fn new(bounds: &[f64]) -> Self {
+        Histogram {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len() + 1],
+        }
+    }
+
+    fn add(&mut self, bounds: &[f64], counts: &[u64]) {
+        for (i, c) in counts.iter().enumerate() {
+            // A sidecar with other bounds: file each bucket under the first
+            // of ours that holds its upper bound.
+            let upper = bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            let j = self
+                .bounds
+                .iter()
+                .position(|b| upper <= *b)
+                .unwrap_or(self.bounds.len());
+            self.counts[j] += c;
+        }
+    }
+
+    /// The q-quantile in seconds, interpolated inside its bucket as
+    /// Prometheus's `histogram_quantile` does.
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut seen = 0u64;
+        for (i, c) in self.counts.iter().enumerate() {
+            if *c > 0 && (seen + c) as f64 >= rank {
+                let Some(upper) = self.bounds.get(i) else {
+                    return self.bounds.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let into = (rank - seen as f64) / *c as f64;
+                return Some(lower + (upper - lower) * into);
+            }
+            seen += c;
+        }
+        self.bounds.last().copied()
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    reporters: u32,
+    requests: u64,
+    failures: u64,
+    rps: f64,
+    latency: Option<Histogram>,
+}
+
+impl Window {
+    /// Adds one report from a sidecar.
+    pub fn add(&self, report: pb::TelemetryReport) -> Result<(), Error> {
+        let instance = check(&report)?;
+        let now = Instant::now();
+        let mut reporters = self.reporters.lock().unwrap_or_else(|p| p.into_inner());
+        let q = reporters.entry(instance).or_default();
+        q.push_back(Received { at: now, report });
+        while q.front().is_some_and(|r| now - r.at > MAX_WINDOW) {
+            q.pop_front();
+        }
+        // Sidecars gone for longer than the longest window are forgotten.
+        reporters.retain(|_, q| q.back().is_some_and(|r| now - r.at <= MAX_WINDOW));
+        Ok(())
+    }
+
+    /// Golden metrics over the last `window`, one row per service (all
+    /// versions) and one per service and version, sorted.
+    pub fn stats(
+        &self,
+        service: Option<&str>,
+        window: Duration,
+        direction: &str,
+    ) -> Vec<pb::StatsRow> {
+        let now = Instant::now();
+        let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
+        let reporters = self.reporters.lock().unwrap_or_else(|p| p.into_inner());
+        for q in reporters.values() {
+            let recent: Vec<&pb::TelemetryReport> = q
+                .iter()
+                .filter(|r| now - r.at <= window)
+                .map(|r| &r.report)
+                .collect();
+            // Each sidecar's rate is its count over the time its own reports
+            // cover, so a sidecar that joined mid-window is not diluted.
+            let covered: u64 = recent.iter().map(|r| r.interval_ms).sum();
+            if covered == 0 {
+                continue;
+            }
+            let mut mine: BTreeMap<(String, String), Acc> = BTreeMap::new();
+            for r in &recent {
+                for t in r.traffic.iter().filter(|t| t.direction == direction) {
+                    if service.is_some_and(|s| s != t.service) {
+                        continue;
+                    }
+                    // Every aggregate counts toward its service's row, and
+                    // toward its version's row when an endpoint answered.
+                    let mut keys = vec![(t.service.clone(), String::new())];
+                    if !t.version.is_empty() {
+                        keys.push((t.service.clone(), t.version.clone()));
+                    }
+                    for key in keys {
+                        let a = mine.entry(key).or_default();
+                        a.requests += t.requests;
+                        a.failures += t.failures;
+                        a.latency
+                            .get_or_insert_with(|| Histogram::new(&r.bucket_bounds_seconds))
+                            .add(&r.bucket_bounds_seconds, &t.latency_buckets);
+                    }
+                }
+            }
+            for (key, m) in mine {
+                let a = acc.entry(key).or_default();
+                a.reporters += 1;
+                a.requests += m.requests;
+                a.failures += m.failures;
+                a.rps += m.requests as f64 * 1000.0 / covered as f64;
+                if let Some(h) = m.latency {
+                    match &mut a.latency {
+                        None => a.latency = Some(h),
+                        Some(all) => all.add(&h.bounds, &h.counts),
+                    }
+                }
+            }
+        }
+        acc.into_iter()
+            .map(|((service, version), a)| {
+                let q = |q: f64| {
+                    a.latency
+                        .as_ref()
+                        .and_then(|h| h.quantile(q))
+                        .map(|s| s * 1000.0)
+                };
+                pb::StatsRow {
+                    service,
+                    version,
+                    reporters: a.reporters,
+                    requests: a.requests,
+                    failures: a.failures,
+                    success_rate: (a.requests > 0)
+                        .then(|| 1.0 - a.failures as f64 / a.requests as f64),
+                    rps: a.rps,
+                    p50_ms: q(0.5),
+                    p95_ms: q(0.95),
+                    p99_ms: q(0.99),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The gRPC service sidecars report to.
+pub struct Service(pub std::sync::Arc<Window>);
+
+#[tonic::async_trait]
+impl pb::telemetry_server::Telemetry for Service {
+    async fn report(
+        &self,
+        req: Request<Streaming<pb::TelemetryReport>>,
+    ) -> Result<Response<pb::TelemetryAck>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(report) = stream.next().await {
+            // A bad report ends the stream with the reason; the window keeps
+            // what it had.
+            self.0.add(report?)?;
+        }
+        Ok(Response::new(pb::TelemetryAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: [f64; 3] = [0.01, 0.1, 1.0];
+
+    fn report(
+        instance: &str,
+        version: &str,
+        interval_ms: u64,
+        t: &[(&str, u64, u64, [u64; 4])],
+    ) -> pb::TelemetryReport {
+        pb::TelemetryReport {
+            node: Some(pb::Node {
+                service: "echo".into(),
+                version: version.into(),
+                namespace: "default".into(),
+                instance_id: instance.into(),
+            }),
+            interval_ms,
+            bucket_bounds_seconds: BOUNDS.to_vec(),
+            traffic: t
+                .iter()
+                .map(
+                    |(service, requests, failures, buckets)| pb::TrafficAggregate {
+                        direction: "inbound".into(),
+                        service: (*service).into(),
+                        backend: (*service).into(),
+                        version: version.into(),
+                        requests: *requests,
+                        failures: *failures,
+                        latency_buckets: buckets.to_vec(),
+                        latency_sum_seconds: 0.0,
+                    },
+                )
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rows_per_service_and_version_with_rates_over_each_reporters_cover() {
+        let w = Window::default();
+        // v1: two 1 s intervals, 100 requests each, 10 failing.
+        for _ in 0..2 {
+            w.add(report(
+                "a",
+                "v1",
+                1000,
+                &[("echo.default", 100, 10, [50, 50, 0, 0])],
+            ))
+            .unwrap();
+        }
+        // v2 joined for one 500 ms interval.
+        w.add(report(
+            "b",
+            "v2",
+            500,
+            &[("echo.default", 50, 0, [0, 0, 50, 0])],
+        ))
+        .unwrap();
+        let rows = w.stats(Some("echo.default"), DEFAULT_WINDOW, "inbound");
+        let find = |v: &str| rows.iter().find(|r| r.version == v).unwrap();
+        let all = find("");
+        assert_eq!((all.requests, all.failures, all.reporters), (250, 20, 2));
+        assert!((all.rps - 200.0).abs() < 1e-9, "{}", all.rps);
+        assert!((all.success_rate.unwrap() - 0.92).abs() < 1e-9);
+        let v1 = find("v1");
+        assert!((v1.rps - 100.0).abs() < 1e-9);
+        assert!((v1.success_rate.unwrap() - 0.9).abs() < 1e-9);
+        // 200 requests: half ≤ 10 ms, half in (10, 100] ms → p50 = 10 ms,
+        // p95 = 10 + 90 × 0.9 = 91 ms.
+        assert!((v1.p50_ms.unwrap() - 10.0).abs() < 1e-9);
+        assert!((v1.p95_ms.unwrap() - 91.0).abs() < 1e-9);
+        let v2 = find("v2");
+        assert!((v2.rps - 100.0).abs() < 1e-9);
+        assert!(v2.p50_ms.unwrap() > 100.0 && v2.p99_ms.unwrap() <= 1000.0);
+        assert_eq!(rows.len(), 3);
+        assert!(
+            w.stats(Some("other.default"), DEFAULT_WINDOW, "inbound")
+                .is_empty()
+        );
+        assert!(w.stats(None, DEFAULT_WINDOW, "outbound").is_empty());
+    }
+
+    #[test]
+    fn the_plus_inf_bucket_reports_the_last_bound() {
+        let w = Window::default();
+        w.add(report(
+            "a",
+            "v1",
+            1000,
+            &[("echo.default", 10, 0, [0, 0, 0, 10])],
+        ))
+        .unwrap();
+        let rows = w.stats(None, DEFAULT_WINDOW, "inbound");
+        assert_eq!(rows[0].p99_ms, Some(1000.0));
+    }
+
+    #[test]
+    fn malformed_reports_are_refused_naming_the_problem() {
+        let w = Window::default();
+        let mut r = report("a", "v1", 1000, &[("echo.default", 1, 0, [1, 0, 0, 0])]);
+        r.traffic[0].latency_buckets.pop();
+        let e = w.add(r).unwrap_err().to_string();
+        assert!(
+            e.contains("3 latency buckets for 3 bounds (expected 4)"),
+            "{e}"
+        );
+        let mut r = report("a", "v1", 1000, &[]);
+        r.bucket_bounds_seconds = vec![1.0, 0.5];
+        assert!(w.add(r).unwrap_err().to_string().contains("ascending"));
+        let mut r = report("a", "v1", 1000, &[("echo.default", 1, 0, [1, 0, 0, 0])]);
+        r.traffic[0].direction = "sideways".into();
+        assert_eq!(w.add(r).unwrap_err(), Error::Direction("sideways".into()));
+        assert_eq!(
+            w.add(pb::TelemetryReport::default()).unwrap_err(),
+            Error::NoNode
+        );
+        assert!(w.stats(None, DEFAULT_WINDOW, "inbound").is_empty());
+    }
+}
