@@ -30,6 +30,9 @@ pub enum Error {
         /// Cause.
         source: std::io::Error,
     },
+    /// The trace exporter could not be set up.
+    #[error("{0}")]
+    Trace(crate::trace::Error),
     /// The control plane URL is unusable.
     #[error("control plane address: {0}")]
     Control(#[from] tonic::transport::Error),
@@ -135,14 +138,20 @@ impl Bound {
             identity,
         });
         let forwarder = Forwarder::new(tls, state.clone());
+        let tracing = match (&config.telemetry.trace, config.telemetry.enabled) {
+            (Some(t), true) => Some(Arc::new(
+                crate::trace::Tracing::start(t, &config.identity).map_err(Error::Trace)?,
+            )),
+            _ => None,
+        };
+        let log = match (&config.telemetry.access_log, config.telemetry.enabled) {
+            (Some(l), true) => Some(crate::access_log::AccessLog::start(l)),
+            _ => None,
+        };
+        let obs = Arc::new(crate::observe::Observer::new(metrics.clone(), tracing, log));
         let drain = Drain::new();
         let inbound_state = state.clone();
-        let out = Outbound::new(
-            state,
-            forwarder.clone(),
-            certificate.is_some(),
-            metrics.clone(),
-        );
+        let out = Outbound::new(state, forwarder.clone(), certificate.is_some(), obs.clone());
         drain.serve(outbound, move |req| {
             let out = out.clone();
             async move { out.handle(req).await }
@@ -155,7 +164,7 @@ impl Bound {
                     forwarder,
                     certificate.clone(),
                     config.inbound_mode,
-                    metrics,
+                    obs.clone(),
                     inbound_state,
                     own,
                 )
@@ -185,6 +194,7 @@ impl Bound {
         // 2 and 3. Stop accepting, then let in-flight requests finish.
         let drained = drain.shutdown(config.drain_timeout).await;
         tracing::info!(drained, "drain complete");
+        obs.shutdown().await;
         sub_task.abort();
         admin_task.abort();
         if let Some(t) = report_task {

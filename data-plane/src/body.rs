@@ -1,7 +1,9 @@
-//! Request bodies as the forwarder sends them: streamed through untouched,
+//! Bodies as the sidecar sends them. Requests: streamed through untouched,
 //! or buffered (up to `REPLAY_LIMIT`) so a retry or a mirror can send the
-//! same bytes again. A body that outgrows the limit keeps streaming, with the
-//! part already read sent first; it is then never replayed.
+//! same bytes again; a body that outgrows the limit keeps streaming, with the
+//! part already read sent first, and is then never replayed. Responses: the
+//! upstream's stream or our own bytes, optionally watched to the end (bytes
+//! sent, gRPC status in trailers) for an access-log line.
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -121,5 +123,111 @@ impl Body for ReqBody {
                 hint
             }
         }
+    }
+}
+
+/// How a response body ended, for whoever watches it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct End {
+    /// Data bytes sent.
+    pub bytes: u64,
+    /// `grpc-status` from the trailers, when they carried one.
+    pub grpc_status: Option<i32>,
+    /// Whether the body reached its end (false: the client went away or
+    /// the upstream broke off).
+    pub complete: bool,
+}
+
+/// Called once when a watched response body is done.
+pub type OnEnd = Box<dyn FnOnce(End) + Send>;
+
+/// Every response body the sidecar returns.
+pub struct ResBody {
+    inner: http_body_util::Either<Incoming, http_body_util::Full<Bytes>>,
+    watch: Option<(End, OnEnd)>,
+}
+
+impl ResBody {
+    /// The upstream's body, streamed.
+    pub fn stream(b: Incoming) -> Self {
+        ResBody {
+            inner: http_body_util::Either::Left(b),
+            watch: None,
+        }
+    }
+
+    /// Bytes of our own.
+    pub fn full(b: Bytes) -> Self {
+        ResBody {
+            inner: http_body_util::Either::Right(http_body_util::Full::new(b)),
+            watch: None,
+        }
+    }
+
+    /// Calls `f` once the body is done (or dropped unfinished).
+    pub fn on_end(mut self, f: OnEnd) -> Self {
+        self.watch = Some((End::default(), f));
+        self
+    }
+}
+
+impl std::fmt::Debug for ResBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResBody")
+            .field("watched", &self.watch.is_some())
+            .finish()
+    }
+}
+
+impl Drop for ResBody {
+    fn drop(&mut self) {
+        if let Some((mut end, f)) = self.watch.take() {
+            // hyper stops polling once the length it was promised is sent.
+            end.complete |= self.inner.is_end_stream();
+            f(end);
+        }
+    }
+}
+
+impl Body for ResBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            http_body_util::Either::Left(b) => Pin::new(b).poll_frame(cx),
+            http_body_util::Either::Right(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(|never| match never {}))),
+        };
+        if let Some((end, _)) = &mut this.watch {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        end.bytes += d.len() as u64;
+                    } else if let Some(t) = frame.trailers_ref() {
+                        end.grpc_status = t
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok());
+                    }
+                }
+                Poll::Ready(None) => end.complete = true,
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -4,11 +4,9 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 /// Body of every response the proxy returns.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = crate::body::ResBody;
 
 /// Header naming the proxy error behind a synthesized response.
 pub const ERROR_HEADER: &str = "mesh-proxy-error";
@@ -120,7 +118,7 @@ pub fn respond(e: &Error, grpc: bool) -> Response<Body> {
         HeaderValue::from_str(&message).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
     let mut resp = if grpc {
         // Trailers-only gRPC response: HTTP 200 with the status in headers.
-        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+        let mut r = Response::new(Body::full(Bytes::new()));
         let h = r.headers_mut();
         h.insert(
             http::header::CONTENT_TYPE,
@@ -130,7 +128,7 @@ pub fn respond(e: &Error, grpc: bool) -> Response<Body> {
         h.insert("grpc-message", header.clone());
         r
     } else {
-        let mut r = Response::new(Either::Right(Full::new(Bytes::from(message + "\n"))));
+        let mut r = Response::new(Body::full(Bytes::from(message + "\n")));
         *r.status_mut() = status;
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,

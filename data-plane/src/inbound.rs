@@ -10,13 +10,13 @@ use crate::body::ReqBody;
 use crate::errors::{self, Body};
 use crate::identity::Current;
 use crate::metrics::{ConnectionLabels, Metrics, RequestLabels};
+use crate::observe::Observer;
 use crate::proxy::Forwarder;
 use crate::server::Drain;
 use crate::state::State;
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
@@ -64,7 +64,9 @@ pub struct Inbound {
     forwarder: Forwarder,
     identity: Option<Current>,
     mode: Mode,
+    app_addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
+    obs: Arc<Observer>,
     /// Live config, for this service's authorization policy.
     state: Arc<ArcSwap<State>>,
     /// This service's own name, `<service>.<namespace>`, as the state resolves it.
@@ -79,10 +81,11 @@ impl Inbound {
         forwarder: Forwarder,
         identity: Option<Current>,
         mode: Mode,
-        metrics: Arc<Metrics>,
+        obs: Arc<Observer>,
         state: Arc<ArcSwap<State>>,
         own: String,
     ) -> Self {
+        let app_addr = app;
         let app = app
             .to_string()
             .parse()
@@ -92,7 +95,9 @@ impl Inbound {
             forwarder,
             identity,
             mode,
-            metrics,
+            app_addr,
+            metrics: obs.metrics.clone(),
+            obs,
             state,
             own,
         }
@@ -207,7 +212,7 @@ impl Inbound {
             req.headers_mut().insert(CLIENT_ID_HEADER, id);
         }
         let grpc = errors::is_grpc(&req);
-        let started = std::time::Instant::now();
+        let watch = self.obs.begin("inbound", &mut req);
         let resp = match self.authorize(&req) {
             Err(e) => errors::respond(&e, grpc),
             Ok(()) => match self
@@ -215,27 +220,24 @@ impl Inbound {
                 .forward(req.map(ReqBody::Stream), &self.app, false)
                 .await
             {
-                Ok(resp) => resp.map(Either::Left),
+                Ok(resp) => resp.map(Body::stream),
                 Err(e) => {
                     tracing::debug!(error = %e, "inbound request failed");
                     errors::respond(&e, grpc)
                 }
             },
         };
-        self.metrics.request(
-            RequestLabels {
-                direction: "inbound",
-                service: self.own.clone(),
-                status_code: resp.status().as_u16(),
-                grpc_status: crate::retry::grpc_status(resp.headers())
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-                tls: peer.is_some(),
-                peer_identity: peer.unwrap_or_default(),
-                ..Default::default()
-            },
-            started.elapsed(),
-        );
-        resp
+        let labels = RequestLabels {
+            direction: "inbound",
+            service: self.own.clone(),
+            status_code: resp.status().as_u16(),
+            grpc_status: crate::retry::grpc_status(resp.headers())
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            tls: peer.is_some(),
+            peer_identity: peer.unwrap_or_default(),
+            ..Default::default()
+        };
+        self.obs.finish(watch, labels, Some(self.app_addr), resp)
     }
 }

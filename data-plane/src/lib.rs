@@ -4,6 +4,7 @@
 //! over gRPC (`discovery`), the only writer of the live `State`.
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;
@@ -16,6 +17,7 @@ pub mod health;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
+pub mod observe;
 pub mod outbound;
 pub mod proxy;
 pub mod retry;
@@ -24,3 +26,4 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;

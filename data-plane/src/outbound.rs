@@ -8,13 +8,14 @@ use crate::balance::{Attempt, NoPick, Slot};
 use crate::body::{self, Replay, ReqBody};
 use crate::errors::{self, Body, Error};
 use crate::metrics::{BackendLabels, Metrics, MirrorLabels, RequestLabels, RouteLabels};
+use crate::observe::Observer;
 use crate::proxy::Forwarder;
 use crate::retry::{ATTEMPT_HEADER, Policy as RetryPolicy, grpc_status};
 use crate::route::{Mirror, Route, roll};
 use crate::state::{Cluster, State};
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Either};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +37,7 @@ pub struct Outbound {
     mtls: bool,
     mirrors: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    obs: Arc<Observer>,
 }
 
 /// What the request met on its way, for its metric labels.
@@ -47,6 +49,7 @@ struct Observed {
     version: String,
     tls: bool,
     peer: String,
+    endpoint: Option<std::net::SocketAddr>,
 }
 
 /// How one attempt ended, as far as retries and ejection care.
@@ -64,24 +67,25 @@ impl Outbound {
         state: Arc<ArcSwap<State>>,
         forwarder: Forwarder,
         mtls: bool,
-        metrics: Arc<Metrics>,
+        obs: Arc<Observer>,
     ) -> Self {
         Outbound {
             state,
             forwarder,
             mtls,
             mirrors: Arc::default(),
-            metrics,
+            metrics: obs.metrics.clone(),
+            obs,
         }
     }
 
     /// Routes and forwards one request; errors become responses here.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let grpc = errors::is_grpc(&req);
-        let started = std::time::Instant::now();
+        let watch = self.obs.begin("outbound", &mut req);
         let mut seen = Observed::default();
         let resp = match self.route_and_forward(req, &mut seen).await {
-            Ok(resp) => resp.map(Either::Left),
+            Ok(resp) => resp.map(Body::stream),
             Err(e) => {
                 tracing::debug!(error = %e, "outbound request failed");
                 if matches!(e, Error::Timeout(_))
@@ -98,24 +102,21 @@ impl Outbound {
                 errors::respond(&e, grpc)
             }
         };
-        self.metrics.request(
-            RequestLabels {
-                direction: "outbound",
-                // Only names from config: an unknown authority is not a label value.
-                service: seen.service.unwrap_or_else(|| "unknown".into()),
-                route: seen.route,
-                backend: seen.backend,
-                backend_version: seen.version,
-                status_code: resp.status().as_u16(),
-                grpc_status: crate::retry::grpc_status(resp.headers())
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-                tls: seen.tls,
-                peer_identity: seen.peer,
-            },
-            started.elapsed(),
-        );
-        resp
+        let labels = RequestLabels {
+            direction: "outbound",
+            // Only names from config: an unknown authority is not a label value.
+            service: seen.service.unwrap_or_else(|| "unknown".into()),
+            route: seen.route,
+            backend: seen.backend,
+            backend_version: seen.version,
+            status_code: resp.status().as_u16(),
+            grpc_status: crate::retry::grpc_status(resp.headers())
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            tls: seen.tls,
+            peer_identity: seen.peer,
+        };
+        self.obs.finish(watch, labels, seen.endpoint, resp)
     }
 
     async fn route_and_forward(
@@ -231,6 +232,7 @@ impl Outbound {
             let secure = self.mtls && endpoint.identity.is_some();
             seen.backend.clone_from(&cluster.name);
             seen.version.clone_from(&endpoint.version);
+            seen.endpoint = Some(endpoint.addr);
             seen.tls = secure;
             seen.peer = if secure {
                 endpoint.identity.clone().unwrap_or_default()

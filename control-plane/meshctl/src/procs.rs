@@ -69,8 +69,22 @@ impl Proc {
                 );
             }
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stdout so the child never blocks on a full pipe;
+        // what follows the addresses (sidecar access logs) goes to
+        // `<name>.out` next to its log.
+        let out = log_dir.join(format!("{name}.out"));
+        tokio::spawn(async move {
+            let mut file = None;
+            while let Ok(Some(line)) = lines.next_line().await {
+                if file.is_none() {
+                    file = tokio::fs::File::create(&out).await.ok();
+                }
+                if let Some(f) = &mut file {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+                }
+            }
+        });
         let bound =
             serde_json::from_str(&line).with_context(|| format!("{name} printed {line:?}"))?;
         Ok(Proc {

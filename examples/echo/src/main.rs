@@ -205,6 +205,22 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
         .map(str::to_owned);
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
+    // Trace headers as they arrived, so tests can check what the sidecar
+    // propagated to the app.
+    let trace: serde_json::Map<String, serde_json::Value> = [
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-sampled",
+    ]
+    .iter()
+    .filter_map(|h| {
+        let v = req.headers().get(*h)?.to_str().ok()?;
+        Some((h.to_string(), serde_json::Value::String(v.into())))
+    })
+    .collect();
     let mut body = req.into_body();
     let (mut len, mut hash) = (0u64, 0xcbf2_9ce4_8422_2325u64);
     while let Some(frame) = body.frame().await {
@@ -248,7 +264,8 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
         "protocol": version,
         "body_bytes": len,
         "body_fnv": format!("{hash:016x}"),
-        "client_id": client_id,
+                "client_id": client_id,
+        "trace": trace,
     });
     let mut out = summary.to_string();
     out.push('\n');

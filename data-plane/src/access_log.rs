@@ -1,0 +1,176 @@
+//! Access logs: one JSON line per sampled request on stdout, written when
+//! the response body is done (so duration and bytes are the whole
+//! exchange). One thread writes behind a bounded queue, so a slow pipe
+//! never stalls a request; lines that do not fit are dropped and counted.
+//! Values of headers on the redaction list are never written.
+
+use http::HeaderMap;
+use serde_json::{Map, Value, json};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Instant;
+
+/// Lines queued for the writer at most.
+const QUEUE: usize = 8192;
+
+/// The access log.
+pub struct AccessLog {
+    sampling: f64,
+    redact: Vec<String>,
+    tx: SyncSender<String>,
+    /// Lines dropped because the writer fell behind.
+    pub dropped: AtomicU64,
+}
+
+/// A request being logged: what is known when it arrives.
+pub struct Entry {
+    log: Arc<AccessLog>,
+    time: String,
+    started: Instant,
+    trace_id: Option<String>,
+    fields: Map<String, Value>,
+}
+
+/// What is known when it is answered.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// HTTP status.
+    pub status: u16,
+
+    /// Endpoint that answered (the app, inbound).
+    pub upstream: Option<SocketAddr>,
+    /// Verified SPIFFE ID of the peer.
+    pub peer_identity: Option<String>,
+    /// Route and backend (outbound).
+    pub route: String,
+    /// Backend service.
+    pub backend: String,
+    /// Request body bytes, when known from content-length or buffering.
+    pub bytes_received: Option<u64>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread.
+    pub fn start(cfg: &crate::config::AccessLog) -> Arc<AccessLog> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                while let Ok(line) = rx.recv() {
+                    let mut out = stdout.lock();
+                    let _ = writeln!(out, "{line}");
+                    // Batch whatever else is already queued under one flush.
+                    while let Ok(line) = rx.try_recv() {
+                        let _ = writeln!(out, "{line}");
+                    }
+                    let _ = out.flush();
+                }
+            })
+            .expect("spawning the access-log writer");
+        Arc::new(AccessLog {
+            sampling: cfg.sampling,
+            redact: cfg.redact.clone(),
+            tx,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether this request is logged.
+    pub fn sampled(&self) -> bool {
+        self.sampling >= 1.0 || (self.sampling > 0.0 && fastrand::f64() < self.sampling)
+    }
+
+    /// Starts an entry for a request.
+    pub fn begin<B>(self: &Arc<Self>, direction: &'static str, req: &http::Request<B>) -> Entry {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let mut fields = Map::new();
+        fields.insert("direction".into(), json!(direction));
+        fields.insert("method".into(), json!(req.method().as_str()));
+        fields.insert("authority".into(), json!(authority));
+        fields.insert("path".into(), json!(req.uri().path()));
+        fields.insert("protocol".into(), json!(format!("{:?}", req.version())));
+        fields.insert("headers".into(), Value::Object(self.headers(req.headers())));
+        Entry {
+            log: self.clone(),
+            time: now(),
+            started: Instant::now(),
+            trace_id: None,
+            fields,
+        }
+    }
+
+    fn headers(&self, headers: &HeaderMap) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (name, value) in headers {
+            let v = if self.redact.iter().any(|r| r == name.as_str()) {
+                "[REDACTED]".to_string()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            // Repeated headers keep their last value; enough for a log line.
+            out.insert(name.as_str().to_string(), Value::String(v));
+        }
+        out
+    }
+
+    fn write(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Entry {
+    /// The trace the request belongs to.
+    pub fn set_trace_id(&mut self, id: Option<String>) {
+        self.trace_id = id;
+    }
+
+    /// The line, once the response body is done.
+    pub fn finish(mut self, o: Outcome, end: crate::body::End) {
+        let f = &mut self.fields;
+        f.insert("status".into(), json!(o.status));
+        f.insert("grpc_status".into(), json!(end.grpc_status));
+        f.insert(
+            "duration_ms".into(),
+            json!((self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+        );
+        f.insert("bytes_sent".into(), json!(end.bytes));
+        f.insert("bytes_received".into(), json!(o.bytes_received));
+        f.insert("complete".into(), json!(end.complete));
+        f.insert("trace_id".into(), json!(self.trace_id));
+        f.insert("upstream".into(), json!(o.upstream));
+        f.insert("peer_identity".into(), json!(o.peer_identity));
+        if !o.route.is_empty() {
+            f.insert("route".into(), json!(o.route));
+            f.insert("backend".into(), json!(o.backend));
+        }
+        let mut line = Map::new();
+        line.insert("time".into(), json!(self.time));
+        line.insert("kind".into(), json!("access"));
+        line.extend(std::mem::take(f));
+        self.log.write(Value::Object(line).to_string());
+    }
+}

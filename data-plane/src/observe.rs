@@ -1,0 +1,219 @@
+//! One request's telemetry, the same in both directions: as the request
+//! arrives, start its span (when tracing is on) and its access-log entry
+//! (when sampled); once it is answered, count it in the metrics, end the
+//! span, and hand the log entry to the response body, which writes it when
+//! the body is done. With tracing and logs off, a request costs only its
+//! metric updates.
+
+use crate::access_log::{AccessLog, Entry, Outcome};
+use crate::errors::Body;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::trace::{Span, Tracing};
+use http::{Request, Response};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Metrics, tracer and access log, shared by every handler.
+pub struct Observer {
+    /// Prometheus metrics and the aggregates for the control plane.
+    pub metrics: Arc<Metrics>,
+    tracing: Option<Arc<Tracing>>,
+    log: Option<Arc<AccessLog>>,
+}
+
+/// A request under observation.
+pub struct Watch {
+    started: Instant,
+    span: Option<Span>,
+    entry: Option<Entry>,
+    content_length: Option<u64>,
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// The trace id a W3C `traceparent` names, for logs when we do not trace.
+fn traceparent_id(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    let id = v.split('-').nth(1)?;
+    (id.len() == 32).then(|| id.to_string())
+}
+
+/// Request body bytes as the head declares them: content-length, or none
+/// at all for an HTTP/1 request without one; unknown for a streamed body.
+fn request_bytes<B>(req: &Request<B>) -> Option<u64> {
+    let h = req.headers();
+    if let Some(n) = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        return Some(n);
+    }
+    let h1 = req.version() < http::Version::HTTP_2;
+    (h1 && !h.contains_key(http::header::TRANSFER_ENCODING)).then_some(0)
+}
+
+impl Observer {
+    /// An observer; `tracing` and `log` are `None` when off.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        tracing: Option<Arc<Tracing>>,
+        log: Option<Arc<AccessLog>>,
+    ) -> Self {
+        Observer {
+            metrics,
+            tracing,
+            log,
+        }
+    }
+
+    /// Starts watching a request; may rewrite its trace headers.
+    pub fn begin<B>(&self, direction: &'static str, req: &mut Request<B>) -> Watch {
+        let started = Instant::now();
+        let span = self.tracing.as_ref().map(|t| {
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            let (name, port) = match host.rsplit_once(':') {
+                Some((n, p)) => match p.parse::<u16>() {
+                    Ok(p) => (n.to_string(), Some(p)),
+                    Err(_) => (host.clone(), None),
+                },
+                None => (host.clone(), None),
+            };
+            let mut attrs = vec![
+                KeyValue::new("http.request.method", req.method().as_str().to_string()),
+                KeyValue::new("network.protocol.version", protocol(req.version())),
+                KeyValue::new("server.address", name),
+            ];
+            if let Some(p) = port {
+                attrs.push(KeyValue::new("server.port", i64::from(p)));
+            }
+            if let Some(ua) = req
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+            {
+                attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+            }
+            let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let kind = if direction == "inbound" {
+                attrs.push(KeyValue::new("url.scheme", "http"));
+                attrs.push(KeyValue::new("url.path", req.uri().path().to_string()));
+                if let Some(q) = req.uri().query() {
+                    attrs.push(KeyValue::new("url.query", q.to_string()));
+                }
+                SpanKind::Server
+            } else {
+                attrs.push(KeyValue::new(
+                    "url.full",
+                    format!("http://{host}{path_and_query}"),
+                ));
+                SpanKind::Client
+            };
+            t.start_span(kind, req.headers_mut(), attrs)
+        });
+        let entry = self
+            .log
+            .as_ref()
+            .filter(|l| l.sampled())
+            .map(|l| l.begin(direction, req));
+        let content_length = entry.as_ref().and_then(|_| request_bytes(req));
+        Watch {
+            started,
+            span,
+            entry: entry.map(|mut e| {
+                if self.tracing.is_none() {
+                    e.set_trace_id(traceparent_id(req.headers()));
+                }
+                e
+            }),
+            content_length,
+        }
+    }
+
+    /// Counts the answered request, ends its span and arranges its log line.
+    pub fn finish(
+        &self,
+        w: Watch,
+        labels: RequestLabels,
+        upstream: Option<SocketAddr>,
+        resp: Response<Body>,
+    ) -> Response<Body> {
+        let elapsed = w.started.elapsed();
+        let mut trace_id = None;
+        if let Some(span) = w.span {
+            trace_id = Some(span.trace_id().to_string());
+            let mut attrs = Vec::new();
+            if let Some(addr) = upstream {
+                attrs.push(KeyValue::new("network.peer.address", addr.ip().to_string()));
+                attrs.push(KeyValue::new("network.peer.port", i64::from(addr.port())));
+            }
+            if !labels.grpc_status.is_empty() {
+                attrs.push(KeyValue::new(
+                    "rpc.grpc.status_code",
+                    labels.grpc_status.clone(),
+                ));
+            }
+            for (k, v) in [
+                ("mesh.service", &labels.service),
+                ("mesh.route", &labels.route),
+                ("mesh.backend", &labels.backend),
+                ("mesh.backend.version", &labels.backend_version),
+                ("mesh.peer.identity", &labels.peer_identity),
+            ] {
+                if !v.is_empty() {
+                    attrs.push(KeyValue::new(k, v.clone()));
+                }
+            }
+            span.finish(labels.status_code, attrs);
+        }
+        let logged = w.entry.map(|mut e| {
+            if trace_id.is_some() {
+                e.set_trace_id(trace_id);
+            }
+            let o = Outcome {
+                status: labels.status_code,
+                upstream,
+                peer_identity: (!labels.peer_identity.is_empty())
+                    .then(|| labels.peer_identity.clone()),
+                route: labels.route.clone(),
+                backend: labels.backend.clone(),
+                bytes_received: w.content_length,
+            };
+            (e, o)
+        });
+        self.metrics.request(labels, elapsed);
+        match logged {
+            None => resp,
+            Some((entry, o)) => resp.map(|b| b.on_end(Box::new(move |end| entry.finish(o, end)))),
+        }
+    }
+
+    /// Flushes spans on shutdown. The exporter's thread needs this runtime
+    /// to send, so the blocking flush runs off it, bounded.
+    pub async fn shutdown(&self) {
+        if let Some(t) = self.tracing.clone() {
+            let flush = tokio::task::spawn_blocking(move || t.shutdown());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flush).await;
+        }
+    }
+}
