@@ -94,3 +94,122 @@ async fn request_counters_equal_what_was_sent_on_both_sidecars() {
     );
     assert!(text.contains("mesh_config_version "), "{text}");
 }
+
+/// Every sample of `family` with its labels and value (counters and gauges).
+async fn samples(
+    admin: std::net::SocketAddr,
+    family: &str,
+) -> Vec<(BTreeMap<String, String>, f64)> {
+    let (_, text) = meshctl::traffic::get(admin, "/metrics").await.unwrap();
+    let parsed = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e:?} in:\n{text}"));
+    let Some(f) = parsed.families.get(family) else {
+        return Vec::new();
+    };
+    f.iter_samples()
+        .map(|s| {
+            let labels = s
+                .get_labelset()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let v = match &s.value {
+                OpenMetricsValue::Counter(c) => c.value.as_f64(),
+                OpenMetricsValue::Gauge(g) => g.as_f64(),
+                other => panic!("{family}: unexpected {other:?}"),
+            };
+            (labels, v)
+        })
+        .collect()
+}
+
+async fn tcp(admin: std::net::SocketAddr, family: &str, direction: &str, peer: &str) -> f64 {
+    samples(admin, family)
+        .await
+        .iter()
+        .filter(|(l, _)| l["direction"] == direction && l["peer"] == peer)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// TCP: the bytes the client sidecar wrote to the server sidecar are
+/// exactly the bytes the server sidecar read from it (and back), and every
+/// connection opened is open or closed. gRPC: a status that arrives in
+/// trailers (OK after replies, ABORTED mid-stream) labels the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_bytes_match_across_the_hop_and_grpc_trailers_label_requests() {
+    use mesh_proto::echo::StreamRequest;
+    use mesh_proto::echo::echo_client::EchoClient;
+    let (_mesh, inst, client) = Mesh::one_instance("metrics-tcp", &[]).await;
+    many(client.outbound, &Shape::get("echo"), 40, 4).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.outbound))
+        .unwrap()
+        .origin("http://echo".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = EchoClient::new(channel);
+    let (ok, aborted) = (6, 3);
+    for fail_after in std::iter::repeat_n(0, ok).chain(std::iter::repeat_n(2, aborted)) {
+        let mut stream = grpc
+            .server_stream(StreamRequest {
+                count: 5,
+                payload_size: 100,
+                fail_after,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = 0;
+        let end = loop {
+            match stream.message().await {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => break tonic::Code::Ok,
+                Err(s) => break s.code(),
+            }
+        };
+        let want = if fail_after == 0 {
+            (5, tonic::Code::Ok)
+        } else {
+            (2, tonic::Code::Aborted)
+        };
+        assert_eq!((got, end), want);
+    }
+    for (admin, direction) in [(client.admin, "outbound"), (inst.admin(), "inbound")] {
+        let by_status = samples(admin, "mesh_requests").await;
+        let count = |code: &str| -> f64 {
+            by_status
+                .iter()
+                .filter(|(l, _)| l["direction"] == direction && l["grpc_status"] == code)
+                .map(|(_, v)| v)
+                .sum()
+        };
+        assert_eq!(count("0"), ok as f64, "{direction}: {by_status:?}");
+        assert_eq!(count("10"), aborted as f64, "{direction}: {by_status:?}");
+    }
+    // The hop between the sidecars is one set of plaintext connections.
+    let c = client.admin;
+    let s = inst.admin();
+    assert_eq!(
+        tcp(c, "mesh_tcp_write_bytes", "outbound", "dst").await,
+        tcp(s, "mesh_tcp_read_bytes", "inbound", "src").await
+    );
+    assert_eq!(
+        tcp(c, "mesh_tcp_read_bytes", "outbound", "dst").await,
+        tcp(s, "mesh_tcp_write_bytes", "inbound", "src").await
+    );
+    assert!(tcp(c, "mesh_tcp_read_bytes", "outbound", "dst").await > 40.0 * 100.0);
+    assert!(
+        tcp(s, "mesh_tcp_write_bytes", "inbound", "dst").await > 0.0,
+        "to the app"
+    );
+    for (admin, direction) in [(c, "outbound"), (s, "inbound")] {
+        for peer in ["src", "dst"] {
+            let opened = tcp(admin, "mesh_tcp_open", direction, peer).await;
+            let closed = tcp(admin, "mesh_tcp_close", direction, peer).await;
+            let open = tcp(admin, "mesh_tcp_open_connections", direction, peer).await;
+            assert!(opened >= 1.0, "{direction}/{peer}");
+            assert_eq!(opened, closed + open, "{direction}/{peer}");
+        }
+    }
+}

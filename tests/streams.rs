@@ -30,6 +30,7 @@ async fn grpc_server_stream_arrives_whole_and_in_order() {
         .server_stream(StreamRequest {
             count: 2000,
             payload_size: 1024,
+            fail_after: 0,
         })
         .await
         .unwrap()

@@ -137,7 +137,10 @@ impl Bound {
             state: state.clone(),
             identity,
         });
-        let forwarder = Forwarder::new(tls, state.clone());
+        // One pool per direction, so TCP metrics tell app-bound connections
+        // from sidecar-bound ones.
+        let forwarder = Forwarder::new(tls.clone(), state.clone(), metrics.tcp("outbound", "dst"));
+        let app_forwarder = Forwarder::new(tls, state.clone(), metrics.tcp("inbound", "dst"));
         let tracing = match (&config.telemetry.trace, config.telemetry.enabled) {
             (Some(t), true) => Some(Arc::new(
                 crate::trace::Tracing::start(t, &config.identity).map_err(Error::Trace)?,
@@ -152,7 +155,7 @@ impl Bound {
         let drain = Drain::new();
         let inbound_state = state.clone();
         let out = Outbound::new(state, forwarder.clone(), certificate.is_some(), obs.clone());
-        drain.serve(outbound, move |req| {
+        drain.serve(outbound, metrics.tcp("outbound", "src"), move |req| {
             let out = out.clone();
             async move { out.handle(req).await }
         });
@@ -161,7 +164,7 @@ impl Bound {
                 let own = format!("{}.{}", config.identity.service, config.identity.namespace);
                 Inbound::new(
                     app,
-                    forwarder,
+                    app_forwarder,
                     certificate.clone(),
                     config.inbound_mode,
                     obs.clone(),

@@ -4,6 +4,7 @@
 //! request.
 
 use crate::identity::Current;
+use crate::meter::{Meter, Metered};
 use crate::state::State;
 use crate::tls;
 use arc_swap::ArcSwap;
@@ -38,6 +39,8 @@ pub struct Connector {
     alpn: &'static [u8],
     /// For per-endpoint connection-attempt limits.
     state: Arc<ArcSwap<State>>,
+    /// TCP counters of the connections it opens.
+    meter: Option<Meter>,
 }
 
 /// How long a TCP connect, and separately a TLS handshake, may take.
@@ -51,7 +54,12 @@ pub struct PendingLimit(pub u32);
 
 impl Connector {
     /// Plain TCP with no delay; mTLS with `alpn` when `tls` is set.
-    pub fn new(tls: Option<TlsContext>, alpn: &'static [u8], state: Arc<ArcSwap<State>>) -> Self {
+    pub fn new(
+        tls: Option<TlsContext>,
+        alpn: &'static [u8],
+        state: Arc<ArcSwap<State>>,
+        meter: Option<Meter>,
+    ) -> Self {
         let mut http = HttpConnector::new();
         // Loopback and LAN hops: Nagle only adds latency to small requests.
         http.set_nodelay(true);
@@ -63,6 +71,7 @@ impl Connector {
             tls,
             alpn,
             state,
+            meter,
         }
     }
 }
@@ -76,7 +85,7 @@ pub enum Stream {
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
+    type Response = TokioIo<Metered<Stream>>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
 
@@ -86,7 +95,7 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let mut http = self.http.clone();
-        let (tls, alpn) = (self.tls.clone(), self.alpn);
+        let (tls, alpn, meter) = (self.tls.clone(), self.alpn, self.meter.clone());
         let authority = uri
             .authority()
             .map(|a| a.as_str().to_string())
@@ -108,7 +117,10 @@ impl tower_service::Service<Uri> for Connector {
                 .await?
                 .into_inner();
             if !secure {
-                return Ok(TokioIo::new(Stream::Plain(tcp)));
+                return Ok(TokioIo::new(Metered::new(
+                    Stream::Plain(tcp),
+                    meter.as_ref(),
+                )));
             }
             let ctx = tls.ok_or("mTLS requested but this sidecar has no workload identity")?;
             let addr: std::net::SocketAddr = authority.parse()?;
@@ -130,7 +142,10 @@ impl tower_service::Service<Uri> for Connector {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
                 .await
                 .map_err(|_| format!("TLS handshake with {addr} timed out"))??;
-            Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
+            Ok(TokioIo::new(Metered::new(
+                Stream::Tls(Box::new(stream)),
+                meter.as_ref(),
+            )))
         })
     }
 }

@@ -9,6 +9,7 @@
 use crate::body::ReqBody;
 use crate::errors::{self, Body};
 use crate::identity::Current;
+use crate::meter::Metered;
 use crate::metrics::{ConnectionLabels, Metrics, RequestLabels};
 use crate::observe::Observer;
 use crate::proxy::Forwarder;
@@ -106,7 +107,8 @@ impl Inbound {
     /// Accepts on `listener` until the drain stops it.
     pub fn serve(self, drain: &Arc<Drain>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
         let d = drain.clone();
-        drain.accept(listener, move |stream| {
+        let meter = self.metrics.tcp("inbound", "src");
+        drain.accept(listener, meter, move |stream| {
             let (inbound, drain) = (self.clone(), d.clone());
             tokio::spawn(async move { inbound.connection(&drain, stream).await });
         })
@@ -119,18 +121,19 @@ impl Inbound {
             .inc();
     }
 
-    async fn connection(self, drain: &Drain, stream: TcpStream) {
+    async fn connection(self, drain: &Drain, stream: Metered<TcpStream>) {
         let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+        let peeked =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.get_ref().peek(&mut first)).await;
         let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE_RECORD;
         if !is_tls {
             if self.mode == Mode::Strict {
                 self.connection_outcome(false, "refused");
-                tracing::info!(peer = ?stream.peer_addr().ok(), "plaintext connection refused: inbound is strict mTLS");
+                tracing::info!(peer = ?stream.get_ref().peer_addr().ok(), "plaintext connection refused: inbound is strict mTLS");
                 return;
             }
             self.connection_outcome(false, "accepted");
-            tracing::debug!(tls = false, peer = ?stream.peer_addr().ok(), "plaintext connection accepted (permissive)");
+            tracing::debug!(tls = false, peer = ?stream.get_ref().peer_addr().ok(), "plaintext connection accepted (permissive)");
             let inbound = self.clone();
             drain
                 .serve_conn(TokioIo::new(stream), move |req| {

@@ -16,6 +16,7 @@ pub mod errors;
 pub mod health;
 pub mod identity;
 pub mod inbound;
+pub mod meter;
 pub mod metrics;
 pub mod observe;
 pub mod outbound;

@@ -89,6 +89,15 @@ pub struct ConnectionLabels {
     pub outcome: &'static str,
 }
 
+/// TCP connections by direction and peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// `src` (accepted from a client) or `dst` (opened to an upstream).
+    pub peer: &'static str,
+}
+
 type Histograms = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 fn histogram() -> Histogram {
@@ -112,6 +121,11 @@ pub struct Metrics {
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     config_version: Gauge,
     config_applied: Gauge<f64, AtomicU64>,
+    tcp_open: Family<TcpLabels, Counter>,
+    tcp_close: Family<TcpLabels, Counter>,
+    tcp_open_now: Family<TcpLabels, Gauge>,
+    tcp_read: Family<TcpLabels, Counter>,
+    tcp_write: Family<TcpLabels, Counter>,
     /// The interval in progress, streamed to the control plane.
     pub aggregates: Arc<Aggregates>,
     enabled: bool,
@@ -177,7 +191,34 @@ impl Metrics {
             "When the applied config version was applied (Unix seconds)",
             config_applied.clone(),
         );
+        let tcp_open = Family::<TcpLabels, Counter>::default();
+        registry.register("tcp_open", "TCP connections opened", tcp_open.clone());
+        let tcp_close = Family::<TcpLabels, Counter>::default();
+        registry.register("tcp_close", "TCP connections closed", tcp_close.clone());
+        let tcp_open_now = Family::<TcpLabels, Gauge>::default();
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections open now",
+            tcp_open_now.clone(),
+        );
+        let tcp_read = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from TCP connections (TLS records included)",
+            tcp_read.clone(),
+        );
+        let tcp_write = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to TCP connections (TLS records included)",
+            tcp_write.clone(),
+        );
         Metrics {
+            tcp_open,
+            tcp_close,
+            tcp_open_now,
+            tcp_read,
+            tcp_write,
             registry,
             requests,
             latency,
@@ -232,6 +273,21 @@ impl Metrics {
         );
     }
 
+    /// The TCP counters of (`direction`, `peer`); `None` with telemetry off.
+    pub fn tcp(&self, direction: &'static str, peer: &'static str) -> Option<crate::meter::Meter> {
+        if !self.enabled {
+            return None;
+        }
+        let l = TcpLabels { direction, peer };
+        Some(crate::meter::Meter {
+            open: self.tcp_open.get_or_create(&l).clone(),
+            close: self.tcp_close.get_or_create(&l).clone(),
+            open_now: self.tcp_open_now.get_or_create(&l).clone(),
+            read: self.tcp_read.get_or_create(&l).clone(),
+            write: self.tcp_write.get_or_create(&l).clone(),
+        })
+    }
+
     /// Records that `version` was applied now.
     pub fn config_applied(&self, version: &str) {
         self.config_version.set(version.parse().unwrap_or(-1));
@@ -284,6 +340,7 @@ mod tests {
             })
             .inc();
         m.config_applied("1");
+        let _counted = crate::meter::Metered::new((), m.tcp("inbound", "src").as_ref());
         let text = m.render();
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -201,11 +201,32 @@ impl Observer {
             };
             (e, o)
         });
-        self.metrics.request(labels, elapsed);
-        match logged {
-            None => resp,
-            Some((entry, o)) => resp.map(|b| b.on_end(Box::new(move |end| entry.finish(o, end)))),
-        }
+        // A gRPC status that was not in the headers comes in the trailers:
+        // count the request when they arrive, so it is labelled with it.
+        let in_trailers =
+            labels.grpc_status.is_empty() && crate::errors::grpc_content(resp.headers());
+        let deferred = if in_trailers {
+            Some((self.metrics.clone(), labels))
+        } else {
+            self.metrics.request(labels, elapsed);
+            if logged.is_none() {
+                return resp;
+            }
+            None
+        };
+        resp.map(|b| {
+            b.on_end(Box::new(move |end| {
+                if let Some((metrics, mut labels)) = deferred {
+                    if let Some(code) = end.grpc_status {
+                        labels.grpc_status = code.to_string();
+                    }
+                    metrics.request(labels, elapsed);
+                }
+                if let Some((entry, o)) = logged {
+                    entry.finish(o, end);
+                }
+            }))
+        })
     }
 
     /// Flushes spans on shutdown. The exporter's thread needs this runtime

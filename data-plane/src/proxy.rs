@@ -27,18 +27,24 @@ impl Forwarder {
     /// New clients with empty pools; `tls` enables mTLS to endpoints that
     /// publish an identity.
     /// `state` supplies per-endpoint connection-attempt limits.
-    pub fn new(tls: Option<TlsContext>, state: Arc<ArcSwap<State>>) -> Self {
+    /// `meter` counts the connections it opens.
+    pub fn new(
+        tls: Option<TlsContext>,
+        state: Arc<ArcSwap<State>>,
+        meter: Option<crate::meter::Meter>,
+    ) -> Self {
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(Connector::new(
                 tls.clone(),
                 crate::tls::HTTP1,
                 state.clone(),
+                meter.clone(),
             ));
         let h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
-            .build(Connector::new(tls, crate::tls::H2, state));
+            .build(Connector::new(tls, crate::tls::H2, state, meter));
         Forwarder { h1, h2 }
     }
 

@@ -4,6 +4,7 @@
 //! GOAWAY), and wait up to a deadline.
 
 use crate::errors::Body;
+use crate::meter::{Meter, Metered};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -43,6 +44,7 @@ impl Drain {
     pub fn serve<H, F>(
         self: &Arc<Self>,
         listener: TcpListener,
+        meter: Option<Meter>,
         handler: H,
     ) -> tokio::task::JoinHandle<()>
     where
@@ -50,7 +52,7 @@ impl Drain {
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let this = Arc::clone(self);
-        self.accept(listener, move |stream| {
+        self.accept(listener, meter, move |stream| {
             let (this, handler) = (this.clone(), handler.clone());
             tokio::spawn(async move { this.serve_conn(TokioIo::new(stream), handler).await });
         })
@@ -58,13 +60,15 @@ impl Drain {
 
     /// Accepts connections until shutdown and hands each to `on_conn`, which
     /// must not block (it spawns whatever per-connection work it needs).
+    /// Each connection is counted on `meter`.
     pub fn accept<C>(
         self: &Arc<Self>,
         listener: TcpListener,
+        meter: Option<Meter>,
         on_conn: C,
     ) -> tokio::task::JoinHandle<()>
     where
-        C: Fn(TcpStream) + Send + 'static,
+        C: Fn(Metered<TcpStream>) + Send + 'static,
     {
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
@@ -76,7 +80,7 @@ impl Drain {
                 match accepted {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        on_conn(stream);
+                        on_conn(Metered::new(stream, meter.as_ref()));
                     }
                     Err(e) => {
                         // Usually EMFILE: back off briefly instead of spinning.

@@ -133,9 +133,13 @@ impl Echo for Grpc {
         let StreamRequest {
             count,
             payload_size,
+            fail_after,
         } = req.into_inner();
         let app = self.0.clone();
         let stream = tokio_stream::iter((0..count).map(move |seq| {
+            if fail_after > 0 && seq >= fail_after {
+                return Err(tonic::Status::aborted("failing after fail_after replies"));
+            }
             let payload = (0..payload_size).map(|i| ((i + seq) % 251) as u8).collect();
             Ok(app.reply(payload, seq))
         }));
