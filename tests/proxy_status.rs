@@ -45,3 +45,105 @@ async fn proxy_status_shows_every_sidecar_on_the_new_version_with_push_time() {
     assert!(text.contains("ms ") && text.contains("s ago"), "{text}");
     drop(client);
 }
+
+/// A route regex this sidecar will not compile (over its own
+/// MESH_PROXY_MAX_REGEX_BYTES, like Envoy's RE2 program-size guard): the
+/// control plane accepted it, the sidecar NACKs it naming route and limit,
+/// proxy-status and check show the reason, and the sidecar keeps serving
+/// with the config it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_rejects_config_shows_the_nack_reason() {
+    let (mesh, _inst, _client) = Mesh::one_instance("proxy-status-nack", &[]).await;
+    let strict = mesh
+        .client_with("client-small", &[("MESH_PROXY_MAX_REGEX_BYTES", "2000")])
+        .await;
+    let before = mesh.version().await;
+    mesh.apply_ok(
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo-routes
+spec:
+  parentRefs:
+  - group: \"\"
+    kind: Service
+    name: echo
+    port: 80
+  rules:
+  - name: users
+    matches:
+    - path:
+        type: RegularExpression
+        value: \"/users/\\\\w+\"
+    backendRefs:
+    - name: echo-v1
+      port: 80
+  - name: rest
+    backendRefs:
+    - name: echo-v1
+      port: 80
+",
+    )
+    .await;
+    let want = mesh.version().await.to_string();
+    assert_ne!(want, before.to_string());
+    let end = tokio::time::Instant::now() + support::DEADLINE;
+    let json = loop {
+        let out = mesh.meshctl(&["proxy-status", "-o", "json"]).await;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let proxies = json["proxies"].as_array().unwrap();
+        let by = |id: &str| proxies.iter().find(|p| p["instance"] == id).cloned();
+        let others_acked = ["client-0", "echo-v1-a"]
+            .iter()
+            .all(|id| by(id).is_some_and(|p| p["ackedVersion"] == want.as_str()));
+        if others_acked && by("client-small").is_some_and(|p| p["nackedVersion"] == want.as_str()) {
+            break by("client-small").unwrap();
+        }
+        assert!(tokio::time::Instant::now() < end, "{json:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = json["nackReason"].as_str().unwrap();
+    assert!(
+        reason.contains("route users")
+            && reason.contains("limit of 2000 bytes")
+            && reason.contains("MESH_PROXY_MAX_REGEX_BYTES"),
+        "{reason}"
+    );
+    assert_eq!(
+        json["ackedVersion"],
+        before.to_string(),
+        "still on the old config"
+    );
+    let out = mesh.meshctl(&["proxy-status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("client-small"))
+        .unwrap();
+    assert!(
+        row.contains(&format!("REJECTED {want}: ")) && row.contains("route users"),
+        "{text}"
+    );
+    let out = mesh.meshctl(&["check"]).await;
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.contains("client-small") && report.contains("MESH_PROXY_MAX_REGEX_BYTES"),
+        "{report}"
+    );
+    // The previous config keeps serving.
+    let (status, _) = support::load::send(
+        &meshctl::traffic::client(),
+        strict.outbound,
+        &support::load::Shape {
+            path: "/users/bob".into(),
+            ..support::load::Shape::get("echo")
+        },
+    )
+    .await
+    .map(|r| (r.status, r))
+    .unwrap();
+    assert_eq!(status, 200);
+}

@@ -96,7 +96,9 @@ impl Bound {
             inbound_addr,
             ..
         } = self;
-        let state = Arc::new(ArcSwap::from_pointee(State::default()));
+        let state = Arc::new(ArcSwap::from_pointee(State::with_regex_limit(
+            config.regex_limit,
+        )));
         let channel = discovery::channel(&config.control_addr)?;
         let node = discovery::node(&config.identity);
         let agent = config

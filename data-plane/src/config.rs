@@ -66,6 +66,10 @@ const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// Inbound mode: `strict` (mTLS only) or `permissive` (also plaintext).
 pub const ENV_INBOUND_MODE: &str = "MESH_PROXY_INBOUND_MODE";
 
+/// Most bytes one compiled route regex may take; a snapshot with a larger
+/// one is rejected (NACKed) naming it.
+pub const ENV_MAX_REGEX_BYTES: &str = "MESH_PROXY_MAX_REGEX_BYTES";
+
 /// `on` (default) or `off`: off counts nothing, reports nothing, traces
 /// nothing and logs no access (the baseline for overhead measurements).
 pub const ENV_TELEMETRY: &str = "MESH_PROXY_TELEMETRY";
@@ -167,6 +171,8 @@ pub struct Config {
     pub inbound_mode: crate::inbound::Mode,
     /// Metrics, aggregates, traces and access logs.
     pub telemetry: Telemetry,
+    /// Compiled size limit of one route regex.
+    pub regex_limit: crate::state::RegexLimit,
 }
 
 /// Telemetry settings.
@@ -392,7 +398,12 @@ impl Config {
             "an inbound mode",
         );
         let telemetry = p.telemetry();
+        let default_limit = crate::state::RegexLimit::default().0;
+        let regex_limit = crate::state::RegexLimit(
+            p.positive(ENV_MAX_REGEX_BYTES, default_limit as u32) as usize,
+        );
         let config = Config {
+            regex_limit,
             telemetry,
             inbound_mode,
             tls,

@@ -93,13 +93,21 @@ pub fn roll(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
 
-/// Compiles a regex that must match a whole value.
-fn anchored(re: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{re})$")).map_err(|e| format!("regex {re:?} does not compile: {e}"))
+/// Compiles a regex that must match a whole value, within `limit` bytes.
+fn anchored(re: &str, limit: usize) -> Result<Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(limit)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(n) => format!(
+                "regex {re:?} compiles to more than this sidecar's limit of {n} bytes (MESH_PROXY_MAX_REGEX_BYTES)"
+            ),
+            e => format!("regex {re:?} does not compile: {e}"),
+        })
 }
 
 impl Match {
-    fn from_proto(m: &pb::RequestMatch) -> Result<Match, String> {
+    fn from_proto(m: &pb::RequestMatch, limit: usize) -> Result<Match, String> {
         use pb::header_match::Value as V;
         use pb::request_match::Path as P;
         let path = match &m.path {
@@ -107,7 +115,7 @@ impl Match {
             Some(P::PathExact(p)) => PathMatch::Exact(p.clone()),
             Some(P::PathPrefix(p)) if p.is_empty() || p == "/" => PathMatch::Any,
             Some(P::PathPrefix(p)) => PathMatch::Prefix(p.trim_end_matches('/').to_string()),
-            Some(P::PathRegex(re)) => PathMatch::Regex(anchored(re)?),
+            Some(P::PathRegex(re)) => PathMatch::Regex(anchored(re, limit)?),
         };
         let method = if m.method.is_empty() {
             None
@@ -123,7 +131,7 @@ impl Match {
                 .map_err(|_| format!("header name {:?} is invalid", h.name))?;
             let value = match &h.value {
                 Some(V::Exact(v)) => Value::Exact(v.clone()),
-                Some(V::Regex(re)) => Value::Regex(anchored(re)?),
+                Some(V::Regex(re)) => Value::Regex(anchored(re, limit)?),
                 None => return Err(format!("header match {:?} has no value", h.name)),
             };
             headers.push((name, value));
@@ -192,6 +200,8 @@ pub struct Context<'a> {
     pub clusters: &'a std::collections::BTreeMap<String, Arc<Cluster>>,
     /// Budgets of the previous snapshot, by `service/route`.
     pub budgets: &'a HashMap<String, Arc<Budget>>,
+    /// Most bytes a compiled regex may take.
+    pub regex_limit: usize,
 }
 
 impl Route {
@@ -214,7 +224,7 @@ impl Route {
         }
         let mut matches = Vec::new();
         for m in &r.matches {
-            match Match::from_proto(m) {
+            match Match::from_proto(m, cx.regex_limit) {
                 Ok(m) => matches.push(m),
                 Err(e) => errors.push(at(e)),
             }
@@ -229,7 +239,7 @@ impl Route {
                 )),
                 ..Default::default()
             };
-            matches.push(Match::from_proto(&m).map_err(|e| vec![at(e)])?);
+            matches.push(Match::from_proto(&m, cx.regex_limit).map_err(|e| vec![at(e)])?);
         }
         let retry = match &r.retry {
             None => None,

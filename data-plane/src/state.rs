@@ -31,6 +31,30 @@ pub struct State {
     identities: HashMap<SocketAddr, String>,
     /// Endpoints whose backends cap connection attempts: the limit.
     pending_limits: HashMap<SocketAddr, (Arc<balance::Stats>, u32)>,
+    /// This sidecar's own limit, carried from snapshot to snapshot.
+    pub regex_limit: RegexLimit,
+}
+
+/// Most bytes one compiled route regex may take in this sidecar (a memory
+/// guard, like Envoy's `re2.max_program_size`). The control plane cannot
+/// know each sidecar's limit, so a regex over it is NACKed, naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegexLimit(pub usize);
+
+impl Default for RegexLimit {
+    fn default() -> Self {
+        RegexLimit(1024 * 1024)
+    }
+}
+
+impl State {
+    /// The empty state of a sidecar with this regex limit.
+    pub fn with_regex_limit(limit: RegexLimit) -> State {
+        State {
+            regex_limit: limit,
+            ..State::default()
+        }
+    }
 }
 
 /// Routes for one service.
@@ -274,6 +298,7 @@ impl State {
             let cx = route::Context {
                 clusters: &clusters,
                 budgets: &carried.budgets,
+                regex_limit: prev.regex_limit.0,
             };
             let mut routes = Vec::new();
             for r in &s.routes {
@@ -322,6 +347,7 @@ impl State {
             clusters,
             identities,
             pending_limits,
+            regex_limit: prev.regex_limit,
         })
     }
 
