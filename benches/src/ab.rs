@@ -1,14 +1,17 @@
-//! A/B of two sidecar builds in one run: this build's mesh-proxy against
-//! another (`MESH_BENCH_BASELINE_PROXY`, say the commit before a change),
-//! same control plane, same echo, rounds interleaved A, B, A, B … so drift
-//! in a shared machine's speed hits both equally. Reports medians per
-//! build and their ratio, with every round's figure.
+//! A/B of two sidecars in one run, same control plane, same echo, rounds
+//! interleaved A, B, A, B … so drift in a shared machine's speed hits both
+//! equally. Two comparisons: this build against another build
+//! (`MESH_BENCH_BASELINE_PROXY`, say the commit before a change), and this
+//! build with telemetry at its defaults against the same build with
+//! `MESH_PROXY_TELEMETRY=off`. Reports medians per side and their ratio,
+//! with every round's figure.
 
 use crate::data::{self, Measured, Topology};
 use crate::report;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::fmt::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Path to the other build's mesh-proxy.
@@ -64,9 +67,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs the comparison; returns the markdown section and the JSON.
-pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
-    let base = std::path::PathBuf::from(
+/// One side of a comparison.
+pub(crate) struct Side {
+    label: &'static str,
+    proxy: PathBuf,
+    env: &'static [(&'static str, &'static str)],
+}
+
+/// What is compared, and how to say so.
+pub(crate) struct Comparison {
+    a: Side,
+    b: Side,
+    command: &'static str,
+    what: &'static str,
+}
+
+/// This build against `MESH_BENCH_BASELINE_PROXY`.
+pub(crate) fn builds() -> Result<Comparison> {
+    let base = PathBuf::from(
         std::env::var_os(BASELINE_ENV)
             .with_context(|| format!("set {BASELINE_ENV} to the other build's mesh-proxy"))?,
     );
@@ -75,6 +93,51 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         "{BASELINE_ENV}={} is not a file",
         base.display()
     );
+    Ok(Comparison {
+        a: Side {
+            label: "this",
+            proxy: meshctl::procs::binary("mesh-proxy"),
+            env: &[],
+        },
+        b: Side {
+            label: "base",
+            proxy: base,
+            env: &[],
+        },
+        command: "MESH_BENCH_BASELINE_PROXY=<other mesh-proxy> cargo run --release -p mesh-benches -- ab",
+        what: "Two plaintext sidecar pairs (this build, the baseline build)",
+    })
+}
+
+/// This build's telemetry at its defaults (metrics, TCP counters and
+/// aggregates reported every 5 s; no trace collector, no access log)
+/// against the same build with telemetry off.
+pub(crate) fn telemetry() -> Comparison {
+    let proxy = meshctl::procs::binary("mesh-proxy");
+    Comparison {
+        a: Side {
+            label: "telemetry on",
+            proxy: proxy.clone(),
+            env: &[],
+        },
+        b: Side {
+            label: "telemetry off",
+            proxy,
+            env: &[("MESH_PROXY_TELEMETRY", "off")],
+        },
+        command: "cargo run --release -p mesh-benches -- telemetry",
+        what: "Two plaintext sidecar pairs of this build (telemetry at its defaults; MESH_PROXY_TELEMETRY=off)",
+    }
+}
+
+/// Runs the comparison; returns the markdown section and the JSON.
+pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_json::Value)> {
+    let Comparison {
+        a: sa,
+        b: sb,
+        command,
+        what,
+    } = cmp;
     let dir = std::env::temp_dir().join(format!("mesh-bench-ab-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (rounds, d) = if quick {
@@ -83,17 +146,18 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         (ROUNDS, Duration::from_secs(4))
     };
     let (_echo, echo) = data::echo(&dir).await?;
-    let this = meshctl::procs::binary("mesh-proxy");
-    let a = data::mesh(&dir.join("a"), echo, false, &this, "this").await?;
-    let b = data::mesh(&dir.join("b"), echo, false, &base, "base").await?;
+    let a = data::mesh(&dir.join("a"), echo, false, &sa.proxy, sa.label, sa.env).await?;
+    let b = data::mesh(&dir.join("b"), echo, false, &sb.proxy, sb.label, sb.env).await?;
     for t in [&a, &b] {
         t.http(500, Duration::from_millis(300)).await?;
         t.grpc(500, Duration::from_millis(300)).await?;
     }
     let mut md = format!(
-        "Machine: {}\n\nCommand: `{BASELINE_ENV}=<other mesh-proxy> cargo run --release -p mesh-benches -- ab`\n\nTwo plaintext sidecar pairs (this build, the baseline build) on one control plane and one echo; {rounds} interleaved rounds of {} s per load; 16 connections. CPU is per proxy, mean of the pair.\n\n| load | metric | this (median) | base (median) | this/base | this, per round | base, per round |\n|---|---|---|---|---|---|---|\n",
+        "Machine: {}\n\nCommand: `{command}`\n\n{what} on one control plane and one echo; {rounds} interleaved rounds of {} s per load; 16 connections. CPU is per proxy, mean of the pair.\n\n| load | metric | {a} (median) | {b} (median) | {a}/{b} | {a}, per round | {b}, per round |\n|---|---|---|---|---|---|---|\n",
         report::machine(),
-        d.as_secs_f64()
+        d.as_secs_f64(),
+        a = sa.label,
+        b = sb.label,
     );
     let mut rows = Vec::new();
     for l in &LOADS {
@@ -133,7 +197,7 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
                 fmt(&va),
                 fmt(&vb)
             );
-            rows.push(json!({"load": l.name, "metric": metric, "this": va, "base": vb, "ratio_of_medians": xa / xb}));
+            rows.push(json!({"load": l.name, "metric": metric, "a": sa.label, "b": sb.label, "a_rounds": va, "b_rounds": vb, "ratio_of_medians": xa / xb}));
         }
         eprintln!("ab: {} done", l.name);
     }

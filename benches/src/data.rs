@@ -110,6 +110,7 @@ pub(crate) async fn mesh(
     mtls: bool,
     proxy: &Path,
     name: &'static str,
+    env: &[(&str, &str)],
 ) -> Result<Topology> {
     std::fs::create_dir_all(dir)?;
     const SERVER_TOKEN: &str = "bench-echo-token-0123456789abcdef";
@@ -149,7 +150,8 @@ pub(crate) async fn mesh(
             .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_INBOUND_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0")
-            .env("MESH_PROXY_LOG", "warn");
+            .env("MESH_PROXY_LOG", "warn")
+            .envs(env.iter().copied());
         cmd
     };
     let mut server_cmd = sidecar("echo-0", "echo");

@@ -48,7 +48,14 @@ enum Suite {
         #[arg(long)]
         quick: bool,
     },
-    /// Both suites.
+    /// Telemetry at its defaults against telemetry off, same build,
+    /// interleaved rounds in one run.
+    Telemetry {
+        /// Small and fast: proves the comparison runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Data, control and telemetry suites.
     All {
         /// Small and fast: proves every scenario runs; numbers are not recorded.
         #[arg(long)]
@@ -63,20 +70,24 @@ async fn main() -> Result<()> {
     match args.suite {
         Suite::Control { quick } => control_suite(quick).await,
         Suite::Data { quick } => data(quick).await,
-        Suite::Ab { quick } => {
-            let (md, json) = ab::run(quick).await?;
-            println!("{md}");
-            if !quick {
-                report::write_json("ab", &json)?;
-                report::update_markdown("ab", &md)?;
-            }
-            Ok(())
-        }
+        Suite::Ab { quick } => compare(quick, "ab", ab::builds()?).await,
+        Suite::Telemetry { quick } => compare(quick, "telemetry", ab::telemetry()).await,
         Suite::All { quick } => {
             data(quick).await?;
-            control_suite(quick).await
+            control_suite(quick).await?;
+            compare(quick, "telemetry", ab::telemetry()).await
         }
     }
+}
+
+async fn compare(quick: bool, name: &str, cmp: ab::Comparison) -> Result<()> {
+    let (md, json) = ab::run(quick, cmp).await?;
+    println!("{md}");
+    if !quick {
+        report::write_json(name, &json)?;
+        report::update_markdown(name, &md)?;
+    }
+    Ok(())
 }
 
 async fn data(quick: bool) -> Result<()> {

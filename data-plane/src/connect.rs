@@ -40,7 +40,7 @@ pub struct Connector {
     /// For per-endpoint connection-attempt limits.
     state: Arc<ArcSwap<State>>,
     /// TCP counters of the connections it opens.
-    meter: Option<Meter>,
+    meter: Option<Arc<Meter>>,
 }
 
 /// How long a TCP connect, and separately a TLS handshake, may take.
@@ -58,7 +58,7 @@ impl Connector {
         tls: Option<TlsContext>,
         alpn: &'static [u8],
         state: Arc<ArcSwap<State>>,
-        meter: Option<Meter>,
+        meter: Option<Arc<Meter>>,
     ) -> Self {
         let mut http = HttpConnector::new();
         // Loopback and LAN hops: Nagle only adds latency to small requests.

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -26,12 +27,12 @@ pub struct Meter {
 #[derive(Debug)]
 pub struct Metered<S> {
     inner: S,
-    meter: Option<Meter>,
+    meter: Option<Arc<Meter>>,
 }
 
 impl<S> Metered<S> {
     /// Counts a new connection; `None` counts nothing (telemetry off).
-    pub fn new(inner: S, meter: Option<&Meter>) -> Self {
+    pub fn new(inner: S, meter: Option<&Arc<Meter>>) -> Self {
         if let Some(m) = meter {
             m.open.inc();
             m.open_now.inc();

@@ -12,8 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Latency buckets in seconds: 1 ms to 10 s, as Linkerd's.
@@ -104,6 +105,22 @@ fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+/// One label set's metrics, resolved.
+struct Resolved {
+    requests: Counter,
+    latency: Histogram,
+    cell: Arc<crate::telemetry::Cell>,
+    failed: bool,
+}
+
+impl Resolved {
+    fn record(&self, bounds: &[f64], secs: f64) {
+        self.requests.inc();
+        self.latency.observe(secs);
+        self.cell.record(bounds, self.failed, secs);
+    }
+}
+
 /// Every metric the sidecar keeps.
 pub struct Metrics {
     registry: Registry,
@@ -128,6 +145,9 @@ pub struct Metrics {
     tcp_write: Family<TcpLabels, Counter>,
     /// The interval in progress, streamed to the control plane.
     pub aggregates: Arc<Aggregates>,
+    /// Every label set seen, with its counter, histogram and aggregate
+    /// resolved, so a request costs one fast hash and a few atomic adds.
+    resolved: RwLock<HashMap<RequestLabels, Resolved, foldhash::fast::RandomState>>,
     enabled: bool,
     own_version: String,
 }
@@ -230,6 +250,7 @@ impl Metrics {
             config_version,
             config_applied,
             aggregates: Arc::new(Aggregates::new(&BUCKETS)),
+            resolved: RwLock::default(),
             enabled,
             own_version,
         }
@@ -244,7 +265,27 @@ impl Metrics {
         if labels.direction == "inbound" && labels.backend_version.is_empty() {
             labels.backend_version.clone_from(&self.own_version);
         }
-        self.latency
+        let secs = elapsed.as_secs_f64();
+        {
+            let resolved = self.resolved.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = resolved.get(&labels) {
+                r.record(self.aggregates.bounds(), secs);
+                return;
+            }
+        }
+        let r = self.resolve(&labels);
+        r.record(self.aggregates.bounds(), secs);
+        self.resolved
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(labels, r);
+    }
+
+    /// The slow path, once per label set: finds (or creates) its counter,
+    /// histogram and aggregate.
+    fn resolve(&self, labels: &RequestLabels) -> Resolved {
+        let latency = self
+            .latency
             .get_or_create(&LatencyLabels {
                 direction: labels.direction,
                 service: labels.service.clone(),
@@ -252,40 +293,46 @@ impl Metrics {
                 backend: labels.backend.clone(),
                 backend_version: labels.backend_version.clone(),
             })
-            .observe(elapsed.as_secs_f64());
-        self.requests.get_or_create(&labels).inc();
+            .clone();
+        let requests = self.requests.get_or_create(labels).clone();
         let failed = labels.status_code >= 500
             || !(labels.grpc_status.is_empty() || labels.grpc_status == "0");
         let backend = if labels.direction == "inbound" {
-            labels.service.clone()
+            &labels.service
         } else {
-            labels.backend
+            &labels.backend
         };
-        self.aggregates.record(
-            (
-                labels.direction,
-                labels.service,
-                backend,
-                labels.backend_version,
-            ),
+        let cell = self.aggregates.cell((
+            labels.direction,
+            labels.service.clone(),
+            backend.clone(),
+            labels.backend_version.clone(),
+        ));
+        Resolved {
+            requests,
+            latency,
+            cell,
             failed,
-            elapsed,
-        );
+        }
     }
 
     /// The TCP counters of (`direction`, `peer`); `None` with telemetry off.
-    pub fn tcp(&self, direction: &'static str, peer: &'static str) -> Option<crate::meter::Meter> {
+    pub fn tcp(
+        &self,
+        direction: &'static str,
+        peer: &'static str,
+    ) -> Option<Arc<crate::meter::Meter>> {
         if !self.enabled {
             return None;
         }
         let l = TcpLabels { direction, peer };
-        Some(crate::meter::Meter {
+        Some(Arc::new(crate::meter::Meter {
             open: self.tcp_open.get_or_create(&l).clone(),
             close: self.tcp_close.get_or_create(&l).clone(),
             open_now: self.tcp_open_now.get_or_create(&l).clone(),
             read: self.tcp_read.get_or_create(&l).clone(),
             write: self.tcp_write.get_or_create(&l).clone(),
-        })
+        }))
     }
 
     /// Records that `version` was applied now.

@@ -44,7 +44,7 @@ impl Drain {
     pub fn serve<H, F>(
         self: &Arc<Self>,
         listener: TcpListener,
-        meter: Option<Meter>,
+        meter: Option<Arc<Meter>>,
         handler: H,
     ) -> tokio::task::JoinHandle<()>
     where
@@ -64,7 +64,7 @@ impl Drain {
     pub fn accept<C>(
         self: &Arc<Self>,
         listener: TcpListener,
-        meter: Option<Meter>,
+        meter: Option<Arc<Meter>>,
         on_conn: C,
     ) -> tokio::task::JoinHandle<()>
     where

@@ -2,36 +2,52 @@
 //! sidecar saw (counts, failures, latency buckets per service, backend and
 //! version), streamed to the control plane over `mesh.v1.Telemetry/Report`.
 //! The control plane keeps the rolling window; the sidecar keeps only the
-//! interval in progress, so memory is bounded by the label set of one
-//! interval.
+//! interval in progress (counts per label set, swapped to zero at each
+//! report).
 
 use mesh_proto::v1 as pb;
 use mesh_proto::v1::telemetry_client::TelemetryClient;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// Key of one aggregate: direction, service, backend, version.
-type Key = (&'static str, String, String, String);
+pub type Key = (&'static str, String, String, String);
 
-#[derive(Default)]
-struct Agg {
-    requests: u64,
-    failures: u64,
-    buckets: Vec<u64>,
-    sum: f64,
+/// One aggregate's counts since the last report. Requests add with atomics;
+/// the reporter swaps them to zero, so the hot path takes no lock.
+#[derive(Debug)]
+pub struct Cell {
+    requests: AtomicU64,
+    failures: AtomicU64,
+    buckets: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
 }
 
-struct Interval {
-    started: Instant,
-    traffic: HashMap<Key, Agg>,
+impl Cell {
+    /// Adds one request that took `secs`.
+    pub fn record(&self, bounds: &[f64], failed: bool, secs: f64) {
+        let bucket = bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(bounds.len());
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
 }
 
-/// The interval in progress.
+/// Every aggregate this sidecar has seen, and when the interval began.
 pub struct Aggregates {
     bounds: &'static [f64],
-    current: Mutex<Interval>,
+    cells: Mutex<HashMap<Key, Arc<Cell>>>,
+    started: Mutex<Instant>,
 }
 
 impl Aggregates {
@@ -39,60 +55,69 @@ impl Aggregates {
     pub fn new(bounds: &'static [f64]) -> Self {
         Aggregates {
             bounds,
-            current: Mutex::new(Interval {
-                started: Instant::now(),
-                traffic: HashMap::new(),
-            }),
+            cells: Mutex::default(),
+            started: Mutex::new(Instant::now()),
         }
     }
 
-    /// Adds one request.
-    pub fn record(&self, key: Key, failed: bool, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let bucket = self
-            .bounds
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(self.bounds.len());
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let agg = cur.traffic.entry(key).or_default();
-        if agg.buckets.is_empty() {
-            agg.buckets = vec![0; self.bounds.len() + 1];
-        }
-        agg.requests += 1;
-        agg.failures += u64::from(failed);
-        agg.buckets[bucket] += 1;
-        agg.sum += secs;
+    /// The latency bucket bounds.
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
+    /// The cell of `key`, created on first use. Cells live as long as the
+    /// sidecar: their number is bounded like the metric label sets.
+    pub fn cell(&self, key: Key) -> Arc<Cell> {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Cell {
+                    requests: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    buckets: (0..=self.bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                    sum_micros: AtomicU64::new(0),
+                })
+            })
+            .clone()
     }
 
     /// Ends the interval in progress and returns it as a report.
     pub fn take(&self, node: &pb::Node) -> pb::TelemetryReport {
-        let (elapsed, traffic) = {
-            let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = {
+            let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            let elapsed = now - cur.started;
-            cur.started = now;
-            (elapsed, std::mem::take(&mut cur.traffic))
+            let elapsed = now - *started;
+            *started = now;
+            elapsed
         };
+        let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let mut traffic = Vec::new();
+        for ((direction, service, backend, version), c) in cells.iter() {
+            let requests = c.requests.swap(0, Ordering::Relaxed);
+            if requests == 0 {
+                continue;
+            }
+            traffic.push(pb::TrafficAggregate {
+                direction: (*direction).into(),
+                service: service.clone(),
+                backend: backend.clone(),
+                version: version.clone(),
+                requests,
+                failures: c.failures.swap(0, Ordering::Relaxed),
+                latency_buckets: c
+                    .buckets
+                    .iter()
+                    .map(|b| b.swap(0, Ordering::Relaxed))
+                    .collect(),
+                latency_sum_seconds: c.sum_micros.swap(0, Ordering::Relaxed) as f64 / 1e6,
+            });
+        }
         pb::TelemetryReport {
             node: Some(node.clone()),
             interval_ms: elapsed.as_millis() as u64,
             bucket_bounds_seconds: self.bounds.to_vec(),
-            traffic: traffic
-                .into_iter()
-                .map(
-                    |((direction, service, backend, version), a)| pb::TrafficAggregate {
-                        direction: direction.into(),
-                        service,
-                        backend,
-                        version,
-                        requests: a.requests,
-                        failures: a.failures,
-                        latency_buckets: a.buckets,
-                        latency_sum_seconds: a.sum,
-                    },
-                )
-                .collect(),
+            traffic,
         }
     }
 }
@@ -157,9 +182,10 @@ mod tests {
                 "v1".to_string(),
             )
         };
-        a.record(key(), false, Duration::from_millis(5));
-        a.record(key(), true, Duration::from_millis(50));
-        a.record(key(), false, Duration::from_secs(3));
+        let c = a.cell(key());
+        c.record(&BOUNDS, false, 0.005);
+        a.cell(key()).record(&BOUNDS, true, 0.05);
+        c.record(&BOUNDS, false, 3.0);
         let node = pb::Node::default();
         let r = a.take(&node);
         assert_eq!(r.bucket_bounds_seconds, vec![0.01, 0.1]);
