@@ -335,4 +335,31 @@ async fn spans_link_across_sidecars_and_join_incoming_traces() {
             .contains("secret-token")
     );
     assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+
+    // A request body is counted as it streams through (POSTs are not
+    // buffered for retries).
+    let t7 = "77777777777777777777777777777777";
+    let client = meshctl::traffic::client();
+    let req = http::Request::post(format!("http://{}/upload", quiet.outbound))
+        .header("host", "echo")
+        .header("traceparent", format!("00-{t7}-7777777777777777-01"))
+        .body(Full::new(Bytes::from(vec![b'x'; 3000])))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let app: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(app["body_bytes"], 3000);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(t7)) {
+            break serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no access log line for {t7}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["bytes_received"], 3000);
+    assert_eq!(line["bytes_sent"], body.len());
 }

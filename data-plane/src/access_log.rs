@@ -48,8 +48,8 @@ pub struct Outcome {
     pub route: String,
     /// Backend service.
     pub backend: String,
-    /// Request body bytes, when known from content-length or buffering.
-    pub bytes_received: Option<u64>,
+    /// Request body bytes read from the client, counted as they arrive.
+    pub bytes_in: Option<crate::body::BytesIn>,
 }
 
 impl AccessLog {
@@ -158,7 +158,10 @@ impl Entry {
             json!((self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
         );
         f.insert("bytes_sent".into(), json!(end.bytes));
-        f.insert("bytes_received".into(), json!(o.bytes_received));
+        let received = o
+            .bytes_in
+            .map(|b| b.0.load(std::sync::atomic::Ordering::Relaxed));
+        f.insert("bytes_received".into(), json!(received));
         f.insert("complete".into(), json!(end.complete));
         f.insert("trace_id".into(), json!(self.trace_id));
         f.insert("upstream".into(), json!(o.upstream));

@@ -11,20 +11,68 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 /// Largest body kept for replay.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 
+/// Request body bytes read from the client. Put in a request's extensions
+/// when its access-log line needs them; the body reader adds to it.
+#[derive(Clone, Debug, Default)]
+pub struct BytesIn(pub Arc<AtomicU64>);
+
+/// The client's request body, counted into `BytesIn` when there is one.
+#[derive(Debug)]
+pub struct Source {
+    body: Incoming,
+    counted: Option<BytesIn>,
+}
+
+impl Source {
+    /// Reads `body`, counting into `counted`.
+    pub fn new(body: Incoming, counted: Option<BytesIn>) -> Self {
+        Source { body, counted }
+    }
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(f))), Some(c)) = (&polled, &this.counted)
+            && let Some(d) = f.data_ref()
+        {
+            c.0.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A body the forwarder can send.
 #[derive(Debug)]
 pub enum ReqBody {
     /// Streamed from the client.
-    Stream(Incoming),
+    Stream(Source),
     /// Fully buffered.
     Replay(Replay),
     /// Read past the limit: the buffered head, then the rest of the stream.
-    Overflow(Option<Bytes>, Incoming),
+    Overflow(Option<Bytes>, Source),
 }
 
 /// A buffered body: clone it per attempt.
@@ -48,7 +96,7 @@ impl Replay {
 
 /// Reads `body` into memory if it fits in `REPLAY_LIMIT`. Otherwise gives
 /// back a body that sends everything read so far and then streams the rest.
-pub async fn buffer(mut body: Incoming) -> Result<Replay, ReqBody> {
+pub async fn buffer(mut body: Source) -> Result<Replay, ReqBody> {
     if body.is_end_stream() {
         return Ok(Replay::default());
     }

@@ -6,7 +6,7 @@
 //! identity reaches the app in [`CLIENT_ID_HEADER`]; a copy of that header
 //! arriving from outside is always removed first.
 
-use crate::body::ReqBody;
+use crate::body::{BytesIn, ReqBody, Source};
 use crate::errors::{self, Body};
 use crate::identity::Current;
 use crate::meter::Metered;
@@ -220,7 +220,14 @@ impl Inbound {
             Err(e) => errors::respond(&e, grpc),
             Ok(()) => match self
                 .forwarder
-                .forward(req.map(ReqBody::Stream), &self.app, false)
+                .forward(
+                    {
+                        let counted = req.extensions().get::<BytesIn>().cloned();
+                        req.map(|b| ReqBody::Stream(Source::new(b, counted)))
+                    },
+                    &self.app,
+                    false,
+                )
                 .await
             {
                 Ok(resp) => resp.map(Body::stream),

@@ -6,6 +6,7 @@
 //! metric updates.
 
 use crate::access_log::{AccessLog, Entry, Outcome};
+use crate::body::BytesIn;
 use crate::errors::Body;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::trace::{Span, Tracing};
@@ -29,7 +30,7 @@ pub struct Watch {
     started: Instant,
     span: Option<Span>,
     entry: Option<Entry>,
-    content_length: Option<u64>,
+    bytes_in: Option<BytesIn>,
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -46,21 +47,6 @@ fn traceparent_id(headers: &http::HeaderMap) -> Option<String> {
     let v = headers.get("traceparent")?.to_str().ok()?;
     let id = v.split('-').nth(1)?;
     (id.len() == 32).then(|| id.to_string())
-}
-
-/// Request body bytes as the head declares them: content-length, or none
-/// at all for an HTTP/1 request without one; unknown for a streamed body.
-fn request_bytes<B>(req: &Request<B>) -> Option<u64> {
-    let h = req.headers();
-    if let Some(n) = h
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-    {
-        return Some(n);
-    }
-    let h1 = req.version() < http::Version::HTTP_2;
-    (h1 && !h.contains_key(http::header::TRANSFER_ENCODING)).then_some(0)
 }
 
 impl Observer {
@@ -136,7 +122,11 @@ impl Observer {
             .as_ref()
             .filter(|l| l.sampled())
             .map(|l| l.begin(direction, req));
-        let content_length = entry.as_ref().and_then(|_| request_bytes(req));
+        let bytes_in = entry.as_ref().map(|_| {
+            let b = BytesIn::default();
+            req.extensions_mut().insert(b.clone());
+            b
+        });
         Watch {
             started,
             span,
@@ -146,7 +136,7 @@ impl Observer {
                 }
                 e
             }),
-            content_length,
+            bytes_in,
         }
     }
 
@@ -197,7 +187,7 @@ impl Observer {
                     .then(|| labels.peer_identity.clone()),
                 route: labels.route.clone(),
                 backend: labels.backend.clone(),
-                bytes_received: w.content_length,
+                bytes_in: w.bytes_in,
             };
             (e, o)
         });

@@ -183,6 +183,8 @@ impl Outbound {
         let retry = retry.filter(|(p, _)| p.allows_method(req.method()));
         let mirror = route.mirror.as_ref().filter(|m| roll(m.percent));
         let (parts, incoming) = req.into_parts();
+        let incoming =
+            body::Source::new(incoming, parts.extensions.get::<body::BytesIn>().cloned());
         let (replay, mut streamed) = if retry.is_some() || mirror.is_some() {
             match body::buffer(incoming).await {
                 Ok(r) => (Some(r), None),
