@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Instant;
 
 /// One applied snapshot.
 #[derive(Debug, Default)]
@@ -33,7 +34,14 @@ pub struct State {
     pending_limits: HashMap<SocketAddr, (Arc<balance::Stats>, u32)>,
     /// This sidecar's own limit, carried from snapshot to snapshot.
     pub regex_limit: RegexLimit,
+    /// Statistics of endpoints that left (unhealthy, restarted), kept for
+    /// `RETAIN` so one that comes back resumes with what was learned
+    /// instead of an unmeasured estimate that P2C would avoid.
+    retired: HashMap<SocketAddr, (Arc<balance::Stats>, Instant)>,
 }
+
+/// How long a departed endpoint's statistics are kept.
+const RETAIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Most bytes one compiled route regex may take in this sidecar (a memory
 /// guard, like Envoy's `re2.max_program_size`). The control plane cannot
@@ -340,7 +348,21 @@ impl State {
                 entry.1 = entry.1.min(limit);
             }
         }
+        // Whatever was carried and is not in this snapshot retires now (or
+        // stays retired since when it left), until RETAIN runs out.
+        let now = Instant::now();
+        let retired = carried
+            .stats
+            .into_iter()
+            .filter(|(addr, _)| !pending_limits.contains_key(addr))
+            .map(|(addr, st)| {
+                let since = prev.retired.get(&addr).map_or(now, |(_, t)| *t);
+                (addr, (st, since))
+            })
+            .filter(|(_, (_, since))| now.duration_since(*since) < RETAIN)
+            .collect();
         Ok(State {
+            retired,
             version: resp.version_info.clone(),
             by_host,
             services,
@@ -355,6 +377,9 @@ impl State {
     /// in-flight counts by cluster, and retry budgets by `service/route`.
     fn carried(&self) -> Carried {
         let mut c = Carried::default();
+        for (addr, (st, _)) in &self.retired {
+            c.stats.insert(*addr, Arc::clone(st));
+        }
         for cl in self.clusters.values() {
             c.in_flight
                 .insert(cl.name.clone(), Arc::clone(&cl.in_flight));
@@ -655,6 +680,23 @@ mod tests {
             &c.clusters["echo-v2.default"].stats[0]
         ));
         assert!(Arc::ptr_eq(&ca.in_flight, &cb.in_flight));
+    }
+
+    /// An endpoint that leaves (health check failed) and comes back keeps
+    /// what was learned about it; a never-seen one starts fresh.
+    #[test]
+    fn a_returning_endpoint_resumes_its_statistics() {
+        let both = snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0);
+        let one = snapshot(&["127.0.0.1:2"], &[], 1, 0);
+        let a = State::from_proto(&both, "default", &State::default()).unwrap();
+        let gone = State::from_proto(&one, "default", &a).unwrap();
+        let still_gone = State::from_proto(&one, "default", &gone).unwrap();
+        let back = State::from_proto(&both, "default", &still_gone).unwrap();
+        let stats = |s: &State, i: usize| Arc::clone(&s.clusters["echo-v1.default"].stats[i]);
+        assert!(Arc::ptr_eq(&stats(&a, 0), &stats(&back, 0)));
+        assert!(Arc::ptr_eq(&stats(&a, 1), &stats(&back, 1)));
+        let fresh = State::from_proto(&both, "default", &State::default()).unwrap();
+        assert!(!Arc::ptr_eq(&stats(&a, 0), &stats(&fresh, 0)));
     }
 
     #[test]
