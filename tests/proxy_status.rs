@@ -55,7 +55,13 @@ async fn proxy_status_shows_every_sidecar_on_the_new_version_with_push_time() {
 async fn a_sidecar_that_rejects_config_shows_the_nack_reason() {
     let (mesh, _inst, _client) = Mesh::one_instance("proxy-status-nack", &[]).await;
     let strict = mesh
-        .client_with("client-small", &[("MESH_PROXY_MAX_REGEX_BYTES", "2000")])
+        .client_with(
+            "client-small",
+            &[
+                ("MESH_PROXY_MAX_REGEX_BYTES", "2000"),
+                ("MESH_PROXY_TELEMETRY_INTERVAL_MS", "200"),
+            ],
+        )
         .await;
     let before = mesh.version().await;
     mesh.apply_ok(
@@ -146,4 +152,17 @@ spec:
     .map(|r| (r.status, r))
     .unwrap();
     assert_eq!(status, 200);
+    // A sidecar with no app sends no heartbeats; its telemetry reports keep
+    // it seen. Past several report intervals with no config change:
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = mesh.meshctl(&["proxy-status", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = json["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["instance"] == "client-small")
+        .unwrap()
+        .clone();
+    assert!(p["lastSeenMsAgo"].as_u64().unwrap() < 1000, "{p}");
 }

@@ -208,9 +208,10 @@ impl Bound {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(DiscoveryServer::new(discovery))
-            .add_service(TelemetryServer::new(crate::telemetry::Service(
-                window.clone(),
-            )))
+            .add_service(TelemetryServer::new(crate::telemetry::Service {
+                window: window.clone(),
+                state: state.clone(),
+            }))
             .add_service(AdminServer::new(Admin::new(
                 state,
                 ca,

@@ -331,13 +331,19 @@ impl State {
             .registry
             .note_cert(&node.namespace, &node.instance_id, cert_not_after_unix);
         drop(inner);
+        self.seen(&node.namespace, &node.instance_id);
+        Ok(())
+    }
+
+    /// Marks a sidecar as alive now (a heartbeat, or a telemetry report from
+    /// a sidecar that has no app to heartbeat for).
+    pub fn seen(&self, namespace: &str, instance_id: &str) {
         let now = Instant::now();
         for p in self.proxies_lock().values_mut() {
-            if p.node.instance_id == node.instance_id && p.node.namespace == node.namespace {
+            if p.node.instance_id == instance_id && p.node.namespace == namespace {
                 p.last_seen = now;
             }
         }
-        Ok(())
     }
 
     /// Instances with their certificate expiry.

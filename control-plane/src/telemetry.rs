@@ -235,8 +235,14 @@ impl Window {
     }
 }
 
-/// The gRPC service sidecars report to.
-pub struct Service(pub std::sync::Arc<Window>);
+/// The gRPC service sidecars report to; a report also counts as the
+/// sidecar being seen, for proxy-status.
+pub struct Service {
+    /// Where reports go.
+    pub window: std::sync::Arc<Window>,
+    /// Whose last-seen times reports refresh.
+    pub state: std::sync::Arc<crate::state::State>,
+}
 
 #[tonic::async_trait]
 impl pb::telemetry_server::Telemetry for Service {
@@ -248,7 +254,11 @@ impl pb::telemetry_server::Telemetry for Service {
         while let Some(report) = stream.next().await {
             // A bad report ends the stream with the reason; the window keeps
             // what it had.
-            self.0.add(report?)?;
+            let report = report?;
+            if let Some(n) = &report.node {
+                self.state.seen(&n.namespace, &n.instance_id);
+            }
+            self.window.add(report)?;
         }
         Ok(Response::new(pb::TelemetryAck {}))
     }
