@@ -1,7 +1,8 @@
 //! `meshctl demo`: the release story end to end. Brings up the demo mesh
 //! (echo v1 ×2, echo v2 ×1, a client sidecar), keeps steady traffic flowing,
 //! shifts 0 → 10 → 50 → 100% to v2, and shows the v1/v2 share of answers at
-//! each step and the number of failed requests (which should be zero).
+//! each step, the number of failed requests (which should be zero), and the
+//! golden metrics per version the control plane aggregated.
 
 use crate::cli;
 use crate::procs::wait_config;
@@ -95,6 +96,27 @@ async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
     println!(
         "\n$ meshctl release status echo\n{}",
         cli::render_status(&st, cli::Output::Table)?
+    );
+    // Golden metrics from the sidecars' telemetry, as the control plane
+    // aggregates it (reports arrive every few seconds: wait, bounded).
+    let query = crate::stat::Query {
+        service: "echo".into(),
+        namespace: "default".into(),
+        window: "2m".into(),
+        direction: "outbound".into(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let stats = loop {
+        let stats = crate::stat::fetch(&control, &query).await?;
+        let has_v2 = stats.rows.iter().any(|r| r.version == "v2");
+        if has_v2 || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!(
+        "\n$ meshctl stat echo --direction outbound --window 2m\n{}",
+        crate::stat::render(&stats, cli::Output::Table)?
     );
     if failed > 0 {
         bail!("{failed} requests failed during the release");
