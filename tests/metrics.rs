@@ -142,12 +142,7 @@ async fn tcp_bytes_match_across_the_hop_and_grpc_trailers_label_requests() {
     use mesh_proto::echo::echo_client::EchoClient;
     let (_mesh, inst, client) = Mesh::one_instance("metrics-tcp", &[]).await;
     many(client.outbound, &Shape::get("echo"), 40, 4).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.outbound))
-        .unwrap()
-        .origin("http://echo".parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let channel = support::echo_channel(client.outbound).await;
     let mut grpc = EchoClient::new(channel);
     let (ok, aborted) = (6, 3);
     for fail_after in std::iter::repeat_n(0, ok).chain(std::iter::repeat_n(2, aborted)) {

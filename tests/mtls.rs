@@ -5,8 +5,6 @@
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use meshctl::traffic::{Steady, burst, get};
 use std::net::SocketAddr;
 use support::{DEADLINE, Mesh, TempDir};
@@ -42,23 +40,6 @@ async fn mesh(tag: &str, lifetime_secs: &str) -> (Mesh, TempDir) {
     )
     .await;
     (mesh, dir)
-}
-
-/// GET / for service `echo` via `proxy` with extra headers; the echo's JSON answer.
-async fn echo_json(proxy: SocketAddr, headers: &[(&str, &str)]) -> serde_json::Value {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let mut req = http::Request::get(format!("http://{proxy}/")).header(http::header::HOST, "echo");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client
-        .request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }
 
 /// Inbound connection counters from a sidecar's /metrics.
@@ -115,8 +96,9 @@ async fn strict_mtls_carries_verified_identity_and_refuses_plaintext() {
     );
 
     // The app sees the caller's verified identity; a forged header is replaced.
-    let answer = echo_json(
+    let answer = support::echo_json(
         client.outbound,
+        "/",
         &[(
             "mesh-client-id",
             "spiffe://cluster.local/ns/default/sa/admin",
@@ -176,7 +158,7 @@ async fn a_forged_identity_header_from_an_unmeshed_client_never_reaches_the_app(
         .await;
     // Permissive (the default): plaintext from outside the mesh is served, unverified.
     let inbound = echo.sidecar.addr("inbound").unwrap();
-    let answer = echo_json(inbound, &[("mesh-client-id", CLIENT_ID)]).await;
+    let answer = support::echo_json(inbound, "/", &[("mesh-client-id", CLIENT_ID)]).await;
     assert!(
         answer["client_id"].is_null(),
         "a forged identity reached the app: {answer}"

@@ -217,12 +217,7 @@ async fn timeouts_answer_504_on_time_and_compose_with_per_try_timeouts() {
     assert!(r.proxy_error.unwrap().contains("no response within"));
 
     // gRPC gets DEADLINE_EXCEEDED.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.outbound))
-        .unwrap()
-        .origin("http://echo".parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let channel = support::echo_channel(client.outbound).await;
     let started = Instant::now();
     let status = mesh_proto::echo::echo_client::EchoClient::new(channel)
         .unary(mesh_proto::echo::EchoRequest { payload: vec![] })

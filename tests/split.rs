@@ -29,12 +29,7 @@ async fn http1_requests_follow_an_80_20_split() {
 async fn grpc_calls_follow_an_80_20_split() {
     let (_mesh, _instances, client) = Mesh::two_versions("split-grpc", "80", "20").await;
     // Connect to the client sidecar; address the call to the service by name.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.outbound))
-        .unwrap()
-        .origin("http://echo".parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let channel = support::echo_channel(client.outbound).await;
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let mut c = EchoClient::new(channel.clone());

@@ -13,13 +13,7 @@ use std::net::SocketAddr;
 use support::Mesh;
 
 async fn grpc(outbound: SocketAddr) -> EchoClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
-        .unwrap()
-        .origin("http://echo".parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
-    EchoClient::new(channel)
+    EchoClient::new(support::echo_channel(outbound).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

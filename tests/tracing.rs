@@ -89,22 +89,28 @@ fn attrs(s: &Span) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// GET http://echo/ through `proxy` with `headers`; the echo app's JSON.
+/// GET /traced?x=1 of echo through `proxy` with `headers` (and a known
+/// user agent); the echo app's JSON.
 async fn get(proxy: std::net::SocketAddr, headers: &[(&str, &str)]) -> serde_json::Value {
-    let client = meshctl::traffic::client();
-    let mut req = http::Request::get(format!("http://{proxy}/traced?x=1"))
-        .header("host", "echo")
-        .header("user-agent", "tracing-test");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    let mut all = vec![("user-agent", "tracing-test")];
+    all.extend_from_slice(headers);
+    support::echo_json(proxy, "/traced?x=1", &all).await
+}
+
+/// Waits (bounded) for the access-log line in `out` that contains `needle`.
+async fn log_line(out: &std::path::Path, needle: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+            return serde_json::from_str(l).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line for {needle} in {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let resp = client
-        .request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&body).unwrap()
 }
 
 /// Waits (bounded) until the receiver holds `n` spans of `trace`.
@@ -298,18 +304,7 @@ async fn spans_link_across_sidecars_and_join_incoming_traces() {
 
     // The access log line of request 2, from the client sidecar's stdout.
     let out = mesh.logs().join("client-0-proxy.out");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains(t)) {
-            break serde_json::from_str::<serde_json::Value>(l).unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access log line for {t} in {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let line = log_line(&out, t).await;
     assert_eq!(line["kind"], "access");
     assert_eq!(line["direction"], "outbound");
     assert_eq!(line["method"], "GET");
@@ -350,15 +345,7 @@ async fn spans_link_across_sidecars_and_join_incoming_traces() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let app: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(app["body_bytes"], 3000);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains(t7)) {
-            break serde_json::from_str::<serde_json::Value>(l).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no access log line for {t7}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let line = log_line(&out, t7).await;
     assert_eq!(line["method"], "POST");
     assert_eq!(line["bytes_received"], 3000);
     assert_eq!(line["bytes_sent"], body.len());

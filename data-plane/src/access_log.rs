@@ -86,16 +86,7 @@ impl AccessLog {
 
     /// Starts an entry for a request.
     pub fn begin<B>(self: &Arc<Self>, direction: &'static str, req: &http::Request<B>) -> Entry {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
+        let authority = crate::route::authority(req);
         let mut fields = Map::new();
         fields.insert("direction".into(), json!(direction));
         fields.insert("method".into(), json!(req.method().as_str()));

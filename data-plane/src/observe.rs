@@ -67,17 +67,7 @@ impl Observer {
     pub fn begin<B>(&self, direction: &'static str, req: &mut Request<B>) -> Watch {
         let started = Instant::now();
         let span = self.tracing.as_ref().map(|t| {
-            let host = req
-                .uri()
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .or_else(|| {
-                    req.headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_string)
-                })
-                .unwrap_or_default();
+            let host = crate::route::authority(req).unwrap_or_default().to_string();
             let (name, port) = match host.rsplit_once(':') {
                 Some((n, p)) => match p.parse::<u16>() {
                     Ok(p) => (n.to_string(), Some(p)),

@@ -130,16 +130,7 @@ impl Outbound {
         if state.version.is_empty() {
             return Err(Error::NotReady);
         }
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .ok_or(Error::MissingAuthority)?;
+        let authority = crate::route::authority(&req).ok_or(Error::MissingAuthority)?;
         let service = state
             .resolve(authority)
             .ok_or_else(|| Error::UnknownService(authority.to_string()))?;

@@ -88,6 +88,16 @@ pub struct Fault {
     pub abort_percent: f64,
 }
 
+/// The authority a request is addressed to: its URI's (HTTP/2, absolute
+/// form), else its Host header.
+pub fn authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
 /// Whether a percentage roll succeeds.
 pub fn roll(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)

@@ -432,3 +432,38 @@ pub fn within_binomial(observed: u64, n: u64, p: f64) -> bool {
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
     (observed as f64 - mean).abs() <= 5.0 * sd
 }
+
+/// A gRPC channel to service `echo` through a sidecar's outbound listener
+/// (the call goes to the sidecar; `:authority` names the service).
+pub async fn echo_channel(outbound: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
+        .unwrap()
+        .origin("http://echo".parse().unwrap())
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// GET `path` of service `echo` through `proxy` with extra headers; asserts
+/// 200 and returns the echo app's JSON answer.
+pub async fn echo_json(
+    proxy: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let mut req =
+        http::Request::get(format!("http://{proxy}{path}")).header(http::header::HOST, "echo");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = meshctl::traffic::client()
+        .request(
+            req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
