@@ -183,6 +183,12 @@ async fn stat_reports_what_the_load_generator_saw() {
     );
     assert_eq!(frames.matches("\x1b[2J").count(), 2, "{frames}");
     assert_eq!(frames.matches("echo.default").count(), 4, "{frames}");
+    let out = mesh.meshctl(&["stat", "ghost"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown service default/ghost"),
+        "{err}"
+    );
     for (window, problem) in [("11m", "longer than the 600s"), ("soon", "not a duration")] {
         let out = mesh.meshctl(&["stat", "--window", window]).await;
         let err = String::from_utf8_lossy(&out.stderr);

@@ -132,12 +132,18 @@ impl pb::admin_server::Admin for Admin {
                 return Err(crate::telemetry::Error::Direction(other.into()).into());
             }
         };
-        let service = (!r.service.is_empty())
-            .then(|| format!("{}.{}", r.service, namespace_or_default(r.namespace)));
+        let ns = namespace_or_default(r.namespace);
+        let service = (!r.service.is_empty()).then(|| format!("{}.{ns}", r.service));
+        let rows = self.telemetry.stats(service.as_deref(), window, direction);
+        if rows.is_empty() && !r.service.is_empty() {
+            // No traffic is an answer; a service the mesh does not know is
+            // a mistake worth naming.
+            self.state.routes(&ns, &r.service)?;
+        }
         Ok(Response::new(pb::GetStatsResponse {
             window_ms: window.as_millis() as u64,
             direction: direction.into(),
-            rows: self.telemetry.stats(service.as_deref(), window, direction),
+            rows,
         }))
     }
 
