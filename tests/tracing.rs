@@ -285,6 +285,39 @@ async fn spans_link_across_sidecars_and_join_incoming_traces() {
         format!("{t5}-{}-1", hex(&server.span_id))
     );
 
+    // 6. gRPC: a stream that fails after two replies carries ABORTED in
+    //    its trailers; both spans end with the stream and record it.
+    let t8 = "88888888888888888888888888888888";
+    let mut grpc =
+        mesh_proto::echo::echo_client::EchoClient::new(support::echo_channel(eager.outbound).await);
+    let mut req = tonic::Request::new(mesh_proto::echo::StreamRequest {
+        count: 5,
+        payload_size: 10,
+        fail_after: 2,
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{t8}-8888888888888888-01").parse().unwrap(),
+    );
+    let mut stream = grpc.server_stream(req).await.unwrap().into_inner();
+    let mut replies = 0;
+    let code = loop {
+        match stream.message().await {
+            Ok(Some(_)) => replies += 1,
+            Ok(None) => break tonic::Code::Ok,
+            Err(s) => break s.code(),
+        }
+    };
+    assert_eq!((replies, code), (2, tonic::Code::Aborted));
+    let spans = spans_of(&got, t8, 2).await;
+    let (client, server) = client_and_server(&spans);
+    for s in [client, server] {
+        let a = attrs(s);
+        assert_eq!(a["rpc.grpc.status_code"], "10", "{a:?}");
+        assert_eq!(a["error.type"], "10", "{a:?}");
+        assert_eq!(a["http.response.status_code"], "200");
+    }
+
     // Nothing else was exported: the unsampled request 3 made no spans.
     // Each sidecar exports in order, so once a later sampled trace through
     // the same sidecars has arrived, request 3's spans would have too.
@@ -298,7 +331,7 @@ async fn spans_link_across_sidecars_and_join_incoming_traces() {
     assert!(spans_of(&got, &seen, 0).await.is_empty());
     assert_eq!(
         got.lock().unwrap().len(),
-        5 * 2,
+        6 * 2,
         "2 spans per sampled request"
     );
 

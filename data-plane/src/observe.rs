@@ -140,6 +140,7 @@ impl Observer {
     ) -> Response<Body> {
         let elapsed = w.started.elapsed();
         let mut trace_id = None;
+        let mut recording = None;
         if let Some(span) = w.span {
             trace_id = Some(span.trace_id().to_string());
             let mut attrs = Vec::new();
@@ -164,7 +165,12 @@ impl Observer {
                     attrs.push(KeyValue::new(k, v.clone()));
                 }
             }
-            span.finish(labels.status_code, attrs);
+            if span.recording() {
+                // Ended with the response body, so it covers the whole
+                // exchange and sees a gRPC status that comes in trailers.
+                let grpc = labels.grpc_status.parse::<i32>().ok();
+                recording = Some((span, attrs, labels.status_code, grpc));
+            }
         }
         let logged = w.entry.map(|mut e| {
             if trace_id.is_some() {
@@ -189,7 +195,7 @@ impl Observer {
             Some((self.metrics.clone(), labels))
         } else {
             self.metrics.request(labels, elapsed);
-            if logged.is_none() {
+            if logged.is_none() && recording.is_none() {
                 return resp;
             }
             None
@@ -201,6 +207,15 @@ impl Observer {
                         labels.grpc_status = code.to_string();
                     }
                     metrics.request(labels, elapsed);
+                }
+                if let Some((span, mut attrs, status, grpc)) = recording {
+                    if let Some(code) = end.grpc_status {
+                        attrs.push(KeyValue::new("rpc.grpc.status_code", code.to_string()));
+                    }
+                    if !end.complete {
+                        attrs.push(KeyValue::new("mesh.response.complete", false));
+                    }
+                    span.finish(status, end.grpc_status.or(grpc), attrs);
                 }
                 if let Some((entry, o)) = logged {
                     entry.finish(o, end);

@@ -146,9 +146,15 @@ impl Span {
         &self.trace_id
     }
 
+    /// Whether it will be exported (sampled).
+    pub fn recording(&self) -> bool {
+        self.span.is_recording()
+    }
+
     /// Ends the span with the response status. Server spans are errors on
-    /// 5xx only; client spans on 4xx too (the semantic conventions' rule).
-    pub fn finish(mut self, status: u16, attributes: Vec<KeyValue>) {
+    /// 5xx only; client spans on 4xx too (the semantic conventions' rule);
+    /// both on a gRPC status other than OK.
+    pub fn finish(mut self, status: u16, grpc: Option<i32>, attributes: Vec<KeyValue>) {
         if !self.span.is_recording() {
             return;
         }
@@ -159,9 +165,13 @@ impl Span {
         for kv in attributes {
             self.span.set_attribute(kv);
         }
-        if status >= 500 || (self.client && status >= 400) {
-            self.span
-                .set_attribute(KeyValue::new("error.type", status.to_string()));
+        let error = match grpc {
+            Some(code) if code != 0 => Some(code.to_string()),
+            _ if status >= 500 || (self.client && status >= 400) => Some(status.to_string()),
+            _ => None,
+        };
+        if let Some(e) = error {
+            self.span.set_attribute(KeyValue::new("error.type", e));
             self.span.set_status(Status::error(""));
         }
         self.span.end();
