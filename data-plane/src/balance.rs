@@ -109,11 +109,21 @@ pub struct Stats {
     ejections: AtomicU64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ewma {
     /// Estimated RTT in ns; `None` until the first observation.
     rtt_ns: Option<f64>,
+    /// When it was last updated, or created.
     at_ns: u64,
+}
+
+impl Default for Ewma {
+    fn default() -> Self {
+        Ewma {
+            rtt_ns: None,
+            at_ns: now_ns(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -126,10 +136,11 @@ struct Outlier {
 impl Ewma {
     /// The estimate decayed to `now`: idle endpoints drift toward zero cost,
     /// so a once-slow endpoint is probed again eventually.
+    /// A never-measured endpoint starts at `DEFAULT_RTT` and decays from
+    /// when it appeared, so a new endpoint next to fast, lightly loaded
+    /// ones is tried within seconds rather than never.
     fn decayed(&self, now: u64) -> f64 {
-        let Some(rtt) = self.rtt_ns else {
-            return DEFAULT_RTT.as_nanos() as f64;
-        };
+        let rtt = self.rtt_ns.unwrap_or(DEFAULT_RTT.as_nanos() as f64);
         let elapsed = now.saturating_sub(self.at_ns) as f64;
         rtt * (-elapsed / EWMA_DECAY.as_nanos() as f64).exp()
     }
@@ -393,6 +404,17 @@ mod tests {
         );
         let ten_s = EWMA_DECAY.as_nanos() as u64;
         assert!(e.decayed(2 + ten_s) < 40e6, "idle, it decays");
+    }
+
+    #[test]
+    fn a_never_measured_endpoint_decays_from_when_it_appeared() {
+        let e = Ewma {
+            rtt_ns: None,
+            at_ns: 0,
+        };
+        assert_eq!(e.decayed(0), DEFAULT_RTT.as_nanos() as f64);
+        let three_decays = 3 * EWMA_DECAY.as_nanos() as u64;
+        assert!(e.decayed(three_decays) < 2e6, "{}", e.decayed(three_decays));
     }
 
     #[test]
