@@ -1,6 +1,6 @@
 //! A/B of two sidecars in one run, same control plane, same echo, rounds
-//! interleaved A, B, A, B … so drift in a shared machine's speed hits both
-//! equally. Two comparisons: this build against another build
+//! interleaved A B, B A, A B … so drift in a shared machine's speed, and
+//! whatever a run leaves behind for the next, hit both equally. Two comparisons: this build against another build
 //! (`MESH_BENCH_BASELINE_PROXY`, say the commit before a change), and this
 //! build with telemetry at its defaults against the same build with
 //! `MESH_PROXY_TELEMETRY=off`. Reports medians per side and their ratio,
@@ -153,7 +153,7 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
         t.grpc(500, Duration::from_millis(300)).await?;
     }
     let mut md = format!(
-        "Machine: {}\n\nCommand: `{command}`\n\n{what} on one control plane and one echo; {rounds} interleaved rounds of {} s per load; 16 connections. CPU is per proxy, mean of the pair.\n\n| load | metric | {a} (median) | {b} (median) | {a}/{b} | {a}, per round | {b}, per round |\n|---|---|---|---|---|---|---|\n",
+        "Machine: {}\n\nCommand: `{command}`\n\n{what} on one control plane and one echo; {rounds} interleaved rounds (order alternating) of {} s per load; 16 connections. CPU is per proxy, mean of the pair.\n\n| load | metric | {a} (median) | {b} (median) | {a}/{b} | {a}, per round | {b}, per round |\n|---|---|---|---|---|---|---|\n",
         report::machine(),
         d.as_secs_f64(),
         a = sa.label,
@@ -162,9 +162,16 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
     let mut rows = Vec::new();
     for l in &LOADS {
         let (mut ma, mut mb) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            ma.push(one(&a, l, d).await?);
-            mb.push(one(&b, l, d).await?);
+        // A B, B A, A B …: whichever side runs first in a round pays for
+        // whatever the previous load left behind, so the order alternates.
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                ma.push(one(&a, l, d).await?);
+                mb.push(one(&b, l, d).await?);
+            } else {
+                mb.push(one(&b, l, d).await?);
+                ma.push(one(&a, l, d).await?);
+            }
         }
         let metrics: [Metric; 3] = if l.rate == 0 {
             [
