@@ -20,8 +20,9 @@ const BASELINE_ENV: &str = "MESH_BENCH_BASELINE_PROXY";
 /// A named figure read from one measurement.
 type Metric = (&'static str, fn(&Measured) -> f64);
 
-/// Rounds per build; the median of 5 shrugs off one noisy round.
-const ROUNDS: usize = 5;
+/// Rounds per side, an even number so each side runs as many rounds on
+/// its early pair as on its late one.
+const ROUNDS: usize = 6;
 
 struct Load {
     name: &'static str,
@@ -105,7 +106,7 @@ pub(crate) fn builds() -> Result<Comparison> {
             env: &[],
         },
         command: "MESH_BENCH_BASELINE_PROXY=<other mesh-proxy> cargo run --release -p mesh-benches -- ab",
-        what: "Two plaintext sidecar pairs (this build, the baseline build)",
+        what: "Plaintext sidecar pairs of this build and of the baseline build",
     })
 }
 
@@ -126,7 +127,7 @@ pub(crate) fn telemetry() -> Comparison {
             env: &[("MESH_PROXY_TELEMETRY", "off")],
         },
         command: "cargo run --release -p mesh-benches -- telemetry",
-        what: "Two plaintext sidecar pairs of this build (telemetry at its defaults; MESH_PROXY_TELEMETRY=off)",
+        what: "Plaintext sidecar pairs of this build, telemetry at its defaults and MESH_PROXY_TELEMETRY=off",
     }
 }
 
@@ -146,14 +147,19 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
         (ROUNDS, Duration::from_secs(4))
     };
     let (_echo, echo) = data::echo(&dir).await?;
-    let a = data::mesh(&dir.join("a"), echo, false, &sa.proxy, sa.label, sa.env).await?;
-    let b = data::mesh(&dir.join("b"), echo, false, &sb.proxy, sb.label, sb.env).await?;
-    for t in [&a, &b] {
+    // Two pairs per side, started A B B A: on this machine a pair's place
+    // in the start order showed up as a few percent of its own, so each
+    // side runs half its rounds on an early pair and half on a late one.
+    let a1 = data::mesh(&dir.join("a1"), echo, false, &sa.proxy, sa.label, sa.env).await?;
+    let b1 = data::mesh(&dir.join("b1"), echo, false, &sb.proxy, sb.label, sb.env).await?;
+    let b2 = data::mesh(&dir.join("b2"), echo, false, &sb.proxy, sb.label, sb.env).await?;
+    let a2 = data::mesh(&dir.join("a2"), echo, false, &sa.proxy, sa.label, sa.env).await?;
+    for t in [&a1, &b1, &b2, &a2] {
         t.http(500, Duration::from_millis(300)).await?;
         t.grpc(500, Duration::from_millis(300)).await?;
     }
     let mut md = format!(
-        "Machine: {}\n\nCommand: `{command}`\n\n{what} on one control plane and one echo; {rounds} interleaved rounds (order alternating) of {} s per load; 16 connections. CPU is per proxy, mean of the pair.\n\n| load | metric | {a} (median) | {b} (median) | {a}/{b} | {a}, per round | {b}, per round |\n|---|---|---|---|---|---|---|\n",
+        "Machine: {}\n\nCommand: `{command}`\n\n{what}, two pairs per side started A B B A, one echo; {rounds} interleaved rounds (order alternating, pairs alternating) of {} s per load; 16 connections. CPU is per proxy, mean of the pair.\n\n| load | metric | {a} (median) | {b} (median) | {a}/{b} | {a}, per round | {b}, per round |\n|---|---|---|---|---|---|---|\n",
         report::machine(),
         d.as_secs_f64(),
         a = sa.label,
@@ -165,12 +171,17 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
         // A B, B A, A B …: whichever side runs first in a round pays for
         // whatever the previous load left behind, so the order alternates.
         for round in 0..rounds {
-            if round % 2 == 0 {
-                ma.push(one(&a, l, d).await?);
-                mb.push(one(&b, l, d).await?);
+            let (a, b) = if round % 2 == 0 {
+                (&a1, &b1)
             } else {
-                mb.push(one(&b, l, d).await?);
-                ma.push(one(&a, l, d).await?);
+                (&a2, &b2)
+            };
+            if round % 2 == 0 {
+                ma.push(one(a, l, d).await?);
+                mb.push(one(b, l, d).await?);
+            } else {
+                mb.push(one(b, l, d).await?);
+                ma.push(one(a, l, d).await?);
             }
         }
         let metrics: [Metric; 3] = if l.rate == 0 {
@@ -208,7 +219,7 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
         }
         eprintln!("ab: {} done", l.name);
     }
-    drop((a, b));
+    drop((a1, b1, b2, a2));
     let _ = std::fs::remove_dir_all(&dir);
     Ok((
         md,
