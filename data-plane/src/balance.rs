@@ -119,9 +119,13 @@ struct Ewma {
 
 impl Default for Ewma {
     fn default() -> Self {
+        // Whole seconds: endpoints that appear together (one snapshot) tie,
+        // so P2C spreads over them instead of always preferring the one
+        // created a few nanoseconds earlier.
+        const SECOND: u64 = 1_000_000_000;
         Ewma {
             rtt_ns: None,
-            at_ns: now_ns(),
+            at_ns: now_ns() / SECOND * SECOND,
         }
     }
 }

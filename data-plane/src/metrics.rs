@@ -256,6 +256,11 @@ impl Metrics {
         }
     }
 
+    /// Whether requests are counted at all (`MESH_PROXY_TELEMETRY`).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Counts one finished request and its latency to response headers.
     /// Inbound requests are served by this sidecar's own version.
     pub fn request(&self, mut labels: RequestLabels, elapsed: Duration) {

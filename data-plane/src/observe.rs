@@ -189,8 +189,9 @@ impl Observer {
         });
         // A gRPC status that was not in the headers comes in the trailers:
         // count the request when they arrive, so it is labelled with it.
-        let in_trailers =
-            labels.grpc_status.is_empty() && crate::errors::grpc_content(resp.headers());
+        let in_trailers = self.metrics.enabled()
+            && labels.grpc_status.is_empty()
+            && crate::errors::grpc_content(resp.headers());
         let deferred = if in_trailers {
             Some((self.metrics.clone(), labels))
         } else {
