@@ -49,6 +49,76 @@ fn traceparent_id(headers: &http::HeaderMap) -> Option<String> {
     (id.len() == 32).then(|| id.to_string())
 }
 
+/// A sampled span's request attributes (OpenTelemetry HTTP semantic
+/// conventions): server spans name the path, client spans the full URL.
+fn request_attributes<B>(direction: &str, req: &Request<B>) -> Vec<KeyValue> {
+    let host = crate::route::authority(req).unwrap_or_default();
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => match p.parse::<u16>() {
+            Ok(p) => (n, Some(p)),
+            Err(_) => (host, None),
+        },
+        None => (host, None),
+    };
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", req.method().as_str().to_string()),
+        KeyValue::new("network.protocol.version", protocol(req.version())),
+        KeyValue::new("server.address", name.to_string()),
+    ];
+    if let Some(p) = port {
+        attrs.push(KeyValue::new("server.port", i64::from(p)));
+    }
+    if let Some(ua) = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+    }
+    if direction == "inbound" {
+        attrs.push(KeyValue::new("url.scheme", "http"));
+        attrs.push(KeyValue::new("url.path", req.uri().path().to_string()));
+        if let Some(q) = req.uri().query() {
+            attrs.push(KeyValue::new("url.query", q.to_string()));
+        }
+    } else {
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        attrs.push(KeyValue::new(
+            "url.full",
+            format!("http://{host}{path_and_query}"),
+        ));
+    }
+    attrs
+}
+
+/// A sampled span's attributes from the answered request: the endpoint
+/// that answered and what the mesh decided on the way.
+fn response_attributes(labels: &RequestLabels, upstream: Option<SocketAddr>) -> Vec<KeyValue> {
+    let mut attrs = Vec::new();
+    if let Some(addr) = upstream {
+        attrs.push(KeyValue::new("network.peer.address", addr.ip().to_string()));
+        attrs.push(KeyValue::new("network.peer.port", i64::from(addr.port())));
+    }
+    if !labels.grpc_status.is_empty() {
+        attrs.push(KeyValue::new(
+            "rpc.grpc.status_code",
+            labels.grpc_status.clone(),
+        ));
+    }
+    for (k, v) in [
+        ("mesh.service", &labels.service),
+        ("mesh.route", &labels.route),
+        ("mesh.backend", &labels.backend),
+        ("mesh.backend.version", &labels.backend_version),
+        ("mesh.peer.identity", &labels.peer_identity),
+    ] {
+        if !v.is_empty() {
+            attrs.push(KeyValue::new(k, v.clone()));
+        }
+    }
+    attrs
+}
+
 impl Observer {
     /// An observer; `tracing` and `log` are `None` when off.
     pub fn new(
@@ -67,45 +137,16 @@ impl Observer {
     pub fn begin<B>(&self, direction: &'static str, req: &mut Request<B>) -> Watch {
         let started = Instant::now();
         let span = self.tracing.as_ref().map(|t| {
-            let host = crate::route::authority(req).unwrap_or_default().to_string();
-            let (name, port) = match host.rsplit_once(':') {
-                Some((n, p)) => match p.parse::<u16>() {
-                    Ok(p) => (n.to_string(), Some(p)),
-                    Err(_) => (host.clone(), None),
-                },
-                None => (host.clone(), None),
-            };
-            let mut attrs = vec![
-                KeyValue::new("http.request.method", req.method().as_str().to_string()),
-                KeyValue::new("network.protocol.version", protocol(req.version())),
-                KeyValue::new("server.address", name),
-            ];
-            if let Some(p) = port {
-                attrs.push(KeyValue::new("server.port", i64::from(p)));
-            }
-            if let Some(ua) = req
-                .headers()
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-            {
-                attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
-            }
-            let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let kind = if direction == "inbound" {
-                attrs.push(KeyValue::new("url.scheme", "http"));
-                attrs.push(KeyValue::new("url.path", req.uri().path().to_string()));
-                if let Some(q) = req.uri().query() {
-                    attrs.push(KeyValue::new("url.query", q.to_string()));
-                }
                 SpanKind::Server
             } else {
-                attrs.push(KeyValue::new(
-                    "url.full",
-                    format!("http://{host}{path_and_query}"),
-                ));
                 SpanKind::Client
             };
-            t.start_span(kind, req.headers_mut(), attrs)
+            let mut span = t.start_span(kind, req.method().as_str().to_string(), req.headers_mut());
+            if span.recording() {
+                span.add(request_attributes(direction, req));
+            }
+            span
         });
         let entry = self
             .log
@@ -143,32 +184,11 @@ impl Observer {
         let mut recording = None;
         if let Some(span) = w.span {
             trace_id = Some(span.trace_id().to_string());
-            let mut attrs = Vec::new();
-            if let Some(addr) = upstream {
-                attrs.push(KeyValue::new("network.peer.address", addr.ip().to_string()));
-                attrs.push(KeyValue::new("network.peer.port", i64::from(addr.port())));
-            }
-            if !labels.grpc_status.is_empty() {
-                attrs.push(KeyValue::new(
-                    "rpc.grpc.status_code",
-                    labels.grpc_status.clone(),
-                ));
-            }
-            for (k, v) in [
-                ("mesh.service", &labels.service),
-                ("mesh.route", &labels.route),
-                ("mesh.backend", &labels.backend),
-                ("mesh.backend.version", &labels.backend_version),
-                ("mesh.peer.identity", &labels.peer_identity),
-            ] {
-                if !v.is_empty() {
-                    attrs.push(KeyValue::new(k, v.clone()));
-                }
-            }
             if span.recording() {
                 // Ended with the response body, so it covers the whole
                 // exchange and sees a gRPC status that comes in trailers.
                 let grpc = labels.grpc_status.parse::<i32>().ok();
+                let attrs = response_attributes(&labels, upstream);
                 recording = Some((span, attrs, labels.status_code, grpc));
             }
         }

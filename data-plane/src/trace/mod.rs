@@ -92,15 +92,12 @@ impl Tracing {
         })
     }
 
-    /// Starts a span of `kind` for the request with these headers, joining
-    /// the trace they carry, and rewrites them so the next hop is its child:
-    /// W3C always, and B3 in whichever encodings the request arrived with.
-    pub fn start_span(
-        &self,
-        kind: SpanKind,
-        headers: &mut HeaderMap,
-        attributes: Vec<KeyValue>,
-    ) -> Span {
+    /// Starts a span of `kind` named `name` for the request with these
+    /// headers, joining the trace they carry, and rewrites them so the next
+    /// hop is its child: W3C always, and B3 in whichever encodings the
+    /// request arrived with. Attributes come after, and only if the span is
+    /// sampled (`Span::add`): most requests are not, and pay for none.
+    pub fn start_span(&self, kind: SpanKind, name: String, headers: &mut HeaderMap) -> Span {
         // W3C wins when a request carries both.
         let w3c = self.w3c.extract(&HeaderExtractor(headers));
         let parent = if w3c.span().span_context().is_valid() {
@@ -110,15 +107,10 @@ impl Tracing {
                 Context::new().with_remote_span_context(sc)
             })
         };
-        let name = attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == "http.request.method")
-            .map_or_else(|| "HTTP".to_string(), |kv| kv.value.as_str().into_owned());
         let span = self
             .tracer
             .span_builder(name)
             .with_kind(kind.clone())
-            .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
         let sc = span.span_context().clone();
         let cx = Context::new().with_remote_span_context(sc.clone());
@@ -149,6 +141,11 @@ impl Span {
     /// Whether it will be exported (sampled).
     pub fn recording(&self) -> bool {
         self.span.is_recording()
+    }
+
+    /// Adds attributes (of a sampled span; build them only then).
+    pub fn add(&mut self, attributes: Vec<KeyValue>) {
+        self.span.set_attributes(attributes);
     }
 
     /// Ends the span with the response status. Server spans are errors on
