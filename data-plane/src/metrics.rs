@@ -114,10 +114,10 @@ struct Resolved {
 }
 
 impl Resolved {
-    fn record(&self, bounds: &[f64], secs: f64) {
+    fn record(&self, secs: f64) {
         self.requests.inc();
         self.latency.observe(secs);
-        self.cell.record(bounds, self.failed, secs);
+        self.cell.record(self.failed, secs);
     }
 }
 
@@ -274,12 +274,12 @@ impl Metrics {
         {
             let resolved = self.resolved.read().unwrap_or_else(|p| p.into_inner());
             if let Some(r) = resolved.get(&labels) {
-                r.record(self.aggregates.bounds(), secs);
+                r.record(secs);
                 return;
             }
         }
         let r = self.resolve(&labels);
-        r.record(self.aggregates.bounds(), secs);
+        r.record(secs);
         self.resolved
             .write()
             .unwrap_or_else(|p| p.into_inner())

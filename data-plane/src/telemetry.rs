@@ -20,6 +20,7 @@ pub type Key = (&'static str, String, String, String);
 /// the reporter swaps them to zero, so the hot path takes no lock.
 #[derive(Debug)]
 pub struct Cell {
+    bounds: &'static [f64],
     requests: AtomicU64,
     failures: AtomicU64,
     buckets: Vec<AtomicU64>,
@@ -28,11 +29,12 @@ pub struct Cell {
 
 impl Cell {
     /// Adds one request that took `secs`.
-    pub fn record(&self, bounds: &[f64], failed: bool, secs: f64) {
-        let bucket = bounds
+    pub fn record(&self, failed: bool, secs: f64) {
+        let bucket = self
+            .bounds
             .iter()
             .position(|b| secs <= *b)
-            .unwrap_or(bounds.len());
+            .unwrap_or(self.bounds.len());
         self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
@@ -60,11 +62,6 @@ impl Aggregates {
         }
     }
 
-    /// The latency bucket bounds.
-    pub fn bounds(&self) -> &'static [f64] {
-        self.bounds
-    }
-
     /// The cell of `key`, created on first use. Cells live as long as the
     /// sidecar: their number is bounded like the metric label sets.
     pub fn cell(&self, key: Key) -> Arc<Cell> {
@@ -73,6 +70,7 @@ impl Aggregates {
             .entry(key)
             .or_insert_with(|| {
                 Arc::new(Cell {
+                    bounds: self.bounds,
                     requests: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     buckets: (0..=self.bounds.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -183,9 +181,9 @@ mod tests {
             )
         };
         let c = a.cell(key());
-        c.record(&BOUNDS, false, 0.005);
-        a.cell(key()).record(&BOUNDS, true, 0.05);
-        c.record(&BOUNDS, false, 3.0);
+        c.record(false, 0.005);
+        a.cell(key()).record(true, 0.05);
+        c.record(false, 3.0);
         let node = pb::Node::default();
         let r = a.take(&node);
         assert_eq!(r.bucket_bounds_seconds, vec![0.01, 0.1]);
