@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -105,6 +105,13 @@ fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+/// Registers `metric` under `name` and hands it back (metrics are shared
+/// handles: the registry and the struct field see the same counts).
+fn registered<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
 /// One label set's metrics, resolved.
 struct Resolved {
     requests: Counter,
@@ -163,92 +170,75 @@ impl Metrics {
     /// requests are not counted at all (the telemetry-off switch).
     pub fn new(enabled: bool, own_version: String) -> Self {
         let mut registry = Registry::with_prefix("mesh");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests by direction, target service, route, backend, status and peer",
-            requests.clone(),
-        );
-        let latency: Histograms = Family::new_with_constructor(histogram);
-        // The unit is in the name; no `# UNIT` line, which some OpenMetrics
-        // parsers refuse on histograms.
-        registry.register(
-            "response_latency_seconds",
-            "Time from request to response headers, in seconds",
-            latency.clone(),
-        );
-        let retries = Family::<RouteLabels, Counter>::default();
-        registry.register("retries", "Retries sent", retries.clone());
-        let timeouts = Family::<RouteLabels, Counter>::default();
-        registry.register(
-            "timeouts",
-            "Requests that ran out of time (route or per-try timeout)",
-            timeouts.clone(),
-        );
-        let ejections = Family::<BackendLabels, Counter>::default();
-        registry.register(
-            "ejections",
-            "Endpoints ejected by outlier detection",
-            ejections.clone(),
-        );
-        let mirrors = Family::<MirrorLabels, Counter>::default();
-        registry.register("mirror_requests", "Mirrored copies", mirrors.clone());
-        let inbound_connections = Family::<ConnectionLabels, Counter>::default();
-        registry.register(
-            "inbound_connections",
-            "Inbound connections by transport and outcome",
-            inbound_connections.clone(),
-        );
-        let config_version = Gauge::default();
-        registry.register(
-            "config_version",
-            "Control-plane config version applied",
-            config_version.clone(),
-        );
-        let config_applied = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "config_applied_timestamp_seconds",
-            "When the applied config version was applied (Unix seconds)",
-            config_applied.clone(),
-        );
-        let tcp_open = Family::<TcpLabels, Counter>::default();
-        registry.register("tcp_open", "TCP connections opened", tcp_open.clone());
-        let tcp_close = Family::<TcpLabels, Counter>::default();
-        registry.register("tcp_close", "TCP connections closed", tcp_close.clone());
-        let tcp_open_now = Family::<TcpLabels, Gauge>::default();
-        registry.register(
-            "tcp_open_connections",
-            "TCP connections open now",
-            tcp_open_now.clone(),
-        );
-        let tcp_read = Family::<TcpLabels, Counter>::default();
-        registry.register(
-            "tcp_read_bytes",
-            "Bytes read from TCP connections (TLS records included)",
-            tcp_read.clone(),
-        );
-        let tcp_write = Family::<TcpLabels, Counter>::default();
-        registry.register(
-            "tcp_write_bytes",
-            "Bytes written to TCP connections (TLS records included)",
-            tcp_write.clone(),
-        );
+        let r = &mut registry;
         Metrics {
-            tcp_open,
-            tcp_close,
-            tcp_open_now,
-            tcp_read,
-            tcp_write,
+            requests: registered(
+                r,
+                "requests",
+                "Requests by direction, target service, route, backend, status and peer",
+                Family::default(),
+            ),
+            // The unit is in the name; no `# UNIT` line, which some
+            // OpenMetrics parsers refuse on histograms.
+            latency: registered(
+                r,
+                "response_latency_seconds",
+                "Time from request to response headers, in seconds",
+                Family::new_with_constructor(histogram as fn() -> Histogram),
+            ),
+            retries: registered(r, "retries", "Retries sent", Family::default()),
+            timeouts: registered(
+                r,
+                "timeouts",
+                "Requests that ran out of time (route or per-try timeout)",
+                Family::default(),
+            ),
+            ejections: registered(
+                r,
+                "ejections",
+                "Endpoints ejected by outlier detection",
+                Family::default(),
+            ),
+            mirrors: registered(r, "mirror_requests", "Mirrored copies", Family::default()),
+            inbound_connections: registered(
+                r,
+                "inbound_connections",
+                "Inbound connections by transport and outcome",
+                Family::default(),
+            ),
+            config_version: registered(
+                r,
+                "config_version",
+                "Control-plane config version applied",
+                Gauge::default(),
+            ),
+            config_applied: registered(
+                r,
+                "config_applied_timestamp_seconds",
+                "When the applied config version was applied (Unix seconds)",
+                Gauge::default(),
+            ),
+            tcp_open: registered(r, "tcp_open", "TCP connections opened", Family::default()),
+            tcp_close: registered(r, "tcp_close", "TCP connections closed", Family::default()),
+            tcp_open_now: registered(
+                r,
+                "tcp_open_connections",
+                "TCP connections open now",
+                Family::default(),
+            ),
+            tcp_read: registered(
+                r,
+                "tcp_read_bytes",
+                "Bytes read from TCP connections (TLS records included)",
+                Family::default(),
+            ),
+            tcp_write: registered(
+                r,
+                "tcp_write_bytes",
+                "Bytes written to TCP connections (TLS records included)",
+                Family::default(),
+            ),
             registry,
-            requests,
-            latency,
-            retries,
-            timeouts,
-            ejections,
-            mirrors,
-            inbound_connections,
-            config_version,
-            config_applied,
             aggregates: Arc::new(Aggregates::new(&BUCKETS)),
             resolved: RwLock::default(),
             enabled,
