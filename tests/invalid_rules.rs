@@ -187,6 +187,32 @@ async fn bad_config_exits_64_naming_every_problem() {
         "{stderr}"
     );
 
+    // Bad flags and values: exit 64, every one named, nothing bound.
+    let out = tokio::process::Command::new(binary("mesh-control"))
+        .args([
+            "--grpc-addr",
+            "nowhere",
+            "--heartbeat-ms",
+            "soon",
+            "--colour",
+            "red",
+        ])
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for named in [
+        "--grpc-addr \"nowhere\"",
+        "--heartbeat-ms \"soon\"",
+        "--colour: no such flag",
+    ] {
+        assert!(stderr.contains(named), "{named} not named: {stderr}");
+    }
+    assert!(out.stdout.is_empty(), "nothing is bound or reported");
+
     let out = tokio::process::Command::new(binary("mesh-proxy"))
         .env_clear()
         .env("MESH_PROXY_OUTBOUND_ADDR", "not-an-address")

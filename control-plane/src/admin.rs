@@ -52,7 +52,7 @@ fn to_pb(s: &Split) -> pb::Split {
 
 fn namespace_or_default(ns: String) -> String {
     if ns.is_empty() {
-        crate::manifest::DEFAULT_NAMESPACE.into()
+        crate::manifest::meta::DEFAULT_NAMESPACE.into()
     } else {
         ns
     }

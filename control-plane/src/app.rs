@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::identity::{Identity, ca, tokens::Tokens};
 use crate::manifest::{self, Located};
-use crate::registry::Registry;
+use crate::registry::local::Registry;
 use crate::rules::{self, RuleSet};
 use crate::state::State;
 use crate::store::Store;

@@ -1,7 +1,7 @@
 //! The Discovery gRPC service: streams snapshots to sidecars, records their
 //! ACKs and NACKs, and takes heartbeats and deregistrations.
 
-use crate::registry::NodeId;
+use crate::registry::local::NodeId;
 use crate::state::State;
 use futures::Stream;
 use mesh_proto::prebuilt::{Prebuilt, server::discovery_server};

@@ -1,7 +1,9 @@
-//! mesh-control: the control plane. Discovers services (local registry),
-//! validates TrafficSplit rules, and streams per-sidecar config over gRPC.
-//! Data flows one way: registry + rules → `index` → `state` snapshots →
-//! `discovery` streams. Nothing here touches the data path.
+//! mesh-control: the control plane. Discovers services (`registry`), reads
+//! rule documents (`manifest`) and validates them (`rules`), builds the
+//! config every sidecar gets (`index`), and streams it over gRPC
+//! (`discovery`) from one writer (`state`). Data flows one way:
+//! manifest → rules → index → state → discovery. Nothing here touches the
+//! data path.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -13,9 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod index;
 pub mod manifest;
-pub mod policy;
 pub mod registry;
-pub mod routing;
 pub mod rules;
 pub mod state;
 pub mod store;

@@ -1,8 +1,9 @@
-//! mesh-control binary: parse config (exit 64 when bad), bind, print the bound
+//! mesh-control binary: parse config (exit 64 naming every bad flag and
+//! value, or a bad mesh file), bind, print the bound
 //! addresses as one JSON line on stdout, serve until SIGINT/SIGTERM.
 
-use clap::Parser;
-use mesh_control::{app, config::Config};
+use mesh_control::app;
+use mesh_control::config::{self, Config};
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -12,7 +13,17 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Config::parse();
+    let config = match Config::from_args(std::env::args()) {
+        Ok(c) => c,
+        Err(e @ config::Error::Info(_)) => {
+            print!("{e}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("mesh-control: {e}");
+            return std::process::ExitCode::from(64);
+        }
+    };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async move {
         let bound = match app::build(config).await {

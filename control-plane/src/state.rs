@@ -5,7 +5,8 @@
 
 use crate::index::{self, View};
 use crate::manifest;
-use crate::registry::{NodeId, Registry};
+use crate::registry::Catalog;
+use crate::registry::local::{self, NodeId, Registry};
 use crate::rules::{self, RuleSet, Split};
 use crate::store::{self, Store};
 use mesh_proto::prebuilt::Prebuilt;
@@ -56,7 +57,7 @@ pub enum Error {
     Shift(#[from] rules::ShiftError),
     /// A registration that cannot be accepted.
     #[error(transparent)]
-    Registry(#[from] crate::registry::Error),
+    Registry(#[from] local::Error),
     /// Unknown service in a read.
     #[error(transparent)]
     Index(#[from] index::Error),
@@ -214,7 +215,7 @@ impl State {
             .rules
             .apply(&incoming, &docs)
             .map_err(Error::Invalid)?;
-        crate::routing::check_mirrors(&incoming.routing, &docs, |ns, svc| {
+        rules::check_mirrors(&incoming.routing, &docs, |ns, svc| {
             inner.registry.knows(ns, svc)
         })
         .map_err(Error::Invalid)?;

@@ -94,13 +94,13 @@ fn keyed<T>(
 struct SavedRules {
     splits: Vec<crate::rules::Split>,
     #[serde(default)]
-    policies: Vec<crate::policy::Policy>,
+    policies: Vec<crate::rules::Policy>,
     #[serde(default)]
-    route_groups: Vec<crate::routing::RouteGroup>,
+    route_groups: Vec<crate::rules::RouteGroup>,
     #[serde(default)]
-    http_routes: Vec<crate::routing::HttpRoute>,
+    http_routes: Vec<crate::rules::HttpRoute>,
     #[serde(default)]
-    traffic_policies: Vec<crate::routing::TrafficPolicy>,
+    traffic_policies: Vec<crate::rules::TrafficPolicy>,
 }
 
 impl Store {
@@ -138,7 +138,7 @@ impl Store {
     }
 
     /// Saves the registered instances.
-    pub fn save_registry(&self, registry: &crate::registry::Registry) -> Result<(), Error> {
+    pub fn save_registry(&self, registry: &crate::registry::local::Registry) -> Result<(), Error> {
         self.save(REGISTRY, &registry.registered())
     }
 }

@@ -244,7 +244,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             every,
             frames,
         } => {
-            let every = mesh_control::routing::duration_ms(&every)
+            let every = mesh_control::manifest::meta::duration_ms(&every)
                 .map_err(|e| anyhow::anyhow!("--every {e}"))?;
             let every = std::time::Duration::from_millis(every.max(100));
             meshctl::stat::top(control, &query.query(), every, frames).await

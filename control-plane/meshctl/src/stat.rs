@@ -24,8 +24,8 @@ pub struct Query {
 
 /// Asks the control plane.
 pub async fn fetch(control: &str, q: &Query) -> Result<pb::GetStatsResponse> {
-    let window_ms =
-        mesh_control::routing::duration_ms(&q.window).map_err(|e| anyhow!("--window {e}"))?;
+    let window_ms = mesh_control::manifest::meta::duration_ms(&q.window)
+        .map_err(|e| anyhow!("--window {e}"))?;
     if window_ms == 0 {
         return Err(anyhow!("--window must be longer than 0"));
     }

@@ -3,7 +3,7 @@
 
 use crate::procs::{ControlPlane, Proc, binary, wait_ready};
 use anyhow::{Context, Result, bail};
-use mesh_control::manifest::{Document, Workload};
+use mesh_control::manifest::{Document, workload::Workload};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;

@@ -1,16 +1,17 @@
-//! Parses mesh YAML files into typed documents: SMI TrafficSplit, and mesh's
-//! own Service and Workload kinds. Owns every "file, document, field, problem"
-//! error message; it does not validate rules across documents (see `rules`).
+//! YAML → typed documents for every kind mesh reads: the SMI, Gateway API
+//! and mesh rule kinds, and the registry kinds of a mesh file. Owns the
+//! "file:line: object: field: problem" error every later check reports
+//! with. Imports nothing else of the crate: validation is `rules`'s job.
 
+pub mod gateway;
+pub mod meta;
+pub mod policy;
+pub mod smi;
+pub mod workload;
+
+use meta::{DEFAULT_NAMESPACE, MESH_API_VERSION, ObjectMeta};
 use serde::Deserialize;
 use std::fmt;
-
-/// API version of SMI TrafficSplit that mesh implements.
-pub const SPLIT_API_VERSION: &str = "split.smi-spec.io/v1alpha4";
-/// API version of mesh's own kinds.
-pub const MESH_API_VERSION: &str = "mesh.dev/v1alpha1";
-/// Namespace used when `metadata.namespace` is absent, as in Kubernetes.
-pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// One problem in one document, with enough context to find and fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,44 +62,23 @@ impl fmt::Display for Error {
     }
 }
 
-/// Kubernetes-style object metadata; only the fields mesh reads or tolerates.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ObjectMeta {
-    /// Object name, unique per kind and namespace.
-    pub name: String,
-    /// Namespace; `default` when absent.
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// Ignored by mesh, accepted so `kubectl` manifests parse.
-    #[serde(default)]
-    pub labels: Option<serde_json::Value>,
-    /// Ignored by mesh, accepted so `kubectl` manifests parse.
-    #[serde(default)]
-    pub annotations: Option<serde_json::Value>,
-}
-
-fn default_namespace() -> String {
-    DEFAULT_NAMESPACE.to_string()
-}
-
 /// A parsed document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Document {
     /// SMI TrafficSplit.
-    TrafficSplit(TrafficSplit),
+    TrafficSplit(smi::TrafficSplit),
     /// A service with statically known instances.
-    Service(Service),
+    Service(workload::Service),
     /// A workload `meshctl up` runs behind sidecars.
-    Workload(Workload),
+    Workload(workload::Workload),
     /// Who may call a service.
-    AuthorizationPolicy(AuthorizationPolicy),
+    AuthorizationPolicy(policy::AuthorizationPolicy),
     /// SMI HTTPRouteGroup.
-    HttpRouteGroup(crate::routing::docs::HttpRouteGroup),
+    HttpRouteGroup(smi::HttpRouteGroup),
     /// Gateway API HTTPRoute on a Service.
-    HttpRoute(crate::routing::docs::HttpRoute),
+    HttpRoute(gateway::HttpRoute),
     /// How callers treat a service (boxed: by far the largest kind).
-    TrafficPolicy(Box<crate::routing::docs::TrafficPolicy>),
+    TrafficPolicy(Box<policy::TrafficPolicy>),
 }
 
 impl Document {
@@ -130,46 +110,6 @@ pub fn find<'a>(
     })
 }
 
-/// mesh's `AuthorizationPolicy`: the callers a service accepts.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthorizationPolicy {
-    /// Always `mesh.dev/v1alpha1`.
-    pub api_version: String,
-    /// Always `AuthorizationPolicy`.
-    pub kind: String,
-    /// Name and namespace (the target service's namespace).
-    pub metadata: ObjectMeta,
-    /// Target and rules.
-    pub spec: AuthorizationSpec,
-}
-
-/// `spec` of an AuthorizationPolicy.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AuthorizationSpec {
-    /// Service the policy protects.
-    pub service: String,
-    /// A caller is allowed when any rule matches; an empty list denies everyone.
-    #[serde(default)]
-    pub allow: Vec<AllowRule>,
-}
-
-/// One rule: exactly one field set.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AllowRule {
-    /// Exactly this SPIFFE ID.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    /// Any service account in this namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Any SPIFFE ID ending with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity_suffix: Option<String>,
-}
-
 /// A document and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Located {
@@ -179,174 +119,6 @@ pub struct Located {
     pub line: usize,
     /// The document.
     pub doc: Document,
-}
-
-/// SMI TrafficSplit `split.smi-spec.io/v1alpha4`, as upstream defines it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TrafficSplit {
-    /// Always `split.smi-spec.io/v1alpha4`.
-    pub api_version: String,
-    /// Always `TrafficSplit`.
-    pub kind: String,
-    /// Name and namespace.
-    pub metadata: ObjectMeta,
-    /// The split itself.
-    pub spec: TrafficSplitSpec,
-}
-
-/// `spec` of a TrafficSplit.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TrafficSplitSpec {
-    /// The root (apex) service clients address.
-    pub service: String,
-    /// Backends and their relative weights.
-    pub backends: Vec<SplitBackend>,
-    /// HTTPRouteGroup references: the split applies only to matching requests.
-    #[serde(default)]
-    pub matches: Vec<crate::routing::docs::SplitMatchRef>,
-}
-
-/// One backend of a TrafficSplit.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SplitBackend {
-    /// Backend service name, in the split's namespace.
-    pub service: String,
-    /// Relative weight, kept raw so validation can say exactly what is wrong.
-    pub weight: RawNumber,
-}
-
-/// A number as written in YAML, before validation.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum RawNumber {
-    /// A non-negative integer.
-    Unsigned(u64),
-    /// A negative integer.
-    Signed(i64),
-    /// Anything with a fraction or exponent.
-    Float(f64),
-    /// A string (always an error for weights).
-    Text(String),
-}
-
-impl RawNumber {
-    /// The value as a weight, or the reason it is not one.
-    pub fn as_weight(&self) -> Result<u32, String> {
-        self.as_count("weights")
-    }
-
-    /// The value as a whole number of `what` (plural, for the message), or
-    /// the reason it is not one.
-    pub fn as_count(&self, what: &str) -> Result<u32, String> {
-        match self {
-            RawNumber::Unsigned(n) => u32::try_from(*n).map_err(|_| format!("{n} is too large")),
-            RawNumber::Signed(n) => Err(format!("{n} is negative; {what} must be 0 or more")),
-            RawNumber::Float(f) if *f < 0.0 => {
-                Err(format!("{f} is negative; {what} must be 0 or more"))
-            }
-            RawNumber::Float(f) => Err(format!("{f} is not a whole number")),
-            RawNumber::Text(s) => Err(format!("{s:?} is not a number")),
-        }
-    }
-}
-
-/// mesh's `Service`: a service whose instances are listed by hand.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Service {
-    /// Always `mesh.dev/v1alpha1`.
-    pub api_version: String,
-    /// Always `Service`.
-    pub kind: String,
-    /// Name and namespace.
-    pub metadata: ObjectMeta,
-    /// Instances.
-    #[serde(default)]
-    pub spec: ServiceSpec,
-}
-
-/// `spec` of a Service.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSpec {
-    /// Statically known instances (each one's inbound sidecar listener).
-    #[serde(default)]
-    pub instances: Vec<StaticInstance>,
-}
-
-/// An instance listed in a Service document.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StaticInstance {
-    /// Unique instance id.
-    pub id: String,
-    /// "ip:port" of the instance's inbound sidecar listener.
-    pub address: String,
-    /// Version label; the instance also joins `<service>-<version>`.
-    #[serde(default)]
-    pub version: String,
-    /// SPIFFE ID the instance presents over mTLS; absent for plaintext.
-    #[serde(default)]
-    pub identity: String,
-}
-
-/// mesh's `Workload`: an app run by `meshctl up` with a sidecar per replica.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Workload {
-    /// Always `mesh.dev/v1alpha1`.
-    pub api_version: String,
-    /// Always `Workload`.
-    pub kind: String,
-    /// Name and namespace.
-    pub metadata: ObjectMeta,
-    /// What to run.
-    pub spec: WorkloadSpec,
-}
-
-/// `spec` of a Workload.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WorkloadSpec {
-    /// Service the replicas belong to.
-    pub service: String,
-    /// Version label, e.g. `v1`; replicas also serve `<service>-<version>`.
-    #[serde(default)]
-    pub version: String,
-    /// Number of replicas.
-    #[serde(default = "one")]
-    pub replicas: u32,
-    /// The app's command line; `{port}`, `{service}`, `{version}` and
-    /// `{instance}` are substituted. Absent for a client-only sidecar.
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// Health check the sidecar runs against the app.
-    #[serde(default)]
-    pub health: Option<HealthCheck>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// An HTTP health check against the app.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HealthCheck {
-    /// Path probed with GET; 2xx means healthy.
-    pub path: String,
-    /// Probe interval in milliseconds.
-    #[serde(default)]
-    pub interval_ms: Option<u64>,
-    /// Consecutive failures before the instance leaves the endpoint set.
-    #[serde(default)]
-    pub failure_threshold: Option<u32>,
-    /// Consecutive successes before it rejoins.
-    #[serde(default)]
-    pub success_threshold: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -435,10 +207,10 @@ fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Er
         return Err(err(object, Some("kind".into()), "missing".into()));
     }
     let expected_api = match kind.as_str() {
-        "TrafficSplit" => SPLIT_API_VERSION,
+        "TrafficSplit" => smi::SPLIT_API_VERSION,
         "Service" | "Workload" | "AuthorizationPolicy" | "TrafficPolicy" => MESH_API_VERSION,
-        "HTTPRouteGroup" => crate::routing::docs::SPECS_API_VERSION,
-        "HTTPRoute" => crate::routing::docs::GATEWAY_API_VERSION,
+        "HTTPRouteGroup" => smi::SPECS_API_VERSION,
+        "HTTPRoute" => gateway::GATEWAY_API_VERSION,
         other => {
             return Err(err(
                 object,
@@ -551,19 +323,19 @@ spec:
     #[test]
     fn weights_are_reported_precisely() {
         assert!(
-            RawNumber::Signed(-5)
+            meta::RawNumber::Signed(-5)
                 .as_weight()
                 .unwrap_err()
                 .contains("negative")
         );
         assert!(
-            RawNumber::Float(2.5)
+            meta::RawNumber::Float(2.5)
                 .as_weight()
                 .unwrap_err()
                 .contains("whole")
         );
         assert!(
-            RawNumber::Text("x".into())
+            meta::RawNumber::Text("x".into())
                 .as_weight()
                 .unwrap_err()
                 .contains("not a number")
@@ -572,12 +344,12 @@ spec:
         let Document::TrafficSplit(s) = &docs[0].doc else {
             panic!()
         };
-        assert_eq!(s.spec.backends[1].weight, RawNumber::Signed(-3));
+        assert_eq!(s.spec.backends[1].weight, meta::RawNumber::Signed(-3));
         let docs = parse("a.yaml", &SPLIT.replace("weight: 20", "weight: 2.5")).unwrap();
         let Document::TrafficSplit(s) = &docs[0].doc else {
             panic!()
         };
-        assert_eq!(s.spec.backends[1].weight, RawNumber::Float(2.5));
+        assert_eq!(s.spec.backends[1].weight, meta::RawNumber::Float(2.5));
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! The route model end to end: example files in both syntaxes, TrafficPolicy
-//! defaults, and Gateway API match precedence.
+//! The index end to end: the route model from example files in both
+//! syntaxes, TrafficPolicy defaults, Gateway API match precedence, subset
+//! clusters with only ready endpoints, content versions, and release status.
 
+use super::routes::{backend_policy, routes_for};
 use super::*;
-use crate::rules::rules_from;
-use mesh_proto::v1 as pb;
+use crate::manifest;
+use crate::registry::local::{NodeId, Registry};
+use crate::rules::{Backend, Split, rules_from};
+use std::time::Instant;
 
 fn rules_of(file: &str) -> RuleSet {
     let path = format!("{}/../examples/rules/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -120,4 +124,116 @@ spec:
         Some(Path::PathExact("/login".into()))
     );
     assert_eq!(routes[0].matches[0].method, "POST");
+}
+
+fn reg_with(instances: &[(&str, &str, bool)]) -> Registry {
+    let mut r = Registry::default();
+    for (i, (id, v, ready)) in instances.iter().enumerate() {
+        let node = NodeId {
+            namespace: "default".into(),
+            service: "echo".into(),
+            version: (*v).into(),
+            instance_id: (*id).into(),
+        };
+        r.heartbeat(
+            &node,
+            &format!("127.0.0.1:{}", 1000 + i),
+            *ready,
+            "",
+            Instant::now(),
+        )
+        .unwrap();
+    }
+    r
+}
+
+fn rules(w1: u32, w2: u32) -> RuleSet {
+    let s = Split {
+        matches: Vec::new(),
+        name: "echo".into(),
+        namespace: "default".into(),
+        service: "echo".into(),
+        backends: vec![
+            Backend {
+                service: "echo-v1".into(),
+                weight: w1,
+            },
+            Backend {
+                service: "echo-v2".into(),
+                weight: w2,
+            },
+        ],
+    };
+    let mut set = RuleSet::default();
+    set.splits.insert(s.key(), s);
+    set
+}
+
+#[test]
+fn split_routes_to_subset_clusters_with_only_ready_endpoints() {
+    let reg = reg_with(&[("a", "v1", true), ("b", "v2", false)]);
+    let v = build(&reg, &rules(80, 20));
+    let echo = v.services.iter().find(|s| s.name == "echo").unwrap();
+    let bs = &echo.routes[0].backends;
+    assert_eq!(
+        (bs[0].cluster.as_str(), bs[0].weight),
+        ("echo-v1.default", 80)
+    );
+    let v2 = v
+        .clusters
+        .iter()
+        .find(|c| c.name == "echo-v2.default")
+        .unwrap();
+    assert!(
+        v2.endpoints.is_empty(),
+        "unready instance must not be an endpoint"
+    );
+    // Subset services route to themselves.
+    let sub = v.services.iter().find(|s| s.name == "echo-v1").unwrap();
+    assert_eq!(sub.routes[0].backends[0].cluster, "echo-v1.default");
+}
+
+#[test]
+fn resource_versions_track_content() {
+    let reg = reg_with(&[("a", "v1", true)]);
+    let a = build(&reg, &rules(80, 20));
+    let b = build(&reg, &rules(50, 50));
+    let find = |v: &View| {
+        v.services
+            .iter()
+            .find(|s| s.name == "echo")
+            .unwrap()
+            .resource_version
+            .clone()
+    };
+    assert_ne!(find(&a), find(&b));
+    assert_eq!(a.clusters, b.clusters);
+}
+
+#[test]
+fn empty_backends_hand_their_share_on() {
+    assert_eq!(
+        effective_shares(&[(80, true), (20, false)]),
+        vec![100.0, 0.0]
+    );
+    assert_eq!(
+        effective_shares(&[(100, false), (0, true)]),
+        vec![0.0, 100.0]
+    );
+    assert_eq!(
+        effective_shares(&[(50, true), (50, true)]),
+        vec![50.0, 50.0]
+    );
+}
+
+#[test]
+fn status_warns_loudly_about_a_canary_without_endpoints() {
+    let reg = reg_with(&[("a", "v1", true)]);
+    let st = status(&reg, &rules(90, 10), "default", "echo").unwrap();
+    assert_eq!(st.backends[0].effective_percent, 100.0);
+    assert!(st.warnings[0].contains("NO READY ENDPOINTS"));
+    assert!(matches!(
+        status(&reg, &rules(90, 10), "default", "nope"),
+        Err(Error::UnknownService { .. })
+    ));
 }

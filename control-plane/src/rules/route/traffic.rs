@@ -1,8 +1,8 @@
 //! mesh TrafficPolicy → backend policy and route defaults.
 
-use super::compile::Problems;
-use super::docs;
-use super::{Fault, Mirror, Retry, TrafficPolicy};
+use super::model::{Fault, Mirror, Retry, TrafficPolicy};
+use crate::manifest::policy as docs;
+use crate::rules::problems::Problems;
 
 const RETRY_CONDITIONS: [&str; 4] = ["5xx", "gateway-error", "connect-failure", "reset"];
 /// gRPC status names (lower-case, dashes) to codes.

@@ -2,7 +2,9 @@
 //! ID) a service accepts. Validated here; enforced by the service's own
 //! sidecars on inbound. Pure: no I/O.
 
-use crate::manifest::{self, AllowRule, Document, Located};
+use super::problems::Problems;
+use crate::manifest::policy::AllowRule;
+use crate::manifest::{self, Document, Located};
 use serde::{Deserialize, Serialize};
 
 /// A validated policy.
@@ -33,13 +35,14 @@ pub fn policies_from(docs: &[Located]) -> Result<Vec<Policy>, Vec<manifest::Erro
         let Document::AuthorizationPolicy(p) = &at.doc else {
             continue;
         };
-        let object = format!(
-            "AuthorizationPolicy {}/{}",
-            p.metadata.namespace, p.metadata.name
+        let mut problems = Problems::new(
+            at,
+            format!(
+                "AuthorizationPolicy {}/{}",
+                p.metadata.namespace, p.metadata.name
+            ),
         );
-        let mut err = |field: String, problem: String| {
-            errors.push(manifest::Error::at(at, &object, field, problem))
-        };
+        let mut err = |field: String, problem: String| problems.add(field, problem);
         if p.spec.service.is_empty() {
             err(
                 "spec.service".into(),
@@ -88,6 +91,7 @@ pub fn policies_from(docs: &[Located]) -> Result<Vec<Policy>, Vec<manifest::Erro
                 ),
             );
         }
+        errors.append(&mut problems.into_errors());
         out.push(Policy {
             name: p.metadata.name.clone(),
             namespace: p.metadata.namespace.clone(),

@@ -2,7 +2,9 @@
 //! rules, or matched TrafficSplits first and then the unmatched one), with
 //! TrafficPolicy defaults filled in, and the policy of one backend.
 
-use super::{HeaderMatch, PathMatch, RequestMatch, Retry, RouteRule, TrafficPolicy};
+use crate::rules::route::model::{
+    Backend, HeaderMatch, PathMatch, RequestMatch, Retry, RouteRule, TrafficPolicy,
+};
 use crate::rules::{RuleSet, Split};
 use mesh_proto::v1 as pb;
 
@@ -16,7 +18,7 @@ fn policy_for<'a>(rules: &'a RuleSet, ns: &str, service: &str) -> Option<&'a Tra
 
 /// The routes of `ns/service`, first match wins. `cluster` names (and
 /// registers) the cluster of a backend service.
-pub fn routes_for(
+pub(super) fn routes_for(
     rules: &RuleSet,
     ns: &str,
     service: &str,
@@ -58,7 +60,7 @@ pub fn routes_for(
             model.push(RouteRule {
                 name: "default".into(),
                 matches: Vec::new(),
-                backends: vec![crate::rules::Backend {
+                backends: vec![Backend {
                     service: service.to_string(),
                     weight: 1,
                 }],
@@ -188,7 +190,7 @@ fn header_match(h: &HeaderMatch) -> pb::HeaderMatch {
 
 /// The policy of backend `service`: its own TrafficPolicy, else that of
 /// `parent` (the service it is a version subset of), else the defaults.
-pub fn backend_policy(
+pub(super) fn backend_policy(
     rules: &RuleSet,
     ns: &str,
     service: &str,

@@ -1,9 +1,10 @@
 //! Gateway API HTTPRoute (GAMMA, Service parent) → route model.
 
-use super::compile::Problems;
-use super::docs::{self, HttpRouteMatch};
-use super::{HeaderMatch, HttpRoute, MAX_RULES, Mirror, PathMatch, RequestMatch, Retry, RouteRule};
-use crate::rules::Backend;
+use super::model::{
+    Backend, HeaderMatch, HttpRoute, MAX_RULES, Mirror, PathMatch, RequestMatch, Retry, RouteRule,
+};
+use crate::manifest::gateway::{self as docs, HttpRouteMatch};
+use crate::rules::problems::Problems;
 
 pub(super) fn http_route(p: &mut Problems<'_>, r: &docs::HttpRoute) -> Option<HttpRoute> {
     let ns = &r.metadata.namespace;

@@ -1,0 +1,144 @@
+//! PURE: registry + rules → the config every sidecar receives, and the
+//! read-only views `meshctl` shows. The only code of the control plane that
+//! builds proto from domain types. No I/O, no locks, no clocks.
+
+mod routes;
+mod status;
+
+pub use status::{Error, effective_shares, status, warnings};
+
+use crate::registry::{Catalog, ServiceKey};
+use crate::rules::{Policy, RuleSet};
+use mesh_proto::v1 as pb;
+use prost::Message;
+use std::collections::BTreeMap;
+
+/// The discovery payload shared by every subscriber of one version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    /// Route config per service.
+    pub services: Vec<pb::ServiceConfig>,
+    /// Ready endpoints per backend.
+    pub clusters: Vec<pb::Cluster>,
+}
+
+/// Cluster name of a service: `<service>.<namespace>`.
+pub fn cluster_name(namespace: &str, service: &str) -> String {
+    format!("{service}.{namespace}")
+}
+
+/// Builds the view from the catalog and the splits.
+pub fn build(reg: &dyn Catalog, rules: &RuleSet) -> View {
+    let catalog = reg.services();
+    let mut roots: std::collections::BTreeSet<ServiceKey> = catalog.keys().cloned().collect();
+    // A routed or protected service is config-worthy even before it has instances.
+    roots.extend(
+        rules
+            .splits
+            .values()
+            .map(|s| (s.namespace.clone(), s.service.clone()))
+            .chain(
+                rules
+                    .http_routes
+                    .values()
+                    .map(|r| (r.namespace.clone(), r.service.clone())),
+            )
+            .chain(
+                rules
+                    .policies
+                    .values()
+                    .map(|p| (p.namespace.clone(), p.service.clone())),
+            ),
+    );
+    let mut clusters: BTreeMap<String, pb::Cluster> = BTreeMap::new();
+    let mut cluster_for = |ns: &str, svc: &str| {
+        let name = cluster_name(ns, svc);
+        clusters.entry(name.clone()).or_insert_with(|| {
+            let instances = catalog.get(&(ns.to_string(), svc.to_string()));
+            // A version subset (echo-v1) takes its service's TrafficPolicy.
+            let parent = instances
+                .and_then(|insts| insts.iter().find(|i| i.service != svc))
+                .map(|i| i.service.as_str());
+            let endpoints = instances
+                .map(|insts| {
+                    insts
+                        .iter()
+                        .filter(|i| i.ready)
+                        .map(|i| pb::Endpoint {
+                            address: i.address.clone(),
+                            instance_id: i.instance_id.clone(),
+                            version: i.version.clone(),
+                            identity: i.identity.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut c = pb::Cluster {
+                name: name.clone(),
+                resource_version: String::new(),
+                endpoints,
+                policy: Some(routes::backend_policy(rules, ns, svc, parent)),
+            };
+            c.resource_version = content_version(&c);
+            c
+        });
+        name
+    };
+    let mut services = Vec::new();
+    for (ns, svc) in roots {
+        let routes = routes::routes_for(rules, &ns, &svc, &mut |backend| cluster_for(&ns, backend));
+        let authorization = rules
+            .policies
+            .values()
+            .find(|p| p.namespace == ns && p.service == svc)
+            .map(authorization);
+        let mut sc = pb::ServiceConfig {
+            name: svc,
+            namespace: ns,
+            resource_version: String::new(),
+            routes,
+            authorization,
+        };
+        sc.resource_version = content_version(&sc);
+        services.push(sc);
+    }
+    View {
+        services,
+        clusters: clusters.into_values().collect(),
+    }
+}
+
+/// The proto form of a policy.
+fn authorization(p: &Policy) -> pb::Authorization {
+    use pb::allow_rule::Match;
+    pb::Authorization {
+        policy: p.name.clone(),
+        allow: p
+            .allow
+            .iter()
+            .filter_map(|r| {
+                let m = match (&r.identity, &r.namespace, &r.identity_suffix) {
+                    (Some(id), _, _) => Match::Identity(id.clone()),
+                    (_, Some(ns), _) => Match::Namespace(ns.clone()),
+                    (_, _, Some(suffix)) => Match::IdentitySuffix(suffix.clone()),
+                    _ => return None,
+                };
+                Some(pb::AllowRule { r#match: Some(m) })
+            })
+            .collect(),
+    }
+}
+
+/// A stable content hash (FNV-1a over the encoded message), so a resource's
+/// version changes exactly when its content does.
+fn content_version<M: Message>(m: &M) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in m.encode_to_vec() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,339 @@
+//! The rules in force: every validated rule kind, keyed by namespace and
+//! name (`RuleSet`), how one apply merges into it (all or nothing, like
+//! `kubectl apply`), and `release shift`. Pure: no I/O, no locks. The kinds
+//! validate themselves one document at a time in the files beside this
+//! one; the checks across documents and applies live here.
+
+mod policy;
+mod problems;
+pub mod route;
+mod split;
+
+pub use policy::{Policy, policies_from};
+pub use route::model::{Backend, HttpRoute, Mirror, RouteGroup, Routing, TrafficPolicy};
+pub use route::routing_from;
+pub use split::{ShiftError, Split, splits_from};
+
+use crate::manifest::{self, Located};
+use split::{check_percent, check_unique_roots, located_of};
+use std::collections::BTreeMap;
+
+/// The rules of one apply, validated one document at a time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Incoming {
+    /// TrafficSplits.
+    pub splits: Vec<Split>,
+    /// AuthorizationPolicies.
+    pub policies: Vec<Policy>,
+    /// HTTPRouteGroups, HTTPRoutes and TrafficPolicies.
+    pub routing: Routing,
+}
+
+/// Every rule kind from documents, every problem of every kind at once.
+pub fn rules_from(docs: &[Located]) -> Result<Incoming, Vec<manifest::Error>> {
+    match (splits_from(docs), policies_from(docs), routing_from(docs)) {
+        (Ok(splits), Ok(policies), Ok(routing)) => Ok(Incoming {
+            splits,
+            policies,
+            routing,
+        }),
+        (s, p, r) => {
+            let mut all = s.err().unwrap_or_default();
+            all.extend(p.err().unwrap_or_default());
+            all.extend(r.err().unwrap_or_default());
+            Err(all)
+        }
+    }
+}
+
+/// The rules in force, each kind keyed by `(namespace, name)`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleSet {
+    /// Splits by identity.
+    pub splits: BTreeMap<(String, String), Split>,
+    /// Authorization policies by identity.
+    pub policies: BTreeMap<(String, String), Policy>,
+    /// SMI HTTPRouteGroups by identity.
+    pub route_groups: BTreeMap<(String, String), RouteGroup>,
+    /// Gateway API HTTPRoutes by identity.
+    pub http_routes: BTreeMap<(String, String), HttpRoute>,
+    /// TrafficPolicies by identity.
+    pub traffic_policies: BTreeMap<(String, String), TrafficPolicy>,
+}
+
+/// What an apply did to each rule it was given, e.g. `("trafficsplit default/echo", Created)`.
+pub type Outcomes = Vec<(String, Outcome)>;
+
+/// What an apply did to one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New rule.
+    Created,
+    /// Existing rule with new content.
+    Configured,
+    /// Identical to what was in force.
+    Unchanged,
+}
+
+impl RuleSet {
+    /// The split that takes `namespace/service`'s unmatched traffic (the
+    /// one `release shift` moves).
+    pub fn for_service(&self, namespace: &str, service: &str) -> Option<&Split> {
+        self.splits
+            .values()
+            .find(|s| s.namespace == namespace && s.service == service && s.matches.is_empty())
+    }
+
+    /// Upserts `new` (like `kubectl apply`) and validates the merged set.
+    /// Returns the new set; `self` is untouched, so a failure applies nothing.
+    pub fn apply(
+        &self,
+        incoming: &Incoming,
+        docs: &[Located],
+    ) -> Result<(RuleSet, Outcomes), Vec<manifest::Error>> {
+        let (new, new_policies) = (&incoming.splits, &incoming.policies);
+        let mut next = self.clone();
+        let mut outcomes = Vec::new();
+        for s in new {
+            let outcome = upsert(&mut next.splits, s.key(), s);
+            outcomes.push((format!("trafficsplit {}/{}", s.namespace, s.name), outcome));
+        }
+        let mut errors = Vec::new();
+        for p in new_policies {
+            let outcome = upsert(&mut next.policies, p.key(), p);
+            outcomes.push((
+                format!("authorizationpolicy {}/{}", p.namespace, p.name),
+                outcome,
+            ));
+            // One policy per service, across applies too: name the incoming document.
+            if let Some(other) = self
+                .policies
+                .values()
+                .find(|o| o.namespace == p.namespace && o.service == p.service && o.name != p.name)
+            {
+                let at = manifest::find(docs, "AuthorizationPolicy", &p.namespace, &p.name);
+                errors.push(manifest::Error::about(
+                    at,
+                    &format!("AuthorizationPolicy {}/{}", p.namespace, p.name),
+                    "spec.service".into(),
+                    format!(
+                        "service {:?} already has AuthorizationPolicy {}/{}",
+                        p.service, other.namespace, other.name
+                    ),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // Report the conflict against the incoming document, not the old split.
+        let ordered = new
+            .iter()
+            .map(|s| (s, Some(located_of(docs, s))))
+            .chain(next.splits.values().map(|s| (s, None)));
+        let mut dedup: Vec<(&Split, Option<&Located>)> = Vec::new();
+        for (s, at) in ordered {
+            if !dedup.iter().any(|(d, _)| d.key() == s.key()) {
+                dedup.push((s, at));
+            }
+        }
+        // Old splits first, so the incoming one is the one named as the conflict.
+        dedup.sort_by_key(|(_, at)| at.is_some());
+        check_unique_roots(dedup.into_iter())?;
+        let mut note = |kind: &str, ns: &str, name: &str, o: Outcome| {
+            outcomes.push((format!("{} {ns}/{name}", kind.to_lowercase()), o));
+        };
+        let routing = &incoming.routing;
+        for g in &routing.groups {
+            let o = upsert(
+                &mut next.route_groups,
+                (g.namespace.clone(), g.name.clone()),
+                g,
+            );
+            note("HTTPRouteGroup", &g.namespace, &g.name, o);
+        }
+        for r in &routing.routes {
+            let o = upsert(
+                &mut next.http_routes,
+                (r.namespace.clone(), r.name.clone()),
+                r,
+            );
+            note("HTTPRoute", &r.namespace, &r.name, o);
+        }
+        for p in &routing.policies {
+            let o = upsert(
+                &mut next.traffic_policies,
+                (p.namespace.clone(), p.name.clone()),
+                p,
+            );
+            note("TrafficPolicy", &p.namespace, &p.name, o);
+        }
+        check_routing(&next, docs)?;
+        Ok((next, outcomes))
+    }
+
+    /// Gives `backend` `percent`% of the split for `namespace/service`; the
+    /// rest goes to the other backends in proportion to their current weights
+    /// (equally if they are all 0). Weights of the result sum to 100.
+    pub fn shift(
+        &self,
+        namespace: &str,
+        service: &str,
+        backend: &str,
+        percent: u32,
+    ) -> Result<(RuleSet, Split), ShiftError> {
+        check_percent(percent)?;
+        let split = self
+            .for_service(namespace, service)
+            .ok_or_else(|| ShiftError::NoSplit {
+                namespace: namespace.into(),
+                service: service.into(),
+            })?;
+        let updated = split.shifted(backend, percent)?;
+        let mut next = self.clone();
+        next.splits.insert(updated.key(), updated.clone());
+        Ok((next, updated))
+    }
+}
+
+/// Inserts or replaces `value` under `key`, saying which it was.
+fn upsert<K: Ord, V: PartialEq + Clone>(map: &mut BTreeMap<K, V>, key: K, value: &V) -> Outcome {
+    match map.insert(key, value.clone()) {
+        None => Outcome::Created,
+        Some(old) if &old == value => Outcome::Unchanged,
+        Some(_) => Outcome::Configured,
+    }
+}
+
+/// Checks the routing rules of the merged set: TrafficSplit matches name
+/// existing groups, a service is routed by TrafficSplits or by one
+/// HTTPRoute, never both, and has at most one TrafficPolicy.
+fn check_routing(next: &RuleSet, docs: &[Located]) -> Result<(), Vec<manifest::Error>> {
+    let mut errors = Vec::new();
+    for s in next.splits.values() {
+        for (i, g) in s.matches.iter().enumerate() {
+            if !next
+                .route_groups
+                .contains_key(&(s.namespace.clone(), g.clone()))
+            {
+                errors.push(manifest::Error::about(
+                    manifest::find(docs, "TrafficSplit", &s.namespace, &s.name),
+                    &format!("TrafficSplit {}/{}", s.namespace, s.name),
+                    format!("spec.matches[{i}].name"),
+                    format!(
+                        "no HTTPRouteGroup {}/{g}; apply it in the same file or first",
+                        s.namespace
+                    ),
+                ));
+            }
+        }
+    }
+    for r in next.http_routes.values() {
+        let at = manifest::find(docs, "HTTPRoute", &r.namespace, &r.name);
+        let object = format!("HTTPRoute {}/{}", r.namespace, r.name);
+        if let Some(s) = next
+            .splits
+            .values()
+            .find(|s| s.namespace == r.namespace && s.service == r.service)
+        {
+            errors.push(manifest::Error::about(
+                at.or_else(|| manifest::find(docs, "TrafficSplit", &s.namespace, &s.name)),
+                &object,
+                "spec.parentRefs[0].name".into(),
+                format!(
+                    "service {:?} is already routed by TrafficSplit {}/{}; use one syntax per service",
+                    r.service, s.namespace, s.name
+                ),
+            ));
+        }
+        if let Some(other) = next
+            .http_routes
+            .values()
+            .find(|o| o.namespace == r.namespace && o.service == r.service && o.name < r.name)
+        {
+            errors.push(manifest::Error::about(
+                at,
+                &object,
+                "spec.parentRefs[0].name".into(),
+                format!(
+                    "service {:?} already has HTTPRoute {}/{}; put every rule for a service in one HTTPRoute",
+                    r.service, other.namespace, other.name
+                ),
+            ));
+        }
+    }
+    for p in next.traffic_policies.values() {
+        if let Some(other) = next
+            .traffic_policies
+            .values()
+            .find(|o| o.namespace == p.namespace && o.service == p.service && o.name < p.name)
+        {
+            errors.push(manifest::Error::about(
+                manifest::find(docs, "TrafficPolicy", &p.namespace, &p.name),
+                &format!("TrafficPolicy {}/{}", p.namespace, p.name),
+                "spec.service".into(),
+                format!(
+                    "service {:?} already has TrafficPolicy {}/{}",
+                    p.service, other.namespace, other.name
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Refuses mirrors to services nothing serves or declares: a mirror that
+/// silently copies to nowhere would make a shadow test meaningless.
+pub fn check_mirrors(
+    new: &Routing,
+    docs: &[Located],
+    knows: impl Fn(&str, &str) -> bool,
+) -> Result<(), Vec<manifest::Error>> {
+    let mut errors = Vec::new();
+    let mut check = |kind: &str, ns: &str, name: &str, field: String, m: &Mirror| {
+        if !knows(ns, &m.service) {
+            errors.push(manifest::Error::about(
+                manifest::find(docs, kind, ns, name),
+                &format!("{kind} {ns}/{name}"),
+                field,
+                format!("mirror names unknown service {ns}/{}", m.service),
+            ));
+        }
+    };
+    for r in &new.routes {
+        for (i, rule) in r.rules.iter().enumerate() {
+            if let Some(m) = &rule.mirror {
+                check(
+                    "HTTPRoute",
+                    &r.namespace,
+                    &r.name,
+                    format!("spec.rules[{i}].filters"),
+                    m,
+                );
+            }
+        }
+    }
+    for p in &new.policies {
+        if let Some(m) = &p.mirror {
+            check(
+                "TrafficPolicy",
+                &p.namespace,
+                &p.name,
+                "spec.mirror.service".into(),
+                m,
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests;
