@@ -14,14 +14,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Reports the workload identity for `/identity`.
-pub type IdentityStatus = Arc<dyn Fn() -> crate::identity::Status + Send + Sync>;
+pub type IdentityStatus = Arc<dyn Fn() -> crate::tls::identity::Status + Send + Sync>;
 
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ArcSwap<State>>,
     identity: Option<IdentityStatus>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -44,7 +44,7 @@ fn respond(
     path: &str,
     state: &ArcSwap<State>,
     identity: Option<&IdentityStatus>,
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::telemetry::metrics::Metrics,
 ) -> Response<Full<Bytes>> {
     // Ready once config has arrived and, with mTLS configured, a certificate too.
     let missing = if state.load().version.is_empty() {

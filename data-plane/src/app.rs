@@ -6,12 +6,13 @@
 use crate::config::Config;
 use crate::connect::TlsContext;
 use crate::discovery::{self, Registration};
+use crate::forward::Forwarder;
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
-use crate::proxy::Forwarder;
 use crate::server::Drain;
 use crate::state::State;
-use crate::{admin, health, identity};
+use crate::tls::identity;
+use crate::{admin, health};
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ pub enum Error {
     },
     /// The trace exporter could not be set up.
     #[error("{0}")]
-    Trace(crate::trace::Error),
+    Trace(crate::telemetry::trace::Error),
     /// The control plane URL is unusable.
     #[error("control plane address: {0}")]
     Control(#[from] tonic::transport::Error),
@@ -110,12 +111,12 @@ impl Bound {
             .as_ref()
             .map(|a| Arc::new(a.status_fn()) as admin::IdentityStatus);
         let identity_task = agent.map(|a| tokio::spawn(a.run()));
-        let metrics = Arc::new(crate::metrics::Metrics::new(
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(
             config.telemetry.enabled,
             config.identity.version.clone(),
         ));
         let report_task = config.telemetry.enabled.then(|| {
-            tokio::spawn(crate::telemetry::report(
+            tokio::spawn(crate::telemetry::report::report(
                 channel.clone(),
                 node.clone(),
                 metrics.aggregates.clone(),
@@ -145,15 +146,20 @@ impl Bound {
         let app_forwarder = Forwarder::new(tls, state.clone(), metrics.tcp("inbound", "dst"));
         let tracing = match (&config.telemetry.trace, config.telemetry.enabled) {
             (Some(t), true) => Some(Arc::new(
-                crate::trace::Tracing::start(t, &config.identity).map_err(Error::Trace)?,
+                crate::telemetry::trace::Tracing::start(t, &config.identity)
+                    .map_err(Error::Trace)?,
             )),
             _ => None,
         };
         let log = match (&config.telemetry.access_log, config.telemetry.enabled) {
-            (Some(l), true) => Some(crate::access_log::AccessLog::start(l)),
+            (Some(l), true) => Some(crate::telemetry::access_log::AccessLog::start(l)),
             _ => None,
         };
-        let obs = Arc::new(crate::observe::Observer::new(metrics.clone(), tracing, log));
+        let obs = Arc::new(crate::telemetry::observe::Observer::new(
+            metrics.clone(),
+            tracing,
+            log,
+        ));
         let drain = Drain::new();
         let inbound_state = state.clone();
         let out = Outbound::new(state, forwarder.clone(), certificate.is_some(), obs.clone());

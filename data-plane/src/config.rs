@@ -1,6 +1,8 @@
 //! mesh-proxy's configuration: `MESH_PROXY_*` variables parsed once at
 //! startup into plain data. Reads go through [`Env`] so tests use a map and
 //! never touch the process environment. Every bad key is reported at once.
+//! A leaf: the types its values take live here, and it imports nothing of
+//! the crate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -90,6 +92,38 @@ pub const ENV_ACCESS_LOG_SAMPLING: &str = "MESH_PROXY_ACCESS_LOG_SAMPLING";
 pub const ENV_ACCESS_LOG_REDACT: &str = "MESH_PROXY_ACCESS_LOG_REDACT";
 const DEFAULT_REDACT: &str = "authorization,proxy-authorization,cookie,x-api-key";
 
+/// Whether plaintext is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// mTLS only; plaintext connections are refused.
+    Strict,
+    /// mTLS from meshed peers, plaintext from unmeshed clients.
+    Permissive,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "strict" => Ok(Mode::Strict),
+            "permissive" => Ok(Mode::Permissive),
+            other => Err(format!("{other:?} is neither strict nor permissive")),
+        }
+    }
+}
+
+/// Most bytes one compiled route regex may take in this sidecar (a memory
+/// guard, like Envoy's `re2.max_program_size`). The control plane cannot
+/// know each sidecar's limit, so a regex over it is NACKed, naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegexLimit(pub usize);
+
+impl Default for RegexLimit {
+    fn default() -> Self {
+        RegexLimit(1024 * 1024)
+    }
+}
+
 /// Where configuration values come from.
 pub trait Env {
     /// The value of `key`, if set.
@@ -168,11 +202,11 @@ pub struct Config {
     /// Workload certificate, when a bootstrap token is configured.
     pub tls: Option<Tls>,
     /// Whether inbound accepts plaintext.
-    pub inbound_mode: crate::inbound::Mode,
+    pub inbound_mode: Mode,
     /// Metrics, aggregates, traces and access logs.
     pub telemetry: Telemetry,
     /// Compiled size limit of one route regex.
-    pub regex_limit: crate::state::RegexLimit,
+    pub regex_limit: RegexLimit,
 }
 
 /// Telemetry settings.
@@ -392,16 +426,11 @@ impl Config {
                 spiffe_id: format!("spiffe://{td}/ns/{namespace}/sa/{sa}"),
             }
         });
-        let inbound_mode = p.parse(
-            ENV_INBOUND_MODE,
-            crate::inbound::Mode::Permissive,
-            "an inbound mode",
-        );
+        let inbound_mode = p.parse(ENV_INBOUND_MODE, Mode::Permissive, "an inbound mode");
         let telemetry = p.telemetry();
-        let default_limit = crate::state::RegexLimit::default().0;
-        let regex_limit = crate::state::RegexLimit(
-            p.positive(ENV_MAX_REGEX_BYTES, default_limit as u32) as usize,
-        );
+        let default_limit = RegexLimit::default().0;
+        let regex_limit =
+            RegexLimit(p.positive(ENV_MAX_REGEX_BYTES, default_limit as u32) as usize);
         let config = Config {
             regex_limit,
             telemetry,

@@ -3,10 +3,10 @@
 //! published for that endpoint. Runs once per new connection, never per
 //! request.
 
-use crate::identity::Current;
-use crate::meter::{Meter, Metered};
 use crate::state::State;
+use crate::telemetry::meter::{Meter, Metered};
 use crate::tls;
+use crate::tls::identity::Current;
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use http::Uri;

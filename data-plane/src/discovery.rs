@@ -1,10 +1,11 @@
 //! The single writer of the sidecar's `State`: subscribes to the control
 //! plane, applies each snapshot atomically, ACKs or NACKs it, and reconnects
-//! with backoff, serving the last good config meanwhile. Also registers the
+//! with backoff, serving the last good config meanwhile. It owns the
+//! endpoint statistics store each conversion draws on. Also registers the
 //! instance with heartbeats and deregisters it on shutdown.
 
 use crate::config::Identity;
-use crate::state::State;
+use crate::state::{EndpointStats, State};
 use arc_swap::ArcSwap;
 use mesh_proto::v1 as pb;
 use mesh_proto::v1::discovery_client::DiscoveryClient;
@@ -43,12 +44,24 @@ pub async fn subscribe(
     node: pb::Node,
     state: Arc<ArcSwap<State>>,
     reconnect_max: Duration,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    // Owned here, by the single writer, so what was learned about each
+    // endpoint survives snapshots and reconnects alike.
+    let mut stats = EndpointStats::default();
     loop {
         let mut delivered = false;
-        match subscribe_once(&channel, &node, &state, &metrics, &mut delivered).await {
+        match subscribe_once(
+            &channel,
+            &node,
+            &state,
+            &metrics,
+            &mut stats,
+            &mut delivered,
+        )
+        .await
+        {
             Ok(()) => tracing::warn!("control plane closed the discovery stream"),
             Err(e) => {
                 tracing::warn!(error = %e, "discovery stream failed; serving last good config")
@@ -69,7 +82,8 @@ async fn subscribe_once(
     channel: &Channel,
     node: &pb::Node,
     state: &ArcSwap<State>,
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::telemetry::metrics::Metrics,
+    stats: &mut EndpointStats,
     delivered: &mut bool,
 ) -> Result<(), tonic::Status> {
     let mut client = DiscoveryClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
@@ -86,7 +100,8 @@ async fn subscribe_once(
         .into_inner();
     while let Some(resp) = stream.message().await? {
         *delivered = true;
-        let reply = match State::from_proto(&resp, &node.namespace, &state.load()) {
+        let now = std::time::Instant::now();
+        let reply = match State::from_proto(&resp, &node.namespace, &state.load(), stats, now) {
             Ok(next) => {
                 // One atomic swap: requests already running keep the Arc they loaded.
                 state.store(Arc::new(next));
@@ -136,7 +151,7 @@ impl Registration {
         address: SocketAddr,
         mut health: watch::Receiver<bool>,
         identity: Option<String>,
-        certificate: Option<crate::identity::Current>,
+        certificate: Option<crate::tls::identity::Current>,
     ) -> Self {
         let stopped = Arc::new(Mutex::new(false));
         let reg = Registration {

@@ -102,19 +102,6 @@ fn grpc_code_for(status: StatusCode) -> u32 {
     }
 }
 
-/// Whether a request is gRPC (it then gets a gRPC-shaped error).
-pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    grpc_content(req.headers())
-}
-
-/// Whether a message (request or response) carries gRPC.
-pub fn grpc_content(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
 /// The response for an error.
 pub fn respond(e: &Error, grpc: bool) -> Response<Body> {
     let (status, grpc_code) = codes(e);

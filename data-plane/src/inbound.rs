@@ -7,14 +7,15 @@
 //! arriving from outside is always removed first.
 
 use crate::body::{BytesIn, ReqBody, Source};
+use crate::config::Mode;
 use crate::errors::{self, Body};
-use crate::identity::Current;
-use crate::meter::Metered;
-use crate::metrics::{ConnectionLabels, Metrics, RequestLabels};
-use crate::observe::Observer;
-use crate::proxy::Forwarder;
+use crate::forward::Forwarder;
 use crate::server::Drain;
 use crate::state::State;
+use crate::telemetry::meter::Metered;
+use crate::telemetry::metrics::{ConnectionLabels, Metrics, RequestLabels};
+use crate::telemetry::observe::Observer;
+use crate::tls::identity::Current;
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
@@ -37,26 +38,6 @@ pub const CLIENT_ID_HEADER: &str = "mesh-client-id";
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// A peer gets this long to start and finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether plaintext is accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// mTLS only; plaintext connections are refused.
-    Strict,
-    /// mTLS from meshed peers, plaintext from unmeshed clients.
-    Permissive,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
-        match s {
-            "strict" => Ok(Mode::Strict),
-            "permissive" => Ok(Mode::Permissive),
-            other => Err(format!("{other:?} is neither strict nor permissive")),
-        }
-    }
-}
 
 /// The inbound side of the sidecar.
 #[derive(Clone)]
@@ -214,7 +195,7 @@ impl Inbound {
         if let Some(id) = client.and_then(|c| HeaderValue::from_str(&c).ok()) {
             req.headers_mut().insert(CLIENT_ID_HEADER, id);
         }
-        let grpc = errors::is_grpc(&req);
+        let grpc = crate::http::is_grpc(&req);
         let watch = self.obs.begin("inbound", &mut req);
         let resp = match self.authorize(&req) {
             Err(e) => errors::respond(&e, grpc),
@@ -241,7 +222,7 @@ impl Inbound {
             direction: "inbound",
             service: self.own.clone(),
             status_code: resp.status().as_u16(),
-            grpc_status: crate::retry::grpc_status(resp.headers())
+            grpc_status: crate::http::grpc_status(resp.headers())
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
             tls: peer.is_some(),

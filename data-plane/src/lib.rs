@@ -4,7 +4,6 @@
 //! over gRPC (`discovery`), the only writer of the live `State`.
 #![warn(missing_docs)]
 
-pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;
@@ -13,18 +12,13 @@ pub mod config;
 pub mod connect;
 pub mod discovery;
 pub mod errors;
+pub mod forward;
 pub mod health;
-pub mod identity;
+pub mod http;
 pub mod inbound;
-pub mod meter;
-pub mod metrics;
-pub mod observe;
 pub mod outbound;
-pub mod proxy;
 pub mod retry;
-pub mod route;
 pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
-pub mod trace;

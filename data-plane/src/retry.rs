@@ -3,6 +3,7 @@
 //! from multiplying an outage (retries ≤ ratio × requests + a floor per
 //! second, over a sliding window).
 
+use crate::http::grpc_status;
 use http::{HeaderMap, Method, StatusCode};
 use mesh_proto::v1 as pb;
 use serde::Serialize;
@@ -116,11 +117,6 @@ impl Policy {
             .min(self.backoff_max);
         cap.mul_f64(fastrand::f64())
     }
-}
-
-/// The gRPC status in headers (a trailers-only response), if any.
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// Requests and retries over the last `BUDGET_WINDOW`, in one-second buckets.

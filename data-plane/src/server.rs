@@ -4,7 +4,7 @@
 //! GOAWAY), and wait up to a deadline.
 
 use crate::errors::Body;
-use crate::meter::{Meter, Metered};
+use crate::telemetry::meter::{Meter, Metered};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;

@@ -86,7 +86,7 @@ impl AccessLog {
 
     /// Starts an entry for a request.
     pub fn begin<B>(self: &Arc<Self>, direction: &'static str, req: &http::Request<B>) -> Entry {
-        let authority = crate::route::authority(req);
+        let authority = crate::http::authority(req);
         let mut fields = Map::new();
         fields.insert("direction".into(), json!(direction));
         fields.insert("method".into(), json!(req.method().as_str()));

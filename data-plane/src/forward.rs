@@ -31,7 +31,7 @@ impl Forwarder {
     pub fn new(
         tls: Option<TlsContext>,
         state: Arc<ArcSwap<State>>,
-        meter: Option<Arc<crate::meter::Meter>>,
+        meter: Option<Arc<crate::telemetry::meter::Meter>>,
     ) -> Self {
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))

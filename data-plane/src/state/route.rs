@@ -2,8 +2,8 @@
 //! headers), weighted backends, and the route's timeout, retry, mirror and
 //! fault policies, converted from proto once per snapshot.
 
+use super::cluster::Cluster;
 use crate::retry::{self, Budget};
-use crate::state::Cluster;
 use http::{HeaderName, Method, Request};
 use mesh_proto::v1 as pb;
 use regex::Regex;
@@ -88,19 +88,28 @@ pub struct Fault {
     pub abort_percent: f64,
 }
 
-/// The authority a request is addressed to: its URI's (HTTP/2, absolute
-/// form), else its Host header.
-pub fn authority<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+/// Whether a percentage roll succeeds.
+fn roll(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
 
-/// Whether a percentage roll succeeds.
-pub fn roll(percent: f64) -> bool {
-    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
+impl Fault {
+    /// Whether this request is delayed (rolled per request).
+    pub fn delays(&self) -> bool {
+        roll(self.delay_percent)
+    }
+
+    /// Whether this request is aborted (rolled per request).
+    pub fn aborts(&self) -> bool {
+        roll(self.abort_percent)
+    }
+}
+
+impl Mirror {
+    /// Whether this request is copied (rolled per request).
+    pub fn sampled(&self) -> bool {
+        roll(self.percent)
+    }
 }
 
 /// Compiles a regex that must match a whole value, within `limit` bytes.

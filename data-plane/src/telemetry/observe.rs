@@ -5,11 +5,11 @@
 //! the body is done. With tracing and logs off, a request costs only its
 //! metric updates.
 
-use crate::access_log::{AccessLog, Entry, Outcome};
 use crate::body::BytesIn;
 use crate::errors::Body;
-use crate::metrics::{Metrics, RequestLabels};
-use crate::trace::{Span, Tracing};
+use crate::telemetry::access_log::{AccessLog, Entry, Outcome};
+use crate::telemetry::metrics::{Metrics, RequestLabels};
+use crate::telemetry::trace::{Span, Tracing};
 use http::{Request, Response};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
@@ -52,7 +52,7 @@ fn traceparent_id(headers: &http::HeaderMap) -> Option<String> {
 /// A sampled span's request attributes (OpenTelemetry HTTP semantic
 /// conventions): server spans name the path, client spans the full URL.
 fn request_attributes<B>(direction: &str, req: &Request<B>) -> Vec<KeyValue> {
-    let host = crate::route::authority(req).unwrap_or_default();
+    let host = crate::http::authority(req).unwrap_or_default();
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) => match p.parse::<u16>() {
             Ok(p) => (n, Some(p)),
@@ -211,7 +211,7 @@ impl Observer {
         // count the request when they arrive, so it is labelled with it.
         let in_trailers = self.metrics.enabled()
             && labels.grpc_status.is_empty()
-            && crate::errors::grpc_content(resp.headers());
+            && crate::http::grpc_content(resp.headers());
         let deferred = if in_trailers {
             Some((self.metrics.clone(), labels))
         } else {

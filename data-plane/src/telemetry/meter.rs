@@ -127,7 +127,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_open_close_and_bytes_each_way() {
-        let m = crate::metrics::Metrics::default();
+        let m = crate::telemetry::metrics::Metrics::default();
         let meter = m.tcp("inbound", "src").unwrap();
         let (a, mut b) = tokio::io::duplex(64);
         let mut s = Metered::new(a, Some(&meter));

@@ -34,7 +34,7 @@ pub struct Certified {
     /// Expiry, Unix seconds.
     pub not_after_unix: i64,
     /// rustls configs for this certificate.
-    pub tls: crate::tls::Material,
+    pub tls: crate::tls::material::Material,
 }
 
 /// The current certificate, readable without locks; `None` until the first.
@@ -62,7 +62,7 @@ pub enum Error {
     Refused(#[from] tonic::Status),
     /// The certificate it returned is unusable.
     #[error("unusable certificate: {0}")]
-    Tls(#[from] crate::tls::Error),
+    Tls(#[from] crate::tls::material::Error),
 }
 
 fn now_unix() -> i64 {
@@ -129,7 +129,7 @@ impl Agent {
         let mut chain_pem = vec![resp.certificate_pem];
         chain_pem.extend(resp.chain_pem);
         let key_pem = key.serialize_pem();
-        let tls = crate::tls::Material::new(&chain_pem, &key_pem, &resp.roots_pem)?;
+        let tls = crate::tls::material::Material::new(&chain_pem, &key_pem, &resp.roots_pem)?;
         Ok(Certified {
             identity: resp.identity,
             chain_pem,

@@ -5,7 +5,7 @@
 //! bounded by the mesh's size: a request for an unknown authority is
 //! counted under `service="unknown"`.
 
-use crate::telemetry::Aggregates;
+use crate::telemetry::report::Aggregates;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -116,7 +116,7 @@ fn registered<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metri
 struct Resolved {
     requests: Counter,
     latency: Histogram,
-    cell: Arc<crate::telemetry::Cell>,
+    cell: Arc<crate::telemetry::report::Cell>,
     failed: bool,
 }
 
@@ -316,12 +316,12 @@ impl Metrics {
         &self,
         direction: &'static str,
         peer: &'static str,
-    ) -> Option<Arc<crate::meter::Meter>> {
+    ) -> Option<Arc<crate::telemetry::meter::Meter>> {
         if !self.enabled {
             return None;
         }
         let l = TcpLabels { direction, peer };
-        Some(Arc::new(crate::meter::Meter {
+        Some(Arc::new(crate::telemetry::meter::Meter {
             open: self.tcp_open.get_or_create(&l).clone(),
             close: self.tcp_close.get_or_create(&l).clone(),
             open_now: self.tcp_open_now.get_or_create(&l).clone(),
@@ -382,7 +382,7 @@ mod tests {
             })
             .inc();
         m.config_applied("1");
-        let _counted = crate::meter::Metered::new((), m.tcp("inbound", "src").as_ref());
+        let _counted = crate::telemetry::meter::Metered::new((), m.tcp("inbound", "src").as_ref());
         let text = m.render();
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),

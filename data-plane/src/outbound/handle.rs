@@ -1,0 +1,123 @@
+//! The outbound handler: loads the config snapshot once per request (so a
+//! config change never affects a request under way), resolves the service
+//! and route, applies faults, runs the attempts under the route's timeout,
+//! and turns any error into the response the one error table gives it.
+
+use super::attempt::{Attempts, Observed};
+use crate::errors::{self, Body, Error};
+use crate::forward::Forwarder;
+use crate::http::{authority, grpc_status, is_grpc};
+use crate::state::State;
+use crate::telemetry::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::telemetry::observe::Observer;
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// The outbound handler.
+#[derive(Clone)]
+pub struct Outbound {
+    state: Arc<ArcSwap<State>>,
+    attempts: Attempts,
+    metrics: Arc<Metrics>,
+    obs: Arc<Observer>,
+}
+
+impl Outbound {
+    /// A handler over the live state. `mtls`: this sidecar has a workload
+    /// identity, so it speaks mTLS to endpoints that publish one.
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        forwarder: Forwarder,
+        mtls: bool,
+        obs: Arc<Observer>,
+    ) -> Self {
+        Outbound {
+            state,
+            attempts: Attempts::new(forwarder, mtls, obs.metrics.clone()),
+            metrics: obs.metrics.clone(),
+            obs,
+        }
+    }
+
+    /// Routes and forwards one request; errors become responses here.
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let grpc = is_grpc(&req);
+        let watch = self.obs.begin("outbound", &mut req);
+        let mut seen = Observed::default();
+        let resp = match self.route_and_forward(req, &mut seen).await {
+            Ok(resp) => resp.map(Body::stream),
+            Err(e) => {
+                tracing::debug!(error = %e, "outbound request failed");
+                if matches!(e, Error::Timeout(_))
+                    && let Some(service) = &seen.service
+                {
+                    self.metrics
+                        .timeouts
+                        .get_or_create(&RouteLabels {
+                            service: service.clone(),
+                            route: seen.route.clone(),
+                        })
+                        .inc();
+                }
+                errors::respond(&e, grpc)
+            }
+        };
+        let labels = RequestLabels {
+            direction: "outbound",
+            // Only names from config: an unknown authority is not a label value.
+            service: seen.service.unwrap_or_else(|| "unknown".into()),
+            route: seen.route,
+            backend: seen.backend,
+            backend_version: seen.version,
+            status_code: resp.status().as_u16(),
+            grpc_status: grpc_status(resp.headers())
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            tls: seen.tls,
+            peer_identity: seen.peer,
+        };
+        self.obs.finish(watch, labels, seen.endpoint, resp)
+    }
+
+    async fn route_and_forward(
+        &self,
+        req: Request<Incoming>,
+        seen: &mut Observed,
+    ) -> Result<Response<Incoming>, Error> {
+        // One lock-free load per request: this Arc pins the snapshot the request runs on.
+        let state = self.state.load_full();
+        // Only the initial, empty state has no version.
+        if state.version.is_empty() {
+            return Err(Error::NotReady);
+        }
+        let authority = authority(&req).ok_or(Error::MissingAuthority)?;
+        let service = state
+            .resolve(authority)
+            .ok_or_else(|| Error::UnknownService(authority.to_string()))?;
+        let name = format!("{}.{}", service.name, service.namespace);
+        seen.service = Some(name.clone());
+        let route = service.route(&req).ok_or(Error::NoRoute(name))?;
+        seen.route.clone_from(&route.name);
+        if let Some(f) = &route.fault {
+            if f.delays() {
+                tokio::time::sleep(f.delay).await;
+            }
+            if f.aborts() {
+                return Err(Error::FaultAbort {
+                    route: route.name.clone(),
+                    status: http::StatusCode::from_u16(f.abort_status)
+                        .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
+                });
+            }
+        }
+        let attempts = self.attempts.run(req, route, seen);
+        match route.timeout {
+            Some(t) => tokio::time::timeout(t, attempts)
+                .await
+                .map_err(|_| Error::Timeout(t))?,
+            None => attempts.await,
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The sidecar's live routing state as domain types, converted from proto
+//! once per snapshot. The data path reads it through an `ArcSwap` and never
+//! touches prost structs. A snapshot with any unusable resource is rejected
+//! whole, with every reason, so the previous config keeps serving.
+//!
+//! The snapshot itself lives here; its parts beside it: `service` (routes
+//! of one service and its names), `route` (matching, weighted backends,
+//! policies), `cluster` (endpoints and the statistics store), `authz`
+//! (inbound authorization) and `dump` (`/config_dump`).
+
+mod authz;
+mod cluster;
+mod dump;
+mod route;
+mod service;
+
+pub use authz::{Allow, Authorization};
+pub use cluster::{Cluster, Endpoint, EndpointStats, RETAIN};
+pub use dump::Dump;
+pub use route::{Backend, Fault, Mirror, Route};
+pub use service::Service;
+
+use crate::balance;
+use crate::config::RegexLimit;
+use crate::retry::Budget;
+use mesh_proto::v1 as pb;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Instant;
+
+/// One applied snapshot.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Control-plane version of the snapshot.
+    pub version: String,
+    /// Services by every name the app may use for them.
+    by_host: HashMap<String, Arc<Service>>,
+    /// Services in a stable order, for dumps.
+    services: Vec<Arc<Service>>,
+    /// Endpoint sets by cluster name.
+    clusters: BTreeMap<String, Arc<Cluster>>,
+    /// The SPIFFE ID each mTLS endpoint must present, for the connector.
+    identities: HashMap<SocketAddr, String>,
+    /// Endpoints whose backends cap connection attempts: the limit.
+    pending_limits: HashMap<SocketAddr, (Arc<balance::Stats>, u32)>,
+    /// This sidecar's own limit, carried from snapshot to snapshot.
+    pub regex_limit: RegexLimit,
+}
+
+/// Why a snapshot was rejected (one line per bad resource).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}", .0.join("; "))]
+pub struct Rejected(pub Vec<String>);
+
+impl State {
+    /// The empty state of a sidecar with this regex limit.
+    pub fn with_regex_limit(limit: RegexLimit) -> State {
+        State {
+            regex_limit: limit,
+            ..State::default()
+        }
+    }
+
+    /// The service an authority names, with or without port. Short names
+    /// resolve in the sidecar's own namespace, as Kubernetes DNS does.
+    pub fn resolve(&self, authority: &str) -> Option<&Arc<Service>> {
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        self.by_host.get(host).or_else(|| {
+            // Avoid allocating on the hot path unless the host needs lowercasing.
+            if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.by_host.get(&host.to_ascii_lowercase())
+            } else {
+                None
+            }
+        })
+    }
+
+    /// A cluster by name.
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    /// The connection-attempt limit for `addr`, with its statistics, if its
+    /// backend sets one.
+    pub fn pending_limit(&self, addr: &SocketAddr) -> Option<&(Arc<balance::Stats>, u32)> {
+        self.pending_limits.get(addr)
+    }
+
+    /// The identity the endpoint at `addr` must present, if it speaks mTLS.
+    pub fn identity_of(&self, addr: &SocketAddr) -> Option<&str> {
+        self.identities.get(addr).map(String::as_str)
+    }
+
+    /// Converts a snapshot. `namespace` is the sidecar's own, for short
+    /// names. Endpoint statistics come from `stats` (and are settled there
+    /// at `now` when the snapshot is accepted); in-flight counts and retry
+    /// budgets carry over from `prev`.
+    pub fn from_proto(
+        resp: &pb::DiscoveryResponse,
+        namespace: &str,
+        prev: &State,
+        stats: &mut EndpointStats,
+        now: Instant,
+    ) -> Result<State, Rejected> {
+        let carried = prev.carried();
+        let mut errors = Vec::new();
+        // An empty version is what "no config yet" looks like; never accept it as config.
+        if resp.version_info.is_empty() {
+            errors.push("snapshot has no version_info".to_string());
+        }
+        let mut clusters = BTreeMap::new();
+        for c in &resp.clusters {
+            let in_flight = carried.in_flight.get(&c.name).cloned();
+            let cluster = Cluster::from_proto(c, in_flight, stats, now, &mut errors);
+            if clusters.insert(c.name.clone(), Arc::new(cluster)).is_some() {
+                errors.push(format!("cluster {} appears twice", c.name));
+            }
+        }
+        let cx = route::Context {
+            clusters: &clusters,
+            budgets: &carried.budgets,
+            regex_limit: prev.regex_limit.0,
+        };
+        let mut services = Vec::new();
+        for s in &resp.services {
+            match Service::from_proto(s, &cx) {
+                Ok(svc) => services.push(Arc::new(svc)),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Rejected(errors));
+        }
+        let mut by_host = HashMap::new();
+        for svc in &services {
+            for host in svc.hosts(namespace) {
+                by_host.insert(host, Arc::clone(svc));
+            }
+        }
+        let endpoints = || clusters.values().flat_map(|c| &c.endpoints);
+        let identities = endpoints()
+            .filter_map(|e| Some((e.addr, e.identity.clone()?)))
+            .collect();
+        let present: HashSet<SocketAddr> = endpoints().map(|e| e.addr).collect();
+        stats.settle(&present, now);
+        Ok(State {
+            version: resp.version_info.clone(),
+            by_host,
+            services,
+            pending_limits: cluster::pending_limits(clusters.values()),
+            clusters,
+            identities,
+            regex_limit: prev.regex_limit,
+        })
+    }
+
+    /// What a new snapshot inherits: in-flight counts by cluster, and retry
+    /// budgets by `service/route`.
+    fn carried(&self) -> Carried {
+        let mut c = Carried::default();
+        for cl in self.clusters.values() {
+            c.in_flight
+                .insert(cl.name.clone(), Arc::clone(&cl.in_flight));
+        }
+        for s in &self.services {
+            for r in &s.routes {
+                if let Some((_, b)) = &r.retry {
+                    let key = format!("service {}/{}/{}", s.namespace, s.name, r.name);
+                    c.budgets.insert(key, Arc::clone(b));
+                }
+            }
+        }
+        c
+    }
+
+    /// A JSON-friendly view for `/config_dump`.
+    pub fn dump(&self) -> Dump {
+        Dump::new(&self.version, &self.services, self.clusters.values())
+    }
+}
+
+#[derive(Default)]
+struct Carried {
+    in_flight: HashMap<String, Arc<AtomicU32>>,
+    budgets: HashMap<String, Arc<Budget>>,
+}
+
+#[cfg(test)]
+mod tests;
