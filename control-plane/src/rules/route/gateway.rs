@@ -1,4 +1,5 @@
-//! Gateway API HTTPRoute (GAMMA, Service parent) → route model.
+//! Validates a Gateway API HTTPRoute (GAMMA: one Service parent) and
+//! compiles it into the route model, every problem named by field.
 
 use super::model::{
     Backend, HeaderMatch, HttpRoute, MAX_RULES, Mirror, PathMatch, RequestMatch, Retry, RouteRule,

@@ -1,4 +1,5 @@
-//! mesh TrafficPolicy → backend policy and route defaults.
+//! Validates a mesh TrafficPolicy and compiles it into the backend policy
+//! and route defaults of the route model, every problem named by field.
 
 use super::model::{Fault, Mirror, Retry, TrafficPolicy};
 use crate::manifest::policy as docs;
