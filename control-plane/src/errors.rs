@@ -45,35 +45,122 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::ca::Error as Ca;
+    use crate::registry::local::Error as Registration;
     use crate::rules::ShiftError;
 
+    /// Every row of the table, and that the status carries the message.
     #[test]
     fn each_error_has_a_deliberate_code() {
-        assert_eq!(code(&Error::Invalid(vec![])), Code::InvalidArgument);
-        assert_eq!(
-            code(&Error::Shift(ShiftError::Percent(120))),
-            Code::InvalidArgument
-        );
-        let no_split = ShiftError::NoSplit {
-            namespace: "d".into(),
-            service: "s".into(),
-        };
-        assert_eq!(code(&Error::Shift(no_split)), Code::NotFound);
-        let io = crate::store::Error::Io {
+        let io = || crate::store::Error::Io {
             path: "x".into(),
             source: std::io::Error::other("disk"),
         };
-        let status = Status::from(Error::Store(io));
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.message().contains("disk"));
-        let mismatch = crate::identity::ca::Error::Mismatch {
-            proven: "spiffe://a".into(),
-            requested: "spiffe://b".into(),
+        let corrupt = crate::store::Error::Corrupt {
+            path: "rules.json".into(),
+            source: serde_json::from_str::<u32>("{").unwrap_err(),
         };
-        assert_eq!(Status::from(mismatch).code(), Code::PermissionDenied);
-        assert_eq!(
-            identity_code(&crate::identity::ca::Error::Csr("x".into())),
-            Code::InvalidArgument
-        );
+        let rows = vec![
+            (Error::Invalid(vec![]), Code::InvalidArgument),
+            (
+                Error::Registry(Registration::Missing("node.service")),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::Registry(Registration::Address("nowhere".into())),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::Shift(ShiftError::Percent(120)),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::Shift(ShiftError::NoSplit {
+                    namespace: "d".into(),
+                    service: "s".into(),
+                }),
+                Code::NotFound,
+            ),
+            (
+                Error::Shift(ShiftError::UnknownBackend {
+                    backend: "s-v9".into(),
+                    split: "d/s".into(),
+                    known: "s-v1".into(),
+                }),
+                Code::NotFound,
+            ),
+            (
+                Error::Index(crate::index::Error::UnknownService {
+                    namespace: "d".into(),
+                    service: "ghost".into(),
+                }),
+                Code::NotFound,
+            ),
+            (Error::Store(io()), Code::Unavailable),
+            (Error::Store(corrupt), Code::Unavailable),
+        ];
+        for (e, want) in rows {
+            assert_eq!(code(&e), want, "{e}");
+            let message = e.to_string();
+            let status = Status::from(e);
+            assert_eq!(status.code(), want);
+            assert_eq!(status.message(), message);
+        }
+        assert!(Status::from(Error::Store(io())).message().contains("disk"));
+    }
+
+    #[test]
+    fn each_identity_error_has_a_deliberate_code() {
+        let rows = vec![
+            (Ca::Csr("x".into()), Code::InvalidArgument),
+            (Ca::Names("2 URI SANs".into()), Code::InvalidArgument),
+            (
+                Ca::Mismatch {
+                    proven: "spiffe://a".into(),
+                    requested: "spiffe://b".into(),
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                Ca::Io {
+                    path: "ca.pem".into(),
+                    source: std::io::Error::other("disk"),
+                },
+                Code::Internal,
+            ),
+            (
+                Ca::Invalid {
+                    path: "ca.pem".into(),
+                    reason: "no key".into(),
+                },
+                Code::Internal,
+            ),
+            (Ca::Sign(rcgen::Error::CouldNotParseKeyPair), Code::Internal),
+        ];
+        for (e, want) in rows {
+            assert_eq!(identity_code(&e), want, "{e}");
+            let message = e.to_string();
+            let status = Status::from(e);
+            assert_eq!((status.code(), status.message()), (want, message.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_malformed_telemetry_report_is_an_invalid_argument() {
+        for e in [
+            crate::telemetry::Error::NoNode,
+            crate::telemetry::Error::Buckets {
+                instance: "echo-0".into(),
+                problem: "bounds not ascending".into(),
+            },
+            crate::telemetry::Error::Direction("sideways".into()),
+        ] {
+            let message = e.to_string();
+            let status = Status::from(e);
+            assert_eq!(
+                (status.code(), status.message()),
+                (Code::InvalidArgument, message.as_str())
+            );
+        }
     }
 }

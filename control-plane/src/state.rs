@@ -443,7 +443,11 @@ impl State {
     }
 
     /// Waits until every subscribed proxy other than `except_instance` has
-    /// answered `version` or later, or `timeout` passes. Returns which.
+    /// answered `version` or later, or `timeout` passes. Returns whether
+    /// every one of them ACKed such a version. A proxy that NACKed it still
+    /// runs its older config, where the instance may be an endpoint, so it
+    /// does not count as propagated; once only such proxies are left there
+    /// is nothing more to wait for, and the answer is `false` at once.
     pub async fn wait_propagated(
         &self,
         version: u64,
@@ -453,13 +457,18 @@ impl State {
         let mut acks = self.acks.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let done = self.proxies_lock().values().all(|p| {
-                p.node.instance_id == except_instance
-                    || p.acked.is_some_and(|v| v >= version)
-                    || p.nacked.as_ref().is_some_and(|(v, _)| *v >= version)
-            });
-            if done {
-                return true;
+            let (mut answered, mut acked) = (true, true);
+            for p in self.proxies_lock().values() {
+                if p.node.instance_id == except_instance {
+                    continue;
+                }
+                let ack = p.acked.is_some_and(|v| v >= version);
+                let nack = p.nacked.as_ref().is_some_and(|(v, _)| *v >= version);
+                answered &= ack || nack;
+                acked &= ack;
+            }
+            if answered {
+                return acked;
             }
             if tokio::time::timeout_at(deadline, acks.changed())
                 .await

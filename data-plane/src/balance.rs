@@ -281,7 +281,11 @@ impl Attempt {
     /// the endpoint (never more than the policy's share of `peers`). Returns
     /// whether this call ejected it.
     pub fn finish(self, ok: bool, policy: &Policy, peers: &[Arc<Stats>]) -> bool {
-        let now = now_ns();
+        self.finish_at(ok, policy, peers, now_ns())
+    }
+
+    /// `finish`, on the clock reading `now` (ns), so tests can drive time.
+    fn finish_at(self, ok: bool, policy: &Policy, peers: &[Arc<Stats>], now: u64) -> bool {
         let s = &self.stats;
         s.ewma
             .lock()
@@ -446,6 +450,49 @@ mod tests {
             }
         }
         assert_eq!(pick(&s, &all, &rr, None), Err(NoPick::AllEjected));
+    }
+
+    /// The ejection lifecycle on a driven clock: ejected for the base time,
+    /// re-admitted after it, ejected twice as long on the next run of
+    /// failures (up to the cap), and forgiven back to the base time after a
+    /// full base interval of health.
+    #[test]
+    fn ejection_readmits_doubles_and_forgives() {
+        let s = stats(2);
+        let policy = Policy {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(30),
+            ..Policy::default()
+        };
+        let sec = |n: u64| n * 1_000_000_000;
+        let fail_twice = |at: u64| {
+            assert!(!Attempt::start(&s[0]).finish_at(false, &policy, &s, at));
+            Attempt::start(&s[0]).finish_at(false, &policy, &s, at)
+        };
+        assert!(fail_twice(sec(100)));
+        assert!(s[0].ejected(sec(129)));
+        assert!(!s[0].ejected(sec(131)), "re-admitted after 30 s");
+        // Failing again right away: the second ejection in a row is 60 s.
+        assert!(fail_twice(sec(131)));
+        assert!(s[0].ejected(sec(190)));
+        assert!(!s[0].ejected(sec(192)));
+        // A success before a full base interval of health forgives nothing.
+        assert!(!Attempt::start(&s[0]).finish_at(true, &policy, &s, sec(195)));
+        assert!(fail_twice(sec(196)));
+        assert!(s[0].ejected(sec(196 + 119)), "third in a row: 120 s");
+        assert!(!s[0].ejected(sec(196 + 121)));
+        // Healthy for over 30 s after re-admission: back to the base time.
+        assert!(!Attempt::start(&s[0]).finish_at(true, &policy, &s, sec(316 + 31)));
+        assert!(fail_twice(sec(350)));
+        assert!(s[0].ejected(sec(379)));
+        assert!(!s[0].ejected(sec(381)), "forgiven: 30 s again");
+        // The doubling stops at MAX_EJECTION.
+        let mut at = sec(381);
+        for _ in 0..10 {
+            assert!(fail_twice(at));
+            at += MAX_EJECTION.as_nanos() as u64 + 1;
+        }
+        assert!(s[0].ejected(at - 2) && !s[0].ejected(at));
     }
 
     #[test]

@@ -135,51 +135,100 @@ pub fn respond(e: &Error, grpc: bool) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn table() {
-        assert_eq!(
-            codes(&Error::MissingAuthority),
-            (StatusCode::BAD_REQUEST, 3)
-        );
-        assert_eq!(
-            codes(&Error::UnknownService("x".into())),
-            (StatusCode::NOT_FOUND, 5)
-        );
-        assert_eq!(
-            codes(&Error::NoEndpoints("x".into())),
-            (StatusCode::SERVICE_UNAVAILABLE, 14)
-        );
-        assert_eq!(
-            codes(&Error::NotReady),
-            (StatusCode::SERVICE_UNAVAILABLE, 14)
-        );
-        assert_eq!(
-            codes(&Error::Forbidden("x".into())),
-            (StatusCode::FORBIDDEN, 7)
-        );
-        assert_eq!(
-            codes(&Error::AllEjected("x".into())),
-            (StatusCode::SERVICE_UNAVAILABLE, 14)
-        );
-        assert_eq!(
-            codes(&Error::Timeout(std::time::Duration::from_secs(1))),
-            (StatusCode::GATEWAY_TIMEOUT, 4)
-        );
-        let abort = Error::FaultAbort {
+    /// An `Upstream` error as the pool really produces one: a connect
+    /// refused by a port nothing listens on.
+    async fn upstream_error() -> Error {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<Bytes>>();
+        let source = client
+            .get(format!("http://{addr}/").parse().unwrap())
+            .await
+            .unwrap_err();
+        Error::Upstream {
+            addr: addr.to_string(),
+            source,
+        }
+    }
+
+    /// Every row of the table: the HTTP status, the gRPC code, and both
+    /// response shapes carrying the message in `mesh-proxy-error`.
+    #[tokio::test]
+    async fn every_row_of_the_table() {
+        let abort = |s: u16| Error::FaultAbort {
             route: "r".into(),
-            status: StatusCode::SERVICE_UNAVAILABLE,
+            status: StatusCode::from_u16(s).unwrap(),
         };
-        assert_eq!(codes(&abort), (StatusCode::SERVICE_UNAVAILABLE, 14));
+        let rows: Vec<(Error, u16, u32)> = vec![
+            (Error::MissingAuthority, 400, 3),
+            (Error::UnknownService("x".into()), 404, 5),
+            (Error::NoRoute("echo.default".into()), 404, 12),
+            (Error::NoEndpoints("echo.default".into()), 503, 14),
+            (Error::Forbidden("policy p".into()), 403, 7),
+            (Error::AllEjected("echo-v1.default".into()), 503, 14),
+            (
+                Error::Overloaded {
+                    cluster: "echo-v1.default".into(),
+                    limit: 10,
+                },
+                503,
+                14,
+            ),
+            (
+                Error::PendingLimit {
+                    addr: "127.0.0.1:1".into(),
+                    limit: 2,
+                },
+                503,
+                14,
+            ),
+            (Error::Timeout(Duration::from_secs(1)), 504, 4),
+            (Error::NotReady, 503, 14),
+            (upstream_error().await, 502, 14),
+            // A fault's own status, and gRPC's HTTP mapping for it.
+            (abort(503), 503, 14),
+            (abort(400), 400, 13),
+            (abort(401), 401, 16),
+            (abort(403), 403, 7),
+            (abort(404), 404, 12),
+            (abort(429), 429, 14),
+            (abort(502), 502, 14),
+            (abort(504), 504, 14),
+            (abort(418), 418, 2),
+        ];
+        for (e, status, grpc) in &rows {
+            assert_eq!(
+                codes(e),
+                (StatusCode::from_u16(*status).unwrap(), *grpc),
+                "{e}"
+            );
+            let message = e.to_string();
+            let http = respond(e, false);
+            assert_eq!(http.status().as_u16(), *status, "{e}");
+            assert_eq!(http.headers()[ERROR_HEADER], message.as_str());
+            assert_eq!(http.headers()[http::header::CONTENT_TYPE], "text/plain");
+            let g = respond(e, true);
+            assert_eq!(
+                g.status(),
+                StatusCode::OK,
+                "gRPC errors are trailers-only: {e}"
+            );
+            assert_eq!(g.headers()["grpc-status"], grpc.to_string().as_str(), "{e}");
+            assert_eq!(g.headers()["grpc-message"], message.as_str());
+            assert_eq!(g.headers()[http::header::CONTENT_TYPE], "application/grpc");
+        }
     }
 
     #[test]
-    fn grpc_errors_are_trailers_only() {
-        let r = respond(&Error::NoEndpoints("echo".into()), true);
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["grpc-status"], "14");
-        assert!(r.headers()[ERROR_HEADER].to_str().unwrap().contains("echo"));
-        let r = respond(&Error::UnknownService("x".into()), false);
-        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    fn a_message_that_is_no_header_value_still_answers() {
+        // A reason is written as it is: a line break cannot be a header value.
+        let r = respond(&Error::Forbidden("line\nbreak".into()), false);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()[ERROR_HEADER], "proxy error");
     }
 }

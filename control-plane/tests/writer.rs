@@ -1,0 +1,232 @@
+//! The control plane's single writer in-process: an apply is validated,
+//! persisted, then published; a failed apply (bad document, conflict with
+//! the rules in force, or a state directory that cannot be written) leaves
+//! both the file on disk and the published snapshot untouched; and a
+//! deregistration is propagated only once every other sidecar ACKs it.
+
+use mesh_control::registry::local::{NodeId, Registry};
+use mesh_control::rules::RuleSet;
+use mesh_control::state::{Error, State};
+use mesh_control::store::{self, Store};
+use mesh_proto::v1 as pb;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("mesh-writer-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn split(name: &str, v1: &str, v2: &str) -> (String, String) {
+    (
+        format!("{name}.yaml"),
+        format!(
+            "apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata:
+  name: {name}
+spec:
+  service: echo
+  backends:
+  - service: echo-v1
+    weight: {v1}
+  - service: echo-v2
+    weight: {v2}
+"
+        ),
+    )
+}
+
+fn weights(state: &State) -> Vec<u32> {
+    let snap = state.subscribe().borrow().clone();
+    let echo = snap
+        .view
+        .services
+        .iter()
+        .find(|s| s.name == "echo")
+        .expect("echo is routed");
+    echo.routes[0].backends.iter().map(|b| b.weight).collect()
+}
+
+fn invalid(r: Result<mesh_control::state::Applied, Error>) -> String {
+    match r {
+        Err(Error::Invalid(problems)) => problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_apply_is_persisted_then_published_and_a_failed_one_changes_nothing() {
+    let dir = Dir::new("apply");
+    let rules_file = dir.0.join(store::RULES);
+    let state = State::new(
+        Registry::default(),
+        RuleSet::default(),
+        Store::open(&dir.0).unwrap(),
+    )
+    .unwrap();
+    let mut watch = state.subscribe();
+    let v0 = watch.borrow_and_update().version;
+
+    let applied = state.apply(&[split("echo", "90", "10")]).unwrap();
+    assert!(applied.version > v0);
+    assert!(watch.has_changed().unwrap(), "published");
+    let published = watch.borrow_and_update().clone();
+    assert_eq!(published.version, applied.version);
+    assert_eq!(weights(&state), [90, 10]);
+    // On disk before anyone could see it, and a restart serves the same.
+    let saved = Store::open(&dir.0).unwrap().load_rules().unwrap().unwrap();
+    assert_eq!(saved.splits.len(), 1);
+    let on_disk = std::fs::read(&rules_file).unwrap();
+
+    // A bad document: refused naming file, object and field.
+    let (name, text) = split("echo", "90", "-10");
+    let problems = invalid(state.apply(&[(name, text)]));
+    assert!(
+        problems.contains("echo.yaml:")
+            && problems.contains("TrafficSplit default/echo")
+            && problems.contains("spec.backends[1].weight"),
+        "{problems}"
+    );
+    // A document fine alone that conflicts with the rules in force.
+    let problems = invalid(state.apply(&[split("other", "50", "50")]));
+    assert!(
+        problems.contains("already has TrafficSplit default/echo"),
+        "{problems}"
+    );
+    // An empty apply changes nothing either.
+    assert!(state.apply(&[]).is_ok_and(|a| a.outcomes.is_empty()));
+    for _ in 0..2 {
+        assert!(!watch.has_changed().unwrap(), "nothing was published");
+        assert_eq!(std::fs::read(&rules_file).unwrap(), on_disk, "nor written");
+        assert_eq!(state.version(), applied.version);
+        assert_eq!(weights(&state), [90, 10]);
+    }
+
+    // A state directory that cannot be written: the apply fails, and what
+    // is published and in force stays what is on disk.
+    let moved = dir.0.with_extension("moved");
+    let _ = std::fs::remove_dir_all(&moved);
+    std::fs::rename(&dir.0, &moved).unwrap();
+    std::fs::write(&dir.0, b"not a directory").unwrap();
+    let r = state.apply(&[split("echo", "50", "50")]);
+    assert!(matches!(r, Err(Error::Store(_))), "{r:?}");
+    assert!(!watch.has_changed().unwrap());
+    assert_eq!(weights(&state), [90, 10]);
+    std::fs::remove_file(&dir.0).unwrap();
+    std::fs::rename(&moved, &dir.0).unwrap();
+    // With the directory back, the same apply goes through.
+    state.apply(&[split("echo", "50", "50")]).unwrap();
+    assert!(watch.has_changed().unwrap());
+    assert_eq!(weights(&state), [50, 50]);
+
+    // A restart restores the rules from disk, not the seed.
+    drop(state);
+    let restarted = State::new(
+        Registry::default(),
+        RuleSet::default(),
+        Store::open(&dir.0).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(weights(&restarted), [50, 50]);
+}
+
+fn node(id: &str) -> pb::Node {
+    pb::Node {
+        service: "client".into(),
+        version: String::new(),
+        namespace: "default".into(),
+        instance_id: id.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() {
+    let dir = Dir::new("dereg");
+    let state = std::sync::Arc::new(
+        State::new(
+            Registry::default(),
+            RuleSet::default(),
+            Store::open(&dir.0).unwrap(),
+        )
+        .unwrap(),
+    );
+    let leaving = NodeId {
+        namespace: "default".into(),
+        service: "echo".into(),
+        version: "v1".into(),
+        instance_id: "echo-0".into(),
+    };
+    state
+        .heartbeat(&leaving, "127.0.0.1:4143", true, "", 0)
+        .unwrap();
+    for (id, name) in [(1, "a"), (2, "b"), (3, "echo-0")] {
+        state.add_proxy(id, node(name));
+    }
+    let short = Duration::from_millis(300);
+
+    // Nobody answers: not propagated, after the timeout and not before.
+    let v = state.deregister("default", "echo-0").unwrap();
+    let started = Instant::now();
+    assert!(!state.wait_propagated(v, "echo-0", short).await);
+    assert!(started.elapsed() >= short);
+
+    // Both others ACK (the leaving sidecar itself does not count).
+    let waiter = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            state
+                .wait_propagated(v, "echo-0", Duration::from_secs(10))
+                .await
+        })
+    };
+    state.record_reply(1, v, None);
+    assert!(!waiter.is_finished());
+    state.record_reply(2, v + 1, None);
+    assert!(waiter.await.unwrap(), "a later version counts");
+    // echo-0's sidecar has gone.
+    state.remove_proxy(3);
+
+    // One NACKs: it still runs the config with the instance in it, so the
+    // answer is false, and at once rather than at the timeout.
+    let again = NodeId {
+        instance_id: "echo-1".into(),
+        ..leaving.clone()
+    };
+    state
+        .heartbeat(&again, "127.0.0.1:4144", true, "", 0)
+        .unwrap();
+    let v = state.deregister("default", "echo-1").unwrap();
+    state.record_reply(1, v, None);
+    state.record_reply(2, v, Some("regex too big".into()));
+    let started = Instant::now();
+    assert!(
+        !state
+            .wait_propagated(v, "echo-1", Duration::from_secs(10))
+            .await
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A sidecar that leaves the mesh no longer holds anyone up.
+    state.remove_proxy(2);
+    assert!(state.wait_propagated(v, "echo-1", short).await);
+}
