@@ -152,7 +152,10 @@ impl Bound {
             _ => None,
         };
         let log = match (&config.telemetry.access_log, config.telemetry.enabled) {
-            (Some(l), true) => Some(crate::telemetry::access_log::AccessLog::start(l)),
+            (Some(l), true) => Some(crate::telemetry::access_log::AccessLog::start(
+                l,
+                metrics.access_log_dropped.clone(),
+            )),
             _ => None,
         };
         let obs = Arc::new(crate::telemetry::observe::Observer::new(

@@ -5,11 +5,11 @@
 //! Values of headers on the redaction list are never written.
 
 use http::HeaderMap;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Instant;
 
@@ -21,8 +21,9 @@ pub struct AccessLog {
     sampling: f64,
     redact: Vec<String>,
     tx: SyncSender<String>,
-    /// Lines dropped because the writer fell behind.
-    pub dropped: AtomicU64,
+    /// Lines dropped because the writer fell behind (exported as
+    /// `mesh_access_log_dropped_total`).
+    dropped: Counter,
 }
 
 /// A request being logged: what is known when it arrives.
@@ -53,15 +54,26 @@ pub struct Outcome {
 }
 
 impl AccessLog {
-    /// Starts the writer thread.
-    pub fn start(cfg: &crate::config::AccessLog) -> Arc<AccessLog> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+    /// Starts the writer thread on stdout; lines that do not fit its queue
+    /// are counted on `dropped`.
+    pub fn start(cfg: &crate::config::AccessLog, dropped: Counter) -> Arc<AccessLog> {
+        Self::start_on(cfg, dropped, QUEUE, || std::io::stdout().lock())
+    }
+
+    /// The same on any sink (`sink()` is called once per batch of lines),
+    /// with `queue` lines of room.
+    pub fn start_on<W: Write>(
+        cfg: &crate::config::AccessLog,
+        dropped: Counter,
+        queue: usize,
+        sink: impl Fn() -> W + Send + 'static,
+    ) -> Arc<AccessLog> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(queue);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let stdout = std::io::stdout();
                 while let Ok(line) = rx.recv() {
-                    let mut out = stdout.lock();
+                    let mut out = sink();
                     let _ = writeln!(out, "{line}");
                     // Batch whatever else is already queued under one flush.
                     while let Ok(line) = rx.try_recv() {
@@ -75,7 +87,7 @@ impl AccessLog {
             sampling: cfg.sampling,
             redact: cfg.redact.clone(),
             tx,
-            dropped: AtomicU64::new(0),
+            dropped,
         })
     }
 
@@ -121,7 +133,7 @@ impl AccessLog {
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.inc();
             }
         }
     }
@@ -166,5 +178,95 @@ impl Entry {
         line.insert("kind".into(), json!("access"));
         line.extend(std::mem::take(f));
         self.log.write(Value::Object(line).to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::mpsc::channel;
+
+    /// A pipe nobody reads until the test says so: each batch waits for a
+    /// go-ahead, and written lines are kept.
+    struct Slow {
+        lines: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.lines.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry(log: &Arc<AccessLog>) {
+        let req = http::Request::get("/x")
+            .header("host", "echo")
+            .body(())
+            .unwrap();
+        log.begin("outbound", &req).finish(
+            Outcome::default(),
+            crate::body::End {
+                bytes: 0,
+                grpc_status: None,
+                complete: true,
+            },
+        );
+    }
+
+    #[test]
+    fn a_slow_pipe_drops_lines_and_counts_them_never_blocking_a_request() {
+        let cfg = crate::config::AccessLog {
+            sampling: 1.0,
+            redact: Vec::new(),
+        };
+        let (go_tx, go_rx) = channel::<()>();
+        let go = Arc::new(Mutex::new(go_rx));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let metrics = crate::telemetry::metrics::Metrics::default();
+        let dropped = metrics.access_log_dropped.clone();
+        let (g, l) = (go.clone(), lines.clone());
+        let log = AccessLog::start_on(&cfg, dropped.clone(), 4, move || {
+            // Stuck until the test lets this batch through.
+            let _ = g.lock().unwrap().recv();
+            Slow { lines: l.clone() }
+        });
+        let started = Instant::now();
+        for _ in 0..20 {
+            entry(&log);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "never blocks"
+        );
+        // One line may be with the stuck writer, four wait in the queue.
+        let d = dropped.get();
+        assert!((15..=16).contains(&d), "{d} dropped");
+        for _ in 0..3 {
+            let _ = go_tx.send(());
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let written = loop {
+            let n = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
+            if n as u64 + d == 20 || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(written as u64 + d, 20, "every line is written or counted");
+        let exported = format!("mesh_access_log_dropped_total {d}");
+        assert!(
+            metrics.render().contains(&exported),
+            "{exported} not on /metrics"
+        );
     }
 }

@@ -143,6 +143,8 @@ pub struct Metrics {
     pub mirrors: Family<MirrorLabels, Counter>,
     /// Inbound connections.
     pub inbound_connections: Family<ConnectionLabels, Counter>,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
     config_version: Gauge,
     config_applied: Gauge<f64, AtomicU64>,
     tcp_open: Family<TcpLabels, Counter>,
@@ -205,6 +207,12 @@ impl Metrics {
                 "inbound_connections",
                 "Inbound connections by transport and outcome",
                 Family::default(),
+            ),
+            access_log_dropped: registered(
+                r,
+                "access_log_dropped",
+                "Access-log lines dropped because the writer fell behind",
+                Counter::default(),
             ),
             config_version: registered(
                 r,
