@@ -10,7 +10,9 @@ use support::{DEADLINE, Mesh, within_binomial};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_loss_and_restart() {
-    let (mut mesh, _instances, client) = Mesh::two_versions("cp-loss", "100", "0").await;
+    let (mut mesh, instances, client) = Mesh::two_versions("cp-loss", "100", "0").await;
+    // Retries off: a request the loss broke would fail, not be retried away.
+    mesh.no_retries("echo", "p2c-ewma", &client).await;
     let outbound = client.outbound;
     // Rules applied through the admin API (not the seed file) must survive.
     mesh.shift_echo_v2("70").await;
@@ -73,5 +75,12 @@ async fn control_plane_loss_and_restart() {
         0,
         "{failed} of {} background requests failed",
         outcomes.len()
+    );
+    for i in &instances {
+        assert_eq!(support::retries_seen(i.app_addr()).await, 0, "{}", i.id);
+    }
+    assert_eq!(
+        support::metric(client.admin, "mesh_retries_total", &[]).await,
+        0.0
     );
 }

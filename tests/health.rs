@@ -92,24 +92,36 @@ async fn failing_health_check_removes_instance_within_two_intervals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_one_instance_fails_no_request() {
-    let (mesh, mut a, _b, client) = two_instances("restart", None).await;
+    let (mesh, mut a, b, client) = two_instances("restart", None).await;
+    // Retries off, so a drain that closed a connection early would fail a
+    // request instead of hiding behind a retry; round robin, so both
+    // instances answer and the restarted one is seen to be back.
+    mesh.no_retries("echo", "round-robin", &client).await;
     let outbound = client.outbound;
 
     let steady = Steady::start(outbound, "echo", 4, 100_000);
     let warm = burst(outbound, "echo", 200, 2).await;
     assert!(warm.failures == 0 && warm.total() == 200);
+    assert!(warm.count_instance("echo-v1-a") > 0 && warm.count_instance("echo-v1-b") > 0);
+    let a_retries = support::retries_seen(a.app_addr()).await;
 
     // SIGTERM: deregister, stop accepting, drain, exit 0.
     let status = a.stop().await.expect("sidecar exited");
     assert!(status.success(), "sidecar drained cleanly: {status:?}");
+    let log = std::fs::read_to_string(mesh.logs().join("echo-v1-a-proxy.log")).unwrap();
+    assert!(
+        log.contains("propagated=true"),
+        "every other sidecar ACKed the deregistration before the drain:\n{log}"
+    );
     mesh.wait_ready_endpoints("echo", &[("echo", 1)])
         .await
         .unwrap();
     let during = burst(outbound, "echo", 300, 2).await;
     assert_eq!(during.failures, 0, "{:?}", during.sample_errors);
+    assert_eq!(during.count_instance("echo-v1-b"), 300);
 
     // The replacement comes up under the same instance id, as a restarted pod would.
-    let _a2 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
+    let a2 = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
     mesh.wait_ready_endpoints("echo", &[("echo", 2)])
         .await
         .unwrap();
@@ -119,10 +131,52 @@ async fn rolling_restart_of_one_instance_fails_no_request() {
 
     support::assert_none_failed(&outcomes, "during the restart");
     assert_eq!(after.failures, 0);
+    // Round robin over both (shared with the steady traffic): the
+    // restarted instance takes its half.
     assert!(
-        after.by_version.values().sum::<u64>() == 300,
-        "the restarted instance is back in rotation"
+        support::within_binomial(after.count_instance("echo-v1-a"), 300, 0.5),
+        "the restarted instance is back in rotation: {after:?}"
     );
+    assert_eq!(after.total(), 300);
     let on_new = burst(outbound, "echo", 100, 1).await;
     assert_eq!(on_new.failures, 0);
+    let retried = a_retries
+        + support::retries_seen(b.app_addr()).await
+        + support::retries_seen(a2.app_addr()).await;
+    assert_eq!(retried, 0, "no request was retried");
+    assert_eq!(
+        support::metric(client.admin, "mesh_retries_total", &[]).await,
+        0.0
+    );
+}
+
+/// A sidecar killed outright (no deregistration) leaves the endpoint set
+/// when its lease runs out: three missed heartbeats (300 ms each here),
+/// not sooner and not much later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sidecar_leaves_when_its_lease_expires() {
+    let (mesh, mut a, _b, client) = two_instances("lease", None).await;
+    a.sidecar.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    a.sidecar
+        .wait(Duration::from_secs(5))
+        .await
+        .expect("killed");
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
+        .await
+        .unwrap();
+    let gone = killed.elapsed();
+    // The last beat came at most one interval before the kill; expiry is
+    // checked every lease/6 (150 ms).
+    assert!(
+        gone >= Duration::from_millis(2 * 300),
+        "left after {gone:?}: before its lease could have run out"
+    );
+    assert!(
+        gone <= Duration::from_millis(3 * 300 + 150 + 600),
+        "left after {gone:?}: long after three missed beats"
+    );
+    mesh.sync(&client).await;
+    let t = burst(client.outbound, "echo", 100, 2).await;
+    assert_eq!(t.count_instance("echo-v1-b"), 100, "{t:?}");
 }

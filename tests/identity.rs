@@ -91,15 +91,23 @@ async fn sidecars_get_and_renew_spiffe_certificates_that_survive_a_ca_restart() 
         assert_eq!(mode, 0o600, "{key} is private");
     }
 
-    // Lifetime 3 s, renewal at ~70%: three renewals, each with a later expiry.
+    // Lifetime 3 s, renewal at ~70%: three renewals, each a new certificate
+    // (its own serial) with a later expiry.
     let mut last_expiry = first["not_after_unix"].as_i64().unwrap();
+    let mut serials = vec![first["serial"].as_str().unwrap().to_string()];
     for n in 1..=3 {
         let v = wait_identity(admin, "renewal", |v| v["renewals"].as_u64() >= Some(n)).await;
         let expiry = v["not_after_unix"].as_i64().unwrap();
         assert!(
-            expiry >= last_expiry,
-            "renewal {n} moved expiry backwards: {v}"
+            expiry > last_expiry,
+            "renewal {n} did not move expiry forward: {v}"
         );
+        let serial = v["serial"].as_str().unwrap().to_string();
+        assert!(
+            !serials.contains(&serial),
+            "renewal {n} served a certificate seen before: {v}"
+        );
+        serials.push(serial);
         assert!(
             v["expires_in_secs"].as_i64().unwrap() > 0,
             "never serving an expired certificate: {v}"

@@ -173,6 +173,9 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     let client = mesh
         .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN)])
         .await;
+    // Retries off: a handshake that failed across a rotation would fail a
+    // request instead of being retried away.
+    mesh.no_retries("echo", "p2c-ewma", &client).await;
     let steady = Steady::start(client.outbound, "echo", 4, 1_000_000);
     // Lifetime 3 s, renewal at ~70%: wait (bounded) for three renewals on both sides.
     let end = tokio::time::Instant::now() + DEADLINE;
@@ -201,6 +204,11 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     );
     support::assert_none_failed(&outcomes, "across rotations");
     assert!(counter(echo.admin(), r#"tls="true",outcome="accepted""#).await >= 1);
+    assert_eq!(support::retries_seen(echo.app_addr()).await, 0);
+    assert_eq!(
+        support::metric(client.admin, "mesh_retries_total", &[]).await,
+        0.0
+    );
 }
 
 const POLICY: &str = "apiVersion: mesh.dev/v1alpha1

@@ -76,10 +76,14 @@ async fn retries_and_ejection_hide_a_failing_endpoint() {
 async fn posts_are_replayed_only_when_the_route_allows() {
     let (mesh, insts, client) = one_bad_of_three("retry-post", FAILING).await;
     let all: Vec<&Instance> = insts.iter().collect();
-    // Keep the bad endpoint in rotation so every POST has a fair chance to hit it.
+    // Keep the bad endpoint in rotation, and rotate strictly: exactly every
+    // third POST hits it.
     mesh.apply_ok(
         "no-eject.yaml",
-        &traffic_policy("echo", "outlierDetection:\n  consecutiveFailures: 0"),
+        &traffic_policy(
+            "echo",
+            "loadBalancer: round-robin\noutlierDetection:\n  consecutiveFailures: 0",
+        ),
     )
     .await;
     mesh.sync(&client).await;
@@ -91,16 +95,18 @@ async fn posts_are_replayed_only_when_the_route_allows() {
     let failed = with_status(&replies, 503);
     assert_eq!(seen.posts, n as u64, "every POST arrives exactly once");
     assert_eq!(seen.retries, 0);
-    assert!(
-        failed > n / 6,
-        "about a third fail and reach the caller: {failed}"
+    assert_eq!(
+        failed,
+        n / 3,
+        "a third fail, and each failure reaches the caller"
     );
+    assert_eq!(with_status(&replies, 200), n - n / 3);
     // The same POSTs on a route that marks them retryable.
     mesh.apply_ok(
         "retry-posts.yaml",
         &traffic_policy(
             "echo",
-            "outlierDetection:\n  consecutiveFailures: 0\nretry:\n  attempts: 2\n  retryOn: [5xx]\n  nonIdempotent: true",
+            "loadBalancer: round-robin\noutlierDetection:\n  consecutiveFailures: 0\nretry:\n  attempts: 2\n  retryOn: [5xx]\n  nonIdempotent: true",
         ),
     )
     .await;

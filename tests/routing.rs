@@ -1,6 +1,7 @@
 //! Routing beyond weights: canary-by-header in both syntaxes (SMI
 //! TrafficSplit + HTTPRouteGroup, and Gateway API HTTPRoute on a Service),
-//! everything else following the weights; `meshctl get routes`; and traffic
+//! everything else following the weights; Gateway API path precedence and
+//! the 404 of a request no rule matches; `meshctl get routes`; and traffic
 //! mirroring that never slows or fails the primary, even when the shadow is
 //! slow and broken.
 
@@ -74,6 +75,83 @@ spec:
       weight: 20
 ";
 
+/// Rules declared against their precedence: Gateway API orders them exact
+/// path, then regular expression, then the longest prefix. No catch-all.
+const PRECEDENCE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo-paths
+spec:
+  parentRefs:
+  - kind: Service
+    name: echo
+  rules:
+  - name: api
+    matches:
+    - path:
+        type: PathPrefix
+        value: /api
+    backendRefs:
+    - name: echo-v1
+  - name: admin
+    matches:
+    - path:
+        type: PathPrefix
+        value: /api/admin
+    backendRefs:
+    - name: echo-v2
+  - name: user
+    matches:
+    - path:
+        type: RegularExpression
+        value: /api/users/[0-9]+
+    backendRefs:
+    - name: echo-v2
+  - name: login
+    matches:
+    - path:
+        type: Exact
+        value: /api/admin/login
+    backendRefs:
+    - name: echo-v1
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_route_by_gateway_api_precedence_and_an_unmatched_request_is_404() {
+    let (_mesh, _insts, client) = canary_mesh("route-paths", PRECEDENCE).await;
+    for (path, version) in [
+        ("/api/x", "v1"),
+        ("/api", "v1"),
+        ("/api/admin/x", "v2"),
+        ("/api/users/42", "v2"),
+        ("/api/users/abc", "v1"),
+        ("/api/users/42/x", "v1"),
+        ("/api/admin/login", "v1"),
+        ("/api/admin/login/x", "v2"),
+    ] {
+        let replies = many(client.outbound, &Shape::get("echo").path(path), 20, 2).await;
+        assert!(
+            replies
+                .iter()
+                .all(|r| r.status == 200 && r.version.as_deref() == Some(version)),
+            "{path} → {version}: {:?}",
+            replies.first()
+        );
+    }
+    for path in ["/", "/apix", "/other/api"] {
+        let replies = many(client.outbound, &Shape::get("echo").path(path), 5, 1).await;
+        for r in &replies {
+            assert_eq!(r.status, 404, "{path}: {r:?}");
+            assert!(
+                r.proxy_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("no route of service echo.default matches")),
+                "{path}: {r:?}"
+            );
+        }
+    }
+}
+
 /// v1 and v2 of echo, the rules applied, and a client sidecar that has them.
 async fn canary_mesh(tag: &str, rules: &str) -> (Mesh, Vec<support::Instance>, support::Client) {
     let mesh = Mesh::start(tag).await;
@@ -82,9 +160,10 @@ async fn canary_mesh(tag: &str, rules: &str) -> (Mesh, Vec<support::Instance>, s
         mesh.instance("echo", "v2", "echo-v2-a", &[], None).await,
     ];
     mesh.apply_ok("rules.yaml", rules).await;
-    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
-        .await
-        .unwrap();
+    // Each version's own subset service, whatever the rules route.
+    for v in ["echo-v1", "echo-v2"] {
+        mesh.wait_ready_endpoints(v, &[(v, 1)]).await.unwrap();
+    }
     let client = mesh.client("client-0").await;
     (mesh, insts, client)
 }
@@ -226,12 +305,22 @@ async fn mirroring_copies_a_share_and_a_bad_shadow_never_hurts_the_primary() {
     mesh.apply_ok("mirror.yaml", &route(&mirror_to("echo-shadow", 100)))
         .await;
     mesh.sync(&client).await;
+    let before = settled_arrivals(&shadow).await.requests;
     let base = many(client.outbound, &Shape::get("echo"), 300, 4).await;
+    assert_eq!(with_status(&base, 200), 300);
+    let after = settled_arrivals(&shadow).await.requests;
+    assert_eq!(after - before, 300, "the baseline mirrors every request");
     let none = {
         mesh.apply_ok("mirror.yaml", &route("")).await;
         mesh.sync(&client).await;
         many(client.outbound, &Shape::get("echo"), 300, 4).await
     };
+    assert_eq!(with_status(&none, 200), 300);
+    assert_eq!(
+        settled_arrivals(&shadow).await.requests,
+        after,
+        "no mirror, no copies"
+    );
     eprintln!(
         "measured: no mirror p50 {:?} p99 {:?}",
         percentile(&none, 50.0),
@@ -240,7 +329,9 @@ async fn mirroring_copies_a_share_and_a_bad_shadow_never_hurts_the_primary() {
     mesh.apply_ok("mirror.yaml", &route(&mirror_to("echo-dark", 100)))
         .await;
     mesh.sync(&client).await;
+    let started = std::time::Instant::now();
     let with_dark = many(client.outbound, &Shape::get("echo"), 300, 4).await;
+    let took = started.elapsed();
     assert_eq!(with_status(&with_dark, 200), 300, "the primary never fails");
     let (b50, b99) = (percentile(&base, 50.0), percentile(&base, 99.0));
     let (d50, d99) = (percentile(&with_dark, 50.0), percentile(&with_dark, 99.0));
@@ -253,4 +344,24 @@ async fn mirroring_copies_a_share_and_a_bad_shadow_never_hurts_the_primary() {
     );
     let copies = arrivals(&dark).await.requests;
     assert!(copies >= 50, "the dark shadow got {copies} copies");
+    // It holds each copy 2 s, so at most 64 (the cap) are in flight at
+    // once: per 2 s of the run, at most 64 arrive; the rest are dropped.
+    let rounds = (took.as_secs_f64() / 2.0).ceil().max(1.0) as u64;
+    assert!(
+        copies <= 64 * rounds,
+        "{copies} copies reached a shadow that held each 2 s, in {took:?}"
+    );
+    let counted = |result: &str| {
+        let labels = [
+            "backend=\"echo-dark.default\"".to_string(),
+            format!("result=\"{result}\""),
+        ];
+        async move {
+            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            support::metric(client.admin, "mesh_mirror_requests_total", &l).await
+        }
+    };
+    let (sent, dropped) = (counted("sent").await, counted("dropped").await);
+    assert_eq!(sent + dropped, 300.0, "every request mirrored or dropped");
+    assert!(sent <= (64 * rounds) as f64 && dropped >= (300 - 64 * rounds) as f64);
 }

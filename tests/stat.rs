@@ -2,7 +2,9 @@
 //! `meshctl stat` reports what the load generator saw. With echo failing
 //! 10% of requests at random: success 90% ± 2 points (and exactly the
 //! failures the generator counted), RPS within 10% of the offered rate, and
-//! p50/p95/p99 in the load generator's latency bucket or the next one.
+//! p50/p95/p99 in the load generator's latency bucket or the next one. The
+//! latencies are spread (60% at 3 ms, 37% at 30 ms, 3% at 300 ms) so the
+//! three quantiles fall in buckets far apart, and a wrong one cannot pass.
 
 mod support;
 
@@ -20,6 +22,16 @@ fn bucket(ms: f64) -> usize {
         .iter()
         .position(|b| ms <= *b)
         .unwrap_or(BOUNDS_MS.len())
+}
+
+/// Request `i`'s latency at the app: 60% 3 ms, 37% 30 ms, 3% 300 ms,
+/// interleaved so every stretch of the run has the same mix.
+fn delay_ms(i: usize) -> u64 {
+    match i % 100 {
+        0..60 => 3,
+        60..97 => 30,
+        _ => 300,
+    }
 }
 
 fn percentile_ms(replies: &[Reply], p: f64) -> f64 {
@@ -58,7 +70,7 @@ async fn stat_reports_what_the_load_generator_saw() {
             "echo",
             "v1",
             "echo-v1-a",
-            &["--error-rate", "0.1", "--latency-ms", "20"],
+            &["--error-rate", "0.1"],
             None,
             &fast,
         )
@@ -73,7 +85,7 @@ async fn stat_reports_what_the_load_generator_saw() {
     let load = tokio::spawn(async move {
         open_loop(
             outbound,
-            &Shape::get("echo"),
+            |i| Shape::get("echo").path(&format!("/?delay_ms={}", delay_ms(i))),
             RATE,
             Duration::from_secs(SECS),
         )
@@ -131,6 +143,13 @@ async fn stat_reports_what_the_load_generator_saw() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let gen_ms = [50.0, 95.0, 99.0].map(|p| percentile_ms(&replies, p));
+    // The three quantiles really are apart: a stat that reported one of
+    // them for all three would fail below.
+    let gen_buckets = gen_ms.map(bucket);
+    assert!(
+        gen_buckets[1] >= gen_buckets[0] + 2 && gen_buckets[2] >= gen_buckets[1] + 2,
+        "generator p50/p95/p99 {gen_ms:.1?} ms, buckets {gen_buckets:?}"
+    );
     for v in &total {
         for version in ["", "v1"] {
             let r = row(v, version);

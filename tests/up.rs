@@ -132,4 +132,17 @@ async fn up_runs_the_demo_mesh_and_ctrl_c_stops_it() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the control plane still listens after Ctrl-C"
     );
+    // And every app and sidecar it started is gone: no address in its
+    // table (apps, outbound, inbound, admin) still takes connections.
+    let addrs: Vec<std::net::SocketAddr> = printed
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(addrs.len() >= 4 * 4, "every process's addresses: {printed}");
+    for a in addrs {
+        assert!(
+            std::net::TcpStream::connect(a).is_err(),
+            "{a} still listens after Ctrl-C:\n{printed}"
+        );
+    }
 }

@@ -268,9 +268,32 @@ mod tests {
             backoff_max: Duration::from_millis(25),
             ..policy(&["5xx"])
         };
-        for _ in 0..100 {
-            assert!(p.backoff(1) <= Duration::from_millis(10));
-            assert!(p.backoff(5) <= Duration::from_millis(25));
+        let samples = |n: u32| (0..400).map(|_| p.backoff(n)).collect::<Vec<_>>();
+        // Full jitter: uniform over [0, cap]. The cap is 10 ms for the
+        // first retry, and 25 ms (the maximum) by the fifth.
+        for (n, cap) in [(1, 10), (2, 20), (5, 25)] {
+            let s = samples(n);
+            let cap = Duration::from_millis(cap);
+            assert!(s.iter().all(|b| *b <= cap), "retry {n}");
+            let (min, max) = (s.iter().min().unwrap(), s.iter().max().unwrap());
+            assert!(
+                *max >= cap.mul_f64(0.9),
+                "retry {n}: max {max:?} of cap {cap:?}"
+            );
+            assert!(
+                *min <= cap.mul_f64(0.1),
+                "retry {n}: min {min:?} of cap {cap:?}"
+            );
+            let mean = s.iter().sum::<Duration>() / s.len() as u32;
+            assert!(
+                mean >= cap.mul_f64(0.4) && mean <= cap.mul_f64(0.6),
+                "retry {n}: mean {mean:?} of cap {cap:?}"
+            );
         }
+        let none = Policy {
+            backoff_base: Duration::ZERO,
+            ..p.clone()
+        };
+        assert_eq!(none.backoff(3), Duration::ZERO);
     }
 }

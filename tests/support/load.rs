@@ -50,6 +50,11 @@ impl Shape {
         self
     }
 
+    pub fn path(mut self, p: &str) -> Shape {
+        self.path = p.into();
+        self
+    }
+
     pub fn header(mut self, k: &str, v: &str) -> Shape {
         self.headers.push((k.into(), v.into()));
         self
@@ -229,10 +234,11 @@ pub async fn settled_arrivals(inst: &Instance) -> Arrivals {
 
 /// Open-loop load: one request every `1/rate` s for `duration`, each on its
 /// own task so a slow answer never delays the next send (as a real client
-/// population does). Returns each reply with the instant it was sent.
+/// population does); request `i` looks like `shape(i)`. Returns each reply
+/// with the instant it was sent.
 pub async fn open_loop(
     proxy: SocketAddr,
-    shape: &Shape,
+    shape: impl Fn(usize) -> Shape,
     rate: u32,
     duration: Duration,
 ) -> Vec<(Instant, Reply)> {
@@ -240,9 +246,9 @@ pub async fn open_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let n = (duration.as_secs_f64() * rate as f64) as usize;
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         tick.tick().await;
-        let (client, shape) = (client.clone(), shape.clone());
+        let (client, shape) = (client.clone(), shape(i));
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let reply = send(&client, proxy, &shape)

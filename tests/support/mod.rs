@@ -332,6 +332,22 @@ impl Mesh {
         );
     }
 
+    /// Turns retries off for `service` and picks its balancer (a
+    /// TrafficPolicy with nothing to retry on), and waits until `client`
+    /// runs it: a zero-downtime test then sees every failure that a retry
+    /// would otherwise hide.
+    pub async fn no_retries(&self, service: &str, balancer: &str, client: &Client) {
+        self.apply_ok(
+            &format!("{service}-no-retries.yaml"),
+            &traffic_policy(
+                service,
+                &format!("loadBalancer: {balancer}\nretry:\n  retryOn: []\n  grpcCodes: []"),
+            ),
+        )
+        .await;
+        self.sync(client).await;
+    }
+
     /// The control plane's current config version.
     pub async fn version(&self) -> u64 {
         let mut c = meshctl::client::admin(&self.control_url()).await.unwrap();
@@ -466,4 +482,23 @@ pub async fn echo_json(
         .unwrap();
     assert_eq!(resp.status(), 200);
     serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+/// Retried requests the echo app at `app` has received (they carry
+/// `mesh-retry-attempt`).
+pub async fn retries_seen(app: SocketAddr) -> u64 {
+    let (_, body) = meshctl::traffic::get(app, "/admin/stats").await.unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    stats["by_method"]["retries"].as_u64().unwrap_or(0)
+}
+
+/// A sidecar's metric: the sum of every sample of `name` whose labels
+/// include `labels` (`k="v"` pairs as they appear on /metrics).
+pub async fn metric(admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let (_, text) = meshctl::traffic::get(admin, "/metrics").await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -255,6 +255,22 @@ pub fn ensure_built(release: bool) {
         // narrower package set resolves features differently and recompiles
         // shared dependencies.
         cmd.args(["build", "--quiet", "--workspace", "--bins"]);
+        // What cargo set for the test or bench running now describes that
+        // crate, not the build: ring's build script tracks
+        // CARGO_MANIFEST_DIR, so passing it on would rebuild ring (and all
+        // above it) here, and again at the next plain `cargo build`.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k == "CARGO_MANIFEST_DIR"
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+                || k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_")
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
         if release {
             cmd.arg("--release");
         }

@@ -35,6 +35,8 @@ pub struct Outcome {
 pub struct Tally {
     /// Successful answers per version.
     pub by_version: BTreeMap<String, u64>,
+    /// Successful answers per instance.
+    pub by_instance: BTreeMap<String, u64>,
     /// Failed requests.
     pub failures: u64,
     /// The first few failures, for messages.
@@ -45,7 +47,12 @@ impl Tally {
     /// Adds one outcome.
     pub fn add(&mut self, o: &Outcome) {
         match (&o.version, &o.error) {
-            (Some(v), None) => *self.by_version.entry(v.clone()).or_default() += 1,
+            (Some(v), None) => {
+                *self.by_version.entry(v.clone()).or_default() += 1;
+                if let Some(i) = &o.instance {
+                    *self.by_instance.entry(i.clone()).or_default() += 1;
+                }
+            }
             (_, e) => {
                 self.failures += 1;
                 if self.sample_errors.len() < 5 {
@@ -63,6 +70,11 @@ impl Tally {
     /// Answers from `version`.
     pub fn count(&self, version: &str) -> u64 {
         self.by_version.get(version).copied().unwrap_or(0)
+    }
+
+    /// Answers from instance `id`.
+    pub fn count_instance(&self, id: &str) -> u64 {
+        self.by_instance.get(id).copied().unwrap_or(0)
     }
 }
 

@@ -378,11 +378,27 @@ mod tests {
         let dir = tmp("sign");
         let ca = Ca::load_or_create(&dir, None, Duration::from_secs(60)).unwrap();
         let id = "spiffe://cluster.local/ns/default/sa/echo";
-        let (csr, _key) = csr_for(id);
+        let (csr, key) = csr_for(id);
         let signed = ca.sign(&csr, id).unwrap();
         let der = pem_der(&signed.certificate_pem);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert!(!cert.is_ca(), "a CSR asking for CA gets a leaf");
+        // The leaf certifies the CSR's key, and no other.
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key)
+        );
+        let (_, other) = csr_for(id);
+        assert_ne!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&other)
+        );
+        // Signed by the issuing certificate the chain carries.
+        let issuing_der = pem_der(&signed.chain_pem[0]);
+        let (_, issuing) = x509_parser::parse_x509_certificate(&issuing_der).unwrap();
+        assert_eq!(cert.issuer(), issuing.subject());
+        cert.verify_signature(Some(issuing.public_key()))
+            .expect("the issuing key signed the leaf");
         let san = cert.subject_alternative_name().unwrap().unwrap();
         assert_eq!(
             format!("{:?}", san.value.general_names),

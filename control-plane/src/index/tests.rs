@@ -29,9 +29,20 @@ fn both_syntaxes_compile_to_the_same_canary_route() {
     assert_eq!(gw.len(), 2);
     // SMI header values are regexes, Gateway API's exact by default:
     // the same requests match either way.
+    use pb::header_match::Value;
     let value = |r: &pb::Route| r.matches[0].headers[0].clone();
     assert_eq!(value(&smi[0]).name, "x-canary");
     assert_eq!(value(&gw[0]).name, "x-canary");
+    assert_eq!(value(&smi[0]).value, Some(Value::Regex("true".into())));
+    assert_eq!(value(&gw[0]).value, Some(Value::Exact("true".into())));
+    for r in [&smi, &gw] {
+        assert_eq!(r[0].matches.len(), 1);
+        assert_eq!(r[0].matches[0].headers.len(), 1);
+        assert_eq!(
+            (&r[0].matches[0].path, r[0].matches[0].method.as_str()),
+            (&None, "")
+        );
+    }
     for r in [&smi, &gw] {
         assert_eq!(r[0].backends.len(), 1);
         assert_eq!(r[0].backends[0].cluster, "echo-v2.default");

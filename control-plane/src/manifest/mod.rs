@@ -318,6 +318,10 @@ spec:
         assert!(msg.contains("colour"), "{msg}");
         assert!(msg.contains("TrafficSplit default/echo"), "{msg}");
         assert!(errs[0].line > 12, "{msg}");
+        // The first document is 11 lines and `---` the 12th; `colour` is
+        // the second document's 12th line.
+        assert_eq!(errs[0].line, 12 + 12, "{msg}");
+        assert!(msg.starts_with("rules.yaml:24: "), "{msg}");
     }
 
     #[test]
@@ -357,6 +361,11 @@ spec:
         let errs = parse("x.yaml", "kind: TrafficSplit\nspec: [unclosed\n").unwrap_err();
         assert_eq!(errs[0].file, "x.yaml");
         assert!(!errs[0].problem.is_empty());
+        assert_eq!(
+            errs[0].line, 2,
+            "the unclosed bracket's line: {:?}",
+            errs[0]
+        );
     }
 
     #[test]

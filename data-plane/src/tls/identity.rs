@@ -33,6 +33,8 @@ pub struct Certified {
     pub issued_unix: i64,
     /// Expiry, Unix seconds.
     pub not_after_unix: i64,
+    /// The leaf's serial number, hex: tells one certificate from the next.
+    pub serial: String,
     /// rustls configs for this certificate.
     pub tls: crate::tls::material::Material,
 }
@@ -47,6 +49,7 @@ pub struct Status {
     pub identity: Option<String>,
     not_after_unix: Option<i64>,
     expires_in_secs: Option<i64>,
+    serial: Option<String>,
     renewals: u64,
     roots_pem: Vec<String>,
 }
@@ -107,6 +110,7 @@ impl Agent {
                 identity: c.as_ref().map(|c| c.identity.clone()),
                 not_after_unix: c.as_ref().map(|c| c.not_after_unix),
                 expires_in_secs: c.as_ref().map(|c| c.not_after_unix - now_unix()),
+                serial: c.as_ref().map(|c| c.serial.clone()),
                 renewals: renewals.load(Ordering::Relaxed),
                 roots_pem: c.as_ref().map(|c| c.roots_pem.clone()).unwrap_or_default(),
             }
@@ -130,7 +134,9 @@ impl Agent {
         chain_pem.extend(resp.chain_pem);
         let key_pem = key.serialize_pem();
         let tls = crate::tls::material::Material::new(&chain_pem, &key_pem, &resp.roots_pem)?;
+        let serial = leaf_serial(&chain_pem[0]).unwrap_or_default();
         Ok(Certified {
+            serial,
             identity: resp.identity,
             chain_pem,
             key_pem,
@@ -165,4 +171,12 @@ impl Agent {
             }
         }
     }
+}
+
+/// The serial number of a PEM certificate, as hex.
+fn leaf_serial(pem: &str) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.raw_serial_as_string())
 }

@@ -243,6 +243,14 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
             }
         }
     }
+    // `?delay_ms=N` holds this one answer N ms: a slow request in flight.
+    if let Some(ms) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("delay_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
     // `?status=NNN` answers with that status: tests count known codes.
     if let Some(code) = query
         .split('&')
