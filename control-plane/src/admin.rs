@@ -2,7 +2,7 @@
 //! report on releases and proxies. Thin: all logic lives in `state`.
 
 use crate::identity::ca::Ca;
-use crate::rules::{Outcome, Split};
+use crate::rules::Outcome;
 use crate::state::State;
 use crate::telemetry::{DEFAULT_WINDOW, MAX_WINDOW, Window};
 use mesh_proto::v1 as pb;
@@ -31,22 +31,6 @@ impl Admin {
             trust_domain,
             telemetry,
         }
-    }
-}
-
-fn to_pb(s: &Split) -> pb::Split {
-    pb::Split {
-        name: s.name.clone(),
-        namespace: s.namespace.clone(),
-        service: s.service.clone(),
-        backends: s
-            .backends
-            .iter()
-            .map(|b| pb::SplitBackend {
-                service: b.service.clone(),
-                weight: b.weight,
-            })
-            .collect(),
     }
 }
 
@@ -96,7 +80,12 @@ impl pb::admin_server::Admin for Admin {
     ) -> Result<Response<pb::GetSplitsResponse>, Status> {
         let ns = request.into_inner().namespace;
         Ok(Response::new(pb::GetSplitsResponse {
-            splits: self.state.splits(&ns).iter().map(to_pb).collect(),
+            splits: self
+                .state
+                .splits(&ns)
+                .iter()
+                .map(crate::index::views::split)
+                .collect(),
         }))
     }
 
@@ -156,7 +145,7 @@ impl pb::admin_server::Admin for Admin {
         let (split, version, warnings) =
             self.state.shift(&ns, &r.service, &r.backend, r.percent)?;
         Ok(Response::new(pb::ShiftResponse {
-            split: Some(to_pb(&split)),
+            split: Some(crate::index::views::split(&split)),
             version: version.to_string(),
             warnings,
         }))

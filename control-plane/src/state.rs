@@ -29,15 +29,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn new(version: u64, view: View) -> Self {
-        // The nonce is the version: each stream gets a version at most once,
-        // so it is unique per response on a stream, as the protocol needs,
-        // and the encoding can be shared by every stream.
-        let encoded = Prebuilt::new(&pb::DiscoveryResponse {
-            version_info: version.to_string(),
-            nonce: version.to_string(),
-            services: view.services.clone(),
-            clusters: view.clusters.clone(),
-        });
+        let encoded = Prebuilt::new(&view.response(version));
         Snapshot {
             version,
             view,
@@ -267,36 +259,12 @@ impl State {
     /// from the snapshot sidecars run.
     pub fn routes(&self, namespace: &str, service: &str) -> Result<pb::GetRoutesResponse, Error> {
         let snap = self.snapshots.borrow().clone();
-        let sc = snap
-            .view
-            .services
-            .iter()
-            .find(|s| s.namespace == namespace && s.name == service)
-            .ok_or_else(|| index::Error::UnknownService {
-                namespace: namespace.into(),
-                service: service.into(),
-            })?;
-        let named: std::collections::BTreeSet<&str> = sc
-            .routes
-            .iter()
-            .flat_map(|r| {
-                r.backends
-                    .iter()
-                    .map(|b| b.cluster.as_str())
-                    .chain(r.mirror.iter().map(|m| m.cluster.as_str()))
-            })
-            .collect();
-        Ok(pb::GetRoutesResponse {
-            version: snap.version.to_string(),
-            service: Some(sc.clone()),
-            clusters: snap
-                .view
-                .clusters
-                .iter()
-                .filter(|c| named.contains(c.name.as_str()))
-                .cloned()
-                .collect(),
-        })
+        Ok(index::views::routes(
+            &snap.view,
+            snap.version,
+            namespace,
+            service,
+        )?)
     }
 
     /// `release status`.
@@ -349,18 +317,7 @@ impl State {
 
     /// Instances with their certificate expiry.
     pub fn identities(&self) -> Vec<pb::WorkloadIdentity> {
-        self.lock()
-            .registry
-            .identities()
-            .into_iter()
-            .map(|(i, not_after)| pb::WorkloadIdentity {
-                namespace: i.namespace.clone(),
-                service: i.service.clone(),
-                instance_id: i.instance_id.clone(),
-                identity: i.identity.clone(),
-                cert_not_after_unix: not_after,
-            })
-            .collect()
+        index::views::identities(self.lock().registry.identities())
     }
 
     /// Removes an instance; returns the version that no longer contains it.

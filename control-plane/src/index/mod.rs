@@ -4,6 +4,7 @@
 
 mod routes;
 mod status;
+pub mod views;
 
 pub use status::{Error, effective_shares, status, warnings};
 
@@ -20,6 +21,21 @@ pub struct View {
     pub services: Vec<pb::ServiceConfig>,
     /// Ready endpoints per backend.
     pub clusters: Vec<pb::Cluster>,
+}
+
+impl View {
+    /// The discovery response carrying this view as `version`. The nonce
+    /// is the version: each stream gets a version at most once, so it is
+    /// unique per response on a stream, as the protocol needs, and one
+    /// encoding serves every stream.
+    pub fn response(&self, version: u64) -> pb::DiscoveryResponse {
+        pb::DiscoveryResponse {
+            version_info: version.to_string(),
+            nonce: version.to_string(),
+            services: self.services.clone(),
+            clusters: self.clusters.clone(),
+        }
+    }
 }
 
 /// Cluster name of a service: `<service>.<namespace>`.
