@@ -160,50 +160,61 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service default/nope"));
 }
 
+/// Runs mesh-control with `args` and a state dir in `dir` until it exits:
+/// its exit code, and what it printed on stdout and stderr.
+async fn control_exit(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(binary("mesh-control"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn bad_config_exits_64_naming_every_problem() {
     support::ensure_built();
     let dir = support::TempDir::new("badcfg");
     let file = dir.0.join("mesh.yaml");
     std::fs::write(&file, GOOD.replace("weight: 0", "weight: -1")).unwrap();
-    let out = tokio::process::Command::new(binary("mesh-control"))
-        .args([
+    let (code, _, stderr) = control_exit(
+        &dir.0,
+        &[
             "--grpc-addr",
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
             "--config",
-        ])
-        .arg(&file)
-        .arg("--state-dir")
-        .arg(dir.0.join("state"))
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(
         stderr.contains("mesh.yaml") && stderr.contains("spec.backends[0].weight"),
         "{stderr}"
     );
 
     // Bad flags and values: exit 64, every one named, nothing bound.
-    let out = tokio::process::Command::new(binary("mesh-control"))
-        .args([
+    let (code, stdout, stderr) = control_exit(
+        &dir.0,
+        &[
             "--grpc-addr",
             "nowhere",
             "--heartbeat-ms",
             "soon",
             "--colour",
             "red",
-        ])
-        .arg("--state-dir")
-        .arg(dir.0.join("state"))
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(64), "{stderr}");
     for named in [
         "--grpc-addr \"nowhere\"",
         "--heartbeat-ms \"soon\"",
@@ -211,7 +222,7 @@ async fn bad_config_exits_64_naming_every_problem() {
     ] {
         assert!(stderr.contains(named), "{named} not named: {stderr}");
     }
-    assert!(out.stdout.is_empty(), "nothing is bound or reported");
+    assert!(stdout.is_empty(), "nothing is bound or reported");
 
     let out = tokio::process::Command::new(binary("mesh-proxy"))
         .env_clear()

@@ -41,9 +41,14 @@ async fn proxy_status_shows_every_sidecar_on_the_new_version_with_push_time() {
             push > 0.0 && push <= since_apply,
             "{p} (apply {since_apply:.0} ms ago)"
         );
+        assert!(push < 2000.0, "{p}");
         // Each ACKed after the apply, so each was seen since.
-        let seen = p["lastSeenMsAgo"].as_u64().unwrap() as f64;
-        assert!(seen <= since_apply, "{p} (apply {since_apply:.0} ms ago)");
+        let seen = p["lastSeenMsAgo"].as_u64().unwrap();
+        assert!(
+            seen as f64 <= since_apply,
+            "{p} (apply {since_apply:.0} ms ago)"
+        );
+        assert!(seen < 2000, "{p}");
         assert_eq!(p["nackReason"], "");
     }
     // The table says the same.

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Path to the other build's mesh-proxy.
-const BASELINE_ENV: &str = "MESH_BENCH_BASELINE_PROXY";
+pub(crate) const BASELINE_ENV: &str = "MESH_BENCH_BASELINE_PROXY";
 
 /// A named figure read from one measurement.
 type Metric = (&'static str, fn(&Measured) -> f64);
@@ -83,8 +83,8 @@ pub(crate) struct Comparison {
     what: &'static str,
 }
 
-/// This build against `MESH_BENCH_BASELINE_PROXY`.
-pub(crate) fn builds() -> Result<Comparison> {
+/// The other build's mesh-proxy, from `MESH_BENCH_BASELINE_PROXY`.
+pub(crate) fn baseline() -> Result<PathBuf> {
     let base = PathBuf::from(
         std::env::var_os(BASELINE_ENV)
             .with_context(|| format!("set {BASELINE_ENV} to the other build's mesh-proxy"))?,
@@ -94,6 +94,12 @@ pub(crate) fn builds() -> Result<Comparison> {
         "{BASELINE_ENV}={} is not a file",
         base.display()
     );
+    Ok(base)
+}
+
+/// This build against `MESH_BENCH_BASELINE_PROXY`.
+pub(crate) fn builds() -> Result<Comparison> {
+    let base = baseline()?;
     Ok(Comparison {
         a: Side {
             label: "this",
@@ -150,10 +156,46 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
     // Two pairs per side, started A B B A: on this machine a pair's place
     // in the start order showed up as a few percent of its own, so each
     // side runs half its rounds on an early pair and half on a late one.
-    let a1 = data::mesh(&dir.join("a1"), echo, false, &sa.proxy, sa.label, sa.env).await?;
-    let b1 = data::mesh(&dir.join("b1"), echo, false, &sb.proxy, sb.label, sb.env).await?;
-    let b2 = data::mesh(&dir.join("b2"), echo, false, &sb.proxy, sb.label, sb.env).await?;
-    let a2 = data::mesh(&dir.join("a2"), echo, false, &sa.proxy, sa.label, sa.env).await?;
+    let a1 = data::mesh(
+        &dir.join("a1"),
+        echo,
+        false,
+        &sa.proxy,
+        sa.label,
+        sa.env,
+        &[],
+    )
+    .await?;
+    let b1 = data::mesh(
+        &dir.join("b1"),
+        echo,
+        false,
+        &sb.proxy,
+        sb.label,
+        sb.env,
+        &[],
+    )
+    .await?;
+    let b2 = data::mesh(
+        &dir.join("b2"),
+        echo,
+        false,
+        &sb.proxy,
+        sb.label,
+        sb.env,
+        &[],
+    )
+    .await?;
+    let a2 = data::mesh(
+        &dir.join("a2"),
+        echo,
+        false,
+        &sa.proxy,
+        sa.label,
+        sa.env,
+        &[],
+    )
+    .await?;
     for t in [&a1, &b1, &b2, &a2] {
         t.http(500, Duration::from_millis(300)).await?;
         t.grpc(500, Duration::from_millis(300)).await?;

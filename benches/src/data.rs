@@ -75,6 +75,19 @@ impl Topology {
         })
     }
 
+    /// The HTTP/1.1 entry point.
+    pub(crate) fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// Stops every process gracefully (SIGTERM, the client sidecar first),
+    /// so a profiler around one writes its results.
+    pub(crate) async fn stop(mut self) {
+        while let Some(mut p) = self._procs.pop() {
+            p.stop(Duration::from_secs(60)).await;
+        }
+    }
+
     /// Peak RSS of each proxy, MiB.
     pub(crate) fn peak_rss(&self) -> Vec<f64> {
         self.proxies.iter().map(|p| sys::peak_rss_mib(p)).collect()
@@ -103,7 +116,9 @@ pub(crate) fn direct(echo: SocketAddr) -> Topology {
 
 /// A sidecar pair; with `mtls`, both sidecars hold workload certificates
 /// and the server's inbound is strict. `proxy` is the mesh-proxy binary
-/// (another build's, to compare two versions in one run), named `name`.
+/// (another build's, to compare two versions in one run), named `name`;
+/// the client sidecar runs under `client_wrapper` (say `valgrind
+/// --tool=callgrind …`) when it is not empty.
 pub(crate) async fn mesh(
     dir: &Path,
     echo: SocketAddr,
@@ -111,6 +126,7 @@ pub(crate) async fn mesh(
     proxy: &Path,
     name: &'static str,
     env: &[(&str, &str)],
+    client_wrapper: &[String],
 ) -> Result<Topology> {
     std::fs::create_dir_all(dir)?;
     const SERVER_TOKEN: &str = "bench-echo-token-0123456789abcdef";
@@ -142,8 +158,15 @@ pub(crate) async fn mesh(
     .start(dir)
     .await?;
     let url = format!("http://{}", control.addr("grpc")?);
-    let sidecar = |id: &str, service: &str| {
-        let mut cmd = Command::new(proxy);
+    let sidecar = |id: &str, service: &str, wrapper: &[String]| {
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(proxy);
+                c
+            }
+            None => Command::new(proxy),
+        };
         cmd.env("MESH_PROXY_SERVICE", service)
             .env("MESH_PROXY_INSTANCE_ID", id)
             .env("MESH_PROXY_CONTROL_ADDR", &url)
@@ -154,9 +177,9 @@ pub(crate) async fn mesh(
             .envs(env.iter().copied());
         cmd
     };
-    let mut server_cmd = sidecar("echo-0", "echo");
+    let mut server_cmd = sidecar("echo-0", "echo", &[]);
     server_cmd.env("MESH_PROXY_APP_ADDR", echo.to_string());
-    let mut client_cmd = sidecar("client-0", "client");
+    let mut client_cmd = sidecar("client-0", "client", client_wrapper);
     if mtls {
         server_cmd
             .env("MESH_PROXY_IDENTITY_TOKEN", SERVER_TOKEN)

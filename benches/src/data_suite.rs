@@ -30,8 +30,17 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let proxy = meshctl::procs::binary("mesh-proxy");
     let mut topologies: Vec<Topology> = vec![
         data::direct(echo),
-        data::mesh(&dir.join("mesh"), echo, false, &proxy, "mesh", &[]).await?,
-        data::mesh(&dir.join("mesh-mtls"), echo, true, &proxy, "mesh-mtls", &[]).await?,
+        data::mesh(&dir.join("mesh"), echo, false, &proxy, "mesh", &[], &[]).await?,
+        data::mesh(
+            &dir.join("mesh-mtls"),
+            echo,
+            true,
+            &proxy,
+            "mesh-mtls",
+            &[],
+            &[],
+        )
+        .await?,
     ];
     topologies.push(data::pair(&dir.join("nginx"), echo, "nginx").await?);
     topologies.push(data::pair(&dir.join("haproxy"), echo, "haproxy").await?);

@@ -3,6 +3,8 @@
 //!
 //!   cargo run --release -p mesh-benches -- all          # everything, < 10 min
 //!   cargo run --release -p mesh-benches -- all --quick  # CI smoke: every scenario runs; no timings asserted
+//!   MESH_BENCH_BASELINE_PROXY=<mesh-proxy> cargo run --release -p mesh-benches -- ab            # A/B, wall clock
+//!   MESH_BENCH_BASELINE_PROXY=<mesh-proxy> cargo run --release -p mesh-benches -- instructions  # A/B, callgrind
 //!
 //! Needs oha (`cargo install oha --locked`), nginx and haproxy (Debian
 //! packages); `benches/setup.sh` installs whatever is missing.
@@ -11,6 +13,7 @@ mod ab;
 mod control;
 mod data;
 mod data_suite;
+mod instructions;
 mod load;
 mod peers;
 mod report;
@@ -48,6 +51,13 @@ enum Suite {
         #[arg(long)]
         quick: bool,
     },
+    /// Instructions per proxied request (callgrind), this build against
+    /// MESH_BENCH_BASELINE_PROXY: the precise A/B.
+    Instructions {
+        /// Small and fast: proves the comparison runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Telemetry at its defaults against telemetry off, same build,
     /// interleaved rounds in one run.
     Telemetry {
@@ -72,6 +82,15 @@ async fn main() -> Result<()> {
         Suite::Data { quick } => data(quick).await,
         Suite::Ab { quick } => compare(quick, "ab", ab::builds()?).await,
         Suite::Telemetry { quick } => compare(quick, "telemetry", ab::telemetry()).await,
+        Suite::Instructions { quick } => {
+            let (md, json) = instructions::run(quick).await?;
+            println!("{md}");
+            if !quick {
+                report::write_json("instructions", &json)?;
+                report::update_markdown("instructions", &md)?;
+            }
+            Ok(())
+        }
         Suite::All { quick } => {
             data(quick).await?;
             control_suite(quick).await?;

@@ -159,7 +159,7 @@ mod tests {
     /// Every row of the table: the HTTP status, the gRPC code, and both
     /// response shapes carrying the message in `mesh-proxy-error`.
     #[tokio::test]
-    async fn every_row_of_the_table() {
+    async fn table() {
         let abort = |s: u16| Error::FaultAbort {
             route: "r".into(),
             status: StatusCode::from_u16(s).unwrap(),
@@ -222,6 +222,16 @@ mod tests {
             assert_eq!(g.headers()["grpc-message"], message.as_str());
             assert_eq!(g.headers()[http::header::CONTENT_TYPE], "application/grpc");
         }
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only() {
+        let r = respond(&Error::NoEndpoints("echo".into()), true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert!(r.headers()[ERROR_HEADER].to_str().unwrap().contains("echo"));
+        let r = respond(&Error::UnknownService("x".into()), false);
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 
     #[test]

@@ -250,7 +250,7 @@ pub(super) fn check_unique_roots<'a>(
 }
 
 /// Divides `total` in proportion to `basis` with whole numbers that sum to `total`.
-fn largest_remainder(total: u64, basis: &[u64]) -> Vec<u64> {
+pub(super) fn largest_remainder(total: u64, basis: &[u64]) -> Vec<u64> {
     let sum: u64 = basis.iter().sum();
     let mut shares: Vec<u64> = basis.iter().map(|b| total * b / sum).collect();
     let mut order: Vec<usize> = (0..basis.len()).collect();
@@ -264,79 +264,4 @@ fn largest_remainder(total: u64, basis: &[u64]) -> Vec<u64> {
         left -= 1;
     }
     shares
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(yaml: &str) -> Result<Vec<Split>, Vec<manifest::Error>> {
-        let docs = manifest::parse("r.yaml", yaml)?;
-        splits_from(&docs)
-    }
-
-    fn split_yaml(name: &str, root: &str, backends: &[(&str, &str)]) -> String {
-        let mut s = format!(
-            "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: {name}\nspec:\n  service: {root}\n  backends:\n"
-        );
-        for (b, w) in backends {
-            s.push_str(&format!("  - service: {b}\n    weight: {w}\n"));
-        }
-        s
-    }
-
-    #[test]
-    fn valid_split() {
-        let s = parse(&split_yaml(
-            "e",
-            "echo",
-            &[("echo-v1", "80"), ("echo-v2", "20")],
-        ))
-        .unwrap();
-        assert_eq!(
-            s[0].backends[1],
-            Backend {
-                service: "echo-v2".into(),
-                weight: 20
-            }
-        );
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let errs = parse(&split_yaml(
-            "e",
-            "echo",
-            &[("echo", "-1"), ("echo-v2", "1.5")],
-        ))
-        .unwrap_err();
-        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(
-            text.iter()
-                .any(|t| t.contains("spec.backends[0].service") && t.contains("self-referential")),
-            "{text:?}"
-        );
-        assert!(
-            text.iter()
-                .any(|t| t.contains("spec.backends[0].weight") && t.contains("negative")),
-            "{text:?}"
-        );
-        assert!(
-            text.iter()
-                .any(|t| t.contains("spec.backends[1].weight") && t.contains("whole")),
-            "{text:?}"
-        );
-    }
-
-    #[test]
-    fn all_zero_weights_rejected() {
-        let errs = parse(&split_yaml("e", "echo", &[("a", "0"), ("b", "0")])).unwrap_err();
-        assert!(errs[0].problem.contains("every weight is 0"));
-    }
-
-    #[test]
-    fn shift_from_all_zero_others_splits_equally() {
-        assert_eq!(largest_remainder(90, &[1, 1]), vec![45, 45]);
-        assert_eq!(largest_remainder(100, &[1, 1, 1]).iter().sum::<u64>(), 100);
-    }
 }

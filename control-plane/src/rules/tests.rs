@@ -1,5 +1,6 @@
-//! The rule set across applies: conflicts named against the incoming
-//! document, updates that are not conflicts, and `release shift`.
+//! Rules from documents and across applies: each split alone (every
+//! problem at once), conflicts named against the incoming document,
+//! updates that are not conflicts, and `release shift`.
 
 use super::*;
 
@@ -113,4 +114,64 @@ fn shift_sums_to_100_and_keeps_proportions() {
         set.shift("default", "echo", "v1", 101),
         Err(ShiftError::Percent(101))
     ));
+}
+
+#[test]
+fn valid_split() {
+    let s = parse(&split_yaml(
+        "e",
+        "echo",
+        &[("echo-v1", "80"), ("echo-v2", "20")],
+    ))
+    .unwrap();
+    assert_eq!(
+        s[0].backends[1],
+        Backend {
+            service: "echo-v2".into(),
+            weight: 20
+        }
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let errs = parse(&split_yaml(
+        "e",
+        "echo",
+        &[("echo", "-1"), ("echo-v2", "1.5")],
+    ))
+    .unwrap_err();
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("spec.backends[0].service") && t.contains("self-referential")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("spec.backends[0].weight") && t.contains("negative")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("spec.backends[1].weight") && t.contains("whole")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn all_zero_weights_rejected() {
+    let errs = parse(&split_yaml("e", "echo", &[("a", "0"), ("b", "0")])).unwrap_err();
+    assert!(errs[0].problem.contains("every weight is 0"));
+}
+
+#[test]
+fn shift_from_all_zero_others_splits_equally() {
+    assert_eq!(split::largest_remainder(90, &[1, 1]), vec![45, 45]);
+    assert_eq!(
+        split::largest_remainder(100, &[1, 1, 1])
+            .iter()
+            .sum::<u64>(),
+        100
+    );
 }

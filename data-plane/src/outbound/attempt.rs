@@ -39,8 +39,8 @@ struct Verdict {
     retriable: bool,
 }
 
-/// Sends attempts to endpoints, and the mirror copy alongside.
-#[derive(Clone)]
+/// Sends attempts to endpoints, and the mirror copy alongside. Shared by
+/// every request of the sidecar behind one `Arc`.
 pub(super) struct Attempts {
     forwarder: Forwarder,
     /// Whether this sidecar has a workload identity, so it can speak mTLS.
@@ -52,7 +52,7 @@ pub(super) struct Attempts {
 impl Attempts {
     pub(super) fn new(forwarder: Forwarder, mtls: bool, metrics: Arc<Metrics>) -> Self {
         Attempts {
-            mirrors: Mirrors::new(forwarder.clone(), mtls, metrics.clone()),
+            mirrors: Mirrors::new(mtls, metrics.clone()),
             forwarder,
             mtls,
             metrics,
@@ -85,7 +85,7 @@ impl Attempts {
             (None, Some(ReqBody::Stream(incoming)))
         };
         if let (Some(m), Some(r)) = (mirror, &replay) {
-            self.mirrors.send(m, &parts, r.clone());
+            self.mirrors.send(&self.forwarder, m, &parts, r.clone());
         }
         let max_attempts = match (retry, &replay) {
             (Some((p, _)), Some(_)) => 1 + p.max_retries,

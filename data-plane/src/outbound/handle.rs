@@ -15,11 +15,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
 
-/// The outbound handler.
+/// The outbound handler. Cloned per request, so every part is an `Arc`.
 #[derive(Clone)]
 pub struct Outbound {
     state: Arc<ArcSwap<State>>,
-    attempts: Attempts,
+    attempts: Arc<Attempts>,
     metrics: Arc<Metrics>,
     obs: Arc<Observer>,
 }
@@ -35,7 +35,7 @@ impl Outbound {
     ) -> Self {
         Outbound {
             state,
-            attempts: Attempts::new(forwarder, mtls, obs.metrics.clone()),
+            attempts: Arc::new(Attempts::new(forwarder, mtls, obs.metrics.clone())),
             metrics: obs.metrics.clone(),
             obs,
         }

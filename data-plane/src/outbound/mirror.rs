@@ -21,9 +21,7 @@ pub(super) const IN_FLIGHT: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends shadow copies.
-#[derive(Clone)]
 pub(super) struct Mirrors {
-    forwarder: Forwarder,
     /// Whether this sidecar can speak mTLS.
     mtls: bool,
     in_flight: Arc<AtomicUsize>,
@@ -31,17 +29,22 @@ pub(super) struct Mirrors {
 }
 
 impl Mirrors {
-    pub(super) fn new(forwarder: Forwarder, mtls: bool, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(mtls: bool, metrics: Arc<Metrics>) -> Self {
         Mirrors {
-            forwarder,
             mtls,
             in_flight: Arc::default(),
             metrics,
         }
     }
 
-    /// Sends a copy to the shadow backend and forgets it.
-    pub(super) fn send(&self, m: &Mirror, head: &http::request::Parts, body: Replay) {
+    /// Sends a copy to the shadow backend over `forwarder` and forgets it.
+    pub(super) fn send(
+        &self,
+        forwarder: &Forwarder,
+        m: &Mirror,
+        head: &http::request::Parts,
+        body: Replay,
+    ) {
         let cluster = Arc::clone(&m.cluster);
         let Ok(i) = cluster.pick(None) else {
             return;
@@ -65,7 +68,7 @@ impl Mirrors {
         let req = copy_head(head, ReqBody::Replay(body));
         let endpoint = cluster.endpoints[i].clone();
         let secure = self.mtls && endpoint.identity.is_some();
-        let (forwarder, in_flight) = (self.forwarder.clone(), Arc::clone(&self.in_flight));
+        let (forwarder, in_flight) = (forwarder.clone(), Arc::clone(&self.in_flight));
         tokio::spawn(async move {
             let _ = tokio::time::timeout(TIMEOUT, async {
                 // Read the answer to the end so the connection can be reused.

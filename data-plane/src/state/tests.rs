@@ -5,6 +5,16 @@
 use super::*;
 use std::time::Instant;
 
+/// Converts `snap` for a sidecar in `namespace` after `prev`, now.
+fn convert(
+    snap: &pb::DiscoveryResponse,
+    namespace: &str,
+    prev: &State,
+    stats: &mut EndpointStats,
+) -> Result<State, Rejected> {
+    State::from_proto(snap, namespace, prev, stats, Instant::now())
+}
+
 fn snapshot(v1_eps: &[&str], v2_eps: &[&str], w1: u32, w2: u32) -> pb::DiscoveryResponse {
     let cluster = |name: &str, eps: &[&str]| pb::Cluster {
         name: name.into(),
@@ -167,15 +177,8 @@ fn round_robin_over_endpoints() {
 fn statistics_survive_a_new_snapshot() {
     let mut stats = EndpointStats::default();
     let snap = snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0);
-    let a = State::from_proto(
-        &snap,
-        "default",
-        &State::default(),
-        &mut stats,
-        Instant::now(),
-    )
-    .unwrap();
-    let b = State::from_proto(&snap, "default", &a, &mut stats, Instant::now()).unwrap();
+    let a = convert(&snap, "default", &State::default(), &mut stats).unwrap();
+    let b = convert(&snap, "default", &a, &mut stats).unwrap();
     let (ca, cb) = (
         &a.clusters["echo-v1.default"],
         &b.clusters["echo-v1.default"],
@@ -183,14 +186,7 @@ fn statistics_survive_a_new_snapshot() {
     assert!(Arc::ptr_eq(&ca.stats[1], &cb.stats[1]));
     // The same instance in two clusters has one record.
     let snap = snapshot(&["127.0.0.1:1"], &["127.0.0.1:1"], 1, 1);
-    let c = State::from_proto(
-        &snap,
-        "default",
-        &State::default(),
-        &mut stats,
-        Instant::now(),
-    )
-    .unwrap();
+    let c = convert(&snap, "default", &State::default(), &mut stats).unwrap();
     assert!(Arc::ptr_eq(
         &c.clusters["echo-v1.default"].stats[0],
         &c.clusters["echo-v2.default"].stats[0]
@@ -205,18 +201,10 @@ fn a_returning_endpoint_resumes_its_statistics() {
     let mut stats = EndpointStats::default();
     let both = snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0);
     let one = snapshot(&["127.0.0.1:2"], &[], 1, 0);
-    let a = State::from_proto(
-        &both,
-        "default",
-        &State::default(),
-        &mut stats,
-        Instant::now(),
-    )
-    .unwrap();
-    let gone = State::from_proto(&one, "default", &a, &mut stats, Instant::now()).unwrap();
-    let still_gone = State::from_proto(&one, "default", &gone, &mut stats, Instant::now()).unwrap();
-    let back =
-        State::from_proto(&both, "default", &still_gone, &mut stats, Instant::now()).unwrap();
+    let a = convert(&both, "default", &State::default(), &mut stats).unwrap();
+    let gone = convert(&one, "default", &a, &mut stats).unwrap();
+    let still_gone = convert(&one, "default", &gone, &mut stats).unwrap();
+    let back = convert(&both, "default", &still_gone, &mut stats).unwrap();
     let stats = |s: &State, i: usize| Arc::clone(&s.clusters["echo-v1.default"].stats[i]);
     assert!(Arc::ptr_eq(&stats(&a, 0), &stats(&back, 0)));
     assert!(Arc::ptr_eq(&stats(&a, 1), &stats(&back, 1)));
@@ -249,14 +237,7 @@ fn routes_match_path_method_and_headers() {
         }],
     }];
     snap.services[0].routes.insert(0, canary);
-    let s = State::from_proto(
-        &snap,
-        "default",
-        &State::default(),
-        &mut stats,
-        Instant::now(),
-    )
-    .unwrap();
+    let s = convert(&snap, "default", &State::default(), &mut stats).unwrap();
     let svc = s.resolve("echo").unwrap();
     let req = |m: &str, path: &str, canary: Option<&str>| {
         let mut b = http::Request::builder().method(m).uri(path);
@@ -295,14 +276,7 @@ fn a_bad_route_policy_rejects_the_snapshot_naming_the_route() {
         cluster: "ghost.default".into(),
         percent: 5.0,
     });
-    let err = State::from_proto(
-        &snap,
-        "default",
-        &State::default(),
-        &mut stats,
-        Instant::now(),
-    )
-    .unwrap_err();
+    let err = convert(&snap, "default", &State::default(), &mut stats).unwrap_err();
     assert_eq!(err.0.len(), 3, "{err}");
     for e in &err.0 {
         assert!(e.starts_with("service default/echo: route split:"), "{e}");
@@ -324,14 +298,7 @@ fn bad_resources_reject_the_snapshot_with_every_reason() {
             cluster: "ghost.default".into(),
             weight: 1,
         });
-    let err = State::from_proto(
-        &snap,
-        "default",
-        &State::default(),
-        &mut stats,
-        Instant::now(),
-    )
-    .unwrap_err();
+    let err = convert(&snap, "default", &State::default(), &mut stats).unwrap_err();
     assert_eq!(err.0.len(), 2, "{err}");
     assert!(err.to_string().contains("not-an-address"));
     assert!(err.to_string().contains("ghost.default"));
