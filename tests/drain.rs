@@ -8,7 +8,6 @@ mod support;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::{DEADLINE, Mesh};
@@ -82,12 +81,11 @@ async fn sigterm_lets_slow_requests_in_flight_finish_over_http1_and_http2() {
         })
         .collect();
     wait_arrived(inst.app_addr(), 6).await;
-    inst.sidecar.signal(Signal::SIGTERM);
     let status = inst
         .sidecar
-        .wait(Duration::from_secs(15))
+        .stop(Duration::from_secs(15))
         .await
-        .expect("the sidecar exits");
+        .expect("the sidecar exits on SIGTERM");
     let exited = sent.elapsed();
     for (i, call) in calls.into_iter().enumerate() {
         let (code, body) = call
@@ -132,12 +130,11 @@ async fn a_drain_that_outlasts_its_timeout_exits_1_on_time() {
     ));
     wait_arrived(inst.app_addr(), 1).await;
     let signalled = Instant::now();
-    inst.sidecar.signal(Signal::SIGTERM);
     let status = inst
         .sidecar
-        .wait(Duration::from_secs(15))
+        .stop(Duration::from_secs(15))
         .await
-        .expect("the sidecar exits");
+        .expect("the sidecar exits on SIGTERM");
     let took = signalled.elapsed();
     assert_eq!(status.code(), Some(1), "{status:?}");
     assert!(

@@ -137,6 +137,11 @@ pub(crate) fn telemetry() -> Comparison {
     }
 }
 
+/// A plaintext sidecar pair of one side.
+async fn pair(dir: &std::path::Path, echo: std::net::SocketAddr, side: &Side) -> Result<Topology> {
+    data::mesh(dir, echo, false, &side.proxy, side.label, side.env, &[]).await
+}
+
 /// Runs the comparison; returns the markdown section and the JSON.
 pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_json::Value)> {
     let Comparison {
@@ -156,46 +161,10 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
     // Two pairs per side, started A B B A: on this machine a pair's place
     // in the start order showed up as a few percent of its own, so each
     // side runs half its rounds on an early pair and half on a late one.
-    let a1 = data::mesh(
-        &dir.join("a1"),
-        echo,
-        false,
-        &sa.proxy,
-        sa.label,
-        sa.env,
-        &[],
-    )
-    .await?;
-    let b1 = data::mesh(
-        &dir.join("b1"),
-        echo,
-        false,
-        &sb.proxy,
-        sb.label,
-        sb.env,
-        &[],
-    )
-    .await?;
-    let b2 = data::mesh(
-        &dir.join("b2"),
-        echo,
-        false,
-        &sb.proxy,
-        sb.label,
-        sb.env,
-        &[],
-    )
-    .await?;
-    let a2 = data::mesh(
-        &dir.join("a2"),
-        echo,
-        false,
-        &sa.proxy,
-        sa.label,
-        sa.env,
-        &[],
-    )
-    .await?;
+    let a1 = pair(&dir.join("a1"), echo, &sa).await?;
+    let b1 = pair(&dir.join("b1"), echo, &sb).await?;
+    let b2 = pair(&dir.join("b2"), echo, &sb).await?;
+    let a2 = pair(&dir.join("a2"), echo, &sa).await?;
     for t in [&a1, &b1, &b2, &a2] {
         t.http(500, Duration::from_millis(300)).await?;
         t.grpc(500, Duration::from_millis(300)).await?;

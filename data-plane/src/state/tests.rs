@@ -63,12 +63,11 @@ fn snapshot(v1_eps: &[&str], v2_eps: &[&str], w1: u32, w2: u32) -> pb::Discovery
 #[test]
 fn resolves_every_name_form() {
     let mut stats = EndpointStats::default();
-    let s = State::from_proto(
+    let s = convert(
         &snapshot(&["127.0.0.1:1"], &[], 1, 1),
         "default",
         &State::default(),
         &mut stats,
-        Instant::now(),
     )
     .unwrap();
     for host in [
@@ -80,12 +79,11 @@ fn resolves_every_name_form() {
     ] {
         assert!(s.resolve(host).is_some(), "{host}");
     }
-    let other = State::from_proto(
+    let other = convert(
         &snapshot(&["127.0.0.1:1"], &[], 1, 1),
         "prod",
         &State::default(),
         &mut stats,
-        Instant::now(),
     )
     .unwrap();
     assert!(other.resolve("echo").is_none());
@@ -95,12 +93,11 @@ fn resolves_every_name_form() {
 #[test]
 fn weighted_pick_follows_weights() {
     let mut stats = EndpointStats::default();
-    let s = State::from_proto(
+    let s = convert(
         &snapshot(&["127.0.0.1:1"], &["127.0.0.1:2"], 80, 20),
         "default",
         &State::default(),
         &mut stats,
-        Instant::now(),
     )
     .unwrap();
     let route = s
@@ -119,12 +116,11 @@ fn weighted_pick_follows_weights() {
 #[test]
 fn empty_backend_hands_its_share_on() {
     let mut stats = EndpointStats::default();
-    let s = State::from_proto(
+    let s = convert(
         &snapshot(&[], &["127.0.0.1:2"], 100, 0),
         "default",
         &State::default(),
         &mut stats,
-        Instant::now(),
     )
     .unwrap();
     let route = s
@@ -138,12 +134,11 @@ fn empty_backend_hands_its_share_on() {
             "echo-v2.default"
         );
     }
-    let none = State::from_proto(
+    let none = convert(
         &snapshot(&[], &[], 1, 1),
         "default",
         &State::default(),
         &mut stats,
-        Instant::now(),
     )
     .unwrap();
     assert!(
@@ -159,12 +154,11 @@ fn empty_backend_hands_its_share_on() {
 #[test]
 fn round_robin_over_endpoints() {
     let mut stats = EndpointStats::default();
-    let s = State::from_proto(
+    let s = convert(
         &snapshot(&["127.0.0.1:1", "127.0.0.1:2"], &[], 1, 0),
         "default",
         &State::default(),
         &mut stats,
-        Instant::now(),
     )
     .unwrap();
     let c = &s.clusters["echo-v1.default"];
