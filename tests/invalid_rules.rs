@@ -103,8 +103,53 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
             ),
             vec!["mixed.yaml:", "spec.backends[1].weight", "not a number"],
         ),
+        // The wrong file applied by mistake must not look like success.
+        (
+            "empty.yaml",
+            String::new(),
+            vec!["empty.yaml: no documents"],
+        ),
+        (
+            "comments.yaml",
+            "# nothing here yet\n\n# still nothing\n".into(),
+            vec!["comments.yaml: no documents"],
+        ),
+        (
+            "separators.yaml",
+            "---\n---\n...\n".into(),
+            vec!["separators.yaml: no documents"],
+        ),
     ];
     assert_all_rejected(&mesh, &cases, good_version).await;
+
+    // A long refusal arrives whole: 500 bad documents, 500 problems, each
+    // named, with the count; not a transport error about header sizes.
+    let many: Vec<String> = (0..500)
+        .map(|i| {
+            GOOD.replace("name: echo-split", &format!("name: bad-{i}"))
+                .replace("service: echo\n", &format!("service: svc-{i}\n"))
+                .replace("weight: 0", "weight: -1")
+        })
+        .collect();
+    let out = mesh.apply("many.yaml", &many.join("---\n")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for i in 0..500 {
+        assert!(
+            stderr.contains(&format!(
+                "TrafficSplit default/bad-{i}: spec.backends[0].weight"
+            )),
+            "problem {i} missing"
+        );
+    }
+    assert_eq!(stderr.matches("is negative").count(), 500, "{stderr}");
+    assert!(stderr.contains("many.yaml: 500 problems"), "{stderr}");
+    assert!(
+        stderr.contains("nothing was applied (500 problems in 1 file)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("h2 protocol error"), "{stderr}");
+    assert_eq!(mesh.version().await, good_version);
     let t = burst(outbound, "echo", 300, 4).await;
     assert_eq!(
         (t.count("v1"), t.failures),

@@ -2,7 +2,7 @@
 //! report on releases and proxies. Thin: all logic lives in `state`.
 
 use crate::identity::ca::Ca;
-use crate::rules::Outcome;
+use crate::rules;
 use crate::state::State;
 use crate::telemetry::{DEFAULT_WINDOW, MAX_WINDOW, Window};
 use mesh_proto::v1 as pb;
@@ -34,6 +34,40 @@ impl Admin {
     }
 }
 
+fn files_of(files: Vec<pb::RuleFile>) -> Vec<(String, String)> {
+    files.into_iter().map(|f| (f.filename, f.content)).collect()
+}
+
+impl Admin {
+    /// The answer to an apply or a delete: what it did, or, refused, every
+    /// problem in the body.
+    fn answer(
+        &self,
+        done: Result<crate::state::Applied, crate::state::Error>,
+    ) -> Result<pb::ApplyResponse, Status> {
+        match done {
+            Ok(applied) => Ok(pb::ApplyResponse {
+                version: applied.version.to_string(),
+                warnings: applied.warnings,
+                results: applied
+                    .outcomes
+                    .iter()
+                    .map(|(rule, o)| format!("{rule} {}", o.as_str()))
+                    .collect(),
+                problems: Vec::new(),
+            }),
+            Err(e) => {
+                let problems = crate::errors::refusal(e)?;
+                Ok(pb::ApplyResponse {
+                    version: self.state.version().to_string(),
+                    problems: problems.iter().map(crate::index::views::problem).collect(),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+}
+
 fn namespace_or_default(ns: String) -> String {
     if ns.is_empty() {
         crate::manifest::meta::DEFAULT_NAMESPACE.into()
@@ -48,30 +82,37 @@ impl pb::admin_server::Admin for Admin {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let files: Vec<(String, String)> = request
-            .into_inner()
-            .files
-            .into_iter()
-            .map(|f| (f.filename, f.content))
-            .collect();
-        let applied = self.state.apply(&files)?;
-        let results = applied
-            .outcomes
-            .iter()
-            .map(|(rule, o)| {
-                let what = match o {
-                    Outcome::Created => "created",
-                    Outcome::Configured => "configured",
-                    Outcome::Unchanged => "unchanged",
-                };
-                format!("{rule} {what}")
-            })
-            .collect();
-        Ok(Response::new(pb::ApplyResponse {
-            version: applied.version.to_string(),
-            warnings: applied.warnings,
-            results,
-        }))
+        let files = files_of(request.into_inner().files);
+        Ok(Response::new(self.answer(self.state.apply(&files))?))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = request.into_inner();
+        let mut targets = Vec::new();
+        if !r.kind.is_empty() || !r.name.is_empty() {
+            // Kinds as people type them: any case.
+            let kind = rules::KINDS
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(&r.kind))
+                .map_or(r.kind.clone(), |k| k.to_string());
+            targets.push(rules::Target {
+                kind,
+                namespace: namespace_or_default(r.namespace),
+                name: r.name,
+            });
+        }
+        if targets.is_empty() && r.files.is_empty() {
+            return Err(Status::invalid_argument(
+                "name rules to delete: documents, or a kind and a name",
+            ));
+        }
+        let files = files_of(r.files);
+        Ok(Response::new(
+            self.answer(self.state.delete(&files, targets))?,
+        ))
     }
 
     async fn get_splits(
@@ -79,13 +120,10 @@ impl pb::admin_server::Admin for Admin {
         request: Request<pb::GetSplitsRequest>,
     ) -> Result<Response<pb::GetSplitsResponse>, Status> {
         let ns = request.into_inner().namespace;
+        let (version, splits) = self.state.splits(&ns);
         Ok(Response::new(pb::GetSplitsResponse {
-            splits: self
-                .state
-                .splits(&ns)
-                .iter()
-                .map(crate::index::views::split)
-                .collect(),
+            version: version.to_string(),
+            splits: splits.iter().map(crate::index::views::split).collect(),
         }))
     }
 

@@ -36,6 +36,16 @@ impl From<crate::telemetry::Error> for Status {
     }
 }
 
+/// How Apply and Delete answer an error: a refusal (rules that do not
+/// validate) travels in the response body, whole, however long the list;
+/// anything else is a status.
+pub fn refusal(e: Error) -> Result<Vec<crate::manifest::Error>, Status> {
+    match e {
+        Error::Invalid(problems) => Ok(problems),
+        other => Err(Status::from(other)),
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         Status::new(code(&e), e.to_string())

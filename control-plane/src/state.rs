@@ -176,31 +176,7 @@ impl State {
 
     /// Validates and applies rule files, all or nothing.
     pub fn apply(&self, files: &[(String, String)]) -> Result<Applied, Error> {
-        let mut docs = Vec::new();
-        let mut errors = Vec::new();
-        for (name, content) in files {
-            match manifest::parse(name, content) {
-                Ok(mut d) => docs.append(&mut d),
-                Err(mut e) => errors.append(&mut e),
-            }
-        }
-        for d in &docs {
-            if matches!(
-                d.doc,
-                manifest::Document::Service(_) | manifest::Document::Workload(_)
-            ) {
-                errors.push(manifest::Error {
-                    file: d.file.clone(),
-                    line: d.line,
-                    object: None,
-                    field: Some("kind".into()),
-                    problem: "Service and Workload documents belong in the mesh file; apply takes rules (TrafficSplit, HTTPRouteGroup, HTTPRoute, TrafficPolicy, AuthorizationPolicy)".into(),
-                });
-            }
-        }
-        if !errors.is_empty() {
-            return Err(Error::Invalid(errors));
-        }
+        let docs = rule_documents(files)?;
         let incoming = rules::rules_from(&docs).map_err(Error::Invalid)?;
         let mut inner = self.lock();
         let (next, outcomes) = inner
@@ -227,6 +203,40 @@ impl State {
         })
     }
 
+    /// Deletes the rules `files` name, or `targets`, all or nothing.
+    pub fn delete(
+        &self,
+        files: &[(String, String)],
+        mut targets: Vec<rules::Target>,
+    ) -> Result<Applied, Error> {
+        let docs = if files.is_empty() {
+            Vec::new()
+        } else {
+            rule_documents(files)?
+        };
+        targets.extend(docs.iter().map(|d| {
+            let (kind, meta) = d.doc.kind_and_meta();
+            rules::Target {
+                kind: kind.to_string(),
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone(),
+            }
+        }));
+        let mut inner = self.lock();
+        let (next, outcomes) = inner
+            .rules
+            .delete(&targets, &docs)
+            .map_err(Error::Invalid)?;
+        self.store.save_rules(&next)?;
+        inner.rules = next;
+        let version = self.publish(&mut inner);
+        Ok(Applied {
+            version,
+            outcomes,
+            warnings: Vec::new(),
+        })
+    }
+
     /// `release shift`.
     pub fn shift(
         &self,
@@ -244,15 +254,18 @@ impl State {
         Ok((split, version, warnings))
     }
 
-    /// The splits in force, optionally in one namespace.
-    pub fn splits(&self, namespace: &str) -> Vec<Split> {
-        self.lock()
+    /// The splits in force, optionally in one namespace, and the version
+    /// they belong to.
+    pub fn splits(&self, namespace: &str) -> (u64, Vec<Split>) {
+        let inner = self.lock();
+        let splits = inner
             .rules
             .splits
             .values()
             .filter(|s| namespace.is_empty() || s.namespace == namespace)
             .cloned()
-            .collect()
+            .collect();
+        (inner.version, splits)
     }
 
     /// `meshctl get routes`: the service's config and the clusters it names,
@@ -434,5 +447,37 @@ impl State {
                 return false;
             }
         }
+    }
+}
+
+/// Parses rule files, every problem at once; Service and Workload
+/// documents are refused (they belong in the mesh file).
+fn rule_documents(files: &[(String, String)]) -> Result<Vec<manifest::Located>, Error> {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for (name, content) in files {
+        match manifest::parse(name, content) {
+            Ok(mut d) => docs.append(&mut d),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    for d in &docs {
+        if matches!(
+            d.doc,
+            manifest::Document::Service(_) | manifest::Document::Workload(_)
+        ) {
+            errors.push(manifest::Error {
+                file: d.file.clone(),
+                line: d.line,
+                object: None,
+                field: Some("kind".into()),
+                problem: "Service and Workload documents belong in the mesh file; apply takes rules (TrafficSplit, HTTPRouteGroup, HTTPRoute, TrafficPolicy, AuthorizationPolicy)".into(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(Error::Invalid(errors))
     }
 }

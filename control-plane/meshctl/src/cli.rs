@@ -58,6 +58,53 @@ pub async fn apply(control: &str, paths: &[PathBuf]) -> Result<()> {
         .await
         .map_err(|s| explain(s).context("rules rejected; nothing was applied"))?
         .into_inner();
+    report(resp, "applied")
+}
+
+/// `meshctl delete -f ...` or `meshctl delete <kind> <name>`.
+pub async fn delete(
+    control: &str,
+    paths: &[PathBuf],
+    kind: Option<String>,
+    name: Option<String>,
+    namespace: &str,
+) -> Result<()> {
+    let files = if paths.is_empty() {
+        Vec::new()
+    } else {
+        read_rule_files(paths)?
+    };
+    let resp = admin(control)
+        .await?
+        .delete(pb::DeleteRequest {
+            files,
+            kind: kind.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+            namespace: namespace.into(),
+        })
+        .await
+        .map_err(|s| explain(s).context("nothing was deleted"))?
+        .into_inner();
+    report(resp, "deleted")
+}
+
+/// Prints what an apply or delete did; a refusal prints every problem,
+/// grouped by file with a count, and fails.
+fn report(resp: pb::ApplyResponse, what: &str) -> Result<()> {
+    if !resp.problems.is_empty() {
+        eprint!("{}", render_problems(&resp.problems));
+        bail!(
+            "rules rejected; nothing was {what} ({} problem{} in {} file{})",
+            resp.problems.len(),
+            if resp.problems.len() == 1 { "" } else { "s" },
+            files_in(&resp.problems),
+            if files_in(&resp.problems) == 1 {
+                ""
+            } else {
+                "s"
+            },
+        );
+    }
     for r in &resp.results {
         println!("{r}");
     }
@@ -65,6 +112,46 @@ pub async fn apply(control: &str, paths: &[PathBuf]) -> Result<()> {
         eprintln!("warning: {w}");
     }
     Ok(())
+}
+
+fn files_in(problems: &[pb::Problem]) -> usize {
+    let mut files: Vec<&str> = problems.iter().map(|p| p.file.as_str()).collect();
+    files.sort_unstable();
+    files.dedup();
+    files.len()
+}
+
+/// Every problem, one per line as "file:line: object: field: problem",
+/// under a heading per file (in the order files first appear) with its count.
+pub fn render_problems(problems: &[pb::Problem]) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    for p in problems {
+        if !order.contains(&p.file.as_str()) {
+            order.push(&p.file);
+        }
+    }
+    let mut out = String::new();
+    for file in order {
+        let mine: Vec<&pb::Problem> = problems.iter().filter(|p| p.file == file).collect();
+        out.push_str(&format!(
+            "{file}: {} problem{}\n",
+            mine.len(),
+            if mine.len() == 1 { "" } else { "s" }
+        ));
+        for p in mine {
+            let mut line = p.file.clone();
+            if p.line > 0 {
+                line.push_str(&format!(":{}", p.line));
+            }
+            for part in [&p.object, &p.field] {
+                if !part.is_empty() {
+                    line.push_str(&format!(": {part}"));
+                }
+            }
+            out.push_str(&format!("  {line}: {}\n", p.problem));
+        }
+    }
+    out
 }
 
 fn split_json(s: &pb::Split) -> serde_json::Value {
@@ -93,7 +180,7 @@ pub async fn get_splits(control: &str, namespace: &str, output: Output) -> Resul
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"items": resp.splits.iter().map(split_json).collect::<Vec<_>>()})
+                &json!({"version": resp.version, "items": resp.splits.iter().map(split_json).collect::<Vec<_>>()})
             )?
         ),
         Output::Table => {

@@ -40,11 +40,26 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         requests: usize,
     },
-    /// Validate and apply TrafficSplit rules (all or nothing).
+    /// Validate and apply rules (all or nothing).
     Apply {
         /// Rule files or directories.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Delete rules: those the files name, or one by kind and name (all or
+    /// nothing; what remains must still validate).
+    Delete {
+        /// Rule files or directories naming what to delete.
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+        files: Vec<PathBuf>,
+        /// Kind: TrafficSplit, HTTPRouteGroup, HTTPRoute, TrafficPolicy or AuthorizationPolicy.
+        #[arg(required_unless_present = "files", requires = "name")]
+        kind: Option<String>,
+        /// Name.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
     },
     /// Show resources.
     Get {
@@ -191,6 +206,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } => up(control, file, state_dir, log_dir).await,
         Cmd::Demo { requests } => meshctl::demo::run(requests).await,
         Cmd::Apply { files } => cli::apply(control, &files).await,
+        Cmd::Delete {
+            files,
+            kind,
+            name,
+            namespace,
+        } => cli::delete(control, &files, kind, name, &namespace).await,
         Cmd::Get {
             what: Get::Splits { namespace, output },
         } => cli::get_splits(control, &namespace, output).await,

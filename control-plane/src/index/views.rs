@@ -1,8 +1,9 @@
 //! The read-only views `meshctl` shows, in proto form: a service's routes
 //! and the clusters they name (from the snapshot sidecars run), workload
-//! identities, and splits.
+//! identities, splits, and the problems of a refused apply.
 
 use super::View;
+use crate::manifest;
 use crate::registry::Instance;
 use crate::rules::Split;
 use mesh_proto::v1 as pb;
@@ -76,5 +77,16 @@ pub fn split(s: &Split) -> pb::Split {
                 weight: b.weight,
             })
             .collect(),
+    }
+}
+
+/// One problem of a refused apply or delete.
+pub fn problem(e: &manifest::Error) -> pb::Problem {
+    pb::Problem {
+        file: e.file.clone(),
+        line: e.line as u32,
+        object: e.object.clone().unwrap_or_default(),
+        field: e.field.clone().unwrap_or_default(),
+        problem: e.problem.clone(),
     }
 }

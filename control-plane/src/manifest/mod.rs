@@ -51,7 +51,11 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)?;
+        // Line 0: about the whole file (or about rules already in force).
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
         if let Some(object) = &self.object {
             write!(f, ": {object}")?;
         }
@@ -154,6 +158,16 @@ pub fn parse(file: &str, content: &str) -> Result<Vec<Located>, Vec<Error>> {
             Ok(None) => {}
             Err(e) => errors.push(e),
         }
+    }
+    if docs.is_empty() && errors.is_empty() {
+        // Applying the wrong (empty) file must not look like success.
+        errors.push(Error {
+            file: file.to_string(),
+            line: 0,
+            object: None,
+            field: None,
+            problem: "no documents (the file is empty, or holds only comments and `---`)".into(),
+        });
     }
     if errors.is_empty() {
         Ok(docs)
@@ -374,6 +388,25 @@ spec:
         assert!(errs[0].to_string().contains("unknown kind \"Pod\""));
         let errs = parse("x.yaml", &SPLIT.replace("v1alpha4", "v1alpha1")).unwrap_err();
         assert_eq!(errs[0].field.as_deref(), Some("apiVersion"));
+    }
+
+    #[test]
+    fn a_file_without_documents_is_refused_by_name() {
+        for empty in [
+            "",
+            "\n\n",
+            "# only a comment\n",
+            "---\n",
+            "---\n# c\n---\n...\n",
+        ] {
+            let errs = parse("rules.yaml", empty).unwrap_err();
+            assert_eq!(errs.len(), 1, "{empty:?}");
+            assert!(
+                errs[0].to_string().starts_with("rules.yaml: no documents"),
+                "{empty:?}: {}",
+                errs[0]
+            );
+        }
     }
 
     #[test]

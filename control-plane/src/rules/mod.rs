@@ -64,7 +64,7 @@ pub struct RuleSet {
 /// What an apply did to each rule it was given, e.g. `("trafficsplit default/echo", Created)`.
 pub type Outcomes = Vec<(String, Outcome)>;
 
-/// What an apply did to one rule.
+/// What an apply (or a delete) did to one rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// New rule.
@@ -73,6 +73,40 @@ pub enum Outcome {
     Configured,
     /// Identical to what was in force.
     Unchanged,
+    /// Removed.
+    Deleted,
+}
+
+impl Outcome {
+    /// As `kubectl` words it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Deleted => "deleted",
+        }
+    }
+}
+
+/// The rule kinds, as YAML spells them.
+pub const KINDS: [&str; 5] = [
+    "TrafficSplit",
+    "HTTPRouteGroup",
+    "HTTPRoute",
+    "TrafficPolicy",
+    "AuthorizationPolicy",
+];
+
+/// A rule named for deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Kind, as YAML spells it (one of [`KINDS`]).
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
 }
 
 impl RuleSet {
@@ -167,6 +201,89 @@ impl RuleSet {
                 p,
             );
             note("TrafficPolicy", &p.namespace, &p.name, o);
+        }
+        check_routing(&next, docs)?;
+        Ok((next, outcomes))
+    }
+
+    /// Removes `targets` and validates what remains, as an apply would.
+    /// Returns the new set; `self` is untouched, so a failure deletes
+    /// nothing. `docs` are the documents that named the targets, if any,
+    /// so problems point at them.
+    pub fn delete(
+        &self,
+        targets: &[Target],
+        docs: &[Located],
+    ) -> Result<(RuleSet, Outcomes), Vec<manifest::Error>> {
+        let mut next = self.clone();
+        let mut outcomes = Vec::new();
+        let mut errors = Vec::new();
+        for t in targets {
+            let key = (t.namespace.clone(), t.name.clone());
+            let object = format!("{} {}/{}", t.kind, t.namespace, t.name);
+            let problem = |field: &str, problem: String| match manifest::find(
+                docs,
+                &t.kind,
+                &t.namespace,
+                &t.name,
+            ) {
+                Some(at) => manifest::Error::at(at, &object, field.into(), problem),
+                None => manifest::Error {
+                    file: "delete".into(),
+                    line: 0,
+                    object: Some(object.clone()),
+                    field: None,
+                    problem,
+                },
+            };
+            let removed = match t.kind.as_str() {
+                "TrafficSplit" => next.splits.remove(&key).is_some(),
+                "HTTPRouteGroup" => next.route_groups.remove(&key).is_some(),
+                "HTTPRoute" => next.http_routes.remove(&key).is_some(),
+                "TrafficPolicy" => next.traffic_policies.remove(&key).is_some(),
+                "AuthorizationPolicy" => next.policies.remove(&key).is_some(),
+                other => {
+                    errors.push(problem(
+                        "kind",
+                        format!(
+                            "{other:?} is not a rule kind; expected one of {}",
+                            KINDS.join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            if !removed {
+                errors.push(problem("metadata.name", format!("no {object} is in force")));
+                continue;
+            }
+            outcomes.push((
+                format!("{} {}/{}", t.kind.to_lowercase(), t.namespace, t.name),
+                Outcome::Deleted,
+            ));
+        }
+        // A group still matched by a split that stays would leave that
+        // split pointing at nothing: name the split that holds it.
+        for t in targets.iter().filter(|t| t.kind == "HTTPRouteGroup") {
+            if let Some(s) = next
+                .splits
+                .values()
+                .find(|s| s.namespace == t.namespace && s.matches.contains(&t.name))
+            {
+                let object = format!("{} {}/{}", t.kind, t.namespace, t.name);
+                errors.push(manifest::Error::about(
+                    manifest::find(docs, &t.kind, &t.namespace, &t.name),
+                    &object,
+                    "metadata.name".into(),
+                    format!(
+                        "still matched by TrafficSplit {}/{}; delete or change that split first",
+                        s.namespace, s.name
+                    ),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         check_routing(&next, docs)?;
         Ok((next, outcomes))
