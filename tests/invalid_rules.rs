@@ -345,10 +345,12 @@ async fn bad_resilience_rules_are_rejected_naming_the_field() {
             http_route(&rule.repeat(17)),
             vec!["spec.rules", "has 17 rules; Gateway API allows at most 16"],
         ),
+        // (attempts: 0 is valid Gateway API: "An explicit zero value MUST
+        // disable retries"; a negative count is not.)
         (
-            "gateway-zero-attempts.yaml",
-            http_route(&format!("{rule}    retry:\n      attempts: 0\n")),
-            vec!["spec.rules[0].retry.attempts", "is 0"],
+            "gateway-negative-attempts.yaml",
+            http_route(&format!("{rule}    retry:\n      attempts: -1\n")),
+            vec!["spec.rules[0].retry.attempts", "-1 is negative"],
         ),
         (
             "gateway-timeout.yaml",

@@ -152,6 +152,95 @@ async fn paths_route_by_gateway_api_precedence_and_an_unmatched_request_is_404()
     }
 }
 
+/// The Gateway API traffic-splitting guide's shape, on a Service parent as
+/// the GAMMA guides write it (`group: core`, a port), with `hostnames` and
+/// the catch-all written as `PathPrefix /`.
+const UPSTREAM_SPLIT: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo-split
+spec:
+  parentRefs:
+  - group: core
+    kind: Service
+    name: echo
+    port: 80
+  hostnames:
+  - echo
+  - \"*.svc.cluster.local\"
+  rules:
+  - matches:
+    - path:
+        type: PathPrefix
+        value: /
+    backendRefs:
+    - name: echo-v1
+      port: 80
+      weight: 90
+    - name: echo-v2
+      port: 80
+      weight: 10
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_route_as_upstream_writes_it_routes_by_hostname_and_releases_by_shift() {
+    let (mesh, _insts, client) = canary_mesh("route-upstream", UPSTREAM_SPLIT).await;
+    // hostnames are a match on :authority (gateway-api#2885), port ignored.
+    for host in ["echo", "echo:80", "echo.default.svc.cluster.local"] {
+        let replies = many(client.outbound, &Shape::get(host), 200, 4).await;
+        assert_eq!(with_status(&replies, 200), 200, "{host}");
+        let v2 = replies
+            .iter()
+            .filter(|r| r.version.as_deref() == Some("v2"))
+            .count();
+        assert!(
+            within_binomial(v2 as u64, 200, 0.1),
+            "{host}: {v2} of 200 to v2"
+        );
+    }
+    let replies = many(client.outbound, &Shape::get("echo.default"), 5, 1).await;
+    assert!(
+        replies.iter().all(|r| r.status == 404),
+        "a name outside the route's hostnames is not routed by it: {:?}",
+        replies[0]
+    );
+    // release status knows the HTTPRoute and shows its rule's backends.
+    let out = mesh
+        .meshctl(&["release", "status", "echo", "-o", "json"])
+        .await;
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        st["routedBy"], "HTTPRoute default/echo-split rule echo-split-0",
+        "{st}"
+    );
+    let weights: Vec<u64> = st["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, [90, 10], "{st}");
+    // release shift patches the HTTPRoute, and traffic follows.
+    let printed = mesh.shift_echo_v2("100").await;
+    assert!(printed.contains("echo-v2"), "{printed}");
+    mesh.sync(&client).await;
+    let replies = many(client.outbound, &Shape::get("echo"), 100, 4).await;
+    assert!(replies.iter().all(|r| r.version.as_deref() == Some("v2")));
+    let out = mesh.meshctl(&["get", "routes", "echo", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["routes"][0]["backends"][1]["weight"], 100, "{json:#}");
+    // A TrafficSplit on top is refused as itself.
+    let out = mesh
+        .apply("split.yaml", &support::split("echo", &[("echo-v1", "1")]))
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("split.yaml:1: TrafficSplit default/echo-split: spec.service")
+            && stderr.contains("already routed by HTTPRoute default/echo-split"),
+        "{stderr}"
+    );
+}
+
 /// v1 and v2 of echo, the rules applied, and a client sidecar that has them.
 async fn canary_mesh(tag: &str, rules: &str) -> (Mesh, Vec<support::Instance>, support::Client) {
     let mesh = Mesh::start(tag).await;

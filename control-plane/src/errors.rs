@@ -94,7 +94,7 @@ mod tests {
             (
                 Error::Shift(ShiftError::UnknownBackend {
                     backend: "s-v9".into(),
-                    split: "d/s".into(),
+                    rule: "split d/s".into(),
                     known: "s-v1".into(),
                 }),
                 Code::NotFound,

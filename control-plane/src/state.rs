@@ -192,7 +192,10 @@ impl State {
         let warnings = incoming
             .splits
             .iter()
-            .flat_map(|s| index::warnings(&inner.registry, s))
+            .flat_map(|s| {
+                let what = format!("TrafficSplit {}/{}", s.namespace, s.name);
+                index::warnings(&inner.registry, &what, s)
+            })
             .collect();
         inner.rules = next;
         let version = self.publish(&mut inner);
@@ -246,9 +249,9 @@ impl State {
         percent: u32,
     ) -> Result<(Split, u64, Vec<String>), Error> {
         let mut inner = self.lock();
-        let (next, split) = inner.rules.shift(namespace, service, backend, percent)?;
+        let (next, split, what) = inner.rules.shift(namespace, service, backend, percent)?;
         self.store.save_rules(&next)?;
-        let warnings = index::warnings(&inner.registry, &split);
+        let warnings = index::warnings(&inner.registry, &what, &split);
         inner.rules = next;
         let version = self.publish(&mut inner);
         Ok((split, version, warnings))

@@ -15,6 +15,14 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
+/// The host part of an authority: the port, if any, removed.
+pub fn host_of(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
 /// Whether a request is gRPC (it then gets a gRPC-shaped error).
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
     grpc_content(req.headers())
@@ -62,6 +70,15 @@ mod tests {
             .unwrap();
         assert_eq!(authority(&r), Some("echo"));
         assert_eq!(authority(&Request::new(())), None);
+    }
+
+    #[test]
+    fn the_host_of_an_authority_drops_only_a_port() {
+        assert_eq!(host_of("echo:8080"), "echo");
+        assert_eq!(host_of("echo"), "echo");
+        assert_eq!(host_of("[::1]:80"), "[::1]");
+        assert_eq!(host_of("[::1]"), "[::1]");
+        assert_eq!(host_of("echo:"), "echo:");
     }
 
     #[test]

@@ -277,6 +277,7 @@ pub fn render_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<S
             "service": st.service,
             "namespace": st.namespace,
             "hasSplit": st.has_split,
+            "routedBy": st.routed_by,
             "configVersion": st.version,
             "backends": backends,
             "warnings": st.warnings,
@@ -287,9 +288,9 @@ pub fn render_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<S
         st.namespace,
         st.service,
         if st.has_split {
-            "TrafficSplit"
+            format!("routed by {}", st.routed_by)
         } else {
-            "no TrafficSplit: routes to itself"
+            "nothing routes it: it routes to itself".to_string()
         },
         st.version
     );

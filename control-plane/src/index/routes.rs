@@ -26,12 +26,16 @@ pub(super) fn routes_for(
 ) -> Vec<pb::Route> {
     let policy = policy_for(rules, ns, service);
     let mut model: Vec<RouteRule> = Vec::new();
+    // GAMMA is settling on hostnames meaning a match on :authority (as
+    // Linkerd does; gateway-api#2885): every rule carries the route's.
+    let mut hostnames: &[String] = &[];
     if let Some(r) = rules
         .http_routes
         .values()
         .find(|r| r.namespace == ns && r.service == service)
     {
         model = by_precedence(&r.rules);
+        hostnames = &r.hostnames;
     } else {
         let mut splits: Vec<&Split> = rules
             .splits
@@ -99,6 +103,7 @@ pub(super) fn routes_for(
                     cluster: cluster(&m.service),
                     percent: m.percent,
                 }),
+                hostnames: hostnames.to_vec(),
                 fault: policy.and_then(|p| p.fault.as_ref()).map(|f| pb::Fault {
                     delay_ms: f.delay_ms,
                     delay_percent: f.delay_percent,

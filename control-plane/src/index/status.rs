@@ -30,20 +30,21 @@ pub fn effective_shares(backends: &[(u32, bool)]) -> Vec<f64> {
         .collect()
 }
 
-/// Warnings worth showing on apply: backends (or roots) that nothing serves yet.
-pub fn warnings(reg: &dyn Catalog, split: &Split) -> Vec<String> {
+/// Warnings worth showing on apply or shift: backends (or roots) that
+/// nothing serves yet. `what` names the rule ("TrafficSplit default/echo").
+pub fn warnings(reg: &dyn Catalog, what: &str, split: &Split) -> Vec<String> {
     let mut out = Vec::new();
     if !reg.knows(&split.namespace, &split.service) {
         out.push(format!(
-            "TrafficSplit {}/{}: root service {:?} has no instances yet",
-            split.namespace, split.name, split.service
+            "{what}: root service {:?} has no instances yet",
+            split.service
         ));
     }
     for b in &split.backends {
         if !reg.knows(&split.namespace, &b.service) {
             out.push(format!(
-                "TrafficSplit {}/{}: backend {:?} has no instances yet; its share goes to the other backends until it has ready endpoints",
-                split.namespace, split.name, b.service
+                "{what}: backend {:?} has no instances yet; its share goes to the other backends until it has ready endpoints",
+                b.service
             ));
         }
     }
@@ -73,18 +74,19 @@ pub fn status(
     service: &str,
 ) -> Result<pb::ReleaseStatusResponse, Error> {
     let split = rules.for_service(namespace, service);
-    // A service routed by HTTPRoute: its catch-all rule (or its last) holds
-    // the weights a release moves.
+    // A service routed by HTTPRoute: its release rule holds the weights a
+    // release moves.
     let http_route = rules
-        .http_routes
-        .values()
-        .find(|r| r.namespace == namespace && r.service == service)
-        .and_then(|r| {
-            r.rules
-                .iter()
-                .find(|x| x.matches.is_empty())
-                .or(r.rules.last())
-        });
+        .http_route_for(namespace, service)
+        .and_then(|r| Some((r, &r.rules[r.release_rule()?])));
+    let routed_by = match (split, http_route) {
+        (Some(s), _) => format!("TrafficSplit {}/{}", s.namespace, s.name),
+        (None, Some((r, rule))) => {
+            format!("HTTPRoute {}/{} rule {}", r.namespace, r.name, rule.name)
+        }
+        (None, None) => String::new(),
+    };
+    let http_route = http_route.map(|(_, rule)| rule);
     if split.is_none() && http_route.is_none() && !reg.knows(namespace, service) {
         return Err(Error::UnknownService {
             namespace: namespace.into(),
@@ -147,6 +149,7 @@ pub fn status(
         service: service.into(),
         namespace: namespace.into(),
         has_split: split.is_some() || http_route.is_some(),
+        routed_by,
         backends,
         warnings,
         version: String::new(),

@@ -28,6 +28,10 @@ pub struct HttpRoute {
 pub struct HttpRouteSpec {
     /// The Service whose traffic the route takes.
     pub parent_refs: Vec<ParentRef>,
+    /// Host names (Host / :authority, port ignored; `*.` wildcards) the
+    /// route takes; empty takes every name of the Service.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
     /// Rules, first match wins.
     #[serde(default)]
     pub rules: Vec<HttpRouteRule>,
@@ -51,6 +55,9 @@ pub struct ParentRef {
     /// Accepted and ignored: a service's ports share its routes here.
     #[serde(default)]
     pub port: Option<u16>,
+    /// Accepted and ignored, like `port` (a Service port's name).
+    #[serde(default)]
+    pub section_name: Option<String>,
 }
 
 /// One HTTPRoute rule.
@@ -75,6 +82,9 @@ pub struct HttpRouteRule {
     /// Filters; mesh supports `RequestMirror`.
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// Read so that it can be refused by name (not supported).
+    #[serde(default)]
+    pub session_persistence: Option<serde_json::Value>,
 }
 
 /// One HTTPRoute match.
@@ -90,6 +100,9 @@ pub struct HttpRouteMatch {
     /// Method.
     #[serde(default)]
     pub method: Option<String>,
+    /// Read so that it can be refused by name (not supported).
+    #[serde(default)]
+    pub query_params: Vec<serde_json::Value>,
 }
 
 /// `path` of a match.
@@ -132,9 +145,15 @@ pub struct BackendRef {
     /// Accepted and ignored.
     #[serde(default)]
     pub port: Option<u16>,
+    /// Must be the route's own namespace if given.
+    #[serde(default)]
+    pub namespace: Option<String>,
     /// Relative weight; 1 when absent.
     #[serde(default)]
     pub weight: Option<RawNumber>,
+    /// Per-backend filters: read so that they can be refused by name.
+    #[serde(default)]
+    pub filters: Vec<serde_json::Value>,
 }
 
 /// `timeouts` of a rule.
@@ -164,9 +183,9 @@ pub struct GatewayRetry {
     pub backoff: Option<String>,
 }
 
-/// An HTTPRoute filter.
+/// An HTTPRoute filter. (No `deny_unknown_fields`: `other` takes them.)
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Filter {
     /// Filter type; mesh supports `RequestMirror`.
     #[serde(rename = "type")]
@@ -174,6 +193,10 @@ pub struct Filter {
     /// Set for `RequestMirror`.
     #[serde(default)]
     pub request_mirror: Option<RequestMirror>,
+    /// The other filter kinds' settings, read so that a filter mesh does
+    /// not support is refused by its type rather than as an unknown field.
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// A `RequestMirror` filter.

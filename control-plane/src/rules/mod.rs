@@ -289,27 +289,60 @@ impl RuleSet {
         Ok((next, outcomes))
     }
 
-    /// Gives `backend` `percent`% of the split for `namespace/service`; the
-    /// rest goes to the other backends in proportion to their current weights
-    /// (equally if they are all 0). Weights of the result sum to 100.
+    /// Gives `backend` `percent`% of what routes `namespace/service`: its
+    /// TrafficSplit without matches, or its HTTPRoute's release rule (see
+    /// [`HttpRoute::release_rule`]). The rest goes to the other backends in
+    /// proportion to their current weights (equally if they are all 0);
+    /// weights of the result sum to 100. Returns the new set, the shifted
+    /// rule's backends as a split of that name, and what was shifted
+    /// ("TrafficSplit default/echo", "HTTPRoute default/r rule w").
     pub fn shift(
         &self,
         namespace: &str,
         service: &str,
         backend: &str,
         percent: u32,
-    ) -> Result<(RuleSet, Split), ShiftError> {
+    ) -> Result<(RuleSet, Split, String), ShiftError> {
         check_percent(percent)?;
-        let split = self
-            .for_service(namespace, service)
+        let mut next = self.clone();
+        if let Some(split) = self.for_service(namespace, service) {
+            let updated = split.shifted(backend, percent)?;
+            next.splits.insert(updated.key(), updated.clone());
+            let what = format!("TrafficSplit {}/{}", split.namespace, split.name);
+            return Ok((next, updated, what));
+        }
+        let route = self
+            .http_route_for(namespace, service)
+            .and_then(|r| Some((r, r.release_rule()?)))
             .ok_or_else(|| ShiftError::NoSplit {
                 namespace: namespace.into(),
                 service: service.into(),
             })?;
-        let updated = split.shifted(backend, percent)?;
-        let mut next = self.clone();
-        next.splits.insert(updated.key(), updated.clone());
-        Ok((next, updated))
+        let (r, i) = route;
+        let what = format!(
+            "HTTPRoute {}/{} rule {}",
+            r.namespace, r.name, r.rules[i].name
+        );
+        let backends = split::shifted(&r.rules[i].backends, backend, percent, &what)?;
+        let mut updated = r.clone();
+        updated.rules[i].backends = backends.clone();
+        next.http_routes
+            .insert((r.namespace.clone(), r.name.clone()), updated);
+        let view = Split {
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+            service: r.service.clone(),
+            backends,
+            matches: Vec::new(),
+        };
+        Ok((next, view, what))
+    }
+
+    /// The HTTPRoute whose parent is `namespace/service`.
+    pub fn http_route_for(&self, namespace: &str, service: &str) -> Option<&HttpRoute> {
+        self.http_routes
+            .values()
+            .find(|r| r.namespace == namespace && r.service == service)
     }
 }
 
@@ -353,15 +386,28 @@ fn check_routing(next: &RuleSet, docs: &[Located]) -> Result<(), Vec<manifest::E
             .values()
             .find(|s| s.namespace == r.namespace && s.service == r.service)
         {
-            errors.push(manifest::Error::about(
-                at.or_else(|| manifest::find(docs, "TrafficSplit", &s.namespace, &s.name)),
-                &object,
-                "spec.parentRefs[0].name".into(),
-                format!(
-                    "service {:?} is already routed by TrafficSplit {}/{}; use one syntax per service",
-                    r.service, s.namespace, s.name
+            // Name whichever of the two this apply brought, as itself.
+            let split_at = manifest::find(docs, "TrafficSplit", &s.namespace, &s.name);
+            errors.push(match (at, split_at) {
+                (None, Some(split_at)) => manifest::Error::at(
+                    split_at,
+                    &format!("TrafficSplit {}/{}", s.namespace, s.name),
+                    "spec.service".into(),
+                    format!(
+                        "service {:?} is already routed by HTTPRoute {}/{}; use one syntax per service",
+                        s.service, r.namespace, r.name
+                    ),
                 ),
-            ));
+                _ => manifest::Error::about(
+                    at,
+                    &object,
+                    "spec.parentRefs[0].name".into(),
+                    format!(
+                        "service {:?} is already routed by TrafficSplit {}/{}; use one syntax per service",
+                        r.service, s.namespace, s.name
+                    ),
+                ),
+            });
         }
         if let Some(other) = next
             .http_routes

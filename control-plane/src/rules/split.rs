@@ -37,51 +37,62 @@ impl Split {
     /// backends in proportion to their current weights (equally if they are
     /// all 0). Weights of the result sum to 100.
     pub fn shifted(&self, backend: &str, percent: u32) -> Result<Split, ShiftError> {
-        check_percent(percent)?;
-        if !self.backends.iter().any(|b| b.service == backend) {
-            return Err(ShiftError::UnknownBackend {
-                backend: backend.into(),
-                split: format!("{}/{}", self.namespace, self.name),
-                known: self
-                    .backends
-                    .iter()
-                    .map(|b| b.service.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-        let others: Vec<&Backend> = self
-            .backends
-            .iter()
-            .filter(|b| b.service != backend)
-            .collect();
-        let rest = 100 - percent;
-        let shares = if others.is_empty() {
-            Vec::new()
-        } else {
-            let total: u64 = others.iter().map(|b| u64::from(b.weight)).sum();
-            let basis: Vec<u64> = if total == 0 {
-                vec![1; others.len()]
-            } else {
-                others.iter().map(|b| u64::from(b.weight)).collect()
-            };
-            largest_remainder(u64::from(rest), &basis)
-        };
-        let mut updated = self.clone();
-        let mut it = shares.into_iter();
-        for b in &mut updated.backends {
-            b.weight = if b.service == backend {
-                percent
-            } else {
-                it.next().unwrap_or(0) as u32
-            };
-        }
-        // A lone backend must carry everything, whatever was asked.
-        if others.is_empty() {
-            updated.backends[0].weight = 100;
-        }
-        Ok(updated)
+        let label = format!("split {}/{}", self.namespace, self.name);
+        Ok(Split {
+            backends: shifted(&self.backends, backend, percent, &label)?,
+            ..self.clone()
+        })
     }
+}
+
+/// `backends` with `backend` at `percent`%, the rest shared by the others
+/// in proportion to their weights (equally if all are 0), summing to 100.
+/// `rule` names whose backends they are, for the error.
+pub(super) fn shifted(
+    backends: &[Backend],
+    backend: &str,
+    percent: u32,
+    rule: &str,
+) -> Result<Vec<Backend>, ShiftError> {
+    check_percent(percent)?;
+    if !backends.iter().any(|b| b.service == backend) {
+        return Err(ShiftError::UnknownBackend {
+            backend: backend.into(),
+            rule: rule.into(),
+            known: backends
+                .iter()
+                .map(|b| b.service.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let others: Vec<&Backend> = backends.iter().filter(|b| b.service != backend).collect();
+    let rest = 100 - percent;
+    let shares = if others.is_empty() {
+        Vec::new()
+    } else {
+        let total: u64 = others.iter().map(|b| u64::from(b.weight)).sum();
+        let basis: Vec<u64> = if total == 0 {
+            vec![1; others.len()]
+        } else {
+            others.iter().map(|b| u64::from(b.weight)).collect()
+        };
+        largest_remainder(u64::from(rest), &basis)
+    };
+    let mut updated = backends.to_vec();
+    let mut it = shares.into_iter();
+    for b in &mut updated {
+        b.weight = if b.service == backend {
+            percent
+        } else {
+            it.next().unwrap_or(0) as u32
+        };
+    }
+    // A lone backend must carry everything, whatever was asked.
+    if others.is_empty() {
+        updated[0].weight = 100;
+    }
+    Ok(updated)
 }
 
 /// A shift gives a percentage: 0 to 100.
@@ -95,21 +106,21 @@ pub(super) fn check_percent(percent: u32) -> Result<(), ShiftError> {
 /// Errors from `release shift`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShiftError {
-    /// No TrafficSplit has this root service.
-    #[error("no TrafficSplit routes service {namespace}/{service}; apply one first")]
+    /// No TrafficSplit or HTTPRoute routes this service.
+    #[error("no TrafficSplit or HTTPRoute routes service {namespace}/{service}; apply one first")]
     NoSplit {
         /// Namespace.
         namespace: String,
         /// Root service.
         service: String,
     },
-    /// The named backend is not part of the split.
-    #[error("{backend:?} is not a backend of split {split}; its backends are {known}")]
+    /// The named backend is not part of the rule a release moves.
+    #[error("{backend:?} is not a backend of {rule}; its backends are {known}")]
     UnknownBackend {
         /// Requested backend.
         backend: String,
-        /// `namespace/name` of the split.
-        split: String,
+        /// Whose backends: "split default/echo", "HTTPRoute default/r rule w".
+        rule: String,
         /// Comma-separated backend names.
         known: String,
     },

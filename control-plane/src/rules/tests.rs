@@ -94,10 +94,11 @@ fn shift_sums_to_100_and_keeps_proportions() {
             &docs,
         )
         .unwrap();
-    let (_, s) = set.shift("default", "echo", "v2", 10).unwrap();
+    let (_, s, what) = set.shift("default", "echo", "v2", 10).unwrap();
+    assert_eq!(what, "TrafficSplit default/a");
     let w: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();
     assert_eq!(w, vec![68, 10, 22]);
-    let (_, s) = set.shift("default", "echo", "v2", 100).unwrap();
+    let (_, s, _) = set.shift("default", "echo", "v2", 100).unwrap();
     assert_eq!(
         s.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
         vec![0, 100, 0]

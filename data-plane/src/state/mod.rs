@@ -66,10 +66,7 @@ impl State {
     /// The service an authority names, with or without port. Short names
     /// resolve in the sidecar's own namespace, as Kubernetes DNS does.
     pub fn resolve(&self, authority: &str) -> Option<&Arc<Service>> {
-        let host = match authority.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => authority,
-        };
+        let host = crate::http::host_of(authority);
         self.by_host.get(host).or_else(|| {
             // Avoid allocating on the hot path unless the host needs lowercasing.
             if host.bytes().any(|b| b.is_ascii_uppercase()) {

@@ -29,6 +29,8 @@ pub struct Route {
     pub mirror: Option<Mirror>,
     /// Injected faults.
     pub fault: Option<Fault>,
+    /// Host names it takes (Gateway API `hostnames`); empty: any.
+    pub hostnames: Vec<String>,
     /// Indices of backends with ready endpoints, and the sum of their weights.
     /// Precomputed per snapshot so a pick is one random number and a scan.
     live: Vec<usize>,
@@ -110,6 +112,21 @@ impl Mirror {
     pub fn sampled(&self) -> bool {
         roll(self.percent)
     }
+}
+
+/// Whether `host` is one of `hostnames`: exactly, ignoring case, or under
+/// a `*.` wildcard, which takes one or more leading labels but never the
+/// bare suffix (Gateway API: "`*.example.com` would match both
+/// `test.example.com`, and `foo.test.example.com`, but not `example.com`").
+fn host_matches(hostnames: &[String], host: &str) -> bool {
+    hostnames.iter().any(|h| match h.strip_prefix('*') {
+        Some(suffix) => {
+            host.len() > suffix.len()
+                && host.as_bytes()[host.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
+        }
+        None => host.eq_ignore_ascii_case(h),
+    })
 }
 
 /// Compiles a regex that must match a whole value, within `limit` bytes.
@@ -310,6 +327,14 @@ impl Route {
                 f.abort_status
             )));
         }
+        for h in &r.hostnames {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            if bare.is_empty() || bare.contains('*') {
+                errors.push(at(format!(
+                    "hostname {h:?} is not a host name or a `*.` wildcard"
+                )));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -318,6 +343,7 @@ impl Route {
             .collect();
         let live_weight = live.iter().map(|&i| u64::from(backends[i].weight)).sum();
         Ok(Route {
+            hostnames: r.hostnames.clone(),
             name: r.name.clone(),
             matches,
             backends,
@@ -332,7 +358,10 @@ impl Route {
 
     /// Whether the route takes this request.
     pub fn matches<B>(&self, req: &Request<B>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+        let host_ok = self.hostnames.is_empty()
+            || crate::http::authority(req)
+                .is_some_and(|a| host_matches(&self.hostnames, crate::http::host_of(a)));
+        host_ok && (self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req)))
     }
 
     /// Chooses a backend by weight among those with ready endpoints. When every
@@ -362,6 +391,7 @@ impl Route {
     pub fn dump(&self) -> serde_json::Value {
         serde_json::json!({
             "name": self.name,
+            "hostnames": self.hostnames,
             "matches": self.matches.iter().map(Match::describe).collect::<Vec<_>>(),
             "backends": self.backends.iter().map(|b| serde_json::json!({
                 "cluster": b.cluster.name, "weight": b.weight,

@@ -347,3 +347,42 @@ fn retention_counts_from_departure_with_snapshots_every_minute() {
     assert!(Arc::ptr_eq(&record(&state, "127.0.0.1:1").unwrap(), &one));
     assert!(!Arc::ptr_eq(&record(&state, "127.0.0.1:2").unwrap(), &two));
 }
+
+/// Gateway API hostnames: matched against the authority with its port
+/// ignored ("Implementations MUST ignore any port value specified in the
+/// HTTP Host header"), case-insensitively, a `*.` wildcard taking one or
+/// more labels but never the bare suffix.
+#[test]
+fn a_route_with_hostnames_takes_only_requests_addressed_by_them() {
+    let mut stats = EndpointStats::default();
+    let mut snap = snapshot(&["127.0.0.1:1"], &[], 1, 0);
+    snap.services[0].routes[0].hostnames = vec!["*.example.com".into(), "echo.default".into()];
+    let s = convert(&snap, "default", &State::default(), &mut stats).unwrap();
+    let route = &s.resolve("echo").unwrap().routes[0];
+    let req = |host: &str| {
+        http::Request::builder()
+            .header("host", host)
+            .body(())
+            .unwrap()
+    };
+    for yes in [
+        "echo.default",
+        "ECHO.default:8080",
+        "a.example.com",
+        "a.b.example.com:80",
+    ] {
+        assert!(route.matches(&req(yes)), "{yes}");
+    }
+    for no in ["echo", "example.com", "a.example.net", "xexample.com"] {
+        assert!(!route.matches(&req(no)), "{no}");
+    }
+    let h2 = http::Request::builder()
+        .uri("http://a.example.com:443/x")
+        .body(())
+        .unwrap();
+    assert!(route.matches(&h2), ":authority counts too");
+    let mut bad = snapshot(&["127.0.0.1:1"], &[], 1, 0);
+    bad.services[0].routes[0].hostnames = vec!["a.*.com".into()];
+    let err = convert(&bad, "default", &State::default(), &mut stats).unwrap_err();
+    assert!(err.to_string().contains("hostname \"a.*.com\""), "{err}");
+}

@@ -4,7 +4,11 @@
 
 mod compile;
 mod gateway;
+mod limits;
 pub mod model;
 mod traffic;
 
 pub use compile::routing_from;
+
+#[cfg(test)]
+mod tests;

@@ -14,9 +14,6 @@ pub struct Backend {
     pub weight: u32,
 }
 
-/// Gateway API's limit on rules per HTTPRoute.
-pub const MAX_RULES: usize = 16;
-
 /// One route: matches, weighted backends and policies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteRule {
@@ -153,8 +150,36 @@ pub struct HttpRoute {
     pub namespace: String,
     /// The parent Service.
     pub service: String,
+    /// Host names the route takes (`*.` wildcards); empty: every name.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
     /// Rules, first match wins.
     pub rules: Vec<RouteRule>,
+}
+
+impl RequestMatch {
+    /// Whether it takes every request: no condition but at most the path
+    /// prefix `/` (how the upstream guides write a catch-all).
+    pub fn takes_all(&self) -> bool {
+        self.method.is_none()
+            && self.headers.is_empty()
+            && match &self.path {
+                None => true,
+                Some(PathMatch::Prefix(p)) => p.trim_end_matches('/').is_empty(),
+                _ => false,
+            }
+    }
+}
+
+impl HttpRoute {
+    /// The index of the rule a release moves: the first that takes every
+    /// request (no matches, or a catch-all match), else the last.
+    pub fn release_rule(&self) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|r| r.matches.is_empty() || r.matches.iter().any(RequestMatch::takes_all))
+            .or_else(|| self.rules.len().checked_sub(1))
+    }
 }
 
 /// A TrafficPolicy.
