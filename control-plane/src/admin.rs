@@ -205,6 +205,7 @@ impl pb::admin_server::Admin for Admin {
         let proxies = self
             .state
             .proxies()
+            .list()
             .into_iter()
             .map(|p| pb::ProxyStatus {
                 service: p.node.service,

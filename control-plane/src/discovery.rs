@@ -80,7 +80,7 @@ impl discovery_server::Discovery for Discovery {
         let (node, _) = node_id(first.node)?;
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = id, service = %node.service, instance = %node.instance_id, "proxy subscribed");
-        self.state.add_proxy(id, node);
+        self.state.proxies().add(id, node);
         let state = self.state.clone();
         // Small buffer: a slow proxy should see the newest snapshot, not a queue of stale ones.
         let (tx, rx) = mpsc::channel(2);
@@ -105,7 +105,7 @@ impl discovery_server::Discovery for Discovery {
                                     if let Some(reason) = &error {
                                         tracing::warn!(stream = id, version = v, %reason, "proxy rejected config");
                                     }
-                                    state.record_reply(id, v, error);
+                                    state.proxies().record_reply(id, v, error);
                                 }
                             }
                             Ok(None) | Err(_) => break 'send,
@@ -114,7 +114,7 @@ impl discovery_server::Discovery for Discovery {
                 }
             }
             tracing::info!(stream = id, "proxy unsubscribed");
-            state.remove_proxy(id);
+            state.proxies().remove(id);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -145,6 +145,7 @@ impl discovery_server::Discovery for Discovery {
         let version = self.state.deregister(&node.namespace, &node.instance_id)?;
         let propagated = self
             .state
+            .proxies()
             .wait_propagated(version, &node.instance_id, self.propagation_timeout)
             .await;
         tracing::info!(instance = %node.instance_id, version, propagated, "instance deregistered");

@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod index;
 pub mod manifest;
+pub mod proxies;
 pub mod registry;
 pub mod rules;
 pub mod state;

@@ -1,17 +1,21 @@
-//! The control plane's single writer: registry and rules behind one lock.
-//! Every change is validated, persisted, then published as a new snapshot on
-//! a watch channel that each discovery stream reads. Also tracks which
-//! version each subscribed proxy has ACKed.
+//! The control plane's single writer of registry and rules. A rule change
+//! (apply, delete, shift) is validated, persisted, then published as a new
+//! snapshot on a watch channel that each discovery stream reads; one at a
+//! time (`writer`), and doing its slow work (parsing, validation, fsync)
+//! without the lock that heartbeats and reads take (`inner`), which it holds
+//! only to swap in the result and publish. A heartbeat that changes nothing
+//! only renews its lease (`leases`), so no apply can make leases expire.
 
 use crate::index::{self, View};
 use crate::manifest;
-use crate::registry::Catalog;
+use crate::proxies::Proxies;
+use crate::registry::lease::{Leases, Said};
 use crate::registry::local::{self, NodeId, Registry};
+use crate::registry::{Catalog, Source};
 use crate::rules::{self, RuleSet, Split};
 use crate::store::{self, Store};
 use mesh_proto::prebuilt::Prebuilt;
 use mesh_proto::v1 as pb;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -67,41 +71,33 @@ pub struct Applied {
     pub outcomes: rules::Outcomes,
     /// Accepted-but-suspicious findings.
     pub warnings: Vec<String>,
+    /// How long it held the lock that reads and registry changes take (to
+    /// swap the rules in and publish); its parsing, validation and fsync
+    /// ran before, outside it.
+    pub held: Duration,
 }
 
 struct Inner {
     registry: Registry,
-    rules: RuleSet,
+    rules: Arc<RuleSet>,
     version: u64,
-}
-
-/// A proxy subscribed over discovery.
-#[derive(Debug, Clone)]
-pub struct Proxy {
-    /// Who it said it is.
-    pub node: pb::Node,
-    /// Last version it ACKed.
-    pub acked: Option<u64>,
-    /// Last version it NACKed, and why.
-    pub nacked: Option<(u64, String)>,
-    /// From publishing (or its stream opening, if later) to its ACK, for
-    /// the last version it ACKed.
-    pub last_push: Option<Duration>,
-    /// Its last ACK, NACK, heartbeat or subscription.
-    pub last_seen: Instant,
-    connected: Instant,
 }
 
 /// Shared control-plane state.
 pub struct State {
     inner: Mutex<Inner>,
+    /// One rule change at a time, held through its validation and fsync.
+    writer: Mutex<()>,
+    leases: Mutex<Leases>,
     snapshots: watch::Sender<Arc<Snapshot>>,
-    proxies: Mutex<BTreeMap<u64, Proxy>>,
-    /// When recent versions were published, for push latency.
-    published: Mutex<BTreeMap<u64, Instant>>,
-    /// Bumped on every ACK/NACK/disconnect so waiters re-check propagation.
-    acks: watch::Sender<u64>,
+    proxies: Proxies,
     store: Store,
+}
+
+/// A poisoned lock's data is still whole: every mutation builds the new
+/// value first and then assigns it.
+fn unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl State {
@@ -114,8 +110,25 @@ impl State {
     ) -> Result<Self, store::Error> {
         let rules = store.load_rules()?.unwrap_or(seed_rules);
         let mut registry = registry;
+        let mut leases = Leases::default();
         if let Some(saved) = store.load_registry()? {
-            registry.restore(saved, Instant::now());
+            leases.restore(
+                saved
+                    .iter()
+                    .filter(|i| i.source == Source::Registered)
+                    .map(|i| {
+                        let said = Said {
+                            service: i.service.clone(),
+                            version: i.version.clone(),
+                            address: i.address.clone(),
+                            ready: i.ready,
+                            identity: i.identity.clone(),
+                        };
+                        ((i.namespace.clone(), i.instance_id.clone()), said)
+                    }),
+                Instant::now(),
+            );
+            registry.restore(saved);
         }
         // Seed versions from the wall clock so they keep rising across restarts.
         let version = SystemTime::now()
@@ -124,18 +137,17 @@ impl State {
             .unwrap_or(1);
         let view = index::build(&registry, &rules);
         let (snapshots, _) = watch::channel(Arc::new(Snapshot::new(version, view)));
-        let (acks, _) = watch::channel(0);
         store.save_rules(&rules)?;
         Ok(State {
             inner: Mutex::new(Inner {
                 registry,
-                rules,
+                rules: Arc::new(rules),
                 version,
             }),
+            writer: Mutex::new(()),
+            leases: Mutex::new(leases),
             snapshots,
-            proxies: Mutex::new(BTreeMap::new()),
-            published: Mutex::new(BTreeMap::new()),
-            acks,
+            proxies: Proxies::default(),
             store,
         })
     }
@@ -145,15 +157,18 @@ impl State {
         self.snapshots.subscribe()
     }
 
+    /// The subscribed sidecars.
+    pub fn proxies(&self) -> &Proxies {
+        &self.proxies
+    }
+
     /// The version in force.
     pub fn version(&self) -> u64 {
         self.lock().version
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave Inner half-updated:
-        // every mutation builds the new value first and then assigns it.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        unpoisoned(&self.inner)
     }
 
     /// Rebuilds the view and publishes it if anything changed.
@@ -161,48 +176,65 @@ impl State {
         let view = index::build(&inner.registry, &inner.rules);
         if self.snapshots.borrow().view != view {
             inner.version += 1;
-            let mut published = self.published.lock().expect("published lock");
-            published.insert(inner.version, Instant::now());
-            // A sidecar ACKs within seconds; older versions only matter as "unknown".
-            while published.len() > 64 {
-                published.pop_first();
-            }
-            drop(published);
+            self.proxies.published(inner.version);
             self.snapshots
                 .send_replace(Arc::new(Snapshot::new(inner.version, view)));
         }
         inner.version
     }
 
+    /// Takes the writer's turn and the rules in force to change.
+    fn begin_change(&self) -> (std::sync::MutexGuard<'_, ()>, Arc<RuleSet>) {
+        let turn = unpoisoned(&self.writer);
+        let rules = self.lock().rules.clone();
+        (turn, rules)
+    }
+
+    /// Persists `next` (before anyone can see it: a sidecar must never run
+    /// rules a restart would lose), then swaps it in and publishes.
+    fn commit(
+        &self,
+        next: RuleSet,
+        warn: impl FnOnce(&Registry) -> Vec<String>,
+    ) -> Result<(u64, Vec<String>, Duration), Error> {
+        self.store.save_rules(&next)?;
+        let next = Arc::new(next);
+        let mut inner = self.lock();
+        let held = Instant::now();
+        let warnings = warn(&inner.registry);
+        inner.rules = next;
+        let version = self.publish(&mut inner);
+        Ok((version, warnings, held.elapsed()))
+    }
+
     /// Validates and applies rule files, all or nothing.
     pub fn apply(&self, files: &[(String, String)]) -> Result<Applied, Error> {
         let docs = rule_documents(files)?;
         let incoming = rules::rules_from(&docs).map_err(Error::Invalid)?;
-        let mut inner = self.lock();
-        let (next, outcomes) = inner
-            .rules
-            .apply(&incoming, &docs)
-            .map_err(Error::Invalid)?;
-        rules::check_mirrors(&incoming.routing, &docs, |ns, svc| {
-            inner.registry.knows(ns, svc)
-        })
-        .map_err(Error::Invalid)?;
-        // Persist before publishing: a sidecar must never run rules a restart would lose.
-        self.store.save_rules(&next)?;
-        let warnings = incoming
-            .splits
-            .iter()
-            .flat_map(|s| {
-                let what = format!("TrafficSplit {}/{}", s.namespace, s.name);
-                index::warnings(&inner.registry, &what, s)
+        let (_turn, current) = self.begin_change();
+        let (next, outcomes) = current.apply(&incoming, &docs).map_err(Error::Invalid)?;
+        {
+            let inner = self.lock();
+            rules::check_mirrors(&incoming.routing, &docs, |ns, svc| {
+                inner.registry.knows(ns, svc)
             })
-            .collect();
-        inner.rules = next;
-        let version = self.publish(&mut inner);
+            .map_err(Error::Invalid)?;
+        }
+        let (version, warnings, held) = self.commit(next, |registry| {
+            incoming
+                .splits
+                .iter()
+                .flat_map(|s| {
+                    let what = format!("TrafficSplit {}/{}", s.namespace, s.name);
+                    index::warnings(registry, &what, s)
+                })
+                .collect()
+        })?;
         Ok(Applied {
             version,
             outcomes,
             warnings,
+            held,
         })
     }
 
@@ -225,18 +257,14 @@ impl State {
                 name: meta.name.clone(),
             }
         }));
-        let mut inner = self.lock();
-        let (next, outcomes) = inner
-            .rules
-            .delete(&targets, &docs)
-            .map_err(Error::Invalid)?;
-        self.store.save_rules(&next)?;
-        inner.rules = next;
-        let version = self.publish(&mut inner);
+        let (_turn, current) = self.begin_change();
+        let (next, outcomes) = current.delete(&targets, &docs).map_err(Error::Invalid)?;
+        let (version, _, held) = self.commit(next, |_| Vec::new())?;
         Ok(Applied {
             version,
             outcomes,
             warnings: Vec::new(),
+            held,
         })
     }
 
@@ -248,12 +276,10 @@ impl State {
         backend: &str,
         percent: u32,
     ) -> Result<(Split, u64, Vec<String>), Error> {
-        let mut inner = self.lock();
-        let (next, split, what) = inner.rules.shift(namespace, service, backend, percent)?;
-        self.store.save_rules(&next)?;
-        let warnings = index::warnings(&inner.registry, &what, &split);
-        inner.rules = next;
-        let version = self.publish(&mut inner);
+        let (_turn, current) = self.begin_change();
+        let (next, split, what) = current.shift(namespace, service, backend, percent)?;
+        let (version, warnings, _) =
+            self.commit(next, |registry| index::warnings(registry, &what, &split))?;
         Ok((split, version, warnings))
     }
 
@@ -295,7 +321,9 @@ impl State {
         Ok(st)
     }
 
-    /// Records a heartbeat; publishes if the endpoint sets changed.
+    /// Records a heartbeat. One that says what the last one said only
+    /// renews the instance's lease; a new instance or a change (address,
+    /// readiness, identity) goes to the registry and is published.
     pub fn heartbeat(
         &self,
         node: &NodeId,
@@ -304,41 +332,47 @@ impl State {
         identity: &str,
         cert_not_after_unix: i64,
     ) -> Result<(), Error> {
-        let mut inner = self.lock();
-        if inner
-            .registry
-            .heartbeat(node, address, ready, identity, Instant::now())?
-        {
-            self.store.save_registry(&inner.registry)?;
-            self.publish(&mut inner);
-        }
-        inner
-            .registry
-            .note_cert(&node.namespace, &node.instance_id, cert_not_after_unix);
-        drop(inner);
-        self.seen(&node.namespace, &node.instance_id);
-        Ok(())
-    }
-
-    /// Marks a sidecar as alive now (a heartbeat, or a telemetry report from
-    /// a sidecar that has no app to heartbeat for).
-    pub fn seen(&self, namespace: &str, instance_id: &str) {
-        let now = Instant::now();
-        for p in self.proxies_lock().values_mut() {
-            if p.node.instance_id == instance_id && p.node.namespace == namespace {
-                p.last_seen = now;
+        local::check(node, address)?;
+        let key = (node.namespace.clone(), node.instance_id.clone());
+        let said = Said {
+            service: node.service.clone(),
+            version: node.version.clone(),
+            address: address.to_string(),
+            ready,
+            identity: identity.to_string(),
+        };
+        let news =
+            unpoisoned(&self.leases).renew(key.clone(), said, cert_not_after_unix, Instant::now());
+        if news {
+            let mut inner = self.lock();
+            // What the lease holds now, not what this heartbeat said: a
+            // later one may have overtaken it on the way to this lock.
+            let latest = unpoisoned(&self.leases).said(&key).cloned();
+            if let Some(said) = latest
+                && inner.registry.heartbeat(node, &said)?
+            {
+                self.store.save_registry(&inner.registry)?;
+                self.publish(&mut inner);
             }
         }
+        self.proxies.seen(&node.namespace, &node.instance_id);
+        Ok(())
     }
 
     /// Instances with their certificate expiry.
     pub fn identities(&self) -> Vec<pb::WorkloadIdentity> {
-        index::views::identities(self.lock().registry.identities())
+        let inner = self.lock();
+        let leases = unpoisoned(&self.leases);
+        index::views::identities(inner.registry.instances().map(|i| {
+            let key = (i.namespace.clone(), i.instance_id.clone());
+            (i, leases.cert_not_after(&key))
+        }))
     }
 
     /// Removes an instance; returns the version that no longer contains it.
     pub fn deregister(&self, namespace: &str, instance_id: &str) -> Result<u64, Error> {
         let mut inner = self.lock();
+        unpoisoned(&self.leases).end(&(namespace.to_string(), instance_id.to_string()));
         if inner.registry.deregister(namespace, instance_id) {
             self.store.save_registry(&inner.registry)?;
         }
@@ -347,109 +381,20 @@ impl State {
 
     /// Drops instances whose heartbeats stopped.
     pub fn expire(&self, lease: Duration) -> Result<Vec<String>, Error> {
+        let dead = unpoisoned(&self.leases).expire(Instant::now(), lease);
+        if dead.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut inner = self.lock();
-        let dead = inner.registry.expire(Instant::now(), lease);
-        if !dead.is_empty() {
-            self.store.save_registry(&inner.registry)?;
-            self.publish(&mut inner);
+        for (ns, id) in &dead {
+            inner.registry.deregister(ns, id);
         }
-        Ok(dead)
-    }
-
-    /// Tracks a new discovery stream; returns its id.
-    pub fn add_proxy(&self, id: u64, node: pb::Node) {
-        self.proxies_lock().insert(
-            id,
-            Proxy {
-                node,
-                acked: None,
-                nacked: None,
-                last_push: None,
-                last_seen: Instant::now(),
-                connected: Instant::now(),
-            },
-        );
-    }
-
-    /// Forgets a closed discovery stream.
-    pub fn remove_proxy(&self, id: u64) {
-        self.proxies_lock().remove(&id);
-        self.acks.send_modify(|n| *n += 1);
-    }
-
-    /// Records an ACK (`error` is None) or NACK of `version`.
-    pub fn record_reply(&self, id: u64, version: u64, error: Option<String>) {
-        let now = Instant::now();
-        let published = self
-            .published
-            .lock()
-            .expect("published lock")
-            .get(&version)
-            .copied();
-        if let Some(p) = self.proxies_lock().get_mut(&id) {
-            p.last_seen = now;
-            match error {
-                None => {
-                    // A version published before the stream opened was pushed
-                    // when it opened.
-                    if p.acked != Some(version) {
-                        p.last_push = published.map(|at| now - at.max(p.connected));
-                    }
-                    p.acked = Some(version);
-                    if p.nacked.as_ref().is_some_and(|(v, _)| *v <= version) {
-                        p.nacked = None;
-                    }
-                }
-                Some(reason) => p.nacked = Some((version, reason)),
-            }
-        }
-        self.acks.send_modify(|n| *n += 1);
-    }
-
-    /// Subscribed proxies.
-    pub fn proxies(&self) -> Vec<Proxy> {
-        self.proxies_lock().values().cloned().collect()
-    }
-
-    fn proxies_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Proxy>> {
-        self.proxies.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits until every subscribed proxy other than `except_instance` has
-    /// answered `version` or later, or `timeout` passes. Returns whether
-    /// every one of them ACKed such a version. A proxy that NACKed it still
-    /// runs its older config, where the instance may be an endpoint, so it
-    /// does not count as propagated; once only such proxies are left there
-    /// is nothing more to wait for, and the answer is `false` at once.
-    pub async fn wait_propagated(
-        &self,
-        version: u64,
-        except_instance: &str,
-        timeout: Duration,
-    ) -> bool {
-        let mut acks = self.acks.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let (mut answered, mut acked) = (true, true);
-            for p in self.proxies_lock().values() {
-                if p.node.instance_id == except_instance {
-                    continue;
-                }
-                let ack = p.acked.is_some_and(|v| v >= version);
-                let nack = p.nacked.as_ref().is_some_and(|(v, _)| *v >= version);
-                answered &= ack || nack;
-                acked &= ack;
-            }
-            if answered {
-                return acked;
-            }
-            if tokio::time::timeout_at(deadline, acks.changed())
-                .await
-                .is_err()
-            {
-                return false;
-            }
-        }
+        self.store.save_registry(&inner.registry)?;
+        self.publish(&mut inner);
+        Ok(dead
+            .into_iter()
+            .map(|(ns, id)| format!("{ns}/{id}"))
+            .collect())
     }
 }
 

@@ -256,7 +256,7 @@ impl pb::telemetry_server::Telemetry for Service {
             // what it had.
             let report = report?;
             if let Some(n) = &report.node {
-                self.state.seen(&n.namespace, &n.instance_id);
+                self.state.proxies().seen(&n.namespace, &n.instance_id);
             }
             self.window.add(report)?;
         }

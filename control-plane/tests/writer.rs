@@ -177,14 +177,14 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
         .heartbeat(&leaving, "127.0.0.1:4143", true, "", 0)
         .unwrap();
     for (id, name) in [(1, "a"), (2, "b"), (3, "echo-0")] {
-        state.add_proxy(id, node(name));
+        state.proxies().add(id, node(name));
     }
     let short = Duration::from_millis(300);
 
     // Nobody answers: not propagated, after the timeout and not before.
     let v = state.deregister("default", "echo-0").unwrap();
     let started = Instant::now();
-    assert!(!state.wait_propagated(v, "echo-0", short).await);
+    assert!(!state.proxies().wait_propagated(v, "echo-0", short).await);
     assert!(started.elapsed() >= short);
 
     // Both others ACK (the leaving sidecar itself does not count).
@@ -192,16 +192,17 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
         let state = state.clone();
         tokio::spawn(async move {
             state
+                .proxies()
                 .wait_propagated(v, "echo-0", Duration::from_secs(10))
                 .await
         })
     };
-    state.record_reply(1, v, None);
+    state.proxies().record_reply(1, v, None);
     assert!(!waiter.is_finished());
-    state.record_reply(2, v + 1, None);
+    state.proxies().record_reply(2, v + 1, None);
     assert!(waiter.await.unwrap(), "a later version counts");
     // echo-0's sidecar has gone.
-    state.remove_proxy(3);
+    state.proxies().remove(3);
 
     // One NACKs: it still runs the config with the instance in it, so the
     // answer is false, and at once rather than at the timeout.
@@ -213,11 +214,14 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
         .heartbeat(&again, "127.0.0.1:4144", true, "", 0)
         .unwrap();
     let v = state.deregister("default", "echo-1").unwrap();
-    state.record_reply(1, v, None);
-    state.record_reply(2, v, Some("regex too big".into()));
+    state.proxies().record_reply(1, v, None);
+    state
+        .proxies()
+        .record_reply(2, v, Some("regex too big".into()));
     let started = Instant::now();
     assert!(
         !state
+            .proxies()
             .wait_propagated(v, "echo-1", Duration::from_secs(10))
             .await
     );
@@ -227,6 +231,97 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
         started.elapsed()
     );
     // A sidecar that leaves the mesh no longer holds anyone up.
-    state.remove_proxy(2);
-    assert!(state.wait_propagated(v, "echo-1", short).await);
+    state.proxies().remove(2);
+    assert!(state.proxies().wait_propagated(v, "echo-1", short).await);
+}
+
+/// `n` TrafficSplits, each on its own service, in one file.
+fn many_splits(n: usize) -> (String, String) {
+    let mut yaml = String::new();
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "---\napiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: s{i}\nspec:\n  service: svc{i}\n  backends:\n  - service: svc{i}-v1\n    weight: 1\n"
+        ));
+    }
+    ("many.yaml".into(), yaml)
+}
+
+/// A large apply (10,000 splits) runs while an instance keeps heartbeating:
+/// no heartbeat waits for it (they renew leases, which the writer never
+/// holds), the instance stays in every snapshot, and a later one-split
+/// apply is quick (nothing in validation grows with the square of the
+/// rules in force).
+#[test]
+fn heartbeats_never_wait_for_a_large_apply() {
+    let dir = Dir::new("large");
+    let state = std::sync::Arc::new(
+        State::new(
+            Registry::default(),
+            RuleSet::default(),
+            Store::open(&dir.0).unwrap(),
+        )
+        .unwrap(),
+    );
+    let node = NodeId {
+        namespace: "default".into(),
+        service: "echo".into(),
+        version: "v1".into(),
+        instance_id: "echo-0".into(),
+    };
+    state
+        .heartbeat(&node, "127.0.0.1:4143", true, "", 0)
+        .unwrap();
+    let file = many_splits(10_000);
+    let applying = {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let applied = state.apply(&[file]);
+            (applied, started.elapsed())
+        })
+    };
+    let (mut beats, mut slowest) = (0, Duration::ZERO);
+    while !applying.is_finished() {
+        let t = Instant::now();
+        state
+            .heartbeat(&node, "127.0.0.1:4143", true, "", 0)
+            .unwrap();
+        slowest = slowest.max(t.elapsed());
+        beats += 1;
+        assert!(
+            state.expire(Duration::from_millis(900)).unwrap().is_empty(),
+            "a lease expired during the apply"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (applied, took) = applying.join().unwrap();
+    eprintln!(
+        "measured: 10,000-split apply {took:?}; {beats} heartbeats meanwhile, slowest {slowest:?}"
+    );
+    let applied = applied.unwrap();
+    assert_eq!(applied.outcomes.len(), 10_000);
+    assert!(
+        applied.held < took,
+        "validation and fsync ran outside the lock"
+    );
+    assert!(beats > 0);
+    assert!(
+        slowest < Duration::from_millis(50),
+        "a heartbeat waited {slowest:?} (the apply took {took:?})"
+    );
+    let snap = state.subscribe().borrow().clone();
+    let echo = snap
+        .view
+        .clusters
+        .iter()
+        .find(|c| c.name == "echo.default")
+        .unwrap();
+    assert_eq!(echo.endpoints.len(), 1, "the instance never left");
+    assert!(snap.view.services.len() > 10_000);
+    // One more split on top of the 10,000.
+    let t = Instant::now();
+    state.apply(&[split("one-more", "50", "50")]).unwrap();
+    let one = t.elapsed();
+    eprintln!("measured: a one-split apply on top of 10,000: {one:?}");
+    assert!(one < took, "one split took {one:?}, all 10,000 {took:?}");
 }

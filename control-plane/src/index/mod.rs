@@ -66,6 +66,7 @@ pub fn build(reg: &dyn Catalog, rules: &RuleSet) -> View {
                     .map(|p| (p.namespace.clone(), p.service.clone())),
             ),
     );
+    let by = routes::ByService::new(rules);
     let mut clusters: BTreeMap<String, pb::Cluster> = BTreeMap::new();
     let mut cluster_for = |ns: &str, svc: &str| {
         let name = cluster_name(ns, svc);
@@ -93,7 +94,7 @@ pub fn build(reg: &dyn Catalog, rules: &RuleSet) -> View {
                 name: name.clone(),
                 resource_version: String::new(),
                 endpoints,
-                policy: Some(routes::backend_policy(rules, ns, svc, parent)),
+                policy: Some(routes::backend_policy(&by, ns, svc, parent)),
             };
             c.resource_version = content_version(&c);
             c
@@ -102,12 +103,8 @@ pub fn build(reg: &dyn Catalog, rules: &RuleSet) -> View {
     };
     let mut services = Vec::new();
     for (ns, svc) in roots {
-        let routes = routes::routes_for(rules, &ns, &svc, &mut |backend| cluster_for(&ns, backend));
-        let authorization = rules
-            .policies
-            .values()
-            .find(|p| p.namespace == ns && p.service == svc)
-            .map(authorization);
+        let routes = routes::routes_for(&by, &ns, &svc, &mut |backend| cluster_for(&ns, backend));
+        let authorization = by.authorization(&ns, &svc).map(authorization);
         let mut sc = pb::ServiceConfig {
             name: svc,
             namespace: ns,

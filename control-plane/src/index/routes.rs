@@ -3,45 +3,92 @@
 //! TrafficPolicy defaults filled in, and the policy of one backend.
 
 use crate::rules::route::model::{
-    Backend, HeaderMatch, PathMatch, RequestMatch, Retry, RouteRule, TrafficPolicy,
+    Backend, HeaderMatch, HttpRoute, PathMatch, RequestMatch, Retry, RouteRule, TrafficPolicy,
 };
-use crate::rules::{RuleSet, Split};
+use crate::rules::{Policy, RuleSet, Split};
 use mesh_proto::v1 as pb;
+use std::collections::HashMap;
 
-/// The TrafficPolicy governing `service`, if any.
-fn policy_for<'a>(rules: &'a RuleSet, ns: &str, service: &str) -> Option<&'a TrafficPolicy> {
-    rules
-        .traffic_policies
-        .values()
-        .find(|p| p.namespace == ns && p.service == service)
+type Key<'a> = (&'a str, &'a str);
+
+/// The rules of each service, grouped once per build: looking them up by
+/// scanning every rule for every service made a large mesh quadratic.
+/// Where several rules of a kind name one service, the first in
+/// `(namespace, name)` order counts, as a scan would have found it.
+pub(super) struct ByService<'a> {
+    rules: &'a RuleSet,
+    splits: HashMap<Key<'a>, Vec<&'a Split>>,
+    routes: HashMap<Key<'a>, &'a HttpRoute>,
+    policies: HashMap<Key<'a>, &'a TrafficPolicy>,
+    authz: HashMap<Key<'a>, &'a Policy>,
+}
+
+impl<'a> ByService<'a> {
+    pub(super) fn new(rules: &'a RuleSet) -> Self {
+        let mut splits: HashMap<Key<'a>, Vec<&'a Split>> = HashMap::new();
+        for s in rules.splits.values() {
+            splits
+                .entry((s.namespace.as_str(), s.service.as_str()))
+                .or_default()
+                .push(s);
+        }
+        let mut routes = HashMap::new();
+        for r in rules.http_routes.values() {
+            routes
+                .entry((r.namespace.as_str(), r.service.as_str()))
+                .or_insert(r);
+        }
+        let mut policies = HashMap::new();
+        for p in rules.traffic_policies.values() {
+            policies
+                .entry((p.namespace.as_str(), p.service.as_str()))
+                .or_insert(p);
+        }
+        let mut authz = HashMap::new();
+        for p in rules.policies.values() {
+            authz
+                .entry((p.namespace.as_str(), p.service.as_str()))
+                .or_insert(p);
+        }
+        ByService {
+            rules,
+            splits,
+            routes,
+            policies,
+            authz,
+        }
+    }
+
+    /// The TrafficPolicy governing `ns/service`, if any.
+    fn policy(&self, ns: &str, service: &str) -> Option<&'a TrafficPolicy> {
+        self.policies.get(&(ns, service)).copied()
+    }
+
+    /// The AuthorizationPolicy protecting `ns/service`, if any.
+    pub(super) fn authorization(&self, ns: &str, service: &str) -> Option<&'a Policy> {
+        self.authz.get(&(ns, service)).copied()
+    }
 }
 
 /// The routes of `ns/service`, first match wins. `cluster` names (and
 /// registers) the cluster of a backend service.
 pub(super) fn routes_for(
-    rules: &RuleSet,
+    by: &ByService<'_>,
     ns: &str,
     service: &str,
     cluster: &mut dyn FnMut(&str) -> String,
 ) -> Vec<pb::Route> {
-    let policy = policy_for(rules, ns, service);
+    let rules = by.rules;
+    let policy = by.policy(ns, service);
     let mut model: Vec<RouteRule> = Vec::new();
     // GAMMA is settling on hostnames meaning a match on :authority (as
     // Linkerd does; gateway-api#2885): every rule carries the route's.
     let mut hostnames: &[String] = &[];
-    if let Some(r) = rules
-        .http_routes
-        .values()
-        .find(|r| r.namespace == ns && r.service == service)
-    {
+    if let Some(r) = by.routes.get(&(ns, service)) {
         model = by_precedence(&r.rules);
         hostnames = &r.hostnames;
     } else {
-        let mut splits: Vec<&Split> = rules
-            .splits
-            .values()
-            .filter(|s| s.namespace == ns && s.service == service)
-            .collect();
+        let mut splits: Vec<&Split> = by.splits.get(&(ns, service)).cloned().unwrap_or_default();
         // Matched splits first (by name), then the catch-all.
         splits.sort_by_key(|s| (s.matches.is_empty(), s.name.clone()));
         for s in splits {
@@ -196,14 +243,15 @@ fn header_match(h: &HeaderMatch) -> pb::HeaderMatch {
 /// The policy of backend `service`: its own TrafficPolicy, else that of
 /// `parent` (the service it is a version subset of), else the defaults.
 pub(super) fn backend_policy(
-    rules: &RuleSet,
+    by: &ByService<'_>,
     ns: &str,
     service: &str,
     parent: Option<&str>,
 ) -> pb::BackendPolicy {
     let default = TrafficPolicy::default();
-    let p = policy_for(rules, ns, service)
-        .or_else(|| parent.and_then(|parent| policy_for(rules, ns, parent)))
+    let p = by
+        .policy(ns, service)
+        .or_else(|| parent.and_then(|parent| by.policy(ns, parent)))
         .unwrap_or(&default);
     pb::BackendPolicy {
         load_balancer: match p.load_balancer.as_str() {

@@ -2,12 +2,12 @@
 //! syntaxes, TrafficPolicy defaults, Gateway API match precedence, subset
 //! clusters with only ready endpoints, content versions, and release status.
 
-use super::routes::{backend_policy, routes_for};
+use super::routes::{ByService, backend_policy, routes_for};
 use super::*;
 use crate::manifest;
+use crate::registry::lease::Said;
 use crate::registry::local::{NodeId, Registry};
 use crate::rules::{Backend, Split, rules_from};
-use std::time::Instant;
 
 fn rules_of(file: &str) -> RuleSet {
     let path = format!("{}/../examples/rules/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -18,7 +18,9 @@ fn rules_of(file: &str) -> RuleSet {
 }
 
 fn routes(rules: &RuleSet) -> Vec<pb::Route> {
-    routes_for(rules, "default", "echo", &mut |s| format!("{s}.default"))
+    routes_for(&ByService::new(rules), "default", "echo", &mut |s| {
+        format!("{s}.default")
+    })
 }
 
 #[test]
@@ -67,7 +69,7 @@ fn both_syntaxes_compile_to_the_same_canary_route() {
 #[test]
 fn traffic_policy_example_sets_backend_policy_and_route_defaults() {
     let rules = rules_of("traffic-policy.yaml");
-    let p = backend_policy(&rules, "default", "echo-v1", Some("echo"));
+    let p = backend_policy(&ByService::new(&rules), "default", "echo-v1", Some("echo"));
     assert_eq!(p.max_requests, 1000);
     assert_eq!(p.max_pending, 100);
     assert_eq!(p.consecutive_failures, 5);
@@ -76,7 +78,7 @@ fn traffic_policy_example_sets_backend_policy_and_route_defaults() {
     assert_eq!(r[0].retry.as_ref().unwrap().per_try_timeout_ms, 1000);
     assert_eq!(r[0].fault.as_ref().unwrap().abort_status, 503);
     // A service without a policy gets the defaults.
-    let d = backend_policy(&rules, "default", "other", None);
+    let d = backend_policy(&ByService::new(&rules), "default", "other", None);
     assert_eq!(
         (
             d.consecutive_failures,
@@ -122,7 +124,9 @@ spec:
     let docs = manifest::parse("r.yaml", yaml).unwrap();
     let incoming = rules_from(&docs).unwrap();
     let rules = RuleSet::default().apply(&incoming, &docs).unwrap().0;
-    let routes = routes_for(&rules, "default", "echo", &mut |s| s.to_string());
+    let routes = routes_for(&ByService::new(&rules), "default", "echo", &mut |s| {
+        s.to_string()
+    });
     let order: Vec<(&str, usize)> = routes
         .iter()
         .map(|r| (r.name.as_str(), r.matches.len()))
@@ -146,14 +150,14 @@ fn reg_with(instances: &[(&str, &str, bool)]) -> Registry {
             version: (*v).into(),
             instance_id: (*id).into(),
         };
-        r.heartbeat(
-            &node,
-            &format!("127.0.0.1:{}", 1000 + i),
-            *ready,
-            "",
-            Instant::now(),
-        )
-        .unwrap();
+        let said = Said {
+            service: "echo".into(),
+            version: (*v).into(),
+            address: format!("127.0.0.1:{}", 1000 + i),
+            ready: *ready,
+            identity: String::new(),
+        };
+        r.heartbeat(&node, &said).unwrap();
     }
     r
 }

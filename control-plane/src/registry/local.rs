@@ -1,12 +1,12 @@
 //! The local registry, mesh's embedded default: instances listed in Service
 //! documents (static, never expire) and instances their sidecars register
-//! with heartbeats (leased: three missed beats and they are gone), saved
-//! across restarts by the single writer.
+//! with heartbeats (leased, in `lease`: three missed beats and they are
+//! gone), saved across restarts by the single writer.
 
+use super::lease::Said;
 use super::{Catalog, Instance, ServiceKey, Source, subset};
 use crate::manifest::{Document, Located};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
 
 /// Identity of a registering sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +36,25 @@ pub enum Error {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     instances: BTreeMap<(String, String), Instance>,
-    /// When each registered instance last heartbeated.
-    seen: BTreeMap<(String, String), Instant>,
     /// Services known from documents even before any instance exists.
     declared: BTreeSet<ServiceKey>,
-    /// Certificate expiry each instance last reported. Informational: it
-    /// changes no endpoint set, so it is neither persisted nor published.
-    cert_expiry: BTreeMap<(String, String), i64>,
+}
+
+/// Checks a registration before anything is recorded of it.
+pub fn check(node: &NodeId, address: &str) -> Result<(), Error> {
+    for (name, v) in [
+        ("node.service", &node.service),
+        ("node.namespace", &node.namespace),
+        ("node.instance_id", &node.instance_id),
+    ] {
+        if v.is_empty() {
+            return Err(Error::Missing(name));
+        }
+    }
+    if address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(Error::Address(address.to_string()));
+    }
+    Ok(())
 }
 
 impl Catalog for Registry {
@@ -106,15 +118,12 @@ impl Registry {
         }
     }
 
-    /// Restores registered instances saved before a restart. They get a fresh
-    /// lease from `now`: a sidecar that is still alive renews it, a dead one
-    /// expires one lease later instead of vanishing at once (which would push
-    /// empty endpoint sets to every sidecar while heartbeats catch up).
-    pub fn restore(&mut self, saved: Vec<Instance>, now: Instant) {
+    /// Restores registered instances saved before a restart (their leases
+    /// are the caller's: see `lease::Leases::restore`).
+    pub fn restore(&mut self, saved: Vec<Instance>) {
         for inst in saved {
             if inst.source == Source::Registered {
                 let key = (inst.namespace.clone(), inst.instance_id.clone());
-                self.seen.insert(key.clone(), now);
                 self.instances.entry(key).or_insert(inst);
             }
         }
@@ -129,37 +138,19 @@ impl Registry {
             .collect()
     }
 
-    /// Records a heartbeat. Returns whether the endpoint sets changed.
-    pub fn heartbeat(
-        &mut self,
-        node: &NodeId,
-        address: &str,
-        ready: bool,
-        identity: &str,
-        now: Instant,
-    ) -> Result<bool, Error> {
-        for (name, v) in [
-            ("node.service", &node.service),
-            ("node.namespace", &node.namespace),
-            ("node.instance_id", &node.instance_id),
-        ] {
-            if v.is_empty() {
-                return Err(Error::Missing(name));
-            }
-        }
-        if address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Error::Address(address.to_string()));
-        }
+    /// Records what a heartbeat said of `node`. Returns whether the
+    /// endpoint sets changed.
+    pub fn heartbeat(&mut self, node: &NodeId, said: &Said) -> Result<bool, Error> {
+        check(node, &said.address)?;
         let key = (node.namespace.clone(), node.instance_id.clone());
-        self.seen.insert(key.clone(), now);
         let inst = Instance {
             namespace: node.namespace.clone(),
-            service: node.service.clone(),
-            version: node.version.clone(),
+            service: said.service.clone(),
+            version: said.version.clone(),
             instance_id: node.instance_id.clone(),
-            address: address.to_string(),
-            ready,
-            identity: identity.to_string(),
+            address: said.address.clone(),
+            ready: said.ready,
+            identity: said.identity.clone(),
             source: Source::Registered,
         };
         let changed = self.instances.get(&key) != Some(&inst);
@@ -167,48 +158,13 @@ impl Registry {
         Ok(changed)
     }
 
-    /// Records the expiry of an instance's certificate (0: none).
-    pub fn note_cert(&mut self, namespace: &str, instance_id: &str, not_after_unix: i64) {
-        self.cert_expiry.insert(
-            (namespace.to_string(), instance_id.to_string()),
-            not_after_unix,
-        );
-    }
-
-    /// Every instance with the expiry of its certificate (0 when unknown).
-    pub fn identities(&self) -> Vec<(&Instance, i64)> {
-        self.instances
-            .iter()
-            .map(|(k, i)| (i, self.cert_expiry.get(k).copied().unwrap_or(0)))
-            .collect()
-    }
-
     /// Removes a registered instance. Returns whether it was present.
     pub fn deregister(&mut self, namespace: &str, instance_id: &str) -> bool {
         let key = (namespace.to_string(), instance_id.to_string());
-        self.seen.remove(&key);
-        self.cert_expiry.remove(&key);
         match self.instances.get(&key) {
             Some(i) if i.source == Source::Registered => self.instances.remove(&key).is_some(),
             _ => false,
         }
-    }
-
-    /// Drops registered instances whose lease ran out. Returns the dropped ids.
-    pub fn expire(&mut self, now: Instant, lease: Duration) -> Vec<String> {
-        let dead: Vec<(String, String)> = self
-            .seen
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) > lease)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &dead {
-            self.seen.remove(k);
-            self.instances.remove(k);
-        }
-        dead.into_iter()
-            .map(|(ns, id)| format!("{ns}/{id}"))
-            .collect()
     }
 }
 
@@ -225,20 +181,29 @@ mod tests {
         }
     }
 
+    fn said(version: &str, address: &str) -> Said {
+        Said {
+            service: "echo".into(),
+            version: version.into(),
+            address: address.into(),
+            ready: true,
+            identity: String::new(),
+        }
+    }
+
     #[test]
     fn instances_join_root_and_subset_services() {
         let mut r = Registry::default();
-        let now = Instant::now();
         assert!(
-            r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, "", now)
+            r.heartbeat(&node("a", "v1"), &said("v1", "127.0.0.1:1"))
                 .unwrap()
         );
         assert!(
-            r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, "", now)
+            r.heartbeat(&node("b", "v2"), &said("v2", "127.0.0.1:2"))
                 .unwrap()
         );
         assert!(
-            !r.heartbeat(&node("b", "v2"), "127.0.0.1:2", true, "", now)
+            !r.heartbeat(&node("b", "v2"), &said("v2", "127.0.0.1:2"))
                 .unwrap()
         );
         let s = r.services();
@@ -247,46 +212,33 @@ mod tests {
     }
 
     #[test]
-    fn leases_expire_and_restore_refreshes_them() {
-        let mut r = Registry::default();
-        let t0 = Instant::now();
-        r.heartbeat(&node("a", "v1"), "127.0.0.1:1", true, "", t0)
-            .unwrap();
-        assert!(
-            r.expire(t0 + Duration::from_secs(1), Duration::from_secs(3))
-                .is_empty()
-        );
-        assert_eq!(
-            r.expire(t0 + Duration::from_secs(4), Duration::from_secs(3)),
-            vec!["default/a"]
-        );
+    fn restored_instances_are_known_and_deregister_removes_them() {
         let mut r2 = Registry::default();
-        r2.restore(
-            vec![Instance {
-                namespace: "default".into(),
-                service: "echo".into(),
-                version: "v1".into(),
-                instance_id: "a".into(),
-                address: "127.0.0.1:1".into(),
-                ready: true,
-                identity: String::new(),
-                source: Source::Registered,
-            }],
-            t0,
-        );
+        r2.restore(vec![Instance {
+            namespace: "default".into(),
+            service: "echo".into(),
+            version: "v1".into(),
+            instance_id: "a".into(),
+            address: "127.0.0.1:1".into(),
+            ready: true,
+            identity: String::new(),
+            source: Source::Registered,
+        }]);
         assert!(r2.knows("default", "echo-v1"));
+        assert!(r2.deregister("default", "a"));
+        assert!(!r2.knows("default", "echo-v1"));
+        assert!(!r2.deregister("default", "a"), "gone already");
     }
 
     #[test]
     fn bad_registrations_are_refused() {
         let mut r = Registry::default();
-        let now = Instant::now();
         assert_eq!(
-            r.heartbeat(&node("", "v1"), "127.0.0.1:1", true, "", now),
+            r.heartbeat(&node("", "v1"), &said("v1", "127.0.0.1:1")),
             Err(Error::Missing("node.instance_id"))
         );
         assert!(matches!(
-            r.heartbeat(&node("a", "v1"), "nowhere", true, "", now),
+            r.heartbeat(&node("a", "v1"), &said("v1", "nowhere")),
             Err(Error::Address(_))
         ));
     }

@@ -8,6 +8,7 @@
 //! of the subset service `S-V`, the naming SMI release workflows use for
 //! backends (`echo` splits over `echo-v1` and `echo-v2`).
 
+pub mod lease;
 pub mod local;
 
 use serde::{Deserialize, Serialize};

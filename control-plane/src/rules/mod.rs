@@ -16,7 +16,7 @@ pub use split::{ShiftError, Split, splits_from};
 
 use crate::manifest::{self, Located};
 use split::{check_percent, check_unique_roots, located_of};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The rules of one apply, validated one document at a time.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -160,20 +160,18 @@ impl RuleSet {
         if !errors.is_empty() {
             return Err(errors);
         }
-        // Report the conflict against the incoming document, not the old split.
-        let ordered = new
+        // Old splits first, then the incoming ones, so a conflict is
+        // reported against the incoming document, not the old split.
+        let incoming_keys: BTreeSet<(&str, &str)> = new
             .iter()
-            .map(|s| (s, Some(located_of(docs, s))))
-            .chain(next.splits.values().map(|s| (s, None)));
-        let mut dedup: Vec<(&Split, Option<&Located>)> = Vec::new();
-        for (s, at) in ordered {
-            if !dedup.iter().any(|(d, _)| d.key() == s.key()) {
-                dedup.push((s, at));
-            }
-        }
-        // Old splits first, so the incoming one is the one named as the conflict.
-        dedup.sort_by_key(|(_, at)| at.is_some());
-        check_unique_roots(dedup.into_iter())?;
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let is_incoming =
+            |s: &Split| incoming_keys.contains(&(s.namespace.as_str(), s.name.as_str()));
+        let old = next.splits.values().filter(|s| !is_incoming(s));
+        check_unique_roots(old.chain(new.iter()), |s| {
+            is_incoming(s).then(|| located_of(docs, s))
+        })?;
         let mut note = |kind: &str, ns: &str, name: &str, o: Outcome| {
             outcomes.push((format!("{} {ns}/{name}", kind.to_lowercase()), o));
         };

@@ -141,7 +141,7 @@ pub fn splits_from(docs: &[Located]) -> Result<Vec<Split>, Vec<manifest::Error>>
             }
         }
     }
-    if let Err(mut e) = check_unique_roots(out.iter().map(|s| (s, Some(located_of(docs, s))))) {
+    if let Err(mut e) = check_unique_roots(out.iter(), |s| Some(located_of(docs, s))) {
         errors.append(&mut e);
     }
     if errors.is_empty() {
@@ -230,16 +230,19 @@ fn split_from(at: &Located, ts: &TrafficSplit) -> Result<Split, Vec<manifest::Er
 
 /// Two splits may not share a root service: which one wins would be arbitrary.
 pub(super) fn check_unique_roots<'a>(
-    splits: impl Iterator<Item = (&'a Split, Option<&'a Located>)>,
+    splits: impl Iterator<Item = &'a Split>,
+    at: impl Fn(&Split) -> Option<&'a Located>,
 ) -> Result<(), Vec<manifest::Error>> {
-    let mut seen: BTreeMap<(String, String), &Split> = BTreeMap::new();
+    let mut seen: BTreeMap<(&str, &str), &Split> = BTreeMap::new();
     let mut errors = Vec::new();
     // Matched splits may share a root; only one may take the rest.
-    for (s, at) in splits.filter(|(s, _)| s.matches.is_empty()) {
-        let root = (s.namespace.clone(), s.service.clone());
+    for s in splits.filter(|s| s.matches.is_empty()) {
+        let root = (s.namespace.as_str(), s.service.as_str());
         match seen.get(&root) {
+            // Where the split came from is looked up only for an error:
+            // a linear search per split would make a large apply quadratic.
             Some(other) if other.name != s.name => errors.push(manifest::Error::about(
-                at,
+                at(s),
                 &format!("TrafficSplit {}/{}", s.namespace, s.name),
                 "spec.service".into(),
                 format!(
