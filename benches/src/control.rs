@@ -2,7 +2,9 @@
 //! - fan-out: N simulated sidecars subscribe over gRPC and ACK every
 //!   version; a `release shift` is timed from the Shift RPC to the moment the
 //!   last subscriber has the new version and sends its ACK;
-//! - memory: control-plane RSS with 1,000 services and 10,000 endpoints.
+//! - memory: control-plane RSS with 1,000 services and 10,000 endpoints;
+//! - large apply: 10,000 TrafficSplits applied while instances heartbeat;
+//!   every heartbeat's latency, and whether any lease lapsed.
 //!
 //! The simulated sidecars are a tonic client written here because no load
 //! tool speaks mesh's discovery protocol; they do what mesh-proxy does on the
@@ -66,7 +68,11 @@ fn mesh_file(services: usize, endpoints_per: usize) -> String {
     s
 }
 
-async fn start_control(dir: &Path, yaml: &str) -> Result<(Proc, String)> {
+async fn start_control(
+    dir: &Path,
+    yaml: &str,
+    heartbeat_ms: Option<u64>,
+) -> Result<(Proc, String)> {
     std::fs::create_dir_all(dir)?;
     let file = dir.join("mesh.yaml");
     std::fs::write(&file, yaml)?;
@@ -75,7 +81,7 @@ async fn start_control(dir: &Path, yaml: &str) -> Result<(Proc, String)> {
         grpc_addr: "127.0.0.1:0",
         state_dir: &dir.join("state"),
         config: Some(&file),
-        heartbeat_ms: None,
+        heartbeat_ms,
         log: "warn",
         extra_args: &[],
     }
@@ -83,6 +89,128 @@ async fn start_control(dir: &Path, yaml: &str) -> Result<(Proc, String)> {
     .await?;
     let url = format!("http://{}", p.addr("grpc")?);
     Ok((p, url))
+}
+
+/// Results of the large-apply run.
+pub(crate) struct LargeApply {
+    pub(crate) splits: usize,
+    pub(crate) instances: usize,
+    pub(crate) apply_ms: f64,
+    /// One more split on top of them.
+    pub(crate) one_ms: f64,
+    pub(crate) beats: usize,
+    pub(crate) beat_p50_ms: f64,
+    pub(crate) beat_p99_ms: f64,
+    pub(crate) beat_max_ms: f64,
+}
+
+fn many_splits(first: usize, n: usize) -> pb::RuleFile {
+    let mut content = String::new();
+    for i in first..first + n {
+        content.push_str(&format!(
+            "---\napiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: s{i}\nspec:\n  service: s{i}\n  backends:\n  - service: s{i}-v1\n    weight: 1\n"
+        ));
+    }
+    pb::RuleFile {
+        filename: format!("splits-{first}.yaml"),
+        content,
+    }
+}
+
+/// Applies `splits` TrafficSplits in one file while `instances` heartbeat
+/// every 10 ms, under a 900 ms lease (300 ms beats, as the tests run);
+/// fails if any instance's lease lapsed (a version besides the
+/// apply's was published).
+pub(crate) async fn large_apply(dir: &Path, splits: usize, instances: usize) -> Result<LargeApply> {
+    let (mut control, url) = start_control(dir, &mesh_file(1, 1), Some(300)).await?;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect()
+        .await?;
+    let beat = |i: usize| pb::HeartbeatRequest {
+        node: Some(pb::Node {
+            service: "beat".into(),
+            version: "v1".into(),
+            namespace: "default".into(),
+            instance_id: format!("beat-{i}"),
+        }),
+        address: format!("127.0.0.1:{}", 20000 + i),
+        ready: true,
+        ..Default::default()
+    };
+    for i in 0..instances {
+        DiscoveryClient::new(channel.clone())
+            .heartbeat(beat(i))
+            .await?;
+    }
+    let mut admin = meshctl::client::admin(&url).await?;
+    let before: u64 = admin
+        .proxy_status(pb::ProxyStatusRequest {})
+        .await?
+        .into_inner()
+        .control_version
+        .parse()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let beaters: Vec<_> = (0..instances)
+        .map(|i| {
+            let (mut client, stopped, req) = (
+                DiscoveryClient::new(channel.clone()),
+                stopped.clone(),
+                beat(i),
+            );
+            tokio::spawn(async move {
+                let mut took = Vec::new();
+                while !*stopped.borrow() {
+                    let t = Instant::now();
+                    client.heartbeat(req.clone()).await?;
+                    took.push(t.elapsed().as_secs_f64() * 1000.0);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                anyhow::Ok(took)
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let resp = admin
+        .apply(pb::ApplyRequest {
+            files: vec![many_splits(0, splits)],
+        })
+        .await?
+        .into_inner();
+    let apply_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let _ = stop.send(true);
+    let mut took = Vec::new();
+    for b in beaters {
+        took.extend(b.await??);
+    }
+    if !resp.problems.is_empty() {
+        bail!("apply refused: {:?}", &resp.problems[..1]);
+    }
+    let after: u64 = resp.version.parse()?;
+    if after != before + 1 {
+        bail!(
+            "{} versions published during the apply: leases lapsed",
+            after - before
+        );
+    }
+    let t = Instant::now();
+    admin
+        .apply(pb::ApplyRequest {
+            files: vec![many_splits(splits, 1)],
+        })
+        .await?;
+    let one_ms = t.elapsed().as_secs_f64() * 1000.0;
+    control.stop(Duration::from_secs(5)).await;
+    took.sort_by(f64::total_cmp);
+    Ok(LargeApply {
+        splits,
+        instances,
+        apply_ms,
+        one_ms,
+        beats: took.len(),
+        beat_p50_ms: percentile(&took, 50.0),
+        beat_p99_ms: percentile(&took, 99.0),
+        beat_max_ms: *took.last().unwrap_or(&f64::NAN),
+    })
 }
 
 /// Opens `n` subscriptions; every received version is reported as
@@ -160,7 +288,7 @@ async fn all_have(
 
 /// Times `shifts` rule changes fanned out to `n` subscribers.
 pub(crate) async fn fanout(dir: &Path, n: usize, shifts: usize) -> Result<Fanout> {
-    let (mut control, url) = start_control(dir, &mesh_file(10, 4)).await?;
+    let (mut control, url) = start_control(dir, &mesh_file(10, 4), None).await?;
     let mut rx = subscribe(&url, n).await?;
     let mut admin = meshctl::client::admin(&url).await?;
     let initial: u64 = admin
@@ -231,7 +359,7 @@ pub(crate) async fn memory(
     per: usize,
     subscribers: usize,
 ) -> Result<Memory> {
-    let (mut control, url) = start_control(dir, &mesh_file(services, per)).await?;
+    let (mut control, url) = start_control(dir, &mesh_file(services, per), None).await?;
     let mut rx = subscribe(&url, subscribers).await?;
     let mut admin = meshctl::client::admin(&url).await?;
     let version: u64 = admin

@@ -124,10 +124,10 @@ async fn data(quick: bool) -> Result<()> {
 
 async fn control_suite(quick: bool) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("mesh-bench-{}", std::process::id()));
-    let (sizes, shifts, scale) = if quick {
-        (vec![20], 3, (50, 10, 5))
+    let (sizes, shifts, scale, splits) = if quick {
+        (vec![20], 3, (50, 10, 5), 500)
     } else {
-        (vec![100, 1000], 30, (1000, 10, 100))
+        (vec![100, 1000], 30, (1000, 10, 100), 10_000)
     };
     let mut rows = Vec::new();
     let mut fanouts = Vec::new();
@@ -148,6 +148,20 @@ async fn control_suite(quick: bool) -> Result<()> {
     );
     println!("{row}");
     rows.push(row);
+    let l = control::large_apply(&dir.join("large-apply"), splits, 20).await?;
+    let row = format!(
+        "| apply of {} splits, then of one more | {} instances heartbeating every 10 ms, no lease lapsed | {} heartbeats during it | apply {:.0} ms, one more {:.0} ms | heartbeat p50 {:.2} ms | p99 {:.2} ms | max {:.2} ms |",
+        l.splits,
+        l.instances,
+        l.beats,
+        l.apply_ms,
+        l.one_ms,
+        l.beat_p50_ms,
+        l.beat_p99_ms,
+        l.beat_max_ms
+    );
+    println!("{row}");
+    rows.push(row);
     let _ = std::fs::remove_dir_all(&dir);
     if quick {
         println!("quick mode: every scenario ran end to end; numbers not recorded");
@@ -158,6 +172,7 @@ async fn control_suite(quick: bool) -> Result<()> {
         "command": "cargo run --release -p mesh-benches -- control",
         "fanout": fanouts,
         "memory": {"services": m.services, "endpoints": m.endpoints, "subscribers": m.subscribers, "rss_mib": m.rss_mib, "peak_mib": m.peak_mib},
+        "large_apply": {"splits": l.splits, "instances": l.instances, "apply_ms": l.apply_ms, "one_ms": l.one_ms, "beats": l.beats, "beat_p50_ms": l.beat_p50_ms, "beat_p99_ms": l.beat_p99_ms, "beat_max_ms": l.beat_max_ms},
     });
     let path = report::write_json("control", &result)?;
     let body = format!(

@@ -68,6 +68,19 @@ impl Admin {
     }
 }
 
+/// Runs a rule change off the async workers: a large apply is seconds of
+/// CPU, and on a worker it would stall the heartbeats and streams that
+/// share the runtime (their leases would lapse while it validates).
+async fn off_runtime<T: Send + 'static>(
+    state: &Arc<State>,
+    change: impl FnOnce(&State) -> T + Send + 'static,
+) -> Result<T, Status> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || change(&state))
+        .await
+        .map_err(|e| Status::internal(format!("rule change failed: {e}")))
+}
+
 fn namespace_or_default(ns: String) -> String {
     if ns.is_empty() {
         crate::manifest::meta::DEFAULT_NAMESPACE.into()
@@ -83,7 +96,8 @@ impl pb::admin_server::Admin for Admin {
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let files = files_of(request.into_inner().files);
-        Ok(Response::new(self.answer(self.state.apply(&files))?))
+        let applied = off_runtime(&self.state, move |s| s.apply(&files)).await?;
+        Ok(Response::new(self.answer(applied)?))
     }
 
     async fn delete(
@@ -110,9 +124,8 @@ impl pb::admin_server::Admin for Admin {
             ));
         }
         let files = files_of(r.files);
-        Ok(Response::new(
-            self.answer(self.state.delete(&files, targets))?,
-        ))
+        let deleted = off_runtime(&self.state, move |s| s.delete(&files, targets)).await?;
+        Ok(Response::new(self.answer(deleted)?))
     }
 
     async fn get_splits(
@@ -180,8 +193,10 @@ impl pb::admin_server::Admin for Admin {
     ) -> Result<Response<pb::ShiftResponse>, Status> {
         let r = request.into_inner();
         let ns = namespace_or_default(r.namespace);
-        let (split, version, warnings) =
-            self.state.shift(&ns, &r.service, &r.backend, r.percent)?;
+        let (split, version, warnings) = off_runtime(&self.state, move |s| {
+            s.shift(&ns, &r.service, &r.backend, r.percent)
+        })
+        .await??;
         Ok(Response::new(pb::ShiftResponse {
             split: Some(crate::index::views::split(&split)),
             version: version.to_string(),

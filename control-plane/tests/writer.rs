@@ -295,14 +295,16 @@ fn heartbeats_never_wait_for_a_large_apply() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let (applied, took) = applying.join().unwrap();
-    eprintln!(
-        "measured: 10,000-split apply {took:?}; {beats} heartbeats meanwhile, slowest {slowest:?}"
-    );
     let applied = applied.unwrap();
+    eprintln!(
+        "measured: 10,000-split apply {took:?}, lock held {:?}; {beats} heartbeats meanwhile, slowest {slowest:?}",
+        applied.held
+    );
     assert_eq!(applied.outcomes.len(), 10_000);
     assert!(
-        applied.held < took,
-        "validation and fsync ran outside the lock"
+        applied.held < took / 2 && applied.held < Duration::from_secs(1),
+        "validation and fsync ran outside the lock: held {:?} of {took:?}",
+        applied.held
     );
     assert!(beats > 0);
     assert!(
