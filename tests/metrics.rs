@@ -9,12 +9,17 @@ use std::collections::BTreeMap;
 use support::Mesh;
 use support::load::{Shape, many};
 
+/// What to ask `/metrics` for: the default is the classic text format.
+const OPENMETRICS: Option<&str> = Some("application/openmetrics-text; version=1.0.0");
+
 /// `mesh_requests_total` summed by (direction, status_code), plus the
 /// latency histogram's count by direction.
 async fn scrape(
     admin: std::net::SocketAddr,
 ) -> (BTreeMap<(String, String), f64>, BTreeMap<String, u64>) {
-    let (status, text) = meshctl::traffic::get(admin, "/metrics").await.unwrap();
+    let (status, _, text) = meshctl::traffic::get_accepting(admin, "/metrics", OPENMETRICS)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let parsed = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e:?} in:\n{text}"));
     let mut requests = BTreeMap::new();
@@ -100,7 +105,9 @@ async fn samples(
     admin: std::net::SocketAddr,
     family: &str,
 ) -> Vec<(BTreeMap<String, String>, f64)> {
-    let (_, text) = meshctl::traffic::get(admin, "/metrics").await.unwrap();
+    let (_, _, text) = meshctl::traffic::get_accepting(admin, "/metrics", OPENMETRICS)
+        .await
+        .unwrap();
     let parsed = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e:?} in:\n{text}"));
     let Some(f) = parsed.families.get(family) else {
         return Vec::new();

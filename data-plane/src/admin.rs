@@ -4,6 +4,7 @@
 //! SPIFFE ID and expiry).
 
 use crate::state::State;
+use crate::telemetry::exposition::Format;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
@@ -30,7 +31,17 @@ pub async fn serve(
         let (state, identity, metrics) = (state.clone(), identity.clone(), metrics.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = respond(req.uri().path(), &state, identity.as_ref(), &metrics);
+                let accept = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let resp = respond(
+                    req.uri().path(),
+                    accept,
+                    &state,
+                    identity.as_ref(),
+                    &metrics,
+                );
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -42,6 +53,7 @@ pub async fn serve(
 
 fn respond(
     path: &str,
+    accept: Option<&str>,
     state: &ArcSwap<State>,
     identity: Option<&IdentityStatus>,
     metrics: &crate::telemetry::metrics::Metrics,
@@ -62,11 +74,14 @@ fn respond(
             "text/plain",
             Bytes::from(format!("not ready: {why}\n")),
         ),
-        ("/metrics", _) => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Bytes::from(metrics.render()),
-        ),
+        ("/metrics", _) => {
+            let format = Format::negotiate(accept);
+            (
+                StatusCode::OK,
+                format.content_type(),
+                Bytes::from(metrics.render_as(format)),
+            )
+        }
         ("/identity", _) => match identity {
             Some(status) => {
                 let json = serde_json::to_vec_pretty(&status()).expect("status always serializes");

@@ -196,15 +196,32 @@ impl Steady {
 
 /// GET `http://addr{path}`: status and body. For admin endpoints.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let (status, _, body) = get_accepting(addr, path, None).await?;
+    Ok((status, body))
+}
+
+/// GET `path` with an `Accept` header; returns the status, the response's
+/// `Content-Type` and its body.
+pub async fn get_accepting(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<(u16, String, String)> {
     let client = client();
+    let mut req = http::Request::get(format!("http://{addr}{path}"));
+    if let Some(accept) = accept {
+        req = req.header(http::header::ACCEPT, accept);
+    }
     let resp = client
-        .request(
-            http::Request::get(format!("http://{addr}{path}"))
-                .body(Full::new(Bytes::new()))
-                .expect("valid request"),
-        )
+        .request(req.body(Full::new(Bytes::new())).expect("valid request"))
         .await?;
     let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, ctype, String::from_utf8_lossy(&body).into_owned()))
 }

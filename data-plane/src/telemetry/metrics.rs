@@ -1,10 +1,11 @@
 //! The sidecar's Prometheus metrics, exposed on admin `/metrics` in
-//! OpenMetrics text (prometheus-client). Label values come only from config
+//! OpenMetrics text (prometheus-client) or the classic text format. Label values come only from config
 //! (service, route and backend names, versions), from verified identities,
 //! and from status codes, never from raw request data, so cardinality is
 //! bounded by the mesh's size: a request for an unknown authority is
 //! counted under `service="unknown"`.
 
+use crate::telemetry::exposition::{self, Format};
 use crate::telemetry::report::Aggregates;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -353,6 +354,14 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The metrics in `format`.
+    pub fn render_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.render(),
+            Format::Text => exposition::to_text(&self.render()),
+        }
     }
 }
 
