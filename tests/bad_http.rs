@@ -48,3 +48,70 @@ async fn malformed_requests_get_400_and_the_sidecar_keeps_serving() {
         "still serving: {t:?}"
     );
 }
+
+/// RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status
+/// code to any HTTP/1.1 request message that lacks a Host header field and
+/// to any request message that contains more than one Host header field
+/// line or a Host header field with an invalid field value." RFC 9110 §7.2:
+/// with an authority in the target URI, Host "MUST" be identical to it; RFC
+/// 9113 §8.3.1: a Host that differs from `:authority` makes an HTTP/2
+/// request malformed. A request the sidecar and the app could read as
+/// addressed to two places is refused on both sides, by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_given_two_ways_gets_400() {
+    let (_mesh, inst, client) = Mesh::one_instance("badhost", &[]).await;
+    let outbound = client.outbound;
+    let inbound = inst.sidecar.addr("inbound").unwrap();
+    for target in [outbound, inbound] {
+        for (request, named) in [
+            (
+                &b"GET / HTTP/1.1\r\nHost: echo\r\nHost: admin\r\nConnection: close\r\n\r\n"[..],
+                "2 Host headers",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: echo\r\nHost: echo\r\nConnection: close\r\n\r\n",
+                "2 Host headers",
+            ),
+            (
+                b"GET http://echo/ HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+                "disagrees with the request target",
+            ),
+        ] {
+            let resp = raw(target, request).await;
+            assert!(
+                resp.starts_with("HTTP/1.1 400") && resp.contains(named),
+                "{target}: {:?} got {resp:?}",
+                String::from_utf8_lossy(request)
+            );
+        }
+    }
+    // The same authority written two ways is one authority.
+    let resp = raw(
+        outbound,
+        b"GET http://echo/ HTTP/1.1\r\nHost: ECHO:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    // HTTP/2: `:authority` says echo, Host says otherwise.
+    let stream = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://echo/")
+        .header(http::header::HOST, "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 400, "{:?}", resp.headers());
+    let ok = http::Request::get("http://echo/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(h2.send_request(ok).await.unwrap().status(), 200);
+    let t = burst(outbound, "echo", 50, 2).await;
+    assert_eq!((t.count("v1"), t.failures), (50, 0), "still serving: {t:?}");
+}

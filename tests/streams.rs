@@ -144,3 +144,45 @@ async fn ten_megabyte_bodies_pass_intact_over_h1_and_h2() {
         );
     }
 }
+
+/// A gRPC stream the client cancels is counted as CANCELLED on both
+/// sidecars, never as a success. gRPC "Status codes and their use in gRPC":
+/// CANCELLED (1), "The operation was cancelled, typically by the caller";
+/// "PROTOCOL-HTTP2" (RST_STREAM): a client cancelling sends RST_STREAM
+/// CANCEL, which the server side maps to CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_grpc_stream_counts_as_cancelled() {
+    let (_mesh, inst, client) = Mesh::one_instance("cancel", &[]).await;
+    let mut c = grpc(client.outbound).await;
+    let mut stream = c
+        .server_stream(StreamRequest {
+            // Far more than the test reads: the client hangs up mid-stream.
+            count: 1_000_000,
+            payload_size: 1024,
+            fail_after: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..10 {
+        stream.message().await.unwrap().expect("a message");
+    }
+    drop(stream);
+    drop(c);
+    for (admin, direction) in [(client.admin, "outbound"), (inst.admin(), "inbound")] {
+        let labels = [
+            &format!("direction=\"{direction}\"")[..],
+            "grpc_status=\"1\"",
+        ];
+        let end = tokio::time::Instant::now() + support::DEADLINE;
+        while support::metric(admin, "mesh_requests_total", &labels).await < 1.0 {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{direction}: the cancelled stream was never counted as CANCELLED"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let all = support::metric(admin, "mesh_requests_total", &[labels[0]]).await;
+        assert_eq!(all, 1.0, "{direction}: one request, counted once");
+    }
+}

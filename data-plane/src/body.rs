@@ -184,6 +184,23 @@ pub struct End {
     /// Whether the body reached its end (false: the client went away or
     /// the upstream broke off).
     pub complete: bool,
+    /// Whether the upstream broke off (an error reading its body).
+    pub broken: bool,
+}
+
+impl End {
+    /// The gRPC status of a stream that ended this way: its trailers' or,
+    /// cut short without them, CANCELLED (1) when the client went away and
+    /// UNAVAILABLE (14) when the upstream broke off ("Status codes and their
+    /// use in gRPC": CANCELLED, "the operation was cancelled, typically by
+    /// the caller"; UNAVAILABLE for a transport that failed mid-call).
+    pub fn grpc_code(&self) -> Option<i32> {
+        match self.grpc_status {
+            Some(code) => Some(code),
+            None if !self.complete => Some(if self.broken { 14 } else { 1 }),
+            None => None,
+        }
+    }
 }
 
 /// Called once when a watched response body is done.
@@ -265,7 +282,8 @@ impl Body for ResBody {
                     }
                 }
                 Poll::Ready(None) => end.complete = true,
-                _ => {}
+                Poll::Ready(Some(Err(_))) => end.broken = true,
+                Poll::Pending => {}
             }
         }
         polled
@@ -277,5 +295,25 @@ impl Body for ResBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::End;
+
+    #[test]
+    fn a_stream_cut_short_has_a_grpc_status() {
+        let end = |grpc_status, complete, broken| End {
+            bytes: 0,
+            grpc_status,
+            complete,
+            broken,
+        };
+        assert_eq!(end(Some(0), true, false).grpc_code(), Some(0));
+        assert_eq!(end(None, false, false).grpc_code(), Some(1), "cancelled");
+        assert_eq!(end(None, false, true).grpc_code(), Some(14), "broken off");
+        // Whole, but without a status: nothing to invent.
+        assert_eq!(end(None, true, false).grpc_code(), None);
     }
 }

@@ -14,9 +14,9 @@ pub const ERROR_HEADER: &str = "mesh-proxy-error";
 /// Why the proxy could not forward a request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Neither Host nor :authority.
-    #[error("request has no Host header or :authority")]
-    MissingAuthority,
+    /// No authority, or one the request gives two ways.
+    #[error(transparent)]
+    BadAuthority(#[from] crate::http::BadAuthority),
     /// The authority names no service in the mesh.
     #[error("no service {0:?} in the mesh")]
     UnknownService(String),
@@ -76,7 +76,7 @@ pub enum Error {
 /// HTTP status and gRPC code for each error.
 pub fn codes(e: &Error) -> (StatusCode, u32) {
     match e {
-        Error::MissingAuthority => (StatusCode::BAD_REQUEST, 3),
+        Error::BadAuthority(_) => (StatusCode::BAD_REQUEST, 3),
         Error::UnknownService(_) => (StatusCode::NOT_FOUND, 5),
         Error::NoRoute(_) => (StatusCode::NOT_FOUND, 12),
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
@@ -165,7 +165,11 @@ mod tests {
             status: StatusCode::from_u16(s).unwrap(),
         };
         let rows: Vec<(Error, u16, u32)> = vec![
-            (Error::MissingAuthority, 400, 3),
+            (
+                Error::BadAuthority(crate::http::BadAuthority::Missing),
+                400,
+                3,
+            ),
             (Error::UnknownService("x".into()), 404, 5),
             (Error::NoRoute("echo.default".into()), 404, 12),
             (Error::NoEndpoints("echo.default".into()), 503, 14),

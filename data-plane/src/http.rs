@@ -15,6 +15,74 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
+/// Why a request's authority cannot be believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAuthority {
+    /// Neither Host nor a request-target authority.
+    #[error("request has no Host header or :authority")]
+    Missing,
+    /// More than one Host field line.
+    #[error("request has {0} Host headers")]
+    Repeated(usize),
+    /// A Host that is not an authority.
+    #[error("Host header {0:?} is not a valid authority")]
+    Invalid(String),
+    /// Host and the request target name different authorities.
+    #[error("Host {host:?} disagrees with the request target's authority {target:?}")]
+    Disagrees {
+        /// The Host header.
+        host: String,
+        /// The absolute-form URI's or `:authority`'s.
+        target: String,
+    },
+}
+
+/// The authority a request is addressed to, refusing what a proxy and the
+/// app behind it could read two ways (request smuggling): RFC 9112 §3.2
+/// ("A server MUST respond with a 400 (Bad Request) status code to any
+/// HTTP/1.1 request message that lacks a Host header field and to any
+/// request message that contains more than one Host header field line or a
+/// Host header field with an invalid field value"); RFC 9110 §7.2 (a Host
+/// sent with an authority in the target URI MUST be identical to it); RFC
+/// 9113 §8.3.1 (a Host that differs from `:authority` makes the request
+/// malformed). `:80` is the same authority as none.
+pub fn checked_authority<B>(req: &Request<B>) -> Result<&str, BadAuthority> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    let n = 1 + hosts.count();
+    if host.is_some() && n > 1 {
+        return Err(BadAuthority::Repeated(n));
+    }
+    let host = match host {
+        None => None,
+        Some(v) => {
+            let text = v.to_str().ok().filter(|t| {
+                !t.is_empty()
+                    && t.parse::<http::uri::Authority>()
+                        .is_ok_and(|a| a.as_str() == *t)
+            });
+            Some(text.ok_or_else(|| {
+                BadAuthority::Invalid(String::from_utf8_lossy(v.as_bytes()).into_owned())
+            })?)
+        }
+    };
+    let target = req.uri().authority().map(|a| a.as_str());
+    match (target, host) {
+        (Some(t), Some(h)) if !same_authority(t, h) => Err(BadAuthority::Disagrees {
+            host: h.to_string(),
+            target: t.to_string(),
+        }),
+        (Some(t), _) => Ok(t),
+        (None, Some(h)) => Ok(h),
+        (None, None) => Err(BadAuthority::Missing),
+    }
+}
+
+fn same_authority(a: &str, b: &str) -> bool {
+    let bare = |x: &str| x.strip_suffix(":80").unwrap_or(x).to_ascii_lowercase();
+    bare(a) == bare(b)
+}
+
 /// The host part of an authority: the port, if any, removed.
 pub fn host_of(authority: &str) -> &str {
     match authority.rsplit_once(':') {
@@ -54,6 +122,55 @@ pub fn copy_head<B>(head: &http::request::Parts, body: B) -> Request<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn an_authority_read_two_ways_is_refused() {
+        assert_eq!(checked_authority(&req("/x", &["echo"])), Ok("echo"));
+        assert_eq!(
+            checked_authority(&req("http://echo:8080/x", &["ECHO:8080"])),
+            Ok("echo:8080")
+        );
+        assert_eq!(
+            checked_authority(&req("http://echo/x", &["echo:80"])),
+            Ok("echo")
+        );
+        assert_eq!(checked_authority(&req("http://echo/x", &[])), Ok("echo"));
+        assert_eq!(
+            checked_authority(&req("/x", &["echo", "admin"])),
+            Err(BadAuthority::Repeated(2))
+        );
+        assert_eq!(
+            checked_authority(&req("/x", &["echo", "echo"])),
+            Err(BadAuthority::Repeated(2))
+        );
+        assert_eq!(
+            checked_authority(&req("http://echo/x", &["admin"])),
+            Err(BadAuthority::Disagrees {
+                host: "admin".into(),
+                target: "echo".into()
+            })
+        );
+        assert_eq!(
+            checked_authority(&req("/x", &["ec ho"])),
+            Err(BadAuthority::Invalid("ec ho".into()))
+        );
+        assert_eq!(
+            checked_authority(&req("/x", &[""])),
+            Err(BadAuthority::Invalid("".into()))
+        );
+        assert_eq!(
+            checked_authority(&req("/x", &[])),
+            Err(BadAuthority::Missing)
+        );
+    }
 
     #[test]
     fn authority_prefers_the_uri_then_host() {

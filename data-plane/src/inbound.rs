@@ -197,7 +197,13 @@ impl Inbound {
         }
         let grpc = crate::http::is_grpc(&req);
         let watch = self.obs.begin("inbound", &mut req);
-        let resp = match self.authorize(&req) {
+        // The app must not read an authority two ways either; one without
+        // any is its business (HTTP/1.0 has no Host).
+        let refused = match crate::http::checked_authority(&req) {
+            Ok(_) | Err(crate::http::BadAuthority::Missing) => self.authorize(&req),
+            Err(bad) => Err(bad.into()),
+        };
+        let resp = match refused {
             Err(e) => errors::respond(&e, grpc),
             Ok(()) => match self
                 .forwarder

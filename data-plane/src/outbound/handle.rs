@@ -6,7 +6,7 @@
 use super::attempt::{Attempts, Observed};
 use crate::errors::{self, Body, Error};
 use crate::forward::Forwarder;
-use crate::http::{authority, grpc_status, is_grpc};
+use crate::http::{checked_authority, grpc_status, is_grpc};
 use crate::state::State;
 use crate::telemetry::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::telemetry::observe::Observer;
@@ -92,7 +92,7 @@ impl Outbound {
         if state.version.is_empty() {
             return Err(Error::NotReady);
         }
-        let authority = authority(&req).ok_or(Error::MissingAuthority)?;
+        let authority = checked_authority(&req)?;
         let service = state
             .resolve(authority)
             .ok_or_else(|| Error::UnknownService(authority.to_string()))?;

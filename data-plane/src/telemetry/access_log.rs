@@ -214,6 +214,7 @@ mod tests {
                 bytes: 0,
                 grpc_status: None,
                 complete: true,
+                broken: false,
             },
         );
     }

@@ -209,10 +209,9 @@ impl Observer {
         });
         // A gRPC status that was not in the headers comes in the trailers:
         // count the request when they arrive, so it is labelled with it.
-        let in_trailers = self.metrics.enabled()
-            && labels.grpc_status.is_empty()
-            && crate::http::grpc_content(resp.headers());
-        let deferred = if in_trailers {
+        let in_trailers =
+            labels.grpc_status.is_empty() && crate::http::grpc_content(resp.headers());
+        let deferred = if in_trailers && self.metrics.enabled() {
             Some((self.metrics.clone(), labels))
         } else {
             self.metrics.request(labels, elapsed);
@@ -223,20 +222,27 @@ impl Observer {
         };
         resp.map(|b| {
             b.on_end(Box::new(move |end| {
+                // A gRPC stream cut short has a status too (never a
+                // success): CANCELLED or UNAVAILABLE.
+                let code = if in_trailers {
+                    end.grpc_code()
+                } else {
+                    end.grpc_status
+                };
                 if let Some((metrics, mut labels)) = deferred {
-                    if let Some(code) = end.grpc_status {
+                    if let Some(code) = code {
                         labels.grpc_status = code.to_string();
                     }
                     metrics.request(labels, elapsed);
                 }
                 if let Some((span, mut attrs, status, grpc)) = recording {
-                    if let Some(code) = end.grpc_status {
+                    if let Some(code) = code {
                         attrs.push(KeyValue::new("rpc.grpc.status_code", code.to_string()));
                     }
                     if !end.complete {
                         attrs.push(KeyValue::new("mesh.response.complete", false));
                     }
-                    span.finish(status, end.grpc_status.or(grpc), attrs);
+                    span.finish(status, code.or(grpc), attrs);
                 }
                 if let Some((entry, o)) = logged {
                     entry.finish(o, end);
