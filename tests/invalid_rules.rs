@@ -33,6 +33,15 @@ async fn assert_all_rejected(mesh: &Mesh, cases: &[(&str, String, Vec<&str>)], g
             assert!(stderr.contains(e), "{name}: expected {e:?} in: {stderr}");
         }
         assert!(stderr.contains("nothing was applied"), "{name}: {stderr}");
+        // The parser's own vocabulary is not the user's.
+        for jargon in [
+            "DuplicateKeyPolicy",
+            "budget breached",
+            "Nodes {",
+            "untagged enum",
+        ] {
+            assert!(!stderr.contains(jargon), "{name}: {stderr}");
+        }
     }
     assert_eq!(
         mesh.version().await,
@@ -103,6 +112,53 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
             ),
             vec!["mixed.yaml:", "spec.backends[1].weight", "not a number"],
         ),
+        // Numbers are quoted as written, never as the parser read them.
+        (
+            "exponent.yaml",
+            GOOD.replace("weight: 100", "weight: 1e2"),
+            vec![
+                "spec.backends[1].weight",
+                "1e2 is not written in plain digits; write 100",
+            ],
+        ),
+        (
+            "octal.yaml",
+            GOOD.replace("weight: 100", "weight: 0100"),
+            vec![
+                "spec.backends[1].weight",
+                "0100 has a leading zero (YAML 1.1 reads it as octal); write 100",
+            ],
+        ),
+        (
+            "overflow.yaml",
+            GOOD.replace("weight: 100", "weight: 18446744073709551616"),
+            vec![
+                "spec.backends[1].weight",
+                "18446744073709551616 is too large",
+            ],
+        ),
+        (
+            "quoted.yaml",
+            GOOD.replace("weight: 100", "weight: \"100\""),
+            vec!["spec.backends[1].weight", "\"100\" is a quoted string"],
+        ),
+        // YAML problems in our words, not the parser's options'.
+        (
+            "duplicate-key.yaml",
+            GOOD.replace(
+                "  name: echo-split\n",
+                "  name: echo-split\n  name: other\n",
+            ),
+            vec![
+                "duplicate-key.yaml:5:",
+                "name: \"name\" appears twice in one mapping",
+            ],
+        ),
+        (
+            "nodes.yaml",
+            format!("{GOOD}{}", "  - [1, 2]\n".repeat(130_000)),
+            vec!["too large: more than 250000 YAML nodes"],
+        ),
         // The wrong file applied by mistake must not look like success.
         (
             "empty.yaml",
@@ -121,6 +177,18 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
         ),
     ];
     assert_all_rejected(&mesh, &cases, good_version).await;
+
+    // More than one apply takes is refused by name before it is sent.
+    let padded = format!("{GOOD}{}", "# padding\n".repeat(17 << 17));
+    let out = mesh.apply("oversized.yaml", &padded).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("oversized.yaml (")
+            && stderr.contains("MiB of rules is more than the 16 MiB one apply takes"),
+        "{stderr}"
+    );
+    assert_eq!(mesh.version().await, good_version);
 
     // A long refusal arrives whole: 500 bad documents, 500 problems, each
     // named, with the count; not a transport error about header sizes.
@@ -367,6 +435,18 @@ async fn bad_resilience_rules_are_rejected_naming_the_field() {
         ),
     ];
     assert_all_rejected(&mesh, &cases, good_version).await;
+
+    // More than one apply takes is refused by name before it is sent.
+    let padded = format!("{GOOD}{}", "# padding\n".repeat(17 << 17));
+    let out = mesh.apply("oversized.yaml", &padded).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("oversized.yaml (")
+            && stderr.contains("MiB of rules is more than the 16 MiB one apply takes"),
+        "{stderr}"
+    );
+    assert_eq!(mesh.version().await, good_version);
     // The good policy still governs the routes, and traffic flows.
     let out = mesh.meshctl(&["get", "routes", "echo", "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -212,12 +212,11 @@ impl Bound {
                 window: window.clone(),
                 state: state.clone(),
             }))
-            .add_service(AdminServer::new(Admin::new(
-                state,
-                ca,
-                config.trust_domain.clone(),
-                window,
-            )))
+            .add_service(
+                AdminServer::new(Admin::new(state, ca, config.trust_domain.clone(), window))
+                    // The rule text of one apply, plus its framing.
+                    .max_decoding_message_size(mesh_proto::MAX_APPLY_BYTES + (1 << 20)),
+            )
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
             .await

@@ -1,6 +1,6 @@
 //! mesh-proto: the generated gRPC contract between mesh-control, mesh-proxy
-//! and meshctl. Only generated code and one wire-level helper (`prebuilt`)
-//! live here; conversions into domain types belong to the consuming crate.
+//! and meshctl. Only generated code, one wire-level helper (`prebuilt`) and
+//! the contract's one size limit live here; conversions into domain types belong to the consuming crate.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
 /// `mesh.v1`: discovery (control plane → sidecars) and admin (meshctl → control plane).
@@ -14,3 +14,8 @@ pub mod echo {
 }
 
 pub mod prebuilt;
+
+/// The most rule text one `Admin.Apply` or `Admin.Delete` carries, summed
+/// over its files: the admin server takes requests this large (plus framing)
+/// and meshctl refuses a larger set before sending it, naming the files.
+pub const MAX_APPLY_BYTES: usize = 16 << 20;

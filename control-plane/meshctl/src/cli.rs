@@ -46,7 +46,31 @@ pub fn read_rule_files(paths: &[PathBuf]) -> Result<Vec<pb::RuleFile>> {
     if files.is_empty() {
         bail!("no rule files found in {paths:?}");
     }
+    check_size(&files)?;
     Ok(files)
+}
+
+/// Refuses, before sending, a set of files larger than one apply carries,
+/// naming the largest.
+fn check_size(files: &[pb::RuleFile]) -> Result<()> {
+    let total: usize = files.iter().map(|f| f.content.len()).sum();
+    if total <= mesh_proto::MAX_APPLY_BYTES {
+        return Ok(());
+    }
+    let mib = |n: usize| n as f64 / (1 << 20) as f64;
+    let mut largest: Vec<&pb::RuleFile> = files.iter().collect();
+    largest.sort_by_key(|f| std::cmp::Reverse(f.content.len()));
+    let named: Vec<String> = largest
+        .iter()
+        .take(3)
+        .map(|f| format!("{} ({:.1} MiB)", f.filename, mib(f.content.len())))
+        .collect();
+    bail!(
+        "{}: {:.1} MiB of rules is more than the {:.0} MiB one apply takes; apply them in parts",
+        named.join(", "),
+        mib(total),
+        mib(mesh_proto::MAX_APPLY_BYTES)
+    )
 }
 
 /// `meshctl apply -f ...`

@@ -30,18 +30,36 @@ fn default_namespace() -> String {
     DEFAULT_NAMESPACE.to_string()
 }
 
-/// A number as written in YAML, before validation.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum RawNumber {
-    /// A non-negative integer.
-    Unsigned(u64),
-    /// A negative integer.
-    Signed(i64),
-    /// Anything with a fraction or exponent.
-    Float(f64),
-    /// A string (always an error for weights).
-    Text(String),
+/// A number exactly as written in YAML, before validation: every problem
+/// is reported in the user's own spelling (`1e3`, `0100`, a number too big
+/// for any integer), never in the parser's reading of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawNumber {
+    /// The scalar's text, without quotes.
+    pub text: String,
+    /// Written as a quoted (or block) string, not a plain scalar.
+    pub quoted: bool,
+}
+
+impl RawNumber {
+    /// A plain scalar.
+    pub fn plain(text: &str) -> RawNumber {
+        RawNumber {
+            text: text.to_string(),
+            quoted: false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // serde-saphyr hands a plain scalar to a string as written; its span
+        // covers the quotes (or block indicator) of one that was not plain.
+        let s = serde_saphyr::Spanned::<Option<String>>::deserialize(d)?;
+        let text = s.value.unwrap_or_default();
+        let quoted = s.defined.span().len() as usize != text.len();
+        Ok(RawNumber { text, quoted })
+    }
 }
 
 impl RawNumber {
@@ -51,16 +69,46 @@ impl RawNumber {
     }
 
     /// The value as a whole number of `what` (plural, for the message), or
-    /// the reason it is not one.
+    /// the reason it is not one, quoting what was written. Only plain
+    /// decimal digits are a count, as in Kubernetes' JSON integers: YAML
+    /// 1.1 and 1.2 read `0100` differently (64 or 100), and `1e3`, `0x10`
+    /// or `1_000` are not what an integer field is written as.
     pub fn as_count(&self, what: &str) -> Result<u32, String> {
-        match self {
-            RawNumber::Unsigned(n) => u32::try_from(*n).map_err(|_| format!("{n} is too large")),
-            RawNumber::Signed(n) => Err(format!("{n} is negative; {what} must be 0 or more")),
-            RawNumber::Float(f) if *f < 0.0 => {
-                Err(format!("{f} is negative; {what} must be 0 or more"))
+        let t = self.text.as_str();
+        if self.quoted {
+            return Err(format!(
+                "{t:?} is a quoted string; write the number without quotes"
+            ));
+        }
+        if t.is_empty() || t == "~" || t == "null" {
+            return Err(format!("is empty; write a whole number of {what}"));
+        }
+        let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+        if let Some(rest) = t.strip_prefix('-')
+            && (digits(rest) || rest.parse::<f64>().is_ok())
+        {
+            return Err(format!("{t} is negative; {what} must be 0 or more"));
+        }
+        let unsigned = t.strip_prefix('+').unwrap_or(t);
+        if digits(unsigned) {
+            if unsigned.len() > 1 && unsigned.starts_with('0') {
+                let bare = unsigned.trim_start_matches('0');
+                let bare = if bare.is_empty() { "0" } else { bare };
+                return Err(format!(
+                    "{t} has a leading zero (YAML 1.1 reads it as octal); write {bare}"
+                ));
             }
-            RawNumber::Float(f) => Err(format!("{f} is not a whole number")),
-            RawNumber::Text(s) => Err(format!("{s:?} is not a number")),
+            return unsigned
+                .parse::<u32>()
+                .map_err(|_| format!("{t} is too large; {what} go up to {}", u32::MAX));
+        }
+        match t.replace('_', "").parse::<f64>() {
+            Ok(f) if f.is_finite() && f.fract() == 0.0 && f <= f64::from(u32::MAX) => {
+                Err(format!("{t} is not written in plain digits; write {f:.0}"))
+            }
+            Ok(f) if f.is_finite() && f.fract() != 0.0 => Err(format!("{t} is not a whole number")),
+            Ok(_) => Err(format!("{t} is too large; {what} go up to {}", u32::MAX)),
+            Err(_) => Err(format!("{t:?} is not a number")),
         }
     }
 }
@@ -104,6 +152,54 @@ pub fn duration_ms(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn count(text: &str) -> Result<u32, String> {
+        RawNumber::plain(text).as_count("weights")
+    }
+
+    #[test]
+    fn counts_are_plain_digits_and_every_refusal_quotes_the_text() {
+        assert_eq!(count("100"), Ok(100));
+        assert_eq!(count("0"), Ok(0));
+        assert_eq!(count("+7"), Ok(7));
+        assert_eq!(count("4294967295"), Ok(u32::MAX));
+        for (text, says) in [
+            ("1e3", "1e3 is not written in plain digits; write 1000"),
+            (
+                "0100",
+                "0100 has a leading zero (YAML 1.1 reads it as octal); write 100",
+            ),
+            (
+                "00",
+                "00 has a leading zero (YAML 1.1 reads it as octal); write 0",
+            ),
+            (
+                "18446744073709551616",
+                "18446744073709551616 is too large; weights go up to 4294967295",
+            ),
+            ("4294967296", "4294967296 is too large"),
+            ("1e30", "1e30 is too large"),
+            ("2.5", "2.5 is not a whole number"),
+            ("-3", "-3 is negative; weights must be 0 or more"),
+            ("-0.5", "-0.5 is negative"),
+            ("0x10", "\"0x10\" is not a number"),
+            ("1_000", "1_000 is not written in plain digits; write 1000"),
+            ("abc", "\"abc\" is not a number"),
+            ("~", "is empty"),
+            (".inf", "\".inf\" is not a number"),
+        ] {
+            let got = count(text).unwrap_err();
+            assert!(got.starts_with(says), "{text}: {got}");
+        }
+        let quoted = RawNumber {
+            text: "100".into(),
+            quoted: true,
+        };
+        assert_eq!(
+            quoted.as_count("weights").unwrap_err(),
+            "\"100\" is a quoted string; write the number without quotes"
+        );
+    }
 
     #[test]
     fn durations() {

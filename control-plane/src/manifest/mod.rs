@@ -267,19 +267,63 @@ fn yaml_error(file: &str, doc_line: usize, e: &serde_saphyr::Error) -> Error {
         .location()
         .map(|l| doc_line + l.line() as usize - 1)
         .unwrap_or(doc_line);
-    let problem = e.without_snippet().to_string();
-    // serde-saphyr appends its own "at line X column Y" relative to the
-    // document; ours is absolute, so drop the relative one.
-    let problem = match problem.find(" at line ") {
-        Some(i) => problem[..i].to_string(),
-        None => problem,
+    // The parser's words where they are the user's, ours where they speak
+    // of the parser's own options.
+    let (field, problem) = match e.without_snippet() {
+        serde_saphyr::Error::DuplicateMappingKey { key: Some(k), .. } => (
+            Some(k.clone()),
+            format!("{k:?} appears twice in one mapping; give each key once"),
+        ),
+        serde_saphyr::Error::DuplicateMappingKey { key: None, .. } => (
+            None,
+            "a key appears twice in one mapping; give each key once".into(),
+        ),
+        serde_saphyr::Error::Budget { breach, .. } => (None, too_big(breach)),
+        other => {
+            let problem = other.to_string();
+            // serde-saphyr appends its own "at line X column Y" relative to
+            // the document; ours is absolute, so drop the relative one.
+            let problem = match problem.find(" at line ") {
+                Some(i) => problem[..i].to_string(),
+                None => problem,
+            };
+            (field_from_message(&problem), problem)
+        }
     };
     Error {
         file: file.to_string(),
         line,
         object: None,
-        field: field_from_message(&problem),
+        field,
         problem,
+    }
+}
+
+/// A YAML document past one of the parser's limits (they stop alias bombs
+/// and runaway files), in words: which limit, and how big it is.
+fn too_big(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let limits = serde_saphyr::Budget::default();
+    match breach {
+        B::Nodes { .. } => format!(
+            "too large: more than {} YAML nodes (mappings, lists and values) in one document; split it into several documents",
+            limits.max_nodes
+        ),
+        B::Events { .. } => format!(
+            "too large: more than {} YAML events in one document; split it into several documents",
+            limits.max_events
+        ),
+        B::Depth { .. } => format!("nested more than {} levels deep", limits.max_depth),
+        B::Documents { .. } => format!("more than {} documents", limits.max_documents),
+        B::ScalarBytes { .. } => "more than 64 MiB of text in one document".into(),
+        B::Aliases { .. }
+        | B::Anchors { .. }
+        | B::AliasAnchorRatio { .. }
+        | B::RecordedAnchorEvents { .. }
+        | B::RecordedAnchorBytes { .. } => {
+            "too many YAML aliases or anchors for their size (an alias bomb?)".into()
+        }
+        _ => "too large or too complex for the YAML parser's limits".into(),
     }
 }
 
@@ -295,124 +339,4 @@ fn field_from_message(msg: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SPLIT: &str = "apiVersion: split.smi-spec.io/v1alpha4
-kind: TrafficSplit
-metadata:
-  name: echo
-spec:
-  service: echo
-  backends:
-  - service: echo-v1
-    weight: 80
-  - service: echo-v2
-    weight: 20
-";
-
-    #[test]
-    fn parses_a_split_with_default_namespace() {
-        let docs = parse("a.yaml", SPLIT).unwrap();
-        let Document::TrafficSplit(s) = &docs[0].doc else {
-            panic!("not a split")
-        };
-        assert_eq!(s.metadata.namespace, "default");
-        assert_eq!(s.spec.backends[1].weight.as_weight(), Ok(20));
-    }
-
-    #[test]
-    fn multi_document_lines_are_absolute() {
-        let bad = SPLIT.replace("weight: 20", "weight: 20\n    colour: red");
-        let input = format!("{SPLIT}---\n{bad}");
-        let errs = parse("rules.yaml", &input).unwrap_err();
-        assert_eq!(errs.len(), 1);
-        let msg = errs[0].to_string();
-        assert!(msg.starts_with("rules.yaml:"), "{msg}");
-        assert!(msg.contains("colour"), "{msg}");
-        assert!(msg.contains("TrafficSplit default/echo"), "{msg}");
-        assert!(errs[0].line > 12, "{msg}");
-        // The first document is 11 lines and `---` the 12th; `colour` is
-        // the second document's 12th line.
-        assert_eq!(errs[0].line, 12 + 12, "{msg}");
-        assert!(msg.starts_with("rules.yaml:24: "), "{msg}");
-    }
-
-    #[test]
-    fn weights_are_reported_precisely() {
-        assert!(
-            meta::RawNumber::Signed(-5)
-                .as_weight()
-                .unwrap_err()
-                .contains("negative")
-        );
-        assert!(
-            meta::RawNumber::Float(2.5)
-                .as_weight()
-                .unwrap_err()
-                .contains("whole")
-        );
-        assert!(
-            meta::RawNumber::Text("x".into())
-                .as_weight()
-                .unwrap_err()
-                .contains("not a number")
-        );
-        let docs = parse("a.yaml", &SPLIT.replace("weight: 20", "weight: -3")).unwrap();
-        let Document::TrafficSplit(s) = &docs[0].doc else {
-            panic!()
-        };
-        assert_eq!(s.spec.backends[1].weight, meta::RawNumber::Signed(-3));
-        let docs = parse("a.yaml", &SPLIT.replace("weight: 20", "weight: 2.5")).unwrap();
-        let Document::TrafficSplit(s) = &docs[0].doc else {
-            panic!()
-        };
-        assert_eq!(s.spec.backends[1].weight, meta::RawNumber::Float(2.5));
-    }
-
-    #[test]
-    fn malformed_yaml_names_file_and_line() {
-        let errs = parse("x.yaml", "kind: TrafficSplit\nspec: [unclosed\n").unwrap_err();
-        assert_eq!(errs[0].file, "x.yaml");
-        assert!(!errs[0].problem.is_empty());
-        assert_eq!(
-            errs[0].line, 2,
-            "the unclosed bracket's line: {:?}",
-            errs[0]
-        );
-    }
-
-    #[test]
-    fn unknown_kind_and_api_version() {
-        let errs = parse("x.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").unwrap_err();
-        assert!(errs[0].to_string().contains("unknown kind \"Pod\""));
-        let errs = parse("x.yaml", &SPLIT.replace("v1alpha4", "v1alpha1")).unwrap_err();
-        assert_eq!(errs[0].field.as_deref(), Some("apiVersion"));
-    }
-
-    #[test]
-    fn a_file_without_documents_is_refused_by_name() {
-        for empty in [
-            "",
-            "\n\n",
-            "# only a comment\n",
-            "---\n",
-            "---\n# c\n---\n...\n",
-        ] {
-            let errs = parse("rules.yaml", empty).unwrap_err();
-            assert_eq!(errs.len(), 1, "{empty:?}");
-            assert!(
-                errs[0].to_string().starts_with("rules.yaml: no documents"),
-                "{empty:?}: {}",
-                errs[0]
-            );
-        }
-    }
-
-    #[test]
-    fn comments_and_empty_documents_are_skipped() {
-        let docs = parse("x.yaml", &format!("# hello\n---\n{SPLIT}---\n")).unwrap();
-        assert_eq!(docs.len(), 1);
-        assert_eq!(docs[0].line, 3);
-    }
-}
+mod tests;
