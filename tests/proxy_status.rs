@@ -152,6 +152,15 @@ spec:
         report.contains("client-small") && report.contains("MESH_PROXY_MAX_REGEX_BYTES"),
         "{report}"
     );
+    // Sidecars without an app never register, and are listed all the same.
+    for client in ["client-small", "client-0"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(client) && l.contains("(no app: outbound only)")),
+            "{client} is not in the table: {report}"
+        );
+    }
     // The previous config keeps serving.
     let (status, _) = support::load::send(
         &meshctl::traffic::client(),

@@ -1,6 +1,8 @@
 //! `meshctl check`: is the mesh healthy? The control plane answers, every
 //! proxy runs the newest config, every workload certificate is fresh, and
-//! the CA root is not about to expire. Exits non-zero on any warning.
+//! the CA root is not about to expire. Lists every sidecar: registered
+//! workloads and outbound-only sidecars (no app, so never registered).
+//! Exits non-zero on any warning.
 
 use crate::client::{admin, explain};
 use anyhow::Result;
@@ -63,6 +65,44 @@ pub fn assess(
     out
 }
 
+/// One table row per sidecar: (instance, service, identity, certificate).
+/// Registered workloads come from the CA's view; a subscribed sidecar it
+/// does not know has no app (a client, a job) and is listed as such.
+pub fn rows(
+    ids: &pb::IdentitiesResponse,
+    proxies: &pb::ProxyStatusResponse,
+    now: i64,
+) -> Vec<[String; 4]> {
+    let mut out: Vec<[String; 4]> = ids
+        .workloads
+        .iter()
+        .map(|w| {
+            let (id, left) = if w.identity.is_empty() {
+                ("(plaintext)".to_string(), "-".to_string())
+            } else if w.cert_not_after_unix == 0 {
+                (w.identity.clone(), "no certificate".to_string())
+            } else {
+                (w.identity.clone(), human(w.cert_not_after_unix - now))
+            };
+            [w.instance_id.clone(), w.service.clone(), id, left]
+        })
+        .collect();
+    let registered = |p: &pb::ProxyStatus| {
+        ids.workloads
+            .iter()
+            .any(|w| w.namespace == p.namespace && w.instance_id == p.instance_id)
+    };
+    for p in proxies.proxies.iter().filter(|p| !registered(p)) {
+        out.push([
+            p.instance_id.clone(),
+            p.service.clone(),
+            "(no app: outbound only)".into(),
+            "-".into(),
+        ]);
+    }
+    out
+}
+
 fn human(secs: i64) -> String {
     match secs {
         s if s >= 2 * 86400 => format!("{} days", s / 86400),
@@ -103,15 +143,8 @@ pub async fn run(control: &str) -> Result<bool> {
         "{:<18} {:<12} {:<48} CERTIFICATE EXPIRES IN",
         "INSTANCE", "SERVICE", "IDENTITY"
     );
-    for w in &ids.workloads {
-        let (id, left) = if w.identity.is_empty() {
-            ("(plaintext)".to_string(), "-".to_string())
-        } else if w.cert_not_after_unix == 0 {
-            (w.identity.clone(), "no certificate".to_string())
-        } else {
-            (w.identity.clone(), human(w.cert_not_after_unix - now))
-        };
-        println!("{:<18} {:<12} {:<48} {left}", w.instance_id, w.service, id);
+    for [instance, service, id, left] in rows(&ids, &proxies, now) {
+        println!("{instance:<18} {service:<12} {id:<48} {left}");
     }
     let warnings = assess(&ids, &proxies, now);
     println!();
@@ -156,6 +189,25 @@ mod tests {
                 ..Default::default()
             }],
         }
+    }
+
+    #[test]
+    fn a_sidecar_without_an_app_is_listed_too() {
+        let mut proxies = synced();
+        proxies.proxies.push(pb::ProxyStatus {
+            service: "client".into(),
+            instance_id: "client-0".into(),
+            namespace: "default".into(),
+            acked_version: "7".into(),
+            ..Default::default()
+        });
+        let rows = rows(&ids(365 * 86400, 80000), &proxies, 1000);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0][0], "echo-0");
+        assert_eq!(
+            rows[1],
+            ["client-0", "client", "(no app: outbound only)", "-"].map(String::from)
+        );
     }
 
     #[test]
