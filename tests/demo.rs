@@ -1,4 +1,5 @@
-//! `meshctl demo`, the README's first command, run as a user runs it: it
+//! `meshctl demo`, the README's first command, run as a user runs it (in
+//! the debug profile these tests build, otherwise the same): it
 //! brings up the demo mesh, shifts 0 → 10 → 50 → 100% to v2 under steady
 //! traffic with no failed request, shows the shares it measured at each
 //! step, release status and the aggregated golden metrics, and exits 0
@@ -24,11 +25,26 @@ fn step(out: &str, pct: u32) -> (u64, u64, u64) {
     (n[0], n[1], n[2])
 }
 
+/// The README's first command: one cargo build of the whole workspace (the
+/// one `support::ensure_built` runs here), then the demo binary.
+const README_COMMAND: &str =
+    "cargo build --release --workspace --bins && ./target/release/meshctl demo";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shifts_to_v2_step_by_step_with_no_failed_request() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let first = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.lines().next())
+        .unwrap();
+    assert_eq!(first, README_COMMAND, "the README's first command changed");
     support::ensure_built();
+    // Run as the README runs it: the built binary, not under cargo.
     let run = tokio::process::Command::new(binary("meshctl"))
         .args(["demo", "--requests", "400"])
+        .env_remove("CARGO")
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), run)
@@ -38,6 +54,8 @@ async fn the_demo_shifts_to_v2_step_by_step_with_no_failed_request() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Not under cargo, it builds nothing: the README's build did.
+    assert!(!stdout.contains("▶ building"), "{stdout}");
 
     assert_eq!(step(&stdout, 0), (400, 0, 0), "{stdout}");
     let (v1, v2, failed) = step(&stdout, 10);

@@ -43,6 +43,7 @@ async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
     let admin = client_sidecar.sidecar.addr("admin")?;
     // Wait (bounded) until the control plane sees every echo instance ready.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut watch = crate::progress::Slow::new("the echo instances to be ready");
     loop {
         let st = cli::status(&control, "default", "echo").await?;
         let ready: usize = st
@@ -50,6 +51,7 @@ async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
             .iter()
             .map(|b| b.endpoints.iter().filter(|e| e.ready).count())
             .sum();
+        watch.tick(|| format!("{ready} of 3 ready"));
         if ready >= 3 {
             print!("{}", cli::render_status(&st, cli::Output::Table)?);
             break;
@@ -106,9 +108,11 @@ async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
         direction: "outbound".into(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut watch = crate::progress::Slow::new("the sidecars' telemetry reports");
     let stats = loop {
         let stats = crate::stat::fetch(&control, &query).await?;
         let has_v2 = stats.rows.iter().any(|r| r.version == "v2");
+        watch.tick(|| "no v2 answers counted yet".into());
         if has_v2 || tokio::time::Instant::now() > deadline {
             break stats;
         }

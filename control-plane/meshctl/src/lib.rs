@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod procs;
+pub mod progress;
 pub mod routes;
 pub mod stat;
 pub mod traffic;

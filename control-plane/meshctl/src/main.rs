@@ -196,7 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let control = args.control.as_str();
     if matches!(args.command, Cmd::Up { .. } | Cmd::Demo { .. }) {
         // Under `cargo run`, build the binaries `up` starts; installed, a no-op.
-        meshctl::procs::ensure_built(!cfg!(debug_assertions));
+        meshctl::procs::ensure_built_showing_progress(!cfg!(debug_assertions));
     }
     match args.command {
         Cmd::Up {

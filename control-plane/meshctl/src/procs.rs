@@ -206,6 +206,16 @@ fn tail(path: &Path, n: usize) -> String {
 
 /// Polls `http://addr{path}` until it answers 200, or fails after `deadline`.
 pub async fn wait_ready(addr: SocketAddr, path: &str, deadline: Duration) -> Result<()> {
+    wait_ready_watched(addr, path, deadline, None).await
+}
+
+/// `wait_ready`, printing progress for a person watching once it is slow.
+pub async fn wait_ready_watched(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Duration,
+    mut watch: Option<crate::progress::Slow>,
+) -> Result<()> {
     let end = tokio::time::Instant::now() + deadline;
     loop {
         let last = match crate::traffic::get(addr, path).await {
@@ -213,6 +223,9 @@ pub async fn wait_ready(addr: SocketAddr, path: &str, deadline: Duration) -> Res
             Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
             Err(e) => e.to_string(),
         };
+        if let Some(w) = &mut watch {
+            w.tick(|| last.clone());
+        }
         if tokio::time::Instant::now() >= end {
             bail!("http://{addr}{path} not ready after {deadline:?}: {last}");
         }
@@ -245,6 +258,16 @@ pub async fn wait_config(admin: SocketAddr, min_version: u64, deadline: Duration
 /// Builds the mesh binaries when run under cargo (tests, `cargo run` of the
 /// benches), so those never exercise a stale binary. A no-op elsewhere.
 pub fn ensure_built(release: bool) {
+    build(release, false);
+}
+
+/// `ensure_built` for a person watching (`meshctl demo`/`up` under `cargo
+/// run`): says what it builds and lets cargo show its progress.
+pub fn ensure_built_showing_progress(release: bool) {
+    build(release, true);
+}
+
+fn build(release: bool, show: bool) {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let Ok(cargo) = std::env::var("CARGO") else {
@@ -253,8 +276,17 @@ pub fn ensure_built(release: bool) {
         let mut cmd = std::process::Command::new(cargo);
         // The whole workspace's binaries, as `cargo build --bins` would: a
         // narrower package set resolves features differently and recompiles
-        // shared dependencies.
-        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
+        // shared dependencies (which is why the README builds this way
+        // itself rather than through `cargo run -p meshctl`).
+        cmd.args(["build", "--workspace", "--bins"]);
+        if show {
+            println!(
+                "▶ building the binaries it runs (cargo build{} --workspace --bins)…",
+                if release { " --release" } else { "" }
+            );
+        } else {
+            cmd.arg("--quiet");
+        }
         // What cargo set for the test or bench running now describes that
         // crate, not the build: ring's build script tracks
         // CARGO_MANIFEST_DIR, so passing it on would rebuild ring (and all

@@ -1,7 +1,7 @@
 //! `meshctl up`: runs a whole local mesh from one mesh file: the control
 //! plane, then each Workload replica's app and sidecar, as child processes.
 
-use crate::procs::{ControlPlane, Proc, binary, wait_ready};
+use crate::procs::{ControlPlane, Proc, binary, wait_ready_watched};
 use anyhow::{Context, Result, bail};
 use mesh_control::manifest::{Document, workload::Workload};
 use std::path::{Path, PathBuf};
@@ -136,9 +136,15 @@ impl Mesh {
             }
         }
         for r in &replicas {
-            wait_ready(r.sidecar.addr("admin")?, "/ready", READY_DEADLINE)
-                .await
-                .with_context(|| format!("sidecar of {}", r.instance_id))?;
+            let watch = crate::progress::Slow::new(format!("the sidecar of {}", r.instance_id));
+            wait_ready_watched(
+                r.sidecar.addr("admin")?,
+                "/ready",
+                READY_DEADLINE,
+                Some(watch),
+            )
+            .await
+            .with_context(|| format!("sidecar of {}", r.instance_id))?;
         }
         Ok(Mesh {
             control,
