@@ -55,10 +55,20 @@ async fn arrived(app: SocketAddr) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits (bounded) until the app has `n` requests in hand.
-async fn wait_arrived(app: SocketAddr, n: u64) {
+/// Waits (bounded) until the app has `n` requests in hand; a call that
+/// ends before then is a failure, reported with what it got.
+async fn wait_arrived(
+    app: SocketAddr,
+    n: u64,
+    calls: &mut [tokio::task::JoinHandle<Result<(u16, String), String>>],
+) {
     let end = tokio::time::Instant::now() + DEADLINE;
     while arrived(app).await < n {
+        for (i, call) in calls.iter_mut().enumerate() {
+            if call.is_finished() {
+                panic!("call {i} ended before the drain: {:?}", call.await.unwrap());
+            }
+        }
         assert!(
             tokio::time::Instant::now() < end,
             "requests never reached the app"
@@ -73,14 +83,14 @@ async fn sigterm_lets_slow_requests_in_flight_finish_over_http1_and_http2() {
     mesh.no_retries("echo", "p2c-ewma", &client).await;
     let hold = Duration::from_millis(1500);
     let sent = Instant::now();
-    let calls: Vec<_> = [false, false, false, true, true, true]
+    let mut calls: Vec<_> = [false, false, false, true, true, true]
         .into_iter()
         .map(|h2| {
             let path = format!("/slow?delay_ms={}", hold.as_millis());
             tokio::spawn(slow_get(client.outbound, path, h2))
         })
         .collect();
-    wait_arrived(inst.app_addr(), 6).await;
+    wait_arrived(inst.app_addr(), 6, &mut calls).await;
     let status = inst
         .sidecar
         .stop(Duration::from_secs(15))
@@ -96,6 +106,13 @@ async fn sigterm_lets_slow_requests_in_flight_finish_over_http1_and_http2() {
         let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
         let protocol = if i < 3 { "HTTP/1.1" } else { "HTTP/2.0" };
         assert_eq!(answer["protocol"], protocol, "call {i} kept its protocol");
+        // The app sees the name the client used, never the endpoint's
+        // address; over HTTP/2 as :authority, which a Host header may
+        // accompany only when they agree (RFC 9113 §8.3.1).
+        assert_eq!(answer["host"], "echo", "call {i}: {answer}");
+        if i >= 3 {
+            assert_eq!(answer["authority"], "echo", "call {i}: {answer}");
+        }
     }
     assert!(status.success(), "drained within the timeout: {status:?}");
     assert!(
@@ -123,12 +140,13 @@ async fn a_drain_that_outlasts_its_timeout_exits_1_on_time() {
         .unwrap();
     let client = mesh.client("client-0").await;
     mesh.no_retries("echo", "p2c-ewma", &client).await;
-    let call = tokio::spawn(slow_get(
+    let mut calls = [tokio::spawn(slow_get(
         client.outbound,
         "/slow?delay_ms=20000".into(),
         false,
-    ));
-    wait_arrived(inst.app_addr(), 1).await;
+    ))];
+    wait_arrived(inst.app_addr(), 1, &mut calls).await;
+    let [call] = calls;
     let signalled = Instant::now();
     let status = inst
         .sidecar

@@ -391,6 +391,52 @@ async fn bad_resilience_rules_are_rejected_naming_the_field() {
             policy("timeout: soon"),
             vec!["spec.timeout", "\"soon\" is not a duration"],
         ),
+        // A fallback is another service or a static answer, whole and valid.
+        (
+            "fallback-ghost.yaml",
+            policy("fallback:\n  service: ghost"),
+            vec![
+                "spec.fallback.service",
+                "fallback names unknown service default/ghost",
+            ],
+        ),
+        (
+            "fallback-self.yaml",
+            policy("fallback:\n  service: echo"),
+            vec!["spec.fallback.service", "must name another service"],
+        ),
+        (
+            "fallback-both.yaml",
+            policy("fallback:\n  service: echo-v1\n  response:\n    status: 200"),
+            vec!["spec.fallback", "give exactly one of service"],
+        ),
+        (
+            "fallback-status.yaml",
+            policy("fallback:\n  response:\n    status: 99"),
+            vec![
+                "spec.fallback.response.status",
+                "99 is not a final HTTP status (200-599)",
+            ],
+        ),
+        (
+            "fallback-header.yaml",
+            policy("fallback:\n  response:\n    status: 503\n    headers:\n      content-length: \"5\""),
+            vec![
+                "spec.fallback.response.headers.content-length",
+                "is set by the sidecar",
+            ],
+        ),
+        (
+            "fallback-body.yaml",
+            policy(&format!(
+                "fallback:\n  response:\n    status: 503\n    body: {}",
+                "x".repeat(70_000)
+            )),
+            vec![
+                "spec.fallback.response.body",
+                "is 70000 bytes; a static fallback body is at most 64 KiB",
+            ],
+        ),
         (
             "mirror-ghost.yaml",
             policy("mirror:\n  service: ghost\n  percent: 10"),

@@ -215,7 +215,7 @@ impl State {
         let (next, outcomes) = current.apply(&incoming, &docs).map_err(Error::Invalid)?;
         {
             let inner = self.lock();
-            rules::check_mirrors(&incoming.routing, &docs, |ns, svc| {
+            rules::check_named_services(&incoming.routing, &docs, |ns, svc| {
                 inner.registry.knows(ns, svc)
             })
             .map_err(Error::Invalid)?;

@@ -67,9 +67,12 @@ pub enum Error {
     Upstream {
         /// Upstream address.
         addr: String,
+        /// Whether no connection was made (retry policies and ejection
+        /// treat a refused connect apart from a broken exchange).
+        connect: bool,
         /// Cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -152,7 +155,8 @@ mod tests {
             .unwrap_err();
         Error::Upstream {
             addr: addr.to_string(),
-            source,
+            connect: source.is_connect(),
+            source: source.into(),
         }
     }
 

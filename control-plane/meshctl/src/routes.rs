@@ -94,7 +94,7 @@ fn table(resp: &pb::GetRoutesResponse) -> String {
         return String::new();
     };
     let mut out = format!(
-        "service {}/{} (config version {})\n\n{:<16} {:<28} {:<24} {:<8} {:<64} {:<16} FAULT\n",
+        "service {}/{} (config version {})\n\n{:<16} {:<28} {:<24} {:<8} {:<64} {:<16} {:<36} FALLBACK\n",
         sc.namespace,
         sc.name,
         resp.version,
@@ -103,7 +103,8 @@ fn table(resp: &pb::GetRoutesResponse) -> String {
         "BACKENDS",
         "TIMEOUT",
         "RETRIES",
-        "MIRROR"
+        "MIRROR",
+        "FAULT"
     );
     for r in &sc.routes {
         let total: u32 = r.backends.iter().map(|b| b.weight).sum();
@@ -121,7 +122,7 @@ fn table(resp: &pb::GetRoutesResponse) -> String {
             .collect();
         let m = matches(r);
         out.push_str(&format!(
-            "{:<16} {:<28} {:<24} {:<8} {:<64} {:<16} {}\n",
+            "{:<16} {:<28} {:<24} {:<8} {:<64} {:<16} {:<36} {}\n",
             r.name,
             if m.is_empty() {
                 "*".to_string()
@@ -144,6 +145,7 @@ fn table(resp: &pb::GetRoutesResponse) -> String {
                 "delay {}ms {}%, abort {} {}%",
                 f.delay_ms, f.delay_percent, f.abort_status, f.abort_percent
             )),
+            fallback_text(r),
         ));
     }
     out.push_str(&format!(
@@ -182,6 +184,29 @@ fn table(resp: &pb::GetRoutesResponse) -> String {
     out
 }
 
+/// What answers while no backend has a usable endpoint.
+fn fallback_text(r: &pb::Route) -> String {
+    match r.fallback.as_ref().and_then(|f| f.target.as_ref()) {
+        None => "-".into(),
+        Some(pb::fallback::Target::Cluster(c)) => format!("service {}", short(c)),
+        Some(pb::fallback::Target::Response(resp)) => {
+            format!("response {} ({} bytes)", resp.status, resp.body.len())
+        }
+    }
+}
+
+fn fallback_json(r: &pb::Route) -> Value {
+    match r.fallback.as_ref().and_then(|f| f.target.as_ref()) {
+        None => Value::Null,
+        Some(pb::fallback::Target::Cluster(c)) => json!({"service": short(c)}),
+        Some(pb::fallback::Target::Response(resp)) => json!({"response": {
+            "status": resp.status,
+            "headers": resp.headers.iter().map(|h| (h.name.clone(), Value::from(h.value.clone()))).collect::<serde_json::Map<_, _>>(),
+            "body": String::from_utf8_lossy(&resp.body),
+        }}),
+    }
+}
+
 fn to_json(resp: &pb::GetRoutesResponse) -> Value {
     let sc = resp.service.clone().unwrap_or_default();
     json!({
@@ -207,6 +232,7 @@ fn to_json(resp: &pb::GetRoutesResponse) -> Value {
                 "delayMs": f.delay_ms, "delayPercent": f.delay_percent,
                 "abortStatus": f.abort_status, "abortPercent": f.abort_percent,
             })),
+            "fallback": fallback_json(r),
         })).collect::<Vec<_>>(),
         "backends": resp.clusters.iter().map(|c| {
             let p = c.policy.unwrap_or_default();

@@ -3,7 +3,8 @@
 //! TrafficPolicy defaults filled in, and the policy of one backend.
 
 use crate::rules::route::model::{
-    Backend, HeaderMatch, HttpRoute, PathMatch, RequestMatch, Retry, RouteRule, TrafficPolicy,
+    Backend, Fallback, HeaderMatch, HttpRoute, PathMatch, RequestMatch, Retry, RouteRule,
+    TrafficPolicy,
 };
 use crate::rules::{Policy, RuleSet, Split};
 use mesh_proto::v1 as pb;
@@ -157,6 +158,28 @@ pub(super) fn routes_for(
                     abort_status: u32::from(f.abort_status),
                     abort_percent: f.abort_percent,
                 }),
+                fallback: policy
+                    .and_then(|p| p.fallback.as_ref())
+                    .map(|f| pb::Fallback {
+                        target: Some(match f {
+                            Fallback::Service(svc) => pb::fallback::Target::Cluster(cluster(svc)),
+                            Fallback::Response {
+                                status,
+                                headers,
+                                body,
+                            } => pb::fallback::Target::Response(pb::StaticResponse {
+                                status: u32::from(*status),
+                                headers: headers
+                                    .iter()
+                                    .map(|(name, value)| pb::Header {
+                                        name: name.clone(),
+                                        value: value.clone(),
+                                    })
+                                    .collect(),
+                                body: body.clone().into_bytes(),
+                            }),
+                        }),
+                    }),
             }
         })
         .collect()

@@ -33,6 +33,10 @@ pub fn routes(
                 .iter()
                 .map(|b| b.cluster.as_str())
                 .chain(r.mirror.iter().map(|m| m.cluster.as_str()))
+                .chain(r.fallback.iter().filter_map(|f| match &f.target {
+                    Some(pb::fallback::Target::Cluster(c)) => Some(c.as_str()),
+                    _ => None,
+                }))
         })
         .collect();
     Ok(pb::GetRoutesResponse {

@@ -87,6 +87,35 @@ pub struct TrafficPolicySpec {
     /// Faults injected on its routes.
     #[serde(default)]
     pub fault: Option<FaultSpec>,
+    /// What answers while the service has no usable endpoint.
+    #[serde(default)]
+    pub fallback: Option<FallbackSpec>,
+}
+
+/// `fallback`: another service, or a response of our own; exactly one.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FallbackSpec {
+    /// A service to send requests to instead.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A static answer.
+    #[serde(default)]
+    pub response: Option<StaticResponseSpec>,
+}
+
+/// `fallback.response`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticResponseSpec {
+    /// HTTP status.
+    pub status: RawNumber,
+    /// Response headers, name to value.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Body, as text.
+    #[serde(default)]
+    pub body: String,
 }
 
 /// `outlierDetection`.

@@ -2,13 +2,16 @@
 //! name (`RuleSet`), how one apply merges into it (all or nothing, like
 //! `kubectl apply`), and `release shift`. Pure: no I/O, no locks. The kinds
 //! validate themselves one document at a time in the files beside this
-//! one; the checks across documents and applies live here.
+//! one; the checks across documents live here, except the services rules
+//! name (`named.rs`), which need the registry too.
 
+mod named;
 mod policy;
 mod problems;
 pub mod route;
 mod split;
 
+pub use named::check_named_services;
 pub use policy::{Policy, policies_from};
 pub use route::model::{Backend, HttpRoute, Mirror, RouteGroup, Routing, TrafficPolicy};
 pub use route::routing_from;
@@ -438,55 +441,6 @@ fn check_routing(next: &RuleSet, docs: &[Located]) -> Result<(), Vec<manifest::E
                     p.service, other.namespace, other.name
                 ),
             ));
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
-/// Refuses mirrors to services nothing serves or declares: a mirror that
-/// silently copies to nowhere would make a shadow test meaningless.
-pub fn check_mirrors(
-    new: &Routing,
-    docs: &[Located],
-    knows: impl Fn(&str, &str) -> bool,
-) -> Result<(), Vec<manifest::Error>> {
-    let mut errors = Vec::new();
-    let mut check = |kind: &str, ns: &str, name: &str, field: String, m: &Mirror| {
-        if !knows(ns, &m.service) {
-            errors.push(manifest::Error::about(
-                manifest::find(docs, kind, ns, name),
-                &format!("{kind} {ns}/{name}"),
-                field,
-                format!("mirror names unknown service {ns}/{}", m.service),
-            ));
-        }
-    };
-    for r in &new.routes {
-        for (i, rule) in r.rules.iter().enumerate() {
-            if let Some(m) = &rule.mirror {
-                check(
-                    "HTTPRoute",
-                    &r.namespace,
-                    &r.name,
-                    format!("spec.rules[{i}].filters"),
-                    m,
-                );
-            }
-        }
-    }
-    for p in &new.policies {
-        if let Some(m) = &p.mirror {
-            check(
-                "TrafficPolicy",
-                &p.namespace,
-                &p.name,
-                "spec.mirror.service".into(),
-                m,
-            );
         }
     }
     if errors.is_empty() {

@@ -1,19 +1,21 @@
 //! The attempts of one request under its route: each picks a backend by
-//! weight, takes a slot under the backend's request limit, picks an
-//! endpoint and sends, under the per-try timeout. A failed attempt is
-//! retried per the route's policy while the budget allows, avoiding the
-//! endpoint that just failed; only a replayable body (buffered, ≤ 64 KiB)
-//! is ever retried. Every outcome feeds the endpoint's statistics.
+//! weight (another live one when that one has no usable endpoint), takes a
+//! slot under the backend's request limit, picks an endpoint and sends,
+//! under the per-try timeout. A failed attempt is retried per the route's
+//! policy while the budget allows, avoiding the endpoint that just failed;
+//! only a replayable body (buffered, ≤ 64 KiB) is ever retried. When no
+//! backend has a usable endpoint the route's fallback answers, if it has
+//! one. Every outcome feeds the endpoint's statistics.
 
 use super::mirror::Mirrors;
 use crate::balance::{Attempt, NoPick, Slot};
-use crate::body::{self, ReqBody};
+use crate::body::{self, ReqBody, ResBody};
 use crate::errors::Error;
 use crate::forward::Forwarder;
 use crate::http::{copy_head, grpc_status};
 use crate::retry::{ATTEMPT_HEADER, Policy as RetryPolicy};
-use crate::state::{Cluster, Route};
-use crate::telemetry::metrics::{BackendLabels, Metrics, RouteLabels};
+use crate::state::{Backend, Cluster, Fallback, Route};
+use crate::telemetry::metrics::{BackendLabels, FallbackLabels, Metrics, RouteLabels};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -66,7 +68,7 @@ impl Attempts {
         req: Request<Incoming>,
         route: &Route,
         seen: &mut Observed,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<ResBody>, Error> {
         let retry = route.retry.as_ref();
         if let Some((_, budget)) = retry {
             budget.deposit();
@@ -110,14 +112,16 @@ impl Attempts {
                     streamed.take().expect("one attempt without replay"),
                 ),
             };
-            let backend = route.pick_backend().ok_or_else(|| no_endpoints(route))?;
-            let cluster = &backend.cluster;
-            let _slot = Slot::take(&cluster.in_flight, cluster.policy.max_requests)
-                .map_err(|e| pick_error(e, cluster))?;
-            let skip = avoid
-                .filter(|(c, _)| *c == Arc::as_ptr(cluster) as usize)
-                .map(|(_, i)| i);
-            let i = cluster.pick(skip).map_err(|e| pick_error(e, cluster))?;
+            let (cluster, _slot, i) = match choose(route, avoid) {
+                Ok(chosen) => chosen,
+                Err(e @ (Error::NoEndpoints(_) | Error::AllEjected(_))) => {
+                    return match &route.fallback {
+                        Some(f) => self.fall_back(f, req, route, seen, e).await,
+                        None => Err(e),
+                    };
+                }
+                Err(e) => return Err(e),
+            };
             let endpoint = &cluster.endpoints[i];
             // mTLS whenever the endpoint has an identity and we have one; an
             // identity-less client falls back to plaintext, which only a
@@ -158,14 +162,14 @@ impl Attempts {
                     .inc();
             }
             let Some((policy, budget)) = retry else {
-                return outcome;
+                return streamed_out(outcome);
             };
             if !verdict.retriable || attempt == max_attempts {
-                return outcome;
+                return streamed_out(outcome);
             }
             if !budget.withdraw() {
                 tracing::debug!(route = %route.name, "retry budget exhausted");
-                return outcome;
+                return streamed_out(outcome);
             }
             drop(outcome);
             self.metrics
@@ -180,6 +184,103 @@ impl Attempts {
         }
         unreachable!("the last attempt always returns")
     }
+
+    /// Answers from the route's fallback, `primary` being why the backends
+    /// could not: one attempt to the fallback cluster (whose own failure
+    /// stands), or the static response. A fallback cluster with no usable
+    /// endpoint either gives the primary's error.
+    async fn fall_back(
+        &self,
+        fallback: &Fallback,
+        req: Request<ReqBody>,
+        route: &Route,
+        seen: &mut Observed,
+        primary: Error,
+    ) -> Result<Response<ResBody>, Error> {
+        let resp = match fallback {
+            Fallback::Response(r) => {
+                seen.backend.clear();
+                seen.version.clear();
+                seen.endpoint = None;
+                let mut resp = Response::new(ResBody::full(r.body.clone()));
+                *resp.status_mut() = r.status;
+                *resp.headers_mut() = r.headers.clone();
+                Ok(resp)
+            }
+            Fallback::Cluster(cluster) => {
+                let Ok(_slot) = Slot::take(&cluster.in_flight, cluster.policy.max_requests) else {
+                    return Err(primary);
+                };
+                let Ok(i) = cluster.pick(None) else {
+                    return Err(primary);
+                };
+                let endpoint = &cluster.endpoints[i];
+                let secure = self.mtls && endpoint.identity.is_some();
+                seen.backend.clone_from(&cluster.name);
+                seen.version.clone_from(&endpoint.version);
+                seen.endpoint = Some(endpoint.addr);
+                seen.tls = secure;
+                seen.peer = if secure {
+                    endpoint.identity.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                let tracker = Attempt::start(&cluster.stats[i]);
+                let outcome = self
+                    .forwarder
+                    .forward(req, &endpoint.authority, secure)
+                    .await;
+                if let Some(ok) = judge(&outcome, None).ok {
+                    tracker.finish(ok, &cluster.policy, &cluster.stats);
+                }
+                streamed_out(outcome)
+            }
+        };
+        tracing::debug!(route = %route.name, fallback = fallback.label(), reason = %primary, "fallback answered");
+        self.metrics
+            .fallbacks
+            .get_or_create(&FallbackLabels {
+                service: seen.service.clone().unwrap_or_default(),
+                route: route.name.clone(),
+                fallback: fallback.label().to_string(),
+            })
+            .inc();
+        resp
+    }
+}
+
+/// An upstream's answer, streamed on.
+fn streamed_out(outcome: Result<Response<Incoming>, Error>) -> Result<Response<ResBody>, Error> {
+    outcome.map(|r| r.map(ResBody::stream))
+}
+
+/// The endpoint for one attempt: a backend by weight, then an endpoint by
+/// its balancer, avoiding the one the last attempt failed on. A backend
+/// with no usable endpoint (none ready, or every one ejected) gives way to
+/// the route's other live backends before the attempt gives up: a split
+/// never answers 503 while some backend can serve.
+fn choose(
+    route: &Route,
+    avoid: Option<(usize, usize)>,
+) -> Result<(&Arc<Cluster>, Slot, usize), Error> {
+    let first = route.pick_backend().ok_or_else(|| no_endpoints(route))?;
+    let mut unusable = None;
+    for backend in std::iter::once(first).chain(route.other_live_backends(first)) {
+        let Backend { cluster, .. } = backend;
+        let slot = Slot::take(&cluster.in_flight, cluster.policy.max_requests)
+            .map_err(|e| pick_error(e, cluster))?;
+        let skip = avoid
+            .filter(|(c, _)| *c == Arc::as_ptr(cluster) as usize)
+            .map(|(_, i)| i);
+        match cluster.pick(skip) {
+            Ok(i) => return Ok((cluster, slot, i)),
+            Err(e @ (NoPick::Empty | NoPick::AllEjected)) => {
+                unusable.get_or_insert_with(|| pick_error(e, cluster));
+            }
+            Err(e) => return Err(pick_error(e, cluster)),
+        }
+    }
+    Err(unusable.expect("the first backend was tried"))
 }
 
 fn no_endpoints(route: &Route) -> Error {
@@ -214,10 +315,10 @@ fn judge(outcome: &Result<Response<Incoming>, Error>, policy: Option<&RetryPolic
                     .is_some_and(|p| p.retries_response(resp.status(), resp.headers())),
             }
         }
-        Err(Error::Upstream { source, .. }) => Verdict {
+        Err(Error::Upstream { connect, .. }) => Verdict {
             ok: Some(false),
             retriable: policy.is_some_and(|p| {
-                if source.is_connect() {
+                if *connect {
                     p.on_connect_failure
                 } else {
                     p.on_reset

@@ -47,7 +47,7 @@ impl Outbound {
         let watch = self.obs.begin("outbound", &mut req);
         let mut seen = Observed::default();
         let resp = match self.route_and_forward(req, &mut seen).await {
-            Ok(resp) => resp.map(Body::stream),
+            Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "outbound request failed");
                 if matches!(e, Error::Timeout(_))
@@ -85,7 +85,7 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         seen: &mut Observed,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Body>, Error> {
         // One lock-free load per request: this Arc pins the snapshot the request runs on.
         let state = self.state.load_full();
         // Only the initial, empty state has no version.

@@ -6,17 +6,20 @@
 //! The snapshot itself lives here; its parts beside it: `service` (routes
 //! of one service and its names), `route` (matching, weighted backends,
 //! policies), `cluster` (endpoints and the statistics store), `authz`
-//! (inbound authorization) and `dump` (`/config_dump`).
+//! (inbound authorization), `fallback` (what answers when no backend can)
+//! and `dump` (`/config_dump`).
 
 mod authz;
 mod cluster;
 mod dump;
+mod fallback;
 mod route;
 mod service;
 
 pub use authz::{Allow, Authorization};
 pub use cluster::{Cluster, Endpoint, EndpointStats, RETAIN};
 pub use dump::Dump;
+pub use fallback::{Fallback, StaticResponse};
 pub use route::{Backend, Fault, Mirror, Route};
 pub use service::Service;
 

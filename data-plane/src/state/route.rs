@@ -3,6 +3,7 @@
 //! fault policies, converted from proto once per snapshot.
 
 use super::cluster::Cluster;
+use super::fallback::Fallback;
 use crate::retry::{self, Budget};
 use http::{HeaderName, Method, Request};
 use mesh_proto::v1 as pb;
@@ -31,6 +32,8 @@ pub struct Route {
     pub fault: Option<Fault>,
     /// Host names it takes (Gateway API `hostnames`); empty: any.
     pub hostnames: Vec<String>,
+    /// What answers while no backend has a usable endpoint.
+    pub fallback: Option<Fallback>,
     /// Indices of backends with ready endpoints, and the sum of their weights.
     /// Precomputed per snapshot so a pick is one random number and a scan.
     live: Vec<usize>,
@@ -327,6 +330,16 @@ impl Route {
                 f.abort_status
             )));
         }
+        let fallback = match &r.fallback {
+            None => None,
+            Some(f) => match Fallback::from_proto(f, cx.clusters) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    errors.push(at(e));
+                    None
+                }
+            },
+        };
         for h in &r.hostnames {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if bare.is_empty() || bare.contains('*') {
@@ -351,6 +364,7 @@ impl Route {
             retry,
             mirror,
             fault,
+            fallback,
             live,
             live_weight,
         })
@@ -387,6 +401,19 @@ impl Route {
         None
     }
 
+    /// The backends with ready endpoints, other than `but` (a backend
+    /// already tried), in configured order: where an attempt goes when the
+    /// backend its weight chose has no usable endpoint.
+    pub fn other_live_backends<'r>(
+        &'r self,
+        but: &'r Backend,
+    ) -> impl Iterator<Item = &'r Backend> {
+        self.live
+            .iter()
+            .map(|&i| &self.backends[i])
+            .filter(move |b| !std::ptr::eq(*b, but))
+    }
+
     /// A JSON view for `/config_dump`.
     pub fn dump(&self) -> serde_json::Value {
         serde_json::json!({
@@ -402,6 +429,7 @@ impl Route {
                 "cluster": m.cluster.name, "percent": m.percent,
             })),
             "fault": self.fault,
+            "fallback": self.fallback.as_ref().map(Fallback::dump),
         })
     }
 }

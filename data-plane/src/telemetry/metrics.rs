@@ -82,6 +82,17 @@ pub struct MirrorLabels {
     pub result: &'static str,
 }
 
+/// Requests a route's fallback answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// Target service.
+    pub service: String,
+    /// Route name.
+    pub route: String,
+    /// The fallback cluster, or `static`.
+    pub fallback: String,
+}
+
 /// Inbound connection outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
@@ -142,6 +153,8 @@ pub struct Metrics {
     pub ejections: Family<BackendLabels, Counter>,
     /// Mirrored copies.
     pub mirrors: Family<MirrorLabels, Counter>,
+    /// Requests answered by a route's fallback.
+    pub fallbacks: Family<FallbackLabels, Counter>,
     /// Inbound connections.
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind.
@@ -203,6 +216,12 @@ impl Metrics {
                 Family::default(),
             ),
             mirrors: registered(r, "mirror_requests", "Mirrored copies", Family::default()),
+            fallbacks: registered(
+                r,
+                "fallback_requests",
+                "Requests a route's fallback answered while no backend had a usable endpoint",
+                Family::default(),
+            ),
             inbound_connections: registered(
                 r,
                 "inbound_connections",
@@ -390,6 +409,13 @@ mod tests {
             .get_or_create(&MirrorLabels {
                 backend: "b".into(),
                 result: "sent",
+            })
+            .inc();
+        m.fallbacks
+            .get_or_create(&FallbackLabels {
+                service: "s".into(),
+                route: "r".into(),
+                fallback: "static".into(),
             })
             .inc();
         m.inbound_connections

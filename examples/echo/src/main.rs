@@ -3,7 +3,9 @@
 //! Every answer names the service, version and instance that produced it.
 //!
 //! HTTP paths: `/healthz` (the health check), `/admin/health?ok=false|true`
-//! (make the health check fail or pass), `?status=NNN` on any other path
+//! (make the health check fail or pass), `/admin/errors?rate=R` (answer a
+//! share R of requests with an error from now on, as `--error-rate`),
+//! `?status=NNN` on any other path
 //! (answer with that status), `/admin/stats` (requests that
 //! arrived, by method, and how many were retries: tests count arrivals
 //! here), anything else echoes a JSON summary
@@ -64,6 +66,9 @@ struct App {
     /// Arrivals (not counting /healthz and /admin), by method, and retries.
     arrivals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     healthy: AtomicBool,
+    /// The share of requests failed, in millionths: `--error-rate`, until
+    /// `/admin/errors` changes it.
+    error_ppm: std::sync::atomic::AtomicU32,
     filler: Bytes,
 }
 
@@ -72,7 +77,8 @@ impl App {
         if self.args.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.args.latency_ms)).await;
         }
-        self.args.error_rate > 0.0 && fastrand::f64() < self.args.error_rate
+        let ppm = self.error_ppm.load(Ordering::Relaxed);
+        ppm > 0 && fastrand::u32(..1_000_000) < ppm
     }
 
     fn grpc_error(&self) -> tonic::Status {
@@ -187,6 +193,24 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
                 format!("{{\"healthy\":{}}}\n", app.healthy.load(Ordering::Relaxed)),
             );
         }
+        "/admin/errors" => {
+            let rate = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("rate="))
+                .and_then(|r| r.parse::<f64>().ok())
+                .filter(|r| (0.0..=1.0).contains(r));
+            return match rate {
+                Some(r) => {
+                    app.error_ppm
+                        .store((r * 1_000_000.0).round() as u32, Ordering::Relaxed);
+                    text(StatusCode::OK, format!("{{\"error_rate\":{r}}}\n"))
+                }
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "{\"error\":\"give rate=R with 0 <= R <= 1\"}\n".into(),
+                ),
+            };
+        }
         "/admin/stats" => {
             let by_method = app.arrivals.lock().expect("stats lock").clone();
             return text(
@@ -209,6 +233,14 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
         .map(str::to_owned);
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
+    // The name the request arrived with, as a strict server would read it:
+    // `:authority` (absolute-form URI) and the Host header.
+    let authority = req.uri().authority().map(|a| a.to_string());
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     // Trace headers as they arrived, so tests can check what the sidecar
     // propagated to the app.
     let trace: serde_json::Map<String, serde_json::Value> = [
@@ -274,6 +306,8 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
         "method": method,
         "path": path,
         "protocol": version,
+        "authority": authority,
+        "host": host,
         "body_bytes": len,
         "body_fnv": format!("{hash:016x}"),
                 "client_id": client_id,
@@ -302,10 +336,12 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({"component": "mesh-echo", "addr": listener.local_addr()?, "instance": args.instance})
     );
     let filler = Bytes::from(vec![b'x'; args.response_bytes]);
+    let args_error_rate = args.error_rate;
     let app = Arc::new(App {
         arrivals: Default::default(),
         args,
         healthy: AtomicBool::new(true),
+        error_ppm: std::sync::atomic::AtomicU32::new((args_error_rate * 1_000_000.0).round() as u32),
         filler,
     });
     let grpc = tonic::service::Routes::new(EchoServer::new(Grpc(app.clone())));

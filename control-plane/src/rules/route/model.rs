@@ -211,6 +211,26 @@ pub struct TrafficPolicy {
     pub mirror: Option<Mirror>,
     /// Faults on every route.
     pub fault: Option<Fault>,
+    /// What answers while the service has no usable endpoint.
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+}
+
+/// A service's fallback, used only while none of a route's backends has a
+/// usable endpoint (every one ejected, or none ready).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fallback {
+    /// Another service, same namespace.
+    Service(String),
+    /// A response of the sidecar's own.
+    Response {
+        /// HTTP status.
+        status: u16,
+        /// Headers, in order.
+        headers: Vec<(String, String)>,
+        /// Body.
+        body: String,
+    },
 }
 
 impl Default for TrafficPolicy {
@@ -229,6 +249,7 @@ impl Default for TrafficPolicy {
             retry: None,
             mirror: None,
             fault: None,
+            fallback: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Validates a mesh TrafficPolicy and compiles it into the backend policy
 //! and route defaults of the route model, every problem named by field.
 
-use super::model::{Fault, Mirror, Retry, TrafficPolicy};
+use super::model::{Fallback, Fault, Mirror, Retry, TrafficPolicy};
 use crate::manifest::policy as docs;
 use crate::rules::problems::Problems;
 
@@ -119,7 +119,77 @@ pub(super) fn traffic_policy(p: &mut Problems<'_>, tp: &docs::TrafficPolicy) -> 
         }
         fault
     });
+    out.fallback = s.fallback.as_ref().and_then(|f| fallback(p, &s.service, f));
     out
+}
+
+/// The largest static fallback body: a small answer, not a file server.
+const MAX_FALLBACK_BODY: usize = 64 * 1024;
+
+fn fallback(p: &mut Problems<'_>, own: &str, f: &docs::FallbackSpec) -> Option<Fallback> {
+    match (&f.service, &f.response) {
+        (Some(_), Some(_)) | (None, None) => {
+            p.add(
+                "spec.fallback",
+                "give exactly one of service (another service) or response (a static answer)",
+            );
+            None
+        }
+        (Some(svc), None) => {
+            if svc.is_empty() || svc == own {
+                p.add("spec.fallback.service", "must name another service");
+                return None;
+            }
+            Some(Fallback::Service(svc.clone()))
+        }
+        (None, Some(r)) => {
+            let status = match r.status.as_count("statuses") {
+                Ok(s @ 200..=599) => s as u16,
+                Ok(s) => {
+                    p.add(
+                        "spec.fallback.response.status",
+                        format!("{s} is not a final HTTP status (200-599)"),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    p.add("spec.fallback.response.status", e);
+                    return None;
+                }
+            };
+            let mut headers = Vec::new();
+            for (name, value) in &r.headers {
+                let field = format!("spec.fallback.response.headers.{name}");
+                let lower = name.to_ascii_lowercase();
+                if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                    p.add(&field, format!("{name:?} is not a header name"));
+                } else if http::HeaderValue::from_str(value).is_err() {
+                    p.add(&field, format!("{value:?} is not a header value"));
+                } else if ["content-length", "transfer-encoding", "connection"]
+                    .contains(&lower.as_str())
+                {
+                    p.add(&field, "is set by the sidecar from the body");
+                } else {
+                    headers.push((lower, value.clone()));
+                }
+            }
+            if r.body.len() > MAX_FALLBACK_BODY {
+                p.add(
+                    "spec.fallback.response.body",
+                    format!(
+                        "is {} bytes; a static fallback body is at most {} KiB",
+                        r.body.len(),
+                        MAX_FALLBACK_BODY / 1024
+                    ),
+                );
+            }
+            Some(Fallback::Response {
+                status,
+                headers,
+                body: r.body.clone(),
+            })
+        }
+    }
 }
 
 fn retry_spec(p: &mut Problems<'_>, r: &docs::RetrySpec) -> Retry {

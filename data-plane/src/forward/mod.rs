@@ -3,6 +3,8 @@
 //! bodies and trailers through without buffering. Shared by inbound and
 //! outbound; it knows nothing of routing.
 
+mod h2;
+
 use crate::body::ReqBody;
 use crate::connect::{Connector, PendingLimit, TlsContext};
 use crate::errors::Error;
@@ -20,7 +22,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Forwarder {
     h1: Client<Connector, ReqBody>,
-    h2: Client<Connector, ReqBody>,
+    h2: h2::H2Pool,
 }
 
 impl Forwarder {
@@ -41,37 +43,55 @@ impl Forwarder {
                 state.clone(),
                 meter.clone(),
             ));
-        let h2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .http2_only(true)
-            .build(Connector::new(tls, crate::tls::H2, state, meter));
+        let h2 = h2::H2Pool::new(Connector::new(tls, crate::tls::H2, state, meter));
         Forwarder { h1, h2 }
     }
 
-    /// Sends `req` to `authority` (over mTLS when `secure`), which replaces
-    /// the URI's authority. The Host header is kept, so the upstream still
-    /// sees the name the app used.
+    /// Sends `req` to `authority` (over mTLS when `secure`). The upstream
+    /// still sees the name the app used: over HTTP/1.1 in the Host header
+    /// (the URI's authority only picks the pooled connection), over HTTP/2
+    /// as `:authority`, which a retained Host must agree with (RFC 9113
+    /// §8.3.1).
     pub async fn forward(
         &self,
         mut req: Request<ReqBody>,
         authority: &Authority,
         secure: bool,
     ) -> Result<Response<Incoming>, Error> {
+        let h2 = req.version() == Version::HTTP_2;
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         // The scheme keys the pool too, so plain and mTLS connections never mix.
         parts.scheme = Some(if secure { Scheme::HTTPS } else { Scheme::HTTP });
-        parts.authority = Some(authority.clone());
+        parts.authority = if h2 {
+            parts
+                .authority
+                .take()
+                .or_else(|| host_authority(req.headers()))
+        } else {
+            None
+        }
+        .or_else(|| Some(authority.clone()));
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
         *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are all set");
         strip_hop_by_hop(req.headers_mut());
-        let client = if req.version() == Version::HTTP_2 {
-            &self.h2
+        let sent = if h2 {
+            self.h2.send(req, authority, secure).await
         } else {
-            &self.h1
+            self.send_h1(req, authority).await
         };
-        let mut resp = client.request(req).await.map_err(|source| {
+        let mut resp = sent?;
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
+    }
+
+    async fn send_h1(
+        &self,
+        req: Request<ReqBody>,
+        authority: &Authority,
+    ) -> Result<Response<Incoming>, Error> {
+        self.h1.request(req).await.map_err(|source| {
             // Our own connection-attempt limit, not the upstream's fault.
             if let Some(limit) = find_source::<PendingLimit>(&source) {
                 return Error::PendingLimit {
@@ -81,12 +101,17 @@ impl Forwarder {
             }
             Error::Upstream {
                 addr: authority.to_string(),
-                source,
+                connect: source.is_connect(),
+                source: source.into(),
             }
-        })?;
-        strip_hop_by_hop(resp.headers_mut());
-        Ok(resp)
+        })
     }
+}
+
+/// The Host header as an authority, for an HTTP/2 request that came without
+/// `:authority`.
+fn host_authority(headers: &HeaderMap) -> Option<Authority> {
+    headers.get(header::HOST)?.to_str().ok()?.parse().ok()
 }
 
 /// The first error of type `T` in `e`'s source chain.
