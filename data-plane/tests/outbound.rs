@@ -3,7 +3,8 @@
 //! loopback upstreams that answer by script. Retries and their budget,
 //! per-try and route timeouts, mirror isolation, route selection, replay
 //! limits, gRPC retries, least-request balancing, ejection and
-//! re-admission, and what telemetry records, each shown at this layer.
+//! re-admission, fallbacks, and what telemetry records, each shown at this
+//! layer.
 
 mod support;
 
@@ -475,5 +476,106 @@ async fn telemetry_off_counts_nothing_and_without_a_collector_trace_headers_pass
     let last = up.seen().pop().unwrap();
     for k in ["traceparent", "tracestate", "b3", "x-b3-traceid"] {
         assert!(last.headers.get(k).is_none(), "{k} added");
+    }
+}
+
+/// A backend with no usable endpoint hands its share to the route's other
+/// backends; with none left the fallback cluster answers, and without a
+/// fallback the answer is the fast 503 naming the backend.
+#[tokio::test]
+async fn a_backend_without_endpoints_yields_to_its_siblings_then_to_the_fallback() {
+    let good = Upstream::ok().await;
+    let spare = Upstream::start(|_, _| Reply::ok().header("x-from", "spare")).await;
+    let mut split = route("split", &[("empty.default", 50), ("good.default", 50)]);
+    split.fallback = Some(fallback_to("spare.default"));
+    let mut lone = route("lone", &[("empty.default", 1)]);
+    lone.fallback = Some(fallback_to("spare.default"));
+    let bare = route("bare", &[("empty.default", 1)]);
+    let sidecar = Sidecar::start(
+        vec![
+            service("split", vec![split]),
+            service("lone", vec![lone]),
+            service("bare", vec![bare]),
+        ],
+        vec![
+            cluster("empty.default", &[], None),
+            cluster("good.default", &[&good], None),
+            cluster("spare.default", &[&spare], None),
+        ],
+    )
+    .await;
+    let c = sidecar.client();
+    for _ in 0..20 {
+        assert_eq!(c.get("split", "/").await.status, 200);
+    }
+    assert_eq!(
+        good.hits(),
+        20,
+        "the live sibling took the empty one's share"
+    );
+    assert_eq!(spare.hits(), 0, "no fallback while a backend can serve");
+
+    let a = c.get("lone", "/").await;
+    assert_eq!(
+        (a.status, a.headers["x-from"].to_str().unwrap()),
+        (200, "spare")
+    );
+    assert_eq!(
+        sidecar.metric(
+            "mesh_fallback_requests_total",
+            &[("route", "lone"), ("fallback", "spare.default")]
+        ),
+        1.0
+    );
+    let a = c.get("bare", "/").await;
+    assert_eq!(a.status, 503, "{a:?}");
+    assert!(a.body.contains("empty.default"), "{a:?}");
+}
+
+/// A static fallback is the sidecar's own answer: status, headers and body
+/// as configured, no upstream touched; a fallback cluster that cannot serve
+/// either leaves the primary's error as the answer.
+#[tokio::test]
+async fn a_static_fallback_is_written_by_the_sidecar_and_a_dead_fallback_keeps_the_error() {
+    let mut fixed = route("fixed", &[("empty.default", 1)]);
+    fixed.fallback = Some(pb::Fallback {
+        target: Some(pb::fallback::Target::Response(pb::StaticResponse {
+            status: 299,
+            headers: vec![pb::Header {
+                name: "x-degraded".into(),
+                value: "yes".into(),
+            }],
+            body: b"cached answer".to_vec(),
+        })),
+    });
+    let mut dead = route("dead", &[("empty.default", 1)]);
+    dead.fallback = Some(fallback_to("also-empty.default"));
+    let sidecar = Sidecar::start(
+        vec![service("fixed", vec![fixed]), service("dead", vec![dead])],
+        vec![
+            cluster("empty.default", &[], None),
+            cluster("also-empty.default", &[], None),
+        ],
+    )
+    .await;
+    let c = sidecar.client();
+    let a = c.get("fixed", "/").await;
+    assert_eq!((a.status, a.body.as_str()), (299, "cached answer"));
+    assert_eq!(a.headers["x-degraded"], "yes");
+    assert_eq!(
+        sidecar.metric("mesh_fallback_requests_total", &[("fallback", "static")]),
+        1.0
+    );
+    let a = c.get("dead", "/").await;
+    assert_eq!(a.status, 503);
+    assert!(
+        a.body.contains("empty.default"),
+        "the primary's error: {a:?}"
+    );
+}
+
+fn fallback_to(cluster: &str) -> pb::Fallback {
+    pb::Fallback {
+        target: Some(pb::fallback::Target::Cluster(cluster.into())),
     }
 }
