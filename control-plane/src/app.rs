@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::watch;
 
 /// Startup errors; each one is fatal and names its cause.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,12 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
 }
 
 impl Bound {
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves, then stops gracefully: publication
+    /// and lease expiry stop first (heartbeats can no longer arrive, and a
+    /// registry nobody can renew must never reach the sidecars), the gRPC
+    /// listener closes and every connection gets GOAWAY, and the streams
+    /// sidecars hold are ended after the drain (`--drain-timeout-ms`), so
+    /// they reconnect elsewhere while keeping their last good config.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -185,13 +190,19 @@ impl Bound {
             config,
             ..
         } = self;
-        tokio::spawn(http::serve(http));
+        let (stopping_tx, stopping) = watch::channel(false);
+        let (ending_tx, ending) = watch::channel(false);
+        tokio::spawn(http::serve(http, stopping.clone()));
         let lease = config.lease();
         let expiry_state = state.clone();
+        let mut expiry_stop = stopping.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(lease / 6);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = expiry_stop.wait_for(|s| *s) => break,
+                }
                 match expiry_state.expire(lease) {
                     Ok(dead) if !dead.is_empty() => tracing::info!(?dead, "leases expired"),
                     Ok(_) => {}
@@ -203,14 +214,31 @@ impl Bound {
             state.clone(),
             config.heartbeat(),
             std::time::Duration::from_millis(config.propagation_timeout_ms),
+            crate::listen::Ending(ending.clone()),
         );
         let window = Arc::new(crate::telemetry::Window::default());
-        tonic::transport::Server::builder()
+        let drain = config.drain();
+        let stop_state = state.clone();
+        let stop = async move {
+            shutdown.await;
+            stop_state.stop_publishing();
+            let _ = stopping_tx.send(true);
+            tracing::info!(
+                drain_ms = drain.as_millis() as u64,
+                "stopping: publication and lease expiry stopped, listener closed; streams end after the drain"
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(drain).await;
+                let _ = ending_tx.send(true);
+            });
+        };
+        let serve = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(DiscoveryServer::new(discovery))
             .add_service(TelemetryServer::new(crate::telemetry::Service {
                 window: window.clone(),
                 state: state.clone(),
+                ending: crate::listen::Ending(ending.clone()),
             }))
             .add_service(
                 AdminServer::new(Admin::new(state, ca, config.trust_domain.clone(), window))
@@ -218,7 +246,23 @@ impl Bound {
                     .max_decoding_message_size(mesh_proto::MAX_APPLY_BYTES + (1 << 20)),
             )
             .add_service(IdentityServer::new(identity))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
-            .await
+            .serve_with_incoming_shutdown(crate::listen::incoming(grpc, "grpc"), stop);
+        tokio::pin!(serve);
+        let mut ended = ending;
+        tokio::select! {
+            served = &mut serve => served,
+            // A call that outlives its stream's end (a deregistration waiting
+            // on propagation) gets a short grace, then the process goes.
+            _ = async {
+                let _ = ended.wait_for(|e| *e).await;
+                tokio::time::sleep(END_GRACE).await;
+            } => {
+                tracing::warn!("calls still open {END_GRACE:?} after the drain; exiting anyway");
+                Ok(())
+            }
+        }
     }
 }
+
+/// How long calls may outlast the end of the drain.
+const END_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -66,6 +66,10 @@ struct Args {
         default_value = "2000"
     )]
     propagation_timeout_ms: String,
+    /// On SIGTERM, how long connected sidecars keep their streams (with
+    /// publication stopped) before they are ended, in ms.
+    #[arg(long, env = "MESH_CONTROL_DRAIN_TIMEOUT_MS", default_value = "5000")]
+    drain_timeout_ms: String,
 }
 
 /// mesh-control's configuration, every value checked.
@@ -95,6 +99,8 @@ pub struct Config {
     pub ca_roots: Option<PathBuf>,
     /// How long a deregistration waits for every sidecar to ACK, in ms.
     pub propagation_timeout_ms: u64,
+    /// On SIGTERM, how long connected sidecars keep their streams, in ms.
+    pub drain_timeout_ms: u64,
 }
 
 /// What parsing the command line came to.
@@ -163,6 +169,7 @@ impl Config {
         let cert_lifetime_secs = number("cert-lifetime-secs", &args.cert_lifetime_secs, 1);
         let propagation_timeout_ms =
             number("propagation-timeout-ms", &args.propagation_timeout_ms, 1);
+        let drain_timeout_ms = number("drain-timeout-ms", &args.drain_timeout_ms, 0);
         let mut addr = |flag: &str, v: &str| match v.trim().parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
@@ -191,7 +198,13 @@ impl Config {
             ca_key: args.ca_key,
             ca_roots: args.ca_roots,
             propagation_timeout_ms,
+            drain_timeout_ms,
         })
+    }
+
+    /// The drain on SIGTERM.
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 
     /// Heartbeat interval.

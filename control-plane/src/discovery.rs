@@ -1,6 +1,7 @@
 //! The Discovery gRPC service: streams snapshots to sidecars, records their
 //! ACKs and NACKs, and takes heartbeats and deregistrations.
 
+use crate::listen::Ending;
 use crate::registry::local::NodeId;
 use crate::state::State;
 use futures::Stream;
@@ -20,16 +21,24 @@ pub struct Discovery {
     next_stream: AtomicU64,
     heartbeat: Duration,
     propagation_timeout: Duration,
+    ending: Ending,
 }
 
 impl Discovery {
-    /// A discovery service over shared state.
-    pub fn new(state: Arc<State>, heartbeat: Duration, propagation_timeout: Duration) -> Self {
+    /// A discovery service over shared state; every stream ends (UNAVAILABLE,
+    /// so the sidecar reconnects) once `ending` turns true.
+    pub fn new(
+        state: Arc<State>,
+        heartbeat: Duration,
+        propagation_timeout: Duration,
+        ending: Ending,
+    ) -> Self {
         Discovery {
             state,
             next_stream: AtomicU64::new(1),
             heartbeat,
             propagation_timeout,
+            ending,
         }
     }
 }
@@ -82,6 +91,7 @@ impl discovery_server::Discovery for Discovery {
         tracing::info!(stream = id, service = %node.service, instance = %node.instance_id, "proxy subscribed");
         self.state.proxies().add(id, node);
         let state = self.state.clone();
+        let mut ending = self.ending.clone();
         // Small buffer: a slow proxy should see the newest snapshot, not a queue of stale ones.
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -94,6 +104,10 @@ impl discovery_server::Discovery for Discovery {
                 }
                 loop {
                     tokio::select! {
+                        _ = ending.ended() => {
+                            let _ = tx.send(Err(crate::listen::Ending::status())).await;
+                            break 'send;
+                        }
                         changed = snapshots.changed() => {
                             if changed.is_err() { break 'send; }
                             continue 'send;

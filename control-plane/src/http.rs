@@ -1,34 +1,48 @@
 //! mesh-control's HTTP endpoints: `/live` and `/ready`. The control plane is
-//! ready as soon as it serves gRPC, which `app::Bound::run` starts alongside.
+//! ready as soon as it serves gRPC, which `app::Bound::run` starts alongside,
+//! and stops being ready when it starts to stop, so an orchestrator sends
+//! nobody new.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-/// Serves the endpoints until the process exits.
-pub async fn serve(listener: TcpListener) {
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the endpoints until the process exits; `/ready` answers 503 once
+/// `stopping` turns true.
+pub async fn serve(listener: TcpListener, stopping: watch::Receiver<bool>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let stream = crate::listen::accept(&listener, "http").await;
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            let svc = service_fn(|req: Request<Incoming>| async move {
-                let (status, body) = match req.uri().path() {
-                    "/live" | "/ready" => (StatusCode::OK, "ok\n"),
-                    _ => (StatusCode::NOT_FOUND, "not found\n"),
-                };
-                Ok::<_, std::convert::Infallible>(
-                    Response::builder()
-                        .status(status)
-                        .body(Full::new(Bytes::from_static(body.as_bytes())))
-                        .expect("static response"),
-                )
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let stopping = *stopping.borrow();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/ready" if stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
+                        "/live" | "/ready" => (StatusCode::OK, "ok\n"),
+                        _ => (StatusCode::NOT_FOUND, "not found\n"),
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::from_static(body.as_bytes())))
+                            .expect("static response"),
+                    )
+                }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

@@ -14,6 +14,7 @@ pub mod errors;
 pub mod http;
 pub mod identity;
 pub mod index;
+pub mod listen;
 pub mod manifest;
 pub mod proxies;
 pub mod registry;

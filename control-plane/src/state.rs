@@ -92,6 +92,10 @@ pub struct State {
     snapshots: watch::Sender<Arc<Snapshot>>,
     proxies: Proxies,
     store: Store,
+    /// Set on SIGTERM: nothing more is published and no lease expires, so
+    /// a stopping control plane never pushes a registry it can no longer
+    /// keep alive (heartbeats cannot reach it).
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// A poisoned lock's data is still whole: every mutation builds the new
@@ -149,6 +153,7 @@ impl State {
             snapshots,
             proxies: Proxies::default(),
             store,
+            stopped: Default::default(),
         })
     }
 
@@ -171,8 +176,21 @@ impl State {
         unpoisoned(&self.inner)
     }
 
+    /// Stops publication and lease expiry for good (graceful stop).
+    pub fn stop_publishing(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Rebuilds the view and publishes it if anything changed.
     fn publish(&self, inner: &mut Inner) -> u64 {
+        if self.stopped() {
+            return inner.version;
+        }
         let view = index::build(&inner.registry, &inner.rules);
         if self.snapshots.borrow().view != view {
             inner.version += 1;
@@ -381,6 +399,9 @@ impl State {
 
     /// Drops instances whose heartbeats stopped.
     pub fn expire(&self, lease: Duration) -> Result<Vec<String>, Error> {
+        if self.stopped() {
+            return Ok(Vec::new());
+        }
         let dead = unpoisoned(&self.leases).expire(Instant::now(), lease);
         if dead.is_empty() {
             return Ok(Vec::new());

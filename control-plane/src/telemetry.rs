@@ -242,6 +242,8 @@ pub struct Service {
     pub window: std::sync::Arc<Window>,
     /// Whose last-seen times reports refresh.
     pub state: std::sync::Arc<crate::state::State>,
+    /// Turns true when a stopping control plane ends every stream.
+    pub ending: crate::listen::Ending,
 }
 
 #[tonic::async_trait]
@@ -251,7 +253,15 @@ impl pb::telemetry_server::Telemetry for Service {
         req: Request<Streaming<pb::TelemetryReport>>,
     ) -> Result<Response<pb::TelemetryAck>, Status> {
         let mut stream = req.into_inner();
-        while let Some(report) = stream.next().await {
+        let mut ending = self.ending.clone();
+        loop {
+            let report = tokio::select! {
+                next = stream.next() => match next {
+                    Some(report) => report,
+                    None => break,
+                },
+                _ = ending.ended() => return Err(crate::listen::Ending::status()),
+            };
             // A bad report ends the stream with the reason; the window keeps
             // what it had.
             let report = report?;
