@@ -115,3 +115,76 @@ async fn an_authority_given_two_ways_gets_400() {
     let t = burst(outbound, "echo", 50, 2).await;
     assert_eq!((t.count("v1"), t.failures), (50, 0), "still serving: {t:?}");
 }
+
+/// Sends `head` and `body` to `addr`, then closes the writing half (the
+/// client has nothing more to send) and reads what comes back.
+async fn cut_short(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client's own broken body is the client's error. RFC 9112 §6.3: "If a
+/// valid Content-Length header field is present without Transfer-Encoding
+/// ... If the sender closes the connection or the recipient times out
+/// before the indicated number of octets are received, the recipient MUST
+/// consider the message to be incomplete"; §7.1: a chunk size is hex
+/// digits. Neither is the upstream's failure: the answer is 400 (not a 502
+/// naming the upstream), it is counted as a client body error, and no
+/// endpoint is ejected for it, though 15 in a row is three times the
+/// consecutive-failure threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_s_broken_upload_is_its_own_error_and_ejects_nobody() {
+    let (_mesh, inst, client) = Mesh::one_instance("badbody", &[]).await;
+    let outbound = client.outbound;
+    for i in 0..15 {
+        let resp = if i % 2 == 0 {
+            cut_short(
+                outbound,
+                "POST /upload HTTP/1.1\r\nHost: echo\r\nContent-Length: 100000\r\n\r\n",
+                b"0123456789",
+            )
+            .await
+        } else {
+            cut_short(
+                outbound,
+                "POST /upload HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"a\r\n0123456789\r\nzz\r\n",
+            )
+            .await
+        };
+        assert!(resp.starts_with("HTTP/1.1 400"), "upload {i}: {resp:?}");
+        assert!(
+            resp.contains("request body from the client failed"),
+            "upload {i} names the client's body: {resp:?}"
+        );
+    }
+    let counted = support::metric(
+        client.admin,
+        "mesh_client_body_errors_total",
+        &["direction=\"outbound\""],
+    )
+    .await;
+    assert_eq!(counted, 15.0);
+    assert_eq!(
+        support::metric(client.admin, "mesh_ejections_total", &[]).await,
+        0.0,
+        "nobody ejected"
+    );
+    let t = burst(outbound, "echo", 100, 2).await;
+    assert_eq!((t.count("v1"), t.failures), (100, 0), "{t:?}");
+    assert_eq!(
+        support::metric(
+            inst.admin(),
+            "mesh_requests_total",
+            &["status_code=\"502\""]
+        )
+        .await,
+        0.0,
+        "no 502 inbound either"
+    );
+}

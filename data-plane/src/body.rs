@@ -23,17 +23,35 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 #[derive(Clone, Debug, Default)]
 pub struct BytesIn(pub Arc<AtomicU64>);
 
+/// Set once the client's body failed (cut short, malformed chunking, the
+/// client gone), with what went wrong: the request's failure is then the
+/// client's, never the upstream's.
+#[derive(Clone, Debug, Default)]
+pub struct ClientBroke(Arc<std::sync::OnceLock<String>>);
+
+impl ClientBroke {
+    /// What went wrong, once it has.
+    pub fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
 /// The client's request body, counted into `BytesIn` when there is one.
 #[derive(Debug)]
 pub struct Source {
     body: Incoming,
     counted: Option<BytesIn>,
+    broke: ClientBroke,
 }
 
 impl Source {
     /// Reads `body`, counting into `counted`.
     pub fn new(body: Incoming, counted: Option<BytesIn>) -> Self {
-        Source { body, counted }
+        Source {
+            body,
+            counted,
+            broke: ClientBroke::default(),
+        }
     }
 }
 
@@ -47,10 +65,20 @@ impl Body for Source {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(f))), Some(c)) = (&polled, &this.counted)
-            && let Some(d) = f.data_ref()
-        {
-            c.0.fetch_add(d.len() as u64, Ordering::Relaxed);
+        match (&polled, &this.counted) {
+            (Poll::Ready(Some(Ok(f))), Some(c)) => {
+                if let Some(d) = f.data_ref() {
+                    c.0.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            (Poll::Ready(Some(Err(e))), _) => {
+                let reason = match std::error::Error::source(e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                };
+                let _ = this.broke.0.set(reason);
+            }
+            _ => {}
         }
         polled
     }
@@ -73,6 +101,17 @@ pub enum ReqBody {
     Replay(Replay),
     /// Read past the limit: the buffered head, then the rest of the stream.
     Overflow(Option<Bytes>, Source),
+}
+
+impl ReqBody {
+    /// Where a failure of the client's own body shows, for a body that is
+    /// still read from the client.
+    pub fn client_broke(&self) -> Option<ClientBroke> {
+        match self {
+            ReqBody::Stream(s) | ReqBody::Overflow(_, s) => Some(s.broke.clone()),
+            ReqBody::Replay(_) => None,
+        }
+    }
 }
 
 /// A buffered body: clone it per attempt.

@@ -17,6 +17,10 @@ pub enum Error {
     /// No authority, or one the request gives two ways.
     #[error(transparent)]
     BadAuthority(#[from] crate::http::BadAuthority),
+    /// The client's own request body failed: the client's error, not the
+    /// upstream's, and never held against an endpoint.
+    #[error("the request body from the client failed: {0}")]
+    ClientBody(String),
     /// The authority names no service in the mesh.
     #[error("no service {0:?} in the mesh")]
     UnknownService(String),
@@ -79,7 +83,7 @@ pub enum Error {
 /// HTTP status and gRPC code for each error.
 pub fn codes(e: &Error) -> (StatusCode, u32) {
     match e {
-        Error::BadAuthority(_) => (StatusCode::BAD_REQUEST, 3),
+        Error::BadAuthority(_) | Error::ClientBody(_) => (StatusCode::BAD_REQUEST, 3),
         Error::UnknownService(_) => (StatusCode::NOT_FOUND, 5),
         Error::NoRoute(_) => (StatusCode::NOT_FOUND, 12),
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
@@ -174,6 +178,7 @@ mod tests {
                 400,
                 3,
             ),
+            (Error::ClientBody("cut short".into()), 400, 3),
             (Error::UnknownService("x".into()), 404, 5),
             (Error::NoRoute("echo.default".into()), 404, 12),
             (Error::NoEndpoints("echo.default".into()), 503, 14),

@@ -220,6 +220,15 @@ impl Inbound {
                 Ok(resp) => resp.map(Body::stream),
                 Err(e) => {
                     tracing::debug!(error = %e, "inbound request failed");
+                    if matches!(e, errors::Error::ClientBody(_)) {
+                        self.obs
+                            .metrics
+                            .client_body_errors
+                            .get_or_create(&crate::telemetry::metrics::DirectionLabels {
+                                direction: "inbound",
+                            })
+                            .inc();
+                    }
                     errors::respond(&e, grpc)
                 }
             },

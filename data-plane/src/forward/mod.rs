@@ -76,12 +76,21 @@ impl Forwarder {
         }
         *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are all set");
         strip_hop_by_hop(req.headers_mut());
+        // A body the client broke (already, while it was buffered, or on
+        // the way) makes the failure the client's.
+        let broke = req.body().client_broke();
+        if let Some(reason) = broke.as_ref().and_then(|b| b.reason()) {
+            return Err(Error::ClientBody(reason.to_string()));
+        }
         let sent = if h2 {
             self.h2.send(req, authority, secure).await
         } else {
             self.send_h1(req, authority).await
         };
-        let mut resp = sent?;
+        let mut resp = match (sent, broke.as_ref().and_then(|b| b.reason())) {
+            (Err(_), Some(reason)) => return Err(Error::ClientBody(reason.to_string())),
+            (sent, _) => sent?,
+        };
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }

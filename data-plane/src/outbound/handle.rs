@@ -8,7 +8,7 @@ use crate::errors::{self, Body, Error};
 use crate::forward::Forwarder;
 use crate::http::{checked_authority, grpc_status, is_grpc};
 use crate::state::State;
-use crate::telemetry::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::telemetry::metrics::{DirectionLabels, Metrics, RequestLabels, RouteLabels};
 use crate::telemetry::observe::Observer;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
@@ -50,6 +50,14 @@ impl Outbound {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "outbound request failed");
+                if matches!(e, Error::ClientBody(_)) {
+                    self.metrics
+                        .client_body_errors
+                        .get_or_create(&DirectionLabels {
+                            direction: "outbound",
+                        })
+                        .inc();
+                }
                 if matches!(e, Error::Timeout(_))
                     && let Some(service) = &seen.service
                 {

@@ -93,6 +93,13 @@ pub struct FallbackLabels {
     pub fallback: String,
 }
 
+/// Requests that failed because the client's own body did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+}
+
 /// Inbound connection outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
@@ -155,6 +162,8 @@ pub struct Metrics {
     pub mirrors: Family<MirrorLabels, Counter>,
     /// Requests answered by a route's fallback.
     pub fallbacks: Family<FallbackLabels, Counter>,
+    /// Requests whose client body failed (cut short, malformed, client gone).
+    pub client_body_errors: Family<DirectionLabels, Counter>,
     /// Inbound connections.
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind.
@@ -220,6 +229,12 @@ impl Metrics {
                 r,
                 "fallback_requests",
                 "Requests a route's fallback answered while no backend had a usable endpoint",
+                Family::default(),
+            ),
+            client_body_errors: registered(
+                r,
+                "client_body_errors",
+                "Requests whose client body failed (cut short, malformed chunking, client gone): the client's fault, never held against an endpoint",
                 Family::default(),
             ),
             inbound_connections: registered(
