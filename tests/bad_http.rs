@@ -188,3 +188,76 @@ async fn a_client_s_broken_upload_is_its_own_error_and_ejects_nobody() {
         "no 502 inbound either"
     );
 }
+
+/// The JSON body of a raw HTTP/1.x answer.
+fn json_body(resp: &str) -> serde_json::Value {
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {resp:?}"))
+}
+
+/// RFC 9112 §3.2.2: "When a proxy receives a request with an absolute-form
+/// of request-target, the proxy MUST ignore the received Host header field
+/// (if any) and instead replace it with the host information of the
+/// request-target." The app behind the sidecar sees the target's authority
+/// as Host, never the endpoint's address; and §3.2: an HTTP/1.1 request
+/// without Host is refused even when its target names an authority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_s_authority_becomes_the_host() {
+    let (_mesh, _inst, client) = Mesh::one_instance("absform", &[]).await;
+    let outbound = client.outbound;
+    let resp = raw(outbound, b"GET http://echo/ HTTP/1.0\r\n\r\n").await;
+    assert!(resp.contains(" 200 "), "{resp}");
+    assert_eq!(json_body(&resp)["host"], "echo", "{resp}");
+    let resp = raw(
+        outbound,
+        b"GET http://echo:80/x HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(json_body(&resp)["host"], "echo:80", "{resp}");
+    let resp = raw(
+        outbound,
+        b"GET http://echo/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("must carry a Host header"), "{resp}");
+}
+
+/// A request head with `n` header fields in all (Host included).
+fn with_headers(n: usize) -> Vec<u8> {
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n");
+    for i in 0..n - 2 {
+        head.push_str(&format!("x-h-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// The sidecars add header fields on the way (the verified caller, the
+/// retry attempt, trace context), so they accept four fewer than the
+/// common limit of 100 (RFC 6585 §5: 431 "Request Header Fields Too
+/// Large"): whatever passes the sidecar also fits the app's limit. Kept-
+/// alive answers advertise the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_keeps_room_for_the_headers_it_adds() {
+    let (_mesh, inst, client) = Mesh::one_instance("headroom", &[]).await;
+    let inbound = inst.sidecar.addr("inbound").unwrap();
+    for target in [client.outbound, inbound] {
+        let resp = raw(target, &with_headers(96)).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{target}: {resp}");
+        let resp = raw(target, &with_headers(97)).await;
+        assert!(resp.starts_with("HTTP/1.1 431"), "{target}: {resp}");
+    }
+    // A connection kept open says for how long it stays open idle, so a
+    // client leaves before the sidecar closes it (Apache and nginx send the
+    // same `Keep-Alive: timeout=N`; RFC 9112 §9.3 on persistence).
+    let http = meshctl::traffic::client();
+    let req = http::Request::get(format!("http://{}/", client.outbound))
+        .header(http::header::HOST, "echo")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = http.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["keep-alive"], "timeout=30");
+}

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -23,13 +23,17 @@ pub async fn serve(
     state: Arc<ArcSwap<State>>,
     identity: Option<IdentityStatus>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
+    idle: std::time::Duration,
 ) {
+    let builder = Arc::new(crate::server::http_builder(idle));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let stream = crate::server::accept(&listener, "admin").await;
+        let builder = builder.clone();
         let (state, identity, metrics) = (state.clone(), identity.clone(), metrics.clone());
         tokio::spawn(async move {
+            if !crate::server::first_byte(&stream, idle).await {
+                return;
+            }
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let accept = req
                     .headers()
@@ -44,9 +48,7 @@ pub async fn serve(
                 );
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

@@ -128,6 +128,7 @@ impl Bound {
             state.clone(),
             identity_status,
             metrics.clone(),
+            config.idle_timeout,
         ));
         let sub_task = tokio::spawn(discovery::subscribe(
             channel.clone(),
@@ -163,7 +164,7 @@ impl Bound {
             tracing,
             log,
         ));
-        let drain = Drain::new();
+        let drain = Drain::new(config.idle_timeout);
         let inbound_state = state.clone();
         let out = Outbound::new(state, forwarder.clone(), certificate.is_some(), obs.clone());
         drain.serve(outbound, metrics.tcp("outbound", "src"), move |req| {

@@ -49,6 +49,10 @@ const DEFAULT_HEALTH_SUCCESS_THRESHOLD: u32 = 1;
 /// How long in-flight requests may take to finish on shutdown, in ms.
 pub const ENV_DRAIN_TIMEOUT_MS: &str = "MESH_PROXY_DRAIN_TIMEOUT_MS";
 const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// How long a connection may stay without a request head (silent from
+/// the start, idle between requests, or slow to send one), in ms.
+pub const ENV_IDLE_TIMEOUT_MS: &str = "MESH_PROXY_IDLE_TIMEOUT_MS";
+const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// Runtime worker threads; 1 (the default) keeps the tail short on small machines.
 pub const ENV_WORKERS: &str = "MESH_PROXY_WORKERS";
 const DEFAULT_WORKERS: usize = 1;
@@ -195,6 +199,8 @@ pub struct Config {
     pub health: Health,
     /// Drain timeout.
     pub drain_timeout: Duration,
+    /// Idle and header-read timeout of every listener.
+    pub idle_timeout: Duration,
     /// Worker threads.
     pub workers: usize,
     /// Reconnect backoff ceiling.
@@ -455,6 +461,7 @@ impl Config {
                 ),
             },
             drain_timeout: p.millis(ENV_DRAIN_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_MS),
+            idle_timeout: p.millis(ENV_IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS),
             workers: p
                 .parse(ENV_WORKERS, DEFAULT_WORKERS, "a number of threads")
                 .max(1),

@@ -21,6 +21,9 @@ pub enum BadAuthority {
     /// Neither Host nor a request-target authority.
     #[error("request has no Host header or :authority")]
     Missing,
+    /// An HTTP/1.1 request without Host, though its target names an authority.
+    #[error("an HTTP/1.1 request must carry a Host header, even with an absolute-form target")]
+    NoHost,
     /// More than one Host field line.
     #[error("request has {0} Host headers")]
     Repeated(usize),
@@ -67,6 +70,9 @@ pub fn checked_authority<B>(req: &Request<B>) -> Result<&str, BadAuthority> {
         }
     };
     let target = req.uri().authority().map(|a| a.as_str());
+    if host.is_none() && target.is_some() && req.version() == http::Version::HTTP_11 {
+        return Err(BadAuthority::NoHost);
+    }
     match (target, host) {
         (Some(t), Some(h)) if !same_authority(t, h) => Err(BadAuthority::Disagrees {
             host: h.to_string(),
@@ -142,7 +148,15 @@ mod tests {
             checked_authority(&req("http://echo/x", &["echo:80"])),
             Ok("echo")
         );
-        assert_eq!(checked_authority(&req("http://echo/x", &[])), Ok("echo"));
+        // HTTP/1.1 needs Host even then (RFC 9112 §3.2); HTTP/2 has
+        // :authority alone.
+        assert_eq!(
+            checked_authority(&req("http://echo/x", &[])),
+            Err(BadAuthority::NoHost)
+        );
+        let mut h2 = req("http://echo/x", &[]);
+        *h2.version_mut() = http::Version::HTTP_2;
+        assert_eq!(checked_authority(&h2), Ok("echo"));
         assert_eq!(
             checked_authority(&req("/x", &["echo", "admin"])),
             Err(BadAuthority::Repeated(2))

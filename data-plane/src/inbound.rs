@@ -104,9 +104,13 @@ impl Inbound {
 
     async fn connection(self, drain: &Drain, stream: Metered<TcpStream>) {
         let mut first = [0u8; 1];
-        let peeked =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.get_ref().peek(&mut first)).await;
-        let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE_RECORD;
+        // A peer that sends nothing within the idle timeout, or closes, is
+        // dropped: it is neither TLS nor plaintext yet.
+        let peeked = tokio::time::timeout(drain.idle(), stream.get_ref().peek(&mut first)).await;
+        if !matches!(peeked, Ok(Ok(1))) {
+            return;
+        }
+        let is_tls = first[0] == TLS_HANDSHAKE_RECORD;
         if !is_tls {
             if self.mode == Mode::Strict {
                 self.connection_outcome(false, "refused");

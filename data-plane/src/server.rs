@@ -5,7 +5,7 @@
 
 use crate::errors::Body;
 use crate::telemetry::meter::{Meter, Metered};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -18,26 +18,95 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// Header fields the sidecars may add to a request on its way (the verified
+/// caller in `mesh-client-id`, `mesh-retry-attempt`, trace context), kept
+/// free below the common limit of 100 (hyper's, and so most Rust apps'), so
+/// a request the sidecar accepts is never refused by the app for what the
+/// mesh added.
+const ADDED_HEADERS_ROOM: usize = 4;
+/// Most header fields a request may carry into the mesh; more get 431.
+pub const MAX_HEADERS: usize = 100 - ADDED_HEADERS_ROOM;
+
+/// How long a connection may sit without a request head (silent from the
+/// start, idle between requests, or a slow one sending it) unless
+/// `MESH_PROXY_IDLE_TIMEOUT_MS` says otherwise; advertised to HTTP/1.1
+/// clients in `Keep-Alive: timeout=…` so they stop reusing a connection
+/// before the sidecar closes it instead of racing the close.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connection tracking shared by all listeners.
 pub struct Drain {
     graceful: Mutex<Option<GracefulShutdown>>,
     stop: watch::Sender<bool>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    idle: Duration,
+    hint: HeaderValue,
+}
+
+/// The HTTP/1.1 and h2c server every listener uses: a slow or idle head
+/// is cut at `idle`, at most `MAX_HEADERS` fields.
+pub fn http_builder(idle: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_headers(MAX_HEADERS)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle);
+    builder
+}
+
+/// Waits (up to `idle`) for a new connection's first byte; a client that
+/// never sends one is closed, not kept for ever (protocol detection reads
+/// the first bytes with no deadline of its own).
+pub async fn first_byte(stream: &TcpStream, idle: Duration) -> bool {
+    // `peek`, not `readable`: readiness may be reported before any byte is.
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(idle, stream.peek(&mut first)).await,
+        Ok(Ok(1))
+    )
+}
+
+/// Accepts the next connection; an accept error (EMFILE when descriptors
+/// run out, ENFILE, ECONNABORTED) backs off from 5 ms to 1 s instead of
+/// spinning, logged at most once a second.
+pub async fn accept(listener: &TcpListener, what: &'static str) -> TcpStream {
+    let mut backoff = Duration::from_millis(5);
+    let mut logged: Option<std::time::Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(e) => {
+                if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(listener = what, error = %e, "accept failed; backing off");
+                    logged = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 impl Drain {
-    /// A drain with no connections yet.
-    pub fn new() -> Arc<Self> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .keep_alive(true)
-            .timer(hyper_util::rt::TokioTimer::new());
+    /// A drain with no connections yet, whose connections may idle `idle`.
+    pub fn new(idle: Duration) -> Arc<Self> {
         Arc::new(Drain {
             graceful: Mutex::new(Some(GracefulShutdown::new())),
             stop: watch::channel(false).0,
-            builder: Arc::new(builder),
+            builder: Arc::new(http_builder(idle)),
+            idle,
+            hint: HeaderValue::from_str(&format!("timeout={}", idle.as_secs())).expect("digits"),
         })
+    }
+
+    /// How long a connection may stay without a request head.
+    pub fn idle(&self) -> Duration {
+        self.idle
     }
 
     /// Accepts connections on `listener` until shutdown, serving each with `handler`.
@@ -54,7 +123,11 @@ impl Drain {
         let this = Arc::clone(self);
         self.accept(listener, meter, move |stream| {
             let (this, handler) = (this.clone(), handler.clone());
-            tokio::spawn(async move { this.serve_conn(TokioIo::new(stream), handler).await });
+            tokio::spawn(async move {
+                if first_byte(stream.get_ref(), this.idle).await {
+                    this.serve_conn(TokioIo::new(stream), handler).await
+                }
+            });
         })
     }
 
@@ -73,21 +146,11 @@ impl Drain {
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             loop {
-                let accepted = tokio::select! {
+                let stream = tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
-                    r = listener.accept() => r,
+                    s = accept(&listener, "proxy") => s,
                 };
-                match accepted {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        on_conn(Metered::new(stream, meter.as_ref()));
-                    }
-                    Err(e) => {
-                        // Usually EMFILE: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
+                on_conn(Metered::new(stream, meter.as_ref()));
             }
             // Dropping the listener here closes the port: new connections are refused.
         })
@@ -104,9 +167,19 @@ impl Drain {
         let Some(watcher) = self.lock().as_ref().map(|g| g.watcher()) else {
             return;
         };
-        let svc = service_fn(move |req| {
+        let hint_value = self.hint.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let hint = keeps_alive(&req).then(|| hint_value.clone());
             let fut = handler(req);
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let mut resp = fut.await;
+                if let Some(hint) = hint {
+                    resp.headers_mut()
+                        .entry(http::header::HeaderName::from_static("keep-alive"))
+                        .or_insert(hint);
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = self.builder.serve_connection(io, svc);
         if let Err(e) = watcher.watch(conn).await {
@@ -128,5 +201,44 @@ impl Drain {
         tokio::time::timeout(timeout, graceful.shutdown())
             .await
             .is_ok()
+    }
+}
+
+/// Whether the answer to `req` goes on a connection kept open: HTTP/1.1
+/// without `Connection: close` (HTTP/2 has no connection-specific fields).
+fn keeps_alive<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && !req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hint_says_the_idle_timeout_and_only_where_the_connection_stays() {
+        assert_eq!(Drain::new(IDLE_TIMEOUT).hint, "timeout=30");
+        assert_eq!(Drain::new(Duration::from_millis(400)).hint, "timeout=0");
+        let req = |v, c: Option<&str>| {
+            let mut r = Request::builder().version(v);
+            if let Some(c) = c {
+                r = r.header(http::header::CONNECTION, c);
+            }
+            r.body(()).unwrap()
+        };
+        assert!(keeps_alive(&req(http::Version::HTTP_11, None)));
+        assert!(keeps_alive(&req(
+            http::Version::HTTP_11,
+            Some("keep-alive")
+        )));
+        assert!(!keeps_alive(&req(http::Version::HTTP_11, Some("x, Close"))));
+        assert!(!keeps_alive(&req(http::Version::HTTP_2, None)));
+        assert!(!keeps_alive(&req(http::Version::HTTP_10, None)));
     }
 }

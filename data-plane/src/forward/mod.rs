@@ -60,6 +60,15 @@ impl Forwarder {
     ) -> Result<Response<Incoming>, Error> {
         let h2 = req.version() == Version::HTTP_2;
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        // An absolute-form target's authority is the one that counts: a
+        // proxy "MUST ... replace any existing Host field value with the
+        // authority of the request target" (RFC 9112 §3.2.2).
+        if !h2
+            && let Some(target) = &parts.authority
+            && let Ok(host) = http::HeaderValue::from_str(target.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
         // The scheme keys the pool too, so plain and mTLS connections never mix.
         parts.scheme = Some(if secure { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = if h2 {
