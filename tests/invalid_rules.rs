@@ -391,6 +391,11 @@ async fn bad_resilience_rules_are_rejected_naming_the_field() {
             policy("timeout: soon"),
             vec!["spec.timeout", "\"soon\" is not a duration"],
         ),
+        (
+            "tls-mode.yaml",
+            policy("tls:\n  mode: off"),
+            vec!["spec.tls.mode", "\"off\" is not one of strict, permissive"],
+        ),
         // A fallback is another service or a static answer, whole and valid.
         (
             "fallback-ghost.yaml",

@@ -287,3 +287,124 @@ async fn authorization_policy_admits_listed_callers_and_denies_the_rest() {
         "no denial in the sidecar log"
     );
 }
+
+/// A plain HTTP server that answers anything with 200 and counts the
+/// connections it accepts: the rogue's own listener.
+async fn rogue_listener() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0
+                        || s.write_all(b"HTTP/1.1 200 OK\r\nx-echo-instance: rogue\r\ncontent-length: 5\r\n\r\nrogue")
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The attack: anyone who can reach the control plane registers an
+/// instance of `echo` at its own address with no identity. A sidecar with
+/// a workload identity never sends it anything (SPIFFE X.509-SVID §4: a
+/// peer is authenticated by its SVID, and one without an SVID is not a
+/// workload of the trust domain), and says why in /config_dump; only a
+/// TrafficPolicy that allows plaintext for `echo` changes that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_registration_without_identity_gets_no_mtls_traffic() {
+    let (mesh, _tokens) = mesh("rogue", "3600").await;
+    let _echo = strict_echo(&mesh).await;
+    let client = mesh
+        .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN)])
+        .await;
+    let (rogue, accepted) = rogue_listener().await;
+    let control = format!("http://{}", mesh.grpc);
+    let beats = tokio::spawn(async move {
+        let mut c = mesh_proto::v1::discovery_client::DiscoveryClient::connect(control)
+            .await
+            .unwrap();
+        loop {
+            let req = mesh_proto::v1::HeartbeatRequest {
+                node: Some(mesh_proto::v1::Node {
+                    service: "echo".into(),
+                    version: "v1".into(),
+                    namespace: "default".into(),
+                    instance_id: "rogue-1".into(),
+                }),
+                address: rogue.to_string(),
+                ready: true,
+                identity: String::new(),
+                cert_not_after_unix: 0,
+            };
+            let _ = c.heartbeat(req).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
+        .await
+        .unwrap();
+    mesh.sync(&client).await;
+    let (_, dump) = get(client.admin, "/config_dump").await.unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let echo = dump["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "echo.default")
+        .unwrap_or_else(|| panic!("{dump:#}"));
+    assert_eq!(echo["refused_plaintext"], 1, "{echo:#}");
+    assert_eq!(echo["endpoints"].as_array().unwrap().len(), 1, "{echo:#}");
+
+    let shape = support::load::Shape::get("echo");
+    let replies = support::load::open_loop(
+        client.outbound,
+        |_| shape.clone(),
+        300,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let from_echo = replies
+        .iter()
+        .filter(|(_, r)| r.status == 200 && r.instance.as_deref() == Some("echo-v1-a"))
+        .count();
+    assert_eq!(
+        from_echo,
+        replies.len(),
+        "every request answered by the real echo"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the rogue got connections"
+    );
+
+    // Allowing plaintext for echo is what it takes: the same rogue now
+    // gets its share (round robin, so the real echo's lower latency does
+    // not keep P2C away from it), which shows this test would see it.
+    mesh.apply_ok(
+        "policy.yaml",
+        &support::traffic_policy(
+            "echo",
+            "loadBalancer: round-robin\ntls:\n  mode: permissive",
+        ),
+    )
+    .await;
+    mesh.sync(&client).await;
+    let t = burst(client.outbound, "echo", 200, 4).await;
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "permissive reaches the identity-less endpoint: {t:?}"
+    );
+    beats.abort();
+}

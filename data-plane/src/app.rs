@@ -97,8 +97,9 @@ impl Bound {
             inbound_addr,
             ..
         } = self;
-        let state = Arc::new(ArcSwap::from_pointee(State::with_regex_limit(
+        let state = Arc::new(ArcSwap::from_pointee(State::for_sidecar(
             config.regex_limit,
+            config.tls.is_some(),
         )));
         let channel = discovery::channel(&config.control_addr)?;
         let node = discovery::node(&config.identity);

@@ -21,6 +21,17 @@ pub enum Error {
     /// upstream's, and never held against an endpoint.
     #[error("the request body from the client failed: {0}")]
     ClientBody(String),
+    /// Every endpoint of the backend lacks a verified identity, and this
+    /// mTLS sidecar may not reach it in plaintext.
+    #[error(
+        "no endpoint of {cluster} proves an identity: {refused} without one not reached in plaintext (TrafficPolicy tls.mode: permissive would allow it)"
+    )]
+    PlaintextRefused {
+        /// Backend.
+        cluster: String,
+        /// Endpoints left out.
+        refused: usize,
+    },
     /// The authority names no service in the mesh.
     #[error("no service {0:?} in the mesh")]
     UnknownService(String),
@@ -87,7 +98,9 @@ pub fn codes(e: &Error) -> (StatusCode, u32) {
         Error::UnknownService(_) => (StatusCode::NOT_FOUND, 5),
         Error::NoRoute(_) => (StatusCode::NOT_FOUND, 12),
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
-        Error::NoEndpoints(_) | Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, 14),
+        Error::NoEndpoints(_) | Error::NotReady | Error::PlaintextRefused { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, 14)
+        }
         Error::AllEjected(_) | Error::Overloaded { .. } | Error::PendingLimit { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, 14)
         }
@@ -182,6 +195,14 @@ mod tests {
             (Error::UnknownService("x".into()), 404, 5),
             (Error::NoRoute("echo.default".into()), 404, 12),
             (Error::NoEndpoints("echo.default".into()), 503, 14),
+            (
+                Error::PlaintextRefused {
+                    cluster: "echo.default".into(),
+                    refused: 1,
+                },
+                503,
+                14,
+            ),
             (Error::Forbidden("policy p".into()), 403, 7),
             (Error::AllEjected("echo-v1.default".into()), 503, 14),
             (

@@ -367,6 +367,7 @@ async fn least_request_sends_new_requests_away_from_a_busy_endpoint() {
             max_ejection_percent: 50,
             max_requests: 0,
             max_pending: 0,
+            allow_plaintext: false,
         };
         let sidecar = Sidecar::start(
             vec![service("svc", vec![route("r", &[("svc.default", 1)])])],
@@ -394,6 +395,7 @@ async fn an_ejected_endpoint_gets_nothing_until_base_ejection_time_passes() {
         max_ejection_percent: 50,
         max_requests: 0,
         max_pending: 0,
+        allow_plaintext: false,
     };
     // No retries: every request is one attempt.
     let sidecar = Sidecar::start(

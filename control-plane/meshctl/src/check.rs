@@ -43,6 +43,17 @@ pub fn assess(
             ));
         }
     }
+    // Once any workload proves an identity the mesh runs mTLS, and one that
+    // proves none is either unreachable for mTLS callers or, where a policy
+    // allows plaintext, reached without encryption: worth naming either way.
+    if ids.workloads.iter().any(|w| !w.identity.is_empty()) {
+        for w in ids.workloads.iter().filter(|w| w.identity.is_empty()) {
+            out.push(format!(
+                "{}/{} ({}) proves no identity while the mesh runs mTLS: callers with one do not reach it unless TrafficPolicy {} sets tls.mode: permissive, and then in plaintext",
+                w.namespace, w.instance_id, w.service, w.service
+            ));
+        }
+    }
     for p in &proxies.proxies {
         let name = format!("{}/{}", p.namespace, p.instance_id);
         if !p.nack_reason.is_empty() {
@@ -208,6 +219,25 @@ mod tests {
             rows[1],
             ["client-0", "client", "(no app: outbound only)", "-"].map(String::from)
         );
+    }
+
+    #[test]
+    fn an_endpoint_without_identity_in_an_mtls_mesh_is_named() {
+        let mut with_rogue = ids(400 * 86400, 80_000);
+        with_rogue.workloads.push(pb::WorkloadIdentity {
+            namespace: "default".into(),
+            service: "echo".into(),
+            instance_id: "rogue-1".into(),
+            identity: String::new(),
+            cert_not_after_unix: 0,
+        });
+        let warnings = assess(&with_rogue, &synced(), 1000);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("default/rogue-1 (echo) proves no identity"));
+        // Without mTLS anywhere, plaintext is the mesh's mode, not a warning.
+        let mut plain = with_rogue.clone();
+        plain.workloads.iter_mut().for_each(|w| w.identity.clear());
+        assert!(assess(&plain, &synced(), 1000).is_empty());
     }
 
     #[test]

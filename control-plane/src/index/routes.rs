@@ -287,5 +287,6 @@ pub(super) fn backend_policy(
         max_ejection_percent: p.max_ejection_percent,
         max_requests: p.max_requests,
         max_pending: p.max_pending,
+        allow_plaintext: p.allow_plaintext,
     }
 }

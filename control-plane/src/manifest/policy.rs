@@ -90,6 +90,19 @@ pub struct TrafficPolicySpec {
     /// What answers while the service has no usable endpoint.
     #[serde(default)]
     pub fallback: Option<FallbackSpec>,
+    /// How mTLS callers treat endpoints without a verified identity.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// `tls`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// `strict` (default): a caller with a workload identity reaches only
+    /// endpoints that prove theirs; `permissive`: it also reaches endpoints
+    /// without one, in plaintext.
+    pub mode: String,
 }
 
 /// `fallback`: another service, or a response of our own; exactly one.

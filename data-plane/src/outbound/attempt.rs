@@ -114,7 +114,11 @@ impl Attempts {
             };
             let (cluster, _slot, i) = match choose(route, avoid) {
                 Ok(chosen) => chosen,
-                Err(e @ (Error::NoEndpoints(_) | Error::AllEjected(_))) => {
+                Err(
+                    e @ (Error::NoEndpoints(_)
+                    | Error::AllEjected(_)
+                    | Error::PlaintextRefused { .. }),
+                ) => {
                     return match &route.fallback {
                         Some(f) => self.fall_back(f, req, route, seen, e).await,
                         None => Err(e),
@@ -294,6 +298,10 @@ fn no_endpoints(route: &Route) -> Error {
 
 fn pick_error(e: NoPick, cluster: &Cluster) -> Error {
     match e {
+        NoPick::Empty if cluster.refused_plaintext > 0 => Error::PlaintextRefused {
+            cluster: cluster.name.clone(),
+            refused: cluster.refused_plaintext,
+        },
         NoPick::Empty => Error::NoEndpoints(cluster.name.clone()),
         NoPick::AllEjected => Error::AllEjected(cluster.name.clone()),
         NoPick::Overloaded(limit) => Error::Overloaded {

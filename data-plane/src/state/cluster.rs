@@ -33,6 +33,9 @@ pub struct Cluster {
     pub policy: balance::Policy,
     /// Requests in flight to it from this sidecar (kept across snapshots).
     pub in_flight: Arc<AtomicU32>,
+    /// Endpoints left out because they prove no identity and this mTLS
+    /// sidecar may not reach them in plaintext.
+    pub refused_plaintext: usize,
     rr: AtomicU64,
 }
 
@@ -61,15 +64,21 @@ impl Cluster {
     /// Converts one cluster, taking each endpoint's statistics from
     /// `stats` and the in-flight count from the previous snapshot's
     /// cluster of the same name. Problems go to `errors`, naming the cluster.
+    /// An `mtls` sidecar leaves out endpoints without an identity unless the
+    /// backend's policy allows plaintext: nothing it sends reaches a
+    /// registration that cannot prove who it is.
     pub(super) fn from_proto(
         c: &pb::Cluster,
         in_flight: Option<Arc<AtomicU32>>,
         stats: &mut EndpointStats,
         now: Instant,
+        mtls: bool,
         errors: &mut Vec<String>,
     ) -> Cluster {
         let mut endpoints = Vec::with_capacity(c.endpoints.len());
         let mut records = Vec::with_capacity(c.endpoints.len());
+        let plaintext_ok = !mtls || c.policy.as_ref().is_some_and(|p| p.allow_plaintext);
+        let mut refused_plaintext = 0;
         for e in &c.endpoints {
             let (Ok(addr), Ok(authority)) = (
                 e.address.parse::<SocketAddr>(),
@@ -90,6 +99,10 @@ impl Cluster {
                     c.name
                 ));
             }
+            if identity.is_none() && !plaintext_ok {
+                refused_plaintext += 1;
+                continue;
+            }
             // One record per instance, shared by every cluster it is in
             // (echo and echo-v1), so what one learns the other knows.
             records.push(stats.get(addr, now));
@@ -108,6 +121,7 @@ impl Cluster {
             stats: records,
             policy: balance::Policy::from_proto(c.policy.as_ref()),
             in_flight: in_flight.unwrap_or_default(),
+            refused_plaintext,
             rr: AtomicU64::new(0),
         }
     }

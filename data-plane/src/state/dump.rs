@@ -29,6 +29,8 @@ struct DumpCluster {
     resource_version: String,
     policy: balance::Policy,
     endpoints: Vec<DumpEndpoint>,
+    /// Endpoints without an identity this mTLS sidecar does not reach.
+    refused_plaintext: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +65,7 @@ impl Dump {
                     name: c.name.clone(),
                     resource_version: c.resource_version.clone(),
                     policy: c.policy.clone(),
+                    refused_plaintext: c.refused_plaintext,
                     endpoints: c
                         .endpoints
                         .iter()

@@ -50,6 +50,9 @@ pub struct State {
     pending_limits: HashMap<SocketAddr, (Arc<balance::Stats>, u32)>,
     /// This sidecar's own limit, carried from snapshot to snapshot.
     pub regex_limit: RegexLimit,
+    /// This sidecar has a workload identity: it reaches only endpoints that
+    /// prove one, unless their backend allows plaintext. Carried too.
+    pub mtls: bool,
 }
 
 /// Why a snapshot was rejected (one line per bad resource).
@@ -62,6 +65,16 @@ impl State {
     pub fn with_regex_limit(limit: RegexLimit) -> State {
         State {
             regex_limit: limit,
+            ..State::default()
+        }
+    }
+
+    /// The empty state of a sidecar with this regex limit that speaks mTLS
+    /// (`mtls`: it has a workload identity) or not.
+    pub fn for_sidecar(limit: RegexLimit, mtls: bool) -> State {
+        State {
+            regex_limit: limit,
+            mtls,
             ..State::default()
         }
     }
@@ -116,7 +129,7 @@ impl State {
         let mut clusters = BTreeMap::new();
         for c in &resp.clusters {
             let in_flight = carried.in_flight.get(&c.name).cloned();
-            let cluster = Cluster::from_proto(c, in_flight, stats, now, &mut errors);
+            let cluster = Cluster::from_proto(c, in_flight, stats, now, prev.mtls, &mut errors);
             if clusters.insert(c.name.clone(), Arc::new(cluster)).is_some() {
                 errors.push(format!("cluster {} appears twice", c.name));
             }
@@ -156,6 +169,7 @@ impl State {
             clusters,
             identities,
             regex_limit: prev.regex_limit,
+            mtls: prev.mtls,
         })
     }
 

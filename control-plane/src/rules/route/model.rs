@@ -214,6 +214,10 @@ pub struct TrafficPolicy {
     /// What answers while the service has no usable endpoint.
     #[serde(default)]
     pub fallback: Option<Fallback>,
+    /// mTLS callers may reach its endpoints that have no verified identity,
+    /// in plaintext (`tls.mode: permissive`).
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 /// A service's fallback, used only while none of a route's backends has a
@@ -250,6 +254,7 @@ impl Default for TrafficPolicy {
             mirror: None,
             fault: None,
             fallback: None,
+            allow_plaintext: false,
         }
     }
 }

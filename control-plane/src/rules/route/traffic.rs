@@ -120,6 +120,16 @@ pub(super) fn traffic_policy(p: &mut Problems<'_>, tp: &docs::TrafficPolicy) -> 
         fault
     });
     out.fallback = s.fallback.as_ref().and_then(|f| fallback(p, &s.service, f));
+    if let Some(tls) = &s.tls {
+        match tls.mode.as_str() {
+            "strict" => {}
+            "permissive" => out.allow_plaintext = true,
+            other => p.add(
+                "spec.tls.mode",
+                format!("{other:?} is not one of strict, permissive"),
+            ),
+        }
+    }
     out
 }
 
