@@ -64,9 +64,12 @@ async fn a_long_apply_keeps_every_instance_in_the_endpoint_set() {
     let apply = {
         let path = mesh.dir.0.join("many.yaml");
         std::fs::write(&path, file).unwrap();
+        let admin = mesh.admin();
         let cmd = tokio::process::Command::new(meshctl::procs::binary("meshctl"))
             .arg("--control")
-            .arg(mesh.control_url())
+            .arg(&admin.url)
+            .arg("--credentials")
+            .arg(&admin.credentials)
             .arg("apply")
             .arg("-f")
             .arg(path)

@@ -21,9 +21,12 @@ async fn up_runs_the_demo_mesh_and_ctrl_c_stops_it() {
         .local_addr()
         .unwrap()
         .port();
-    let control = format!("http://127.0.0.1:{port}");
+    let control = format!("https://127.0.0.1:{port}");
+    // Where `up` records its mesh for later commands (not the real $HOME).
+    let recorded = dir.0.join("current.json");
     let mesh_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo/mesh.yaml");
     let mut up = Command::new(binary("meshctl"))
+        .env("MESH_CONFIG", &recorded)
         .args(["--control", &control, "up", "-f", mesh_file, "--log-dir"])
         .arg(dir.0.join("logs"))
         .stdout(Stdio::piped())
@@ -55,6 +58,7 @@ async fn up_runs_the_demo_mesh_and_ctrl_c_stops_it() {
 
     // The mesh it started answers meshctl.
     let out = Command::new(binary("meshctl"))
+        .env("MESH_CONFIG", &recorded)
         .args([
             "--control",
             &control,
@@ -101,6 +105,7 @@ async fn up_runs_the_demo_mesh_and_ctrl_c_stops_it() {
     let end = tokio::time::Instant::now() + DEADLINE;
     loop {
         let out = Command::new(binary("meshctl"))
+            .env("MESH_CONFIG", &recorded)
             .args(["--control", &control, "check"])
             .output()
             .await

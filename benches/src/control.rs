@@ -79,6 +79,7 @@ async fn start_control(
     let _ = std::fs::remove_dir_all(dir.join("state"));
     let p = ControlPlane {
         grpc_addr: "127.0.0.1:0",
+        admin_addr: "127.0.0.1:0",
         state_dir: &dir.join("state"),
         config: Some(&file),
         heartbeat_ms,
@@ -142,7 +143,7 @@ pub(crate) async fn large_apply(dir: &Path, splits: usize, instances: usize) -> 
             .heartbeat(beat(i))
             .await?;
     }
-    let mut admin = meshctl::client::admin(&url).await?;
+    let mut admin = meshctl::client::admin(&control.control()?).await?;
     let before: u64 = admin
         .proxy_status(pb::ProxyStatusRequest {})
         .await?
@@ -290,7 +291,7 @@ async fn all_have(
 pub(crate) async fn fanout(dir: &Path, n: usize, shifts: usize) -> Result<Fanout> {
     let (mut control, url) = start_control(dir, &mesh_file(10, 4), None).await?;
     let mut rx = subscribe(&url, n).await?;
-    let mut admin = meshctl::client::admin(&url).await?;
+    let mut admin = meshctl::client::admin(&control.control()?).await?;
     let initial: u64 = admin
         .proxy_status(pb::ProxyStatusRequest {})
         .await?
@@ -361,7 +362,7 @@ pub(crate) async fn memory(
 ) -> Result<Memory> {
     let (mut control, url) = start_control(dir, &mesh_file(services, per), None).await?;
     let mut rx = subscribe(&url, subscribers).await?;
-    let mut admin = meshctl::client::admin(&url).await?;
+    let mut admin = meshctl::client::admin(&control.control()?).await?;
     let version: u64 = admin
         .proxy_status(pb::ProxyStatusRequest {})
         .await?

@@ -149,6 +149,7 @@ pub(crate) async fn mesh(
     };
     let control = ControlPlane {
         grpc_addr: "127.0.0.1:0",
+        admin_addr: "127.0.0.1:0",
         state_dir: &dir.join("state"),
         config: None,
         heartbeat_ms: None,

@@ -41,6 +41,9 @@ pub enum Error {
     /// The CA could not be loaded or created.
     #[error(transparent)]
     Ca(#[from] crate::identity::ca::Error),
+    /// The admin listener's TLS or the operator credentials could not be made.
+    #[error("admin TLS: {0}")]
+    Tls(#[from] crate::mtls::Error),
     /// The bootstrap tokens file is invalid.
     #[error(transparent)]
     Tokens(#[from] crate::identity::tokens::Error),
@@ -112,12 +115,34 @@ pub struct Bound {
     pub grpc_addr: SocketAddr,
     /// HTTP address actually bound.
     pub http_addr: SocketAddr,
+    /// mTLS admin address actually bound.
+    pub admin_addr: SocketAddr,
+    /// Where the operator credentials were written (`admin/`, `viewer/`).
+    pub credentials: std::path::PathBuf,
     grpc: TcpListener,
     http: TcpListener,
+    admin: TcpListener,
+    tls: Arc<crate::mtls::ServerTls>,
     state: Arc<State>,
     identity: Identity,
     ca: Arc<ca::Ca>,
     config: Config,
+}
+
+/// Writes the operators' client credentials: `admin/` may change the mesh,
+/// `viewer/` may only read it. Reissued on every start and renewal, so they
+/// are never older than a certificate lifetime.
+fn write_operator_credentials(
+    ca: &ca::Ca,
+    trust_domain: &str,
+    dir: &Path,
+) -> Result<(), crate::mtls::Error> {
+    use crate::authz::{ADMIN_ACCOUNT, VIEWER_ACCOUNT};
+    for (account, sub) in [(ADMIN_ACCOUNT, "admin"), (VIEWER_ACCOUNT, "viewer")] {
+        let id = crate::mtls::system_id(trust_domain, account);
+        crate::mtls::write_credentials(ca, &id, &dir.join(sub))?;
+    }
+    Ok(())
 }
 
 /// Loads config and state and binds every listener. Nothing is served yet.
@@ -150,9 +175,20 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
             .await
             .map_err(|source| Error::Bind { addr, source })
     };
+    let tls = Arc::new(crate::mtls::ServerTls::new(&ca, &config.trust_domain)?);
+    let credentials = config.state_dir.join("credentials");
+    write_operator_credentials(&ca, &config.trust_domain, &credentials)?;
     let grpc = bind(config.grpc_addr).await?;
     let http = bind(config.http_addr).await?;
+    let admin = bind(config.admin_addr).await?;
     Ok(Bound {
+        admin_addr: admin.local_addr().map_err(|source| Error::Bind {
+            addr: config.admin_addr,
+            source,
+        })?,
+        credentials,
+        admin,
+        tls,
         grpc_addr: grpc.local_addr().map_err(|source| Error::Bind {
             addr: config.grpc_addr,
             source,
@@ -184,6 +220,9 @@ impl Bound {
         let Bound {
             grpc,
             http,
+            admin,
+            tls,
+            credentials,
             state,
             identity,
             ca,
@@ -232,19 +271,50 @@ impl Bound {
                 let _ = ending_tx.send(true);
             });
         };
+        // Certificates a quarter of the way before expiry: the admin
+        // listener's own, and the operators' credentials on disk.
+        let renew_every = (ca.lifetime() / 4).max(std::time::Duration::from_secs(1));
+        let (renew_ca, renew_tls, td) = (ca.clone(), tls.clone(), config.trust_domain.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(renew_every).await;
+                let renewed = renew_tls
+                    .renew(&renew_ca, &td)
+                    .and_then(|()| write_operator_credentials(&renew_ca, &td, &credentials));
+                if let Err(e) = renewed {
+                    tracing::error!(error = %e, "renewing the admin certificates");
+                }
+            }
+        });
+        let mut admin_stop = stopping.clone();
+        let admin_server = tonic::transport::Server::builder()
+            .add_service(crate::authz::Authorized::new(
+                AdminServer::new(Admin::new(
+                    state.clone(),
+                    ca,
+                    config.trust_domain.clone(),
+                    window.clone(),
+                ))
+                // The rule text of one apply, plus its framing.
+                .max_decoding_message_size(mesh_proto::MAX_APPLY_BYTES + (1 << 20)),
+                &config.trust_domain,
+            ))
+            .serve_with_incoming_shutdown(crate::mtls::incoming(admin, tls), async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            });
+        tokio::spawn(async move {
+            if let Err(e) = admin_server.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
         let serve = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(DiscoveryServer::new(discovery))
             .add_service(TelemetryServer::new(crate::telemetry::Service {
-                window: window.clone(),
+                window,
                 state: state.clone(),
                 ending: crate::listen::Ending(ending.clone()),
             }))
-            .add_service(
-                AdminServer::new(Admin::new(state, ca, config.trust_domain.clone(), window))
-                    // The rule text of one apply, plus its framing.
-                    .max_decoding_message_size(mesh_proto::MAX_APPLY_BYTES + (1 << 20)),
-            )
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(crate::listen::incoming(grpc, "grpc"), stop);
         tokio::pin!(serve);

@@ -28,6 +28,13 @@ struct Args {
     /// HTTP listen address for /ready and /live.
     #[arg(long, env = "MESH_CONTROL_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     http_addr: String,
+    /// mTLS admin API listen address (meshctl).
+    #[arg(
+        long,
+        env = "MESH_CONTROL_ADMIN_ADDR",
+        default_value = "127.0.0.1:15011"
+    )]
+    admin_addr: String,
     /// Mesh file or directory of YAML files (Service, Workload, TrafficSplit).
     #[arg(long, short = 'f', env = "MESH_CONTROL_CONFIG")]
     config: Option<PathBuf>,
@@ -79,6 +86,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address for /ready and /live.
     pub http_addr: SocketAddr,
+    /// mTLS admin API listen address (meshctl).
+    pub admin_addr: SocketAddr,
     /// Mesh file or directory of YAML files (Service, Workload, TrafficSplit).
     pub config: Option<PathBuf>,
     /// Where applied rules and registrations are persisted.
@@ -179,6 +188,7 @@ impl Config {
         };
         let grpc_addr = addr("grpc-addr", &args.grpc_addr);
         let http_addr = addr("http-addr", &args.http_addr);
+        let admin_addr = addr("admin-addr", &args.admin_addr);
         if let Err(why) = check_trust_domain(&args.trust_domain) {
             problems.push(format!("--trust-domain {:?}: {why}", args.trust_domain));
         }
@@ -188,6 +198,7 @@ impl Config {
         Ok(Config {
             grpc_addr,
             http_addr,
+            admin_addr,
             config: args.config,
             state_dir: args.state_dir,
             heartbeat_ms,

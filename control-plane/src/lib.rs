@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod config;
 pub mod discovery;
 pub mod errors;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod index;
 pub mod listen;
 pub mod manifest;
+pub mod mtls;
 pub mod proxies;
 pub mod registry;
 pub mod rules;

@@ -46,7 +46,13 @@ fn main() -> std::process::ExitCode {
         };
         println!(
             "{}",
-            serde_json::json!({"component": "mesh-control", "grpc": bound.grpc_addr, "http": bound.http_addr})
+            serde_json::json!({
+                "component": "mesh-control",
+                "grpc": bound.grpc_addr,
+                "http": bound.http_addr,
+                "admin": bound.admin_addr,
+                "credentials": bound.credentials,
+            })
         );
         match bound.run(shutdown_signal()).await {
             Ok(()) => std::process::ExitCode::SUCCESS,

@@ -133,6 +133,20 @@ impl Mesh {
         format!("http://{}", self.grpc)
     }
 
+    /// The admin API (mTLS), with the operator's credentials.
+    pub fn admin(&self) -> meshctl::client::Control {
+        self.control
+            .control()
+            .expect("mesh-control reports its admin API")
+    }
+
+    /// The same, with the read-only viewer's credentials.
+    pub fn viewer(&self) -> meshctl::client::Control {
+        let admin = self.admin();
+        let viewer = admin.credentials.with_file_name("viewer");
+        meshctl::client::Control::new(admin.url, viewer)
+    }
+
     pub fn logs(&self) -> PathBuf {
         self.dir.0.join("logs")
     }
@@ -289,9 +303,12 @@ impl Mesh {
 
     /// Runs meshctl against this control plane.
     pub async fn meshctl(&self, args: &[&str]) -> std::process::Output {
+        let admin = self.admin();
         Command::new(binary("meshctl"))
             .arg("--control")
-            .arg(self.control_url())
+            .arg(&admin.url)
+            .arg("--credentials")
+            .arg(&admin.credentials)
             .args(args)
             .output()
             .await
@@ -350,7 +367,7 @@ impl Mesh {
 
     /// The control plane's current config version.
     pub async fn version(&self) -> u64 {
-        let mut c = meshctl::client::admin(&self.control_url()).await.unwrap();
+        let mut c = meshctl::client::admin(&self.admin()).await.unwrap();
         let st = c
             .proxy_status(mesh_proto::v1::ProxyStatusRequest {})
             .await
@@ -364,7 +381,7 @@ impl Mesh {
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
             // A service can be unknown until its first instance registers.
-            let st = match meshctl::cli::status(&self.control_url(), "default", service).await {
+            let st = match meshctl::cli::status(&self.admin(), "default", service).await {
                 Ok(st) => st,
                 Err(e) if tokio::time::Instant::now() > end => return Err(e),
                 Err(_) => {
@@ -393,6 +410,7 @@ impl Mesh {
 async fn start_control(dir: &Path, grpc: SocketAddr, extra_args: &[String]) -> Result<Proc> {
     meshctl::procs::ControlPlane {
         grpc_addr: &grpc.to_string(),
+        admin_addr: "127.0.0.1:0",
         state_dir: &dir.join("state"),
         config: None,
         // Short leases, so tests see expiry and recovery quickly.

@@ -124,7 +124,7 @@ fn human(secs: i64) -> String {
 }
 
 /// Runs the checks and prints them; returns whether all passed.
-pub async fn run(control: &str) -> Result<bool> {
+pub async fn run(control: &crate::client::Control) -> Result<bool> {
     let mut client = admin(control).await?;
     let ids = client
         .identities(pb::IdentitiesRequest {})
@@ -141,8 +141,8 @@ pub async fn run(control: &str) -> Result<bool> {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     println!(
-        "control plane {control}: config version {}",
-        proxies.control_version
+        "control plane {}: config version {}",
+        control.url, proxies.control_version
     );
     println!(
         "trust domain {}: CA root expires in {}; workload certificates live {}\n",

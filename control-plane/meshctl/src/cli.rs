@@ -74,7 +74,7 @@ fn check_size(files: &[pb::RuleFile]) -> Result<()> {
 }
 
 /// `meshctl apply -f ...`
-pub async fn apply(control: &str, paths: &[PathBuf]) -> Result<()> {
+pub async fn apply(control: &crate::client::Control, paths: &[PathBuf]) -> Result<()> {
     let files = read_rule_files(paths)?;
     let resp = admin(control)
         .await?
@@ -87,7 +87,7 @@ pub async fn apply(control: &str, paths: &[PathBuf]) -> Result<()> {
 
 /// `meshctl delete -f ...` or `meshctl delete <kind> <name>`.
 pub async fn delete(
-    control: &str,
+    control: &crate::client::Control,
     paths: &[PathBuf],
     kind: Option<String>,
     name: Option<String>,
@@ -191,7 +191,11 @@ fn split_json(s: &pb::Split) -> serde_json::Value {
 }
 
 /// `meshctl get splits`
-pub async fn get_splits(control: &str, namespace: &str, output: Output) -> Result<()> {
+pub async fn get_splits(
+    control: &crate::client::Control,
+    namespace: &str,
+    output: Output,
+) -> Result<()> {
     let resp = admin(control)
         .await?
         .get_splits(pb::GetSplitsRequest {
@@ -233,7 +237,7 @@ pub async fn get_splits(control: &str, namespace: &str, output: Output) -> Resul
 
 /// `meshctl release shift`; returns the new config version.
 pub async fn shift(
-    control: &str,
+    control: &crate::client::Control,
     namespace: &str,
     service: &str,
     backend: &str,
@@ -266,7 +270,7 @@ pub fn print_shift(service: &str, split: &[(String, u32)]) {
 
 /// Fetches `release status`.
 pub async fn status(
-    control: &str,
+    control: &crate::client::Control,
     namespace: &str,
     service: &str,
 ) -> Result<pb::ReleaseStatusResponse> {
@@ -356,7 +360,7 @@ pub fn render_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<S
 }
 
 /// `meshctl proxy-status`
-pub async fn proxy_status(control: &str, output: Output) -> Result<()> {
+pub async fn proxy_status(control: &crate::client::Control, output: Output) -> Result<()> {
     let resp = admin(control)
         .await?
         .proxy_status(pb::ProxyStatusRequest {})

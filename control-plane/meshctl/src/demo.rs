@@ -25,6 +25,7 @@ pub async fn run(per_step: usize) -> Result<()> {
         file,
         state_dir: Some(dir.join("state")),
         grpc_addr: "127.0.0.1:0".into(),
+        admin_addr: "127.0.0.1:0".into(),
         log_dir: dir.join("logs"),
     })
     .await?;
@@ -37,7 +38,7 @@ pub async fn run(per_step: usize) -> Result<()> {
 
 async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
     println!("{}", mesh.describe());
-    let control = mesh.control_url()?;
+    let control = mesh.control()?;
     let client_sidecar = mesh.replica("client").context("demo mesh has a client")?;
     let outbound = client_sidecar.sidecar.addr("outbound")?;
     let admin = client_sidecar.sidecar.addr("admin")?;

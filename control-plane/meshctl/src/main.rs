@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use meshctl::cli::{self, Output};
-use meshctl::client::DEFAULT_CONTROL;
+use meshctl::client::{Control, DEFAULT_CONTROL};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -13,9 +13,14 @@ use std::path::PathBuf;
     about = "Operate a mesh: rules, releases and a local mesh"
 )]
 struct Args {
-    /// Control plane gRPC URL.
-    #[arg(long, global = true, env = "MESH_CONTROL_URL", default_value = DEFAULT_CONTROL)]
-    control: String,
+    /// Control plane admin API URL (mTLS) [default: the mesh `meshctl up`
+    /// last started, else https://127.0.0.1:15011].
+    #[arg(long, global = true, env = "MESH_CONTROL_URL")]
+    control: Option<String>,
+    /// Directory with the operator's cert.pem, key.pem and roots.pem
+    /// [default: the credentials of the mesh `meshctl up` last started].
+    #[arg(long, global = true, env = "MESH_CREDENTIALS")]
+    credentials: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -193,7 +198,15 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let control = args.control.as_str();
+    // `up` starts the control plane whose admin API `--control` names;
+    // `demo` starts its own. Every other command talks to one.
+    let control_needed = !matches!(args.command, Cmd::Demo { .. } | Cmd::Up { .. });
+    let control = if control_needed {
+        Control::resolve(args.control.clone(), args.credentials.clone())?
+    } else {
+        Control::new(DEFAULT_CONTROL, "")
+    };
+    let control = &control;
     if matches!(args.command, Cmd::Up { .. } | Cmd::Demo { .. }) {
         // Under `cargo run`, build the binaries `up` starts; installed, a no-op.
         meshctl::procs::ensure_built_showing_progress(!cfg!(debug_assertions));
@@ -203,7 +216,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             file,
             state_dir,
             log_dir,
-        } => up(control, file, state_dir, log_dir).await,
+        } => {
+            let admin = args
+                .control
+                .as_deref()
+                .unwrap_or(DEFAULT_CONTROL)
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .to_string();
+            up(admin, file, state_dir, log_dir).await
+        }
         Cmd::Demo { requests } => meshctl::demo::run(requests).await,
         Cmd::Apply { files } => cli::apply(control, &files).await,
         Cmd::Delete {
@@ -281,20 +303,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn up(
-    control: &str,
+    admin_addr: String,
     file: PathBuf,
     state_dir: Option<PathBuf>,
     log_dir: PathBuf,
 ) -> anyhow::Result<()> {
-    let grpc_addr = control.trim_start_matches("http://").to_string();
     let mesh = meshctl::up::Mesh::start(&meshctl::up::Options {
         file,
         state_dir,
-        grpc_addr,
+        grpc_addr: meshctl::up::DEFAULT_GRPC.into(),
+        admin_addr,
         log_dir,
     })
     .await?;
-    println!("mesh is up. Ctrl-C to stop.\n");
+    let recorded = mesh.control()?.record()?;
+    println!(
+        "mesh is up. Ctrl-C to stop. Later meshctl commands use its admin API and credentials ({}).\n",
+        recorded.display()
+    );
     print!("{}", mesh.describe());
     if let Some(client) = mesh.replicas.iter().find(|r| r.app.is_none())
         && let Ok(out) = client.sidecar.addr("outbound")

@@ -115,6 +115,20 @@ impl Proc {
         })
     }
 
+    /// The admin API of a mesh-control process, with the operator
+    /// credentials it wrote (from its bound line).
+    pub fn control(&self) -> Result<crate::client::Control> {
+        let credentials = self
+            .bound
+            .get("credentials")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow!("{} reported no credentials: {}", self.name, self.bound))?;
+        Ok(crate::client::Control::new(
+            format!("https://{}", self.addr("admin")?),
+            Path::new(credentials).join("admin"),
+        ))
+    }
+
     /// An address from the bound line.
     pub fn addr(&self, key: &str) -> Result<SocketAddr> {
         self.bound
@@ -318,6 +332,8 @@ fn build(release: bool, show: bool) {
 pub struct ControlPlane<'a> {
     /// gRPC listen address (`127.0.0.1:0` for any free port).
     pub grpc_addr: &'a str,
+    /// mTLS admin API listen address (`127.0.0.1:0` for any free port).
+    pub admin_addr: &'a str,
     /// State directory.
     pub state_dir: &'a Path,
     /// Mesh file or directory to seed it with.
@@ -335,6 +351,7 @@ impl ControlPlane<'_> {
     pub async fn start(&self, log_dir: &Path) -> Result<Proc> {
         let mut cmd = Command::new(binary("mesh-control"));
         cmd.args(["--grpc-addr", self.grpc_addr, "--http-addr", "127.0.0.1:0"])
+            .args(["--admin-addr", self.admin_addr])
             .arg("--state-dir")
             .arg(self.state_dir)
             .env("MESH_CONTROL_LOG", self.log);

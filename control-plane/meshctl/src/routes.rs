@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 /// Runs the command.
 pub async fn get_routes(
-    control: &str,
+    control: &crate::client::Control,
     namespace: &str,
     service: &str,
     output: Output,

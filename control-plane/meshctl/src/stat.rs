@@ -23,7 +23,7 @@ pub struct Query {
 }
 
 /// Asks the control plane.
-pub async fn fetch(control: &str, q: &Query) -> Result<pb::GetStatsResponse> {
+pub async fn fetch(control: &crate::client::Control, q: &Query) -> Result<pb::GetStatsResponse> {
     let window_ms = mesh_control::manifest::meta::duration_ms(&q.window)
         .map_err(|e| anyhow!("--window {e}"))?;
     if window_ms == 0 {
@@ -108,14 +108,19 @@ pub fn render(resp: &pb::GetStatsResponse, output: Output) -> Result<String> {
 }
 
 /// `meshctl stat`
-pub async fn stat(control: &str, q: &Query, output: Output) -> Result<()> {
+pub async fn stat(control: &crate::client::Control, q: &Query, output: Output) -> Result<()> {
     print!("{}", render(&fetch(control, q).await?, output)?);
     Ok(())
 }
 
 /// `meshctl top`: the same, redrawn every `every` until Ctrl-C, or `frames`
 /// times when given.
-pub async fn top(control: &str, q: &Query, every: Duration, frames: Option<u32>) -> Result<()> {
+pub async fn top(
+    control: &crate::client::Control,
+    q: &Query,
+    every: Duration,
+    frames: Option<u32>,
+) -> Result<()> {
     let mut tick = tokio::time::interval(every);
     let mut drawn = 0u32;
     loop {

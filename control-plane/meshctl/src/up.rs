@@ -11,6 +11,10 @@ use tokio::process::Command;
 /// How long the whole mesh may take to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The gRPC address `meshctl up` gives the control plane (sidecars' side):
+/// any free port, since `up` starts every sidecar itself.
+pub const DEFAULT_GRPC: &str = "127.0.0.1:0";
+
 /// Where to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -20,6 +24,8 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// Control plane gRPC address.
     pub grpc_addr: String,
+    /// mTLS admin API listen address.
+    pub admin_addr: String,
     /// Where process logs go.
     pub log_dir: PathBuf,
 }
@@ -117,6 +123,7 @@ impl Mesh {
         write_secret(&tokens_file, &listing)?;
         let control = ControlPlane {
             grpc_addr: &opts.grpc_addr,
+            admin_addr: &opts.admin_addr,
             state_dir: &state_dir,
             config: Some(&opts.file),
             heartbeat_ms: None,
@@ -154,9 +161,9 @@ impl Mesh {
         })
     }
 
-    /// The control plane's gRPC URL.
-    pub fn control_url(&self) -> Result<String> {
-        Ok(format!("http://{}", self.control.addr("grpc")?))
+    /// The control plane's admin API, with the operator's credentials.
+    pub fn control(&self) -> Result<crate::client::Control> {
+        self.control.control()
     }
 
     /// The first replica of a workload.
@@ -177,7 +184,14 @@ impl Mesh {
             .addr("http")
             .map(|a| a.to_string())
             .unwrap_or_default();
-        out.push_str(&format!("control plane   grpc {grpc}   http {http}\n\n"));
+        let admin = self
+            .control
+            .addr("admin")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "control plane   grpc {grpc}   admin (mTLS) {admin}   http {http}\n\n"
+        ));
         out.push_str(&format!(
             "{:<12} {:<14} {:<8} {:<22} {:<22} {:<22} {:<22}\n",
             "WORKLOAD",

@@ -269,6 +269,45 @@ impl Ca {
         self.lifetime
     }
 
+    /// A key pair generated here and a leaf for `identity` on it: the
+    /// control plane's own certificates (its server identity, the admin
+    /// credentials it hands its operator), which need no proof beyond
+    /// holding the CA.
+    pub fn issue(&self, identity: &str) -> Result<(Signed, String), Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names =
+            vec![SanType::URI(identity.try_into().map_err(|_| {
+                Error::Names(format!("{identity:?} is not an IA5 string"))
+            })?)];
+        let csr = params.serialize_request(&key)?.pem()?;
+        Ok((self.sign(&csr, identity)?, key.serialize_pem()))
+    }
+
+    /// Writes `signed` and `key_pem` as `cert.pem` (leaf, then chain) and
+    /// `key.pem` (0600) in `dir` (0700), and the trust anchors as
+    /// `roots.pem`: what a client needs to speak mTLS to the control plane.
+    pub fn write_credentials(dir: &Path, signed: &Signed, key_pem: &str) -> Result<(), Error> {
+        fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.into(),
+            source,
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            Error::Io {
+                path: dir.into(),
+                source,
+            }
+        })?;
+        let mut chain = signed.certificate_pem.clone();
+        for c in &signed.chain_pem {
+            chain.push_str(c);
+        }
+        write(&dir.join("key.pem"), key_pem, true)?;
+        write(&dir.join("cert.pem"), &chain, false)?;
+        write(&dir.join("roots.pem"), &signed.roots_pem.concat(), false)
+    }
+
     /// Signs a leaf for `identity` with the public key of `csr_pem`, if the
     /// CSR asks for exactly that identity.
     pub fn sign(&self, csr_pem: &str, identity: &str) -> Result<Signed, Error> {
