@@ -86,3 +86,150 @@ async fn silent_and_slowloris_connections_are_closed_at_the_idle_timeout() {
         );
     }
 }
+
+/// A silent connection to `addr`, and whether the sidecar closed it within
+/// `within` (it refused it) or kept it.
+async fn refused_at_once(addr: SocketAddr, within: Duration) -> (tokio::net::TcpStream, bool) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = matches!(
+        tokio::time::timeout(within, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    );
+    (s, closed)
+}
+
+/// A listener keeps at most `MESH_PROXY_MAX_CONNECTIONS` open: one more is
+/// closed on accept and counted in `mesh_tcp_refused_total`, so idle
+/// clients cannot take every descriptor; once they leave, it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_at_its_connection_limit_refuses_the_next_and_counts_it() {
+    let mesh = Mesh::start("connlimit").await;
+    let _inst = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
+        .await
+        .unwrap();
+    let client = mesh
+        .client_with(
+            "client-0",
+            &[
+                ("MESH_PROXY_MAX_CONNECTIONS", "20"),
+                ("MESH_PROXY_IDLE_TIMEOUT_MS", "1500"),
+            ],
+        )
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let (s, closed) = refused_at_once(client.outbound, Duration::from_millis(50)).await;
+        assert!(!closed, "a connection within the limit was closed");
+        held.push(s);
+    }
+    for i in 0..10 {
+        let (_, closed) = refused_at_once(client.outbound, Duration::from_secs(1)).await;
+        assert!(closed, "connection {} beyond the limit was kept", 20 + i);
+    }
+    let refused = support::metric(
+        client.admin,
+        "mesh_tcp_refused_total",
+        &["direction=\"outbound\"", "peer=\"src\""],
+    )
+    .await;
+    assert_eq!(refused, 10.0);
+    // The idle ones time out; the listener serves the next client.
+    let started = Instant::now();
+    loop {
+        let t = burst(client.outbound, "echo", 1, 1).await;
+        if t.failures == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never served again: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+}
+
+/// CPU ticks (user + system) a process has used, from /proc (proc(5)).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends with ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Out of file descriptors (RLIMIT_NOFILE 256, 300 idle connections) the
+/// sidecar's accept loops (outbound and admin) back off instead of spinning
+/// on EMFILE (CPU under 5% while saturated), and once the idle connections
+/// time out a new client is served within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_sidecar_waits_instead_of_spinning() {
+    let mesh = Mesh::start("nofile").await;
+    let _inst = mesh.instance("echo", "v1", "echo-v1-a", &[], None).await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
+        .await
+        .unwrap();
+    // The sidecar exactly as the harness runs it, under util-linux's
+    // prlimit(1), which sets RLIMIT_NOFILE and then execs it (same pid).
+    let mut sidecar = mesh.sidecar_cmd("client", "", "client-nofile");
+    sidecar.env("MESH_PROXY_IDLE_TIMEOUT_MS", "3000");
+    let std = sidecar.as_std();
+    let mut cmd = tokio::process::Command::new("prlimit");
+    cmd.arg("--nofile=256:256").arg("--").arg(std.get_program());
+    for (k, v) in std.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let proc = meshctl::procs::Proc::spawn("client-nofile-proxy", cmd, &mesh.logs())
+        .await
+        .unwrap();
+    let admin = proc.addr("admin").unwrap();
+    let outbound = proc.addr("outbound").unwrap();
+    meshctl::procs::wait_ready(admin, "/ready", support::DEADLINE)
+        .await
+        .unwrap();
+    let pid = proc.pid().unwrap();
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(outbound).await.unwrap());
+    }
+    // Pending connections on the admin listener too: each accept there
+    // fails with EMFILE as well, which is where a loop without back-off spins.
+    for _ in 0..5 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    // Saturated: measure CPU over 2 s, well before the 3 s idle timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (before, at) = (cpu_ticks(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ticks = cpu_ticks(pid) - before;
+    let per_sec = ticks as f64 / 100.0 / at.elapsed().as_secs_f64();
+    assert!(
+        per_sec < 0.05,
+        "the sidecar used {:.1}% CPU while out of descriptors",
+        per_sec * 100.0
+    );
+    // Once the idle connections time out, a new client is served within 1 s.
+    let timed_out = opened + Duration::from_secs(3);
+    let t = loop {
+        let t = burst(outbound, "echo", 1, 1).await;
+        if t.failures == 0 {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < timed_out + Duration::from_secs(5),
+            "never served: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        t < timed_out + Duration::from_secs(1),
+        "served {:?} after the idle timeout",
+        t.saturating_duration_since(timed_out)
+    );
+    drop(idle);
+}

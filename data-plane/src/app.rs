@@ -165,7 +165,7 @@ impl Bound {
             tracing,
             log,
         ));
-        let drain = Drain::new(config.idle_timeout);
+        let drain = Drain::new(config.idle_timeout, config.max_connections);
         let inbound_state = state.clone();
         let out = Outbound::new(state, forwarder.clone(), certificate.is_some(), obs.clone());
         drain.serve(outbound, metrics.tcp("outbound", "src"), move |req| {

@@ -53,6 +53,9 @@ const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// the start, idle between requests, or slow to send one), in ms.
 pub const ENV_IDLE_TIMEOUT_MS: &str = "MESH_PROXY_IDLE_TIMEOUT_MS";
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Most connections each listener (outbound, inbound) keeps open at once.
+pub const ENV_MAX_CONNECTIONS: &str = "MESH_PROXY_MAX_CONNECTIONS";
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// Runtime worker threads; 1 (the default) keeps the tail short on small machines.
 pub const ENV_WORKERS: &str = "MESH_PROXY_WORKERS";
 const DEFAULT_WORKERS: usize = 1;
@@ -201,6 +204,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Idle and header-read timeout of every listener.
     pub idle_timeout: Duration,
+    /// Most connections each listener keeps open at once.
+    pub max_connections: usize,
     /// Worker threads.
     pub workers: usize,
     /// Reconnect backoff ceiling.
@@ -462,6 +467,7 @@ impl Config {
             },
             drain_timeout: p.millis(ENV_DRAIN_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_MS),
             idle_timeout: p.millis(ENV_IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS),
+            max_connections: p.positive(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS) as usize,
             workers: p
                 .parse(ENV_WORKERS, DEFAULT_WORKERS, "a number of threads")
                 .max(1),

@@ -89,9 +89,12 @@ impl Inbound {
     pub fn serve(self, drain: &Arc<Drain>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
         let d = drain.clone();
         let meter = self.metrics.tcp("inbound", "src");
-        drain.accept(listener, meter, move |stream| {
+        drain.accept(listener, meter, move |stream, slot| {
             let (inbound, drain) = (self.clone(), d.clone());
-            tokio::spawn(async move { inbound.connection(&drain, stream).await });
+            tokio::spawn(async move {
+                inbound.connection(&drain, stream).await;
+                drop(slot);
+            });
         })
     }
 

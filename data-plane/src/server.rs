@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -41,6 +42,17 @@ pub struct Drain {
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle: Duration,
     hint: HeaderValue,
+    /// Most connections one listener keeps open at once.
+    max_connections: usize,
+}
+
+/// One of a listener's open connections; dropping it frees the place.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The HTTP/1.1 and h2c server every listener uses: a slow or idle head
@@ -68,8 +80,13 @@ pub async fn first_byte(stream: &TcpStream, idle: Duration) -> bool {
     )
 }
 
+/// The longest wait between accept attempts while they fail: short enough
+/// that a freed descriptor serves the next client soon, long enough that a
+/// saturated process does not spin (4 attempts a second).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
+
 /// Accepts the next connection; an accept error (EMFILE when descriptors
-/// run out, ENFILE, ECONNABORTED) backs off from 5 ms to 1 s instead of
+/// run out, ENFILE, ECONNABORTED) backs off from 5 ms to 250 ms instead of
 /// spinning, logged at most once a second.
 pub async fn accept(listener: &TcpListener, what: &'static str) -> TcpStream {
     let mut backoff = Duration::from_millis(5);
@@ -86,16 +103,18 @@ pub async fn accept(listener: &TcpListener, what: &'static str) -> TcpStream {
                     logged = Some(std::time::Instant::now());
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
         }
     }
 }
 
 impl Drain {
-    /// A drain with no connections yet, whose connections may idle `idle`.
-    pub fn new(idle: Duration) -> Arc<Self> {
+    /// A drain with no connections yet, whose connections may idle `idle`,
+    /// each listener keeping at most `max_connections` open.
+    pub fn new(idle: Duration, max_connections: usize) -> Arc<Self> {
         Arc::new(Drain {
+            max_connections,
             graceful: Mutex::new(Some(GracefulShutdown::new())),
             stop: watch::channel(false).0,
             builder: Arc::new(http_builder(idle)),
@@ -121,19 +140,22 @@ impl Drain {
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let this = Arc::clone(self);
-        self.accept(listener, meter, move |stream| {
+        self.accept(listener, meter, move |stream, slot| {
             let (this, handler) = (this.clone(), handler.clone());
             tokio::spawn(async move {
                 if first_byte(stream.get_ref(), this.idle).await {
                     this.serve_conn(TokioIo::new(stream), handler).await
                 }
+                drop(slot);
             });
         })
     }
 
     /// Accepts connections until shutdown and hands each to `on_conn`, which
-    /// must not block (it spawns whatever per-connection work it needs).
-    /// Each connection is counted on `meter`.
+    /// must not block (it spawns whatever per-connection work it needs) and
+    /// keeps the connection's `Slot` until it ends. Each connection is
+    /// counted on `meter`; one beyond the listener's limit is closed at once
+    /// and counted as refused, so idle clients cannot take every descriptor.
     pub fn accept<C>(
         self: &Arc<Self>,
         listener: TcpListener,
@@ -141,16 +163,32 @@ impl Drain {
         on_conn: C,
     ) -> tokio::task::JoinHandle<()>
     where
-        C: Fn(Metered<TcpStream>) + Send + 'static,
+        C: Fn(Metered<TcpStream>, Slot) + Send + 'static,
     {
         let mut stop = self.stop.subscribe();
+        let (open, limit) = (Arc::new(AtomicUsize::new(0)), self.max_connections);
+        let mut warned: Option<std::time::Instant> = None;
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
                     s = accept(&listener, "proxy") => s,
                 };
-                on_conn(Metered::new(stream, meter.as_ref()));
+                if open.fetch_add(1, Ordering::Relaxed) >= limit {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(m) = &meter {
+                        m.refused.inc();
+                    }
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(
+                            limit,
+                            "connection refused: the listener has its limit open"
+                        );
+                        warned = Some(std::time::Instant::now());
+                    }
+                    continue;
+                }
+                on_conn(Metered::new(stream, meter.as_ref()), Slot(open.clone()));
             }
             // Dropping the listener here closes the port: new connections are refused.
         })
@@ -223,8 +261,8 @@ mod tests {
 
     #[test]
     fn the_hint_says_the_idle_timeout_and_only_where_the_connection_stays() {
-        assert_eq!(Drain::new(IDLE_TIMEOUT).hint, "timeout=30");
-        assert_eq!(Drain::new(Duration::from_millis(400)).hint, "timeout=0");
+        assert_eq!(Drain::new(IDLE_TIMEOUT, 1).hint, "timeout=30");
+        assert_eq!(Drain::new(Duration::from_millis(400), 1).hint, "timeout=0");
         let req = |v, c: Option<&str>| {
             let mut r = Request::builder().version(v);
             if let Some(c) = c {

@@ -21,6 +21,8 @@ pub struct Meter {
     pub(crate) open_now: Gauge,
     pub(crate) read: Counter,
     pub(crate) write: Counter,
+    /// Connections refused at the listener's limit.
+    pub(crate) refused: Counter,
 }
 
 /// A stream whose traffic is counted (when metered).

@@ -175,6 +175,7 @@ pub struct Metrics {
     tcp_open_now: Family<TcpLabels, Gauge>,
     tcp_read: Family<TcpLabels, Counter>,
     tcp_write: Family<TcpLabels, Counter>,
+    tcp_refused: Family<TcpLabels, Counter>,
     /// The interval in progress, streamed to the control plane.
     pub aggregates: Arc<Aggregates>,
     /// Every label set seen, with its counter, histogram and aggregate
@@ -281,6 +282,12 @@ impl Metrics {
                 "Bytes written to TCP connections (TLS records included)",
                 Family::default(),
             ),
+            tcp_refused: registered(
+                r,
+                "tcp_refused",
+                "Connections closed on accept because the listener had its limit open (MESH_PROXY_MAX_CONNECTIONS)",
+                Family::default(),
+            ),
             registry,
             aggregates: Arc::new(Aggregates::new(&BUCKETS)),
             resolved: RwLock::default(),
@@ -370,6 +377,7 @@ impl Metrics {
             open_now: self.tcp_open_now.get_or_create(&l).clone(),
             read: self.tcp_read.get_or_create(&l).clone(),
             write: self.tcp_write.get_or_create(&l).clone(),
+            refused: self.tcp_refused.get_or_create(&l).clone(),
         }))
     }
 

@@ -279,7 +279,7 @@ impl Sidecar {
         let out = Outbound::new(state.clone(), forwarder, false, obs);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let outbound = listener.local_addr().unwrap();
-        let drain = Drain::new(mesh_proxy::server::IDLE_TIMEOUT);
+        let drain = Drain::new(mesh_proxy::server::IDLE_TIMEOUT, 10_000);
         drain.serve(listener, None, move |req| {
             let out = out.clone();
             async move { out.handle(req).await }
