@@ -87,6 +87,7 @@ async fn sigterm_stops_the_control_plane_gracefully_under_load() {
         .await
         .expect("mesh-control exits after its drain");
     let took = signalled.elapsed();
+    eprintln!("measured: mesh-control exited {exit:?} {took:?} after SIGTERM (drain {drain:?})");
     assert!(exit.success(), "exit 0 after a graceful stop: {exit:?}");
     assert!(
         took >= drain && took < drain + Duration::from_secs(3),
@@ -98,6 +99,11 @@ async fn sigterm_stops_the_control_plane_gracefully_under_load() {
 
     let replies = load.await.unwrap();
     let replies: Vec<_> = replies.into_iter().map(|(_, r)| r).collect();
+    eprintln!(
+        "measured: {} of {} requests at 200 rps succeeded across SIGTERM, drain and restart",
+        with_status(&replies, 200),
+        replies.len()
+    );
     assert_eq!(
         with_status(&replies, 200),
         replies.len(),

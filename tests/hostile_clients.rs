@@ -76,6 +76,10 @@ async fn silent_and_slowloris_connections_are_closed_at_the_idle_timeout() {
         }
         let fastest = times.iter().min().unwrap();
         let slowest = times.iter().max().unwrap();
+        eprintln!(
+            "measured: {name}: {} hostile connections closed between {fastest:?} and {slowest:?} (idle timeout {IDLE:?})",
+            times.len()
+        );
         assert!(
             *fastest >= IDLE.mul_f64(0.8),
             "{name}: closed before the idle timeout ({fastest:?})"
@@ -208,6 +212,11 @@ async fn out_of_descriptors_the_sidecar_waits_instead_of_spinning() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ticks = cpu_ticks(pid) - before;
     let per_sec = ticks as f64 / 100.0 / at.elapsed().as_secs_f64();
+    eprintln!(
+        "measured: out of descriptors, the sidecar used {:.1}% CPU over {:?}",
+        per_sec * 100.0,
+        at.elapsed()
+    );
     assert!(
         per_sec < 0.05,
         "the sidecar used {:.1}% CPU while out of descriptors",
@@ -226,6 +235,10 @@ async fn out_of_descriptors_the_sidecar_waits_instead_of_spinning() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    eprintln!(
+        "measured: a new client served {:?} after the idle timeout",
+        t.saturating_duration_since(timed_out)
+    );
     assert!(
         t < timed_out + Duration::from_secs(1),
         "served {:?} after the idle timeout",
