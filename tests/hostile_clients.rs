@@ -239,6 +239,17 @@ async fn out_of_descriptors_the_sidecar_waits_instead_of_spinning() {
         "measured: a new client served {:?} after the idle timeout",
         t.saturating_duration_since(timed_out)
     );
+    // It really ran out: its accept loop said so (at most once a second).
+    let log = std::fs::read_to_string(mesh.logs().join("client-nofile-proxy.log")).unwrap();
+    let said = log.matches("accept failed; backing off").count();
+    assert!(
+        said >= 1,
+        "the sidecar never ran out of descriptors:\n{log}"
+    );
+    assert!(
+        said <= 8,
+        "logged {said} times in about 3 s: not rate-limited"
+    );
     assert!(
         t < timed_out + Duration::from_secs(1),
         "served {:?} after the idle timeout",
