@@ -1,6 +1,7 @@
 //! Every sidecar listener (outbound, inbound, admin) survives clients that
 //! hold connections without finishing a request: silent ones that never
-//! send a byte, and slowloris ones that send part of a head and stop. Each
+//! send a byte, slowloris ones that send part of a head and stop, and ones
+//! that stop inside the HTTP/2 preface. Each
 //! is closed at the idle timeout (`MESH_PROXY_IDLE_TIMEOUT_MS`, here
 //! 600 ms), never before it, and real requests are served all the while.
 //! RFC 9112 §9.8: a server "SHOULD" close idle connections it no longer
@@ -15,7 +16,7 @@ use support::Mesh;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IDLE: Duration = Duration::from_millis(600);
-const PER_KIND: usize = 100;
+const PER_KIND: usize = 70;
 
 /// Opens one connection, sends `prefix` (maybe nothing), and reports how
 /// long the sidecar took to close it, or `None` if it stayed open past a
@@ -57,11 +58,13 @@ async fn silent_and_slowloris_connections_are_closed_at_the_idle_timeout() {
     ];
     for (name, addr) in listeners {
         let mut calls = Vec::new();
-        for i in 0..2 * PER_KIND {
-            let prefix: &'static [u8] = if i % 2 == 0 {
-                b""
-            } else {
-                b"GET / HTTP/1.1\r\nHost: ec"
+        for i in 0..3 * PER_KIND {
+            // Silent; a head begun and never finished; a part of the
+            // HTTP/2 preface (RFC 9113 §3.4) and then nothing.
+            let prefix: &'static [u8] = match i % 3 {
+                0 => b"",
+                1 => b"GET / HTTP/1.1\r\nHost: ec",
+                _ => b"PRI * HT",
             };
             calls.push(tokio::spawn(held(addr, prefix)));
         }
@@ -256,4 +259,49 @@ async fn out_of_descriptors_the_sidecar_waits_instead_of_spinning() {
         t.saturating_duration_since(timed_out)
     );
     drop(idle);
+}
+
+/// mesh-control's own listeners, the sidecars' gRPC port and the HTTP
+/// `/ready` port, close silent connections and ones stopped inside the
+/// HTTP/2 preface or an HTTP head at `--idle-timeout-ms`, and keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_s_listeners_close_what_never_speaks() {
+    let idle_ms = IDLE.as_millis().to_string();
+    let mesh = Mesh::start_with_args("cp-hostile", &["--idle-timeout-ms", &idle_ms]).await;
+    let http = mesh.control.addr("http").unwrap();
+    // The gRPC port speaks only HTTP/2, so an HTTP/1.1 head there is
+    // refused at once, rightly; on it the slow client is the one that stops
+    // inside the preface.
+    let grpc_kinds: [&'static [u8]; 2] = [b"", b"PRI * HTTP/2.0\r\n"];
+    let http_kinds: [&'static [u8]; 3] = [b"", b"GET /ready HTTP/1.1\r\nHo", b"PRI * HTTP/2.0\r\n"];
+    for (name, addr, kinds) in [
+        ("grpc", mesh.grpc, &grpc_kinds[..]),
+        ("http", http, &http_kinds[..]),
+    ] {
+        let mut calls = Vec::new();
+        for i in 0..90 {
+            let prefix = kinds[i % kinds.len()];
+            calls.push(tokio::spawn(held(addr, prefix)));
+        }
+        let mut times = Vec::new();
+        for (i, c) in calls.into_iter().enumerate() {
+            let took = c.await.unwrap();
+            times.push(took.unwrap_or_else(|| panic!("{name}: connection {i} was never closed")));
+        }
+        let (fastest, slowest) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+        eprintln!(
+            "measured: mesh-control {name}: {} closed between {fastest:?} and {slowest:?}",
+            times.len()
+        );
+        assert!(
+            *fastest >= IDLE.mul_f64(0.8),
+            "{name}: closed early ({fastest:?})"
+        );
+        assert!(*slowest <= IDLE * 5, "{name}: closed late ({slowest:?})");
+    }
+    // Still serving both.
+    let (status, _) = meshctl::traffic::get(http, "/ready").await.unwrap();
+    assert_eq!(status, 200);
+    let out = mesh.meshctl(&["proxy-status"]).await;
+    assert!(out.status.success());
 }

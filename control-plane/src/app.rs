@@ -231,7 +231,7 @@ impl Bound {
         } = self;
         let (stopping_tx, stopping) = watch::channel(false);
         let (ending_tx, ending) = watch::channel(false);
-        tokio::spawn(http::serve(http, stopping.clone()));
+        tokio::spawn(http::serve(http, stopping.clone(), config.idle()));
         let lease = config.lease();
         let expiry_state = state.clone();
         let mut expiry_stop = stopping.clone();
@@ -316,7 +316,10 @@ impl Bound {
                 ending: crate::listen::Ending(ending.clone()),
             }))
             .add_service(IdentityServer::new(identity))
-            .serve_with_incoming_shutdown(crate::listen::incoming(grpc, "grpc"), stop);
+            .serve_with_incoming_shutdown(
+                crate::listen::incoming(grpc, "grpc", config.idle()),
+                stop,
+            );
         tokio::pin!(serve);
         let mut ended = ending;
         tokio::select! {

@@ -77,6 +77,10 @@ struct Args {
     /// publication stopped) before they are ended, in ms.
     #[arg(long, env = "MESH_CONTROL_DRAIN_TIMEOUT_MS", default_value = "5000")]
     drain_timeout_ms: String,
+    /// How long a new connection may stay silent (or inside the HTTP/2
+    /// preface, or an HTTP request head) before it is closed, in ms.
+    #[arg(long, env = "MESH_CONTROL_IDLE_TIMEOUT_MS", default_value = "30000")]
+    idle_timeout_ms: String,
 }
 
 /// mesh-control's configuration, every value checked.
@@ -110,6 +114,8 @@ pub struct Config {
     pub propagation_timeout_ms: u64,
     /// On SIGTERM, how long connected sidecars keep their streams, in ms.
     pub drain_timeout_ms: u64,
+    /// How long a new connection may stay silent, in ms.
+    pub idle_timeout_ms: u64,
 }
 
 /// What parsing the command line came to.
@@ -179,6 +185,7 @@ impl Config {
         let propagation_timeout_ms =
             number("propagation-timeout-ms", &args.propagation_timeout_ms, 1);
         let drain_timeout_ms = number("drain-timeout-ms", &args.drain_timeout_ms, 0);
+        let idle_timeout_ms = number("idle-timeout-ms", &args.idle_timeout_ms, 1);
         let mut addr = |flag: &str, v: &str| match v.trim().parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
@@ -210,7 +217,13 @@ impl Config {
             ca_roots: args.ca_roots,
             propagation_timeout_ms,
             drain_timeout_ms,
+            idle_timeout_ms,
         })
+    }
+
+    /// How long a new connection may stay silent.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 
     /// The drain on SIGTERM.

@@ -11,16 +11,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Serves the endpoints until the process exits; `/ready` answers 503 once
-/// `stopping` turns true.
-pub async fn serve(listener: TcpListener, stopping: watch::Receiver<bool>) {
+/// `stopping` turns true. A connection that says nothing for `idle` (or
+/// takes longer than that over its request head) is closed.
+pub async fn serve(listener: TcpListener, stopping: watch::Receiver<bool>, idle: Duration) {
     loop {
         let stream = crate::listen::accept(&listener, "http").await;
         let stopping = stopping.clone();
         tokio::spawn(async move {
+            if !crate::listen::first_bytes(&stream, idle).await {
+                return;
+            }
             let svc = service_fn(move |req: Request<Incoming>| {
                 let stopping = *stopping.borrow();
                 async move {
@@ -41,7 +42,7 @@ pub async fn serve(listener: TcpListener, stopping: watch::Receiver<bool>) {
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(idle);
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }

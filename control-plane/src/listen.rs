@@ -36,15 +36,57 @@ pub async fn accept(listener: &TcpListener, what: &'static str) -> TcpStream {
     }
 }
 
-/// Every accepted connection, as a stream for tonic's `serve_with_incoming`.
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits (up to `idle`) until a new connection's protocol can be told: its
+/// first byte, and all of the HTTP/2 preface if it starts like one. A
+/// client that sends nothing, or part of the preface and then nothing, is
+/// to be closed: neither hyper's protocol detection nor h2's handshake has
+/// a deadline of its own.
+pub async fn first_bytes(stream: &TcpStream, idle: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + idle;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
+            return true;
+        }
+        // Peeking does not consume, so wait a little before looking again.
+        if tokio::time::Instant::now() + Duration::from_millis(10) >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every accepted connection that starts speaking within `idle`, as a
+/// stream for tonic's `serve_with_incoming`; the wait runs per connection,
+/// so a silent one never holds up the next.
 pub fn incoming(
     listener: TcpListener,
     what: &'static str,
+    idle: Duration,
 ) -> impl Stream<Item = std::io::Result<TcpStream>> {
-    futures::stream::unfold(listener, move |l| async move {
-        let stream = accept(&l, what).await;
-        Some((Ok(stream), l))
-    })
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = tx.closed() => break,
+                s = accept(&listener, what) => s,
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if first_bytes(&stream, idle).await {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Turns true once, when a stopping control plane ends its streams.

@@ -114,6 +114,9 @@ impl Inbound {
             return;
         }
         let is_tls = first[0] == TLS_HANDSHAKE_RECORD;
+        if !is_tls && !crate::server::first_byte(stream.get_ref(), drain.idle()).await {
+            return;
+        }
         if !is_tls {
             if self.mode == Mode::Strict {
                 self.connection_outcome(false, "refused");

@@ -68,16 +68,33 @@ pub fn http_builder(idle: Duration) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Waits (up to `idle`) for a new connection's first byte; a client that
-/// never sends one is closed, not kept for ever (protocol detection reads
-/// the first bytes with no deadline of its own).
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which protocol detection
+/// waits for in full once a client's bytes start like it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits (up to `idle` from now) until a new connection's protocol can be
+/// told: its first byte, and all of the HTTP/2 preface if it starts like
+/// one. A client that sends nothing, or a part of the preface and then
+/// nothing, is closed instead of held for ever (protocol detection has no
+/// deadline of its own; the header read timeout starts after it).
 pub async fn first_byte(stream: &TcpStream, idle: Duration) -> bool {
-    // `peek`, not `readable`: readiness may be reported before any byte is.
-    let mut first = [0u8; 1];
-    matches!(
-        tokio::time::timeout(idle, stream.peek(&mut first)).await,
-        Ok(Ok(1))
-    )
+    let deadline = tokio::time::Instant::now() + idle;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
+            return true;
+        }
+        // Part of the preface: peek again shortly (peeking does not consume,
+        // so readiness alone would not wait for more).
+        if tokio::time::Instant::now() + Duration::from_millis(10) >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The longest wait between accept attempts while they fail: short enough
