@@ -408,3 +408,57 @@ async fn a_rogue_registration_without_identity_gets_no_mtls_traffic() {
     );
     beats.abort();
 }
+
+/// A sidecar that has a token but no certificate (the CA refuses an unknown
+/// token) never falls back to plaintext towards an endpoint that requires
+/// mTLS: each request fails with the reason, and no endpoint is ejected for
+/// a failure that is the caller's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_certificate_a_sidecar_says_so_and_never_downgrades() {
+    let (mesh, _tokens) = mesh("nocert", "3600").await;
+    let echo = strict_echo(&mesh).await;
+    let mut cmd = mesh.sidecar_cmd("client", "", "client-nocert");
+    cmd.env(
+        "MESH_PROXY_IDENTITY_TOKEN",
+        "a-token-the-ca-does-not-know-00000",
+    );
+    let proc = meshctl::procs::Proc::spawn("client-nocert-proxy", cmd, &mesh.logs())
+        .await
+        .unwrap();
+    let (outbound, admin) = (proc.addr("outbound").unwrap(), proc.addr("admin").unwrap());
+    // It has config (discovery needs no certificate) but no certificate.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, dump) = get(admin, "/config_dump").await.unwrap();
+        if dump.contains(ECHO_ID) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "no config: {dump}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (ready, _) = get(admin, "/ready").await.unwrap();
+    assert_eq!(ready, 503, "not ready without a certificate");
+    let t = burst(outbound, "echo", 20, 2).await;
+    assert_eq!(t.failures, 20, "{t:?}");
+    assert!(
+        t.sample_errors
+            .iter()
+            .all(|e| e.contains("no workload certificate yet")),
+        "{t:?}"
+    );
+    assert_eq!(
+        support::metric(
+            echo.admin(),
+            "mesh_inbound_connections_total",
+            &["tls=\"false\""]
+        )
+        .await,
+        0.0,
+        "nothing arrived in plaintext"
+    );
+    assert_eq!(
+        support::metric(admin, "mesh_ejections_total", &[]).await,
+        0.0,
+        "no endpoint ejected for the caller's own failure"
+    );
+}

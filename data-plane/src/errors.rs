@@ -32,6 +32,10 @@ pub enum Error {
         /// Endpoints left out.
         refused: usize,
     },
+    /// This sidecar has no workload certificate yet, so it cannot reach an
+    /// endpoint that requires mTLS (and never downgrades to plaintext).
+    #[error("this sidecar has no workload certificate yet: {0} is reached only over mTLS")]
+    NoCertificate(String),
     /// The authority names no service in the mesh.
     #[error("no service {0:?} in the mesh")]
     UnknownService(String),
@@ -98,9 +102,10 @@ pub fn codes(e: &Error) -> (StatusCode, u32) {
         Error::UnknownService(_) => (StatusCode::NOT_FOUND, 5),
         Error::NoRoute(_) => (StatusCode::NOT_FOUND, 12),
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
-        Error::NoEndpoints(_) | Error::NotReady | Error::PlaintextRefused { .. } => {
-            (StatusCode::SERVICE_UNAVAILABLE, 14)
-        }
+        Error::NoEndpoints(_)
+        | Error::NotReady
+        | Error::PlaintextRefused { .. }
+        | Error::NoCertificate(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
         Error::AllEjected(_) | Error::Overloaded { .. } | Error::PendingLimit { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, 14)
         }
@@ -192,6 +197,7 @@ mod tests {
                 3,
             ),
             (Error::ClientBody("cut short".into()), 400, 3),
+            (Error::NoCertificate("127.0.0.1:1".into()), 503, 14),
             (Error::UnknownService("x".into()), 404, 5),
             (Error::NoRoute("echo.default".into()), 404, 12),
             (Error::NoEndpoints("echo.default".into()), 503, 14),

@@ -23,6 +23,8 @@ use std::time::Duration;
 pub struct Forwarder {
     h1: Client<Connector, ReqBody>,
     h2: h2::H2Pool,
+    /// Our workload certificate, when this sidecar has an identity.
+    identity: Option<crate::tls::identity::Current>,
 }
 
 impl Forwarder {
@@ -43,8 +45,9 @@ impl Forwarder {
                 state.clone(),
                 meter.clone(),
             ));
+        let identity = tls.as_ref().map(|t| t.identity.clone());
         let h2 = h2::H2Pool::new(Connector::new(tls, crate::tls::H2, state, meter));
-        Forwarder { h1, h2 }
+        Forwarder { h1, h2, identity }
     }
 
     /// Sends `req` to `authority` (over mTLS when `secure`). The upstream
@@ -58,6 +61,17 @@ impl Forwarder {
         authority: &Authority,
         secure: bool,
     ) -> Result<Response<Incoming>, Error> {
+        // Without our certificate yet, mTLS cannot start: say so, rather
+        // than fail a connect that would be held against the endpoint (and
+        // never fall back to plaintext).
+        if secure
+            && self
+                .identity
+                .as_ref()
+                .is_none_or(|current| current.load().is_none())
+        {
+            return Err(Error::NoCertificate(authority.to_string()));
+        }
         let h2 = req.version() == Version::HTTP_2;
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         // An absolute-form target's authority is the one that counts: a
