@@ -14,7 +14,7 @@ use crate::errors::Error;
 use crate::forward::Forwarder;
 use crate::http::{copy_head, grpc_status};
 use crate::retry::{ATTEMPT_HEADER, Policy as RetryPolicy};
-use crate::state::{Backend, Cluster, Fallback, Route};
+use crate::state::{Backend, Cluster, Endpoint, Fallback, Route};
 use crate::telemetry::metrics::{BackendLabels, FallbackLabels, Metrics, RouteLabels};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -127,19 +127,7 @@ impl Attempts {
                 Err(e) => return Err(e),
             };
             let endpoint = &cluster.endpoints[i];
-            // mTLS whenever the endpoint has an identity and we have one; an
-            // identity-less client falls back to plaintext, which only a
-            // permissive server accepts.
-            let secure = self.mtls && endpoint.identity.is_some();
-            seen.backend.clone_from(&cluster.name);
-            seen.version.clone_from(&endpoint.version);
-            seen.endpoint = Some(endpoint.addr);
-            seen.tls = secure;
-            seen.peer = if secure {
-                endpoint.identity.clone().unwrap_or_default()
-            } else {
-                String::new()
-            };
+            let secure = self.observe(seen, cluster, endpoint);
             let tracker = Attempt::start(&cluster.stats[i]);
             let per_try = retry.and_then(|(p, _)| p.per_try_timeout);
             let sent = self.forwarder.forward(req, &endpoint.authority, secure);
@@ -189,6 +177,24 @@ impl Attempts {
         unreachable!("the last attempt always returns")
     }
 
+    /// Records the endpoint an attempt goes to, and whether over mTLS:
+    /// whenever the endpoint has an identity and we have one; an
+    /// identity-less client falls back to plaintext, which only a
+    /// permissive server accepts.
+    fn observe(&self, seen: &mut Observed, cluster: &Cluster, endpoint: &Endpoint) -> bool {
+        let secure = self.mtls && endpoint.identity.is_some();
+        seen.backend.clone_from(&cluster.name);
+        seen.version.clone_from(&endpoint.version);
+        seen.endpoint = Some(endpoint.addr);
+        seen.tls = secure;
+        seen.peer = if secure {
+            endpoint.identity.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        secure
+    }
+
     /// Answers from the route's fallback, `primary` being why the backends
     /// could not: one attempt to the fallback cluster (whose own failure
     /// stands), or the static response. A fallback cluster with no usable
@@ -219,16 +225,7 @@ impl Attempts {
                     return Err(primary);
                 };
                 let endpoint = &cluster.endpoints[i];
-                let secure = self.mtls && endpoint.identity.is_some();
-                seen.backend.clone_from(&cluster.name);
-                seen.version.clone_from(&endpoint.version);
-                seen.endpoint = Some(endpoint.addr);
-                seen.tls = secure;
-                seen.peer = if secure {
-                    endpoint.identity.clone().unwrap_or_default()
-                } else {
-                    String::new()
-                };
+                let secure = self.observe(seen, cluster, endpoint);
                 let tracker = Attempt::start(&cluster.stats[i]);
                 let outcome = self
                     .forwarder
