@@ -305,3 +305,46 @@ async fn the_control_plane_s_listeners_close_what_never_speaks() {
     let out = mesh.meshctl(&["proxy-status"]).await;
     assert!(out.status.success());
 }
+
+/// mesh-control's listeners keep at most `--max-connections` open each:
+/// one more is closed at once (and logged), the ones it holds are served,
+/// and once the idle ones leave it serves new clients again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_s_listeners_have_a_connection_limit() {
+    let mesh = Mesh::start_with_args(
+        "cp-limit",
+        &["--max-connections", "10", "--idle-timeout-ms", "1500"],
+    )
+    .await;
+    let http = mesh.control.addr("http").unwrap();
+    for (name, addr) in [("grpc", mesh.grpc), ("http", http)] {
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            let (s, closed) = refused_at_once(addr, Duration::from_millis(50)).await;
+            assert!(!closed, "{name}: a connection within the limit was closed");
+            held.push(s);
+        }
+        for i in 0..5 {
+            let (_, closed) = refused_at_once(addr, Duration::from_secs(1)).await;
+            assert!(
+                closed,
+                "{name}: connection {} beyond the limit was kept",
+                10 + i
+            );
+        }
+        drop(held);
+    }
+    let log = std::fs::read_to_string(mesh.logs().join("mesh-control.log")).unwrap();
+    assert!(log.contains("the listener has its limit open"), "{log}");
+    // The held ones are gone (closed by us); both listeners serve again.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = meshctl::traffic::get(http, "/ready").await.map(|(s, _)| s);
+        let status = mesh.meshctl(&["proxy-status"]).await;
+        if ready.as_ref().is_ok_and(|s| *s == 200) && status.status.success() {
+            break;
+        }
+        assert!(Instant::now() < end, "not serving again: {ready:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

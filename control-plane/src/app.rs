@@ -231,7 +231,12 @@ impl Bound {
         } = self;
         let (stopping_tx, stopping) = watch::channel(false);
         let (ending_tx, ending) = watch::channel(false);
-        tokio::spawn(http::serve(http, stopping.clone(), config.idle()));
+        tokio::spawn(http::serve(
+            http,
+            stopping.clone(),
+            config.idle(),
+            config.limit("http"),
+        ));
         let lease = config.lease();
         let expiry_state = state.clone();
         let mut expiry_stop = stopping.clone();
@@ -299,9 +304,12 @@ impl Bound {
                 .max_decoding_message_size(mesh_proto::MAX_APPLY_BYTES + (1 << 20)),
                 &config.trust_domain,
             ))
-            .serve_with_incoming_shutdown(crate::mtls::incoming(admin, tls), async move {
-                let _ = admin_stop.wait_for(|s| *s).await;
-            });
+            .serve_with_incoming_shutdown(
+                crate::mtls::incoming(admin, tls, config.limit("admin")),
+                async move {
+                    let _ = admin_stop.wait_for(|s| *s).await;
+                },
+            );
         tokio::spawn(async move {
             if let Err(e) = admin_server.await {
                 tracing::error!(error = %e, "admin listener failed");
@@ -317,7 +325,7 @@ impl Bound {
             }))
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(
-                crate::listen::incoming(grpc, "grpc", config.idle()),
+                crate::listen::incoming(grpc, config.limit("grpc"), config.idle()),
                 stop,
             );
         tokio::pin!(serve);

@@ -81,6 +81,9 @@ struct Args {
     /// preface, or an HTTP request head) before it is closed, in ms.
     #[arg(long, env = "MESH_CONTROL_IDLE_TIMEOUT_MS", default_value = "30000")]
     idle_timeout_ms: String,
+    /// Most connections each listener (gRPC, admin, HTTP) keeps open.
+    #[arg(long, env = "MESH_CONTROL_MAX_CONNECTIONS", default_value = "10000")]
+    max_connections: String,
 }
 
 /// mesh-control's configuration, every value checked.
@@ -116,6 +119,8 @@ pub struct Config {
     pub drain_timeout_ms: u64,
     /// How long a new connection may stay silent, in ms.
     pub idle_timeout_ms: u64,
+    /// Most connections each listener keeps open.
+    pub max_connections: u64,
 }
 
 /// What parsing the command line came to.
@@ -186,6 +191,7 @@ impl Config {
             number("propagation-timeout-ms", &args.propagation_timeout_ms, 1);
         let drain_timeout_ms = number("drain-timeout-ms", &args.drain_timeout_ms, 0);
         let idle_timeout_ms = number("idle-timeout-ms", &args.idle_timeout_ms, 1);
+        let max_connections = number("max-connections", &args.max_connections, 1);
         let mut addr = |flag: &str, v: &str| match v.trim().parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
@@ -218,7 +224,13 @@ impl Config {
             propagation_timeout_ms,
             drain_timeout_ms,
             idle_timeout_ms,
+            max_connections,
         })
+    }
+
+    /// The connection limit of the listener `what`.
+    pub fn limit(&self, what: &'static str) -> crate::listen::Limit {
+        crate::listen::Limit::new(what, self.max_connections as usize)
     }
 
     /// How long a new connection may stay silent.

@@ -14,11 +14,20 @@ use tokio::sync::watch;
 /// Serves the endpoints until the process exits; `/ready` answers 503 once
 /// `stopping` turns true. A connection that says nothing for `idle` (or
 /// takes longer than that over its request head) is closed.
-pub async fn serve(listener: TcpListener, stopping: watch::Receiver<bool>, idle: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    stopping: watch::Receiver<bool>,
+    idle: Duration,
+    limit: crate::listen::Limit,
+) {
     loop {
         let stream = crate::listen::accept(&listener, "http").await;
+        let Some(slot) = limit.admit() else {
+            continue;
+        };
         let stopping = stopping.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if !crate::listen::first_bytes(&stream, idle).await {
                 return;
             }

@@ -1,12 +1,109 @@
 //! Listening, and stopping: an accept error (EMFILE when file descriptors
 //! run out, ENFILE, ECONNABORTED) waits, backing off from 5 ms to 1 s,
 //! instead of retrying at once, and is logged at most once a second, so a
-//! saturated process keeps serving the connections it has; `Ending` is the
-//! signal that ends long-lived streams when a graceful stop's drain is over.
+//! saturated process keeps serving the connections it has; each listener
+//! keeps at most `--max-connections` open (`Limit`); `Ending` is the signal
+//! that ends long-lived streams when a graceful stop's drain is over.
 
 use futures::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The connections one listener keeps open, and how many it may.
+#[derive(Clone)]
+pub struct Limit {
+    open: Arc<AtomicUsize>,
+    max: usize,
+    refused: Arc<AtomicU64>,
+    what: &'static str,
+}
+
+/// One open connection's place under its listener's `Limit`.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Limit {
+    /// At most `max` open connections on the listener `what`.
+    pub fn new(what: &'static str, max: usize) -> Limit {
+        Limit {
+            open: Arc::default(),
+            max,
+            refused: Arc::default(),
+            what,
+        }
+    }
+
+    /// A place for one more connection, or `None` (and a log line, the
+    /// first and then every 100th time) when the listener is full.
+    pub fn admit(&self) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % 100 == 1 {
+                tracing::warn!(
+                    listener = self.what,
+                    limit = self.max,
+                    refused = n,
+                    "connection refused: the listener has its limit open"
+                );
+            }
+            return None;
+        }
+        Some(Slot(self.open.clone()))
+    }
+}
+
+/// An accepted connection holding its place under the listener's limit.
+pub struct Counted {
+    stream: TcpStream,
+    _slot: Slot,
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -63,25 +160,33 @@ pub async fn first_bytes(stream: &TcpStream, idle: Duration) -> bool {
     }
 }
 
-/// Every accepted connection that starts speaking within `idle`, as a
-/// stream for tonic's `serve_with_incoming`; the wait runs per connection,
-/// so a silent one never holds up the next.
+/// Every accepted connection that has a place under `limit` and starts
+/// speaking within `idle`, as a stream for tonic's `serve_with_incoming`;
+/// the wait runs per connection, so a silent one never holds up the next.
 pub fn incoming(
     listener: TcpListener,
-    what: &'static str,
+    limit: Limit,
     idle: Duration,
-) -> impl Stream<Item = std::io::Result<TcpStream>> {
+) -> impl Stream<Item = std::io::Result<Counted>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
                 _ = tx.closed() => break,
-                s = accept(&listener, what) => s,
+                s = accept(&listener, limit.what) => s,
+            };
+            let Some(slot) = limit.admit() else {
+                continue;
             };
             let tx = tx.clone();
             tokio::spawn(async move {
                 if first_bytes(&stream, idle).await {
-                    let _ = tx.send(Ok(stream)).await;
+                    let _ = tx
+                        .send(Ok(Counted {
+                            stream,
+                            _slot: slot,
+                        }))
+                        .await;
                 }
             });
         }

@@ -153,14 +153,18 @@ pub struct Caller {
     pub remote: Option<SocketAddr>,
 }
 
-/// An accepted, authenticated connection.
-pub struct Conn(tokio_rustls::server::TlsStream<TcpStream>);
+/// An accepted, authenticated connection, holding its place under the
+/// listener's limit.
+pub struct Conn {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    _slot: crate::listen::Slot,
+}
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = Caller;
 
     fn connect_info(&self) -> Caller {
-        let (tcp, session) = self.0.get_ref();
+        let (tcp, session) = self.tls.get_ref();
         Caller {
             identity: session
                 .peer_certificates()
@@ -177,7 +181,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
     }
 }
 
@@ -187,15 +191,15 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
     }
 }
 
@@ -205,6 +209,7 @@ impl AsyncWrite for Conn {
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
+    limit: crate::listen::Limit,
 ) -> impl Stream<Item = io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -213,12 +218,20 @@ pub fn incoming(
                 _ = tx.closed() => break,
                 tcp = crate::listen::accept(&listener, "admin") => tcp,
             };
+            let Some(slot) = limit.admit() else {
+                continue;
+            };
             let (tx, acceptor) = (tx.clone(), tokio_rustls::TlsAcceptor::from(tls.current()));
             tokio::spawn(async move {
                 let peer = tcp.peer_addr().ok();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(Conn(stream))).await;
+                        let _ = tx
+                            .send(Ok(Conn {
+                                tls: stream,
+                                _slot: slot,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(?peer, error = %e, "admin connection refused: TLS handshake failed")
