@@ -307,8 +307,9 @@ async fn the_control_plane_s_listeners_close_what_never_speaks() {
 }
 
 /// mesh-control's listeners keep at most `--max-connections` open each:
-/// one more is closed at once (and logged), the ones it holds are served,
-/// and once the idle ones leave it serves new clients again.
+/// one more is closed at once (logged, and counted in
+/// `mesh_control_connections_refused_total`), and once the held ones leave
+/// it serves new clients again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_s_listeners_have_a_connection_limit() {
     let mesh = Mesh::start_with_args(
@@ -336,6 +337,26 @@ async fn the_control_plane_s_listeners_have_a_connection_limit() {
     }
     let log = std::fs::read_to_string(mesh.logs().join("mesh-control.log")).unwrap();
     assert!(log.contains("the listener has its limit open"), "{log}");
+    // And counted, per listener, on mesh-control's own /metrics.
+    let end = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        if let Ok((200, text)) = meshctl::traffic::get(http, "/metrics").await {
+            break text;
+        }
+        assert!(Instant::now() < end, "no /metrics");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let refused = |name: &str| -> u64 {
+        let prefix = format!("mesh_control_connections_refused_total{{listener=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+    };
+    assert_eq!(refused("grpc"), 5, "{text}");
+    // The /metrics request itself may have been refused while the held
+    // connections were still closing; never fewer than the five.
+    assert!(refused("http") >= 5, "{text}");
     // The held ones are gone (closed by us); both listeners serve again.
     let end = Instant::now() + Duration::from_secs(5);
     loop {

@@ -229,13 +229,16 @@ impl Bound {
             config,
             ..
         } = self;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let limit = |what| metrics.limit(what, config.max_connections as usize);
         let (stopping_tx, stopping) = watch::channel(false);
         let (ending_tx, ending) = watch::channel(false);
         tokio::spawn(http::serve(
             http,
             stopping.clone(),
             config.idle(),
-            config.limit("http"),
+            limit("http"),
+            metrics.clone(),
         ));
         let lease = config.lease();
         let expiry_state = state.clone();
@@ -305,7 +308,7 @@ impl Bound {
                 &config.trust_domain,
             ))
             .serve_with_incoming_shutdown(
-                crate::mtls::incoming(admin, tls, config.limit("admin")),
+                crate::mtls::incoming(admin, tls, limit("admin")),
                 async move {
                     let _ = admin_stop.wait_for(|s| *s).await;
                 },
@@ -325,7 +328,7 @@ impl Bound {
             }))
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(
-                crate::listen::incoming(grpc, config.limit("grpc"), config.idle()),
+                crate::listen::incoming(grpc, limit("grpc"), config.idle()),
                 stop,
             );
         tokio::pin!(serve);

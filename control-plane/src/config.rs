@@ -228,11 +228,6 @@ impl Config {
         })
     }
 
-    /// The connection limit of the listener `what`.
-    pub fn limit(&self, what: &'static str) -> crate::listen::Limit {
-        crate::listen::Limit::new(what, self.max_connections as usize)
-    }
-
     /// How long a new connection may stay silent.
     pub fn idle(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)

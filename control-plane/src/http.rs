@@ -1,4 +1,4 @@
-//! mesh-control's HTTP endpoints: `/live` and `/ready`. The control plane is
+//! mesh-control's HTTP endpoints: `/live`, `/ready` and `/metrics`. The control plane is
 //! ready as soon as it serves gRPC, which `app::Bound::run` starts alongside,
 //! and stops being ready when it starts to stop, so an orchestrator sends
 //! nobody new.
@@ -19,13 +19,14 @@ pub async fn serve(
     stopping: watch::Receiver<bool>,
     idle: Duration,
     limit: crate::listen::Limit,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     loop {
         let stream = crate::listen::accept(&listener, "http").await;
         let Some(slot) = limit.admit() else {
             continue;
         };
-        let stopping = stopping.clone();
+        let (stopping, metrics) = (stopping.clone(), metrics.clone());
         tokio::spawn(async move {
             let _slot = slot;
             if !crate::listen::first_bytes(&stream, idle).await {
@@ -33,19 +34,26 @@ pub async fn serve(
             }
             let svc = service_fn(move |req: Request<Incoming>| {
                 let stopping = *stopping.borrow();
-                async move {
-                    let (status, body) = match req.uri().path() {
-                        "/ready" if stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
-                        "/live" | "/ready" => (StatusCode::OK, "ok\n"),
-                        _ => (StatusCode::NOT_FOUND, "not found\n"),
-                    };
-                    Ok::<_, std::convert::Infallible>(
+                let resp = match req.uri().path() {
+                    "/metrics" => Response::builder()
+                        .header(
+                            hyper::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(Full::new(Bytes::from(metrics.render()))),
+                    path => {
+                        let (status, body) = match path {
+                            "/ready" if stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
+                            "/live" | "/ready" => (StatusCode::OK, "ok\n"),
+                            _ => (StatusCode::NOT_FOUND, "not found\n"),
+                        };
                         Response::builder()
                             .status(status)
                             .body(Full::new(Bytes::from_static(body.as_bytes())))
-                            .expect("static response"),
-                    )
-                }
+                    }
+                };
+                let resp = resp.expect("a response of our own");
+                async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder

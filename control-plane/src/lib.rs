@@ -17,6 +17,7 @@ pub mod identity;
 pub mod index;
 pub mod listen;
 pub mod manifest;
+pub mod metrics;
 pub mod mtls;
 pub mod proxies;
 pub mod registry;

@@ -6,39 +6,41 @@
 //! that ends long-lived streams when a graceful stop's drain is over.
 
 use futures::Stream;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The connections one listener keeps open, and how many it may.
+/// The connections one listener keeps open, and how many it may; both
+/// counts are metrics (`metrics.rs`).
 #[derive(Clone)]
 pub struct Limit {
-    open: Arc<AtomicUsize>,
+    open: Gauge,
     max: usize,
-    refused: Arc<AtomicU64>,
+    refused: Counter,
     what: &'static str,
 }
 
 /// One open connection's place under its listener's `Limit`.
-pub struct Slot(Arc<AtomicUsize>);
+pub struct Slot(Gauge);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
 impl Limit {
-    /// At most `max` open connections on the listener `what`.
-    pub fn new(what: &'static str, max: usize) -> Limit {
+    /// At most `max` open connections on the listener `what`, counted on
+    /// `open` and, when refused, on `refused`.
+    pub fn new(what: &'static str, max: usize, open: Gauge, refused: Counter) -> Limit {
         Limit {
-            open: Arc::default(),
+            open,
             max,
-            refused: Arc::default(),
+            refused,
             what,
         }
     }
@@ -46,9 +48,10 @@ impl Limit {
     /// A place for one more connection, or `None` (and a log line, the
     /// first and then every 100th time) when the listener is full.
     pub fn admit(&self) -> Option<Slot> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        // `inc` returns the count before this connection.
+        if self.open.inc() >= self.max as i64 {
+            self.open.dec();
+            let n = self.refused.inc() + 1;
             if n % 100 == 1 {
                 tracing::warn!(
                     listener = self.what,
