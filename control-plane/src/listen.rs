@@ -164,13 +164,33 @@ pub async fn first_bytes(stream: &TcpStream, idle: Duration) -> bool {
 }
 
 /// Every accepted connection that has a place under `limit` and starts
-/// speaking within `idle`, as a stream for tonic's `serve_with_incoming`;
-/// the wait runs per connection, so a silent one never holds up the next.
+/// speaking within `idle`, as a stream for tonic's `serve_with_incoming`.
 pub fn incoming(
     listener: TcpListener,
     limit: Limit,
     idle: Duration,
 ) -> impl Stream<Item = std::io::Result<Counted>> {
+    prepared(listener, limit, move |stream, slot| async move {
+        first_bytes(&stream, idle).await.then_some(Counted {
+            stream,
+            _slot: slot,
+        })
+    })
+}
+
+/// Accepted connections that have a place under `limit`, each readied by
+/// `prepare` (which drops one it will not serve) in a task of its own, so a
+/// slow or silent client never holds up the next.
+pub fn prepared<T, F, P>(
+    listener: TcpListener,
+    limit: Limit,
+    prepare: P,
+) -> impl Stream<Item = std::io::Result<T>>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Option<T>> + Send + 'static,
+    P: Fn(TcpStream, Slot) -> F + Send + 'static,
+{
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -181,15 +201,10 @@ pub fn incoming(
             let Some(slot) = limit.admit() else {
                 continue;
             };
-            let tx = tx.clone();
+            let (tx, ready) = (tx.clone(), prepare(stream, slot));
             tokio::spawn(async move {
-                if first_bytes(&stream, idle).await {
-                    let _ = tx
-                        .send(Ok(Counted {
-                            stream,
-                            _slot: slot,
-                        }))
-                        .await;
+                if let Some(conn) = ready.await {
+                    let _ = tx.send(Ok(conn)).await;
                 }
             });
         }

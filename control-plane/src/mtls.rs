@@ -6,7 +6,7 @@
 //! SPIFFE ID). SPIFFE certificates carry only a URI SAN, so the server name
 //! is checked by ID, never by DNS.
 
-use crate::identity::ca::{Ca, Signed};
+use crate::identity::ca::{Ca, Signed, pem_blocks};
 use futures::Stream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -211,39 +211,26 @@ pub fn incoming(
     tls: Arc<ServerTls>,
     limit: crate::listen::Limit,
 ) -> impl Stream<Item = io::Result<Conn>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let tcp = tokio::select! {
-                _ = tx.closed() => break,
-                tcp = crate::listen::accept(&listener, "admin") => tcp,
-            };
-            let Some(slot) = limit.admit() else {
-                continue;
-            };
-            let (tx, acceptor) = (tx.clone(), tokio_rustls::TlsAcceptor::from(tls.current()));
-            tokio::spawn(async move {
-                let peer = tcp.peer_addr().ok();
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx
-                            .send(Ok(Conn {
-                                tls: stream,
-                                _slot: slot,
-                            }))
-                            .await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::info!(?peer, error = %e, "admin connection refused: TLS handshake failed")
-                    }
-                    Err(_) => {
-                        tracing::info!(?peer, "admin connection refused: TLS handshake timed out")
-                    }
+    crate::listen::prepared(listener, limit, move |tcp, slot| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        async move {
+            let peer = tcp.peer_addr().ok();
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => Some(Conn {
+                    tls: stream,
+                    _slot: slot,
+                }),
+                Ok(Err(e)) => {
+                    tracing::info!(?peer, error = %e, "admin connection refused: TLS handshake failed");
+                    None
                 }
-            });
+                Err(_) => {
+                    tracing::info!(?peer, "admin connection refused: TLS handshake timed out");
+                    None
+                }
+            }
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    })
 }
 
 /// The single URI SAN of a certificate, if it is a SPIFFE ID.
@@ -282,16 +269,10 @@ impl Credentials {
                 .map(|text| (text, path.clone()))
                 .map_err(|source| Error::Read { path, source })
         };
-        let blocks = |text: &str| -> Vec<String> {
-            text.split_inclusive("-----END CERTIFICATE-----")
-                .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
-                .map(str::to_string)
-                .collect()
-        };
         let (cert, cert_path) = file("cert.pem")?;
         let (key, key_path) = file("key.pem")?;
         let (roots_text, roots_path) = file("roots.pem")?;
-        let chain = certs(&blocks(&cert), &cert_path)?;
+        let chain = certs(&pem_blocks(&cert), &cert_path)?;
         if chain.is_empty() {
             return Err(Error::Pem {
                 path: cert_path,
@@ -305,7 +286,7 @@ impl Credentials {
         Ok(Credentials {
             chain,
             key,
-            roots: roots(&blocks(&roots_text), &roots_path)?,
+            roots: roots(&pem_blocks(&roots_text), &roots_path)?,
         })
     }
 

@@ -120,7 +120,8 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), Error> {
     fs::rename(&tmp, path).map_err(io)
 }
 
-fn pem_blocks(text: &str) -> Vec<String> {
+/// Each certificate of a PEM bundle, as its own PEM text.
+pub(crate) fn pem_blocks(text: &str) -> Vec<String> {
     text.split_inclusive("-----END CERTIFICATE-----")
         .filter_map(|b| {
             b.find("-----BEGIN CERTIFICATE-----")
