@@ -261,18 +261,19 @@ async fn out_of_descriptors_the_sidecar_waits_instead_of_spinning() {
     drop(idle);
 }
 
-/// mesh-control's own listeners, the sidecars' gRPC port and the HTTP
-/// `/ready` port, close silent connections and ones stopped inside the
-/// HTTP/2 preface or an HTTP head at `--idle-timeout-ms`, and keep serving.
+/// mesh-control's own listeners, the sidecars' gRPC port (TLS) and the
+/// HTTP `/ready` port, close silent connections and ones stopped inside a
+/// TLS ClientHello, the HTTP/2 preface or an HTTP head at
+/// `--idle-timeout-ms`, and keep serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_s_listeners_close_what_never_speaks() {
     let idle_ms = IDLE.as_millis().to_string();
     let mesh = Mesh::start_with_args("cp-hostile", &["--idle-timeout-ms", &idle_ms]).await;
     let http = mesh.control.addr("http").unwrap();
-    // The gRPC port speaks only HTTP/2, so an HTTP/1.1 head there is
-    // refused at once, rightly; on it the slow client is the one that stops
-    // inside the preface.
-    let grpc_kinds: [&'static [u8]; 2] = [b"", b"PRI * HTTP/2.0\r\n"];
+    // The gRPC port speaks only TLS, so plaintext there is refused at once,
+    // rightly; on it the slow client is the one that stops inside its
+    // ClientHello (a handshake record announcing 512 bytes, 6 of them sent).
+    let grpc_kinds: [&'static [u8]; 2] = [b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"];
     let http_kinds: [&'static [u8]; 3] = [b"", b"GET /ready HTTP/1.1\r\nHo", b"PRI * HTTP/2.0\r\n"];
     for (name, addr, kinds) in [
         ("grpc", mesh.grpc, &grpc_kinds[..]),

@@ -149,7 +149,7 @@ async fn sidecars_get_and_renew_spiffe_certificates_that_survive_a_ca_restart() 
     );
 
     // Refusals say why.
-    let mut ca = IdentityClient::connect(mesh.control_url()).await.unwrap();
+    let mut ca = IdentityClient::new(mesh.anonymous_channel().await);
     let err = ca
         .certify(CertifyRequest {
             csr_pem: csr("spiffe://cluster.local/ns/default/sa/admin"),

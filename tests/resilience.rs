@@ -391,12 +391,10 @@ async fn pending_connection_limit_refuses_at_once_while_a_handshake_hangs() {
         }
     });
     // Register it as an instance of `silent` through the public discovery API,
-    // heartbeating like a sidecar would.
-    let control = mesh.control_url();
+    // heartbeating like a sidecar would, with `silent`'s own certificate.
+    let channel = mesh.workload_channel("silent").await;
     let beat = tokio::spawn(async move {
-        let mut c = mesh_proto::v1::discovery_client::DiscoveryClient::connect(control)
-            .await
-            .unwrap();
+        let mut c = mesh_proto::v1::discovery_client::DiscoveryClient::new(channel);
         loop {
             c.heartbeat(mesh_proto::v1::HeartbeatRequest {
                 node: Some(mesh_proto::v1::Node {

@@ -84,12 +84,32 @@ async fn start_control(
         config: Some(&file),
         heartbeat_ms,
         log: "warn",
-        extra_args: &[],
+        // One identity stands in for a whole fleet here.
+        extra_args: &["--max-registrations-per-identity".into(), "1000000".into()],
     }
     .start(&dir.join("logs"))
     .await?;
-    let url = format!("http://{}", p.addr("grpc")?);
+    let url = format!("https://{}", p.addr("grpc")?);
     Ok((p, url))
+}
+
+/// A channel to the control plane as workload `account` of `default`:
+/// credentials issued by the CA in `dir`'s state, as Certify would issue
+/// them (the control plane serves no call of a sidecar's without one).
+async fn workload_channel(
+    dir: &Path,
+    url: &str,
+    account: &str,
+) -> Result<tonic::transport::Channel> {
+    let ca = mesh_control::identity::ca::Ca::load_or_create(
+        &dir.join("state/ca"),
+        None,
+        Duration::from_secs(3600),
+    )?;
+    let creds = dir.join(format!("credentials-{account}"));
+    let id = mesh_control::identity::spiffe_id("cluster.local", "default", account);
+    mesh_control::mtls::write_credentials(&ca, &id, &creds)?;
+    meshctl::client::channel(url, &creds).await
 }
 
 /// Results of the large-apply run.
@@ -124,9 +144,7 @@ fn many_splits(first: usize, n: usize) -> pb::RuleFile {
 /// apply's was published).
 pub(crate) async fn large_apply(dir: &Path, splits: usize, instances: usize) -> Result<LargeApply> {
     let (mut control, url) = start_control(dir, &mesh_file(1, 1), Some(300)).await?;
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-        .connect()
-        .await?;
+    let channel = workload_channel(dir, &url, "beat").await?;
     let beat = |i: usize| pb::HeartbeatRequest {
         node: Some(pb::Node {
             service: "beat".into(),
@@ -216,13 +234,14 @@ pub(crate) async fn large_apply(dir: &Path, splits: usize, instances: usize) -> 
 
 /// Opens `n` subscriptions; every received version is reported as
 /// (subscriber, version, when its ACK was sent).
-async fn subscribe(url: &str, n: usize) -> Result<mpsc::UnboundedReceiver<(usize, u64, Instant)>> {
+async fn subscribe(
+    dir: &Path,
+    url: &str,
+    n: usize,
+) -> Result<mpsc::UnboundedReceiver<(usize, u64, Instant)>> {
     let (report, rx) = mpsc::unbounded_channel();
     for conn in 0..n.div_ceil(STREAMS_PER_CONN) {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+        let channel = workload_channel(dir, url, "sim").await?;
         for i in conn * STREAMS_PER_CONN..((conn + 1) * STREAMS_PER_CONN).min(n) {
             let (channel, report) = (channel.clone(), report.clone());
             tokio::spawn(async move {
@@ -290,7 +309,7 @@ async fn all_have(
 /// Times `shifts` rule changes fanned out to `n` subscribers.
 pub(crate) async fn fanout(dir: &Path, n: usize, shifts: usize) -> Result<Fanout> {
     let (mut control, url) = start_control(dir, &mesh_file(10, 4), None).await?;
-    let mut rx = subscribe(&url, n).await?;
+    let mut rx = subscribe(dir, &url, n).await?;
     let mut admin = meshctl::client::admin(&control.control()?).await?;
     let initial: u64 = admin
         .proxy_status(pb::ProxyStatusRequest {})
@@ -361,7 +380,7 @@ pub(crate) async fn memory(
     subscribers: usize,
 ) -> Result<Memory> {
     let (mut control, url) = start_control(dir, &mesh_file(services, per), None).await?;
-    let mut rx = subscribe(&url, subscribers).await?;
+    let mut rx = subscribe(dir, &url, subscribers).await?;
     let mut admin = meshctl::client::admin(&control.control()?).await?;
     let version: u64 = admin
         .proxy_status(pb::ProxyStatusRequest {})

@@ -114,8 +114,11 @@ pub(crate) fn direct(echo: SocketAddr) -> Topology {
     }
 }
 
-/// A sidecar pair; with `mtls`, both sidecars hold workload certificates
-/// and the server's inbound is strict. `proxy` is the mesh-proxy binary
+/// A sidecar pair. Both sidecars always hold workload certificates (the
+/// control plane serves nobody without one); with `mtls` the server's
+/// inbound is strict, without it the server registers as a plaintext
+/// endpoint and a TrafficPolicy allows plaintext to echo, so the hop
+/// between the sidecars is plaintext (the row to hold against nginx). `proxy` is the mesh-proxy binary
 /// (another build's, to compare two versions in one run), named `name`;
 /// the client sidecar runs under `client_wrapper` (say `valgrind
 /// --tool=callgrind …`) when it is not empty.
@@ -139,14 +142,10 @@ pub(crate) async fn mesh(
              - {{token: {CLIENT_TOKEN}, namespace: default, serviceAccount: client}}\n"
         ),
     )?;
-    let extra_args = if mtls {
-        vec![
-            "--bootstrap-tokens".to_string(),
-            tokens.display().to_string(),
-        ]
-    } else {
-        Vec::new()
-    };
+    let extra_args = vec![
+        "--bootstrap-tokens".to_string(),
+        tokens.display().to_string(),
+    ];
     let control = ControlPlane {
         grpc_addr: "127.0.0.1:0",
         admin_addr: "127.0.0.1:0",
@@ -158,7 +157,11 @@ pub(crate) async fn mesh(
     }
     .start(dir)
     .await?;
-    let url = format!("http://{}", control.addr("grpc")?);
+    let url = format!("https://{}", control.addr("grpc")?);
+    let roots = control.roots()?;
+    if !mtls {
+        allow_plaintext_to_echo(&control).await?;
+    }
     let sidecar = |id: &str, service: &str, wrapper: &[String]| {
         let mut cmd = match wrapper.split_first() {
             Some((prog, args)) => {
@@ -171,6 +174,7 @@ pub(crate) async fn mesh(
         cmd.env("MESH_PROXY_SERVICE", service)
             .env("MESH_PROXY_INSTANCE_ID", id)
             .env("MESH_PROXY_CONTROL_ADDR", &url)
+            .env("MESH_PROXY_CONTROL_ROOTS", &roots)
             .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_INBOUND_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0")
@@ -181,12 +185,13 @@ pub(crate) async fn mesh(
     let mut server_cmd = sidecar("echo-0", "echo", &[]);
     server_cmd.env("MESH_PROXY_APP_ADDR", echo.to_string());
     let mut client_cmd = sidecar("client-0", "client", client_wrapper);
-    if mtls {
-        server_cmd
-            .env("MESH_PROXY_IDENTITY_TOKEN", SERVER_TOKEN)
-            .env("MESH_PROXY_INBOUND_MODE", "strict");
-        client_cmd.env("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN);
-    }
+    server_cmd
+        .env("MESH_PROXY_IDENTITY_TOKEN", SERVER_TOKEN)
+        .env(
+            "MESH_PROXY_INBOUND_MODE",
+            if mtls { "strict" } else { "plaintext" },
+        );
+    client_cmd.env("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN);
     let server = Proc::spawn("server-sidecar", server_cmd, dir).await?;
     let client = Proc::spawn("client-sidecar", client_cmd, dir).await?;
     let admin = client.addr("admin")?;
@@ -216,6 +221,28 @@ pub(crate) async fn mesh(
         ],
         _procs: vec![control, server, client],
     })
+}
+
+/// Applies a TrafficPolicy that lets meshed clients reach echo's
+/// plaintext endpoint (without it they refuse to: no identity to verify).
+async fn allow_plaintext_to_echo(control: &Proc) -> Result<()> {
+    let mut admin = meshctl::client::admin(&control.control()?).await?;
+    let policy = "apiVersion: mesh.dev/v1alpha1\nkind: TrafficPolicy\nmetadata:\n  name: echo-plaintext\nspec:\n  service: echo\n  tls:\n    mode: permissive\n";
+    let applied = admin
+        .apply(mesh_proto::v1::ApplyRequest {
+            files: vec![mesh_proto::v1::RuleFile {
+                filename: "echo-plaintext.yaml".into(),
+                content: policy.into(),
+            }],
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(
+        applied.problems.is_empty(),
+        "the plaintext policy was refused: {:?}",
+        applied.problems
+    );
+    Ok(())
 }
 
 /// A two-hop pair of a peer proxy.

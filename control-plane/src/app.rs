@@ -3,7 +3,7 @@
 //! to stop.
 
 use crate::config::Config;
-use crate::identity::{Identity, ca, tokens::Tokens};
+use crate::identity::{Identity, ca, tokens, tokens::Tokens};
 use crate::manifest::{self, Located};
 use crate::registry::local::Registry;
 use crate::rules::{self, RuleSet};
@@ -42,7 +42,7 @@ pub enum Error {
     #[error(transparent)]
     Ca(#[from] crate::identity::ca::Error),
     /// The admin listener's TLS or the operator credentials could not be made.
-    #[error("admin TLS: {0}")]
+    #[error("TLS: {0}")]
     Tls(#[from] crate::mtls::Error),
     /// The bootstrap tokens file is invalid.
     #[error(transparent)]
@@ -119,19 +119,26 @@ pub struct Bound {
     pub admin_addr: SocketAddr,
     /// Where the operator credentials were written (`admin/`, `viewer/`).
     pub credentials: std::path::PathBuf,
+    /// The mesh's trust anchors, which sidecars verify the control plane
+    /// against (`MESH_PROXY_CONTROL_ROOTS`).
+    pub roots: std::path::PathBuf,
     grpc: TcpListener,
     http: TcpListener,
     admin: TcpListener,
     tls: Arc<crate::mtls::ServerTls>,
+    grpc_tls: Arc<crate::mtls::ServerTls>,
     state: Arc<State>,
+    metrics: Arc<crate::metrics::Metrics>,
     identity: Identity,
+    tokens: tokens::Shared,
     ca: Arc<ca::Ca>,
     config: Config,
 }
 
 /// Writes the operators' client credentials: `admin/` may change the mesh,
 /// `viewer/` may only read it. Reissued on every start and renewal, so they
-/// are never older than a certificate lifetime.
+/// are never older than a certificate lifetime. Beside them, `roots.pem`:
+/// the trust anchors a sidecar needs to know the control plane (not secret).
 fn write_operator_credentials(
     ca: &ca::Ca,
     trust_domain: &str,
@@ -142,6 +149,11 @@ fn write_operator_credentials(
         let id = crate::mtls::system_id(trust_domain, account);
         crate::mtls::write_credentials(ca, &id, &dir.join(sub))?;
     }
+    let roots = dir.join("roots.pem");
+    std::fs::write(&roots, ca.roots_pem().concat()).map_err(|source| crate::mtls::Error::Read {
+        path: roots,
+        source,
+    })?;
     Ok(())
 }
 
@@ -149,7 +161,13 @@ fn write_operator_credentials(
 pub async fn build(config: Config) -> Result<Bound, Error> {
     let (registry, rules) = seed(&config)?;
     let store = Store::open(&config.state_dir)?;
-    let state = Arc::new(State::new(registry, rules, store)?);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let admission = crate::state::Admission {
+        trust_domain: config.trust_domain.clone(),
+        max_per_identity: config.max_registrations_per_identity as usize,
+        metrics: metrics.registrations.clone(),
+    };
+    let state = Arc::new(State::new(registry, rules, store, admission)?);
     let provided = config
         .ca_cert
         .as_ref()
@@ -164,18 +182,30 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         provided.as_ref(),
         std::time::Duration::from_secs(config.cert_lifetime_secs.max(1)),
     )?;
-    let tokens = match &config.bootstrap_tokens {
+    let tokens = tokens::Shared::new(match &config.bootstrap_tokens {
         Some(path) => Tokens::load(path)?,
         None => Tokens::default(),
-    };
+    });
     let ca = Arc::new(ca);
-    let identity = Identity::new(ca.clone(), tokens, config.trust_domain.clone());
+    let identity = Identity::new(ca.clone(), tokens.clone(), config.trust_domain.clone());
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })
     };
-    let tls = Arc::new(crate::mtls::ServerTls::new(&ca, &config.trust_domain)?);
+    use crate::mtls::{Clients, ServerTls};
+    let tls = Arc::new(ServerTls::new(
+        &ca,
+        &config.trust_domain,
+        Clients::Required,
+        "admin",
+    )?);
+    let grpc_tls = Arc::new(ServerTls::new(
+        &ca,
+        &config.trust_domain,
+        Clients::Optional,
+        "grpc",
+    )?);
     let credentials = config.state_dir.join("credentials");
     write_operator_credentials(&ca, &config.trust_domain, &credentials)?;
     let grpc = bind(config.grpc_addr).await?;
@@ -186,9 +216,13 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
             addr: config.admin_addr,
             source,
         })?,
+        roots: credentials.join("roots.pem"),
         credentials,
         admin,
         tls,
+        grpc_tls,
+        metrics,
+        tokens,
         grpc_addr: grpc.local_addr().map_err(|source| Error::Bind {
             addr: config.grpc_addr,
             source,
@@ -222,14 +256,23 @@ impl Bound {
             http,
             admin,
             tls,
+            grpc_tls,
             credentials,
             state,
+            metrics,
             identity,
+            tokens,
             ca,
             config,
             ..
         } = self;
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        if let Some(path) = config.bootstrap_tokens.clone() {
+            tokio::spawn(tokens::follow(
+                path,
+                tokens,
+                std::time::Duration::from_secs(1),
+            ));
+        }
         let limit = |what| metrics.limit(what, config.max_connections as usize);
         let (stopping_tx, stopping) = watch::channel(false);
         let (ending_tx, ending) = watch::channel(false);
@@ -279,18 +322,20 @@ impl Bound {
                 let _ = ending_tx.send(true);
             });
         };
-        // Certificates a quarter of the way before expiry: the admin
-        // listener's own, and the operators' credentials on disk.
+        // Certificates a quarter of the way before expiry: the listeners'
+        // own, and the operators' credentials on disk.
         let renew_every = (ca.lifetime() / 4).max(std::time::Duration::from_secs(1));
-        let (renew_ca, renew_tls, td) = (ca.clone(), tls.clone(), config.trust_domain.clone());
+        let (renew_ca, td) = (ca.clone(), config.trust_domain.clone());
+        let (renew_tls, renew_grpc) = (tls.clone(), grpc_tls.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(renew_every).await;
                 let renewed = renew_tls
                     .renew(&renew_ca, &td)
+                    .and_then(|()| renew_grpc.renew(&renew_ca, &td))
                     .and_then(|()| write_operator_credentials(&renew_ca, &td, &credentials));
                 if let Err(e) = renewed {
-                    tracing::error!(error = %e, "renewing the admin certificates");
+                    tracing::error!(error = %e, "renewing the control plane's certificates");
                 }
             }
         });
@@ -308,7 +353,7 @@ impl Bound {
                 &config.trust_domain,
             ))
             .serve_with_incoming_shutdown(
-                crate::mtls::incoming(admin, tls, limit("admin")),
+                crate::mtls::incoming(admin, tls, limit("admin"), config.idle()),
                 async move {
                     let _ = admin_stop.wait_for(|s| *s).await;
                 },
@@ -328,7 +373,7 @@ impl Bound {
             }))
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(
-                crate::listen::incoming(grpc, limit("grpc"), config.idle()),
+                crate::mtls::incoming(grpc, grpc_tls, limit("grpc"), config.idle()),
                 stop,
             );
         tokio::pin!(serve);

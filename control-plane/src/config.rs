@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Default gRPC address (discovery + admin).
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:15010";
+/// Default cap on registered instances per workload identity.
+pub const DEFAULT_MAX_REGISTRATIONS: u64 = 1000;
 /// Default HTTP address (/ready, /live).
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:15014";
 
@@ -22,7 +24,7 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:15014";
     about = "mesh control plane: discovery, rules and releases"
 )]
 struct Args {
-    /// gRPC listen address for sidecars and meshctl.
+    /// gRPC listen address for sidecars (discovery, telemetry, identity; TLS).
     #[arg(long, env = "MESH_CONTROL_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     grpc_addr: String,
     /// HTTP listen address for /ready and /live.
@@ -84,6 +86,13 @@ struct Args {
     /// Most connections each listener (gRPC, admin, HTTP) keeps open.
     #[arg(long, env = "MESH_CONTROL_MAX_CONNECTIONS", default_value = "10000")]
     max_connections: String,
+    /// Most instances one workload identity may keep registered.
+    #[arg(
+        long,
+        env = "MESH_CONTROL_MAX_REGISTRATIONS_PER_IDENTITY",
+        default_value_t = DEFAULT_MAX_REGISTRATIONS.to_string()
+    )]
+    max_registrations_per_identity: String,
 }
 
 /// mesh-control's configuration, every value checked.
@@ -121,6 +130,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Most connections each listener keeps open.
     pub max_connections: u64,
+    /// Most instances one workload identity may keep registered.
+    pub max_registrations_per_identity: u64,
 }
 
 /// What parsing the command line came to.
@@ -192,6 +203,11 @@ impl Config {
         let drain_timeout_ms = number("drain-timeout-ms", &args.drain_timeout_ms, 0);
         let idle_timeout_ms = number("idle-timeout-ms", &args.idle_timeout_ms, 1);
         let max_connections = number("max-connections", &args.max_connections, 1);
+        let max_registrations_per_identity = number(
+            "max-registrations-per-identity",
+            &args.max_registrations_per_identity,
+            1,
+        );
         let mut addr = |flag: &str, v: &str| match v.trim().parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
@@ -225,6 +241,7 @@ impl Config {
             drain_timeout_ms,
             idle_timeout_ms,
             max_connections,
+            max_registrations_per_identity,
         })
     }
 

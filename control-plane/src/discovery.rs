@@ -1,9 +1,10 @@
 //! The Discovery gRPC service: streams snapshots to sidecars, records their
-//! ACKs and NACKs, and takes heartbeats and deregistrations.
+//! ACKs and NACKs, and takes heartbeats and deregistrations, each only from
+//! a caller whose certificate proves it may speak for the node it names.
 
 use crate::listen::Ending;
 use crate::registry::local::NodeId;
-use crate::state::State;
+use crate::state::{Beat, State};
 use futures::Stream;
 use mesh_proto::prebuilt::{Prebuilt, server::discovery_server};
 use mesh_proto::v1 as pb;
@@ -81,12 +82,27 @@ impl discovery_server::Discovery for Discovery {
         &self,
         request: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Result<Response<SubscribeStream>, Status> {
+        let caller = crate::mtls::identity_of(&request);
+        // Refused before reading a byte of what an anonymous caller sends.
+        if caller.is_none() {
+            self.state
+                .speaks_for("Subscribe", None, "", "")
+                .map_err(Status::from)?;
+        }
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
         let (node, _) = node_id(first.node)?;
+        self.state
+            .speaks_for(
+                "Subscribe",
+                caller.as_deref(),
+                &node.namespace,
+                &node.service,
+            )
+            .map_err(Status::from)?;
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = id, service = %node.service, instance = %node.instance_id, "proxy subscribed");
         self.state.proxies().add(id, node);
@@ -137,14 +153,18 @@ impl discovery_server::Discovery for Discovery {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = crate::mtls::identity_of(&request);
         let req = request.into_inner();
         let (_, node) = node_id(req.node)?;
         self.state.heartbeat(
+            caller.as_deref(),
             &node,
-            &req.address,
-            req.ready,
-            &req.identity,
-            req.cert_not_after_unix,
+            Beat {
+                address: &req.address,
+                ready: req.ready,
+                identity: &req.identity,
+                cert_not_after_unix: req.cert_not_after_unix,
+            },
         )?;
         Ok(Response::new(pb::HeartbeatResponse {
             interval_ms: self.heartbeat.as_millis() as u64,
@@ -155,8 +175,9 @@ impl discovery_server::Discovery for Discovery {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let caller = crate::mtls::identity_of(&request);
         let (_, node) = node_id(request.into_inner().node)?;
-        let version = self.state.deregister(&node.namespace, &node.instance_id)?;
+        let version = self.state.deregister(caller.as_deref(), &node)?;
         let propagated = self
             .state
             .proxies()

@@ -8,9 +8,27 @@ use tonic::{Code, Status};
 pub fn code(e: &Error) -> Code {
     match e {
         Error::Invalid(_) | Error::Registry(_) => Code::InvalidArgument,
+        Error::Refused(r) => refusal_code(r),
         Error::Shift(crate::rules::ShiftError::Percent(_)) => Code::InvalidArgument,
         Error::Shift(_) | Error::Index(_) => Code::NotFound,
         Error::Store(_) => Code::Unavailable,
+    }
+}
+
+/// The gRPC code for each reason a caller may not speak for a node: no
+/// certificate is UNAUTHENTICATED (prove who you are), a full quota is
+/// RESOURCE_EXHAUSTED, and every other mismatch PERMISSION_DENIED.
+pub fn refusal_code(r: &crate::registry::claim::Refusal) -> Code {
+    use crate::registry::claim::Refusal;
+    match r {
+        Refusal::Anonymous { .. } => Code::Unauthenticated,
+        Refusal::Cap { .. } => Code::ResourceExhausted,
+        Refusal::NotWorkload { .. }
+        | Refusal::Namespace { .. }
+        | Refusal::Account { .. }
+        | Refusal::Claimed { .. }
+        | Refusal::Static { .. }
+        | Refusal::Owned { .. } => Code::PermissionDenied,
     }
 }
 
@@ -56,6 +74,7 @@ impl From<Error> for Status {
 mod tests {
     use super::*;
     use crate::identity::ca::Error as Ca;
+    use crate::registry::claim::Refusal;
     use crate::registry::local::Error as Registration;
     use crate::rules::ShiftError;
 
@@ -108,6 +127,26 @@ mod tests {
             ),
             (Error::Store(io()), Code::Unavailable),
             (Error::Store(corrupt), Code::Unavailable),
+            (
+                Error::Refused(Refusal::Anonymous { call: "Heartbeat" }),
+                Code::Unauthenticated,
+            ),
+            (
+                Error::Refused(Refusal::Cap {
+                    caller: "spiffe://cluster.local/ns/default/sa/echo".into(),
+                    max: 3,
+                }),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Refused(Refusal::Owned {
+                    namespace: "default".into(),
+                    instance: "echo-1".into(),
+                    owner: "spiffe://cluster.local/ns/default/sa/echo".into(),
+                    caller: "spiffe://cluster.local/ns/default/sa/rogue".into(),
+                }),
+                Code::PermissionDenied,
+            ),
         ];
         for (e, want) in rows {
             assert_eq!(code(&e), want, "{e}");

@@ -8,10 +8,7 @@
 use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The connections one listener keeps open, and how many it may; both
@@ -63,48 +60,6 @@ impl Limit {
             return None;
         }
         Some(Slot(self.open.clone()))
-    }
-}
-
-/// An accepted connection holding its place under the listener's limit.
-pub struct Counted {
-    stream: TcpStream,
-    _slot: Slot,
-}
-
-impl tonic::transport::server::Connected for Counted {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -161,21 +116,6 @@ pub async fn first_bytes(stream: &TcpStream, idle: Duration) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Every accepted connection that has a place under `limit` and starts
-/// speaking within `idle`, as a stream for tonic's `serve_with_incoming`.
-pub fn incoming(
-    listener: TcpListener,
-    limit: Limit,
-    idle: Duration,
-) -> impl Stream<Item = std::io::Result<Counted>> {
-    prepared(listener, limit, move |stream, slot| async move {
-        first_bytes(&stream, idle).await.then_some(Counted {
-            stream,
-            _slot: slot,
-        })
-    })
 }
 
 /// Accepted connections that have a place under `limit`, each readied by

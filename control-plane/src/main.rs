@@ -52,6 +52,7 @@ fn main() -> std::process::ExitCode {
                 "http": bound.http_addr,
                 "admin": bound.admin_addr,
                 "credentials": bound.credentials,
+                "roots": bound.roots,
             })
         );
         match bound.run(shutdown_signal()).await {

@@ -1,6 +1,7 @@
 //! mesh-control's own metrics, served at `/metrics` on its HTTP port:
-//! connections each listener holds open and those it refused at its limit.
-//! Label values are listener names from this code, never from requests.
+//! connections each listener holds open and those it refused at its limit,
+//! registrations held and those refused. Label values are names from this
+//! code (listeners, refusal reasons), never from requests.
 
 use crate::listen::Limit;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,11 +17,35 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
+/// Why a registration call was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A `registry::claim::Refusal` reason.
+    pub reason: &'static str,
+}
+
+/// Registered instances (leases) held, and calls refused, by reason.
+#[derive(Clone, Debug, Default)]
+pub struct Registrations {
+    /// Leases held now.
+    pub held: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+}
+
+impl Registrations {
+    /// Counts one refusal.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
 /// The control plane's registry.
 pub struct Metrics {
     registry: Registry,
     open: Family<ListenerLabels, Gauge>,
     refused: Family<ListenerLabels, Counter>,
+    /// Registrations, shared with the state that counts them.
+    pub registrations: Registrations,
 }
 
 impl Default for Metrics {
@@ -38,10 +63,22 @@ impl Default for Metrics {
             "Connections closed on accept because the listener had its limit (--max-connections) open",
             refused.clone(),
         );
+        let registrations = Registrations::default();
+        registry.register(
+            "registrations",
+            "Registered instances (heartbeat leases) held now",
+            registrations.held.clone(),
+        );
+        registry.register(
+            "registration_refusals",
+            "Discovery, heartbeat, deregistration and telemetry calls refused because the caller may not speak for the node it names",
+            registrations.refused.clone(),
+        );
         Metrics {
             registry,
             open,
             refused,
+            registrations,
         }
     }
 }

@@ -1,10 +1,12 @@
-//! mTLS for the control plane's admin listener: the control plane's own
+//! TLS for the control plane's listeners: the control plane's own
 //! certificate (from its CA, renewed while it runs), the handshake that
-//! requires a client certificate from the mesh's roots, the caller's
-//! SPIFFE ID as each request sees it, and the client side meshctl uses
-//! (present the operator's certificate, accept only the control plane's
-//! SPIFFE ID). SPIFFE certificates carry only a URI SAN, so the server name
-//! is checked by ID, never by DNS.
+//! checks a client certificate against the mesh's roots (required on the
+//! admin listener; on the sidecars' listener optional, because Certify
+//! is how a sidecar gets its first one), the caller's SPIFFE ID as each
+//! request sees it, and the client side meshctl uses (present the
+//! operator's certificate, accept only the control plane's SPIFFE ID).
+//! SPIFFE certificates carry only a URI SAN, so the server name is checked
+//! by ID, never by DNS.
 
 use crate::identity::ca::{Ca, Signed, pem_blocks};
 use futures::Stream;
@@ -26,8 +28,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The namespace of the mesh's own identities.
 pub const SYSTEM_NAMESPACE: &str = "mesh-system";
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `spiffe://<trust domain>/ns/mesh-system/sa/<account>`.
 pub fn system_id(trust_domain: &str, account: &str) -> String {
@@ -92,21 +92,42 @@ fn roots(pems: &[String], path: &Path) -> Result<Arc<RootCertStore>, Error> {
     Ok(Arc::new(store))
 }
 
-/// The admin listener's TLS: the control plane's certificate, renewed in
-/// place, and client certificates required from the mesh's roots.
+/// Whether a listener requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// Every caller proves an identity (the admin API).
+    Required,
+    /// A caller without one is served too, and each call decides
+    /// (only Certify takes one).
+    Optional,
+}
+
+/// A listener's TLS: the control plane's certificate, renewed in place,
+/// and client certificates checked against the mesh's roots.
 pub struct ServerTls {
     config: RwLock<Arc<ServerConfig>>,
+    clients: Clients,
+    /// Which listener, for logs.
+    what: &'static str,
 }
 
 impl ServerTls {
-    /// Issues the control plane's certificate for `trust_domain`.
-    pub fn new(ca: &Ca, trust_domain: &str) -> Result<ServerTls, Error> {
+    /// Issues the control plane's certificate for `trust_domain`, for the
+    /// listener `what`.
+    pub fn new(
+        ca: &Ca,
+        trust_domain: &str,
+        clients: Clients,
+        what: &'static str,
+    ) -> Result<ServerTls, Error> {
         Ok(ServerTls {
-            config: RwLock::new(Self::build(ca, trust_domain)?),
+            config: RwLock::new(Self::build(ca, trust_domain, clients)?),
+            clients,
+            what,
         })
     }
 
-    fn build(ca: &Ca, trust_domain: &str) -> Result<Arc<ServerConfig>, Error> {
+    fn build(ca: &Ca, trust_domain: &str, clients: Clients) -> Result<Arc<ServerConfig>, Error> {
         let (signed, key_pem) = ca.issue(&control_id(trust_domain))?;
         let here = Path::new("(control plane certificate)");
         let mut chain = certs(std::slice::from_ref(&signed.certificate_pem), here)?;
@@ -118,8 +139,12 @@ impl ServerTls {
         let verifier = WebPkiClientVerifier::builder_with_provider(
             roots(&signed.roots_pem, here)?,
             provider(),
-        )
-        .build()?;
+        );
+        let verifier = match clients {
+            Clients::Required => verifier.build()?,
+            // A certificate that is presented is still verified in full.
+            Clients::Optional => verifier.allow_unauthenticated().build()?,
+        };
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -130,7 +155,7 @@ impl ServerTls {
 
     /// A fresh certificate for new connections; open ones keep theirs.
     pub fn renew(&self, ca: &Ca, trust_domain: &str) -> Result<(), Error> {
-        let next = Self::build(ca, trust_domain)?;
+        let next = Self::build(ca, trust_domain, self.clients)?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
@@ -151,6 +176,14 @@ pub struct Caller {
     pub identity: Option<String>,
     /// Remote address.
     pub remote: Option<SocketAddr>,
+}
+
+/// The verified SPIFFE ID of a call's client certificate, if it had one.
+pub fn identity_of<T>(request: &tonic::Request<T>) -> Option<String> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.identity.clone())
 }
 
 /// An accepted, authenticated connection, holding its place under the
@@ -204,28 +237,36 @@ impl AsyncWrite for Conn {
 }
 
 /// Accepted connections after their handshakes, which run concurrently
-/// (one slow peer never holds up the next) and each within 10 s. A peer
-/// without a certificate from the mesh's roots never gets a connection.
+/// (one slow peer never holds up the next) and each within `handshake`
+/// (a silent or slow client is closed then). Where certificates are
+/// required, a peer without one from the mesh's roots never gets a
+/// connection; where optional, one that presents a bad one does not either.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     limit: crate::listen::Limit,
+    handshake: Duration,
 ) -> impl Stream<Item = io::Result<Conn>> {
     crate::listen::prepared(listener, limit, move |tcp, slot| {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let what = tls.what;
         async move {
             let peer = tcp.peer_addr().ok();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => Some(Conn {
                     tls: stream,
                     _slot: slot,
                 }),
                 Ok(Err(e)) => {
-                    tracing::info!(?peer, error = %e, "admin connection refused: TLS handshake failed");
+                    tracing::info!(listener = what, ?peer, error = %e, "connection refused: TLS handshake failed");
                     None
                 }
                 Err(_) => {
-                    tracing::info!(?peer, "admin connection refused: TLS handshake timed out");
+                    tracing::info!(
+                        listener = what,
+                        ?peer,
+                        "connection closed: no TLS handshake within the idle timeout"
+                    );
                     None
                 }
             }
@@ -317,6 +358,28 @@ impl Credentials {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// A client config that presents no certificate and accepts only a server
+/// chaining to the roots in `roots_file` and proving `expected`: what a
+/// sidecar has before its first certificate (it may only call Certify).
+pub fn anonymous_config(roots_file: &Path, expected: &str) -> Result<Arc<ClientConfig>, Error> {
+    let text = std::fs::read_to_string(roots_file).map_err(|source| Error::Read {
+        path: roots_file.into(),
+        source,
+    })?;
+    let verifier = Arc::new(SpiffeVerifier {
+        roots: roots(&pem_blocks(&text), roots_file)?,
+        expected: expected.to_string(),
+        provider: provider(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A name for rustls's SNI; the verifier checks the SPIFFE ID instead.

@@ -252,6 +252,10 @@ impl pb::telemetry_server::Telemetry for Service {
         &self,
         req: Request<Streaming<pb::TelemetryReport>>,
     ) -> Result<Response<pb::TelemetryAck>, Status> {
+        let caller = crate::mtls::identity_of(&req);
+        if caller.is_none() {
+            self.state.speaks_for("Report", None, "", "")?;
+        }
         let mut stream = req.into_inner();
         let mut ending = self.ending.clone();
         loop {
@@ -265,8 +269,17 @@ impl pb::telemetry_server::Telemetry for Service {
             // A bad report ends the stream with the reason; the window keeps
             // what it had.
             let report = report?;
-            if let Some(n) = &report.node {
-                self.state.proxies().seen(&n.namespace, &n.instance_id);
+            // Each report speaks for its node: nobody reports for another.
+            if let Some(node) = &report.node {
+                self.state.speaks_for(
+                    "Report",
+                    caller.as_deref(),
+                    &node.namespace,
+                    &node.service,
+                )?;
+                self.state
+                    .proxies()
+                    .seen(&node.namespace, &node.instance_id);
             }
             self.window.add(report)?;
         }

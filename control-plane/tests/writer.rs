@@ -6,11 +6,23 @@
 
 use mesh_control::registry::local::{NodeId, Registry};
 use mesh_control::rules::RuleSet;
-use mesh_control::state::{Error, State};
+use mesh_control::state::{Beat, Error, State};
 use mesh_control::store::{self, Store};
 use mesh_proto::v1 as pb;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// The identity echo's sidecars prove (the service's own account).
+const ECHO: &str = "spiffe://cluster.local/ns/default/sa/echo";
+
+fn beat(address: &str) -> Beat<'_> {
+    Beat {
+        address,
+        ready: true,
+        identity: "",
+        cert_not_after_unix: 0,
+    }
+}
 
 struct Dir(PathBuf);
 
@@ -79,6 +91,7 @@ fn an_apply_is_persisted_then_published_and_a_failed_one_changes_nothing() {
         Registry::default(),
         RuleSet::default(),
         Store::open(&dir.0).unwrap(),
+        Default::default(),
     )
     .unwrap();
     let mut watch = state.subscribe();
@@ -142,6 +155,7 @@ fn an_apply_is_persisted_then_published_and_a_failed_one_changes_nothing() {
         Registry::default(),
         RuleSet::default(),
         Store::open(&dir.0).unwrap(),
+        Default::default(),
     )
     .unwrap();
     assert_eq!(weights(&restarted), [50, 50]);
@@ -164,6 +178,7 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
             Registry::default(),
             RuleSet::default(),
             Store::open(&dir.0).unwrap(),
+            Default::default(),
         )
         .unwrap(),
     );
@@ -174,7 +189,7 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
         instance_id: "echo-0".into(),
     };
     state
-        .heartbeat(&leaving, "127.0.0.1:4143", true, "", 0)
+        .heartbeat(Some(ECHO), &leaving, beat("127.0.0.1:4143"))
         .unwrap();
     for (id, name) in [(1, "a"), (2, "b"), (3, "echo-0")] {
         state.proxies().add(id, node(name));
@@ -182,7 +197,7 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
     let short = Duration::from_millis(300);
 
     // Nobody answers: not propagated, after the timeout and not before.
-    let v = state.deregister("default", "echo-0").unwrap();
+    let v = state.deregister(Some(ECHO), &leaving).unwrap();
     let started = Instant::now();
     assert!(!state.proxies().wait_propagated(v, "echo-0", short).await);
     assert!(started.elapsed() >= short);
@@ -211,9 +226,9 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
         ..leaving.clone()
     };
     state
-        .heartbeat(&again, "127.0.0.1:4144", true, "", 0)
+        .heartbeat(Some(ECHO), &again, beat("127.0.0.1:4144"))
         .unwrap();
-    let v = state.deregister("default", "echo-1").unwrap();
+    let v = state.deregister(Some(ECHO), &again).unwrap();
     state.proxies().record_reply(1, v, None);
     state
         .proxies()
@@ -259,6 +274,7 @@ fn heartbeats_never_wait_for_a_large_apply() {
             Registry::default(),
             RuleSet::default(),
             Store::open(&dir.0).unwrap(),
+            Default::default(),
         )
         .unwrap(),
     );
@@ -269,7 +285,7 @@ fn heartbeats_never_wait_for_a_large_apply() {
         instance_id: "echo-0".into(),
     };
     state
-        .heartbeat(&node, "127.0.0.1:4143", true, "", 0)
+        .heartbeat(Some(ECHO), &node, beat("127.0.0.1:4143"))
         .unwrap();
     let file = many_splits(10_000);
     let applying = {
@@ -284,7 +300,7 @@ fn heartbeats_never_wait_for_a_large_apply() {
     while !applying.is_finished() {
         let t = Instant::now();
         state
-            .heartbeat(&node, "127.0.0.1:4143", true, "", 0)
+            .heartbeat(Some(ECHO), &node, beat("127.0.0.1:4143"))
             .unwrap();
         slowest = slowest.max(t.elapsed());
         beats += 1;

@@ -34,9 +34,9 @@ pub enum Error {
     /// The trace exporter could not be set up.
     #[error("{0}")]
     Trace(crate::telemetry::trace::Error),
-    /// The control plane URL is unusable.
-    #[error("control plane address: {0}")]
-    Control(#[from] tonic::transport::Error),
+    /// The control plane's channels could not be made.
+    #[error(transparent)]
+    Control(#[from] crate::control::Error),
 }
 
 /// A sidecar with its listeners bound.
@@ -50,6 +50,7 @@ pub struct Bound {
     outbound: TcpListener,
     inbound: Option<TcpListener>,
     admin: TcpListener,
+    bootstrap: tonic::transport::Channel,
     config: Config,
 }
 
@@ -65,6 +66,8 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
 
 /// Binds the listeners; serves nothing yet.
 pub async fn build(config: Config) -> Result<Bound, Error> {
+    // First, so an unusable roots file is reported before anything binds.
+    let bootstrap = crate::control::bootstrap(&config.control)?;
     let (outbound, outbound_addr) = bind(config.outbound_addr).await?;
     let (admin, admin_addr) = bind(config.admin_addr).await?;
     let (inbound, inbound_addr) = match config.app_addr {
@@ -81,6 +84,7 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         outbound,
         inbound,
         admin,
+        bootstrap,
         config,
     })
 }
@@ -95,23 +99,25 @@ impl Bound {
             admin,
             config,
             inbound_addr,
+            bootstrap,
             ..
         } = self;
         let state = Arc::new(ArcSwap::from_pointee(State::for_sidecar(
             config.regex_limit,
-            config.tls.is_some(),
+            true,
         )));
-        let channel = discovery::channel(&config.control_addr)?;
         let node = discovery::node(&config.identity);
-        let agent = config
-            .tls
-            .as_ref()
-            .map(|t| identity::Agent::new(channel.clone(), t.token.clone(), t.spiffe_id.clone()));
-        let certificate = agent.as_ref().map(|a| a.current());
-        let identity_status: Option<admin::IdentityStatus> = agent
-            .as_ref()
-            .map(|a| Arc::new(a.status_fn()) as admin::IdentityStatus);
-        let identity_task = agent.map(|a| tokio::spawn(a.run()));
+        let agent = identity::Agent::new(
+            bootstrap,
+            config.tls.token.clone(),
+            config.tls.spiffe_id.clone(),
+        );
+        let channel =
+            crate::control::workload(&config.control, agent.current(), agent.certified())?;
+        let certificate = Some(agent.current());
+        let identity_status: Option<admin::IdentityStatus> =
+            Some(Arc::new(agent.status_fn()) as admin::IdentityStatus);
+        let identity_task = Some(tokio::spawn(agent.run()));
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(
             config.telemetry.enabled,
             config.identity.version.clone(),
@@ -187,7 +193,10 @@ impl Bound {
                 .serve(&drain, listener);
                 let health = health::spawn(config.health.clone(), app);
                 let advertise = config.advertise_addr.unwrap_or(bound);
-                let spiffe_id = config.tls.as_ref().map(|t| t.spiffe_id.clone());
+                // A plaintext inbound registers no identity: meshed peers
+                // reach it only where a policy allows plaintext.
+                let spiffe_id = (config.inbound_mode != crate::config::Mode::Plaintext)
+                    .then(|| config.tls.spiffe_id.clone());
                 Some(Registration::start(
                     channel,
                     node,

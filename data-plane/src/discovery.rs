@@ -14,19 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Snapshots for 10,000 endpoints exceed tonic's 4 MiB default.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-
-/// A lazily connecting channel to the control plane; tonic reconnects it.
-pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
 
 /// The proto form of an identity.
 pub fn node(id: &Identity) -> pb::Node {

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod connect;
+pub mod control;
 pub mod discovery;
 pub mod errors;
 pub mod forward;

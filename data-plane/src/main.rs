@@ -38,6 +38,11 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let bound = match app::build(config).await {
             Ok(b) => b,
+            // A roots file that cannot be used is a configuration error.
+            Err(e @ app::Error::Control(_)) => {
+                eprintln!("mesh-proxy: {e}");
+                return ExitCode::from(64);
+            }
             Err(e) => {
                 eprintln!("mesh-proxy: {e}");
                 return ExitCode::FAILURE;

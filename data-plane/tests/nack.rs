@@ -128,7 +128,11 @@ async fn unusable_snapshot_is_nacked_with_its_reason_and_the_old_one_keeps_servi
         namespace: "default".into(),
         instance_id: "client-0".into(),
     };
-    let channel = discovery::channel(&format!("http://{addr}")).unwrap();
+    // The subscription loop over a plain channel: this test is about what
+    // it does with snapshots, not how it reaches the control plane.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
     tokio::spawn(discovery::subscribe(
         channel,
         node,

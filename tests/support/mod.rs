@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod load;
+pub mod tokens;
 
 use anyhow::{Result, bail};
 use meshctl::procs::{Proc, binary, wait_config, wait_ready};
@@ -83,6 +84,10 @@ pub struct Mesh {
     pub dir: TempDir,
     pub control: Proc,
     pub grpc: SocketAddr,
+    /// The trust anchors sidecars know the control plane by.
+    pub roots: PathBuf,
+    /// Every sidecar's bootstrap token.
+    pub tokens: tokens::Tokens,
     /// Extra mesh-control flags, kept across restarts.
     control_args: Vec<String>,
 }
@@ -112,25 +117,70 @@ impl Mesh {
         Self::start_with_args(tag, &[]).await
     }
 
-    /// Starts a control plane with extra flags (kept for restarts).
+    /// Starts a control plane with extra flags (kept for restarts). A
+    /// `--bootstrap-tokens` file of the test's own is merged into the
+    /// harness's, which gives every sidecar a token.
     pub async fn start_with_args(tag: &str, args: &[&str]) -> Mesh {
         ensure_built();
         let dir = TempDir::new(tag);
-        let control_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut control_args: Vec<String> = Vec::new();
+        let mut own = String::new();
+        let mut args = args.iter();
+        while let Some(a) = args.next() {
+            if *a == "--bootstrap-tokens" {
+                let file = args.next().expect("--bootstrap-tokens FILE");
+                own = std::fs::read_to_string(file).expect("the test's tokens file");
+            } else {
+                control_args.push(a.to_string());
+            }
+        }
+        let tokens = tokens::Tokens::new(&dir.0.join("bootstrap-tokens.yaml"), own);
+        control_args.push("--bootstrap-tokens".into());
+        control_args.push(tokens.file().display().to_string());
         let control = start_control(&dir.0, "127.0.0.1:0".parse().unwrap(), &control_args)
             .await
             .expect("control plane starts");
         let grpc = control.addr("grpc").unwrap();
+        let roots = control.roots().unwrap();
         Mesh {
             dir,
             control,
             grpc,
+            roots,
+            tokens,
             control_args,
         }
     }
 
+    /// A gRPC channel to the sidecars' port with no client certificate:
+    /// what a sidecar has before Certify, or an anonymous attacker.
+    pub async fn anonymous_channel(&self) -> tonic::transport::Channel {
+        meshctl::client::anonymous_channel(&self.control_url(), &self.roots, "cluster.local")
+            .await
+            .expect("TLS to the control plane")
+    }
+
+    /// A gRPC channel to the sidecars' port as workload `account` of
+    /// `default`, with a certificate from this mesh's CA (as Certify would
+    /// issue it).
+    pub async fn workload_channel(&self, account: &str) -> tonic::transport::Channel {
+        let ca = mesh_control::identity::ca::Ca::load_or_create(
+            &self.dir.0.join("state/ca"),
+            None,
+            Duration::from_secs(3600),
+        )
+        .expect("the mesh's CA");
+        let creds = self.dir.0.join(format!("workload-{account}"));
+        let id = mesh_control::identity::spiffe_id("cluster.local", "default", account);
+        mesh_control::mtls::write_credentials(&ca, &id, &creds).expect("workload credentials");
+        meshctl::client::channel(&self.control_url(), &creds)
+            .await
+            .expect("mTLS to the control plane")
+    }
+
+    /// The sidecars' control plane URL (TLS).
     pub fn control_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("https://{}", self.grpc)
     }
 
     /// The admin API (mTLS), with the operator's credentials.
@@ -294,6 +344,11 @@ impl Mesh {
             .env("MESH_PROXY_VERSION", version)
             .env("MESH_PROXY_INSTANCE_ID", id)
             .env("MESH_PROXY_CONTROL_ADDR", self.control_url())
+            .env("MESH_PROXY_CONTROL_ROOTS", &self.roots)
+            .env(
+                "MESH_PROXY_IDENTITY_TOKEN",
+                self.tokens.token("default", service),
+            )
             .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_RECONNECT_MAX_MS", "500")

@@ -122,29 +122,45 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// Connects to the admin API.
-pub async fn admin(control: &Control) -> Result<AdminClient<Channel>> {
-    let url = &control.url;
-    let creds = Credentials::read(&control.credentials).with_context(|| {
-        format!(
-            "reading the admin credentials in {} (meshctl --credentials DIR)",
-            control.credentials.display()
-        )
-    })?;
-    let expected = control_id(&creds.trust_domain());
-    let config = creds.client_config(&expected)?;
+/// A channel to the control plane at `url` that presents no certificate
+/// and accepts only a server chaining to `roots` and proving the control
+/// plane's ID in `trust_domain`.
+pub async fn anonymous_channel(url: &str, roots: &Path, trust_domain: &str) -> Result<Channel> {
+    let config = mesh_control::mtls::anonymous_config(roots, &control_id(trust_domain))?;
+    connect(url, config).await
+}
+
+async fn connect(url: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel> {
     // tonic sees plain http; the connector does TLS itself.
     let plain = url.replacen("https://", "http://", 1);
-    let channel = tonic::transport::Endpoint::from_shared(plain)
+    tonic::transport::Endpoint::from_shared(plain)
         .with_context(|| format!("control plane address {url:?}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true)
         .connect_with_connector(Connector(config))
         .await
         .with_context(|| {
-            format!(
-                "cannot reach the control plane's admin API at {url}; is it running (`meshctl up`)?"
-            )
-        })?;
+            format!("cannot reach the control plane at {url}; is it running (`meshctl up`)?")
+        })
+}
+
+/// A channel to the control plane at `url` that presents the credentials
+/// in `dir` (an operator's, or a workload's) and accepts only a server
+/// proving the control plane's SPIFFE ID.
+pub async fn channel(url: &str, dir: &Path) -> Result<Channel> {
+    let creds = Credentials::read(dir).with_context(|| {
+        format!(
+            "reading the credentials in {} (meshctl --credentials DIR)",
+            dir.display()
+        )
+    })?;
+    let expected = control_id(&creds.trust_domain());
+    connect(url, creds.client_config(&expected)?).await
+}
+
+/// Connects to the admin API.
+pub async fn admin(control: &Control) -> Result<AdminClient<Channel>> {
+    let channel = channel(&control.url, &control.credentials).await?;
     Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 

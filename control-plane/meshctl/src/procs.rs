@@ -129,6 +129,16 @@ impl Proc {
         ))
     }
 
+    /// The trust anchors a control plane reported: what its sidecars know
+    /// it by (`MESH_PROXY_CONTROL_ROOTS`).
+    pub fn roots(&self) -> Result<PathBuf> {
+        self.bound
+            .get("roots")
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow!("{} reported no roots: {}", self.name, self.bound))
+    }
+
     /// An address from the bound line.
     pub fn addr(&self, key: &str) -> Result<SocketAddr> {
         self.bound

@@ -116,7 +116,8 @@ impl Mesh {
             .map(|(w, t)| {
                 format!(
                     "- {{token: {t}, namespace: {}, serviceAccount: {}}}\n",
-                    w.metadata.namespace, w.spec.service
+                    w.metadata.namespace,
+                    account(w)
                 )
             })
             .collect();
@@ -135,11 +136,14 @@ impl Mesh {
         }
         .start(&opts.log_dir)
         .await?;
-        let control_url = format!("http://{}", control.addr("grpc")?);
+        // Sidecars reach the control plane over TLS and know it by these roots.
+        let control_url = format!("https://{}", control.addr("grpc")?);
+        let roots = control.roots()?;
         let mut replicas = Vec::new();
         for (w, token) in workloads.iter().zip(&tokens) {
             for i in 0..w.spec.replicas {
-                replicas.push(start_replica(w, i, &control_url, token, &opts.log_dir).await?);
+                replicas
+                    .push(start_replica(w, i, (&control_url, &roots), token, &opts.log_dir).await?);
             }
         }
         for r in &replicas {
@@ -268,10 +272,15 @@ fn write_secret(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
+/// The service account a Workload's replicas run as.
+fn account(w: &Workload) -> &str {
+    w.spec.service_account.as_deref().unwrap_or(&w.spec.service)
+}
+
 async fn start_replica(
     w: &Workload,
     i: u32,
-    control_url: &str,
+    (control_url, roots): (&str, &Path),
     token: &str,
     log_dir: &Path,
 ) -> Result<Replica> {
@@ -302,6 +311,8 @@ async fn start_replica(
         .env("MESH_PROXY_NAMESPACE", &w.metadata.namespace)
         .env("MESH_PROXY_INSTANCE_ID", &instance_id)
         .env("MESH_PROXY_CONTROL_ADDR", control_url)
+        .env("MESH_PROXY_CONTROL_ROOTS", roots)
+        .env("MESH_PROXY_SERVICE_ACCOUNT", account(w))
         .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
         .env("MESH_PROXY_INBOUND_ADDR", "127.0.0.1:0")
         .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0")

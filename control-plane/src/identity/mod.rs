@@ -14,19 +14,42 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
+/// A SPIFFE ID of this trust domain, split into what it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workload<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Service account.
+    pub service_account: &'a str,
+}
+
+/// `spiffe://<trust_domain>/ns/<namespace>/sa/<account>` split; `None` for
+/// any other shape or trust domain.
+pub fn workload<'a>(id: &'a str, trust_domain: &str) -> Option<Workload<'a>> {
+    let rest = id.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?;
+    let rest = rest.strip_prefix("/ns/")?;
+    let (namespace, rest) = rest.split_once('/')?;
+    let service_account = rest.strip_prefix("sa/")?;
+    let plain = |s: &str| !s.is_empty() && !s.contains('/');
+    (plain(namespace) && plain(service_account)).then_some(Workload {
+        namespace,
+        service_account,
+    })
+}
+
 /// The Identity service.
 pub struct Identity {
     ca: Arc<ca::Ca>,
-    tokens: Arc<tokens::Tokens>,
+    tokens: tokens::Shared,
     trust_domain: String,
 }
 
 impl Identity {
-    /// A service signing with `ca` for holders of `tokens`.
-    pub fn new(ca: Arc<ca::Ca>, tokens: tokens::Tokens, trust_domain: String) -> Self {
+    /// A service signing with `ca` for holders of the `tokens` in force.
+    pub fn new(ca: Arc<ca::Ca>, tokens: tokens::Shared, trust_domain: String) -> Self {
         Identity {
             ca,
-            tokens: Arc::new(tokens),
+            tokens,
             trust_domain,
         }
     }
@@ -39,7 +62,8 @@ impl pb::identity_server::Identity for Identity {
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
         let req = request.into_inner();
-        let Some(binding) = self.tokens.get(&req.token) else {
+        let tokens = self.tokens.current();
+        let Some(binding) = tokens.get(&req.token) else {
             tracing::warn!("certificate refused: unknown bootstrap token");
             return Err(Status::unauthenticated("the bootstrap token is not valid"));
         };

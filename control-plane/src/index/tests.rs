@@ -156,6 +156,7 @@ fn reg_with(instances: &[(&str, &str, bool)]) -> Registry {
             address: format!("127.0.0.1:{}", 1000 + i),
             ready: *ready,
             identity: String::new(),
+            owner: String::new(),
         };
         r.heartbeat(&node, &said).unwrap();
     }

@@ -78,6 +78,10 @@ pub struct WorkloadSpec {
     /// Health check the sidecar runs against the app.
     #[serde(default)]
     pub health: Option<HealthCheck>,
+    /// Service account the replicas run as (their SPIFFE ID's `sa/`);
+    /// default: the service's name. Only this identity may register them.
+    #[serde(default)]
+    pub service_account: Option<String>,
 }
 
 fn one() -> u32 {

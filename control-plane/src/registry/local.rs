@@ -6,7 +6,7 @@
 use super::lease::Said;
 use super::{Catalog, Instance, ServiceKey, Source, subset};
 use crate::manifest::{Document, Located};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Identity of a registering sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub struct Registry {
     instances: BTreeMap<(String, String), Instance>,
     /// Services known from documents even before any instance exists.
     declared: BTreeSet<ServiceKey>,
+    /// Service accounts Workload documents name (others run as their
+    /// service's name).
+    accounts: HashMap<ServiceKey, String>,
 }
 
 /// Checks a registration before anything is recorded of it.
@@ -95,6 +98,7 @@ impl Registry {
                                 address: inst.address.clone(),
                                 ready: true,
                                 identity: inst.identity.clone(),
+                                owner: String::new(),
                                 source: Source::Static,
                             },
                         );
@@ -103,6 +107,10 @@ impl Registry {
                 Document::Workload(w) => {
                     let ns = &w.metadata.namespace;
                     reg.declared.insert((ns.clone(), w.spec.service.clone()));
+                    if let Some(account) = &w.spec.service_account {
+                        reg.accounts
+                            .insert((ns.clone(), w.spec.service.clone()), account.clone());
+                    }
                     if !w.spec.version.is_empty() {
                         reg.declared
                             .insert((ns.clone(), subset(&w.spec.service, &w.spec.version)));
@@ -129,6 +137,11 @@ impl Registry {
         }
     }
 
+    /// The service accounts Workload documents name.
+    pub fn accounts(&self) -> &HashMap<ServiceKey, String> {
+        &self.accounts
+    }
+
     /// Registered instances, for persisting.
     pub fn registered(&self) -> Vec<Instance> {
         self.instances
@@ -151,6 +164,7 @@ impl Registry {
             address: said.address.clone(),
             ready: said.ready,
             identity: said.identity.clone(),
+            owner: said.owner.clone(),
             source: Source::Registered,
         };
         let changed = self.instances.get(&key) != Some(&inst);
@@ -188,6 +202,7 @@ mod tests {
             address: address.into(),
             ready: true,
             identity: String::new(),
+            owner: String::new(),
         }
     }
 
@@ -222,6 +237,7 @@ mod tests {
             address: "127.0.0.1:1".into(),
             ready: true,
             identity: String::new(),
+            owner: String::new(),
             source: Source::Registered,
         }]);
         assert!(r2.knows("default", "echo-v1"));

@@ -8,6 +8,7 @@
 //! of the subset service `S-V`, the naming SMI release workflows use for
 //! backends (`echo` splits over `echo-v1` and `echo-v2`).
 
+pub mod claim;
 pub mod lease;
 pub mod local;
 
@@ -44,6 +45,9 @@ pub struct Instance {
     /// SPIFFE ID its inbound presents over mTLS; empty for plaintext.
     #[serde(default)]
     pub identity: String,
+    /// The verified identity that registered it; empty for static ones.
+    #[serde(default)]
+    pub owner: String,
     /// Static or registered.
     pub source: Source,
 }

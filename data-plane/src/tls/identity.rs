@@ -82,10 +82,12 @@ pub struct Agent {
     identity: String,
     current: Current,
     renewals: Arc<AtomicU64>,
+    certified: tokio::sync::watch::Sender<bool>,
 }
 
 impl Agent {
-    /// An agent for `identity`, proving it with `token`.
+    /// An agent for `identity`, proving it with `token` over `channel`
+    /// (the bootstrap channel: it needs no certificate of its own).
     pub fn new(channel: Channel, token: String, identity: String) -> Self {
         Agent {
             client: IdentityClient::new(channel),
@@ -93,7 +95,13 @@ impl Agent {
             identity,
             current: Arc::new(ArcSwapOption::empty()),
             renewals: Arc::new(AtomicU64::new(0)),
+            certified: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Turns true once the first certificate is in place.
+    pub fn certified(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.certified.subscribe()
     }
 
     /// The shared current certificate.
@@ -160,6 +168,7 @@ impl Agent {
                     if self.current.swap(Some(Arc::new(c))).is_some() {
                         self.renewals.fetch_add(1, Ordering::Relaxed);
                     }
+                    self.certified.send_replace(true);
                     backoff = FIRST_BACKOFF;
                     tokio::time::sleep(wait).await;
                 }

@@ -88,16 +88,7 @@ impl Material {
                 what: "private key",
                 source,
             })?;
-        let mut roots = RootCertStore::empty();
-        for pem in roots_pem {
-            let der =
-                CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|source| Error::Pem {
-                    what: "root",
-                    source,
-                })?;
-            roots.add(der)?;
-        }
-        let roots = Arc::new(roots);
+        let roots = root_store(roots_pem)?;
         let verifier =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
         let mut server = ServerConfig::builder_with_provider(provider.clone())
@@ -138,6 +129,46 @@ impl Material {
         clients.insert((expected.to_string(), alpn), config.clone());
         Ok(config)
     }
+}
+
+/// Trust anchors from PEM blocks.
+fn root_store(roots_pem: &[String]) -> Result<Arc<RootCertStore>, Error> {
+    let mut roots = RootCertStore::empty();
+    for pem in roots_pem {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|source| Error::Pem {
+            what: "root",
+            source,
+        })?;
+        roots.add(der)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A client config that presents no certificate, offers `alpn`, and
+/// accepts only a server chaining to `roots_pem` and proving `expected`:
+/// how a sidecar reaches the CA before it has a certificate of its own.
+pub fn anonymous_client(
+    roots: Vec<CertificateDer<'static>>,
+    expected: &str,
+    alpn: &'static [u8],
+) -> Result<Arc<ClientConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut store = RootCertStore::empty();
+    for der in roots {
+        store.add(der)?;
+    }
+    let verifier = Arc::new(SpiffeVerifier {
+        roots: Arc::new(store),
+        expected: expected.to_string(),
+        provider: provider.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Verifies a server chain against our roots, then its SPIFFE ID.

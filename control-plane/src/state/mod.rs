@@ -9,11 +9,14 @@
 use crate::index::{self, View};
 use crate::manifest;
 use crate::proxies::Proxies;
+use crate::registry::claim::{Claims, Refusal};
 use crate::registry::lease::{Leases, Said};
-use crate::registry::local::{self, NodeId, Registry};
+use crate::registry::local::{self, Registry};
 use crate::registry::{Catalog, Source};
 use crate::rules::{self, RuleSet, Split};
 use crate::store::{self, Store};
+
+mod register;
 use mesh_proto::prebuilt::Prebuilt;
 use mesh_proto::v1 as pb;
 use std::sync::{Arc, Mutex};
@@ -54,6 +57,9 @@ pub enum Error {
     /// A registration that cannot be accepted.
     #[error(transparent)]
     Registry(#[from] local::Error),
+    /// A caller that may not speak for the node it names.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Unknown service in a read.
     #[error(transparent)]
     Index(#[from] index::Error),
@@ -77,6 +83,40 @@ pub struct Applied {
     pub held: Duration,
 }
 
+/// Who may register, how many each, and where registrations are counted.
+#[derive(Clone)]
+pub struct Admission {
+    /// This mesh's trust domain: callers must be its workloads.
+    pub trust_domain: String,
+    /// Most registered instances one identity may hold.
+    pub max_per_identity: usize,
+    /// Registrations held and refused.
+    pub metrics: crate::metrics::Registrations,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            trust_domain: "cluster.local".into(),
+            max_per_identity: crate::config::DEFAULT_MAX_REGISTRATIONS as usize,
+            metrics: Default::default(),
+        }
+    }
+}
+
+/// What a heartbeat says besides its node.
+#[derive(Debug, Clone, Copy)]
+pub struct Beat<'a> {
+    /// "ip:port" of the inbound listener.
+    pub address: &'a str,
+    /// Whether the app is ready.
+    pub ready: bool,
+    /// SPIFFE ID the inbound presents; empty for a plaintext inbound.
+    pub identity: &'a str,
+    /// The sidecar's certificate expiry, Unix seconds (0: none).
+    pub cert_not_after_unix: i64,
+}
+
 struct Inner {
     registry: Registry,
     rules: Arc<RuleSet>,
@@ -89,6 +129,8 @@ pub struct State {
     /// One rule change at a time, held through its validation and fsync.
     writer: Mutex<()>,
     leases: Mutex<Leases>,
+    claims: Claims,
+    metrics: crate::metrics::Registrations,
     snapshots: watch::Sender<Arc<Snapshot>>,
     proxies: Proxies,
     store: Store,
@@ -111,6 +153,7 @@ impl State {
         registry: Registry,
         seed_rules: RuleSet,
         store: Store,
+        admission: Admission,
     ) -> Result<Self, store::Error> {
         let rules = store.load_rules()?.unwrap_or(seed_rules);
         let mut registry = registry;
@@ -127,6 +170,7 @@ impl State {
                             address: i.address.clone(),
                             ready: i.ready,
                             identity: i.identity.clone(),
+                            owner: i.owner.clone(),
                         };
                         ((i.namespace.clone(), i.instance_id.clone()), said)
                     }),
@@ -142,6 +186,13 @@ impl State {
         let view = index::build(&registry, &rules);
         let (snapshots, _) = watch::channel(Arc::new(Snapshot::new(version, view)));
         store.save_rules(&rules)?;
+        let claims = Claims::new(
+            &registry,
+            registry.accounts().clone(),
+            &admission.trust_domain,
+            admission.max_per_identity,
+        );
+        admission.metrics.held.set(leases.len() as i64);
         Ok(State {
             inner: Mutex::new(Inner {
                 registry,
@@ -150,6 +201,8 @@ impl State {
             }),
             writer: Mutex::new(()),
             leases: Mutex::new(leases),
+            claims,
+            metrics: admission.metrics,
             snapshots,
             proxies: Proxies::default(),
             store,
@@ -337,85 +390,6 @@ impl State {
         let mut st = index::status(&inner.registry, &inner.rules, namespace, service)?;
         st.version = inner.version.to_string();
         Ok(st)
-    }
-
-    /// Records a heartbeat. One that says what the last one said only
-    /// renews the instance's lease; a new instance or a change (address,
-    /// readiness, identity) goes to the registry and is published.
-    pub fn heartbeat(
-        &self,
-        node: &NodeId,
-        address: &str,
-        ready: bool,
-        identity: &str,
-        cert_not_after_unix: i64,
-    ) -> Result<(), Error> {
-        local::check(node, address)?;
-        let key = (node.namespace.clone(), node.instance_id.clone());
-        let said = Said {
-            service: node.service.clone(),
-            version: node.version.clone(),
-            address: address.to_string(),
-            ready,
-            identity: identity.to_string(),
-        };
-        let news =
-            unpoisoned(&self.leases).renew(key.clone(), said, cert_not_after_unix, Instant::now());
-        if news {
-            let mut inner = self.lock();
-            // What the lease holds now, not what this heartbeat said: a
-            // later one may have overtaken it on the way to this lock.
-            let latest = unpoisoned(&self.leases).said(&key).cloned();
-            if let Some(said) = latest
-                && inner.registry.heartbeat(node, &said)?
-            {
-                self.store.save_registry(&inner.registry)?;
-                self.publish(&mut inner);
-            }
-        }
-        self.proxies.seen(&node.namespace, &node.instance_id);
-        Ok(())
-    }
-
-    /// Instances with their certificate expiry.
-    pub fn identities(&self) -> Vec<pb::WorkloadIdentity> {
-        let inner = self.lock();
-        let leases = unpoisoned(&self.leases);
-        index::views::identities(inner.registry.instances().map(|i| {
-            let key = (i.namespace.clone(), i.instance_id.clone());
-            (i, leases.cert_not_after(&key))
-        }))
-    }
-
-    /// Removes an instance; returns the version that no longer contains it.
-    pub fn deregister(&self, namespace: &str, instance_id: &str) -> Result<u64, Error> {
-        let mut inner = self.lock();
-        unpoisoned(&self.leases).end(&(namespace.to_string(), instance_id.to_string()));
-        if inner.registry.deregister(namespace, instance_id) {
-            self.store.save_registry(&inner.registry)?;
-        }
-        Ok(self.publish(&mut inner))
-    }
-
-    /// Drops instances whose heartbeats stopped.
-    pub fn expire(&self, lease: Duration) -> Result<Vec<String>, Error> {
-        if self.stopped() {
-            return Ok(Vec::new());
-        }
-        let dead = unpoisoned(&self.leases).expire(Instant::now(), lease);
-        if dead.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut inner = self.lock();
-        for (ns, id) in &dead {
-            inner.registry.deregister(ns, id);
-        }
-        self.store.save_registry(&inner.registry)?;
-        self.publish(&mut inner);
-        Ok(dead
-            .into_iter()
-            .map(|(ns, id)| format!("{ns}/{id}"))
-            .collect())
     }
 }
 

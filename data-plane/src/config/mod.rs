@@ -4,9 +4,17 @@
 //! A leaf: the types its values take live here, and it imports nothing of
 //! the crate.
 
-use std::collections::HashMap;
+mod parse;
+mod telemetry;
+
+use parse::Parser;
+pub use parse::{Env, ProcessEnv};
 use std::net::SocketAddr;
 use std::time::Duration;
+pub use telemetry::{
+    AccessLog, ENV_ACCESS_LOG, ENV_ACCESS_LOG_REDACT, ENV_ACCESS_LOG_SAMPLING, ENV_TELEMETRY,
+    ENV_TELEMETRY_INTERVAL_MS, ENV_TRACE_COLLECTOR, ENV_TRACE_SAMPLING, Telemetry, Trace,
+};
 
 /// Service this sidecar belongs to (required).
 pub const ENV_SERVICE: &str = "MESH_PROXY_SERVICE";
@@ -16,9 +24,13 @@ pub const ENV_VERSION: &str = "MESH_PROXY_VERSION";
 pub const ENV_NAMESPACE: &str = "MESH_PROXY_NAMESPACE";
 /// Unique instance id; default `<service>-<version>-<pid>`.
 pub const ENV_INSTANCE_ID: &str = "MESH_PROXY_INSTANCE_ID";
-/// Control plane gRPC URL.
+/// Control plane gRPC URL (TLS only).
 pub const ENV_CONTROL_ADDR: &str = "MESH_PROXY_CONTROL_ADDR";
-const DEFAULT_CONTROL_ADDR: &str = "http://127.0.0.1:15010";
+const DEFAULT_CONTROL_ADDR: &str = "https://127.0.0.1:15010";
+/// Trust anchors (PEM) the control plane's certificate must chain to.
+pub const ENV_CONTROL_ROOTS: &str = "MESH_PROXY_CONTROL_ROOTS";
+/// SPIFFE ID the control plane must prove; default its ID in the trust domain.
+pub const ENV_CONTROL_IDENTITY: &str = "MESH_PROXY_CONTROL_IDENTITY";
 /// Outbound listener (the app sends requests here).
 pub const ENV_OUTBOUND_ADDR: &str = "MESH_PROXY_OUTBOUND_ADDR";
 const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:4140";
@@ -79,26 +91,6 @@ pub const ENV_INBOUND_MODE: &str = "MESH_PROXY_INBOUND_MODE";
 /// one is rejected (NACKed) naming it.
 pub const ENV_MAX_REGEX_BYTES: &str = "MESH_PROXY_MAX_REGEX_BYTES";
 
-/// `on` (default) or `off`: off counts nothing, reports nothing, traces
-/// nothing and logs no access (the baseline for overhead measurements).
-pub const ENV_TELEMETRY: &str = "MESH_PROXY_TELEMETRY";
-/// How often aggregates go to the control plane, in ms.
-pub const ENV_TELEMETRY_INTERVAL_MS: &str = "MESH_PROXY_TELEMETRY_INTERVAL_MS";
-const DEFAULT_TELEMETRY_INTERVAL_MS: u64 = 5_000;
-/// OTLP/gRPC collector URL for traces; unset means no tracing at all.
-pub const ENV_TRACE_COLLECTOR: &str = "MESH_PROXY_TRACE_COLLECTOR";
-/// Share of new traces (no sampled parent) that are sampled, 0–1.
-pub const ENV_TRACE_SAMPLING: &str = "MESH_PROXY_TRACE_SAMPLING";
-const DEFAULT_TRACE_SAMPLING: f64 = 0.01;
-/// `json` writes one access-log line per request on stdout; unset or `off`: none.
-pub const ENV_ACCESS_LOG: &str = "MESH_PROXY_ACCESS_LOG";
-/// Share of requests logged, 0–1.
-pub const ENV_ACCESS_LOG_SAMPLING: &str = "MESH_PROXY_ACCESS_LOG_SAMPLING";
-/// Comma-separated request headers whose values are logged as `[REDACTED]`;
-/// replaces the default list.
-pub const ENV_ACCESS_LOG_REDACT: &str = "MESH_PROXY_ACCESS_LOG_REDACT";
-const DEFAULT_REDACT: &str = "authorization,proxy-authorization,cookie,x-api-key";
-
 /// Whether plaintext is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -106,6 +98,9 @@ pub enum Mode {
     Strict,
     /// mTLS from meshed peers, plaintext from unmeshed clients.
     Permissive,
+    /// Registered without an identity, as a plaintext endpoint: meshed
+    /// clients reach it only where a TrafficPolicy allows plaintext.
+    Plaintext,
 }
 
 impl std::str::FromStr for Mode {
@@ -114,7 +109,8 @@ impl std::str::FromStr for Mode {
         match s {
             "strict" => Ok(Mode::Strict),
             "permissive" => Ok(Mode::Permissive),
-            other => Err(format!("{other:?} is neither strict nor permissive")),
+            "plaintext" => Ok(Mode::Plaintext),
+            other => Err(format!("{other:?} is not strict, permissive or plaintext")),
         }
     }
 }
@@ -128,28 +124,6 @@ pub struct RegexLimit(pub usize);
 impl Default for RegexLimit {
     fn default() -> Self {
         RegexLimit(1024 * 1024)
-    }
-}
-
-/// Where configuration values come from.
-pub trait Env {
-    /// The value of `key`, if set.
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
     }
 }
 
@@ -186,8 +160,8 @@ pub struct Health {
 pub struct Config {
     /// Identity.
     pub identity: Identity,
-    /// Control plane URL.
-    pub control_addr: String,
+    /// The control plane, and how to know it.
+    pub control: Control,
     /// Outbound listener.
     pub outbound_addr: SocketAddr,
     /// Inbound listener.
@@ -210,45 +184,14 @@ pub struct Config {
     pub workers: usize,
     /// Reconnect backoff ceiling.
     pub reconnect_max: Duration,
-    /// Workload certificate, when a bootstrap token is configured.
-    pub tls: Option<Tls>,
+    /// Workload identity: every sidecar has one.
+    pub tls: Tls,
     /// Whether inbound accepts plaintext.
     pub inbound_mode: Mode,
     /// Metrics, aggregates, traces and access logs.
     pub telemetry: Telemetry,
     /// Compiled size limit of one route regex.
     pub regex_limit: RegexLimit,
-}
-
-/// Telemetry settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Telemetry {
-    /// Master switch.
-    pub enabled: bool,
-    /// Aggregate reporting interval.
-    pub report_interval: Duration,
-    /// Trace export, when a collector is configured.
-    pub trace: Option<Trace>,
-    /// Access logs, when on.
-    pub access_log: Option<AccessLog>,
-}
-
-/// Trace export settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Trace {
-    /// OTLP/gRPC collector URL.
-    pub collector: String,
-    /// Sampling ratio for traces this sidecar starts.
-    pub sampling: f64,
-}
-
-/// Access log settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AccessLog {
-    /// Share of requests logged.
-    pub sampling: f64,
-    /// Lower-case header names whose values are never written.
-    pub redact: Vec<String>,
 }
 
 /// Workload identity settings.
@@ -260,132 +203,21 @@ pub struct Tls {
     pub spiffe_id: String,
 }
 
+/// Where the control plane is and what it must prove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// `https://host:port`.
+    pub url: String,
+    /// PEM file of the trust anchors.
+    pub roots: std::path::PathBuf,
+    /// Its SPIFFE ID.
+    pub identity: String,
+}
+
 /// Every problem found while parsing, one per line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct Error(pub Vec<String>);
-
-struct Parser<'a> {
-    env: &'a dyn Env,
-    errors: Vec<String>,
-}
-
-impl Parser<'_> {
-    fn string(&self, key: &str) -> Option<String> {
-        self.env.get(key).filter(|v| !v.trim().is_empty())
-    }
-
-    fn parse<T: std::str::FromStr>(&mut self, key: &str, default: T, what: &str) -> T
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.string(key) {
-            None => default,
-            Some(v) => v.trim().parse().unwrap_or_else(|e| {
-                self.errors.push(format!("{key}={v:?}: not {what}: {e}"));
-                default
-            }),
-        }
-    }
-
-    fn addr(&mut self, key: &str, default: &str) -> SocketAddr {
-        let fallback = default.parse().expect("defaults are valid");
-        self.parse(key, fallback, "an ip:port address")
-    }
-
-    fn optional_addr(&mut self, key: &str) -> Option<SocketAddr> {
-        let v = self.string(key)?;
-        match v.trim().parse() {
-            Ok(a) => Some(a),
-            Err(e) => {
-                self.errors
-                    .push(format!("{key}={v:?}: not an ip:port address: {e}"));
-                None
-            }
-        }
-    }
-
-    fn millis(&mut self, key: &str, default: u64) -> Duration {
-        let ms = self.parse(key, default, "a number of milliseconds");
-        if ms == 0 {
-            self.errors.push(format!("{key}: must be greater than 0"));
-        }
-        Duration::from_millis(ms)
-    }
-
-    fn positive(&mut self, key: &str, default: u32) -> u32 {
-        let n = self.parse(key, default, "a whole number");
-        if n == 0 {
-            self.errors.push(format!("{key}: must be at least 1"));
-        }
-        n
-    }
-}
-
-impl Parser<'_> {
-    fn ratio(&mut self, key: &str, default: f64) -> f64 {
-        let r = self.parse(key, default, "a ratio");
-        if !(0.0..=1.0).contains(&r) {
-            self.errors
-                .push(format!("{key}={r}: must be between 0 and 1"));
-            return default;
-        }
-        r
-    }
-
-    fn telemetry(&mut self) -> Telemetry {
-        let enabled = match self.string(ENV_TELEMETRY).as_deref().map(str::trim) {
-            None | Some("on") => true,
-            Some("off") => false,
-            Some(v) => {
-                self.errors
-                    .push(format!("{ENV_TELEMETRY}={v:?}: must be on or off"));
-                true
-            }
-        };
-        let report_interval = self.millis(ENV_TELEMETRY_INTERVAL_MS, DEFAULT_TELEMETRY_INTERVAL_MS);
-        let sampling = self.ratio(ENV_TRACE_SAMPLING, DEFAULT_TRACE_SAMPLING);
-        let trace = self
-            .string(ENV_TRACE_COLLECTOR)
-            .map(|c| c.trim().to_string());
-        if let Some(c) = &trace
-            && !(c.starts_with("http://") || c.starts_with("https://"))
-        {
-            self.errors.push(format!(
-                "{ENV_TRACE_COLLECTOR}={c:?}: must be a URL such as http://127.0.0.1:4317"
-            ));
-        }
-        let log_sampling = self.ratio(ENV_ACCESS_LOG_SAMPLING, 1.0);
-        let redact = self
-            .string(ENV_ACCESS_LOG_REDACT)
-            .unwrap_or_else(|| DEFAULT_REDACT.into())
-            .split(',')
-            .map(|h| h.trim().to_ascii_lowercase())
-            .filter(|h| !h.is_empty())
-            .collect();
-        let access_log = match self.string(ENV_ACCESS_LOG).as_deref().map(str::trim) {
-            None | Some("off") => None,
-            Some("json") => Some(AccessLog {
-                sampling: log_sampling,
-                redact,
-            }),
-            Some(v) => {
-                self.errors
-                    .push(format!("{ENV_ACCESS_LOG}={v:?}: must be json or off"));
-                None
-            }
-        };
-        Telemetry {
-            enabled,
-            report_interval,
-            trace: trace.map(|collector| Trace {
-                collector,
-                sampling,
-            }),
-            access_log,
-        }
-    }
-}
 
 impl Config {
     /// Parses the configuration, reporting every bad key.
@@ -410,14 +242,28 @@ impl Config {
             };
             format!("{service}{v}-{}", std::process::id())
         });
-        let control_addr = p
+        let url = p
             .string(ENV_CONTROL_ADDR)
             .unwrap_or_else(|| DEFAULT_CONTROL_ADDR.into());
-        if !(control_addr.starts_with("http://") || control_addr.starts_with("https://")) {
+        if !url.starts_with("https://") {
             p.errors.push(format!(
-                "{ENV_CONTROL_ADDR}={control_addr:?}: must be a URL such as {DEFAULT_CONTROL_ADDR}"
+                "{ENV_CONTROL_ADDR}={url:?}: the control plane speaks only TLS; use a URL such as {DEFAULT_CONTROL_ADDR}"
             ));
         }
+        let td = p
+            .string(ENV_TRUST_DOMAIN)
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
+        let roots = p.string(ENV_CONTROL_ROOTS).unwrap_or_else(|| {
+            p.errors.push(format!("{ENV_CONTROL_ROOTS} is not set: the trust anchors (PEM) to know the control plane by"));
+            String::new()
+        });
+        let control = Control {
+            url,
+            roots: roots.into(),
+            identity: p
+                .string(ENV_CONTROL_IDENTITY)
+                .unwrap_or_else(|| format!("spiffe://{td}/ns/mesh-system/sa/mesh-control")),
+        };
         let health_path = p.string(ENV_HEALTH_PATH);
         if let Some(path) = &health_path
             && !path.starts_with('/')
@@ -425,18 +271,17 @@ impl Config {
             p.errors
                 .push(format!("{ENV_HEALTH_PATH}={path:?}: must start with '/'"));
         }
-        let tls = p.string(ENV_IDENTITY_TOKEN).map(|token| {
-            let sa = p
-                .string(ENV_SERVICE_ACCOUNT)
-                .unwrap_or_else(|| service.clone());
-            let td = p
-                .string(ENV_TRUST_DOMAIN)
-                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
-            Tls {
-                token,
-                spiffe_id: format!("spiffe://{td}/ns/{namespace}/sa/{sa}"),
-            }
+        let token = p.string(ENV_IDENTITY_TOKEN).unwrap_or_else(|| {
+            p.errors.push(format!("{ENV_IDENTITY_TOKEN} is not set: every sidecar proves its identity to the control plane"));
+            String::new()
         });
+        let sa = p
+            .string(ENV_SERVICE_ACCOUNT)
+            .unwrap_or_else(|| service.clone());
+        let tls = Tls {
+            token,
+            spiffe_id: format!("spiffe://{td}/ns/{namespace}/sa/{sa}"),
+        };
         let inbound_mode = p.parse(ENV_INBOUND_MODE, Mode::Permissive, "an inbound mode");
         let telemetry = p.telemetry();
         let default_limit = RegexLimit::default().0;
@@ -472,7 +317,7 @@ impl Config {
                 .parse(ENV_WORKERS, DEFAULT_WORKERS, "a number of threads")
                 .max(1),
             reconnect_max: p.millis(ENV_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MAX_MS),
-            control_addr,
+            control,
             identity: Identity {
                 service,
                 version,
@@ -491,12 +336,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
+    /// `pairs` plus what every sidecar needs (token, control roots).
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        let mut env: HashMap<String, String> =
+            [(ENV_IDENTITY_TOKEN, "t"), (ENV_CONTROL_ROOTS, "/roots.pem")]
+                .iter()
+                .chain(pairs)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        env.retain(|_, v| !v.is_empty());
+        env
     }
 
     #[test]
@@ -517,9 +368,10 @@ mod tests {
             (ENV_IDENTITY_TOKEN, "t"),
         ]))
         .unwrap();
+        assert_eq!(c.tls.spiffe_id, "spiffe://cluster.local/ns/prod/sa/echo");
         assert_eq!(
-            c.tls.unwrap().spiffe_id,
-            "spiffe://cluster.local/ns/prod/sa/echo"
+            c.control.identity,
+            "spiffe://cluster.local/ns/mesh-system/sa/mesh-control"
         );
         let c = Config::from_env(&env(&[
             (ENV_SERVICE, "echo"),
@@ -528,15 +380,22 @@ mod tests {
             (ENV_TRUST_DOMAIN, "example.org"),
         ]))
         .unwrap();
+        assert_eq!(c.tls.spiffe_id, "spiffe://example.org/ns/default/sa/web");
         assert_eq!(
-            c.tls.unwrap().spiffe_id,
-            "spiffe://example.org/ns/default/sa/web"
+            c.control.identity,
+            "spiffe://example.org/ns/mesh-system/sa/mesh-control"
         );
+        // No token or no roots: the sidecar could not prove or check anyone.
+        let err = Config::from_env(&env(&[
+            (ENV_SERVICE, "echo"),
+            (ENV_IDENTITY_TOKEN, ""),
+            (ENV_CONTROL_ROOTS, ""),
+        ]))
+        .unwrap_err()
+        .to_string();
         assert!(
-            Config::from_env(&env(&[(ENV_SERVICE, "echo")]))
-                .unwrap()
-                .tls
-                .is_none()
+            err.contains(ENV_IDENTITY_TOKEN) && err.contains(ENV_CONTROL_ROOTS),
+            "{err}"
         );
     }
 
@@ -546,7 +405,7 @@ mod tests {
             (ENV_OUTBOUND_ADDR, "nope"),
             (ENV_HEALTH_INTERVAL_MS, "-3"),
             (ENV_HEALTH_PATH, "healthz"),
-            (ENV_CONTROL_ADDR, "127.0.0.1:1"),
+            (ENV_CONTROL_ADDR, "http://127.0.0.1:1"),
         ]))
         .unwrap_err();
         let text = err.to_string();
