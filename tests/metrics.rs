@@ -147,30 +147,7 @@ async fn tcp(admin: std::net::SocketAddr, family: &str, direction: &str, peer: &
 async fn tcp_bytes_match_across_the_hop_and_grpc_trailers_label_requests() {
     use mesh_proto::echo::StreamRequest;
     use mesh_proto::echo::echo_client::EchoClient;
-    // A plaintext hop (echo registered without an identity, and a policy
-    // that allows plaintext to it): the outbound meters what it writes
-    // into TLS, the inbound what arrives on the wire, so only a plaintext
-    // hop has the same bytes on both sides.
-    let mesh = Mesh::start("metrics-tcp").await;
-    mesh.apply_ok(
-        "plaintext.yaml",
-        &support::traffic_policy("echo", "tls:\n  mode: permissive"),
-    )
-    .await;
-    let inst = mesh
-        .instance_with(
-            "echo",
-            "v1",
-            "echo-v1-a",
-            &[],
-            None,
-            &[("MESH_PROXY_INBOUND_MODE", "plaintext")],
-        )
-        .await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
-    let client = mesh.client("client-0").await;
+    let (_mesh, inst, client) = Mesh::one_instance("metrics-tcp", &[]).await;
     many(client.outbound, &Shape::get("echo"), 40, 4).await;
     let channel = support::echo_channel(client.outbound).await;
     let mut grpc = EchoClient::new(channel);
@@ -212,7 +189,8 @@ async fn tcp_bytes_match_across_the_hop_and_grpc_trailers_label_requests() {
         assert_eq!(count("0"), ok as f64, "{direction}: {by_status:?}");
         assert_eq!(count("10"), aborted as f64, "{direction}: {by_status:?}");
     }
-    // The hop between the sidecars is one set of plaintext connections.
+    // The hop between the sidecars is one set of mTLS connections, metered
+    // on the wire at both ends.
     let c = client.admin;
     let s = inst.admin();
     assert_eq!(

@@ -77,15 +77,18 @@ impl Connector {
 }
 
 /// A plain or mTLS upstream connection.
+/// The TCP stream is metered under TLS, so the bytes counted are the bytes
+/// on the wire, as the inbound (which meters before it terminates TLS)
+/// counts them: both ends of a hop agree.
 pub enum Stream {
     /// Plaintext.
-    Plain(TcpStream),
+    Plain(Metered<TcpStream>),
     /// mTLS.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<Metered<TcpStream>>>),
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Metered<Stream>>;
+    type Response = TokioIo<Stream>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
 
@@ -116,11 +119,9 @@ impl tower_service::Service<Uri> for Connector {
             let tcp = tower_service::Service::call(&mut http, uri)
                 .await?
                 .into_inner();
+            let tcp = Metered::new(tcp, meter.as_ref());
             if !secure {
-                return Ok(TokioIo::new(Metered::new(
-                    Stream::Plain(tcp),
-                    meter.as_ref(),
-                )));
+                return Ok(TokioIo::new(Stream::Plain(tcp)));
             }
             let ctx = tls.ok_or("mTLS requested but this sidecar has no workload identity")?;
             let addr: std::net::SocketAddr = authority.parse()?;
@@ -142,10 +143,7 @@ impl tower_service::Service<Uri> for Connector {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
                 .await
                 .map_err(|_| format!("TLS handshake with {addr} timed out"))??;
-            Ok(TokioIo::new(Metered::new(
-                Stream::Tls(Box::new(stream)),
-                meter.as_ref(),
-            )))
+            Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
         })
     }
 }
