@@ -30,7 +30,7 @@ struct Load {
     rate: u64,
 }
 
-const LOADS: [Load; 3] = [
+const LOADS: [Load; 4] = [
     Load {
         name: "HTTP/1.1 flat out",
         proto: "http",
@@ -44,6 +44,11 @@ const LOADS: [Load; 3] = [
     Load {
         name: "HTTP/1.1 at 1,000 rps",
         proto: "http",
+        rate: 1000,
+    },
+    Load {
+        name: "gRPC at 1,000 rps",
+        proto: "grpc",
         rate: 1000,
     },
 ];
