@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Tools the end-to-end tests run that no one here wrote: Prometheus' own
 # parsers (prometheus_client from PyPI; promtool from Debian's prometheus
-# package). Idempotent and quick when they are present; tests/exposition.rs
+# package), and Kubernetes' schemas (kubernetes-validate, with the
+# jsonschema library it brings, from PyPI). Idempotent and quick when they are present; tests/exposition.rs
 # runs it itself when they are missing, so `cargo test` on a fresh root
 # machine sets itself up.
 set -euo pipefail
 if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
   pip install --quiet prometheus-client || python3 -m pip install --quiet prometheus-client
+fi
+if ! command -v kubernetes-validate >/dev/null 2>&1 || ! python3 -c 'import jsonschema, yaml' >/dev/null 2>&1; then
+  pip install --quiet kubernetes-validate jsonschema pyyaml || python3 -m pip install --quiet kubernetes-validate jsonschema pyyaml
 fi
 if ! command -v promtool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

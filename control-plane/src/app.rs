@@ -47,6 +47,9 @@ pub enum Error {
     /// The bootstrap tokens file is invalid.
     #[error(transparent)]
     Tokens(#[from] crate::identity::tokens::Error),
+    /// The Kubernetes registry's client could not be made.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::registry::kubernetes::Error),
     /// A listener could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -132,6 +135,7 @@ pub struct Bound {
     identity: Identity,
     tokens: tokens::Shared,
     ca: Arc<ca::Ca>,
+    kube: Option<kube::Client>,
     config: Config,
 }
 
@@ -166,6 +170,13 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         trust_domain: config.trust_domain.clone(),
         max_per_identity: config.max_registrations_per_identity as usize,
         metrics: metrics.registrations.clone(),
+        cluster: config.registry == crate::config::RegistryKind::Kubernetes,
+    };
+    let kube = match config.registry {
+        crate::config::RegistryKind::Kubernetes => {
+            Some(crate::registry::kubernetes::client(config.kubeconfig.as_deref()).await?)
+        }
+        crate::config::RegistryKind::Local => None,
     };
     let state = Arc::new(State::new(registry, rules, store, admission)?);
     let provided = config
@@ -187,7 +198,13 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         None => Tokens::default(),
     });
     let ca = Arc::new(ca);
-    let identity = Identity::new(ca.clone(), tokens.clone(), config.trust_domain.clone());
+    // A cluster's workloads prove themselves with projected ServiceAccount
+    // tokens; bootstrap tokens are local mode's.
+    let proofs = match &kube {
+        Some(client) => crate::identity::Proofs::Kubernetes(client.clone()),
+        None => crate::identity::Proofs::Local(tokens.clone()),
+    };
+    let identity = Identity::new(ca.clone(), proofs, config.trust_domain.clone());
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -236,6 +253,7 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         state,
         identity,
         ca,
+        kube,
         config,
     })
 }
@@ -263,9 +281,14 @@ impl Bound {
             identity,
             tokens,
             ca,
+            kube,
             config,
             ..
         } = self;
+        let synced = match kube {
+            Some(client) => feed(state.clone(), client, config.trust_domain.clone()),
+            None => watch::channel(true).1,
+        };
         if let Some(path) = config.bootstrap_tokens.clone() {
             tokio::spawn(tokens::follow(
                 path,
@@ -279,6 +302,7 @@ impl Bound {
         tokio::spawn(http::serve(
             http,
             stopping.clone(),
+            synced,
             config.idle(),
             limit("http"),
             metrics.clone(),
@@ -391,6 +415,24 @@ impl Bound {
             }
         }
     }
+}
+
+/// Feeds the Kubernetes registry into the state; the receiver turns true
+/// at the first complete sync (until then `/ready` says what it waits for).
+fn feed(state: Arc<State>, client: kube::Client, trust_domain: String) -> watch::Receiver<bool> {
+    let (synced_tx, synced) = watch::channel(false);
+    let mut clusters = crate::registry::kubernetes::start(client, trust_domain);
+    tokio::spawn(async move {
+        while clusters.changed().await.is_ok() {
+            let next = clusters.borrow_and_update().clone();
+            if let Some(cluster) = next {
+                let version = state.sync_cluster((*cluster).clone());
+                tracing::debug!(version, "Kubernetes registry synced");
+                synced_tx.send_replace(true);
+            }
+        }
+    });
+    synced
 }
 
 /// How long calls may outlast the end of the drain.

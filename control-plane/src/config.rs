@@ -93,6 +93,24 @@ struct Args {
         default_value_t = DEFAULT_MAX_REGISTRATIONS.to_string()
     )]
     max_registrations_per_identity: String,
+    /// Where services and their instances come from: `local` (Service
+    /// documents and sidecar heartbeats) or `kubernetes` (Services,
+    /// EndpointSlices and Pods of the cluster).
+    #[arg(long, env = "MESH_CONTROL_REGISTRY", default_value = "local")]
+    registry: String,
+    /// kubeconfig for `--registry kubernetes`; default: $KUBECONFIG,
+    /// ~/.kube/config, or the in-cluster service account.
+    #[arg(long, env = "MESH_CONTROL_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// Where services and instances come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryKind {
+    /// Service documents and sidecar heartbeats.
+    Local,
+    /// The cluster's Services, EndpointSlices and Pods.
+    Kubernetes,
 }
 
 /// mesh-control's configuration, every value checked.
@@ -132,6 +150,10 @@ pub struct Config {
     pub max_connections: u64,
     /// Most instances one workload identity may keep registered.
     pub max_registrations_per_identity: u64,
+    /// Where services and instances come from.
+    pub registry: RegistryKind,
+    /// kubeconfig for the Kubernetes registry (None: inferred).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// What parsing the command line came to.
@@ -221,10 +243,23 @@ impl Config {
         if let Err(why) = check_trust_domain(&args.trust_domain) {
             problems.push(format!("--trust-domain {:?}: {why}", args.trust_domain));
         }
+        let registry = match args.registry.trim() {
+            "local" => RegistryKind::Local,
+            "kubernetes" => RegistryKind::Kubernetes,
+            other => {
+                problems.push(format!("--registry {other:?}: must be local or kubernetes"));
+                RegistryKind::Local
+            }
+        };
+        if args.kubeconfig.is_some() && registry != RegistryKind::Kubernetes {
+            problems.push("--kubeconfig: only with --registry kubernetes".into());
+        }
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
         Ok(Config {
+            registry,
+            kubeconfig: args.kubeconfig,
             grpc_addr,
             http_addr,
             admin_addr,

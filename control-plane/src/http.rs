@@ -1,6 +1,7 @@
 //! mesh-control's HTTP endpoints: `/live`, `/ready` and `/metrics`. The control plane is
-//! ready as soon as it serves gRPC, which `app::Bound::run` starts alongside,
-//! and stops being ready when it starts to stop, so an orchestrator sends
+//! ready as soon as it serves gRPC, which `app::Bound::run` starts alongside
+//! (with the Kubernetes registry: once that has listed the cluster), and
+//! stops being ready when it starts to stop, so an orchestrator sends
 //! nobody new.
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 pub async fn serve(
     listener: TcpListener,
     stopping: watch::Receiver<bool>,
+    synced: watch::Receiver<bool>,
     idle: Duration,
     limit: crate::listen::Limit,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -26,7 +28,7 @@ pub async fn serve(
         let Some(slot) = limit.admit() else {
             continue;
         };
-        let (stopping, metrics) = (stopping.clone(), metrics.clone());
+        let (stopping, synced, metrics) = (stopping.clone(), synced.clone(), metrics.clone());
         tokio::spawn(async move {
             let _slot = slot;
             if !crate::listen::first_bytes(&stream, idle).await {
@@ -34,6 +36,7 @@ pub async fn serve(
             }
             let svc = service_fn(move |req: Request<Incoming>| {
                 let stopping = *stopping.borrow();
+                let synced = *synced.borrow();
                 let resp = match req.uri().path() {
                     "/metrics" => Response::builder()
                         .header(
@@ -44,6 +47,10 @@ pub async fn serve(
                     path => {
                         let (status, body) = match path {
                             "/ready" if stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
+                            "/ready" if !synced => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "waiting for the first complete list of the Kubernetes registry\n",
+                            ),
                             "/live" | "/ready" => (StatusCode::OK, "ok\n"),
                             _ => (StatusCode::NOT_FOUND, "not found\n"),
                         };

@@ -109,7 +109,7 @@ impl Bound {
         let node = discovery::node(&config.identity);
         let agent = identity::Agent::new(
             bootstrap,
-            config.tls.token.clone(),
+            config.tls.proof.clone(),
             config.tls.spiffe_id.clone(),
         );
         let channel =

@@ -258,6 +258,13 @@ impl Mesh {
                     h.failure_threshold.to_string(),
                 );
         }
+        // A projected token file replaces the harness's bootstrap token.
+        if sidecar_env
+            .iter()
+            .any(|(k, _)| *k == "MESH_PROXY_IDENTITY_TOKEN_FILE")
+        {
+            cmd.env_remove("MESH_PROXY_IDENTITY_TOKEN");
+        }
         cmd.envs(sidecar_env.iter().copied());
         let sidecar = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
             .await

@@ -1,8 +1,11 @@
-//! Workload identity: the CA (`ca`), local-mode proofs (`tokens`), and the
-//! Identity gRPC service that turns a proof plus a CSR into a SPIFFE
-//! certificate. The private key never reaches the control plane.
+//! Workload identity: the CA (`ca`), local-mode proofs (`tokens`),
+//! Kubernetes proofs (`review`: projected ServiceAccount tokens checked by
+//! TokenReview), and the Identity gRPC service that turns a proof plus a
+//! CSR into a SPIFFE certificate. The private key never reaches the
+//! control plane.
 
 pub mod ca;
+pub mod review;
 pub mod tokens;
 
 use mesh_proto::v1 as pb;
@@ -37,20 +40,49 @@ pub fn workload<'a>(id: &'a str, trust_domain: &str) -> Option<Workload<'a>> {
     })
 }
 
+/// What a Certify request's token is checked against.
+pub enum Proofs {
+    /// Local mode: the bootstrap tokens in force.
+    Local(tokens::Shared),
+    /// Kubernetes: the API server's TokenReview.
+    Kubernetes(kube::Client),
+}
+
 /// The Identity service.
 pub struct Identity {
     ca: Arc<ca::Ca>,
-    tokens: tokens::Shared,
+    proofs: Proofs,
     trust_domain: String,
 }
 
 impl Identity {
-    /// A service signing with `ca` for holders of the `tokens` in force.
-    pub fn new(ca: Arc<ca::Ca>, tokens: tokens::Shared, trust_domain: String) -> Self {
+    /// A service signing with `ca` for holders of a token `proofs` accepts.
+    pub fn new(ca: Arc<ca::Ca>, proofs: Proofs, trust_domain: String) -> Self {
         Identity {
             ca,
-            tokens,
+            proofs,
             trust_domain,
+        }
+    }
+
+    /// The `(namespace, service account)` a token proves.
+    async fn proven(&self, token: &str) -> Result<(String, String), Status> {
+        match &self.proofs {
+            Proofs::Local(tokens) => {
+                let tokens = tokens.current();
+                let Some(binding) = tokens.get(token) else {
+                    tracing::warn!("certificate refused: unknown bootstrap token");
+                    return Err(Status::unauthenticated("the bootstrap token is not valid"));
+                };
+                Ok((binding.namespace.clone(), binding.service_account.clone()))
+            }
+            Proofs::Kubernetes(client) => review::review(client, token).await.map_err(|e| {
+                tracing::warn!(reason = %e, "certificate refused");
+                match e {
+                    review::Refused::Review(_) => Status::unavailable(e.to_string()),
+                    _ => Status::unauthenticated(e.to_string()),
+                }
+            }),
         }
     }
 }
@@ -62,16 +94,8 @@ impl pb::identity_server::Identity for Identity {
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
         let req = request.into_inner();
-        let tokens = self.tokens.current();
-        let Some(binding) = tokens.get(&req.token) else {
-            tracing::warn!("certificate refused: unknown bootstrap token");
-            return Err(Status::unauthenticated("the bootstrap token is not valid"));
-        };
-        let identity = spiffe_id(
-            &self.trust_domain,
-            &binding.namespace,
-            &binding.service_account,
-        );
+        let (namespace, account) = self.proven(&req.token).await?;
+        let identity = spiffe_id(&self.trust_domain, &namespace, &account);
         // Signing is CPU work (ECDSA); keep it off the async workers.
         let ca = self.ca.clone();
         let csr = req.csr_pem;

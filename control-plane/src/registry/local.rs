@@ -3,6 +3,7 @@
 //! with heartbeats (leased, in `lease`: three missed beats and they are
 //! gone), saved across restarts by the single writer.
 
+use super::cluster::Cluster;
 use super::lease::Said;
 use super::{Catalog, Instance, ServiceKey, Source, subset};
 use crate::manifest::{Document, Located};
@@ -41,6 +42,8 @@ pub struct Registry {
     /// Service accounts Workload documents name (others run as their
     /// service's name).
     accounts: HashMap<ServiceKey, String>,
+    /// What the Kubernetes registry last synced (empty in local mode).
+    cluster: Cluster,
 }
 
 /// Checks a registration before anything is recorded of it.
@@ -62,11 +65,11 @@ pub fn check(node: &NodeId, address: &str) -> Result<(), Error> {
 
 impl Catalog for Registry {
     fn instances(&self) -> Box<dyn Iterator<Item = &Instance> + '_> {
-        Box::new(self.instances.values())
+        Box::new(self.instances.values().chain(self.cluster.instances()))
     }
 
     fn declared(&self) -> Box<dyn Iterator<Item = &ServiceKey> + '_> {
-        Box::new(self.declared.iter())
+        Box::new(self.declared.iter().chain(self.cluster.declared()))
     }
 }
 
@@ -135,6 +138,14 @@ impl Registry {
                 self.instances.entry(key).or_insert(inst);
             }
         }
+    }
+
+    /// Replaces what the Kubernetes registry contributes. Returns whether
+    /// anything changed.
+    pub fn set_cluster(&mut self, cluster: Cluster) -> bool {
+        let changed = self.cluster != cluster;
+        self.cluster = cluster;
+        changed
     }
 
     /// The service accounts Workload documents name.

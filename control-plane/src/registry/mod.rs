@@ -1,14 +1,17 @@
 //! Service discovery: which instances exist, where they listen, whether
 //! they are ready and which identity they present. A backend fills a
 //! [`Catalog`]; the index reads only that, so local mode (`local`: Service
-//! documents and sidecar heartbeats) and a Kubernetes backend feed the same
-//! config.
+//! documents and sidecar heartbeats) and the Kubernetes backend
+//! (`cluster`: Services, EndpointSlices and Pods, kept current by the
+//! watchers in `kubernetes`) feed the same config.
 //!
 //! Every instance of service `S` with version `V` is an endpoint of `S` and
 //! of the subset service `S-V`, the naming SMI release workflows use for
 //! backends (`echo` splits over `echo-v1` and `echo-v2`).
 
 pub mod claim;
+pub mod cluster;
+pub mod kubernetes;
 pub mod lease;
 pub mod local;
 
@@ -25,6 +28,8 @@ pub enum Source {
     Static,
     /// Registered by its sidecar; expires when heartbeats stop.
     Registered,
+    /// An endpoint of the Kubernetes registry (EndpointSlices).
+    Cluster,
 }
 
 /// One instance of a service.

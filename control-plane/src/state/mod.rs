@@ -92,6 +92,9 @@ pub struct Admission {
     pub max_per_identity: usize,
     /// Registrations held and refused.
     pub metrics: crate::metrics::Registrations,
+    /// Instances come from the cluster (EndpointSlices): heartbeats are
+    /// authenticated and seen, but register nothing.
+    pub cluster: bool,
 }
 
 impl Default for Admission {
@@ -100,6 +103,7 @@ impl Default for Admission {
             trust_domain: "cluster.local".into(),
             max_per_identity: crate::config::DEFAULT_MAX_REGISTRATIONS as usize,
             metrics: Default::default(),
+            cluster: false,
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct State {
     writer: Mutex<()>,
     leases: Mutex<Leases>,
     claims: Claims,
+    /// Whether instances come from the cluster, not from heartbeats.
+    cluster: bool,
     metrics: crate::metrics::Registrations,
     snapshots: watch::Sender<Arc<Snapshot>>,
     proxies: Proxies,
@@ -202,6 +208,7 @@ impl State {
             writer: Mutex::new(()),
             leases: Mutex::new(leases),
             claims,
+            cluster: admission.cluster,
             metrics: admission.metrics,
             snapshots,
             proxies: Proxies::default(),
@@ -227,6 +234,16 @@ impl State {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         unpoisoned(&self.inner)
+    }
+
+    /// Takes in what the Kubernetes registry synced, and publishes it if it
+    /// changes the config.
+    pub fn sync_cluster(&self, cluster: crate::registry::cluster::Cluster) -> u64 {
+        let mut inner = self.lock();
+        if inner.registry.set_cluster(cluster) {
+            return self.publish(&mut inner);
+        }
+        inner.version
     }
 
     /// Stops publication and lease expiry for good (graceful stop).

@@ -43,6 +43,15 @@ impl State {
         beat: Beat<'_>,
     ) -> Result<(), Error> {
         local::check(node, beat.address)?;
+        if self.cluster {
+            // The cluster says which instances exist; a heartbeat only
+            // shows its sidecar is alive, and only with a certificate.
+            if caller.is_none() {
+                return Err(self.refused(Refusal::Anonymous { call: "Heartbeat" }));
+            }
+            self.proxies.seen(&node.namespace, &node.instance_id);
+            return Ok(());
+        }
         let key = (node.namespace.clone(), node.instance_id.clone());
         let caller =
             match self
@@ -111,6 +120,13 @@ impl State {
     /// Removes an instance `caller` registered; returns the version that no
     /// longer contains it.
     pub fn deregister(&self, caller: Option<&str>, node: &NodeId) -> Result<u64, Error> {
+        if self.cluster {
+            if caller.is_none() {
+                return Err(self.refused(Refusal::Anonymous { call: "Deregister" }));
+            }
+            // Nothing was registered: the cluster removes the endpoint.
+            return Ok(self.version());
+        }
         let caller = self.speaks_for("Deregister", caller, &node.namespace, &node.service)?;
         let (namespace, instance_id) = (&node.namespace, &node.instance_id);
         let key = (namespace.clone(), instance_id.clone());

@@ -78,6 +78,10 @@ const DEFAULT_RECONNECT_MAX_MS: u64 = 5_000;
 /// Local-mode bootstrap token proving this workload's identity to the CA;
 /// unset means no workload certificate.
 pub const ENV_IDENTITY_TOKEN: &str = "MESH_PROXY_IDENTITY_TOKEN";
+/// File holding the workload's projected ServiceAccount token (audience
+/// `mesh`), read again at every certificate request, so the kubelet's
+/// rotation is followed; instead of `MESH_PROXY_IDENTITY_TOKEN`.
+pub const ENV_IDENTITY_TOKEN_FILE: &str = "MESH_PROXY_IDENTITY_TOKEN_FILE";
 /// Service account in the SPIFFE ID; default the service name.
 pub const ENV_SERVICE_ACCOUNT: &str = "MESH_PROXY_SERVICE_ACCOUNT";
 /// SPIFFE trust domain.
@@ -194,11 +198,20 @@ pub struct Config {
     pub regex_limit: RegexLimit,
 }
 
+/// What proves the workload's identity to the CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// A bootstrap token given in the environment (local mode).
+    Token(String),
+    /// A file with a projected ServiceAccount token (Kubernetes).
+    File(std::path::PathBuf),
+}
+
 /// Workload identity settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
-    /// Bootstrap token.
-    pub token: String,
+    /// What proves the identity.
+    pub proof: Proof,
     /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
     pub spiffe_id: String,
 }
@@ -271,15 +284,28 @@ impl Config {
             p.errors
                 .push(format!("{ENV_HEALTH_PATH}={path:?}: must start with '/'"));
         }
-        let token = p.string(ENV_IDENTITY_TOKEN).unwrap_or_else(|| {
-            p.errors.push(format!("{ENV_IDENTITY_TOKEN} is not set: every sidecar proves its identity to the control plane"));
-            String::new()
-        });
+        let proof = match (
+            p.string(ENV_IDENTITY_TOKEN),
+            p.string(ENV_IDENTITY_TOKEN_FILE),
+        ) {
+            (Some(token), None) => Proof::Token(token),
+            (None, Some(file)) => Proof::File(file.into()),
+            (Some(_), Some(_)) => {
+                p.errors.push(format!(
+                    "{ENV_IDENTITY_TOKEN} and {ENV_IDENTITY_TOKEN_FILE} are both set: give one proof of identity"
+                ));
+                Proof::Token(String::new())
+            }
+            (None, None) => {
+                p.errors.push(format!("neither {ENV_IDENTITY_TOKEN} nor {ENV_IDENTITY_TOKEN_FILE} is set: every sidecar proves its identity to the control plane"));
+                Proof::Token(String::new())
+            }
+        };
         let sa = p
             .string(ENV_SERVICE_ACCOUNT)
             .unwrap_or_else(|| service.clone());
         let tls = Tls {
-            token,
+            proof,
             spiffe_id: format!("spiffe://{td}/ns/{namespace}/sa/{sa}"),
         };
         let inbound_mode = p.parse(ENV_INBOUND_MODE, Mode::Permissive, "an inbound mode");
@@ -358,6 +384,34 @@ mod tests {
         assert_eq!(c.workers, 1);
         assert!(c.app_addr.is_none());
         assert_eq!(c.health.failure_threshold, 1);
+    }
+
+    #[test]
+    fn one_proof_of_identity_a_token_or_a_token_file() {
+        let c = Config::from_env(&env(&[
+            (ENV_SERVICE, "echo"),
+            (ENV_IDENTITY_TOKEN, ""),
+            (ENV_IDENTITY_TOKEN_FILE, "/var/run/secrets/mesh/token"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.tls.proof,
+            Proof::File("/var/run/secrets/mesh/token".into())
+        );
+        let err = Config::from_env(&env(&[
+            (ENV_SERVICE, "echo"),
+            (ENV_IDENTITY_TOKEN_FILE, "/token"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("are both set"), "{err}");
+        let err = Config::from_env(&env(&[(ENV_SERVICE, "echo"), (ENV_IDENTITY_TOKEN, "")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(ENV_IDENTITY_TOKEN) && err.contains(ENV_IDENTITY_TOKEN_FILE),
+            "{err}"
+        );
     }
 
     #[test]

@@ -66,6 +66,14 @@ pub enum Error {
     /// The certificate it returned is unusable.
     #[error("unusable certificate: {0}")]
     Tls(#[from] crate::tls::material::Error),
+    /// The token file could not be read.
+    #[error("reading the ServiceAccount token {path}: {source}")]
+    TokenFile {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 fn now_unix() -> i64 {
@@ -78,7 +86,7 @@ fn now_unix() -> i64 {
 /// Keeps the workload's certificate fresh.
 pub struct Agent {
     client: IdentityClient<Channel>,
-    token: String,
+    proof: crate::config::Proof,
     identity: String,
     current: Current,
     renewals: Arc<AtomicU64>,
@@ -86,12 +94,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// An agent for `identity`, proving it with `token` over `channel`
+    /// An agent for `identity`, proving it with `proof` over `channel`
     /// (the bootstrap channel: it needs no certificate of its own).
-    pub fn new(channel: Channel, token: String, identity: String) -> Self {
+    pub fn new(channel: Channel, proof: crate::config::Proof, identity: String) -> Self {
         Agent {
             client: IdentityClient::new(channel),
-            token,
+            proof,
             identity,
             current: Arc::new(ArcSwapOption::empty()),
             renewals: Arc::new(AtomicU64::new(0)),
@@ -125,6 +133,20 @@ impl Agent {
         }
     }
 
+    /// The proof to send: a projected token is read afresh each time, as
+    /// the kubelet rotates it.
+    fn token(&self) -> Result<String, Error> {
+        match &self.proof {
+            crate::config::Proof::Token(t) => Ok(t.clone()),
+            crate::config::Proof::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|source| Error::TokenFile {
+                    path: path.display().to_string(),
+                    source,
+                }),
+        }
+    }
+
     async fn certify(&mut self) -> Result<Certified, Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
@@ -134,7 +156,7 @@ impl Agent {
             .client
             .certify(pb::CertifyRequest {
                 csr_pem: csr,
-                token: self.token.clone(),
+                token: self.token()?,
             })
             .await?
             .into_inner();

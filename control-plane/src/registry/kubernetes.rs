@@ -1,0 +1,151 @@
+//! Keeps the cluster's registry current (`--registry kubernetes`):
+//! reflectors (kube::runtime) over Services, EndpointSlices and Pods of
+//! every namespace. Once all three have listed, each change rebuilds the
+//! [`Cluster`] and sends it if it differs.
+//!
+//! A watch that breaks (410 Gone, a dropped connection, an API server
+//! restart) relists with back-off. A reflector swaps its store only when
+//! the relist is complete (`InitDone`), so a relist never shows an empty
+//! or half-listed registry: the last complete one keeps serving meanwhile.
+
+use super::cluster::{self, Cluster};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{Notify, watch};
+
+/// Why the cluster cannot be reached at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: kube::config::KubeconfigError,
+    },
+    /// No kubeconfig given and none could be inferred.
+    #[error("no Kubernetes config: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    /// The client could not be built from the config.
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `kubeconfig`, or from $KUBECONFIG, ~/.kube/config or the
+/// in-cluster service account when None.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let named = |source| Error::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(named)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(named)?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Starts the watchers; the receiver holds None until the first complete
+/// sync, then every registry that differs from the last.
+pub fn start(client: kube::Client, trust_domain: String) -> watch::Receiver<Option<Arc<Cluster>>> {
+    let (tx, rx) = watch::channel(None);
+    let changed = Arc::new(Notify::new());
+    let services = reflect::<Service>(&client, "services", &changed);
+    let slices = reflect::<EndpointSlice>(&client, "endpointslices", &changed);
+    let pods = reflect::<Pod>(&client, "pods", &changed);
+    tokio::spawn(async move {
+        for (what, ready) in [
+            ("services", services.wait_until_ready().await),
+            ("endpointslices", slices.wait_until_ready().await),
+            ("pods", pods.wait_until_ready().await),
+        ] {
+            if ready.is_err() {
+                tracing::error!(what, "Kubernetes watcher ended before its first list");
+                return;
+            }
+        }
+        tracing::info!(
+            "Kubernetes registry: first list of services, endpointslices and pods complete"
+        );
+        let mut said: HashSet<String> = HashSet::new();
+        loop {
+            let (services, slices, pods) = (services.state(), slices.state(), pods.state());
+            let (next, problems) = cluster::convert(
+                services.iter().map(|s| s.as_ref()),
+                slices.iter().map(|s| s.as_ref()),
+                pods.iter().map(|p| p.as_ref()),
+                &trust_domain,
+            );
+            // Each problem once while it lasts, not on every rebuild.
+            let now: HashSet<String> = problems.into_iter().collect();
+            for p in now.difference(&said) {
+                tracing::warn!(problem = %p, "Kubernetes registry");
+            }
+            said = now;
+            tx.send_if_modified(|current| {
+                if current.as_deref() == Some(&next) {
+                    return false;
+                }
+                *current = Some(Arc::new(next));
+                true
+            });
+            changed.notified().await;
+        }
+    });
+    rx
+}
+
+/// A reflector over every `K` of the cluster, driven in its own task; each
+/// change to its store wakes `changed`.
+fn reflect<K>(client: &kube::Client, what: &'static str, changed: &Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let api = kube::Api::<K>::all(client.clone());
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(drive(stream, what, changed.clone()));
+    reader
+}
+
+async fn drive<K>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    what: &'static str,
+    changed: Arc<Notify>,
+) {
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                changed.notify_one()
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Err(e) => tracing::warn!(
+                what,
+                error = %e,
+                "Kubernetes watch failed; retrying with back-off, the last complete list keeps serving"
+            ),
+        }
+    }
+}

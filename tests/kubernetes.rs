@@ -1,0 +1,496 @@
+//! mesh-control with `--registry kubernetes` against the Kubernetes API
+//! test server (tests/support/kube_api), the objects written by the
+//! machine's kubectl: Services, Pods and EndpointSlices whose addresses
+//! are real sidecars on loopback. Splits shift by version; an endpoint
+//! marked not ready leaves rotation at once with no request lost; and
+//! dropped watches, 410 Gone and an API server restart cost no request and
+//! never push an empty endpoint set. A sidecar proves its identity with a
+//! projected ServiceAccount token, which the CA checks with a TokenReview;
+//! no other token gets a certificate.
+//!
+//! With `MESH_TEST_KUBECONFIG` set, these would need a real cluster whose
+//! pods can reach this machine's loopback, which no cluster has: the
+//! variable is reported and ignored.
+
+mod support;
+// Only this test speaks to the Kubernetes API test server.
+#[path = "support/kube_api/mod.rs"]
+mod kube_api;
+
+use anyhow::Result;
+use kube_api::{KubeApi, kubectl, kubectl_ok};
+use mesh_proto::v1 as pb;
+use mesh_proto::v1::identity_client::IdentityClient;
+use meshctl::traffic::Steady;
+use pb::discovery_client::DiscoveryClient;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{Instance, Mesh, TempDir, split, within_binomial};
+
+/// The Service, Pod and EndpointSlice of one echo instance, as a user
+/// would write them (one slice per pod: each sidecar has its own port).
+fn objects(inst: &Instance, version: &str) -> String {
+    let port = inst.sidecar.addr("inbound").unwrap().port();
+    let id = &inst.id;
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {id}
+  labels: {{app: echo, app.kubernetes.io/version: {version}}}
+spec:
+  serviceAccountName: echo
+  containers:
+  - name: echo
+    image: mesh-echo
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {id}
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports:
+- name: http
+  port: {port}
+  protocol: TCP
+endpoints:
+- addresses: [127.0.0.1]
+  conditions: {{ready: true}}
+  targetRef: {{kind: Pod, name: {id}, namespace: default}}
+"
+    )
+}
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  selector: {app: echo}
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+";
+
+/// Every endpoint count of `echo.default` in every snapshot the control
+/// plane sends one subscriber, as they arrive.
+struct Snapshots {
+    counts: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Snapshots {
+    async fn watch(mesh: &Mesh) -> Snapshots {
+        let channel = mesh.workload_channel("client").await;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let node = pb::Node {
+            service: "client".into(),
+            namespace: "default".into(),
+            instance_id: "snapshot-watcher".into(),
+            version: String::new(),
+        };
+        tx.send(pb::DiscoveryRequest {
+            node: Some(node),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut stream = DiscoveryClient::new(channel)
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let counts = Arc::new(Mutex::new(Vec::new()));
+        let seen = counts.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(resp)) = stream.message().await {
+                let n = resp
+                    .clusters
+                    .iter()
+                    .find(|c| c.name == "echo.default")
+                    .map_or(0, |c| c.endpoints.len());
+                seen.lock().unwrap().push(n);
+                let ack = pb::DiscoveryRequest {
+                    version_info: resp.version_info.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    ..Default::default()
+                };
+                if tx.send(ack).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Snapshots { counts }
+    }
+
+    fn seen(&self) -> Vec<usize> {
+        self.counts.lock().unwrap().clone()
+    }
+}
+
+async fn apply_objects(api: &KubeApi, dir: &TempDir, name: &str, yaml: &str) {
+    let path = dir.0.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    // Client-side validation needs the OpenAPI documents, which this
+    // server does not serve; the server checks kind and names itself.
+    kubectl_ok(
+        api,
+        &["create", "--validate=false", "-f", path.to_str().unwrap()],
+    )
+    .await;
+}
+
+/// Marks the endpoint of `id` ready or not, as the EndpointSlice
+/// controller does when a readiness probe changes.
+async fn set_ready(api: &KubeApi, id: &str, ready: bool) {
+    let patch =
+        format!(r#"[{{"op":"replace","path":"/endpoints/0/conditions/ready","value":{ready}}}]"#);
+    kubectl_ok(
+        api,
+        &["patch", "endpointslice", id, "--type=json", "-p", &patch],
+    )
+    .await;
+}
+
+/// Sends requests one after another until `until`; the instances that
+/// answered each and when, failing the test on any failure.
+async fn answered(client: std::net::SocketAddr, until: Instant) -> Result<Vec<(Instant, String)>> {
+    let http = meshctl::traffic::client();
+    let mut out = Vec::new();
+    while Instant::now() < until {
+        let o = meshctl::traffic::one(&http, client, "echo").await;
+        if let Some(e) = o.error {
+            anyhow::bail!("a request failed: {e}");
+        }
+        out.push((Instant::now(), o.instance.unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
+    if let Some(k) = std::env::var_os("MESH_TEST_KUBECONFIG") {
+        eprintln!(
+            "MESH_TEST_KUBECONFIG={} ignored: these tests address sidecars on this machine's loopback",
+            k.to_string_lossy()
+        );
+    }
+    let dir = TempDir::new("kube-api");
+    let mut api = KubeApi::start(&dir.0).await;
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let mesh = Mesh::start_with_args(
+        "kube",
+        &["--registry", "kubernetes", "--kubeconfig", &kubeconfig],
+    )
+    .await;
+    let insts = [
+        mesh.instance("echo", "v1", "echo-v1-a", &[], None).await,
+        mesh.instance("echo", "v1", "echo-v1-b", &[], None).await,
+        mesh.instance("echo", "v2", "echo-v2-a", &[], None).await,
+    ];
+    apply_objects(&api, &dir, "service.yaml", SERVICE).await;
+    for (inst, v) in insts.iter().zip(["v1", "v1", "v2"]) {
+        apply_objects(&api, &dir, &format!("{}.yaml", inst.id), &objects(inst, v)).await;
+    }
+    mesh.wait_ready_endpoints("echo", &[("echo", 3)])
+        .await
+        .unwrap();
+    let snapshots = Snapshots::watch(&mesh).await;
+    let client = mesh.client("client-0").await;
+    mesh.no_retries("echo", "round-robin", &client).await;
+
+    // kubectl reads back what mesh-control reads.
+    let listed = kubectl_ok(
+        &api,
+        &[
+            "get",
+            "endpointslices",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    )
+    .await;
+    assert_eq!(listed.split_whitespace().count(), 3, "{listed}");
+
+    // 80/20 by version, over the cluster's instances.
+    mesh.apply_ok(
+        "split.yaml",
+        &split("echo", &[("echo-v1", "80"), ("echo-v2", "20")]),
+    )
+    .await;
+    mesh.sync(&client).await;
+    let n = 4000;
+    let replies =
+        support::load::many(client.outbound, &support::load::Shape::get("echo"), n, 8).await;
+    assert_eq!(
+        support::load::with_status(&replies, 200),
+        n,
+        "every request answered"
+    );
+    let v2 = replies
+        .iter()
+        .filter(|r| r.version.as_deref() == Some("v2"))
+        .count() as u64;
+    eprintln!("measured: {v2} of {n} answered by v2 at a 20% split");
+    assert!(
+        within_binomial(v2, n as u64, 0.2),
+        "{v2} of {n} at v2, not about 20%"
+    );
+    let gone = mesh
+        .meshctl(&[
+            "delete",
+            "-f",
+            mesh.dir.0.join("split.yaml").to_str().unwrap(),
+        ])
+        .await;
+    assert!(
+        gone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    mesh.sync(&client).await;
+
+    // Not ready in its EndpointSlice: out of rotation within 1 s, and no
+    // request fails meanwhile.
+    let marked = Instant::now();
+    let (seen, ()) = tokio::join!(
+        answered(client.outbound, marked + Duration::from_secs(3)),
+        set_ready(&api, "echo-v1-a", false)
+    );
+    let seen = seen.unwrap();
+    let last = seen
+        .iter()
+        .filter(|(_, i)| i == "echo-v1-a")
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap_or(marked);
+    let out_after = last.saturating_duration_since(marked);
+    eprintln!(
+        "measured: a not-ready endpoint's last answer {out_after:?} after the patch; {} requests, none failed",
+        seen.len()
+    );
+    assert!(
+        out_after < Duration::from_secs(1),
+        "still answering {out_after:?} after not-ready"
+    );
+    assert!(
+        seen.iter()
+            .filter(|(t, _)| *t > marked + Duration::from_secs(1))
+            .count()
+            > 50
+    );
+    set_ready(&api, "echo-v1-a", true).await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 3)])
+        .await
+        .unwrap();
+    mesh.sync(&client).await;
+
+    // Watch faults under load: every watch dropped, then history
+    // compacted so the resumed watches get 410 Gone, then the API server
+    // restarted. No request fails and no snapshot lacks an endpoint.
+    let before = snapshots.seen().len();
+    let steady = Steady::start(client.outbound, "echo", 2, 100_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.drop_watches();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.compact();
+    api.drop_watches();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.restart(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A change after the restart takes effect: the relisted watches are live.
+    set_ready(&api, "echo-v2-a", false).await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
+        .await
+        .unwrap();
+    let outcomes = steady.finish().await;
+    support::assert_none_failed(
+        &outcomes,
+        "dropped watches, 410 Gone and an API server restart",
+    );
+    let counts = snapshots.seen()[before..].to_vec();
+    eprintln!(
+        "measured: {} requests through the watch faults, none failed; snapshots' echo endpoints {counts:?}",
+        outcomes.len()
+    );
+    assert!(
+        counts.iter().all(|&c| c >= 2),
+        "a snapshot lost endpoints: {counts:?}"
+    );
+    assert_eq!(
+        counts.last(),
+        Some(&2),
+        "the change after the restart arrived"
+    );
+    let relists = api
+        .seen()
+        .iter()
+        .filter(|s| s.as_str() == "GET /apis/discovery.k8s.io/v1/endpointslices")
+        .count();
+    assert!(
+        relists >= 3,
+        "the watchers relisted after 410 and the restart ({relists} lists)"
+    );
+
+    // Bad input from the cluster: a slice of an unknown Service is named
+    // and changes nothing.
+    let ghost = objects(&insts[0], "v1")
+        .split("---\n")
+        .nth(1)
+        .unwrap()
+        .replace(
+            "name: echo-v1-a\n  labels: {kubernetes.io/service-name: echo}",
+            "name: ghost\n  labels: {kubernetes.io/service-name: ghost}",
+        );
+    apply_objects(&api, &dir, "ghost.yaml", &ghost).await;
+    let end = Instant::now() + support::DEADLINE;
+    let log = mesh.logs().join("mesh-control.log");
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Service default/ghost is unknown")
+    {
+        assert!(
+            Instant::now() < end,
+            "no log line names the unknown Service"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = kubectl(&api, &["get", "services", "ghost"]).await;
+    assert!(!out.status.success(), "ghost exists only as a slice");
+}
+
+fn csr(uri: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    p.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+const ECHO_ID: &str = "spiffe://cluster.local/ns/default/sa/echo";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projected_service_account_token_proves_the_workload_and_nothing_else_does() {
+    let dir = TempDir::new("kube-identity");
+    let api = KubeApi::start(&dir.0).await;
+    let sa = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: SA\n";
+    for account in ["echo", "web"] {
+        apply_objects(
+            &api,
+            &dir,
+            &format!("sa-{account}.yaml"),
+            &sa.replace("SA", account),
+        )
+        .await;
+    }
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let mesh = Mesh::start_with_args(
+        "kube-identity",
+        &["--registry", "kubernetes", "--kubeconfig", &kubeconfig],
+    )
+    .await;
+
+    // The sidecar reads its projected token from a file, as the kubelet
+    // mounts it, and gets echo's SPIFFE ID.
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, api.token("default", "echo", &["mesh"], 3600)).unwrap();
+    let file = token_file.display().to_string();
+    let inst = mesh
+        .instance_with(
+            "echo",
+            "v1",
+            "echo-v1-a",
+            &[],
+            None,
+            &[("MESH_PROXY_IDENTITY_TOKEN_FILE", &file)],
+        )
+        .await;
+    let (status, body) = meshctl::traffic::get(inst.admin(), "/identity")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let id: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(id["identity"], ECHO_ID, "{body}");
+    assert!(
+        api.seen()
+            .iter()
+            .any(|s| s == "POST /apis/authentication.k8s.io/v1/tokenreviews"),
+        "the CA asked the API server"
+    );
+
+    // Every other token is refused, saying why.
+    let mut ca = IdentityClient::new(mesh.anonymous_channel().await);
+    let cases = [
+        (
+            "another audience",
+            api.token("default", "echo", &["vault"], 3600),
+            ECHO_ID,
+            tonic::Code::Unauthenticated,
+            "is invalid for the target audiences",
+        ),
+        (
+            "expired",
+            api.token("default", "echo", &["mesh"], -60),
+            ECHO_ID,
+            tonic::Code::Unauthenticated,
+            "has expired",
+        ),
+        (
+            "a deleted ServiceAccount",
+            api.token("default", "ghost", &["mesh"], 3600),
+            "spiffe://cluster.local/ns/default/sa/ghost",
+            tonic::Code::Unauthenticated,
+            "ghost has been deleted",
+        ),
+        (
+            "web's token for echo's CSR",
+            api.token("default", "web", &["mesh"], 3600),
+            ECHO_ID,
+            tonic::Code::PermissionDenied,
+            "the proof is for spiffe://cluster.local/ns/default/sa/web but the CSR asks for spiffe://cluster.local/ns/default/sa/echo",
+        ),
+        (
+            "not a JWT",
+            "a-bootstrap-token".to_string(),
+            ECHO_ID,
+            tonic::Code::Unauthenticated,
+            "not a JWT",
+        ),
+        (
+            "a forged signature",
+            {
+                let t = api.token("default", "echo", &["mesh"], 3600);
+                format!("{}.AAAA", t.rsplit_once('.').unwrap().0)
+            },
+            ECHO_ID,
+            tonic::Code::Unauthenticated,
+            "invalid bearer token",
+        ),
+    ];
+    let reviews_before = api.seen().len();
+    for (what, token, claim, code, says) in &cases {
+        let err = ca
+            .certify(mesh_proto::v1::CertifyRequest {
+                csr_pem: csr(claim),
+                token: token.clone(),
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), *code, "{what}: {}", err.message());
+        assert!(
+            err.message().contains(says),
+            "{what}: {:?} does not say {says:?}",
+            err.message()
+        );
+        eprintln!("measured: {what}: {:?} {}", err.code(), err.message());
+    }
+    let reviews = api.seen()[reviews_before..]
+        .iter()
+        .filter(|s| s.ends_with("/tokenreviews"))
+        .count();
+    assert_eq!(
+        reviews,
+        cases.len() - 1,
+        "all but the non-JWT went to the API server"
+    );
+}

@@ -1,0 +1,680 @@
+//! HTTP handling of the test API server: authentication, the paths of
+//! "API concepts" (https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-uris),
+//! the verbs on collections and objects, and watches. Every failure is a
+//! metav1.Status, as the API server answers
+//! (https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-deletion
+//! and "Response status kind").
+
+// A refusal is the response itself, built once per failed request.
+#![allow(clippy::result_large_err)]
+
+use super::Shared;
+use super::patch;
+use super::resources::{self, Resource, Selector};
+use super::store::{Change, Key, Refusal};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+pub(crate) async fn accept(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    // Connections live in this set: aborting the accept task (a restart)
+    // drops it and cuts every one of them.
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (tls, shared) = (tls.clone(), shared.clone());
+        conns.spawn(async move {
+            let Ok(stream) = tls.accept(tcp).await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(shared, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn full(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from(v.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+/// A metav1.Status failure.
+fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
+    full(
+        StatusCode::from_u16(code).unwrap(),
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code}),
+    )
+}
+
+fn refusal(r: Refusal, res: &Resource, name: &str) -> Response<Body> {
+    let what = format!("{} {name:?}", res.plural);
+    match r {
+        Refusal::NotFound => status(404, "NotFound", &format!("{what} not found")),
+        Refusal::AlreadyExists => status(409, "AlreadyExists", &format!("{what} already exists")),
+        Refusal::Conflict(m) => status(
+            409,
+            "Conflict",
+            &format!("Operation cannot be fulfilled on {what}: {m}"),
+        ),
+        Refusal::Invalid(m) => status(
+            422,
+            "Invalid",
+            &format!("{} {name:?} is invalid: {m}", res.kind),
+        ),
+        Refusal::Gone(v) => status(410, "Expired", &format!("too old resource version: {v}")),
+    }
+}
+
+/// Where a request points.
+struct Target {
+    res: &'static Resource,
+    namespace: String,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn route(path: &str) -> Result<Option<Target>, Response<Body>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Ok(None),
+    };
+    let not_found = || {
+        status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let find = |plural: &str| resources::find(group, version, plural).ok_or_else(not_found);
+    let owned = |s: &&str| s.to_string();
+    let target = match rest {
+        [] => return Ok(None),
+        ["namespaces", ns, plural, tail @ ..] if *plural != "status" && tail.len() <= 2 => {
+            let res = find(plural)?;
+            if !res.namespaced {
+                return Err(not_found());
+            }
+            Target {
+                res,
+                namespace: ns.to_string(),
+                name: tail.first().map(owned),
+                subresource: tail.get(1).map(owned),
+            }
+        }
+        [plural, tail @ ..] if tail.len() <= 2 => {
+            let res = find(plural)?;
+            if res.namespaced && !tail.is_empty() {
+                return Err(not_found());
+            }
+            Target {
+                res,
+                namespace: String::new(),
+                name: tail.first().map(owned),
+                subresource: tail.get(1).map(owned),
+            }
+        }
+        _ => return Err(not_found()),
+    };
+    if target
+        .subresource
+        .as_deref()
+        .is_some_and(|s| s != "status" || !target.res.status)
+    {
+        return Err(not_found());
+    }
+    Ok(Some(target))
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    shared
+        .seen
+        .lock()
+        .unwrap()
+        .push(format!("{} {}", req.method(), req.uri().path()));
+    // Bearer tokens ("Authenticating", https://kubernetes.io/docs/reference/access-authn-authz/authentication/#putting-a-bearer-token-in-a-request).
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(shared.token.as_str());
+    if !authorized {
+        return status(401, "Unauthorized", "Unauthorized");
+    }
+    let path = req.uri().path().to_string();
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| {
+            url_pairs(q)
+                .into_iter()
+                .collect::<HashMap<String, String>>()
+        })
+        .unwrap_or_default();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/version") => {
+            return full(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "37", "gitVersion": "v1.37.0", "platform": "linux/amd64"}),
+            );
+        }
+        (&Method::GET, "/api") => {
+            return full(
+                StatusCode::OK,
+                &resources::core_versions(&shared.addr.to_string()),
+            );
+        }
+        (&Method::GET, "/apis") => return full(StatusCode::OK, &resources::groups()),
+        (&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
+            return token_review(&shared, req).await;
+        }
+        _ => {}
+    }
+    let target = match route(&path) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+            let list = match segs.as_slice() {
+                ["api", v] => resources::resource_list("", v),
+                ["apis", g, v] => resources::resource_list(g, v),
+                _ => None,
+            };
+            return match list {
+                Some(l) => full(StatusCode::OK, &l),
+                None => status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            };
+        }
+        Err(resp) => return resp,
+    };
+    let method = req.method().clone();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return status(400, "BadRequest", "unreadable body"),
+    };
+    let res = target.res;
+    match (&method, &target.name) {
+        (&Method::GET, None) => {
+            let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+            if watching {
+                watch(&shared, &target, &query)
+            } else {
+                list(&shared, &target, &query)
+            }
+        }
+        (&Method::POST, None) => {
+            let object = match parse_object(&body, res, &target.namespace, None) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if let Some(r) = namespace_missing(&shared, res, &target.namespace) {
+                return r;
+            }
+            let key = key(res, &target.namespace, &name);
+            match shared.store.lock().unwrap().create(key, object) {
+                Ok(o) => full(StatusCode::CREATED, &o),
+                Err(r) => refusal(r, res, &name),
+            }
+        }
+        (_, Some(name)) => {
+            let key = key(res, &target.namespace, name);
+            let on_status = target.subresource.is_some();
+            match method {
+                Method::GET => match shared.store.lock().unwrap().get(&key) {
+                    Some(o) => full(StatusCode::OK, o),
+                    None => refusal(Refusal::NotFound, res, name),
+                },
+                Method::PUT => {
+                    let object = match parse_object(&body, res, &target.namespace, Some(name)) {
+                        Ok(o) => o,
+                        Err(r) => return r,
+                    };
+                    let mut store = shared.store.lock().unwrap();
+                    match store.update(&key, object, on_status, res.status) {
+                        Ok(o) => full(StatusCode::OK, &o),
+                        Err(r) => refusal(r, res, name),
+                    }
+                }
+                Method::PATCH => {
+                    let mut store = shared.store.lock().unwrap();
+                    let Some(current) = store.get(&key).cloned() else {
+                        return refusal(Refusal::NotFound, res, name);
+                    };
+                    let patched = match patch::apply(&content_type, &current, &body) {
+                        Ok(p) => p,
+                        Err((code, m)) => return status(code, reason_of(code), &m),
+                    };
+                    if patched.pointer("/metadata/name") != current.pointer("/metadata/name") {
+                        return status(
+                            400,
+                            "BadRequest",
+                            "metadata.name may not be changed by a patch",
+                        );
+                    }
+                    match store.update(&key, patched, on_status, res.status) {
+                        Ok(o) => full(StatusCode::OK, &o),
+                        Err(r) => refusal(r, res, name),
+                    }
+                }
+                Method::DELETE if !on_status => match shared.store.lock().unwrap().delete(&key) {
+                    Ok(o) => full(StatusCode::OK, &o),
+                    Err(r) => refusal(r, res, name),
+                },
+                _ => status(
+                    405,
+                    "MethodNotAllowed",
+                    &format!("{method} is not supported here"),
+                ),
+            }
+        }
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            &format!("{method} is not supported on a collection"),
+        ),
+    }
+}
+
+/// TokenReview: created, answered, never stored.
+async fn token_review(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let Ok(body) = req.into_body().collect().await else {
+        return status(400, "BadRequest", "unreadable body");
+    };
+    let mut review: Value = match serde_json::from_slice(&body.to_bytes()) {
+        Ok(v) => v,
+        Err(e) => return status(400, "BadRequest", &format!("the body is not JSON: {e}")),
+    };
+    if review.get("kind").and_then(Value::as_str) != Some("TokenReview") {
+        return status(
+            400,
+            "BadRequest",
+            "the body must be a TokenReview of authentication.k8s.io/v1",
+        );
+    }
+    let store = shared.store.lock().unwrap();
+    let exists = |ns: &str, sa: &str| {
+        store
+            .get(&("/serviceaccounts".into(), ns.into(), sa.into()))
+            .is_some()
+    };
+    review["status"] = shared.signer.review(&review, exists);
+    full(StatusCode::CREATED, &review)
+}
+
+fn reason_of(code: u16) -> &'static str {
+    match code {
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        _ => "BadRequest",
+    }
+}
+
+fn key(res: &Resource, namespace: &str, name: &str) -> Key {
+    (res.key(), namespace.to_string(), name.to_string())
+}
+
+/// A namespaced create in a namespace that does not exist is refused
+/// (the NamespaceLifecycle admission plugin,
+/// https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#namespacelifecycle).
+fn namespace_missing(shared: &Shared, res: &Resource, namespace: &str) -> Option<Response<Body>> {
+    if !res.namespaced {
+        return None;
+    }
+    let key = (
+        "/namespaces".to_string(),
+        String::new(),
+        namespace.to_string(),
+    );
+    match shared.store.lock().unwrap().get(&key) {
+        Some(_) => None,
+        None => Some(status(
+            404,
+            "NotFound",
+            &format!("namespaces {namespace:?} not found"),
+        )),
+    }
+}
+
+/// The body of a create or update: JSON of the resource's kind, its name
+/// (and namespace, if given) agreeing with the path.
+fn parse_object(
+    body: &[u8],
+    res: &Resource,
+    namespace: &str,
+    name: Option<&str>,
+) -> Result<Value, Response<Body>> {
+    let mut object: Value = serde_json::from_slice(body)
+        .map_err(|e| status(400, "BadRequest", &format!("the body is not JSON: {e}")))?;
+    if object.get("kind").and_then(Value::as_str) != Some(res.kind)
+        || object.get("apiVersion").and_then(Value::as_str) != Some(res.api_version().as_str())
+    {
+        return Err(status(
+            400,
+            "BadRequest",
+            &format!("the body must be a {} of {}", res.kind, res.api_version()),
+        ));
+    }
+    let meta = object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| status(422, "Invalid", "metadata: Required value"))?;
+    if meta.get("name").is_none()
+        && let Some(prefix) = meta.get("generateName").and_then(Value::as_str)
+    {
+        // generateName: the server appends a random suffix
+        // (https://kubernetes.io/docs/reference/using-api/api-concepts/#generated-values).
+        let name = format!("{prefix}{:05x}", fastrand::u32(..0x100000));
+        meta.insert("name".into(), json!(name));
+    }
+    let given = meta.get("name").and_then(Value::as_str).unwrap_or("");
+    if given.is_empty() {
+        return Err(status(
+            422,
+            "Invalid",
+            "metadata.name: Required value: name or generateName is required",
+        ));
+    }
+    if let Some(n) = name
+        && n != given
+    {
+        return Err(status(
+            400,
+            "BadRequest",
+            "the name of the object does not match the name on the URL",
+        ));
+    }
+    if let Some(ns) = meta.get("namespace").and_then(Value::as_str)
+        && !namespace.is_empty()
+        && ns != namespace
+    {
+        return Err(status(
+            400,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    Ok(object)
+}
+
+fn selectors(query: &HashMap<String, String>) -> Result<(Selector, String), Response<Body>> {
+    let labels = Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(|e| status(400, "BadRequest", &e))?;
+    Ok((
+        labels,
+        query.get("fieldSelector").cloned().unwrap_or_default(),
+    ))
+}
+
+fn typed(res: &Resource, mut v: Value) -> Value {
+    v["kind"] = json!(res.kind);
+    v["apiVersion"] = json!(res.api_version());
+    v
+}
+
+/// A list, in pages when `limit` asks ("Retrieving large results sets in
+/// chunks"): the continue token carries the list's version and offset, and
+/// expires (410) once that version is compacted.
+fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Response<Body> {
+    let (labels, fields) = match selectors(query) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let store = shared.store.lock().unwrap();
+    let (version, offset) = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => match token
+            .split_once(':')
+            .and_then(|(v, o)| Some((v.parse().ok()?, o.parse().ok()?)))
+        {
+            Some((v, o)) => {
+                if store.since(v).is_err() {
+                    return status(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old to display a consistent list result.",
+                    );
+                }
+                (v, o)
+            }
+            None => return status(400, "BadRequest", "invalid continue token"),
+        },
+        None => (store.version(), 0usize),
+    };
+    let mut items = Vec::new();
+    for o in store.list(&target.res.key(), &target.namespace) {
+        if !labels.matches(&o) {
+            continue;
+        }
+        match resources::field_matches(&fields, &o) {
+            Ok(true) => items.push(typed(target.res, o)),
+            Ok(false) => {}
+            Err(e) => return status(400, "BadRequest", &e),
+        }
+    }
+    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let mut meta = json!({"resourceVersion": version.to_string()});
+    let page: Vec<Value> = if limit > 0 && items.len() > offset + limit {
+        meta["continue"] = json!(format!("{version}:{}", offset + limit));
+        meta["remainingItemCount"] = json!(items.len() - offset - limit);
+        items[offset..offset + limit].to_vec()
+    } else {
+        items.into_iter().skip(offset).collect()
+    };
+    full(
+        StatusCode::OK,
+        &json!({"kind": format!("{}List", target.res.kind), "apiVersion": target.res.api_version(),
+                "metadata": meta, "items": page}),
+    )
+}
+
+fn event(kind: &str, object: &Value) -> Bytes {
+    Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
+}
+
+/// A watch ("Efficient detection of changes"): from a resourceVersion it
+/// replays what followed it (410 Gone, as an ERROR event, if compacted);
+/// from "" or "0" it starts with synthetic ADDED events of the current
+/// state; `sendInitialEvents` ends those with a BOOKMARK annotated
+/// `k8s.io/initial-events-end` ("Streaming lists"); BOOKMARK events
+/// ("Watch bookmarks") come every `bookmark_every` when allowed. A label
+/// selector turns an object that stops matching into DELETED and one that
+/// starts matching into ADDED, as the API server's watch cache does.
+fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>) -> Response<Body> {
+    let (labels, fields) = match selectors(query) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let res = target.res;
+    let namespace = target.namespace.clone();
+    let rv = query.get("resourceVersion").cloned().unwrap_or_default();
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let initial_events = query.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    let selected =
+        move |o: &Value| labels.matches(o) && resources::field_matches(&fields, o).unwrap_or(false);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1024);
+    let mut first: Vec<Bytes> = Vec::new();
+    let (mut changes, mut seen) = {
+        let store = shared.store.lock().unwrap();
+        let changes = store.subscribe();
+        let now = store.version();
+        if rv.is_empty() || rv == "0" || initial_events {
+            for o in store.list(&res.key(), &namespace) {
+                if selected(&o) {
+                    first.push(event("ADDED", &typed(res, o)));
+                }
+            }
+            if initial_events {
+                first.push(event(
+                    "BOOKMARK",
+                    &json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": {
+                        "resourceVersion": now.to_string(),
+                        "annotations": {"k8s.io/initial-events-end": "true"}}}),
+                ));
+            }
+            (changes, now)
+        } else {
+            let since: u64 = rv.parse().unwrap_or(0);
+            match store.since(since) {
+                Ok(replay) => {
+                    for c in &replay {
+                        if let Some(e) = as_event(c, res, &namespace, &selected) {
+                            first.push(e);
+                        }
+                    }
+                    (changes, now.max(since))
+                }
+                Err(_) => {
+                    first.push(event(
+                        "ERROR",
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                "message": format!("too old resource version: {since} ({now})"),
+                                "reason": "Expired", "code": 410}),
+                    ));
+                    let (tx2, rx2) = tokio::sync::mpsc::channel(1);
+                    drop(tx2);
+                    return streaming(first, rx2);
+                }
+            }
+        }
+    };
+    let mut drops = shared.drops.subscribe();
+    drops.mark_unchanged();
+    let every = shared.bookmark_every;
+    let key = res.key();
+    tokio::spawn(async move {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let frame = tokio::select! {
+                c = changes.recv() => match c {
+                    Ok(c) => {
+                        if c.rv <= seen {
+                            continue;
+                        }
+                        seen = c.rv;
+                        if *c.resource != *key {
+                            continue;
+                        }
+                        match as_event(&c, res, &namespace, &selected) {
+                            Some(e) => Ok(Frame::data(e)),
+                            None => continue,
+                        }
+                    }
+                    // Too slow a reader: the server closes its watch.
+                    Err(_) => Err(std::io::Error::other("watch fell behind")),
+                },
+                _ = tick.tick(), if bookmarks => Ok(Frame::data(event("BOOKMARK", &json!({
+                    "kind": res.kind, "apiVersion": res.api_version(),
+                    "metadata": {"resourceVersion": seen.to_string()}})))),
+                _ = drops.changed() => Err(std::io::Error::other("watch dropped by the test")),
+                _ = sleep => break,
+                _ = tx.closed() => break,
+            };
+            let end = frame.is_err();
+            if tx.send(frame).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    streaming(first, rx)
+}
+
+/// One change as this watcher sees it, or None if it is not selected.
+fn as_event(
+    c: &Change,
+    res: &Resource,
+    namespace: &str,
+    selected: &dyn Fn(&Value) -> bool,
+) -> Option<Bytes> {
+    if *c.resource != *res.key() || (!namespace.is_empty() && c.namespace != namespace) {
+        return None;
+    }
+    let now = selected(&c.object);
+    let before = c.previous.as_ref().map(selected);
+    let kind = match (c.kind, before, now) {
+        ("MODIFIED", Some(false), true) => "ADDED",
+        ("MODIFIED", Some(true), false) => "DELETED",
+        (_, _, false) => return None,
+        (k, _, true) => k,
+    };
+    Some(event(kind, &typed(res, c.object.clone())))
+}
+
+fn streaming(
+    first: Vec<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+) -> Response<Body> {
+    let head = futures::stream::iter(first.into_iter().map(|b| Ok(Frame::data(b))));
+    let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+    use futures::StreamExt;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("transfer-encoding", "chunked")
+        .body(BodyExt::boxed(StreamBody::new(head.chain(rest))))
+        .unwrap()
+}
+
+/// `a=b&c=d%20e` into pairs, percent-decoded.
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
