@@ -1,7 +1,10 @@
 //! mesh-control with `--registry kubernetes` against the Kubernetes API
 //! test server (tests/support/kube_api), the objects written by the
 //! machine's kubectl: Services, Pods and EndpointSlices whose addresses
-//! are real sidecars on loopback. Splits shift by version; an endpoint
+//! are real sidecars on loopback, and rules as objects of the CRDs in
+//! install/crds. A TrafficSplit object shifts by version, one the schema
+//! refuses is never stored, one only mesh's validation refuses leaves the
+//! last valid version serving; an endpoint
 //! marked not ready leaves rotation at once with no request lost; and
 //! dropped watches, 410 Gone and an API server restart cost no request and
 //! never push an empty endpoint set. A sidecar proves its identity with a
@@ -168,6 +171,38 @@ async fn answered(client: std::net::SocketAddr, until: Instant) -> Result<Vec<(I
     Ok(out)
 }
 
+/// A projected token of `account` (audience mesh) in a file, as the
+/// kubelet mounts it; returns the file's path.
+fn projected(api: &KubeApi, dir: &TempDir, account: &str) -> String {
+    let path = dir.0.join(format!("token-{account}"));
+    std::fs::write(&path, api.token("default", account, &["mesh"], 3600)).unwrap();
+    path.display().to_string()
+}
+
+/// Waits until the control plane publishes a version after `before` (read
+/// before the change), and `client` runs it.
+async fn wait_for_version(mesh: &Mesh, client: &support::Client, before: u64) {
+    let end = Instant::now() + support::DEADLINE;
+    while mesh.version().await <= before {
+        assert!(Instant::now() < end, "nothing new was published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mesh.sync(client).await;
+}
+
+/// Waits until mesh-control's log says `line`.
+async fn wait_for_log(mesh: &Mesh, line: &str) {
+    let end = Instant::now() + support::DEADLINE;
+    let log = mesh.logs().join("mesh-control.log");
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(line)
+    {
+        assert!(Instant::now() < end, "mesh-control never logged {line:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     if let Some(k) = std::env::var_os("MESH_TEST_KUBECONFIG") {
@@ -184,10 +219,21 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         &["--registry", "kubernetes", "--kubeconfig", &kubeconfig],
     )
     .await;
+    // Every sidecar proves itself with its projected ServiceAccount token.
+    for account in ["echo", "client"] {
+        let sa = format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n");
+        apply_objects(&api, &dir, &format!("sa-{account}.yaml"), &sa).await;
+    }
+    let echo_token = projected(&api, &dir, "echo");
+    let client_token = projected(&api, &dir, "client");
+    let with_token = [("MESH_PROXY_IDENTITY_TOKEN_FILE", echo_token.as_str())];
     let insts = [
-        mesh.instance("echo", "v1", "echo-v1-a", &[], None).await,
-        mesh.instance("echo", "v1", "echo-v1-b", &[], None).await,
-        mesh.instance("echo", "v2", "echo-v2-a", &[], None).await,
+        mesh.instance_with("echo", "v1", "echo-v1-a", &[], None, &with_token)
+            .await,
+        mesh.instance_with("echo", "v1", "echo-v1-b", &[], None, &with_token)
+            .await,
+        mesh.instance_with("echo", "v2", "echo-v2-a", &[], None, &with_token)
+            .await,
     ];
     apply_objects(&api, &dir, "service.yaml", SERVICE).await;
     for (inst, v) in insts.iter().zip(["v1", "v1", "v2"]) {
@@ -197,8 +243,23 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         .await
         .unwrap();
     let snapshots = Snapshots::watch(&mesh).await;
-    let client = mesh.client("client-0").await;
-    mesh.no_retries("echo", "round-robin", &client).await;
+    let client = mesh
+        .client_with(
+            "client-0",
+            &[("MESH_PROXY_IDENTITY_TOKEN_FILE", client_token.as_str())],
+        )
+        .await;
+
+    // The rule kinds' CRDs from install/, then rules as objects.
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../install/crds");
+    kubectl_ok(&api, &["create", "--validate=false", "-f", crds]).await;
+    let policy = support::traffic_policy(
+        "echo",
+        "loadBalancer: round-robin\nretry:\n  retryOn: []\n  grpcCodes: []",
+    );
+    let before = mesh.version().await;
+    apply_objects(&api, &dir, "policy.yaml", &policy).await;
+    wait_for_version(&mesh, &client, before).await;
 
     // kubectl reads back what mesh-control reads.
     let listed = kubectl_ok(
@@ -213,13 +274,37 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     .await;
     assert_eq!(listed.split_whitespace().count(), 3, "{listed}");
 
-    // 80/20 by version, over the cluster's instances.
-    mesh.apply_ok(
+    // The admin API no longer writes rules: the cluster holds them.
+    let refused = mesh
+        .apply(
+            "split.yaml",
+            &split("echo", &[("echo-v1", "80"), ("echo-v2", "20")]),
+        )
+        .await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("reads its rules from the Kubernetes cluster"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // A TrafficSplit object, 80/20 by version, over the cluster's instances.
+    let before = mesh.version().await;
+    apply_objects(
+        &api,
+        &dir,
         "split.yaml",
         &split("echo", &[("echo-v1", "80"), ("echo-v2", "20")]),
     )
     .await;
-    mesh.sync(&client).await;
+    wait_for_version(&mesh, &client, before).await;
+    let v2_share = |replies: &[support::load::Reply]| {
+        replies
+            .iter()
+            .filter(|r| r.version.as_deref() == Some("v2"))
+            .count() as u64
+    };
     let n = 4000;
     let replies =
         support::load::many(client.outbound, &support::load::Shape::get("echo"), n, 8).await;
@@ -228,28 +313,70 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         n,
         "every request answered"
     );
-    let v2 = replies
-        .iter()
-        .filter(|r| r.version.as_deref() == Some("v2"))
-        .count() as u64;
-    eprintln!("measured: {v2} of {n} answered by v2 at a 20% split");
+    let v2 = v2_share(&replies);
+    eprintln!("measured: {v2} of {n} answered by v2 at a 20% TrafficSplit object");
     assert!(
         within_binomial(v2, n as u64, 0.2),
         "{v2} of {n} at v2, not about 20%"
     );
-    let gone = mesh
-        .meshctl(&[
-            "delete",
+
+    // What the CRD's schema refuses never gets stored.
+    let negative =
+        split("echo", &[("echo-v1", "-1"), ("echo-v2", "20")]).replace("echo-split", "negative");
+    std::fs::write(dir.0.join("negative.yaml"), &negative).unwrap();
+    let out = kubectl(
+        &api,
+        &[
+            "create",
             "-f",
-            mesh.dir.0.join("split.yaml").to_str().unwrap(),
-        ])
-        .await;
+            dir.0.join("negative.yaml").to_str().unwrap(),
+            "--validate=false",
+        ],
+    )
+    .await;
+    let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        gone.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gone.stderr)
+        !out.status.success()
+            && said
+                .contains("spec.backends[0].weight in body should be greater than or equal to 0"),
+        "{said}"
     );
-    mesh.sync(&client).await;
+    assert!(
+        api.object("split.smi-spec.io/trafficsplits", "default", "negative")
+            .is_none()
+    );
+
+    // What only mesh's validation refuses (all weights 0) is stored, but
+    // the last valid version keeps serving, and the log says why.
+    let before = mesh.version().await;
+    kubectl_ok(&api, &["patch", "trafficsplit", "echo-split", "--type=json", "-p",
+        r#"[{"op":"replace","path":"/spec/backends/0/weight","value":0},{"op":"replace","path":"/spec/backends/1/weight","value":0}]"#]).await;
+    wait_for_log(
+        &mesh,
+        "Kubernetes rule refused; its last valid version keeps serving",
+    )
+    .await;
+    assert_eq!(mesh.version().await, before, "nothing was published");
+    let replies =
+        support::load::many(client.outbound, &support::load::Shape::get("echo"), 1000, 8).await;
+    assert_eq!(support::load::with_status(&replies, 200), 1000);
+    assert!(
+        within_binomial(v2_share(&replies), 1000, 0.2),
+        "the 80/20 version still serves"
+    );
+
+    // Deleting the TrafficSplit returns echo to its default: every ready
+    // instance, v2 among three.
+    let before = mesh.version().await;
+    kubectl_ok(&api, &["delete", "trafficsplit", "echo-split"]).await;
+    wait_for_version(&mesh, &client, before).await;
+    let replies =
+        support::load::many(client.outbound, &support::load::Shape::get("echo"), 1500, 8).await;
+    let v2 = v2_share(&replies);
+    assert!(
+        within_binomial(v2, 1500, 1.0 / 3.0),
+        "{v2} of 1500 at v2 after the split's deletion"
+    );
 
     // Not ready in its EndpointSlice: out of rotation within 1 s, and no
     // request fails meanwhile.

@@ -49,7 +49,7 @@ pub enum Error {
     Tokens(#[from] crate::identity::tokens::Error),
     /// The Kubernetes registry's client could not be made.
     #[error(transparent)]
-    Kubernetes(#[from] crate::registry::kubernetes::Error),
+    Kubernetes(#[from] crate::kubernetes::Error),
     /// A listener could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -174,7 +174,7 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
     };
     let kube = match config.registry {
         crate::config::RegistryKind::Kubernetes => {
-            Some(crate::registry::kubernetes::client(config.kubeconfig.as_deref()).await?)
+            Some(crate::kubernetes::client(config.kubeconfig.as_deref()).await?)
         }
         crate::config::RegistryKind::Local => None,
     };
@@ -421,7 +421,23 @@ impl Bound {
 /// at the first complete sync (until then `/ready` says what it waits for).
 fn feed(state: Arc<State>, client: kube::Client, trust_domain: String) -> watch::Receiver<bool> {
     let (synced_tx, synced) = watch::channel(false);
-    let mut clusters = crate::registry::kubernetes::start(client, trust_domain);
+    let mut clusters = crate::kubernetes::registry::start(client.clone(), trust_domain);
+    let mut objects = crate::kubernetes::rules::start(client);
+    let rules_state = state.clone();
+    tokio::spawn(async move {
+        while objects.changed().await.is_ok() {
+            let next = objects.borrow_and_update().clone();
+            let Some(docs) = next else { continue };
+            match rules_state.sync_rules(&docs) {
+                Ok(version) => {
+                    tracing::info!(version, objects = docs.len(), "Kubernetes rules in force")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kubernetes rules refused as a set; the rules in force keep serving")
+                }
+            }
+        }
+    });
     tokio::spawn(async move {
         while clusters.changed().await.is_ok() {
             let next = clusters.borrow_and_update().clone();

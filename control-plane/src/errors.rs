@@ -12,6 +12,7 @@ pub fn code(e: &Error) -> Code {
         Error::Shift(crate::rules::ShiftError::Percent(_)) => Code::InvalidArgument,
         Error::Shift(_) | Error::Index(_) => Code::NotFound,
         Error::Store(_) => Code::Unavailable,
+        Error::ClusterRules => Code::FailedPrecondition,
     }
 }
 
@@ -126,6 +127,7 @@ mod tests {
                 Code::NotFound,
             ),
             (Error::Store(io()), Code::Unavailable),
+            (Error::ClusterRules, Code::FailedPrecondition),
             (Error::Store(corrupt), Code::Unavailable),
             (
                 Error::Refused(Refusal::Anonymous { call: "Heartbeat" }),

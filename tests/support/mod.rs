@@ -288,6 +288,12 @@ impl Mesh {
     /// `client`, with extra sidecar environment.
     pub async fn client_with(&self, id: &str, env: &[(&str, &str)]) -> Client {
         let mut cmd = self.sidecar_cmd("client", "", id);
+        if env
+            .iter()
+            .any(|(k, _)| *k == "MESH_PROXY_IDENTITY_TOKEN_FILE")
+        {
+            cmd.env_remove("MESH_PROXY_IDENTITY_TOKEN");
+        }
         cmd.envs(env.iter().copied());
         let proc = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
             .await

@@ -3,7 +3,7 @@
 //! [`Catalog`]; the index reads only that, so local mode (`local`: Service
 //! documents and sidecar heartbeats) and the Kubernetes backend
 //! (`cluster`: Services, EndpointSlices and Pods, kept current by the
-//! watchers in `kubernetes`) feed the same config.
+//! watchers in `crate::kubernetes`) feed the same config.
 //!
 //! Every instance of service `S` with version `V` is an endpoint of `S` and
 //! of the subset service `S-V`, the naming SMI release workflows use for
@@ -11,7 +11,6 @@
 
 pub mod claim;
 pub mod cluster;
-pub mod kubernetes;
 pub mod lease;
 pub mod local;
 

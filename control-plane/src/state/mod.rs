@@ -66,6 +66,11 @@ pub enum Error {
     /// The state directory could not be written; nothing was applied.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// Rules live in the cluster: they change through the API server.
+    #[error(
+        "this control plane reads its rules from the Kubernetes cluster: change them there (kubectl apply -f, kubectl delete), not through its admin API"
+    )]
+    ClusterRules,
 }
 
 /// What one apply did.
@@ -246,6 +251,20 @@ impl State {
         inner.version
     }
 
+    /// Replaces the rules with the rule objects of the cluster, validated as
+    /// one set, and publishes them. A set that does not validate together
+    /// changes nothing: the rules in force keep serving.
+    pub fn sync_rules(&self, docs: &[manifest::Located]) -> Result<u64, Error> {
+        let incoming = rules::rules_from(docs).map_err(Error::Invalid)?;
+        let (_turn, _) = self.begin_change();
+        let (next, _) = RuleSet::default()
+            .apply(&incoming, docs)
+            .map_err(Error::Invalid)?;
+        let mut inner = self.lock();
+        inner.rules = Arc::new(next);
+        Ok(self.publish(&mut inner))
+    }
+
     /// Stops publication and lease expiry for good (graceful stop).
     pub fn stop_publishing(&self) {
         self.stopped
@@ -297,6 +316,9 @@ impl State {
 
     /// Validates and applies rule files, all or nothing.
     pub fn apply(&self, files: &[(String, String)]) -> Result<Applied, Error> {
+        if self.cluster {
+            return Err(Error::ClusterRules);
+        }
         let docs = rule_documents(files)?;
         let incoming = rules::rules_from(&docs).map_err(Error::Invalid)?;
         let (_turn, current) = self.begin_change();
@@ -332,6 +354,9 @@ impl State {
         files: &[(String, String)],
         mut targets: Vec<rules::Target>,
     ) -> Result<Applied, Error> {
+        if self.cluster {
+            return Err(Error::ClusterRules);
+        }
         let docs = if files.is_empty() {
             Vec::new()
         } else {
@@ -364,6 +389,9 @@ impl State {
         backend: &str,
         percent: u32,
     ) -> Result<(Split, u64, Vec<String>), Error> {
+        if self.cluster {
+            return Err(Error::ClusterRules);
+        }
         let (_turn, current) = self.begin_change();
         let (next, split, what) = current.shift(namespace, service, backend, percent)?;
         let (version, warnings, _) =

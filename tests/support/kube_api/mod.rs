@@ -12,6 +12,7 @@
 
 mod patch;
 mod resources;
+mod schema;
 mod serve;
 mod store;
 mod tokens;
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub seen: Mutex<Vec<String>>,
     /// Signs and reviews ServiceAccount tokens.
     pub signer: tokens::Signer,
+    /// What is served: the built-ins and every established CRD's.
+    pub resources: Mutex<Vec<resources::Resource>>,
 }
 
 /// The running server.
@@ -84,6 +87,7 @@ impl KubeApi {
             bookmark_every: std::time::Duration::from_secs(1),
             seen: Mutex::new(Vec::new()),
             signer: tokens::Signer::default(),
+            resources: Mutex::new(resources::builtins()),
         });
         let mut api = KubeApi {
             shared,
@@ -205,9 +209,16 @@ fn tls() -> (tokio_rustls::TlsAcceptor, String) {
 /// Runs the machine's kubectl against `api` (`--kubeconfig`), returning
 /// its output.
 pub async fn kubectl(api: &KubeApi, args: &[&str]) -> std::process::Output {
+    // A discovery cache of this call's own: a kind a CRD just added is
+    // looked up afresh, not in what an earlier call cached.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cache = api.kubeconfig.with_file_name(format!("kubectl-cache-{n}"));
     tokio::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&api.kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
         .args(args)
         .output()
         .await

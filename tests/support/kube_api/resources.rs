@@ -6,22 +6,37 @@
 //! (https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors).
 
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// One served resource.
 #[derive(Debug, Clone)]
 pub struct Resource {
     /// "" for the core group.
-    pub group: &'static str,
-    pub version: &'static str,
-    pub plural: &'static str,
-    pub kind: &'static str,
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+    pub kind: String,
     pub namespaced: bool,
     /// Whether it has a status subresource (and so a `.status` the main
     /// resource does not write).
     pub status: bool,
+    /// A custom resource's openAPIV3Schema, which every write must pass.
+    pub schema: Option<Arc<Value>>,
 }
 
 impl Resource {
+    fn builtin(group: &str, plural: &str, kind: &str, namespaced: bool, status: bool) -> Resource {
+        Resource {
+            group: group.into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            kind: kind.into(),
+            namespaced,
+            status,
+            schema: None,
+        }
+    }
+
     /// The store's name for it.
     pub fn key(&self) -> String {
         format!("{}/{}", self.group, self.plural)
@@ -29,60 +44,65 @@ impl Resource {
 
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
-            self.version.to_string()
+            self.version.clone()
         } else {
             format!("{}/{}", self.group, self.version)
         }
     }
 }
 
-pub const RESOURCES: &[Resource] = &[
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "namespaces",
-        kind: "Namespace",
-        namespaced: false,
-        status: true,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "services",
-        kind: "Service",
-        namespaced: true,
-        status: true,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "pods",
-        kind: "Pod",
-        namespaced: true,
-        status: true,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "serviceaccounts",
-        kind: "ServiceAccount",
-        namespaced: true,
-        status: false,
-    },
-    Resource {
-        group: "discovery.k8s.io",
-        version: "v1",
-        plural: "endpointslices",
-        kind: "EndpointSlice",
-        namespaced: true,
-        status: false,
-    },
-];
+/// The built-in resources served from the start.
+pub fn builtins() -> Vec<Resource> {
+    vec![
+        Resource::builtin("", "namespaces", "Namespace", false, true),
+        Resource::builtin("", "services", "Service", true, true),
+        Resource::builtin("", "pods", "Pod", true, true),
+        Resource::builtin("", "serviceaccounts", "ServiceAccount", true, false),
+        Resource::builtin(
+            "discovery.k8s.io",
+            "endpointslices",
+            "EndpointSlice",
+            true,
+            false,
+        ),
+        Resource::builtin(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            true,
+        ),
+    ]
+}
 
-pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
+/// The resources a CustomResourceDefinition serves, one per served
+/// version ("Create a CustomResourceDefinition",
+/// https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#create-a-customresourcedefinition).
+pub fn from_crd(crd: &Value) -> Vec<Resource> {
+    let spec = &crd["spec"];
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let mut out = Vec::new();
+    for v in spec["versions"].as_array().into_iter().flatten() {
+        if v["served"].as_bool() != Some(true) {
+            continue;
+        }
+        out.push(Resource {
+            group: s(&spec["group"]),
+            version: s(&v["name"]),
+            plural: s(&spec["names"]["plural"]),
+            kind: s(&spec["names"]["kind"]),
+            namespaced: spec["scope"].as_str() == Some("Namespaced"),
+            status: v.pointer("/subresources/status").is_some(),
+            schema: v.pointer("/schema/openAPIV3Schema").cloned().map(Arc::new),
+        });
+    }
+    out
+}
+
+pub fn find(all: &[Resource], group: &str, version: &str, plural: &str) -> Option<Resource> {
+    all.iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .cloned()
 }
 
 /// `/api`: APIVersions.
@@ -95,12 +115,13 @@ pub fn core_versions(addr: &str) -> Value {
 }
 
 /// `/apis`: APIGroupList.
-pub fn groups() -> Value {
-    let mut names: Vec<(&str, &str)> = RESOURCES
+pub fn groups(all: &[Resource]) -> Value {
+    let mut names: Vec<(&str, &str)> = all
         .iter()
         .filter(|r| !r.group.is_empty())
-        .map(|r| (r.group, r.version))
+        .map(|r| (r.group.as_str(), r.version.as_str()))
         .collect();
+    names.sort();
     names.dedup();
     let groups: Vec<Value> = names
         .iter()
@@ -114,8 +135,8 @@ pub fn groups() -> Value {
 
 /// `/api/v1` or `/apis/<group>/<version>`: APIResourceList, or None for a
 /// group version nobody serves.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let mine: Vec<&Resource> = RESOURCES
+pub fn resource_list(all: &[Resource], group: &str, version: &str) -> Option<Value> {
+    let mine: Vec<&Resource> = all
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();

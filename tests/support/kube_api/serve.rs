@@ -11,6 +11,7 @@
 use super::Shared;
 use super::patch;
 use super::resources::{self, Resource, Selector};
+use super::schema;
 use super::store::{Change, Key, Refusal};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -97,13 +98,13 @@ fn refusal(r: Refusal, res: &Resource, name: &str) -> Response<Body> {
 
 /// Where a request points.
 struct Target {
-    res: &'static Resource,
+    res: Resource,
     namespace: String,
     name: Option<String>,
     subresource: Option<String>,
 }
 
-fn route(path: &str) -> Result<Option<Target>, Response<Body>> {
+fn route(all: &[Resource], path: &str) -> Result<Option<Target>, Response<Body>> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
@@ -117,7 +118,7 @@ fn route(path: &str) -> Result<Option<Target>, Response<Body>> {
             "the server could not find the requested resource",
         )
     };
-    let find = |plural: &str| resources::find(group, version, plural).ok_or_else(not_found);
+    let find = |plural: &str| resources::find(all, group, version, plural).ok_or_else(not_found);
     let owned = |s: &&str| s.to_string();
     let target = match rest {
         [] => return Ok(None),
@@ -196,19 +197,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 &resources::core_versions(&shared.addr.to_string()),
             );
         }
-        (&Method::GET, "/apis") => return full(StatusCode::OK, &resources::groups()),
+        (&Method::GET, "/apis") => {
+            return full(
+                StatusCode::OK,
+                &resources::groups(&shared.resources.lock().unwrap()),
+            );
+        }
         (&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
             return token_review(&shared, req).await;
         }
         _ => {}
     }
-    let target = match route(&path) {
+    let routed = route(&shared.resources.lock().unwrap(), &path);
+    let target = match routed {
         Ok(Some(t)) => t,
         Ok(None) => {
             let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+            let all = shared.resources.lock().unwrap().clone();
             let list = match segs.as_slice() {
-                ["api", v] => resources::resource_list("", v),
-                ["apis", g, v] => resources::resource_list(g, v),
+                ["api", v] => resources::resource_list(&all, "", v),
+                ["apis", g, v] => resources::resource_list(&all, g, v),
                 _ => None,
             };
             return match list {
@@ -233,7 +241,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b.to_bytes(),
         Err(_) => return status(400, "BadRequest", "unreadable body"),
     };
-    let res = target.res;
+    let res = &target.res;
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     match (&method, &target.name) {
         (&Method::GET, None) => {
             let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -244,7 +253,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::POST, None) => {
-            let object = match parse_object(&body, res, &target.namespace, None) {
+            let mut object = match parse_object(&body, res, &target.namespace, None) {
                 Ok(o) => o,
                 Err(r) => return r,
             };
@@ -255,9 +264,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             if let Some(r) = namespace_missing(&shared, res, &target.namespace) {
                 return r;
             }
+            if let Err(r) = admit(&shared, res, &name, &mut object, strict) {
+                return r;
+            }
             let key = key(res, &target.namespace, &name);
-            match shared.store.lock().unwrap().create(key, object) {
-                Ok(o) => full(StatusCode::CREATED, &o),
+            let created = shared.store.lock().unwrap().create(key, object);
+            match created {
+                Ok(o) => {
+                    served(&shared, res, &o, true);
+                    full(StatusCode::CREATED, &o)
+                }
                 Err(r) => refusal(r, res, &name),
             }
         }
@@ -270,10 +286,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     None => refusal(Refusal::NotFound, res, name),
                 },
                 Method::PUT => {
-                    let object = match parse_object(&body, res, &target.namespace, Some(name)) {
+                    let mut object = match parse_object(&body, res, &target.namespace, Some(name)) {
                         Ok(o) => o,
                         Err(r) => return r,
                     };
+                    if let Err(r) = admit(&shared, res, name, &mut object, strict) {
+                        return r;
+                    }
                     let mut store = shared.store.lock().unwrap();
                     match store.update(&key, object, on_status, res.status) {
                         Ok(o) => full(StatusCode::OK, &o),
@@ -285,10 +304,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     let Some(current) = store.get(&key).cloned() else {
                         return refusal(Refusal::NotFound, res, name);
                     };
-                    let patched = match patch::apply(&content_type, &current, &body) {
+                    let mut patched = match patch::apply(&content_type, &current, &body) {
                         Ok(p) => p,
                         Err((code, m)) => return status(code, reason_of(code), &m),
                     };
+                    if let Err(r) = admit(&shared, res, name, &mut patched, strict) {
+                        return r;
+                    }
                     if patched.pointer("/metadata/name") != current.pointer("/metadata/name") {
                         return status(
                             400,
@@ -301,10 +323,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                         Err(r) => refusal(r, res, name),
                     }
                 }
-                Method::DELETE if !on_status => match shared.store.lock().unwrap().delete(&key) {
-                    Ok(o) => full(StatusCode::OK, &o),
-                    Err(r) => refusal(r, res, name),
-                },
+                Method::DELETE if !on_status => {
+                    let deleted = shared.store.lock().unwrap().delete(&key);
+                    match deleted {
+                        Ok(o) => {
+                            served(&shared, res, &o, false);
+                            full(StatusCode::OK, &o)
+                        }
+                        Err(r) => refusal(r, res, name),
+                    }
+                }
                 _ => status(
                     405,
                     "MethodNotAllowed",
@@ -344,6 +372,79 @@ async fn token_review(shared: &Shared, req: Request<Incoming>) -> Response<Body>
     };
     review["status"] = shared.signer.review(&review, exists);
     full(StatusCode::CREATED, &review)
+}
+
+/// What the API server checks of a write before storing it: a custom
+/// resource against its CRD's schema; a CRD's name and its initial
+/// conditions (Established and NamesAccepted: this server serves it at
+/// once).
+fn admit(
+    shared: &Shared,
+    res: &Resource,
+    name: &str,
+    object: &mut Value,
+    strict: bool,
+) -> Result<(), Response<Body>> {
+    if let Some(s) = &res.schema {
+        let problems = schema::check(s, object, strict);
+        if !problems.is_empty() {
+            let all = if problems.len() == 1 {
+                problems[0].clone()
+            } else {
+                format!("[{}]", problems.join(", "))
+            };
+            return Err(status(
+                422,
+                "Invalid",
+                &format!("{}.{} {name:?} is invalid: {all}", res.kind, res.group),
+            ));
+        }
+    }
+    if res.plural == "customresourcedefinitions" {
+        let spec = &object["spec"];
+        let want = format!(
+            "{}.{}",
+            spec["names"]["plural"].as_str().unwrap_or(""),
+            spec["group"].as_str().unwrap_or("")
+        );
+        if want != name {
+            return Err(status(
+                422,
+                "Invalid",
+                &format!(
+                    "CustomResourceDefinition.apiextensions.k8s.io {name:?} is invalid: metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
+                ),
+            ));
+        }
+        let now = super::store::now_rfc3339();
+        let cond = |t: &str, reason: &str| json!({"type": t, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now});
+        object["status"] = json!({
+            "conditions": [cond("NamesAccepted", "NoConflicts"), cond("Established", "InitialNamesAccepted")],
+            "acceptedNames": spec["names"].clone(),
+            "storedVersions": spec["versions"].as_array().into_iter().flatten()
+                .filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect::<Vec<_>>(),
+        });
+    }
+    let _ = shared;
+    Ok(())
+}
+
+/// A CRD created starts its resources being served; one deleted stops
+/// them.
+fn served(shared: &Shared, res: &Resource, crd: &Value, created: bool) {
+    if res.plural != "customresourcedefinitions" {
+        return;
+    }
+    let mut all = shared.resources.lock().unwrap();
+    let group = crd["spec"]["group"].as_str().unwrap_or("").to_string();
+    let plural = crd["spec"]["names"]["plural"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    all.retain(|r| !(r.group == group && r.plural == plural));
+    if created {
+        all.extend(resources::from_crd(crd));
+    }
 }
 
 fn reason_of(code: u16) -> &'static str {
@@ -390,7 +491,7 @@ fn parse_object(
 ) -> Result<Value, Response<Body>> {
     let mut object: Value = serde_json::from_slice(body)
         .map_err(|e| status(400, "BadRequest", &format!("the body is not JSON: {e}")))?;
-    if object.get("kind").and_then(Value::as_str) != Some(res.kind)
+    if object.get("kind").and_then(Value::as_str) != Some(res.kind.as_str())
         || object.get("apiVersion").and_then(Value::as_str) != Some(res.api_version().as_str())
     {
         return Err(status(
@@ -490,7 +591,7 @@ fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Re
             continue;
         }
         match resources::field_matches(&fields, &o) {
-            Ok(true) => items.push(typed(target.res, o)),
+            Ok(true) => items.push(typed(&target.res, o)),
             Ok(false) => {}
             Err(e) => return status(400, "BadRequest", &e),
         }
@@ -528,7 +629,7 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
         Ok(s) => s,
         Err(r) => return r,
     };
-    let res = target.res;
+    let res = target.res.clone();
     let namespace = target.namespace.clone();
     let rv = query.get("resourceVersion").cloned().unwrap_or_default();
     let bookmarks = query
@@ -550,7 +651,7 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
         if rv.is_empty() || rv == "0" || initial_events {
             for o in store.list(&res.key(), &namespace) {
                 if selected(&o) {
-                    first.push(event("ADDED", &typed(res, o)));
+                    first.push(event("ADDED", &typed(&res, o)));
                 }
             }
             if initial_events {
@@ -567,7 +668,7 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
             match store.since(since) {
                 Ok(replay) => {
                     for c in &replay {
-                        if let Some(e) = as_event(c, res, &namespace, &selected) {
+                        if let Some(e) = as_event(c, &res, &namespace, &selected) {
                             first.push(e);
                         }
                     }
@@ -612,7 +713,7 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
                         if *c.resource != *key {
                             continue;
                         }
-                        match as_event(&c, res, &namespace, &selected) {
+                        match as_event(&c, &res, &namespace, &selected) {
                             Some(e) => Ok(Frame::data(e)),
                             None => continue,
                         }

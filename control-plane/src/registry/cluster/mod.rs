@@ -1,6 +1,7 @@
 //! The cluster's registry as data: Services, EndpointSlices and Pods turned
 //! into the same instances local mode has, so every rule works unchanged.
-//! Pure: the watchers that keep the objects current are in `kubernetes`.
+//! Pure: the watchers that keep the objects current are in
+//! `crate::kubernetes::registry`.
 //!
 //! - A Service is a declared service of its namespace.
 //! - Each endpoint of an EndpointSlice (`kubernetes.io/service-name`) is an

@@ -8,54 +8,15 @@
 //! the relist is complete (`InitDone`), so a relist never shows an empty
 //! or half-listed registry: the last complete one keeps serving meanwhile.
 
-use super::cluster::{self, Cluster};
+use crate::registry::cluster::{self, Cluster};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
-
-/// Why the cluster cannot be reached at startup.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The kubeconfig could not be read or used.
-    #[error("kubeconfig {path}: {source}")]
-    Kubeconfig {
-        /// Path.
-        path: String,
-        /// Cause.
-        source: kube::config::KubeconfigError,
-    },
-    /// No kubeconfig given and none could be inferred.
-    #[error("no Kubernetes config: {0}")]
-    Infer(#[from] kube::config::InferConfigError),
-    /// The client could not be built from the config.
-    #[error("Kubernetes client: {0}")]
-    Client(#[from] kube::Error),
-}
-
-/// A client from `kubeconfig`, or from $KUBECONFIG, ~/.kube/config or the
-/// in-cluster service account when None.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let named = |source| Error::Kubeconfig {
-                path: path.display().to_string(),
-                source,
-            };
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(named)?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(named)?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
 
 /// Starts the watchers; the receiver holds None until the first complete
 /// sync, then every registry that differs from the last.
@@ -109,7 +70,11 @@ pub fn start(client: kube::Client, trust_domain: String) -> watch::Receiver<Opti
 
 /// A reflector over every `K` of the cluster, driven in its own task; each
 /// change to its store wakes `changed`.
-fn reflect<K>(client: &kube::Client, what: &'static str, changed: &Arc<Notify>) -> Store<K>
+pub(crate) fn reflect<K>(
+    client: &kube::Client,
+    what: &'static str,
+    changed: &Arc<Notify>,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -129,23 +94,38 @@ where
     reader
 }
 
-async fn drive<K>(
+pub(crate) async fn drive<K>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     what: &'static str,
     changed: Arc<Notify>,
 ) {
     futures::pin_mut!(stream);
+    // A failure that repeats (a CRD not installed yet) is said once a
+    // minute, not at every retry.
+    let mut last: Option<(String, std::time::Instant)> = None;
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                if last.take().is_some() {
+                    tracing::info!(what, "Kubernetes watch recovered");
+                }
                 changed.notify_one()
             }
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-            Err(e) => tracing::warn!(
-                what,
-                error = %e,
-                "Kubernetes watch failed; retrying with back-off, the last complete list keeps serving"
-            ),
+            Err(e) => {
+                let text = e.to_string();
+                let repeat = last.as_ref().is_some_and(|(t, at)| {
+                    *t == text && at.elapsed() < std::time::Duration::from_secs(60)
+                });
+                if !repeat {
+                    tracing::warn!(
+                        what,
+                        error = %text,
+                        "Kubernetes watch failed; retrying with back-off, the last complete list keeps serving"
+                    );
+                    last = Some((text, std::time::Instant::now()));
+                }
+            }
         }
     }
 }
