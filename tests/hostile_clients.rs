@@ -16,17 +16,48 @@ use support::Mesh;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IDLE: Duration = Duration::from_millis(600);
-const PER_KIND: usize = 70;
+/// Per listener: silent connections, slowloris ones (a head begun and
+/// never finished, or a TLS ClientHello cut short) and ones stopped inside
+/// the HTTP/2 preface.
+const SILENT: usize = 1000;
+const SLOWLORIS: usize = 500;
+const PREFACE: usize = 100;
 
-/// Opens one connection, sends `prefix` (maybe nothing), and reports how
-/// long the sidecar took to close it, or `None` if it stayed open past a
-/// bound well beyond the idle timeout.
-async fn held(addr: SocketAddr, prefix: &'static [u8]) -> Option<Duration> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+/// `SILENT` connections that send nothing, `SLOWLORIS` that send
+/// `slowloris`, and `PREFACE` that send `preface` (if any), interleaved.
+fn mix(slowloris: &'static [u8], preface: Option<&'static [u8]>) -> Vec<&'static [u8]> {
+    let mut out = Vec::new();
+    for i in 0..SILENT.max(SLOWLORIS) {
+        if i < SILENT {
+            out.push(&b""[..]);
+        }
+        if i < SLOWLORIS {
+            out.push(slowloris);
+        }
+        if let Some(p) = preface
+            && i < PREFACE
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Opens one connection and sends `prefix` (maybe nothing).
+async fn open(addr: SocketAddr, prefix: &'static [u8]) -> (tokio::net::TcpStream, Instant) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     let opened = Instant::now();
     if !prefix.is_empty() {
-        s.write_all(prefix).await.ok()?;
+        s.write_all(prefix).await.expect("sending the prefix");
     }
+    (s, opened)
+}
+
+/// How long after `opened` the peer closed `s`, or `None` if it stayed
+/// open past a bound well beyond the idle timeout.
+async fn closed(mut s: tokio::net::TcpStream, opened: Instant) -> Option<Duration> {
     let mut buf = [0u8; 512];
     let bound = IDLE * 8;
     loop {
@@ -37,6 +68,21 @@ async fn held(addr: SocketAddr, prefix: &'static [u8]) -> Option<Duration> {
             Ok(Ok(_)) => continue,
         }
     }
+}
+
+/// Opens every connection of `prefixes` one after another (so the
+/// listener's accept backlog, not the sidecar, is never what is tested),
+/// each watched for its close in its own task.
+async fn hold_all(
+    addr: SocketAddr,
+    prefixes: Vec<&'static [u8]>,
+) -> Vec<tokio::task::JoinHandle<Option<Duration>>> {
+    let mut calls = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        let (s, opened) = open(addr, prefix).await;
+        calls.push(tokio::spawn(closed(s, opened)));
+    }
+    calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,17 +103,9 @@ async fn silent_and_slowloris_connections_are_closed_at_the_idle_timeout() {
         ("admin", inst.admin()),
     ];
     for (name, addr) in listeners {
-        let mut calls = Vec::new();
-        for i in 0..3 * PER_KIND {
-            // Silent; a head begun and never finished; a part of the
-            // HTTP/2 preface (RFC 9113 §3.4) and then nothing.
-            let prefix: &'static [u8] = match i % 3 {
-                0 => b"",
-                1 => b"GET / HTTP/1.1\r\nHost: ec",
-                _ => b"PRI * HT",
-            };
-            calls.push(tokio::spawn(held(addr, prefix)));
-        }
+        // Silent; a head begun and never finished; a part of the HTTP/2
+        // preface (RFC 9113 §3.4) and then nothing.
+        let calls = hold_all(addr, mix(b"GET / HTTP/1.1\r\nHost: ec", Some(b"PRI * HT"))).await;
         // Real requests still get through while every hostile one is held.
         let t = burst(client.outbound, "echo", 50, 2).await;
         assert_eq!((t.count("v1"), t.failures), (50, 0), "{name}: {t:?}");
@@ -273,17 +311,16 @@ async fn the_control_plane_s_listeners_close_what_never_speaks() {
     // The gRPC port speaks only TLS, so plaintext there is refused at once,
     // rightly; on it the slow client is the one that stops inside its
     // ClientHello (a handshake record announcing 512 bytes, 6 of them sent).
-    let grpc_kinds: [&'static [u8]; 2] = [b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"];
-    let http_kinds: [&'static [u8]; 3] = [b"", b"GET /ready HTTP/1.1\r\nHo", b"PRI * HTTP/2.0\r\n"];
+    let grpc_hello: &'static [u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
     for (name, addr, kinds) in [
-        ("grpc", mesh.grpc, &grpc_kinds[..]),
-        ("http", http, &http_kinds[..]),
+        ("grpc", mesh.grpc, mix(grpc_hello, None)),
+        (
+            "http",
+            http,
+            mix(b"GET /ready HTTP/1.1\r\nHo", Some(b"PRI * HTTP/2.0\r\n")),
+        ),
     ] {
-        let mut calls = Vec::new();
-        for i in 0..90 {
-            let prefix = kinds[i % kinds.len()];
-            calls.push(tokio::spawn(held(addr, prefix)));
-        }
+        let calls = hold_all(addr, kinds).await;
         let mut times = Vec::new();
         for (i, c) in calls.into_iter().enumerate() {
             let took = c.await.unwrap();
