@@ -7,9 +7,8 @@
 //! last valid version serving; an endpoint
 //! marked not ready leaves rotation at once with no request lost; and
 //! dropped watches, 410 Gone and an API server restart cost no request and
-//! never push an empty endpoint set. A sidecar proves its identity with a
-//! projected ServiceAccount token, which the CA checks with a TokenReview;
-//! no other token gets a certificate.
+//! never push an empty endpoint set. (Identity from projected tokens:
+//! tests/kube_identity.rs.)
 //!
 //! With `MESH_TEST_KUBECONFIG` set, these would need a real cluster whose
 //! pods can reach this machine's loopback, which no cluster has: the
@@ -23,7 +22,6 @@ mod kube_api;
 use anyhow::Result;
 use kube_api::{KubeApi, kubectl, kubectl_ok};
 use mesh_proto::v1 as pb;
-use mesh_proto::v1::identity_client::IdentityClient;
 use meshctl::traffic::Steady;
 use pb::discovery_client::DiscoveryClient;
 use std::sync::{Arc, Mutex};
@@ -132,18 +130,6 @@ impl Snapshots {
     }
 }
 
-async fn apply_objects(api: &KubeApi, dir: &TempDir, name: &str, yaml: &str) {
-    let path = dir.0.join(name);
-    std::fs::write(&path, yaml).unwrap();
-    // Client-side validation needs the OpenAPI documents, which this
-    // server does not serve; the server checks kind and names itself.
-    kubectl_ok(
-        api,
-        &["create", "--validate=false", "-f", path.to_str().unwrap()],
-    )
-    .await;
-}
-
 /// Marks the endpoint of `id` ready or not, as the EndpointSlice
 /// controller does when a readiness probe changes.
 async fn set_ready(api: &KubeApi, id: &str, ready: bool) {
@@ -169,14 +155,6 @@ async fn answered(client: std::net::SocketAddr, until: Instant) -> Result<Vec<(I
         out.push((Instant::now(), o.instance.unwrap_or_default()));
     }
     Ok(out)
-}
-
-/// A projected token of `account` (audience mesh) in a file, as the
-/// kubelet mounts it; returns the file's path.
-fn projected(api: &KubeApi, dir: &TempDir, account: &str) -> String {
-    let path = dir.0.join(format!("token-{account}"));
-    std::fs::write(&path, api.token("default", account, &["mesh"], 3600)).unwrap();
-    path.display().to_string()
 }
 
 /// Waits until the control plane publishes a version after `before` (read
@@ -222,10 +200,10 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     // Every sidecar proves itself with its projected ServiceAccount token.
     for account in ["echo", "client"] {
         let sa = format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n");
-        apply_objects(&api, &dir, &format!("sa-{account}.yaml"), &sa).await;
+        kube_api::create(&api, &dir.0, &format!("sa-{account}.yaml"), &sa).await;
     }
-    let echo_token = projected(&api, &dir, "echo");
-    let client_token = projected(&api, &dir, "client");
+    let echo_token = kube_api::projected(&api, &dir.0, "echo");
+    let client_token = kube_api::projected(&api, &dir.0, "client");
     let with_token = [("MESH_PROXY_IDENTITY_TOKEN_FILE", echo_token.as_str())];
     let insts = [
         mesh.instance_with("echo", "v1", "echo-v1-a", &[], None, &with_token)
@@ -235,9 +213,15 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         mesh.instance_with("echo", "v2", "echo-v2-a", &[], None, &with_token)
             .await,
     ];
-    apply_objects(&api, &dir, "service.yaml", SERVICE).await;
+    kube_api::create(&api, &dir.0, "service.yaml", SERVICE).await;
     for (inst, v) in insts.iter().zip(["v1", "v1", "v2"]) {
-        apply_objects(&api, &dir, &format!("{}.yaml", inst.id), &objects(inst, v)).await;
+        kube_api::create(
+            &api,
+            &dir.0,
+            &format!("{}.yaml", inst.id),
+            &objects(inst, v),
+        )
+        .await;
     }
     mesh.wait_ready_endpoints("echo", &[("echo", 3)])
         .await
@@ -258,7 +242,7 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         "loadBalancer: round-robin\nretry:\n  retryOn: []\n  grpcCodes: []",
     );
     let before = mesh.version().await;
-    apply_objects(&api, &dir, "policy.yaml", &policy).await;
+    kube_api::create(&api, &dir.0, "policy.yaml", &policy).await;
     wait_for_version(&mesh, &client, before).await;
 
     // kubectl reads back what mesh-control reads.
@@ -291,9 +275,9 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
 
     // A TrafficSplit object, 80/20 by version, over the cluster's instances.
     let before = mesh.version().await;
-    apply_objects(
+    kube_api::create(
         &api,
-        &dir,
+        &dir.0,
         "split.yaml",
         &split("echo", &[("echo-v1", "80"), ("echo-v2", "20")]),
     )
@@ -470,7 +454,7 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
             "name: echo-v1-a\n  labels: {kubernetes.io/service-name: echo}",
             "name: ghost\n  labels: {kubernetes.io/service-name: ghost}",
         );
-    apply_objects(&api, &dir, "ghost.yaml", &ghost).await;
+    kube_api::create(&api, &dir.0, "ghost.yaml", &ghost).await;
     let end = Instant::now() + support::DEADLINE;
     let log = mesh.logs().join("mesh-control.log");
     while !std::fs::read_to_string(&log)
@@ -485,139 +469,4 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     }
     let out = kubectl(&api, &["get", "services", "ghost"]).await;
     assert!(!out.status.success(), "ghost exists only as a slice");
-}
-
-fn csr(uri: &str) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
-    p.serialize_request(&key).unwrap().pem().unwrap()
-}
-
-const ECHO_ID: &str = "spiffe://cluster.local/ns/default/sa/echo";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_projected_service_account_token_proves_the_workload_and_nothing_else_does() {
-    let dir = TempDir::new("kube-identity");
-    let api = KubeApi::start(&dir.0).await;
-    let sa = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: SA\n";
-    for account in ["echo", "web"] {
-        apply_objects(
-            &api,
-            &dir,
-            &format!("sa-{account}.yaml"),
-            &sa.replace("SA", account),
-        )
-        .await;
-    }
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let mesh = Mesh::start_with_args(
-        "kube-identity",
-        &["--registry", "kubernetes", "--kubeconfig", &kubeconfig],
-    )
-    .await;
-
-    // The sidecar reads its projected token from a file, as the kubelet
-    // mounts it, and gets echo's SPIFFE ID.
-    let token_file = dir.0.join("token");
-    std::fs::write(&token_file, api.token("default", "echo", &["mesh"], 3600)).unwrap();
-    let file = token_file.display().to_string();
-    let inst = mesh
-        .instance_with(
-            "echo",
-            "v1",
-            "echo-v1-a",
-            &[],
-            None,
-            &[("MESH_PROXY_IDENTITY_TOKEN_FILE", &file)],
-        )
-        .await;
-    let (status, body) = meshctl::traffic::get(inst.admin(), "/identity")
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let id: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(id["identity"], ECHO_ID, "{body}");
-    assert!(
-        api.seen()
-            .iter()
-            .any(|s| s == "POST /apis/authentication.k8s.io/v1/tokenreviews"),
-        "the CA asked the API server"
-    );
-
-    // Every other token is refused, saying why.
-    let mut ca = IdentityClient::new(mesh.anonymous_channel().await);
-    let cases = [
-        (
-            "another audience",
-            api.token("default", "echo", &["vault"], 3600),
-            ECHO_ID,
-            tonic::Code::Unauthenticated,
-            "is invalid for the target audiences",
-        ),
-        (
-            "expired",
-            api.token("default", "echo", &["mesh"], -60),
-            ECHO_ID,
-            tonic::Code::Unauthenticated,
-            "has expired",
-        ),
-        (
-            "a deleted ServiceAccount",
-            api.token("default", "ghost", &["mesh"], 3600),
-            "spiffe://cluster.local/ns/default/sa/ghost",
-            tonic::Code::Unauthenticated,
-            "ghost has been deleted",
-        ),
-        (
-            "web's token for echo's CSR",
-            api.token("default", "web", &["mesh"], 3600),
-            ECHO_ID,
-            tonic::Code::PermissionDenied,
-            "the proof is for spiffe://cluster.local/ns/default/sa/web but the CSR asks for spiffe://cluster.local/ns/default/sa/echo",
-        ),
-        (
-            "not a JWT",
-            "a-bootstrap-token".to_string(),
-            ECHO_ID,
-            tonic::Code::Unauthenticated,
-            "not a JWT",
-        ),
-        (
-            "a forged signature",
-            {
-                let t = api.token("default", "echo", &["mesh"], 3600);
-                format!("{}.AAAA", t.rsplit_once('.').unwrap().0)
-            },
-            ECHO_ID,
-            tonic::Code::Unauthenticated,
-            "invalid bearer token",
-        ),
-    ];
-    let reviews_before = api.seen().len();
-    for (what, token, claim, code, says) in &cases {
-        let err = ca
-            .certify(mesh_proto::v1::CertifyRequest {
-                csr_pem: csr(claim),
-                token: token.clone(),
-            })
-            .await
-            .expect_err(what);
-        assert_eq!(err.code(), *code, "{what}: {}", err.message());
-        assert!(
-            err.message().contains(says),
-            "{what}: {:?} does not say {says:?}",
-            err.message()
-        );
-        eprintln!("measured: {what}: {:?} {}", err.code(), err.message());
-    }
-    let reviews = api.seen()[reviews_before..]
-        .iter()
-        .filter(|s| s.ends_with("/tokenreviews"))
-        .count();
-    assert_eq!(
-        reviews,
-        cases.len() - 1,
-        "all but the non-JWT went to the API server"
-    );
 }

@@ -10,7 +10,9 @@
 //! Faults a real cluster has: every watch dropped, history compacted (the
 //! next watch gets 410 Gone), and the whole server restarted on its port.
 
+mod admit;
 mod patch;
+mod read;
 mod resources;
 mod schema;
 mod serve;
@@ -235,4 +237,25 @@ pub async fn kubectl_ok(api: &KubeApi, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `yaml` to `dir/name` and creates its objects with kubectl.
+/// Client-side validation needs the OpenAPI documents, which this server
+/// does not serve; the server checks kinds, names and CRD schemas itself.
+pub async fn create(api: &KubeApi, dir: &Path, name: &str, yaml: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    kubectl_ok(
+        api,
+        &["create", "--validate=false", "-f", path.to_str().unwrap()],
+    )
+    .await;
+}
+
+/// A projected token of `default/account` (audience `mesh`) in a file, as
+/// the kubelet mounts it; returns the file's path.
+pub fn projected(api: &KubeApi, dir: &Path, account: &str) -> String {
+    let path = dir.join(format!("token-{account}"));
+    std::fs::write(&path, api.token("default", account, &["mesh"], 3600)).unwrap();
+    path.display().to_string()
 }

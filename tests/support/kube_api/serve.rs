@@ -10,19 +10,18 @@
 
 use super::Shared;
 use super::patch;
-use super::resources::{self, Resource, Selector};
-use super::schema;
-use super::store::{Change, Key, Refusal};
+use super::resources::{self, Resource};
+use super::store::{Key, Refusal};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 pub(crate) async fn accept(
     listener: TcpListener,
@@ -56,7 +55,7 @@ pub(crate) async fn accept(
     }
 }
 
-fn full(status: StatusCode, v: &Value) -> Response<Body> {
+pub(crate) fn full(status: StatusCode, v: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -69,7 +68,7 @@ fn full(status: StatusCode, v: &Value) -> Response<Body> {
 }
 
 /// A metav1.Status failure.
-fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
+pub(crate) fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
     full(
         StatusCode::from_u16(code).unwrap(),
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -97,11 +96,11 @@ fn refusal(r: Refusal, res: &Resource, name: &str) -> Response<Body> {
 }
 
 /// Where a request points.
-struct Target {
-    res: Resource,
-    namespace: String,
-    name: Option<String>,
-    subresource: Option<String>,
+pub(crate) struct Target {
+    pub(crate) res: Resource,
+    pub(crate) namespace: String,
+    pub(crate) name: Option<String>,
+    pub(crate) subresource: Option<String>,
 }
 
 fn route(all: &[Resource], path: &str) -> Result<Option<Target>, Response<Body>> {
@@ -204,7 +203,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             );
         }
         (&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
-            return token_review(&shared, req).await;
+            return super::admit::token_review(&shared, req).await;
         }
         _ => {}
     }
@@ -247,9 +246,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, None) => {
             let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
             if watching {
-                watch(&shared, &target, &query)
+                super::read::watch(&shared, &target, &query)
             } else {
-                list(&shared, &target, &query)
+                super::read::list(&shared, &target, &query)
             }
         }
         (&Method::POST, None) => {
@@ -264,14 +263,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             if let Some(r) = namespace_missing(&shared, res, &target.namespace) {
                 return r;
             }
-            if let Err(r) = admit(&shared, res, &name, &mut object, strict) {
+            if let Err(r) = super::admit::admit(&shared, res, &name, &mut object, strict) {
                 return r;
             }
             let key = key(res, &target.namespace, &name);
             let created = shared.store.lock().unwrap().create(key, object);
             match created {
                 Ok(o) => {
-                    served(&shared, res, &o, true);
+                    super::admit::served(&shared, res, &o, true);
                     full(StatusCode::CREATED, &o)
                 }
                 Err(r) => refusal(r, res, &name),
@@ -290,7 +289,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                         Ok(o) => o,
                         Err(r) => return r,
                     };
-                    if let Err(r) = admit(&shared, res, name, &mut object, strict) {
+                    if let Err(r) = super::admit::admit(&shared, res, name, &mut object, strict) {
                         return r;
                     }
                     let mut store = shared.store.lock().unwrap();
@@ -308,7 +307,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                         Ok(p) => p,
                         Err((code, m)) => return status(code, reason_of(code), &m),
                     };
-                    if let Err(r) = admit(&shared, res, name, &mut patched, strict) {
+                    if let Err(r) = super::admit::admit(&shared, res, name, &mut patched, strict) {
                         return r;
                     }
                     if patched.pointer("/metadata/name") != current.pointer("/metadata/name") {
@@ -327,7 +326,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     let deleted = shared.store.lock().unwrap().delete(&key);
                     match deleted {
                         Ok(o) => {
-                            served(&shared, res, &o, false);
+                            super::admit::served(&shared, res, &o, false);
                             full(StatusCode::OK, &o)
                         }
                         Err(r) => refusal(r, res, name),
@@ -345,105 +344,6 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             "MethodNotAllowed",
             &format!("{method} is not supported on a collection"),
         ),
-    }
-}
-
-/// TokenReview: created, answered, never stored.
-async fn token_review(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    let Ok(body) = req.into_body().collect().await else {
-        return status(400, "BadRequest", "unreadable body");
-    };
-    let mut review: Value = match serde_json::from_slice(&body.to_bytes()) {
-        Ok(v) => v,
-        Err(e) => return status(400, "BadRequest", &format!("the body is not JSON: {e}")),
-    };
-    if review.get("kind").and_then(Value::as_str) != Some("TokenReview") {
-        return status(
-            400,
-            "BadRequest",
-            "the body must be a TokenReview of authentication.k8s.io/v1",
-        );
-    }
-    let store = shared.store.lock().unwrap();
-    let exists = |ns: &str, sa: &str| {
-        store
-            .get(&("/serviceaccounts".into(), ns.into(), sa.into()))
-            .is_some()
-    };
-    review["status"] = shared.signer.review(&review, exists);
-    full(StatusCode::CREATED, &review)
-}
-
-/// What the API server checks of a write before storing it: a custom
-/// resource against its CRD's schema; a CRD's name and its initial
-/// conditions (Established and NamesAccepted: this server serves it at
-/// once).
-fn admit(
-    shared: &Shared,
-    res: &Resource,
-    name: &str,
-    object: &mut Value,
-    strict: bool,
-) -> Result<(), Response<Body>> {
-    if let Some(s) = &res.schema {
-        let problems = schema::check(s, object, strict);
-        if !problems.is_empty() {
-            let all = if problems.len() == 1 {
-                problems[0].clone()
-            } else {
-                format!("[{}]", problems.join(", "))
-            };
-            return Err(status(
-                422,
-                "Invalid",
-                &format!("{}.{} {name:?} is invalid: {all}", res.kind, res.group),
-            ));
-        }
-    }
-    if res.plural == "customresourcedefinitions" {
-        let spec = &object["spec"];
-        let want = format!(
-            "{}.{}",
-            spec["names"]["plural"].as_str().unwrap_or(""),
-            spec["group"].as_str().unwrap_or("")
-        );
-        if want != name {
-            return Err(status(
-                422,
-                "Invalid",
-                &format!(
-                    "CustomResourceDefinition.apiextensions.k8s.io {name:?} is invalid: metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
-                ),
-            ));
-        }
-        let now = super::store::now_rfc3339();
-        let cond = |t: &str, reason: &str| json!({"type": t, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now});
-        object["status"] = json!({
-            "conditions": [cond("NamesAccepted", "NoConflicts"), cond("Established", "InitialNamesAccepted")],
-            "acceptedNames": spec["names"].clone(),
-            "storedVersions": spec["versions"].as_array().into_iter().flatten()
-                .filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect::<Vec<_>>(),
-        });
-    }
-    let _ = shared;
-    Ok(())
-}
-
-/// A CRD created starts its resources being served; one deleted stops
-/// them.
-fn served(shared: &Shared, res: &Resource, crd: &Value, created: bool) {
-    if res.plural != "customresourcedefinitions" {
-        return;
-    }
-    let mut all = shared.resources.lock().unwrap();
-    let group = crd["spec"]["group"].as_str().unwrap_or("").to_string();
-    let plural = crd["spec"]["names"]["plural"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    all.retain(|r| !(r.group == group && r.plural == plural));
-    if created {
-        all.extend(resources::from_crd(crd));
     }
 }
 
@@ -540,237 +440,6 @@ fn parse_object(
         ));
     }
     Ok(object)
-}
-
-fn selectors(query: &HashMap<String, String>) -> Result<(Selector, String), Response<Body>> {
-    let labels = Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
-        .map_err(|e| status(400, "BadRequest", &e))?;
-    Ok((
-        labels,
-        query.get("fieldSelector").cloned().unwrap_or_default(),
-    ))
-}
-
-fn typed(res: &Resource, mut v: Value) -> Value {
-    v["kind"] = json!(res.kind);
-    v["apiVersion"] = json!(res.api_version());
-    v
-}
-
-/// A list, in pages when `limit` asks ("Retrieving large results sets in
-/// chunks"): the continue token carries the list's version and offset, and
-/// expires (410) once that version is compacted.
-fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Response<Body> {
-    let (labels, fields) = match selectors(query) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let store = shared.store.lock().unwrap();
-    let (version, offset) = match query.get("continue").filter(|c| !c.is_empty()) {
-        Some(token) => match token
-            .split_once(':')
-            .and_then(|(v, o)| Some((v.parse().ok()?, o.parse().ok()?)))
-        {
-            Some((v, o)) => {
-                if store.since(v).is_err() {
-                    return status(
-                        410,
-                        "Expired",
-                        "The provided continue parameter is too old to display a consistent list result.",
-                    );
-                }
-                (v, o)
-            }
-            None => return status(400, "BadRequest", "invalid continue token"),
-        },
-        None => (store.version(), 0usize),
-    };
-    let mut items = Vec::new();
-    for o in store.list(&target.res.key(), &target.namespace) {
-        if !labels.matches(&o) {
-            continue;
-        }
-        match resources::field_matches(&fields, &o) {
-            Ok(true) => items.push(typed(&target.res, o)),
-            Ok(false) => {}
-            Err(e) => return status(400, "BadRequest", &e),
-        }
-    }
-    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
-    let mut meta = json!({"resourceVersion": version.to_string()});
-    let page: Vec<Value> = if limit > 0 && items.len() > offset + limit {
-        meta["continue"] = json!(format!("{version}:{}", offset + limit));
-        meta["remainingItemCount"] = json!(items.len() - offset - limit);
-        items[offset..offset + limit].to_vec()
-    } else {
-        items.into_iter().skip(offset).collect()
-    };
-    full(
-        StatusCode::OK,
-        &json!({"kind": format!("{}List", target.res.kind), "apiVersion": target.res.api_version(),
-                "metadata": meta, "items": page}),
-    )
-}
-
-fn event(kind: &str, object: &Value) -> Bytes {
-    Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
-}
-
-/// A watch ("Efficient detection of changes"): from a resourceVersion it
-/// replays what followed it (410 Gone, as an ERROR event, if compacted);
-/// from "" or "0" it starts with synthetic ADDED events of the current
-/// state; `sendInitialEvents` ends those with a BOOKMARK annotated
-/// `k8s.io/initial-events-end` ("Streaming lists"); BOOKMARK events
-/// ("Watch bookmarks") come every `bookmark_every` when allowed. A label
-/// selector turns an object that stops matching into DELETED and one that
-/// starts matching into ADDED, as the API server's watch cache does.
-fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>) -> Response<Body> {
-    let (labels, fields) = match selectors(query) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let res = target.res.clone();
-    let namespace = target.namespace.clone();
-    let rv = query.get("resourceVersion").cloned().unwrap_or_default();
-    let bookmarks = query
-        .get("allowWatchBookmarks")
-        .is_some_and(|v| v == "true");
-    let initial_events = query.get("sendInitialEvents").is_some_and(|v| v == "true");
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(std::time::Duration::from_secs);
-    let selected =
-        move |o: &Value| labels.matches(o) && resources::field_matches(&fields, o).unwrap_or(false);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1024);
-    let mut first: Vec<Bytes> = Vec::new();
-    let (mut changes, mut seen) = {
-        let store = shared.store.lock().unwrap();
-        let changes = store.subscribe();
-        let now = store.version();
-        if rv.is_empty() || rv == "0" || initial_events {
-            for o in store.list(&res.key(), &namespace) {
-                if selected(&o) {
-                    first.push(event("ADDED", &typed(&res, o)));
-                }
-            }
-            if initial_events {
-                first.push(event(
-                    "BOOKMARK",
-                    &json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": {
-                        "resourceVersion": now.to_string(),
-                        "annotations": {"k8s.io/initial-events-end": "true"}}}),
-                ));
-            }
-            (changes, now)
-        } else {
-            let since: u64 = rv.parse().unwrap_or(0);
-            match store.since(since) {
-                Ok(replay) => {
-                    for c in &replay {
-                        if let Some(e) = as_event(c, &res, &namespace, &selected) {
-                            first.push(e);
-                        }
-                    }
-                    (changes, now.max(since))
-                }
-                Err(_) => {
-                    first.push(event(
-                        "ERROR",
-                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                "message": format!("too old resource version: {since} ({now})"),
-                                "reason": "Expired", "code": 410}),
-                    ));
-                    let (tx2, rx2) = tokio::sync::mpsc::channel(1);
-                    drop(tx2);
-                    return streaming(first, rx2);
-                }
-            }
-        }
-    };
-    let mut drops = shared.drops.subscribe();
-    drops.mark_unchanged();
-    let every = shared.bookmark_every;
-    let key = res.key();
-    tokio::spawn(async move {
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let frame = tokio::select! {
-                c = changes.recv() => match c {
-                    Ok(c) => {
-                        if c.rv <= seen {
-                            continue;
-                        }
-                        seen = c.rv;
-                        if *c.resource != *key {
-                            continue;
-                        }
-                        match as_event(&c, &res, &namespace, &selected) {
-                            Some(e) => Ok(Frame::data(e)),
-                            None => continue,
-                        }
-                    }
-                    // Too slow a reader: the server closes its watch.
-                    Err(_) => Err(std::io::Error::other("watch fell behind")),
-                },
-                _ = tick.tick(), if bookmarks => Ok(Frame::data(event("BOOKMARK", &json!({
-                    "kind": res.kind, "apiVersion": res.api_version(),
-                    "metadata": {"resourceVersion": seen.to_string()}})))),
-                _ = drops.changed() => Err(std::io::Error::other("watch dropped by the test")),
-                _ = sleep => break,
-                _ = tx.closed() => break,
-            };
-            let end = frame.is_err();
-            if tx.send(frame).await.is_err() || end {
-                break;
-            }
-        }
-    });
-    streaming(first, rx)
-}
-
-/// One change as this watcher sees it, or None if it is not selected.
-fn as_event(
-    c: &Change,
-    res: &Resource,
-    namespace: &str,
-    selected: &dyn Fn(&Value) -> bool,
-) -> Option<Bytes> {
-    if *c.resource != *res.key() || (!namespace.is_empty() && c.namespace != namespace) {
-        return None;
-    }
-    let now = selected(&c.object);
-    let before = c.previous.as_ref().map(selected);
-    let kind = match (c.kind, before, now) {
-        ("MODIFIED", Some(false), true) => "ADDED",
-        ("MODIFIED", Some(true), false) => "DELETED",
-        (_, _, false) => return None,
-        (k, _, true) => k,
-    };
-    Some(event(kind, &typed(res, c.object.clone())))
-}
-
-fn streaming(
-    first: Vec<Bytes>,
-    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
-) -> Response<Body> {
-    let head = futures::stream::iter(first.into_iter().map(|b| Ok(Frame::data(b))));
-    let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
-    use futures::StreamExt;
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .header("transfer-encoding", "chunked")
-        .body(BodyExt::boxed(StreamBody::new(head.chain(rest))))
-        .unwrap()
 }
 
 /// `a=b&c=d%20e` into pairs, percent-decoded.
