@@ -168,6 +168,31 @@ async fn wait_for_version(mesh: &Mesh, client: &support::Client, before: u64) {
     mesh.sync(client).await;
 }
 
+/// Waits until TrafficSplit `name` carries an Accepted condition with
+/// `status` for `generation`, as kubectl reads it; returns the condition.
+async fn condition(api: &KubeApi, name: &str, status: &str, generation: i64) -> serde_json::Value {
+    let end = Instant::now() + support::DEADLINE;
+    loop {
+        let out = kubectl_ok(api, &["get", "trafficsplit", name, "-o", "json"]).await;
+        let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let found = obj["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Accepted"))
+            .cloned();
+        if let Some(c) = &found
+            && c["status"] == status
+            && c["observedGeneration"] == generation
+        {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < end,
+            "{name} never got Accepted={status} for generation {generation}: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until mesh-control's log says `line`.
 async fn wait_for_log(mesh: &Mesh, line: &str) {
     let end = Instant::now() + support::DEADLINE;
@@ -303,6 +328,8 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         within_binomial(v2, n as u64, 0.2),
         "{v2} of {n} at v2, not about 20%"
     );
+    let accepted = condition(&api, "echo-split", "True", 1).await;
+    assert_eq!(accepted["reason"], "Accepted", "{accepted}");
 
     // What the CRD's schema refuses never gets stored.
     let negative =
@@ -341,6 +368,13 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     )
     .await;
     assert_eq!(mesh.version().await, before, "nothing was published");
+    let refused = condition(&api, "echo-split", "False", 2).await;
+    assert_eq!(refused["reason"], "Invalid", "{refused}");
+    let why = refused["message"].as_str().unwrap_or("");
+    assert!(
+        why.starts_with("TrafficSplit default/echo-split:") && why.contains("spec.backends"),
+        "{why}"
+    );
     let replies =
         support::load::many(client.outbound, &support::load::Shape::get("echo"), 1000, 8).await;
     assert_eq!(support::load::with_status(&replies, 200), 1000);

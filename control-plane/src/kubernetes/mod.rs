@@ -1,12 +1,14 @@
 //! The Kubernetes backend (`--registry kubernetes`): the client
 //! (`client`), the reflectors that keep the cluster's registry current
 //! (`registry`), those that turn rule objects into rule documents
-//! (`rules`), and the admission webhook's answer (`admission`). What they produce goes out on watch channels; `app` feeds it
+//! (`rules`) and write their `.status.conditions` (`status`), and the
+//! admission webhook's answer (`admission`). What they produce goes out on watch channels; `app` feeds it
 //! to the state, so nothing here calls back into its caller.
 
 pub mod admission;
 pub mod registry;
 pub mod rules;
+pub mod status;
 
 use std::path::Path;
 

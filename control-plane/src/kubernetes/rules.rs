@@ -4,8 +4,9 @@
 //! validated alone by the same code. One that does not validate (stored
 //! while the admission webhook was down, say) never replaces the last
 //! valid version of that object, which keeps serving; it is logged once
-//! per generation. The documents in force go out together, sorted, each
-//! time one changes.
+//! per generation. Each object's `Accepted` condition says which (see
+//! `status`). The documents in force go out together, sorted, each time
+//! one changes.
 
 use crate::manifest::{self, Located};
 use crate::rules;
@@ -117,6 +118,16 @@ pub fn start(client: kube::Client) -> watch::Receiver<Option<Arc<Vec<Located>>>>
                     let generation = obj.metadata.generation;
                     let (key, parsed) = document(ar, &obj);
                     seen.insert(key.clone());
+                    let want = super::status::accepted(
+                        generation,
+                        parsed.as_ref().err().map(Vec::as_slice).unwrap_or_default(),
+                    );
+                    if !super::status::carries(&obj, &want) {
+                        let (client, ar, obj) = (client.clone(), ar.clone(), obj.clone());
+                        tokio::spawn(async move {
+                            super::status::write(&client, &ar, &obj, want).await
+                        });
+                    }
                     match parsed {
                         Ok(docs) => {
                             refused.remove(&key);
