@@ -37,6 +37,7 @@ async fn a_projected_service_account_token_proves_the_workload_and_nothing_else_
         .await;
     }
     let kubeconfig = api.kubeconfig.display().to_string();
+    kube_api::install_crds(&api).await;
     let mesh = Mesh::start_with_args(
         "kube-identity",
         &["--registry", "kubernetes", "--kubeconfig", &kubeconfig],

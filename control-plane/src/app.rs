@@ -285,10 +285,10 @@ impl Bound {
             config,
             ..
         } = self;
-        let synced = match kube {
-            Some(client) => feed(state.clone(), client, config.trust_domain.clone()),
-            None => watch::channel(true).1,
-        };
+        if let Some(client) = kube {
+            feed(state.clone(), client, config.trust_domain.clone());
+        }
+        let synced = state.completed();
         if let Some(path) = config.bootstrap_tokens.clone() {
             tokio::spawn(tokens::follow(
                 path,
@@ -417,38 +417,41 @@ impl Bound {
     }
 }
 
-/// Feeds the Kubernetes registry into the state; the receiver turns true
-/// at the first complete sync (until then `/ready` says what it waits for).
-fn feed(state: Arc<State>, client: kube::Client, trust_domain: String) -> watch::Receiver<bool> {
-    let (synced_tx, synced) = watch::channel(false);
+/// Feeds the Kubernetes registry and rules into the state, and marks it
+/// whole once each has been listed (until then `/ready` says what it
+/// waits for, and discovery sends nothing).
+fn feed(state: Arc<State>, client: kube::Client, trust_domain: String) {
     let mut clusters = crate::kubernetes::registry::start(client.clone(), trust_domain);
     let mut objects = crate::kubernetes::rules::start(client);
-    let rules_state = state.clone();
     tokio::spawn(async move {
-        while objects.changed().await.is_ok() {
-            let next = objects.borrow_and_update().clone();
-            let Some(docs) = next else { continue };
-            match rules_state.sync_rules(&docs) {
-                Ok(version) => {
-                    tracing::info!(version, objects = docs.len(), "Kubernetes rules in force")
+        let (mut registry, mut rules) = (false, false);
+        loop {
+            tokio::select! {
+                changed = clusters.changed() => {
+                    if changed.is_err() { break; }
+                    let next = clusters.borrow_and_update().clone();
+                    if let Some(cluster) = next {
+                        let version = state.sync_cluster((*cluster).clone());
+                        tracing::debug!(version, "Kubernetes registry synced");
+                        registry = true;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kubernetes rules refused as a set; the rules in force keep serving")
+                changed = objects.changed() => {
+                    if changed.is_err() { break; }
+                    let next = objects.borrow_and_update().clone();
+                    let Some(docs) = next else { continue };
+                    match state.sync_rules(&docs) {
+                        Ok(version) => tracing::info!(version, objects = docs.len(), "Kubernetes rules in force"),
+                        Err(e) => tracing::warn!(error = %e, "Kubernetes rules refused as a set; the rules in force keep serving"),
+                    }
+                    rules = true;
                 }
+            }
+            if registry && rules {
+                state.mark_complete();
             }
         }
     });
-    tokio::spawn(async move {
-        while clusters.changed().await.is_ok() {
-            let next = clusters.borrow_and_update().clone();
-            if let Some(cluster) = next {
-                let version = state.sync_cluster((*cluster).clone());
-                tracing::debug!(version, "Kubernetes registry synced");
-                synced_tx.send_replace(true);
-            }
-        }
-    });
-    synced
 }
 
 /// How long calls may outlast the end of the drain.

@@ -111,6 +111,17 @@ impl discovery_server::Discovery for Discovery {
         // Small buffer: a slow proxy should see the newest snapshot, not a queue of stale ones.
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
+            // Nothing until the config is whole (cluster mode, just
+            // started): the sidecar keeps running its last good one.
+            let mut complete = state.completed();
+            tokio::select! {
+                whole = async { complete.wait_for(|c| *c).await.is_ok() } => if !whole { return },
+                _ = ending.ended() => {
+                    let _ = tx.send(Err(crate::listen::Ending::status())).await;
+                    return;
+                }
+                _ = tx.closed() => return,
+            }
             let mut snapshots = state.subscribe();
             'send: loop {
                 // A refcount bump: the snapshot was encoded once for all streams.

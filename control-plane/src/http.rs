@@ -49,7 +49,7 @@ pub async fn serve(
                             "/ready" if stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
                             "/ready" if !synced => (
                                 StatusCode::SERVICE_UNAVAILABLE,
-                                "waiting for the first complete list of the Kubernetes registry\n",
+                                "waiting for the first complete list of the Kubernetes registry and rules (are the CRDs of install/crds installed?)\n",
                             ),
                             "/live" | "/ready" => (StatusCode::OK, "ok\n"),
                             _ => (StatusCode::NOT_FOUND, "not found\n"),

@@ -145,6 +145,11 @@ pub struct State {
     snapshots: watch::Sender<Arc<Snapshot>>,
     proxies: Proxies,
     store: Store,
+    /// Whether the config is whole: always in local mode; in cluster mode
+    /// once the registry and the rules have each been listed. Discovery
+    /// sends nothing before, so a restarted control plane never hands a
+    /// sidecar a config without the cluster's endpoints or rules.
+    complete: watch::Sender<bool>,
     /// Set on SIGTERM: nothing more is published and no lease expires, so
     /// a stopping control plane never pushes a registry it can no longer
     /// keep alive (heartbeats cannot reach it).
@@ -166,10 +171,19 @@ impl State {
         store: Store,
         admission: Admission,
     ) -> Result<Self, store::Error> {
-        let rules = store.load_rules()?.unwrap_or(seed_rules);
+        // A cluster holds its own registry and rules: what a local run left
+        // in the state directory must never be served in its place.
+        let rules = match admission.cluster {
+            true => seed_rules,
+            false => store.load_rules()?.unwrap_or(seed_rules),
+        };
         let mut registry = registry;
         let mut leases = Leases::default();
-        if let Some(saved) = store.load_registry()? {
+        let saved = match admission.cluster {
+            true => None,
+            false => store.load_registry()?,
+        };
+        if let Some(saved) = saved {
             leases.restore(
                 saved
                     .iter()
@@ -196,7 +210,9 @@ impl State {
             .unwrap_or(1);
         let view = index::build(&registry, &rules);
         let (snapshots, _) = watch::channel(Arc::new(Snapshot::new(version, view)));
-        store.save_rules(&rules)?;
+        if !admission.cluster {
+            store.save_rules(&rules)?;
+        }
         let claims = Claims::new(
             &registry,
             registry.accounts().clone(),
@@ -218,6 +234,7 @@ impl State {
             snapshots,
             proxies: Proxies::default(),
             store,
+            complete: watch::channel(!admission.cluster).0,
             stopped: Default::default(),
         })
     }
@@ -239,6 +256,18 @@ impl State {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         unpoisoned(&self.inner)
+    }
+
+    /// Turns true once the config is whole (see `complete`).
+    pub fn completed(&self) -> watch::Receiver<bool> {
+        self.complete.subscribe()
+    }
+
+    /// Marks the config whole: the registry and the rules have each been
+    /// listed from the cluster.
+    pub fn mark_complete(&self) {
+        self.complete
+            .send_if_modified(|c| !std::mem::replace(c, true));
     }
 
     /// Takes in what the Kubernetes registry synced, and publishes it if it

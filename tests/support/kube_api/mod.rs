@@ -259,3 +259,9 @@ pub fn projected(api: &KubeApi, dir: &Path, account: &str) -> String {
     std::fs::write(&path, api.token("default", account, &["mesh"], 3600)).unwrap();
     path.display().to_string()
 }
+
+/// Creates the CRDs of install/crds with kubectl.
+pub async fn install_crds(api: &KubeApi) {
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../install/crds");
+    kubectl_ok(api, &["create", "--validate=false", "-f", crds]).await;
+}
