@@ -16,6 +16,7 @@ use crate::registry::{Catalog, Source};
 use crate::rules::{self, RuleSet, Split};
 use crate::store::{self, Store};
 
+mod cluster;
 mod register;
 use mesh_proto::prebuilt::Prebuilt;
 use mesh_proto::v1 as pb;
@@ -256,42 +257,6 @@ impl State {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         unpoisoned(&self.inner)
-    }
-
-    /// Turns true once the config is whole (see `complete`).
-    pub fn completed(&self) -> watch::Receiver<bool> {
-        self.complete.subscribe()
-    }
-
-    /// Marks the config whole: the registry and the rules have each been
-    /// listed from the cluster.
-    pub fn mark_complete(&self) {
-        self.complete
-            .send_if_modified(|c| !std::mem::replace(c, true));
-    }
-
-    /// Takes in what the Kubernetes registry synced, and publishes it if it
-    /// changes the config.
-    pub fn sync_cluster(&self, cluster: crate::registry::cluster::Cluster) -> u64 {
-        let mut inner = self.lock();
-        if inner.registry.set_cluster(cluster) {
-            return self.publish(&mut inner);
-        }
-        inner.version
-    }
-
-    /// Replaces the rules with the rule objects of the cluster, validated as
-    /// one set, and publishes them. A set that does not validate together
-    /// changes nothing: the rules in force keep serving.
-    pub fn sync_rules(&self, docs: &[manifest::Located]) -> Result<u64, Error> {
-        let incoming = rules::rules_from(docs).map_err(Error::Invalid)?;
-        let (_turn, _) = self.begin_change();
-        let (next, _) = RuleSet::default()
-            .apply(&incoming, docs)
-            .map_err(Error::Invalid)?;
-        let mut inner = self.lock();
-        inner.rules = Arc::new(next);
-        Ok(self.publish(&mut inner))
     }
 
     /// Stops publication and lease expiry for good (graceful stop).
