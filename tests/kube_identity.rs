@@ -46,9 +46,7 @@ async fn a_projected_service_account_token_proves_the_workload_and_nothing_else_
 
     // The sidecar reads its projected token from a file, as the kubelet
     // mounts it, and gets echo's SPIFFE ID.
-    let token_file = dir.0.join("token");
-    std::fs::write(&token_file, api.token("default", "echo", &["mesh"], 3600)).unwrap();
-    let file = token_file.display().to_string();
+    let file = kube_api::projected(&api, &dir.0, "echo");
     let inst = mesh
         .instance_with(
             "echo",
