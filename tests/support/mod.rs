@@ -258,14 +258,7 @@ impl Mesh {
                     h.failure_threshold.to_string(),
                 );
         }
-        // A projected token file replaces the harness's bootstrap token.
-        if sidecar_env
-            .iter()
-            .any(|(k, _)| *k == "MESH_PROXY_IDENTITY_TOKEN_FILE")
-        {
-            cmd.env_remove("MESH_PROXY_IDENTITY_TOKEN");
-        }
-        cmd.envs(sidecar_env.iter().copied());
+        sidecar_env_into(&mut cmd, sidecar_env);
         let sidecar = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
             .await
             .expect("sidecar starts");
@@ -288,13 +281,7 @@ impl Mesh {
     /// `client`, with extra sidecar environment.
     pub async fn client_with(&self, id: &str, env: &[(&str, &str)]) -> Client {
         let mut cmd = self.sidecar_cmd("client", "", id);
-        if env
-            .iter()
-            .any(|(k, _)| *k == "MESH_PROXY_IDENTITY_TOKEN_FILE")
-        {
-            cmd.env_remove("MESH_PROXY_IDENTITY_TOKEN");
-        }
-        cmd.envs(env.iter().copied());
+        sidecar_env_into(&mut cmd, env);
         let proc = Proc::spawn(&format!("{id}-proxy"), cmd, &self.logs())
             .await
             .expect("client sidecar starts");
@@ -488,6 +475,19 @@ async fn start_control(dir: &Path, grpc: SocketAddr, extra_args: &[String]) -> R
     }
     .start(&dir.join("logs"))
     .await
+}
+
+/// A test's own sidecar environment on top of `sidecar_cmd`'s; a projected
+/// token file replaces the harness's bootstrap token (a sidecar given both
+/// refuses to start).
+fn sidecar_env_into(cmd: &mut Command, env: &[(&str, &str)]) {
+    if env
+        .iter()
+        .any(|(k, _)| *k == "MESH_PROXY_IDENTITY_TOKEN_FILE")
+    {
+        cmd.env_remove("MESH_PROXY_IDENTITY_TOKEN");
+    }
+    cmd.envs(env.iter().copied());
 }
 
 /// Fails the test if any recorded request failed, showing a few of them.
