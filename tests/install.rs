@@ -4,7 +4,12 @@
 //! by the jsonschema library, accept every example rule and refuse what a
 //! structural schema can refuse (negative weights, unknown enums, missing
 //! fields). `tests/setup.sh` installs the tools; this test runs it when
-//! they are missing.
+//! they are missing. `meshctl install` reproduces install/ exactly, and
+//! the machine's kubectl applies all of it with `--dry-run=server` to the
+//! Kubernetes API test server, which admits every object and stores none.
+
+#[path = "support/kube_api/mod.rs"]
+mod kube_api;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,15 +80,15 @@ fn every_manifest_in_install_passes_kubernetes_validate_strict() {
             .args(&files),
     );
     assert!(ok, "{text}");
-    let passed = text
-        .lines()
-        .filter(|l| l.contains(" passed for resource "))
-        .count();
-    assert_eq!(
-        passed,
-        files.len(),
-        "every file validated as a known resource:\n{text}"
-    );
+    for f in &files {
+        let name = f.strip_prefix(root()).unwrap_or(f).display().to_string();
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("{name} passed for resource "))
+                    || l.contains(&format!("{} passed for resource ", f.display()))),
+            "{name} validated as a known resource:\n{text}"
+        );
+    }
 }
 
 #[test]
@@ -183,4 +188,127 @@ fn the_crd_schemas_accept_the_examples_and_refuse_what_they_can() {
         out.contains(&format!("{} documents checked", docs.len())),
         "{out}"
     );
+}
+
+/// `meshctl` with `args`: success, stdout, stderr.
+fn meshctl(args: &[&str]) -> (bool, String, String) {
+    meshctl::procs::ensure_built(!cfg!(debug_assertions));
+    let out = Command::new(meshctl::procs::binary("meshctl"))
+        .args(args)
+        .output()
+        .expect("meshctl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn meshctl_install_reproduces_install_and_checks_its_values() {
+    let (ok, out, err) = meshctl(&["install"]);
+    assert!(ok, "{err}");
+    let mut rendered = std::collections::BTreeMap::new();
+    for part in out.split("---\n# Source: install/").skip(1) {
+        let (path, text) = part.split_once('\n').unwrap();
+        rendered.insert(path.to_string(), text.trim_end().to_string());
+    }
+    let on_disk: Vec<PathBuf> = yaml_files(&root().join("install"));
+    assert_eq!(
+        rendered.len(),
+        on_disk.len(),
+        "one rendered file per file of install/: {:?}",
+        rendered.keys()
+    );
+    for f in on_disk {
+        let rel = f
+            .strip_prefix(root().join("install"))
+            .unwrap()
+            .display()
+            .to_string();
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(
+            rendered.get(&rel).map(String::as_str),
+            Some(text.trim_end()),
+            "install/{rel} is not what `meshctl install` renders; regenerate with `meshctl install --output-dir install/`"
+        );
+    }
+    let (ok, out, _) = meshctl(&[
+        "install",
+        "--set",
+        "replicas=3",
+        "--set",
+        "resources.limits.memory=1Gi",
+    ]);
+    assert!(
+        ok && out.contains("  replicas: 3\n") && out.contains("memory: 1Gi"),
+        "{out}"
+    );
+    let (ok, _, err) = meshctl(&["install", "--set", "replicas=zero", "--set", "colour=red"]);
+    assert!(!ok, "bad values rendered");
+    assert!(
+        err.contains("--set replicas=\"zero\"") && err.contains("--set colour: no such value"),
+        "{err}"
+    );
+    let (ok, out, _) = meshctl(&["uninstall"]);
+    assert!(
+        ok && out.contains(
+            "kind: Deployment\nmetadata:\n  name: mesh-control\n  namespace: mesh-system"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_dry_run_server_admits_all_of_install() {
+    let dir = std::env::temp_dir().join(format!("mesh-install-dry-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = kube_api::KubeApi::start(&dir).await;
+    let install = root().join("install");
+    // A namespaced dry run needs its namespace to exist, on a real API
+    // server too.
+    kube_api::kubectl_ok(
+        &api,
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            install.join("namespace.yaml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    let before = api.version();
+    let out = kube_api::kubectl_ok(
+        &api,
+        &[
+            "apply",
+            "--dry-run=server",
+            "--validate=false",
+            "-f",
+            install.join("namespace.yaml").to_str().unwrap(),
+            "-f",
+            install.join("crds").to_str().unwrap(),
+            "-f",
+            install.join("control-plane").to_str().unwrap(),
+        ],
+    )
+    .await;
+    for object in [
+        "deployment.apps/mesh-control",
+        "clusterrole.rbac.authorization.k8s.io/mesh-control",
+        "poddisruptionbudget.policy/mesh-control",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/mesh-control",
+        "customresourcedefinition.apiextensions.k8s.io/trafficsplits.split.smi-spec.io",
+    ] {
+        assert!(
+            out.contains(&format!("{object} created (server dry run)")),
+            "{object}: {out}"
+        );
+    }
+    assert_eq!(api.version(), before, "a dry run stores nothing");
+    assert!(
+        api.object("apps/deployments", "mesh-system", "mesh-control")
+            .is_none()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

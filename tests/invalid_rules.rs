@@ -6,20 +6,7 @@ mod support;
 
 use meshctl::procs::binary;
 use meshctl::traffic::burst;
-use support::{Mesh, split};
-
-const GOOD: &str = "apiVersion: split.smi-spec.io/v1alpha4
-kind: TrafficSplit
-metadata:
-  name: echo-split
-spec:
-  service: echo
-  backends:
-  - service: echo-v1
-    weight: 0
-  - service: echo-v2
-    weight: 100
-";
+use support::{GOOD, Mesh, split};
 
 /// Applies each case, which must fail naming its file and every expected
 /// fragment, with nothing applied: the config version stays `good_version`.
@@ -57,125 +44,7 @@ async fn invalid_rules_are_rejected_and_previous_weights_keep_serving() {
     let good_version = mesh.version().await;
 
     // Each would move traffic to v2 if it were (partly) applied.
-    let cases: Vec<(&str, String, Vec<&str>)> = vec![
-        (
-            "malformed.yaml",
-            GOOD.replace("  backends:\n", "  backends: [\n"),
-            vec!["malformed.yaml:"],
-        ),
-        (
-            "unknown-field.yaml",
-            GOOD.replace("  service: echo\n", "  service: echo\n  colour: red\n"),
-            vec!["unknown-field.yaml:", "colour"],
-        ),
-        (
-            "negative.yaml",
-            GOOD.replace("weight: 0", "weight: -10"),
-            vec!["negative.yaml:", "spec.backends[0].weight", "negative"],
-        ),
-        (
-            "fraction.yaml",
-            GOOD.replace("weight: 100", "weight: 99.5"),
-            vec![
-                "fraction.yaml:",
-                "spec.backends[1].weight",
-                "not a whole number",
-            ],
-        ),
-        (
-            "zero.yaml",
-            GOOD.replace("weight: 100", "weight: 0"),
-            vec!["zero.yaml:", "spec.backends", "every weight is 0"],
-        ),
-        (
-            "self.yaml",
-            GOOD.replace("- service: echo-v1", "- service: echo"),
-            vec!["self.yaml:", "spec.backends[0].service", "self-referential"],
-        ),
-        (
-            "duplicate-root.yaml",
-            GOOD.replace("name: echo-split", "name: another-split"),
-            vec![
-                "duplicate-root.yaml:",
-                "spec.service",
-                "already has TrafficSplit default/echo-split",
-            ],
-        ),
-        (
-            // A valid document next to a bad one: all or nothing.
-            "mixed.yaml",
-            format!(
-                "{GOOD}---\n{}",
-                GOOD.replace("name: echo-split", "name: b")
-                    .replace("service: echo\n", "service: other\n")
-                    .replace("weight: 100", "weight: x")
-            ),
-            vec!["mixed.yaml:", "spec.backends[1].weight", "not a number"],
-        ),
-        // Numbers are quoted as written, never as the parser read them.
-        (
-            "exponent.yaml",
-            GOOD.replace("weight: 100", "weight: 1e2"),
-            vec![
-                "spec.backends[1].weight",
-                "1e2 is not written in plain digits; write 100",
-            ],
-        ),
-        (
-            "octal.yaml",
-            GOOD.replace("weight: 100", "weight: 0100"),
-            vec![
-                "spec.backends[1].weight",
-                "0100 has a leading zero (YAML 1.1 reads it as octal); write 100",
-            ],
-        ),
-        (
-            "overflow.yaml",
-            GOOD.replace("weight: 100", "weight: 18446744073709551616"),
-            vec![
-                "spec.backends[1].weight",
-                "18446744073709551616 is too large",
-            ],
-        ),
-        (
-            "quoted.yaml",
-            GOOD.replace("weight: 100", "weight: \"100\""),
-            vec!["spec.backends[1].weight", "\"100\" is a quoted string"],
-        ),
-        // YAML problems in our words, not the parser's options'.
-        (
-            "duplicate-key.yaml",
-            GOOD.replace(
-                "  name: echo-split\n",
-                "  name: echo-split\n  name: other\n",
-            ),
-            vec![
-                "duplicate-key.yaml:5:",
-                "name: \"name\" appears twice in one mapping",
-            ],
-        ),
-        (
-            "nodes.yaml",
-            format!("{GOOD}{}", "  - [1, 2]\n".repeat(130_000)),
-            vec!["too large: more than 250000 YAML nodes"],
-        ),
-        // The wrong file applied by mistake must not look like success.
-        (
-            "empty.yaml",
-            String::new(),
-            vec!["empty.yaml: no documents"],
-        ),
-        (
-            "comments.yaml",
-            "# nothing here yet\n\n# still nothing\n".into(),
-            vec!["comments.yaml: no documents"],
-        ),
-        (
-            "separators.yaml",
-            "---\n---\n...\n".into(),
-            vec!["separators.yaml: no documents"],
-        ),
-    ];
+    let cases = support::bad_splits();
     assert_all_rejected(&mesh, &cases, good_version).await;
 
     // More than one apply takes is refused by name before it is sent.

@@ -24,18 +24,10 @@ const ECHO_ID: &str = "spiffe://cluster.local/ns/default/sa/echo";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projected_service_account_token_proves_the_workload_and_nothing_else_does() {
+    kube_api::real_cluster_ignored();
     let dir = TempDir::new("kube-identity");
     let api = KubeApi::start(&dir.0).await;
-    let sa = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: SA\n";
-    for account in ["echo", "web"] {
-        kube_api::create(
-            &api,
-            &dir.0,
-            &format!("sa-{account}.yaml"),
-            &sa.replace("SA", account),
-        )
-        .await;
-    }
+    let tokens = kube_api::accounts(&api, &dir.0, &["echo", "web"]).await;
     let kubeconfig = api.kubeconfig.display().to_string();
     kube_api::install_crds(&api).await;
     let mesh = Mesh::start_with_args(
@@ -46,7 +38,7 @@ async fn a_projected_service_account_token_proves_the_workload_and_nothing_else_
 
     // The sidecar reads its projected token from a file, as the kubelet
     // mounts it, and gets echo's SPIFFE ID.
-    let file = kube_api::projected(&api, &dir.0, "echo");
+    let file = tokens[0].clone();
     let inst = mesh
         .instance_with(
             "echo",

@@ -14,10 +14,9 @@
 //! pods can reach this machine's loopback, which no cluster has: the
 //! variable is reported and ignored.
 
-mod support;
-// Only this test speaks to the Kubernetes API test server.
 #[path = "support/kube_api/mod.rs"]
 mod kube_api;
+mod support;
 
 use anyhow::Result;
 use kube_api::{KubeApi, kubectl, kubectl_ok};
@@ -29,52 +28,14 @@ use std::time::{Duration, Instant};
 use support::{Instance, Mesh, TempDir, split, within_binomial};
 use tokio_stream::StreamExt;
 
-/// The Service, Pod and EndpointSlice of one echo instance, as a user
-/// would write them (one slice per pod: each sidecar has its own port).
+/// The Pod and EndpointSlice of one echo instance (see kube_api).
 fn objects(inst: &Instance, version: &str) -> String {
-    let port = inst.sidecar.addr("inbound").unwrap().port();
-    let id = &inst.id;
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: {id}
-  labels: {{app: echo, app.kubernetes.io/version: {version}}}
-spec:
-  serviceAccountName: echo
-  containers:
-  - name: echo
-    image: mesh-echo
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {id}
-  labels: {{kubernetes.io/service-name: echo}}
-addressType: IPv4
-ports:
-- name: http
-  port: {port}
-  protocol: TCP
-endpoints:
-- addresses: [127.0.0.1]
-  conditions: {{ready: true}}
-  targetRef: {{kind: Pod, name: {id}, namespace: default}}
-"
+    kube_api::echo_objects(
+        &inst.id,
+        inst.sidecar.addr("inbound").unwrap().port(),
+        version,
     )
 }
-
-const SERVICE: &str = "apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-spec:
-  selector: {app: echo}
-  ports:
-  - name: http
-    port: 80
-    targetPort: 8080
-";
 
 /// Every endpoint count of `echo.default` in every snapshot the control
 /// plane sends one subscriber, as they arrive.
@@ -158,42 +119,6 @@ async fn answered(client: std::net::SocketAddr, until: Instant) -> Result<Vec<(I
     Ok(out)
 }
 
-/// Waits until the control plane publishes a version after `before` (read
-/// before the change), and `client` runs it.
-async fn wait_for_version(mesh: &Mesh, client: &support::Client, before: u64) {
-    let end = Instant::now() + support::DEADLINE;
-    while mesh.version().await <= before {
-        assert!(Instant::now() < end, "nothing new was published");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    mesh.sync(client).await;
-}
-
-/// Waits until TrafficSplit `name` carries an Accepted condition with
-/// `status` for `generation`, as kubectl reads it; returns the condition.
-async fn condition(api: &KubeApi, name: &str, status: &str, generation: i64) -> serde_json::Value {
-    let end = Instant::now() + support::DEADLINE;
-    loop {
-        let out = kubectl_ok(api, &["get", "trafficsplit", name, "-o", "json"]).await;
-        let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let found = obj["status"]["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Accepted"))
-            .cloned();
-        if let Some(c) = &found
-            && c["status"] == status
-            && c["observedGeneration"] == generation
-        {
-            return c.clone();
-        }
-        assert!(
-            Instant::now() < end,
-            "{name} never got Accepted={status} for generation {generation}: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until mesh-control's log says `line`.
 async fn wait_for_log(mesh: &Mesh, line: &str) {
     let end = Instant::now() + support::DEADLINE;
@@ -209,12 +134,7 @@ async fn wait_for_log(mesh: &Mesh, line: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
-    if let Some(k) = std::env::var_os("MESH_TEST_KUBECONFIG") {
-        eprintln!(
-            "MESH_TEST_KUBECONFIG={} ignored: these tests address sidecars on this machine's loopback",
-            k.to_string_lossy()
-        );
-    }
+    kube_api::real_cluster_ignored();
     let dir = TempDir::new("kube-api");
     let mut api = KubeApi::start(&dir.0).await;
     let kubeconfig = api.kubeconfig.display().to_string();
@@ -228,12 +148,8 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     )
     .await;
     // Every sidecar proves itself with its projected ServiceAccount token.
-    for account in ["echo", "client"] {
-        let sa = format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n");
-        kube_api::create(&api, &dir.0, &format!("sa-{account}.yaml"), &sa).await;
-    }
-    let echo_token = kube_api::projected(&api, &dir.0, "echo");
-    let client_token = kube_api::projected(&api, &dir.0, "client");
+    let tokens = kube_api::accounts(&api, &dir.0, &["echo", "client"]).await;
+    let (echo_token, client_token) = (&tokens[0], &tokens[1]);
     let with_token = [("MESH_PROXY_IDENTITY_TOKEN_FILE", echo_token.as_str())];
     let insts = [
         mesh.instance_with("echo", "v1", "echo-v1-a", &[], None, &with_token)
@@ -243,7 +159,7 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         mesh.instance_with("echo", "v2", "echo-v2-a", &[], None, &with_token)
             .await,
     ];
-    kube_api::create(&api, &dir.0, "service.yaml", SERVICE).await;
+    kube_api::create(&api, &dir.0, "service.yaml", kube_api::ECHO_SERVICE).await;
     for (inst, v) in insts.iter().zip(["v1", "v1", "v2"]) {
         kube_api::create(
             &api,
@@ -271,7 +187,7 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     );
     let before = mesh.version().await;
     kube_api::create(&api, &dir.0, "policy.yaml", &policy).await;
-    wait_for_version(&mesh, &client, before).await;
+    support::wait_for_version(&mesh, &client, before).await;
 
     // kubectl reads back what mesh-control reads.
     let listed = kubectl_ok(
@@ -310,7 +226,7 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         &split("echo", &[("echo-v1", "80"), ("echo-v2", "20")]),
     )
     .await;
-    wait_for_version(&mesh, &client, before).await;
+    support::wait_for_version(&mesh, &client, before).await;
     let v2_share = |replies: &[support::load::Reply]| {
         replies
             .iter()
@@ -331,7 +247,7 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
         within_binomial(v2, n as u64, 0.2),
         "{v2} of {n} at v2, not about 20%"
     );
-    let accepted = condition(&api, "echo-split", "True", 1).await;
+    let accepted = kube_api::condition(&api, "echo-split", "Accepted", "True", 1).await;
     assert_eq!(accepted["reason"], "Accepted", "{accepted}");
 
     // What the CRD's schema refuses never gets stored.
@@ -371,7 +287,7 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     )
     .await;
     assert_eq!(mesh.version().await, before, "nothing was published");
-    let refused = condition(&api, "echo-split", "False", 2).await;
+    let refused = kube_api::condition(&api, "echo-split", "Accepted", "False", 2).await;
     assert_eq!(refused["reason"], "Invalid", "{refused}");
     let why = refused["message"].as_str().unwrap_or("");
     assert!(
@@ -390,7 +306,7 @@ async fn the_cluster_is_the_registry_and_survives_its_watches_breaking() {
     // instance, v2 among three.
     let before = mesh.version().await;
     kubectl_ok(&api, &["delete", "trafficsplit", "echo-split"]).await;
-    wait_for_version(&mesh, &client, before).await;
+    support::wait_for_version(&mesh, &client, before).await;
     let replies =
         support::load::many(client.outbound, &support::load::Shape::get("echo"), 1500, 8).await;
     let v2 = v2_share(&replies);

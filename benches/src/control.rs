@@ -234,7 +234,7 @@ pub(crate) async fn large_apply(dir: &Path, splits: usize, instances: usize) -> 
 
 /// Opens `n` subscriptions; every received version is reported as
 /// (subscriber, version, when its ACK was sent).
-async fn subscribe(
+pub(crate) async fn subscribe(
     dir: &Path,
     url: &str,
     n: usize,
@@ -282,7 +282,7 @@ async fn subscribe(
 }
 
 /// Waits until every subscriber reported `version` or newer; returns when the last one did.
-async fn all_have(
+pub(crate) async fn all_have(
     rx: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>,
     n: usize,
     version: u64,

@@ -1,5 +1,6 @@
-//! The one place that maps control-plane errors to gRPC status codes. Each
-//! mapping is a deliberate choice a client can rely on; see the tests.
+//! The one place that maps control-plane errors to gRPC status codes (and
+//! the admission webhook's to HTTP statuses). Each mapping is a deliberate
+//! choice a client can rely on; see the tests.
 
 use crate::state::Error;
 use tonic::{Code, Status};
@@ -52,6 +53,28 @@ impl From<crate::identity::ca::Error> for Status {
 impl From<crate::telemetry::Error> for Status {
     fn from(e: crate::telemetry::Error) -> Status {
         Status::invalid_argument(e.to_string())
+    }
+}
+
+/// The HTTP status for a body the webhook cannot take as an
+/// AdmissionReview: the caller's mistake, never ours.
+pub fn admission_status(_: &crate::kubernetes::admission::Error) -> hyper::StatusCode {
+    hyper::StatusCode::BAD_REQUEST
+}
+
+/// The HTTP status, and why, for a webhook request body that could not be
+/// read: too large (413) or cut short (400).
+pub fn webhook_body(e: &(dyn std::error::Error + 'static)) -> (hyper::StatusCode, String) {
+    if e.is::<http_body_util::LengthLimitError>() {
+        (
+            hyper::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the AdmissionReview is too large ({e})"),
+        )
+    } else {
+        (
+            hyper::StatusCode::BAD_REQUEST,
+            format!("the AdmissionReview could not be read: {e}"),
+        )
     }
 }
 

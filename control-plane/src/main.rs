@@ -51,6 +51,7 @@ fn main() -> std::process::ExitCode {
                 "grpc": bound.grpc_addr,
                 "http": bound.http_addr,
                 "admin": bound.admin_addr,
+                "webhook": bound.webhook_addr,
                 "credentials": bound.credentials,
                 "roots": bound.roots,
             })

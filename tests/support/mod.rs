@@ -588,3 +588,153 @@ pub async fn metric(admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Waits until the control plane publishes a version after `before` (read
+/// before the change), and `client` runs it.
+pub async fn wait_for_version(mesh: &Mesh, client: &Client, before: u64) {
+    let end = std::time::Instant::now() + DEADLINE;
+    while mesh.version().await <= before {
+        assert!(std::time::Instant::now() < end, "nothing new was published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mesh.sync(client).await;
+}
+
+/// The TrafficSplit `bad_splits` breaks: echo all to v2.
+pub const GOOD: &str = "apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata:
+  name: echo-split
+spec:
+  service: echo
+  backends:
+  - service: echo-v1
+    weight: 0
+  - service: echo-v2
+    weight: 100
+";
+
+/// Rule files every apply must refuse, each with what the refusal must
+/// name: (file name, its text, fragments). `duplicate-root.yaml` is bad
+/// only beside `GOOD`'s split in force.
+pub fn bad_splits() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    vec![
+        (
+            "malformed.yaml",
+            GOOD.replace("  backends:\n", "  backends: [\n"),
+            vec!["malformed.yaml:"],
+        ),
+        (
+            "unknown-field.yaml",
+            GOOD.replace("  service: echo\n", "  service: echo\n  colour: red\n"),
+            vec!["unknown-field.yaml:", "colour"],
+        ),
+        (
+            "negative.yaml",
+            GOOD.replace("weight: 0", "weight: -10"),
+            vec!["negative.yaml:", "spec.backends[0].weight", "negative"],
+        ),
+        (
+            "fraction.yaml",
+            GOOD.replace("weight: 100", "weight: 99.5"),
+            vec![
+                "fraction.yaml:",
+                "spec.backends[1].weight",
+                "not a whole number",
+            ],
+        ),
+        (
+            "zero.yaml",
+            GOOD.replace("weight: 100", "weight: 0"),
+            vec!["zero.yaml:", "spec.backends", "every weight is 0"],
+        ),
+        (
+            "self.yaml",
+            GOOD.replace("- service: echo-v1", "- service: echo"),
+            vec!["self.yaml:", "spec.backends[0].service", "self-referential"],
+        ),
+        (
+            "duplicate-root.yaml",
+            GOOD.replace("name: echo-split", "name: another-split"),
+            vec![
+                "duplicate-root.yaml:",
+                "spec.service",
+                "already has TrafficSplit default/echo-split",
+            ],
+        ),
+        (
+            // A valid document next to a bad one: all or nothing.
+            "mixed.yaml",
+            format!(
+                "{GOOD}---\n{}",
+                GOOD.replace("name: echo-split", "name: b")
+                    .replace("service: echo\n", "service: other\n")
+                    .replace("weight: 100", "weight: x")
+            ),
+            vec!["mixed.yaml:", "spec.backends[1].weight", "not a number"],
+        ),
+        // Numbers are quoted as written, never as the parser read them.
+        (
+            "exponent.yaml",
+            GOOD.replace("weight: 100", "weight: 1e2"),
+            vec![
+                "spec.backends[1].weight",
+                "1e2 is not written in plain digits; write 100",
+            ],
+        ),
+        (
+            "octal.yaml",
+            GOOD.replace("weight: 100", "weight: 0100"),
+            vec![
+                "spec.backends[1].weight",
+                "0100 has a leading zero (YAML 1.1 reads it as octal); write 100",
+            ],
+        ),
+        (
+            "overflow.yaml",
+            GOOD.replace("weight: 100", "weight: 18446744073709551616"),
+            vec![
+                "spec.backends[1].weight",
+                "18446744073709551616 is too large",
+            ],
+        ),
+        (
+            "quoted.yaml",
+            GOOD.replace("weight: 100", "weight: \"100\""),
+            vec!["spec.backends[1].weight", "\"100\" is a quoted string"],
+        ),
+        // YAML problems in our words, not the parser's options'.
+        (
+            "duplicate-key.yaml",
+            GOOD.replace(
+                "  name: echo-split\n",
+                "  name: echo-split\n  name: other\n",
+            ),
+            vec![
+                "duplicate-key.yaml:5:",
+                "name: \"name\" appears twice in one mapping",
+            ],
+        ),
+        (
+            "nodes.yaml",
+            format!("{GOOD}{}", "  - [1, 2]\n".repeat(130_000)),
+            vec!["too large: more than 250000 YAML nodes"],
+        ),
+        // The wrong file applied by mistake must not look like success.
+        (
+            "empty.yaml",
+            String::new(),
+            vec!["empty.yaml: no documents"],
+        ),
+        (
+            "comments.yaml",
+            "# nothing here yet\n\n# still nothing\n".into(),
+            vec!["comments.yaml: no documents"],
+        ),
+        (
+            "separators.yaml",
+            "---\n---\n...\n".into(),
+            vec!["separators.yaml: no documents"],
+        ),
+    ]
+}

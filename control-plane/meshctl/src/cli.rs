@@ -204,6 +204,12 @@ pub async fn get_splits(
         .await
         .map_err(explain)?
         .into_inner();
+    print_splits(&resp, output)
+}
+
+/// Prints splits as `get splits` shows them, from a local control plane
+/// or a cluster.
+pub fn print_splits(resp: &pb::GetSplitsResponse, output: Output) -> Result<()> {
     match output {
         Output::Json => println!(
             "{}",
@@ -283,6 +289,15 @@ pub async fn status(
         .await
         .map_err(explain)?
         .into_inner())
+}
+
+/// Prints `release status`, from a local control plane or a cluster.
+pub fn print_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<()> {
+    print!("{}", render_status(st, output)?);
+    if output == Output::Json {
+        println!();
+    }
+    Ok(())
 }
 
 /// Renders `release status`.

@@ -6,7 +6,11 @@
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod cluster;
+pub mod cluster_check;
 pub mod demo;
+pub mod install;
+pub mod install_objects;
 pub mod procs;
 pub mod progress;
 pub mod routes;

@@ -21,6 +21,14 @@ struct Args {
     /// [default: the credentials of the mesh `meshctl up` last started].
     #[arg(long, global = true, env = "MESH_CREDENTIALS")]
     credentials: Option<PathBuf>,
+    /// Speak to a Kubernetes cluster through this kubeconfig instead of a
+    /// local mesh (apply, delete, get splits, release shift|status).
+    #[arg(long, global = true, env = "MESH_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to speak to (cluster mode; default: the
+    /// kubeconfig's current context, from $KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true, env = "MESH_KUBE_CONTEXT")]
+    context: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -76,9 +84,30 @@ enum Cmd {
         #[command(subcommand)]
         what: Release,
     },
+    /// Print the manifests that install mesh on a Kubernetes cluster
+    /// (`meshctl install | kubectl apply -f -`).
+    Install {
+        /// A value to change: replicas, image, imagePullPolicy, logLevel,
+        /// resources.{requests,limits}.{cpu,memory}, leaseDurationSeconds.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Write the files into this directory (as install/ holds them)
+        /// instead of printing one stream.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+    /// Print what `meshctl install` created, for `kubectl delete -f -`.
+    Uninstall,
     /// Health of the mesh: config in sync, certificates fresh, CA root valid.
-    /// Exits non-zero when anything needs attention.
-    Check,
+    /// Against a cluster: CRDs established, a leader, the CA Secret, the
+    /// webhook's caBundle, every rule object accepted. Exits non-zero when
+    /// anything needs attention.
+    Check {
+        /// Before an install: the cluster answers, is 1.29 or newer, and
+        /// lets you create what `meshctl install` renders (cluster mode).
+        #[arg(long)]
+        pre: bool,
+    },
     /// Golden metrics per service and version: RPS, success rate, latency.
     Stat {
         #[command(flatten)]
@@ -198,6 +227,18 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Rendering needs neither a mesh nor a cluster.
+    if let Cmd::Install { sets, output_dir } = &args.command {
+        return install(sets, output_dir.as_deref());
+    }
+    if let Cmd::Uninstall = &args.command {
+        let files = meshctl::install::render(&meshctl::install::Values::default());
+        print!("{}", meshctl::install::uninstall(&files));
+        return Ok(());
+    }
+    if args.kubeconfig.is_some() || args.context.is_some() {
+        return in_cluster(args).await;
+    }
     // `up` starts the control plane whose admin API `--control` names;
     // `demo` starts its own. Every other command talks to one.
     let control_needed = !matches!(args.command, Cmd::Demo { .. } | Cmd::Up { .. });
@@ -207,6 +248,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Control::new(DEFAULT_CONTROL, "")
     };
     let control = &control;
+    if matches!(
+        args.command,
+        Cmd::Apply { .. } | Cmd::Delete { .. } | Cmd::Get { .. } | Cmd::Release { .. }
+    ) {
+        eprintln!("meshctl: local mesh at {}", control.url);
+    }
     if matches!(args.command, Cmd::Up { .. } | Cmd::Demo { .. }) {
         // Under `cargo run`, build the binaries `up` starts; installed, a no-op.
         meshctl::procs::ensure_built_showing_progress(!cfg!(debug_assertions));
@@ -274,11 +321,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 },
         } => {
             let st = cli::status(control, &namespace, &service).await?;
-            print!("{}", cli::render_status(&st, output)?);
-            if output == Output::Json {
-                println!();
-            }
-            Ok(())
+            cli::print_status(&st, output)
         }
         Cmd::ProxyStatus { output } => cli::proxy_status(control, output).await,
         Cmd::Stat { query, output } => meshctl::stat::stat(control, &query.query(), output).await,
@@ -292,13 +335,115 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let every = std::time::Duration::from_millis(every.max(100));
             meshctl::stat::top(control, &query.query(), every, frames).await
         }
-        Cmd::Check => {
+        // Rendered above, before any mode.
+        Cmd::Install { .. } | Cmd::Uninstall => Ok(()),
+        Cmd::Check { pre: true } => {
+            anyhow::bail!("check --pre checks a cluster: give --kubeconfig or --context")
+        }
+        Cmd::Check { pre: false } => {
             if meshctl::check::run(control).await? {
                 Ok(())
             } else {
                 anyhow::bail!("the mesh needs attention (see the warnings above)")
             }
         }
+    }
+}
+
+/// `meshctl install`: one stream on stdout, or the files under a directory.
+fn install(sets: &[String], dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let files = meshctl::install::render(&meshctl::install::Values::from_sets(sets)?);
+    let Some(dir) = dir else {
+        print!("{}", meshctl::install::stream(&files));
+        return Ok(());
+    };
+    for (path, text) in &files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// The commands that work against a cluster, there; the others are
+/// refused by name.
+async fn in_cluster(args: Args) -> anyhow::Result<()> {
+    use meshctl::cluster;
+    let what = match &args.command {
+        Cmd::Apply { .. }
+        | Cmd::Delete { .. }
+        | Cmd::Get {
+            what: Get::Splits { .. },
+        }
+        | Cmd::Release { .. }
+        | Cmd::Check { .. } => None,
+        Cmd::Up { .. } => Some("up"),
+        Cmd::Install { .. } | Cmd::Uninstall => None,
+        Cmd::Demo { .. } => Some("demo"),
+        Cmd::Get { .. } => Some("get routes"),
+        Cmd::Stat { .. } => Some("stat"),
+        Cmd::Top { .. } => Some("top"),
+        Cmd::ProxyStatus { .. } => Some("proxy-status"),
+    };
+    if let Some(what) = what {
+        anyhow::bail!(
+            "meshctl {what} is not in cluster mode: it reads a control plane's admin API, which meshctl reaches only on a local mesh (drop --kubeconfig/--context)"
+        );
+    }
+    let c = cluster::Cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    eprintln!("meshctl: {}", c.describe());
+    match args.command {
+        Cmd::Apply { files } => cluster::apply(&c, &files).await,
+        Cmd::Delete {
+            files,
+            kind,
+            name,
+            namespace,
+        } => cluster::delete(&c, &files, kind, name, &namespace).await,
+        Cmd::Get {
+            what: Get::Splits { namespace, output },
+        } => cluster::get_splits(&c, &namespace, output).await,
+        Cmd::Release {
+            what:
+                Release::Shift {
+                    service,
+                    to,
+                    weight,
+                    namespace,
+                },
+        } => {
+            let weights = cluster::shift(&c, &namespace, &service, &to, weight).await?;
+            cli::print_shift(&service, &weights);
+            Ok(())
+        }
+        Cmd::Release {
+            what:
+                Release::Status {
+                    service,
+                    namespace,
+                    output,
+                },
+        } => {
+            let st = cluster::status(&c, &namespace, &service).await?;
+            cli::print_status(&st, output)
+        }
+        Cmd::Check { pre } => {
+            let passed = if pre {
+                meshctl::cluster_check::pre(&c).await?
+            } else {
+                meshctl::cluster_check::run(&c).await?
+            };
+            if passed {
+                Ok(())
+            } else {
+                anyhow::bail!("the mesh on {} needs attention (see above)", c.describe())
+            }
+        }
+        _ => anyhow::bail!("this command is not in cluster mode"),
     }
 }
 

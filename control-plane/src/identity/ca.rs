@@ -84,6 +84,42 @@ pub struct Signed {
     pub not_after_unix: i64,
 }
 
+/// A generated CA as text: what the state directory or a Secret keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Material {
+    /// Root certificate, PEM.
+    pub root_pem: String,
+    /// Root key, PEM (kept to issue the next issuing CA).
+    pub root_key_pem: String,
+    /// Issuing CA certificate, PEM.
+    pub issuing_pem: String,
+    /// Issuing CA key, PEM.
+    pub issuing_key_pem: String,
+}
+
+impl Material {
+    /// A new root and an issuing CA signed by it.
+    pub fn generate() -> Result<Material, Error> {
+        let root_key = KeyPair::generate()?;
+        let root_key_pem = root_key.serialize_pem();
+        let root =
+            CertifiedIssuer::self_signed(ca_params("mesh root CA", ROOT_LIFETIME, None), root_key)?;
+        let issuing_key = KeyPair::generate()?;
+        let issuing_key_pem = issuing_key.serialize_pem();
+        let issuing = CertifiedIssuer::signed_by(
+            ca_params("mesh issuing CA", ISSUING_LIFETIME, Some(0)),
+            issuing_key,
+            &root,
+        )?;
+        Ok(Material {
+            root_pem: root.pem(),
+            root_key_pem,
+            issuing_pem: issuing.pem(),
+            issuing_key_pem,
+        })
+    }
+}
+
 /// The certificate authority.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -191,29 +227,24 @@ impl Ca {
             path: dir.into(),
             source,
         })?;
-        let root_key = KeyPair::generate()?;
-        let root_key_pem = root_key.serialize_pem();
-        let root =
-            CertifiedIssuer::self_signed(ca_params("mesh root CA", ROOT_LIFETIME, None), root_key)?;
-        let issuing_key = KeyPair::generate()?;
-        let issuing_key_pem = issuing_key.serialize_pem();
-        let issuing = CertifiedIssuer::signed_by(
-            ca_params("mesh issuing CA", ISSUING_LIFETIME, Some(0)),
-            issuing_key,
-            &root,
-        )?;
+        let m = Material::generate()?;
         // Keys first, certificates last: an interrupted first start leaves no
         // issuing.key, so the next start generates afresh instead of loading half a CA.
-        write(&dir.join("root.key"), &root_key_pem, true)?;
-        write(&root_pem_path, &root.pem(), false)?;
-        write(&issuing_pem_path, &issuing.pem(), false)?;
-        write(&issuing_key_path, &issuing_key_pem, true)?;
+        write(&dir.join("root.key"), &m.root_key_pem, true)?;
+        write(&root_pem_path, &m.root_pem, false)?;
+        write(&issuing_pem_path, &m.issuing_pem, false)?;
+        write(&issuing_key_path, &m.issuing_key_pem, true)?;
+        Self::from_material(&m, &issuing_key_path, lifetime)
+    }
+
+    /// The CA `m` describes; `origin` names where it came from in errors.
+    pub fn from_material(m: &Material, origin: &Path, lifetime: Duration) -> Result<Ca, Error> {
         Self::from_parts(
-            &issuing.pem(),
-            &issuing_key_pem,
-            &issuing_key_path,
-            vec![issuing.pem()],
-            vec![root.pem()],
+            &m.issuing_pem,
+            &m.issuing_key_pem,
+            origin,
+            pem_blocks(&m.issuing_pem),
+            pem_blocks(&m.root_pem),
             lifetime,
         )
     }
@@ -342,29 +373,65 @@ impl Ca {
                 requested: requested[0].clone(),
             });
         }
+        let san = SanType::URI(
+            identity
+                .try_into()
+                .map_err(|_| Error::Names(format!("{identity:?} is not an IA5 string")))?,
+        );
+        self.leaf(
+            vec![san],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            &csr.public_key,
+        )
+    }
+
+    /// A key pair generated here and a server-only leaf naming `names`
+    /// (DNS names, or IP addresses): what the API server verifies when it
+    /// calls the admission webhook through its Service.
+    pub fn issue_server(&self, names: &[String]) -> Result<(Signed, String), Error> {
+        let sans = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n
+                    .as_str()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|_| Error::Names(format!("{n:?} is not a DNS name"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if sans.is_empty() {
+            return Err(Error::Names("none".into()));
+        }
+        let key = KeyPair::generate()?;
+        let signed = self.leaf(sans, &[ExtendedKeyUsagePurpose::ServerAuth], &key)?;
+        Ok((signed, key.serialize_pem()))
+    }
+
+    /// Builds and signs every leaf: never a CA, the given names and
+    /// purposes, this CA's lifetime.
+    fn leaf(
+        &self,
+        sans: Vec<SanType>,
+        purposes: &[ExtendedKeyUsagePurpose],
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<Signed, Error> {
         let mut params = CertificateParams::default();
-        params.subject_alt_names =
-            vec![SanType::URI(identity.try_into().map_err(|_| {
-                Error::Names(format!("{identity:?} is not an IA5 string"))
-            })?)];
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = purposes.to_vec();
         let now = SystemTime::now();
         let not_after = now + self.lifetime;
         params.not_before = (now - SKEW).into();
         params.not_after = not_after.into();
-        let leaf = CertificateSigningRequestParams {
-            params,
-            public_key: csr.public_key,
-        }
-        .signed_by(&self.issuer)?;
+        let leaf = params.signed_by(public_key, &self.issuer)?;
         Ok(Signed {
             certificate_pem: leaf.pem(),
             chain_pem: self.chain_pem.clone(),
@@ -410,6 +477,36 @@ mod tests {
             b.roots_pem(),
             "a restart keeps the trust root"
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_server_leaf_names_its_dns_names_and_ips_and_serves_only() {
+        let dir = tmp("server");
+        let ca = Ca::load_or_create(&dir, None, Duration::from_secs(60)).unwrap();
+        let names = [
+            "mesh-control.mesh-system.svc".to_string(),
+            "127.0.0.1".into(),
+        ];
+        let (signed, key_pem) = ca.issue_server(&names).unwrap();
+        assert!(key_pem.contains("PRIVATE KEY"));
+        let der = pem_der(&signed.certificate_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!cert.is_ca());
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let names = format!("{:?}", san.value.general_names);
+        assert!(
+            names.contains("DNSName(\"mesh-control.mesh-system.svc\")")
+                && names.contains("IPAddress([127, 0, 0, 1])"),
+            "{names}"
+        );
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        assert!(matches!(ca.issue_server(&[]), Err(Error::Names(_))));
+        assert!(matches!(
+            ca.issue_server(&["caf\u{e9}.svc".into()]),
+            Err(Error::Names(_))
+        ));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,12 +1,14 @@
 //! The validating admission webhook's answer
 //! (https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/#request
 //! and #response): an AdmissionReview v1 for a rule object is answered
-//! with the very validation `meshctl apply` runs on that object, so
-//! `kubectl apply` of a bad rule is refused with the same message and
-//! nothing is stored. Pure: bytes in, the review to send back out. Serving
-//! it over HTTPS, and its ValidatingWebhookConfiguration, are still to
-//! come.
+//! with the very validation `meshctl apply` runs on that object, against
+//! the other rule objects in force as `meshctl apply` checks against the
+//! rules in force, so `kubectl apply` of a bad rule is refused with the
+//! same message and nothing is stored. Pure: bytes and the rules in force
+//! in, the review to send back out (`webhook` serves it).
 
+use crate::manifest::Located;
+use crate::rules;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
@@ -21,15 +23,16 @@ pub enum Error {
     NoRequest,
 }
 
-/// The AdmissionReview answering `body`.
-pub fn answer(body: &[u8]) -> Result<AdmissionReview<DynamicObject>, Error> {
+/// The AdmissionReview answering `body`, given the rule objects in force
+/// (as `rules::start` publishes them).
+pub fn answer(body: &[u8], in_force: &[Located]) -> Result<AdmissionReview<DynamicObject>, Error> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
     let request: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| Error::NoRequest)?;
-    Ok(decide(&request).into_review())
+    Ok(decide(&request, in_force).into_review())
 }
 
-fn decide(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+fn decide(request: &AdmissionRequest<DynamicObject>, in_force: &[Located]) -> AdmissionResponse {
     let allowed = AdmissionResponse::from(request);
     if !matches!(request.operation, Operation::Create | Operation::Update) {
         // Deleting a rule needs no validation; connect is not ours.
@@ -57,16 +60,29 @@ fn decide(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     if object.metadata.namespace.is_none() {
         object.metadata.namespace = request.namespace.clone();
     }
-    match super::rules::document(&ar, &object).1 {
-        Ok(_) => allowed,
-        Err(problems) => allowed.deny(
-            problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ),
+    let problems = match super::rules::document(&ar, &object).1 {
+        Ok(mine) => beside(&mine, in_force),
+        Err(problems) => problems,
+    };
+    if problems.is_empty() {
+        return allowed;
     }
+    allowed.deny(
+        problems
+            .iter()
+            .map(crate::manifest::Error::in_object)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// What `mine` conflicts with among the other objects in force (this
+/// object's own earlier version left out), exactly as `meshctl apply`
+/// checks a file against the rules in force.
+fn beside(mine: &[Located], in_force: &[Located]) -> Vec<crate::manifest::Error> {
+    let own = |l: &Located| mine.iter().any(|m| m.file == l.file);
+    let others: Vec<Located> = in_force.iter().filter(|l| !own(l)).cloned().collect();
+    rules::beside(mine, &others)
 }
 
 #[cfg(test)]
@@ -101,7 +117,7 @@ mod tests {
     }
 
     fn response(body: &[u8]) -> serde_json::Value {
-        serde_json::to_value(answer(body).unwrap()).unwrap()["response"].clone()
+        serde_json::to_value(answer(body, &[]).unwrap()).unwrap()["response"].clone()
     }
 
     #[test]
@@ -116,8 +132,39 @@ mod tests {
         let r = response(&review(split([0, 0]), "UPDATE"));
         assert_eq!(r["allowed"], false, "{r}");
         let msg = r["status"]["message"].as_str().unwrap();
-        assert!(msg.starts_with("TrafficSplit default/echo:"), "{msg}");
-        assert!(msg.contains("spec.backends"), "{msg}");
+        assert_eq!(
+            msg,
+            "TrafficSplit default/echo: spec.backends: every weight is 0, so no backend could receive traffic"
+        );
+    }
+
+    #[test]
+    fn a_second_split_for_a_root_in_force_is_denied_naming_the_first() {
+        let mut other = split([50, 50]);
+        other["metadata"]["name"] = json!("first");
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("split.smi-spec.io", "v1alpha4", "TrafficSplit"),
+            "trafficsplits",
+        );
+        let first: DynamicObject = serde_json::from_value(other).unwrap();
+        let in_force = super::super::rules::document(&ar, &first).1.unwrap();
+        let body = review(split([90, 10]), "CREATE");
+        let r =
+            serde_json::to_value(answer(&body, &in_force).unwrap()).unwrap()["response"].clone();
+        assert_eq!(r["allowed"], false, "{r}");
+        let msg = r["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("TrafficSplit default/echo: spec.service:")
+                && msg.contains("TrafficSplit default/first"),
+            "{msg}"
+        );
+        // Its own earlier version is no conflict: an update passes.
+        let mine =
+            super::super::rules::document(&ar, &serde_json::from_value(split([1, 1])).unwrap())
+                .1
+                .unwrap();
+        let r = serde_json::to_value(answer(&body, &mine).unwrap()).unwrap()["response"].clone();
+        assert_eq!(r["allowed"], true, "{r}");
     }
 
     #[test]
@@ -127,7 +174,11 @@ mod tests {
             true
         );
         for bad in [&b""[..], b"{}", b"[]", b"{\"request\": 7}", b"\xff"] {
-            assert!(answer(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                answer(bad, &[]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

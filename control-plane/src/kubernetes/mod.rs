@@ -1,11 +1,17 @@
 //! The Kubernetes backend (`--registry kubernetes`): the client
 //! (`client`), the reflectors that keep the cluster's registry current
 //! (`registry`), those that turn rule objects into rule documents
-//! (`rules`) and write their `.status.conditions` (`status`), and the
-//! admission webhook's answer (`admission`). What they produce goes out on watch channels; `app` feeds it
-//! to the state, so nothing here calls back into its caller.
+//! (`rules`) and write their `.status.conditions` (`status`), the
+//! admission webhook's answer (`admission`) and the caBundle its
+//! configuration carries (`ca_bundle`), leader election among replicas
+//! (`leader`) and the CA they share in a Secret (`ca_secret`). What they produce goes out on
+//! watch channels; `app` feeds it to the state, so nothing here calls back
+//! into its caller.
 
 pub mod admission;
+pub mod ca_bundle;
+pub mod ca_secret;
+pub mod leader;
 pub mod registry;
 pub mod rules;
 pub mod status;

@@ -4,11 +4,12 @@
 //! validated alone by the same code. One that does not validate (stored
 //! while the admission webhook was down, say) never replaces the last
 //! valid version of that object, which keeps serving; it is logged once
-//! per generation. Each object's `Accepted` condition says which (see
-//! `status`). The documents in force go out together, sorted, each time
-//! one changes.
+//! per generation. Each object's `Accepted` condition says which, and
+//! its `ResolvedRefs` whether the services it names exist (see `status`).
+//! The documents in force go out together, sorted, each time one changes.
 
 use crate::manifest::{self, Located};
+use crate::registry::{Catalog, cluster::Cluster};
 use crate::rules;
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -73,8 +74,17 @@ pub fn document(
 }
 
 /// Starts the watchers; the receiver holds None until every kind has
-/// listed once, then the documents in force after each change.
-pub fn start(client: kube::Client) -> watch::Receiver<Option<Arc<Vec<Located>>>> {
+/// listed once, then the documents in force after each change. `clusters`
+/// is the registry, which each object's ResolvedRefs is judged against
+/// (statuses wait for its first list). Only the leader (`leading`) writes
+/// statuses (as field manager `manager`); one that becomes leader writes
+/// whatever is out of date.
+pub fn start(
+    client: kube::Client,
+    mut clusters: watch::Receiver<Option<Arc<Cluster>>>,
+    mut leading: watch::Receiver<bool>,
+    manager: String,
+) -> watch::Receiver<Option<Arc<Vec<Located>>>> {
     let (tx, rx) = watch::channel(None);
     let changed = Arc::new(Notify::new());
     let stores: Vec<(ApiResource, Store<DynamicObject>)> = KINDS
@@ -111,21 +121,30 @@ pub fn start(client: kube::Client) -> watch::Receiver<Option<Arc<Vec<Located>>>>
         // refused, so each refusal is logged once.
         let mut good: BTreeMap<Key, Vec<Located>> = BTreeMap::new();
         let mut refused: HashMap<Key, Option<i64>> = HashMap::new();
+        let (mut registry_open, mut election_open) = (true, true);
         loop {
+            let cluster = clusters.borrow_and_update().clone();
+            let leader = *leading.borrow_and_update();
             let mut seen = std::collections::BTreeSet::new();
             for (ar, store) in &stores {
                 for obj in store.state() {
                     let generation = obj.metadata.generation;
                     let (key, parsed) = document(ar, &obj);
                     seen.insert(key.clone());
-                    let want = super::status::accepted(
+                    let mut want = vec![super::status::accepted(
                         generation,
                         parsed.as_ref().err().map(Vec::as_slice).unwrap_or_default(),
-                    );
-                    if !super::status::carries(&obj, &want) {
+                    )];
+                    if let (Ok(docs), Some(cluster)) = (&parsed, &cluster) {
+                        want.push(super::status::resolved(generation, docs, |ns, svc| {
+                            cluster.knows(ns, svc)
+                        }));
+                    }
+                    if leader && cluster.is_some() && !super::status::carries(&obj, &want) {
                         let (client, ar, obj) = (client.clone(), ar.clone(), obj.clone());
+                        let manager = manager.clone();
                         tokio::spawn(async move {
-                            super::status::write(&client, &ar, &obj, want).await
+                            super::status::write(&client, &ar, &obj, want, &manager).await
                         });
                     }
                     match parsed {
@@ -159,7 +178,14 @@ pub fn start(client: kube::Client) -> watch::Receiver<Option<Arc<Vec<Located>>>>
                 *current = Some(Arc::new(docs));
                 true
             });
-            changed.notified().await;
+            // A change of rules or of the registry (ResolvedRefs) runs
+            // the loop again; a registry that has ended is waited on no
+            // more.
+            tokio::select! {
+                () = changed.notified() => {}
+                r = clusters.changed(), if registry_open => registry_open = r.is_ok(),
+                r = leading.changed(), if election_open => election_open = r.is_ok(),
+            }
         }
     });
     rx

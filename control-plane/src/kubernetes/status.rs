@@ -4,15 +4,21 @@
 //! https://gateway-api.sigs.k8s.io/geps/gep-1364/): `Accepted` is True when
 //! the object's generation validates, False with reason `Invalid` and
 //! every problem when it does not (its last valid version, if any, keeps
-//! serving). Written through the status subresource, and only when it
-//! would change, so a status write (which the watch sees) ends there.
+//! serving); `ResolvedRefs`, for a valid object, is True when every
+//! service it names exists in the cluster, False with reason
+//! `BackendNotFound` naming each that does not (the rule still applies:
+//! what it names may be created next). Written through the status
+//! subresource, and only when it would change, so a status write (which
+//! the watch sees) ends there.
 
-use crate::manifest;
+use crate::manifest::{self, Document, Located};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 
-/// The condition type.
+/// Whether the object's generation validates.
 pub const ACCEPTED: &str = "Accepted";
+/// Whether every service it names exists.
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
 
 /// The Accepted condition `generation` should carry, given its problems.
 pub fn accepted(generation: Option<i64>, problems: &[manifest::Error]) -> Condition {
@@ -23,7 +29,7 @@ pub fn accepted(generation: Option<i64>, problems: &[manifest::Error]) -> Condit
             "the rule is valid and in force".to_string(),
         )
     } else {
-        let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let all: Vec<String> = problems.iter().map(manifest::Error::in_object).collect();
         ("False", "Invalid", all.join("\n"))
     };
     Condition {
@@ -36,37 +42,121 @@ pub fn accepted(generation: Option<i64>, problems: &[manifest::Error]) -> Condit
     }
 }
 
-/// The Accepted condition `obj` carries now, if any.
-fn current(obj: &DynamicObject) -> Option<Condition> {
-    let conditions = obj.data.pointer("/status/conditions")?.as_array()?;
+/// The services a valid object names, each with the field naming it.
+fn references(doc: &Document) -> Vec<(String, &str)> {
+    match doc {
+        Document::TrafficSplit(d) => {
+            std::iter::once(("spec.service".to_string(), d.spec.service.as_str()))
+                .chain(
+                    d.spec
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| (format!("spec.backends[{i}].service"), b.service.as_str())),
+                )
+                .collect()
+        }
+        Document::TrafficPolicy(d) => {
+            let spec = &d.spec;
+            let mut out = vec![("spec.service".to_string(), spec.service.as_str())];
+            if let Some(m) = &spec.mirror {
+                out.push(("spec.mirror.service".into(), m.service.as_str()));
+            }
+            if let Some(svc) = spec.fallback.as_ref().and_then(|f| f.service.as_deref()) {
+                out.push(("spec.fallback.service".into(), svc));
+            }
+            out
+        }
+        Document::AuthorizationPolicy(d) => vec![("spec.service".into(), d.spec.service.as_str())],
+        _ => Vec::new(),
+    }
+}
+
+/// The ResolvedRefs condition of `generation`, whose documents are
+/// `docs`, given what the cluster `knows` (namespace, service).
+pub fn resolved(
+    generation: Option<i64>,
+    docs: &[Located],
+    knows: impl Fn(&str, &str) -> bool,
+) -> Condition {
+    let mut missing = Vec::new();
+    for d in docs {
+        let (kind, meta) = d.doc.kind_and_meta();
+        for (field, svc) in references(&d.doc) {
+            if !knows(&meta.namespace, svc) {
+                missing.push(format!(
+                    "{kind} {}/{}: {field}: no Service {}/{svc}, nor a version subset of one, is in the cluster",
+                    meta.namespace, meta.name, meta.namespace
+                ));
+            }
+        }
+    }
+    let (status, reason, message) = if missing.is_empty() {
+        (
+            "True",
+            "ResolvedRefs",
+            "every service the rule names exists".to_string(),
+        )
+    } else {
+        ("False", "BackendNotFound", missing.join("\n"))
+    };
+    Condition {
+        type_: RESOLVED_REFS.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+/// The conditions `obj` carries now.
+fn current(obj: &DynamicObject) -> Vec<Condition> {
+    let Some(conditions) = obj
+        .data
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+    else {
+        return Vec::new();
+    };
     conditions
         .iter()
         .filter_map(|c| serde_json::from_value::<Condition>(c.clone()).ok())
-        .find(|c| c.type_ == ACCEPTED)
+        .collect()
 }
 
-/// Whether `obj` already says what `want` says (the time aside).
-pub fn carries(obj: &DynamicObject, want: &Condition) -> bool {
-    current(obj).is_some_and(|c| {
-        c.status == want.status
-            && c.reason == want.reason
-            && c.message == want.message
-            && c.observed_generation == want.observed_generation
-    })
+/// Whether `obj` already says exactly what `want` says (the times aside).
+pub fn carries(obj: &DynamicObject, want: &[Condition]) -> bool {
+    let now = current(obj);
+    now.len() == want.len()
+        && want.iter().all(|w| {
+            now.iter().any(|c| {
+                c.type_ == w.type_
+                    && c.status == w.status
+                    && c.reason == w.reason
+                    && c.message == w.message
+                    && c.observed_generation == w.observed_generation
+            })
+        })
 }
 
-/// Writes `want` to `obj`'s status; the transition time stays what it was
-/// if the status itself does not change.
+/// Writes `want` as `obj`'s conditions, as field manager `manager` (the
+/// replica); each keeps its transition time if its status does not change.
 pub async fn write(
     client: &kube::Client,
     ar: &ApiResource,
     obj: &DynamicObject,
-    mut want: Condition,
+    mut want: Vec<Condition>,
+    manager: &str,
 ) {
-    if let Some(was) = current(obj)
-        && was.status == want.status
-    {
-        want.last_transition_time = was.last_transition_time;
+    let was = current(obj);
+    for w in &mut want {
+        if let Some(c) = was
+            .iter()
+            .find(|c| c.type_ == w.type_ && c.status == w.status)
+        {
+            w.last_transition_time = c.last_transition_time.clone();
+        }
     }
     let (Some(ns), Some(name)) = (
         obj.metadata.namespace.as_deref(),
@@ -75,11 +165,47 @@ pub async fn write(
         return;
     };
     let api = kube::Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar);
-    let patch = serde_json::json!({"status": {"conditions": [want]}});
+    let patch = serde_json::json!({"status": {"conditions": want}});
     if let Err(e) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            name,
+            &PatchParams {
+                field_manager: Some(manager.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
         .await
     {
         tracing::warn!(object = %format!("{} {ns}/{name}", ar.kind), error = %e, "writing the rule's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_refs_names_each_missing_service_and_its_field() {
+        let docs = manifest::parse(
+            "TrafficSplit shop/echo",
+            "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: echo\n  namespace: shop\nspec:\n  service: echo\n  backends:\n  - service: echo-v1\n    weight: 90\n  - service: echo-v2\n    weight: 10\n",
+        )
+        .unwrap();
+        let c = resolved(Some(3), &docs, |ns, svc| ns == "shop" && svc != "echo-v2");
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("ResolvedRefs", "False", "BackendNotFound")
+        );
+        assert_eq!(c.observed_generation, Some(3));
+        assert_eq!(
+            c.message,
+            "TrafficSplit shop/echo: spec.backends[1].service: no Service shop/echo-v2, nor a version subset of one, is in the cluster"
+        );
+        let c = resolved(Some(3), &docs, |ns, _| ns == "shop");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "ResolvedRefs")
+        );
     }
 }

@@ -34,6 +34,19 @@ impl Error {
         Self::about(Some(at), object, field, problem)
     }
 
+    /// The problem as said to a stored object, without file or line (the
+    /// file is the user's, and kubectl names it): `object: field: problem`.
+    pub fn in_object(&self) -> String {
+        let mut out = self.object.clone().unwrap_or_else(|| self.file.clone());
+        if let Some(field) = &self.field {
+            out.push_str(": ");
+            out.push_str(field);
+        }
+        out.push_str(": ");
+        out.push_str(&self.problem);
+        out
+    }
+
     /// The same, for an object that may come from saved state rather than a
     /// document being applied (then the file reads `<state>`).
     pub fn about(at: Option<&Located>, object: &str, field: String, problem: String) -> Error {
@@ -176,8 +189,9 @@ pub fn parse(file: &str, content: &str) -> Result<Vec<Located>, Vec<Error>> {
     }
 }
 
-/// Splits a YAML stream on `---` lines, keeping each document's first line.
-fn split_documents(content: &str) -> Vec<(usize, String)> {
+/// Splits a YAML stream on `---` lines, keeping each document's first line
+/// (the `line` of the document `parse` makes of it).
+pub fn split_documents(content: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut start = 1;
     let mut current = String::new();

@@ -112,6 +112,22 @@ pub struct Target {
     pub name: String,
 }
 
+/// The problems of the documents `mine` applied beside `others`, the
+/// rules in force, as `meshctl apply` judges a file against the rules in
+/// force (one TrafficSplit per root service, one AuthorizationPolicy per
+/// service). A set in force that does not validate itself is not held
+/// against `mine`, which is then judged alone.
+pub fn beside(mine: &[Located], others: &[Located]) -> Vec<manifest::Error> {
+    let current = rules_from(others)
+        .and_then(|incoming| RuleSet::default().apply(&incoming, others))
+        .map(|(set, _)| set)
+        .unwrap_or_default();
+    rules_from(mine)
+        .and_then(|incoming| current.apply(&incoming, mine))
+        .err()
+        .unwrap_or_default()
+}
+
 impl RuleSet {
     /// The split that takes `namespace/service`'s unmatched traffic (the
     /// one `release shift` moves).

@@ -1,6 +1,7 @@
 //! What the test API server checks and does beside storing: TokenReview,
 //! and admission of a write (a custom resource against its CRD's schema;
-//! a CRD's name, conditions and the resources it starts serving).
+//! a CRD's name, conditions and the resources it starts serving; a
+//! webhook configuration's fields and defaults).
 // A refusal is the response itself, built once per failed request.
 #![allow(clippy::result_large_err)]
 
@@ -39,6 +40,53 @@ pub(crate) async fn token_review(shared: &Shared, req: Request<Incoming>) -> Res
     full(StatusCode::CREATED, &review)
 }
 
+/// SelfSubjectAccessReview: may the caller do this? ("Checking API
+/// access", https://kubernetes.io/docs/reference/access-authn-authz/authorization/#checking-api-access).
+/// The one token this server knows is its admin's, allowed everything
+/// but the resources a test has denied. Created, answered, never stored.
+pub(crate) async fn access_review(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    // Protobuf, which kubectl sends for built-in kinds, is not read here:
+    // refused as an API server refuses a representation it does not serve
+    // ("Alternate representations of resources").
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            &format!("{ct}: this test server reads JSON only"),
+        );
+    }
+    let Ok(body) = req.into_body().collect().await else {
+        return status(400, "BadRequest", "unreadable body");
+    };
+    let mut review: Value = match serde_json::from_slice(&body.to_bytes()) {
+        Ok(v) => v,
+        Err(e) => return status(400, "BadRequest", &format!("the body is not JSON: {e}")),
+    };
+    let attrs = &review["spec"]["resourceAttributes"];
+    if review.get("kind").and_then(Value::as_str) != Some("SelfSubjectAccessReview")
+        || !attrs.is_object()
+    {
+        return status(
+            400,
+            "BadRequest",
+            "the body must be a SelfSubjectAccessReview of authorization.k8s.io/v1 with spec.resourceAttributes",
+        );
+    }
+    let resource = attrs["resource"].as_str().unwrap_or("").to_string();
+    let denied = shared.denied.lock().unwrap().contains(&resource);
+    review["status"] = if denied {
+        json!({"allowed": false, "reason": format!("the test cluster denies {resource} to this user")})
+    } else {
+        json!({"allowed": true, "reason": "the test cluster's admin may do anything"})
+    };
+    full(StatusCode::CREATED, &review)
+}
+
 /// What the API server checks of a write before storing it: a custom
 /// resource against its CRD's schema; a CRD's name and its initial
 /// conditions (Established and NamesAccepted: this server serves it at
@@ -62,6 +110,19 @@ pub(crate) fn admit(
                 422,
                 "Invalid",
                 &format!("{}.{} {name:?} is invalid: {all}", res.kind, res.group),
+            ));
+        }
+    }
+    if res.key() == super::webhooks::CONFIGURATIONS {
+        let problems = super::webhooks::check_configuration(object);
+        if !problems.is_empty() {
+            return Err(status(
+                422,
+                "Invalid",
+                &format!(
+                    "ValidatingWebhookConfiguration.admissionregistration.k8s.io {name:?} is invalid: [{}]",
+                    problems.join(", ")
+                ),
             ));
         }
     }

@@ -2,8 +2,9 @@
 //! A Kubernetes API test server: HTTPS on loopback, bearer-token
 //! authentication, objects as k8s-openapi JSON, list and watch with
 //! resourceVersion, bookmarks and 410 Gone, create / update / patch /
-//! delete and the status subresource. A test fixture, not product code:
-//! it lets mesh-control's Kubernetes backend and the machine's `kubectl`
+//! delete and the status subresource, server-side apply with field
+//! ownership, validating admission webhooks. A test fixture, not product
+//! code: it lets mesh-control's Kubernetes backend and the machine's `kubectl`
 //! talk to one server, so neither drifts into a dialect of our own. Each
 //! behaviour names the Kubernetes documentation it follows.
 //!
@@ -11,6 +12,7 @@
 //! next watch gets 410 Gone), and the whole server restarted on its port.
 
 mod admit;
+mod apply;
 mod patch;
 mod read;
 mod resources;
@@ -18,6 +20,8 @@ mod schema;
 mod serve;
 mod store;
 mod tokens;
+mod webhooks;
+mod writes;
 
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -37,6 +41,10 @@ pub(crate) struct Shared {
     pub bookmark_every: std::time::Duration,
     /// Requests seen, by "VERB path" (no query), for tests to assert on.
     pub seen: Mutex<Vec<String>>,
+    /// Writes seen, as ("VERB path", field manager).
+    pub writes: Mutex<Vec<(String, String)>>,
+    /// Resources SelfSubjectAccessReviews say the admin may not touch.
+    pub denied: Mutex<Vec<String>>,
     /// Signs and reviews ServiceAccount tokens.
     pub signer: tokens::Signer,
     /// What is served: the built-ins and every established CRD's.
@@ -88,6 +96,8 @@ impl KubeApi {
             drops: watch::channel(0).0,
             bookmark_every: std::time::Duration::from_secs(1),
             seen: Mutex::new(Vec::new()),
+            writes: Mutex::new(Vec::new()),
+            denied: Mutex::new(Vec::new()),
             signer: tokens::Signer::default(),
             resources: Mutex::new(resources::builtins()),
         });
@@ -163,6 +173,56 @@ impl KubeApi {
         self.shared
             .signer
             .issue(namespace, account, audiences, ttl_secs)
+    }
+
+    /// Stores `object` of `resource` (the store's "group/plural" key) as a
+    /// create would, without the HTTP round trip: for benchmarks that
+    /// need thousands of objects in place. Watchers see it.
+    pub fn insert(&self, resource: &str, namespace: &str, object: Value) {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .create((resource.into(), namespace.into(), name), object)
+            .map_err(|e| format!("{e:?}"))
+            .expect("a fixture object is new");
+    }
+
+    /// Changes a stored object in place as an update would; watchers see
+    /// the change. False if it is not stored.
+    pub fn modify(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> bool {
+        let mut store = self.shared.store.lock().unwrap();
+        let key = (
+            resource.to_string(),
+            namespace.to_string(),
+            name.to_string(),
+        );
+        let Some(mut object) = store.get(&key).cloned() else {
+            return false;
+        };
+        change(&mut object);
+        store.update(&key, object, false, false).is_ok()
+    }
+
+    /// From now on, access reviews say the admin may not act on
+    /// `resource` (a plural, e.g. "clusterroles").
+    pub fn deny(&self, resource: &str) {
+        self.shared.denied.lock().unwrap().push(resource.into());
+    }
+
+    /// Every write so far, as ("VERB path", field manager).
+    pub fn writes(&self) -> Vec<(String, String)> {
+        self.shared.writes.lock().unwrap().clone()
     }
 
     /// Every "VERB path" served so far.
@@ -260,8 +320,120 @@ pub fn projected(api: &KubeApi, dir: &Path, account: &str) -> String {
     path.display().to_string()
 }
 
-/// Creates the CRDs of install/crds with kubectl.
+/// Creates a ServiceAccount of `default` for each of `accounts` with
+/// kubectl and returns, in order, the file of each one's projected token
+/// (audience `mesh`), as the kubelet mounts it.
+pub async fn accounts(api: &KubeApi, dir: &Path, accounts: &[&str]) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for account in accounts {
+        let sa = format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n");
+        create(api, dir, &format!("sa-{account}.yaml"), &sa).await;
+        tokens.push(projected(api, dir, account));
+    }
+    tokens
+}
+
+/// Creates install/'s namespace (the control plane's Lease and CA Secret
+/// go there) and the CRDs of install/crds with kubectl.
 pub async fn install_crds(api: &KubeApi) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../install/crds");
-    kubectl_ok(api, &["create", "--validate=false", "-f", crds]).await;
+    let install = concat!(env!("CARGO_MANIFEST_DIR"), "/../install");
+    let namespace = format!("{install}/namespace.yaml");
+    let crds = format!("{install}/crds");
+    kubectl_ok(
+        api,
+        &["create", "--validate=false", "-f", &namespace, "-f", &crds],
+    )
+    .await;
+}
+
+/// The Pod and EndpointSlice of one echo instance `id` whose sidecar
+/// listens on `port` of loopback, as a user would write them (one slice
+/// per pod: each sidecar has its own port); its ServiceAccount is `echo`.
+pub fn echo_objects(id: &str, port: u16, version: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {id}
+  labels: {{app: echo, app.kubernetes.io/version: {version}}}
+spec:
+  serviceAccountName: echo
+  containers:
+  - name: echo
+    image: mesh-echo
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {id}
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports:
+- name: http
+  port: {port}
+  protocol: TCP
+endpoints:
+- addresses: [127.0.0.1]
+  conditions: {{ready: true}}
+  targetRef: {{kind: Pod, name: {id}, namespace: default}}
+"
+    )
+}
+
+/// The echo Service the instances of `echo_objects` belong to.
+pub const ECHO_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  selector: {app: echo}
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+";
+
+/// Waits (20 s at most) until TrafficSplit `name` of `default` carries
+/// condition `type_` with `status` for `generation`, as kubectl reads it;
+/// returns the condition.
+pub async fn condition(
+    api: &KubeApi,
+    name: &str,
+    type_: &str,
+    status: &str,
+    generation: i64,
+) -> Value {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = kubectl_ok(api, &["get", "trafficsplit", name, "-o", "json"]).await;
+        let obj: Value = serde_json::from_str(&out).unwrap();
+        let found = obj["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == type_))
+            .cloned();
+        if let Some(c) = &found
+            && c["status"] == status
+            && c["observedGeneration"] == generation
+        {
+            return c.clone();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{name} never got {type_}={status} for generation {generation}: {found:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Says so when `MESH_TEST_KUBECONFIG` names a real cluster: the tests
+/// that use this server address sidecars and webhooks on this machine's
+/// loopback, which no cluster's API server or pods can reach, so they run
+/// against this server whatever it says.
+pub fn real_cluster_ignored() {
+    if let Some(k) = std::env::var_os("MESH_TEST_KUBECONFIG") {
+        eprintln!(
+            "MESH_TEST_KUBECONFIG={} ignored: these tests address sidecars on this machine's loopback",
+            k.to_string_lossy()
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/:
 //! maps merge, `null` deletes, a list with a patch merge key merges by it,
 //! any other list is replaced, and `$patch: replace|delete` is honoured.
-//! Server-side apply is refused by name until a test needs it.
+//! Server-side apply is `apply.rs`.
 
 use serde_json::Value;
 

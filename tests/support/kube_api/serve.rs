@@ -9,9 +9,9 @@
 #![allow(clippy::result_large_err)]
 
 use super::Shared;
-use super::patch;
 use super::resources::{self, Resource};
 use super::store::{Key, Refusal};
+use super::webhooks::{self, Write};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -76,7 +76,7 @@ pub(crate) fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
     )
 }
 
-fn refusal(r: Refusal, res: &Resource, name: &str) -> Response<Body> {
+pub(crate) fn refusal(r: Refusal, res: &Resource, name: &str) -> Response<Body> {
     let what = format!("{} {name:?}", res.plural);
     match r {
         Refusal::NotFound => status(404, "NotFound", &format!("{what} not found")),
@@ -205,6 +205,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
             return super::admit::token_review(&shared, req).await;
         }
+        (&Method::POST, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => {
+            return super::admit::access_review(&shared, req).await;
+        }
         _ => {}
     }
     let routed = route(&shared.resources.lock().unwrap(), &path);
@@ -230,6 +233,23 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         Err(resp) => return resp,
     };
     let method = req.method().clone();
+    // Who writes, for field ownership: the fieldManager parameter, else
+    // the user agent's name ("Field management").
+    let manager = query.get("fieldManager").cloned().unwrap_or_else(|| {
+        let agent = req
+            .headers()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        agent.split('/').next().unwrap_or(agent).to_string()
+    });
+    if method != Method::GET {
+        shared
+            .writes
+            .lock()
+            .unwrap()
+            .push((format!("{method} {path}"), manager.clone()));
+    }
     let content_type = req
         .headers()
         .get("content-type")
@@ -242,6 +262,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     };
     let res = &target.res;
     let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
+    // dryRun=All: every check and webhook runs, nothing is stored
+    // ("Dry-run", https://kubernetes.io/docs/reference/using-api/api-concepts/#dry-run).
+    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
     match (&method, &target.name) {
         (&Method::GET, None) => {
             let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -252,7 +275,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::POST, None) => {
-            let mut object = match parse_object(&body, res, &target.namespace, None) {
+            let mut object = match super::writes::parse_object(&body, res, &target.namespace, None)
+            {
                 Ok(o) => o,
                 Err(r) => return r,
             };
@@ -260,13 +284,33 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            if let Some(r) = namespace_missing(&shared, res, &target.namespace) {
+            if let Some(r) = super::writes::namespace_missing(&shared, res, &target.namespace) {
                 return r;
             }
             if let Err(r) = super::admit::admit(&shared, res, &name, &mut object, strict) {
                 return r;
             }
+            let write = Write {
+                res,
+                namespace: &target.namespace,
+                name: &name,
+                subresource: None,
+                operation: "CREATE",
+                object: Some(&object),
+                old: None,
+            };
+            if let Err(r) = webhooks::validate(&shared, &write).await {
+                return r;
+            }
             let key = key(res, &target.namespace, &name);
+            if dry_run {
+                let exists = shared.store.lock().unwrap().get(&key).is_some();
+                return if exists {
+                    refusal(Refusal::AlreadyExists, res, &name)
+                } else {
+                    full(StatusCode::CREATED, &object)
+                };
+            }
             let created = shared.store.lock().unwrap().create(key, object);
             match created {
                 Ok(o) => {
@@ -285,12 +329,37 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     None => refusal(Refusal::NotFound, res, name),
                 },
                 Method::PUT => {
-                    let mut object = match parse_object(&body, res, &target.namespace, Some(name)) {
+                    let mut object = match super::writes::parse_object(
+                        &body,
+                        res,
+                        &target.namespace,
+                        Some(name),
+                    ) {
                         Ok(o) => o,
                         Err(r) => return r,
                     };
                     if let Err(r) = super::admit::admit(&shared, res, name, &mut object, strict) {
                         return r;
+                    }
+                    let current = shared.store.lock().unwrap().get(&key).cloned();
+                    let Some(current) = current else {
+                        return refusal(Refusal::NotFound, res, name);
+                    };
+                    let write = Write {
+                        res,
+                        namespace: &target.namespace,
+                        name,
+                        subresource: target.subresource.as_deref(),
+                        operation: "UPDATE",
+                        object: Some(&object),
+                        old: Some(&current),
+                    };
+                    if let Err(r) = webhooks::validate(&shared, &write).await {
+                        return r;
+                    }
+                    super::apply::record_update(&current, &mut object, &manager);
+                    if dry_run {
+                        return full(StatusCode::OK, &object);
                     }
                     let mut store = shared.store.lock().unwrap();
                     match store.update(&key, object, on_status, res.status) {
@@ -299,30 +368,53 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     }
                 }
                 Method::PATCH => {
-                    let mut store = shared.store.lock().unwrap();
-                    let Some(current) = store.get(&key).cloned() else {
-                        return refusal(Refusal::NotFound, res, name);
+                    let write = Write {
+                        res,
+                        namespace: &target.namespace,
+                        name,
+                        subresource: target.subresource.as_deref(),
+                        operation: "UPDATE",
+                        object: None,
+                        old: None,
                     };
-                    let mut patched = match patch::apply(&content_type, &current, &body) {
-                        Ok(p) => p,
-                        Err((code, m)) => return status(code, reason_of(code), &m),
-                    };
-                    if let Err(r) = super::admit::admit(&shared, res, name, &mut patched, strict) {
-                        return r;
-                    }
-                    if patched.pointer("/metadata/name") != current.pointer("/metadata/name") {
+                    if content_type.starts_with("application/apply-patch+yaml")
+                        && !query.contains_key("fieldManager")
+                    {
                         return status(
                             400,
                             "BadRequest",
-                            "metadata.name may not be changed by a patch",
+                            "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
                         );
                     }
-                    match store.update(&key, patched, on_status, res.status) {
-                        Ok(o) => full(StatusCode::OK, &o),
-                        Err(r) => refusal(r, res, name),
-                    }
+                    let how = super::writes::How {
+                        content_type: &content_type,
+                        manager: &manager,
+                        force: query.get("force").is_some_and(|f| f == "true"),
+                        dry_run,
+                        strict,
+                    };
+                    super::writes::patch_object(&shared, &write, &key, &how, &body).await
                 }
                 Method::DELETE if !on_status => {
+                    let current = shared.store.lock().unwrap().get(&key).cloned();
+                    let Some(current) = current else {
+                        return refusal(Refusal::NotFound, res, name);
+                    };
+                    let write = Write {
+                        res,
+                        namespace: &target.namespace,
+                        name,
+                        subresource: None,
+                        operation: "DELETE",
+                        object: None,
+                        old: Some(&current),
+                    };
+                    if let Err(r) = webhooks::validate(&shared, &write).await {
+                        return r;
+                    }
+                    if dry_run {
+                        return full(StatusCode::OK, &current);
+                    }
                     let deleted = shared.store.lock().unwrap().delete(&key);
                     match deleted {
                         Ok(o) => {
@@ -347,7 +439,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn reason_of(code: u16) -> &'static str {
+pub(crate) fn reason_of(code: u16) -> &'static str {
     match code {
         415 => "UnsupportedMediaType",
         422 => "Invalid",
@@ -355,91 +447,8 @@ fn reason_of(code: u16) -> &'static str {
     }
 }
 
-fn key(res: &Resource, namespace: &str, name: &str) -> Key {
+pub(crate) fn key(res: &Resource, namespace: &str, name: &str) -> Key {
     (res.key(), namespace.to_string(), name.to_string())
-}
-
-/// A namespaced create in a namespace that does not exist is refused
-/// (the NamespaceLifecycle admission plugin,
-/// https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#namespacelifecycle).
-fn namespace_missing(shared: &Shared, res: &Resource, namespace: &str) -> Option<Response<Body>> {
-    if !res.namespaced {
-        return None;
-    }
-    let key = (
-        "/namespaces".to_string(),
-        String::new(),
-        namespace.to_string(),
-    );
-    match shared.store.lock().unwrap().get(&key) {
-        Some(_) => None,
-        None => Some(status(
-            404,
-            "NotFound",
-            &format!("namespaces {namespace:?} not found"),
-        )),
-    }
-}
-
-/// The body of a create or update: JSON of the resource's kind, its name
-/// (and namespace, if given) agreeing with the path.
-fn parse_object(
-    body: &[u8],
-    res: &Resource,
-    namespace: &str,
-    name: Option<&str>,
-) -> Result<Value, Response<Body>> {
-    let mut object: Value = serde_json::from_slice(body)
-        .map_err(|e| status(400, "BadRequest", &format!("the body is not JSON: {e}")))?;
-    if object.get("kind").and_then(Value::as_str) != Some(res.kind.as_str())
-        || object.get("apiVersion").and_then(Value::as_str) != Some(res.api_version().as_str())
-    {
-        return Err(status(
-            400,
-            "BadRequest",
-            &format!("the body must be a {} of {}", res.kind, res.api_version()),
-        ));
-    }
-    let meta = object
-        .get_mut("metadata")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| status(422, "Invalid", "metadata: Required value"))?;
-    if meta.get("name").is_none()
-        && let Some(prefix) = meta.get("generateName").and_then(Value::as_str)
-    {
-        // generateName: the server appends a random suffix
-        // (https://kubernetes.io/docs/reference/using-api/api-concepts/#generated-values).
-        let name = format!("{prefix}{:05x}", fastrand::u32(..0x100000));
-        meta.insert("name".into(), json!(name));
-    }
-    let given = meta.get("name").and_then(Value::as_str).unwrap_or("");
-    if given.is_empty() {
-        return Err(status(
-            422,
-            "Invalid",
-            "metadata.name: Required value: name or generateName is required",
-        ));
-    }
-    if let Some(n) = name
-        && n != given
-    {
-        return Err(status(
-            400,
-            "BadRequest",
-            "the name of the object does not match the name on the URL",
-        ));
-    }
-    if let Some(ns) = meta.get("namespace").and_then(Value::as_str)
-        && !namespace.is_empty()
-        && ns != namespace
-    {
-        return Err(status(
-            400,
-            "BadRequest",
-            "the namespace of the provided object does not match the namespace sent on the request",
-        ));
-    }
-    Ok(object)
 }
 
 /// `a=b&c=d%20e` into pairs, percent-decoded.

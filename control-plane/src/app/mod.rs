@@ -2,6 +2,8 @@
 //! listeners (reporting the addresses actually bound), and serve until told
 //! to stop.
 
+mod cluster;
+
 use crate::config::Config;
 use crate::identity::{Identity, ca, tokens, tokens::Tokens};
 use crate::manifest::{self, Located};
@@ -47,6 +49,9 @@ pub enum Error {
     /// The bootstrap tokens file is invalid.
     #[error(transparent)]
     Tokens(#[from] crate::identity::tokens::Error),
+    /// The CA Secret could not be read or created.
+    #[error(transparent)]
+    CaSecret(#[from] crate::kubernetes::ca_secret::Error),
     /// The Kubernetes registry's client could not be made.
     #[error(transparent)]
     Kubernetes(#[from] crate::kubernetes::Error),
@@ -120,6 +125,8 @@ pub struct Bound {
     pub http_addr: SocketAddr,
     /// mTLS admin address actually bound.
     pub admin_addr: SocketAddr,
+    /// The admission webhook's HTTPS address actually bound, if served.
+    pub webhook_addr: Option<SocketAddr>,
     /// Where the operator credentials were written (`admin/`, `viewer/`).
     pub credentials: std::path::PathBuf,
     /// The mesh's trust anchors, which sidecars verify the control plane
@@ -128,6 +135,7 @@ pub struct Bound {
     grpc: TcpListener,
     http: TcpListener,
     admin: TcpListener,
+    webhook: Option<(TcpListener, Arc<crate::mtls::ServerTls>)>,
     tls: Arc<crate::mtls::ServerTls>,
     grpc_tls: Arc<crate::mtls::ServerTls>,
     state: Arc<State>,
@@ -188,11 +196,17 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
             key: key.clone(),
             roots: config.ca_roots.clone(),
         });
-    let ca = ca::Ca::load_or_create(
-        &config.state_dir.join("ca"),
-        provided.as_ref(),
-        std::time::Duration::from_secs(config.cert_lifetime_secs.max(1)),
-    )?;
+    let lifetime = std::time::Duration::from_secs(config.cert_lifetime_secs.max(1));
+    let ca = match (&kube, &config.cluster.ca_secret) {
+        // Every replica signs with the chain the Secret holds.
+        (Some(client), Some(secret)) if provided.is_none() => {
+            let ns = &config.cluster.namespace;
+            let m =
+                crate::kubernetes::ca_secret::load_or_create(client.clone(), ns, secret).await?;
+            ca::Ca::from_material(&m, Path::new(&format!("Secret {ns}/{secret}")), lifetime)?
+        }
+        _ => ca::Ca::load_or_create(&config.state_dir.join("ca"), provided.as_ref(), lifetime)?,
+    };
     let tokens = tokens::Shared::new(match &config.bootstrap_tokens {
         Some(path) => Tokens::load(path)?,
         None => Tokens::default(),
@@ -228,7 +242,21 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
     let grpc = bind(config.grpc_addr).await?;
     let http = bind(config.http_addr).await?;
     let admin = bind(config.admin_addr).await?;
+    let (webhook, webhook_addr) = match &config.cluster.webhook {
+        Some(w) => {
+            let listener = bind(w.addr).await?;
+            let addr = listener.local_addr().map_err(|source| Error::Bind {
+                addr: w.addr,
+                source,
+            })?;
+            let tls = Arc::new(ServerTls::webhook(&ca, &w.names)?);
+            (Some((listener, tls)), Some(addr))
+        }
+        None => (None, None),
+    };
     Ok(Bound {
+        webhook_addr,
+        webhook,
         admin_addr: admin.local_addr().map_err(|source| Error::Bind {
             addr: config.admin_addr,
             source,
@@ -273,6 +301,7 @@ impl Bound {
             grpc,
             http,
             admin,
+            webhook,
             tls,
             grpc_tls,
             credentials,
@@ -285,8 +314,33 @@ impl Bound {
             config,
             ..
         } = self;
+        let limit = |what| metrics.limit(what, config.max_connections as usize);
+        let webhook_tls = webhook.as_ref().map(|(_, tls)| tls.clone());
+        let mut leadership = None;
         if let Some(client) = kube {
-            feed(state.clone(), client, config.trust_domain.clone());
+            let webhook =
+                webhook
+                    .zip(config.cluster.webhook.as_ref())
+                    .map(|((listener, tls), w)| cluster::Webhook {
+                        listener,
+                        tls,
+                        limit: limit("webhook"),
+                        idle: config.idle(),
+                        configuration: w.configuration.clone(),
+                        roots_pem: ca.roots_pem().concat(),
+                    });
+            let election = crate::kubernetes::leader::Election {
+                namespace: config.cluster.namespace.clone(),
+                identity: config.cluster.identity.clone(),
+                duration_secs: config.cluster.lease_duration_secs,
+            };
+            leadership = Some(cluster::start(
+                state.clone(),
+                client,
+                config.trust_domain.clone(),
+                election,
+                webhook,
+            ));
         }
         let synced = state.completed();
         if let Some(path) = config.bootstrap_tokens.clone() {
@@ -296,7 +350,6 @@ impl Bound {
                 std::time::Duration::from_secs(1),
             ));
         }
-        let limit = |what| metrics.limit(what, config.max_connections as usize);
         let (stopping_tx, stopping) = watch::channel(false);
         let (ending_tx, ending) = watch::channel(false);
         tokio::spawn(http::serve(
@@ -336,6 +389,11 @@ impl Bound {
         let stop = async move {
             shutdown.await;
             stop_state.stop_publishing();
+            // A successor need not wait out the Lease. Bounded: an API
+            // server that is away must not hold the stop up.
+            if let Some(l) = leadership {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), l.release()).await;
+            }
             let _ = stopping_tx.send(true);
             tracing::info!(
                 drain_ms = drain.as_millis() as u64,
@@ -355,8 +413,12 @@ impl Bound {
             loop {
                 tokio::time::sleep(renew_every).await;
                 let renewed = renew_tls
-                    .renew(&renew_ca, &td)
-                    .and_then(|()| renew_grpc.renew(&renew_ca, &td))
+                    .renew(&renew_ca)
+                    .and_then(|()| renew_grpc.renew(&renew_ca))
+                    .and_then(|()| match &webhook_tls {
+                        Some(tls) => tls.renew(&renew_ca),
+                        None => Ok(()),
+                    })
                     .and_then(|()| write_operator_credentials(&renew_ca, &td, &credentials));
                 if let Err(e) = renewed {
                     tracing::error!(error = %e, "renewing the control plane's certificates");
@@ -415,43 +477,6 @@ impl Bound {
             }
         }
     }
-}
-
-/// Feeds the Kubernetes registry and rules into the state, and marks it
-/// whole once each has been listed (until then `/ready` says what it
-/// waits for, and discovery sends nothing).
-fn feed(state: Arc<State>, client: kube::Client, trust_domain: String) {
-    let mut clusters = crate::kubernetes::registry::start(client.clone(), trust_domain);
-    let mut objects = crate::kubernetes::rules::start(client);
-    tokio::spawn(async move {
-        let (mut registry, mut rules) = (false, false);
-        loop {
-            tokio::select! {
-                changed = clusters.changed() => {
-                    if changed.is_err() { break; }
-                    let next = clusters.borrow_and_update().clone();
-                    if let Some(cluster) = next {
-                        let version = state.sync_cluster((*cluster).clone());
-                        tracing::debug!(version, "Kubernetes registry synced");
-                        registry = true;
-                    }
-                }
-                changed = objects.changed() => {
-                    if changed.is_err() { break; }
-                    let next = objects.borrow_and_update().clone();
-                    let Some(docs) = next else { continue };
-                    match state.sync_rules(&docs) {
-                        Ok(version) => tracing::info!(version, objects = docs.len(), "Kubernetes rules in force"),
-                        Err(e) => tracing::warn!(error = %e, "Kubernetes rules refused as a set; the rules in force keep serving"),
-                    }
-                    rules = true;
-                }
-            }
-            if registry && rules {
-                state.mark_complete();
-            }
-        }
-    });
 }
 
 /// How long calls may outlast the end of the drain.

@@ -4,6 +4,10 @@
 //! value at once (the binary exits 64, like the sidecar). A leaf: imports
 //! nothing of the crate.
 
+mod cluster;
+
+pub use cluster::{Cluster, DEFAULT_WEBHOOK_NAMES, Webhook};
+
 use clap::{CommandFactory, FromArgMatches, Parser};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,6 +106,8 @@ struct Args {
     /// ~/.kube/config, or the in-cluster service account.
     #[arg(long, env = "MESH_CONTROL_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 /// Where services and instances come from.
@@ -154,6 +160,8 @@ pub struct Config {
     pub registry: RegistryKind,
     /// kubeconfig for the Kubernetes registry (None: inferred).
     pub kubeconfig: Option<PathBuf>,
+    /// What only a control plane on a Kubernetes cluster has.
+    pub cluster: Cluster,
 }
 
 /// What parsing the command line came to.
@@ -254,12 +262,18 @@ impl Config {
         if args.kubeconfig.is_some() && registry != RegistryKind::Kubernetes {
             problems.push("--kubeconfig: only with --registry kubernetes".into());
         }
+        let cluster = cluster::check(
+            &args.cluster,
+            registry == RegistryKind::Kubernetes,
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
         Ok(Config {
             registry,
             kubeconfig: args.kubeconfig,
+            cluster,
             grpc_addr,
             http_addr,
             admin_addr,
@@ -372,11 +386,13 @@ fn check_trust_domain(td: &str) -> Result<(), &'static str> {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, Error> {
+    /// The configuration of mesh-control started with `args`.
+    pub(super) fn parse(args: &[&str]) -> Result<Config, Error> {
         Config::from_args(std::iter::once("mesh-control").chain(args.iter().copied()))
     }
 
-    fn problems(args: &[&str]) -> Vec<String> {
+    /// What refusing `args` names; panics if they are accepted.
+    pub(super) fn problems(args: &[&str]) -> Vec<String> {
         match parse(args) {
             Err(Error::Invalid(p)) => p,
             other => panic!("{args:?} should be refused, got {other:?}"),
