@@ -255,6 +255,7 @@ pub(crate) async fn subscribe(
                 };
                 tx.send(pb::DiscoveryRequest {
                     node: Some(node),
+                    incremental: true,
                     ..Default::default()
                 })
                 .await
@@ -264,15 +265,30 @@ pub(crate) async fn subscribe(
                     .await
                     .ok()?
                     .into_inner();
+                // As mesh-proxy does: a delta applies only on the version
+                // it builds on; anything else is refused (and answered in
+                // full). Applying it is the sidecar's own cost, not timed.
+                let mut running = String::new();
                 while let Ok(Some(resp)) = stream.message().await {
-                    let ack = pb::DiscoveryRequest {
-                        version_info: resp.version_info.clone(),
+                    let fits = resp.base_version.is_empty() || resp.base_version == running;
+                    let reply = pb::DiscoveryRequest {
+                        version_info: if fits {
+                            resp.version_info.clone()
+                        } else {
+                            running.clone()
+                        },
                         response_nonce: resp.nonce.clone(),
+                        error_detail: (!fits).then(|| pb::ErrorDetail {
+                            message: format!("delta on {}, running {running}", resp.base_version),
+                        }),
                         ..Default::default()
                     };
-                    tx.send(ack).await.ok()?;
-                    let v = resp.version_info.parse().unwrap_or(0);
-                    report.send((i, v, Instant::now())).ok()?;
+                    tx.send(reply).await.ok()?;
+                    if fits {
+                        running = resp.version_info.clone();
+                        let v = resp.version_info.parse().unwrap_or(0);
+                        report.send((i, v, Instant::now())).ok()?;
+                    }
                 }
                 Some(())
             });

@@ -66,12 +66,6 @@ fn node_id(node: Option<pb::Node>) -> Result<(pb::Node, NodeId), Status> {
     Ok((node, id))
 }
 
-/// The nonce is the snapshot version (see `state::Snapshot`), so an ACK or
-/// NACK names the version it answers even if newer ones were sent meanwhile.
-fn version_of_nonce(nonce: &str) -> Option<u64> {
-    nonce.parse().ok()
-}
-
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Prebuilt, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -94,6 +88,7 @@ impl discovery_server::Discovery for Discovery {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let incremental = first.incremental;
         let (node, _) = node_id(first.node)?;
         self.state
             .speaks_for(
@@ -123,10 +118,21 @@ impl discovery_server::Discovery for Discovery {
                 _ = tx.closed() => return,
             }
             let mut snapshots = state.subscribe();
+            // The version last sent, which the next change builds on when
+            // the sidecar applies deltas; `full` once it refused one (it
+            // runs something older than what was sent).
+            let (mut sent, mut full) = (None, !incremental);
             'send: loop {
-                // A refcount bump: the snapshot was encoded once for all streams.
-                let encoded = snapshots.borrow_and_update().encoded.clone();
-                if tx.send(Ok(encoded)).await.is_err() {
+                // A refcount bump: both forms were encoded once for all streams.
+                let snapshot = snapshots.borrow_and_update().clone();
+                let message = match &snapshot.delta {
+                    Some((base, delta)) if !full && sent == Some(*base) => Some(delta.clone()),
+                    _ => None,
+                };
+                let sent_delta = message.is_some();
+                let message = message.unwrap_or_else(|| snapshot.encoded.clone());
+                (sent, full) = (Some(snapshot.version), !incremental);
+                if tx.send(Ok(message)).await.is_err() {
                     break;
                 }
                 loop {
@@ -141,13 +147,29 @@ impl discovery_server::Discovery for Discovery {
                         }
                         msg = inbound.message() => match msg {
                             Ok(Some(req)) => {
-                                if let Some(v) = version_of_nonce(&req.response_nonce) {
-                                    let error = req.error_detail.map(|e| e.message);
-                                    if let Some(reason) = &error {
-                                        tracing::warn!(stream = id, version = v, %reason, "proxy rejected config");
+                                // The nonce names the version a reply answers, even
+                                // if newer ones were sent meanwhile.
+                                let Some((v, delta)) = crate::index::parse_nonce(&req.response_nonce) else { continue };
+                                let error = req.error_detail.map(|e| e.message);
+                                match &error {
+                                    // Not the config's verdict: the full snapshot
+                                    // (sent now, unless the last message was one)
+                                    // gets the sidecar's.
+                                    Some(reason) if delta => {
+                                        tracing::info!(stream = id, version = v, %reason, "proxy refused a delta; sending the full snapshot");
+                                        full = true;
+                                        if sent_delta {
+                                            continue 'send;
+                                        }
+                                        continue;
                                     }
-                                    state.proxies().record_reply(id, v, error);
+                                    Some(reason) => {
+                                        tracing::warn!(stream = id, version = v, %reason, "proxy rejected config");
+                                        full = true;
+                                    }
+                                    None => {}
                                 }
+                                state.proxies().record_reply(id, v, error);
                             }
                             Ok(None) | Err(_) => break 'send,
                         }
@@ -196,17 +218,5 @@ impl discovery_server::Discovery for Discovery {
             .await;
         tracing::info!(instance = %node.instance_id, version, propagated, "instance deregistered");
         Ok(Response::new(pb::DeregisterResponse { propagated }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nonce_carries_the_version() {
-        assert_eq!(version_of_nonce("42"), Some(42));
-        assert_eq!(version_of_nonce(""), None);
-        assert_eq!(version_of_nonce("x"), None);
     }
 }

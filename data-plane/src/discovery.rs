@@ -5,7 +5,7 @@
 //! instance with heartbeats and deregisters it on shutdown.
 
 use crate::config::Identity;
-use crate::state::{EndpointStats, State};
+use crate::state::{EndpointStats, Rejected, State};
 use arc_swap::ArcSwap;
 use mesh_proto::v1 as pb;
 use mesh_proto::v1::discovery_client::DiscoveryClient;
@@ -83,6 +83,7 @@ async fn subscribe_once(
     let first = pb::DiscoveryRequest {
         node: Some(node.clone()),
         version_info: state.load().version.clone(),
+        incremental: true,
         ..Default::default()
     };
     tx.send(first).await.expect("receiver is alive");
@@ -90,26 +91,34 @@ async fn subscribe_once(
         .subscribe(ReceiverStream::new(rx))
         .await?
         .into_inner();
+    // The last full snapshot applied on this stream: what a delta builds on.
+    let mut applied: Option<pb::DiscoveryResponse> = None;
     while let Some(resp) = stream.message().await? {
         *delivered = true;
         let now = std::time::Instant::now();
-        let reply = match State::from_proto(&resp, &node.namespace, &state.load(), stats, now) {
-            Ok(next) => {
+        let (version, nonce) = (resp.version_info.clone(), resp.nonce.clone());
+        let converted = whole(applied.as_ref(), resp).and_then(|full| {
+            let next = State::from_proto(&full, &node.namespace, &state.load(), stats, now)?;
+            Ok((full, next))
+        });
+        let reply = match converted {
+            Ok((full, next)) => {
                 // One atomic swap: requests already running keep the Arc they loaded.
                 state.store(Arc::new(next));
-                metrics.config_applied(&resp.version_info);
-                tracing::info!(version = %resp.version_info, "config applied");
+                applied = Some(full);
+                metrics.config_applied(&version);
+                tracing::info!(%version, "config applied");
                 pb::DiscoveryRequest {
-                    version_info: resp.version_info.clone(),
-                    response_nonce: resp.nonce.clone(),
+                    version_info: version,
+                    response_nonce: nonce,
                     ..Default::default()
                 }
             }
             Err(rejected) => {
-                tracing::warn!(version = %resp.version_info, reason = %rejected, "config rejected; keeping the previous one");
+                tracing::warn!(%version, reason = %rejected, "config rejected; keeping the previous one");
                 pb::DiscoveryRequest {
                     version_info: state.load().version.clone(),
-                    response_nonce: resp.nonce.clone(),
+                    response_nonce: nonce,
                     error_detail: Some(pb::ErrorDetail {
                         message: rejected.to_string(),
                     }),
@@ -122,6 +131,24 @@ async fn subscribe_once(
         }
     }
     Ok(())
+}
+
+/// The full snapshot a response gives: itself, or a delta applied to the
+/// last one applied on this stream (refused when it builds on another).
+fn whole(
+    applied: Option<&pb::DiscoveryResponse>,
+    resp: pb::DiscoveryResponse,
+) -> Result<pb::DiscoveryResponse, Rejected> {
+    if resp.base_version.is_empty() {
+        return Ok(resp);
+    }
+    let Some(base) = applied else {
+        return Err(Rejected(vec![format!(
+            "incremental response {} builds on version {}, but none was applied on this stream",
+            resp.version_info, resp.base_version
+        )]));
+    };
+    mesh_proto::incremental::apply(base, &resp).map_err(|e| Rejected(vec![e]))
 }
 
 /// Registration: heartbeats carry readiness; `stopped` is set under the lock

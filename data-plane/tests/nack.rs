@@ -1,5 +1,6 @@
 //! The sidecar's discovery client NACKs a snapshot it cannot use, with the
-//! reason, and keeps serving the previous one.
+//! reason, and keeps serving the previous one; it applies an incremental
+//! response only on the version it builds on.
 //!
 //! mesh-control validates everything it publishes, so it cannot be made to
 //! send an unusable snapshot; the case is version skew between the planes.
@@ -40,6 +41,11 @@ impl Discovery for SkewedControlPlane {
             first.node.expect("node is sent first").instance_id,
             "client-0"
         );
+        if !first.incremental {
+            return Err(Status::failed_precondition(
+                "the sidecar must ask for incremental responses",
+            ));
+        }
         let (tx, rx) = mpsc::channel(1);
         let (snapshots, replies) = (self.snapshots.clone(), self.replies.clone());
         tokio::spawn(async move {
@@ -100,19 +106,23 @@ fn snapshot(version: &str, cluster: &str) -> pb::DiscoveryResponse {
             }],
             policy: None,
         }],
+        ..Default::default()
     }
 }
 
-#[tokio::test]
-async fn unusable_snapshot_is_nacked_with_its_reason_and_the_old_one_keeps_serving() {
+/// Serves `snapshots` to a real sidecar subscription loop; its replies and
+/// the state it runs.
+async fn serve(
+    snapshots: Vec<pb::DiscoveryResponse>,
+) -> (
+    mpsc::UnboundedReceiver<pb::DiscoveryRequest>,
+    Arc<ArcSwap<State>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    let (replies_tx, replies) = mpsc::unbounded_channel();
     let fixture = SkewedControlPlane {
-        snapshots: vec![
-            snapshot("1", "echo.default"),
-            snapshot("2", "ghost.default"),
-        ],
+        snapshots,
         replies: replies_tx,
     };
     tokio::spawn(
@@ -140,22 +150,33 @@ async fn unusable_snapshot_is_nacked_with_its_reason_and_the_old_one_keeps_servi
         Duration::from_millis(200),
         Default::default(),
     ));
+    (replies, state)
+}
 
-    let deadline = Duration::from_secs(10);
-    let ack = tokio::time::timeout(deadline, replies.recv())
+async fn reply(
+    replies: &mut mpsc::UnboundedReceiver<pb::DiscoveryRequest>,
+) -> pb::DiscoveryRequest {
+    tokio::time::timeout(Duration::from_secs(10), replies.recv())
         .await
-        .unwrap()
-        .unwrap();
+        .expect("a reply within 10 s")
+        .expect("the fixture is alive")
+}
+
+#[tokio::test]
+async fn unusable_snapshot_is_nacked_with_its_reason_and_the_old_one_keeps_serving() {
+    let (mut replies, state) = serve(vec![
+        snapshot("1", "echo.default"),
+        snapshot("2", "ghost.default"),
+    ])
+    .await;
+    let ack = reply(&mut replies).await;
     assert_eq!(
         (ack.version_info.as_str(), ack.response_nonce.as_str()),
         ("1", "1")
     );
     assert!(ack.error_detail.is_none(), "version 1 is usable");
 
-    let nack = tokio::time::timeout(deadline, replies.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let nack = reply(&mut replies).await;
     assert_eq!(
         nack.response_nonce, "2",
         "the NACK names the response it rejects"
@@ -176,4 +197,81 @@ async fn unusable_snapshot_is_nacked_with_its_reason_and_the_old_one_keeps_servi
         running.resolve("echo").is_some(),
         "the previous config keeps serving"
     );
+}
+
+/// An incremental response on top of `base`.
+fn delta(version: &str, base: &str) -> pb::DiscoveryResponse {
+    pb::DiscoveryResponse {
+        version_info: version.into(),
+        nonce: format!("{version}+"),
+        base_version: base.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn deltas_apply_on_the_version_they_build_on_and_no_other() {
+    let mut moved = snapshot("3", "echo.default").clusters.remove(0);
+    moved.endpoints[0].address = "127.0.0.1:10".into();
+    let (mut replies, state) = serve(vec![
+        snapshot("1", "echo.default"),
+        // Builds on a version this sidecar never ran.
+        pb::DiscoveryResponse {
+            clusters: vec![moved.clone()],
+            ..delta("2", "7")
+        },
+        // Builds on version 1: the endpoint moves, the service stays.
+        pb::DiscoveryResponse {
+            clusters: vec![moved],
+            ..delta("3", "1")
+        },
+        // Removes what version 3 holds.
+        pb::DiscoveryResponse {
+            removed_services: vec!["default/echo".into()],
+            removed_clusters: vec!["echo.default".into()],
+            ..delta("4", "3")
+        },
+    ])
+    .await;
+    assert!(
+        reply(&mut replies).await.error_detail.is_none(),
+        "version 1 applies"
+    );
+
+    let nack = reply(&mut replies).await;
+    assert_eq!(
+        (nack.response_nonce.as_str(), nack.version_info.as_str()),
+        ("2+", "1")
+    );
+    let reason = nack.error_detail.expect("refused").message;
+    assert!(
+        reason.contains("builds on version 7") && reason.contains("runs version 1"),
+        "{reason}"
+    );
+
+    let ack = reply(&mut replies).await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    assert_eq!(ack.version_info, "3");
+    let running = state.load();
+    assert!(
+        running.resolve("echo").is_some(),
+        "the service the delta left alone stays"
+    );
+    let endpoints: Vec<String> = running
+        .cluster("echo.default")
+        .expect("the cluster stays")
+        .endpoints
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    assert_eq!(
+        endpoints,
+        ["127.0.0.1:10"],
+        "the delta's endpoint replaced the old one"
+    );
+
+    let ack = reply(&mut replies).await;
+    assert_eq!((ack.version_info.as_str(), ack.error_detail), ("4", None));
+    let running = state.load();
+    assert!(running.resolve("echo").is_none() && running.cluster("echo.default").is_none());
 }

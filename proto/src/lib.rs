@@ -1,6 +1,8 @@
 //! mesh-proto: the generated gRPC contract between mesh-control, mesh-proxy
-//! and meshctl. Only generated code, one wire-level helper (`prebuilt`) and
-//! the contract's one size limit live here; conversions into domain types belong to the consuming crate.
+//! and meshctl. Only generated code, two wire-level helpers (`prebuilt`,
+//! and `incremental`, which both planes use to make and apply a delta) and
+//! the contract's one size limit live here; conversions into domain types
+//! belong to the consuming crate.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
 /// `mesh.v1`: discovery (control plane → sidecars) and admin (meshctl → control plane).
@@ -13,6 +15,7 @@ pub mod echo {
     tonic::include_proto!("mesh.echo.v1");
 }
 
+pub mod incremental;
 pub mod prebuilt;
 
 /// The most rule text one `Admin.Apply` or `Admin.Delete` carries, summed

@@ -67,6 +67,7 @@ mod tests {
                 ..Default::default()
             }],
             clusters: vec![],
+            ..Default::default()
         };
         let pre = Prebuilt::new(&resp);
         assert_eq!(pre.encoded_len(), resp.encoded_len());

@@ -24,17 +24,49 @@ pub struct View {
 }
 
 impl View {
-    /// The discovery response carrying this view as `version`. The nonce
-    /// is the version: each stream gets a version at most once, so it is
-    /// unique per response on a stream, as the protocol needs, and one
-    /// encoding serves every stream.
+    /// The full discovery response carrying this view as `version`.
     pub fn response(&self, version: u64) -> pb::DiscoveryResponse {
         pb::DiscoveryResponse {
             version_info: version.to_string(),
-            nonce: version.to_string(),
+            nonce: nonce(version, false),
             services: self.services.clone(),
             clusters: self.clusters.clone(),
+            ..Default::default()
         }
+    }
+
+    /// The incremental response taking a sidecar from `base` (published
+    /// as `base_version`) to this view as `version`. Its nonce is marked
+    /// (see [`nonce`]) so a reply says which of the two it answers.
+    pub fn delta(&self, base: &View, base_version: u64, version: u64) -> pb::DiscoveryResponse {
+        let mut d = mesh_proto::incremental::between(
+            (&base.services, &base.clusters),
+            (&self.services, &self.clusters),
+            &base_version.to_string(),
+            &version.to_string(),
+        );
+        d.nonce = nonce(version, true);
+        d
+    }
+}
+
+/// The nonce of the response carrying `version`, full or incremental.
+/// Each stream gets a version at most once in each form, so nonces are
+/// unique per stream, and one encoding serves every stream.
+pub fn nonce(version: u64, incremental: bool) -> String {
+    if incremental {
+        format!("{version}+")
+    } else {
+        version.to_string()
+    }
+}
+
+/// The version a reply's nonce names, and whether it answered the
+/// incremental response.
+pub fn parse_nonce(nonce: &str) -> Option<(u64, bool)> {
+    match nonce.strip_suffix('+') {
+        Some(v) => Some((v.parse().ok()?, true)),
+        None => Some((nonce.parse().ok()?, false)),
     }
 }
 

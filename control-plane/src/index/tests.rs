@@ -253,3 +253,12 @@ fn status_warns_loudly_about_a_canary_without_endpoints() {
         Err(Error::UnknownService { .. })
     ));
 }
+
+#[test]
+fn a_nonce_names_its_version_and_whether_it_was_the_delta() {
+    assert_eq!(parse_nonce(&nonce(42, false)), Some((42, false)));
+    assert_eq!(parse_nonce(&nonce(42, true)), Some((42, true)));
+    assert_ne!(nonce(42, true), nonce(42, false));
+    assert_eq!(parse_nonce(""), None);
+    assert_eq!(parse_nonce("x+"), None);
+}

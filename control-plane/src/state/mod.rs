@@ -33,15 +33,23 @@ pub struct Snapshot {
     pub view: View,
     /// The same, encoded once for every stream.
     pub encoded: Prebuilt,
+    /// What changed since the version before (the one named here),
+    /// encoded once for every stream that holds it; none for the first.
+    pub delta: Option<(u64, Prebuilt)>,
 }
 
 impl Snapshot {
-    fn new(version: u64, view: View) -> Self {
+    fn new(version: u64, view: View, before: Option<&Snapshot>) -> Self {
         let encoded = Prebuilt::new(&view.response(version));
+        let delta = before.map(|b| {
+            let d = view.delta(&b.view, b.version, version);
+            (b.version, Prebuilt::new(&d))
+        });
         Snapshot {
             version,
             view,
             encoded,
+            delta,
         }
     }
 }
@@ -210,7 +218,7 @@ impl State {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
         let view = index::build(&registry, &rules);
-        let (snapshots, _) = watch::channel(Arc::new(Snapshot::new(version, view)));
+        let (snapshots, _) = watch::channel(Arc::new(Snapshot::new(version, view, None)));
         if !admission.cluster {
             store.save_rules(&rules)?;
         }
@@ -275,11 +283,15 @@ impl State {
             return inner.version;
         }
         let view = index::build(&inner.registry, &inner.rules);
-        if self.snapshots.borrow().view != view {
+        let before = self.snapshots.borrow().clone();
+        if before.view != view {
             inner.version += 1;
             self.proxies.published(inner.version);
-            self.snapshots
-                .send_replace(Arc::new(Snapshot::new(inner.version, view)));
+            self.snapshots.send_replace(Arc::new(Snapshot::new(
+                inner.version,
+                view,
+                Some(&before),
+            )));
         }
         inner.version
     }

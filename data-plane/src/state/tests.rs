@@ -57,6 +57,7 @@ fn snapshot(v1_eps: &[&str], v2_eps: &[&str], w1: u32, w2: u32) -> pb::Discovery
             cluster("echo-v1.default", v1_eps),
             cluster("echo-v2.default", v2_eps),
         ],
+        ..Default::default()
     }
 }
 

@@ -264,6 +264,7 @@ impl Sidecar {
             nonce: "1".into(),
             services,
             clusters,
+            ..Default::default()
         };
         let state = State::from_proto(
             &snap,
