@@ -13,31 +13,8 @@
 mod kube_api;
 mod support;
 
-use base64::Engine;
 use kube_api::{KubeApi, kubectl, kubectl_ok};
-use std::time::{Duration, Instant};
 use support::{Mesh, TempDir, split};
-
-const WEBHOOK: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../install/control-plane/validating-webhook.yaml"
-);
-
-/// kubectl create of `yaml` (written to `dir/name`): success, and what it
-/// said on stderr.
-async fn create(api: &KubeApi, dir: &TempDir, name: &str, yaml: &str) -> (bool, String) {
-    let path = dir.0.join(name);
-    std::fs::write(&path, yaml).unwrap();
-    let out = kubectl(
-        api,
-        &["create", "--validate=false", "-f", path.to_str().unwrap()],
-    )
-    .await;
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// What `meshctl apply` of `yaml` says in local mode, each problem without
 /// its `file:line: ` prefix.
@@ -52,40 +29,6 @@ async fn meshctl_says(local: &Mesh, name: &str, yaml: &str) -> Vec<String> {
         .collect();
     assert!(!problems.is_empty(), "meshctl named no problem: {said}");
     problems
-}
-
-/// Waits until every webhook of the mesh's configuration points at `url`
-/// and trusts exactly `roots`.
-async fn wait_for_ca_bundle(api: &KubeApi, url: &str, roots: &str) {
-    let end = Instant::now() + support::DEADLINE;
-    loop {
-        let out = kubectl_ok(
-            api,
-            &[
-                "get",
-                "validatingwebhookconfiguration",
-                "mesh-control",
-                "-o",
-                "json",
-            ],
-        )
-        .await;
-        let vwc: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let hooks = vwc["webhooks"].as_array().cloned().unwrap_or_default();
-        let set = !hooks.is_empty()
-            && hooks.iter().all(|h| {
-                h["clientConfig"]["url"] == url
-                    && h["clientConfig"]["caBundle"].as_str().is_some_and(|b| {
-                        base64::engine::general_purpose::STANDARD.decode(b).ok()
-                            == Some(roots.as_bytes().to_vec())
-                    })
-            });
-        if set {
-            return;
-        }
-        assert!(Instant::now() < end, "the caBundle was never set: {vwc}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -113,32 +56,15 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
     let webhook = mesh.control.addr("webhook").expect("the webhook's address");
     let url = format!("https://{webhook}/validate");
 
-    // install/'s configuration, pointed at this webhook by URL (a test
-    // cluster has no Service in front of it); mesh-control fills in the
-    // caBundle, which the install leaves empty.
-    kubectl_ok(&api, &["create", "--validate=false", "-f", WEBHOOK]).await;
-    let point = format!(
-        r#"[{{"op":"replace","path":"/webhooks/0/clientConfig","value":{{"url":"{url}"}}}}]"#
-    );
-    kubectl_ok(
-        &api,
-        &[
-            "patch",
-            "validatingwebhookconfiguration",
-            "mesh-control",
-            "--type=json",
-            "-p",
-            &point,
-        ],
-    )
-    .await;
+    // install/'s configuration, pointed at this webhook; mesh-control
+    // fills in the caBundle, which the install leaves empty.
     let roots = std::fs::read_to_string(&mesh.roots).unwrap();
-    wait_for_ca_bundle(&api, &url, &roots).await;
+    kube_api::install_webhooks(&api, &url, &roots).await;
 
     // A split whose weights are all 0: refused by the webhook with what
     // meshctl apply says of the same file, and not stored.
     let zero = split("echo", &[("echo-v1", "0"), ("echo-v2", "0")]);
-    let (ok, said) = create(&api, &dir, "zero.yaml", &zero).await;
+    let (ok, said) = kube_api::try_create(&api, &dir.0, "zero.yaml", &zero).await;
     eprintln!("kubectl create -f zero.yaml said: {}", said.trim());
     assert!(!ok, "a split with every weight 0 was stored");
     let denied = r#"admission webhook "rules.mesh.dev" denied the request: "#;
@@ -154,7 +80,7 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
 
     // Every problem of one object at once, as meshctl reports them.
     let regexes = "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata:\n  name: bad-headers\nspec:\n  matches:\n  - name: m\n    headers:\n      x-a: \"(\"\n      x-b: \"[\"\n";
-    let (ok, said) = create(&api, &dir, "regexes.yaml", regexes).await;
+    let (ok, said) = kube_api::try_create(&api, &dir.0, "regexes.yaml", regexes).await;
     eprintln!("kubectl create -f regexes.yaml said: {}", said.trim());
     assert!(!ok, "{said}");
     let problems = meshctl_says(&local, "regexes.yaml", regexes).await;
@@ -171,7 +97,7 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
 
     // A good split is admitted and accepted.
     let good = split("echo", &[("echo-v1", "80"), ("echo-v2", "20")]);
-    let (ok, said) = create(&api, &dir, "good.yaml", &good).await;
+    let (ok, said) = kube_api::try_create(&api, &dir.0, "good.yaml", &good).await;
     assert!(ok, "{said}");
     let accepted = kube_api::condition(&api, "echo-split", "Accepted", "True", 1).await;
     assert_eq!(accepted["reason"], "Accepted", "{accepted}");
@@ -192,7 +118,8 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
         let yaml = format!(
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\nspec:\n  ports:\n  - port: 80\n"
         );
-        let (ok, said) = create(&api, &dir, &format!("{svc}-service.yaml"), &yaml).await;
+        let (ok, said) =
+            kube_api::try_create(&api, &dir.0, &format!("{svc}-service.yaml"), &yaml).await;
         assert!(ok, "{said}");
     }
     let resolved = kube_api::condition(&api, "echo-split", "ResolvedRefs", "True", 1).await;
@@ -290,7 +217,7 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
     local.apply_ok("good.yaml", &good).await;
     let second =
         split("echo", &[("echo-v1", "50"), ("echo-v2", "50")]).replace("echo-split", "echo-again");
-    let (ok, said) = create(&api, &dir, "second.yaml", &second).await;
+    let (ok, said) = kube_api::try_create(&api, &dir.0, "second.yaml", &second).await;
     assert!(!ok, "a second split for echo was stored");
     for problem in meshctl_says(&local, "second.yaml", &second).await {
         assert!(
@@ -343,7 +270,7 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
     // refused and nothing is stored; writes that are not rules go on.
     mesh.kill_control().await;
     let other = split("other", &[("other-v1", "100")]);
-    let (ok, said) = create(&api, &dir, "other.yaml", &other).await;
+    let (ok, said) = kube_api::try_create(&api, &dir.0, "other.yaml", &other).await;
     assert!(!ok, "a rule was stored unvalidated");
     assert!(
         said.contains(r#"failed calling webhook "rules.mesh.dev""#),
@@ -352,6 +279,6 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
     assert!(stored("other-split").is_none());
     let service =
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: other\nspec:\n  ports:\n  - port: 80\n";
-    let (ok, said) = create(&api, &dir, "service.yaml", service).await;
+    let (ok, said) = kube_api::try_create(&api, &dir.0, "service.yaml", service).await;
     assert!(ok, "a Service was blocked by the mesh's webhook: {said}");
 }

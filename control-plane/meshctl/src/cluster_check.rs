@@ -17,7 +17,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The oldest Kubernetes mesh supports (native sidecars, ValidatingAdmissionPolicy-era APIs).
@@ -272,41 +272,40 @@ pub async fn gather(c: &Cluster) -> Result<Facts> {
                 .collect(),
         );
     }
-    for ar in Cluster::kinds() {
+    // HTTPRoutes too, where the cluster serves them (mesh's alone).
+    let route = mesh_control::kubernetes::gateway::resource();
+    for ar in Cluster::kinds().chain([route]) {
         let Ok(list) = c.api(&ar, None).list(&ListParams::default()).await else {
             continue;
         };
         for obj in list {
-            f.rules.push(rule(&ar.kind, &obj));
+            if mesh_control::kubernetes::rules::ours(&ar, &obj) {
+                f.rules.push(rule(&ar, &obj));
+            }
         }
     }
     Ok(f)
 }
 
-fn rule(kind: &str, obj: &DynamicObject) -> Rule {
-    let conditions = obj
-        .data
-        .pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let find = |t: &str| conditions.iter().find(|c| c["type"] == t).cloned();
-    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+fn rule(ar: &ApiResource, obj: &DynamicObject) -> Rule {
+    let conditions = mesh_control::kubernetes::status::current(ar, obj);
+    let find = |t: &str| conditions.iter().find(|c| c.type_ == t);
     Rule {
         name: format!(
-            "{kind} {}/{}",
+            "{} {}/{}",
+            ar.kind,
             obj.metadata.namespace.as_deref().unwrap_or(""),
             obj.metadata.name.as_deref().unwrap_or("")
         ),
         generation: obj.metadata.generation.unwrap_or(0),
         accepted: find("Accepted").map(|c| {
             (
-                text(&c, "status"),
-                c["observedGeneration"].as_i64().unwrap_or(0),
-                text(&c, "message"),
+                c.status.clone(),
+                c.observed_generation.unwrap_or(0),
+                c.message.clone(),
             )
         }),
-        resolved: find("ResolvedRefs").map(|c| (text(&c, "status"), text(&c, "message"))),
+        resolved: find("ResolvedRefs").map(|c| (c.status.clone(), c.message.clone())),
     }
 }
 

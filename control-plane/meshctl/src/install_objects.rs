@@ -58,6 +58,17 @@ rules:
   - apiGroups: [mesh.dev]
     resources: [trafficpolicies/status, authorizationpolicies/status]
     verbs: [patch]
+  # Gateway API HTTPRoutes (installed by the cluster's owner, maybe later:
+  # the CRD is watched by name to learn when), and their status.parents.
+  - apiGroups: [gateway.networking.k8s.io]
+    resources: [httproutes]
+    verbs: [get, list, watch]
+  - apiGroups: [gateway.networking.k8s.io]
+    resources: [httproutes/status]
+    verbs: [patch]
+  - apiGroups: [apiextensions.k8s.io]
+    resources: [customresourcedefinitions]
+    verbs: [get, list, watch]
   # Workload identity: each sidecar's projected token.
   - apiGroups: [authentication.k8s.io]
     resources: [tokenreviews]

@@ -9,7 +9,7 @@
 
 use crate::manifest::Located;
 use crate::rules;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 /// Why a body is not an AdmissionReview to answer (HTTP 400).
@@ -39,10 +39,7 @@ fn decide(request: &AdmissionRequest<DynamicObject>, in_force: &[Located]) -> Ad
         return allowed;
     }
     let gvk = &request.kind;
-    let Some((_, _, _, plural)) = super::rules::KINDS
-        .iter()
-        .find(|(g, v, k, _)| *g == gvk.group && *v == gvk.version && *k == gvk.kind)
-    else {
+    let Some(kind) = super::rules::rule_kind(&gvk.group, &gvk.version, &gvk.kind) else {
         return allowed.deny(format!(
             "{}/{} {} is not a rule kind this webhook validates",
             gvk.group, gvk.version, gvk.kind
@@ -51,10 +48,11 @@ fn decide(request: &AdmissionRequest<DynamicObject>, in_force: &[Located]) -> Ad
     let Some(object) = &request.object else {
         return allowed.deny("the request carries no object");
     };
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(&gvk.group, &gvk.version, &gvk.kind),
-        plural,
-    );
+    let ar = super::rules::resource(&kind);
+    // An ingress implementation's route: not mesh's to judge.
+    if !super::rules::ours(&ar, object) {
+        return allowed;
+    }
     let mut object = object.clone();
     // The object's namespace may be left to the request's.
     if object.metadata.namespace.is_none() {
@@ -142,10 +140,7 @@ mod tests {
     fn a_second_split_for_a_root_in_force_is_denied_naming_the_first() {
         let mut other = split([50, 50]);
         other["metadata"]["name"] = json!("first");
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("split.smi-spec.io", "v1alpha4", "TrafficSplit"),
-            "trafficsplits",
-        );
+        let ar = super::super::rules::resource(&super::super::rules::KINDS[0]);
         let first: DynamicObject = serde_json::from_value(other).unwrap();
         let in_force = super::super::rules::document(&ar, &first).1.unwrap();
         let body = review(split([90, 10]), "CREATE");

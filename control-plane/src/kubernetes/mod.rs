@@ -1,7 +1,8 @@
 //! The Kubernetes backend (`--registry kubernetes`): the client
 //! (`client`), the reflectors that keep the cluster's registry current
 //! (`registry`), those that turn rule objects into rule documents
-//! (`rules`) and write their `.status.conditions` (`status`), the
+//! (`rules`; Gateway API HTTPRoutes once their CRD is served, `gateway`)
+//! and write their `.status.conditions` (`status`), the
 //! admission webhook's answer (`admission`) and the caBundle its
 //! configuration carries (`ca_bundle`), leader election among replicas
 //! (`leader`) and the CA they share in a Secret (`ca_secret`). What they produce goes out on
@@ -11,6 +12,7 @@
 pub mod admission;
 pub mod ca_bundle;
 pub mod ca_secret;
+pub mod gateway;
 pub mod leader;
 pub mod registry;
 pub mod rules;

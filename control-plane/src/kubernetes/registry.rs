@@ -23,9 +23,19 @@ use tokio::sync::{Notify, watch};
 pub fn start(client: kube::Client, trust_domain: String) -> watch::Receiver<Option<Arc<Cluster>>> {
     let (tx, rx) = watch::channel(None);
     let changed = Arc::new(Notify::new());
-    let services = reflect::<Service>(&client, "services", &changed);
-    let slices = reflect::<EndpointSlice>(&client, "endpointslices", &changed);
-    let pods = reflect::<Pod>(&client, "pods", &changed);
+    let services = reflect(
+        kube::Api::<Service>::all(client.clone()),
+        (),
+        "services",
+        &changed,
+    );
+    let slices = reflect(
+        kube::Api::<EndpointSlice>::all(client.clone()),
+        (),
+        "endpointslices",
+        &changed,
+    );
+    let pods = reflect(kube::Api::<Pod>::all(client.clone()), (), "pods", &changed);
     tokio::spawn(async move {
         for (what, ready) in [
             ("services", services.wait_until_ready().await),
@@ -68,29 +78,31 @@ pub fn start(client: kube::Client, trust_domain: String) -> watch::Receiver<Opti
     rx
 }
 
-/// A reflector over every `K` of the cluster, driven in its own task; each
-/// change to its store wakes `changed`.
+/// A reflector over every object `api` reaches (of type `dyntype`),
+/// driven in its own task; each change to its store wakes `changed`.
 pub(crate) fn reflect<K>(
-    client: &kube::Client,
+    api: kube::Api<K>,
+    dyntype: K::DynamicType,
     what: &'static str,
     changed: &Arc<Notify>,
 ) -> Store<K>
 where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    K: kube::Resource
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
         + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store::<K>();
-    let api = kube::Api::<K>::all(client.clone());
+    let writer = reflector::store::Writer::new(dyntype);
+    let reader = writer.as_reader();
     let stream = reflector::reflector(
         writer,
         watcher::watcher(api, watcher::Config::default()).default_backoff(),
     );
-    tokio::spawn(drive(stream, what, changed.clone()));
+    tokio::spawn(drive(stream.boxed(), what, changed.clone()));
     reader
 }
 

@@ -1,5 +1,7 @@
 //! Rules as Kubernetes objects: TrafficSplit, HTTPRouteGroup, TrafficPolicy
-//! and AuthorizationPolicy, watched through their CRDs (install/crds).
+//! and AuthorizationPolicy, watched through their CRDs (install/crds), and
+//! Gateway API HTTPRoutes with a Service parent once the cluster serves
+//! them (`gateway`).
 //! Each object becomes the document `meshctl apply` would send and is
 //! validated alone by the same code. One that does not validate (stored
 //! while the admission webhook was down, say) never replaces the last
@@ -11,10 +13,8 @@
 use crate::manifest::{self, Located};
 use crate::registry::{Catalog, cluster::Cluster};
 use crate::rules;
-use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
@@ -44,6 +44,42 @@ pub const KINDS: [(&str, &str, &str, &str); 4] = [
 
 /// `(kind, namespace, name)` of one object.
 type Key = (String, String, String);
+
+/// The API resource of a `(group, version, kind, plural)`.
+pub fn resource((group, version, kind, plural): &(&str, &str, &str, &str)) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+/// The `(group, version, kind, plural)` of a rule kind by its group,
+/// version and kind: one of `KINDS`, or HTTPRoute.
+pub fn rule_kind(
+    group: &str,
+    version: &str,
+    kind: &str,
+) -> Option<(&'static str, &'static str, &'static str, &'static str)> {
+    KINDS
+        .iter()
+        .chain([&super::gateway::HTTP_ROUTE])
+        .find(|(g, v, k, _)| *g == group && *v == version && *k == kind)
+        .copied()
+}
+
+/// Whether a rule object is mesh's to judge: every object of `KINDS`, and
+/// an HTTPRoute with a Service parent.
+pub fn ours(ar: &ApiResource, obj: &DynamicObject) -> bool {
+    ar.kind != super::gateway::HTTP_ROUTE.2 || super::gateway::ours(obj)
+}
+
+/// A reflector over every object of `kind`; each change wakes `changed`.
+pub(super) fn reflect(
+    client: &kube::Client,
+    kind: &(&str, &str, &str, &'static str),
+    changed: &Arc<Notify>,
+) -> Store<DynamicObject> {
+    let ar = resource(kind);
+    let api = kube::Api::<DynamicObject>::all_with(client.clone(), &ar);
+    super::registry::reflect(api, ar, kind.3, changed)
+}
 
 /// The document of one object, as its file would read: what is not
 /// apiVersion, kind, name, namespace or spec (status, server fields) is
@@ -89,26 +125,10 @@ pub fn start(
     let changed = Arc::new(Notify::new());
     let stores: Vec<(ApiResource, Store<DynamicObject>)> = KINDS
         .iter()
-        .map(|(group, version, kind, plural)| {
-            let ar = ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk(group, version, kind),
-                plural,
-            );
-            let writer = reflector::store::Writer::new(ar.clone());
-            let reader = writer.as_reader();
-            let api = kube::Api::<DynamicObject>::all_with(client.clone(), &ar);
-            let stream = reflector::reflector(
-                writer,
-                watcher::watcher(api, watcher::Config::default()).default_backoff(),
-            );
-            tokio::spawn(crate::kubernetes::registry::drive(
-                stream.boxed(),
-                plural,
-                changed.clone(),
-            ));
-            (ar, reader)
-        })
+        .map(|kind| (resource(kind), reflect(&client, kind, &changed)))
         .collect();
+    let mut gateway = super::gateway::start(client.clone(), changed.clone());
+    let route = super::gateway::resource();
     tokio::spawn(async move {
         for (ar, store) in &stores {
             if store.wait_until_ready().await.is_err() {
@@ -116,54 +136,68 @@ pub fn start(
                 return;
             }
         }
+        // Whether HTTPRoutes are served decides whether the rules are whole.
+        let known = gateway.wait_for(|r| !matches!(r, super::gateway::Routes::Unknown));
+        if known.await.is_err() {
+            return;
+        }
         tracing::info!("Kubernetes rules: first list of every rule kind complete");
         // The last valid version of each object, and the generation last
         // refused, so each refusal is logged once.
         let mut good: BTreeMap<Key, Vec<Located>> = BTreeMap::new();
         let mut refused: HashMap<Key, Option<i64>> = HashMap::new();
-        let (mut registry_open, mut election_open) = (true, true);
+        let (mut registry_open, mut election_open, mut gateway_open) = (true, true, true);
         loop {
             let cluster = clusters.borrow_and_update().clone();
             let leader = *leading.borrow_and_update();
             let mut seen = std::collections::BTreeSet::new();
-            for (ar, store) in &stores {
-                for obj in store.state() {
-                    let generation = obj.metadata.generation;
-                    let (key, parsed) = document(ar, &obj);
-                    seen.insert(key.clone());
-                    let mut want = vec![super::status::accepted(
-                        generation,
-                        parsed.as_ref().err().map(Vec::as_slice).unwrap_or_default(),
-                    )];
-                    if let (Ok(docs), Some(cluster)) = (&parsed, &cluster) {
-                        want.push(super::status::resolved(generation, docs, |ns, svc| {
-                            cluster.knows(ns, svc)
-                        }));
+            let mut objects: Vec<(&ApiResource, Arc<DynamicObject>)> = stores
+                .iter()
+                .flat_map(|(ar, store)| store.state().into_iter().map(move |o| (ar, o)))
+                .collect();
+            if let super::gateway::Routes::Present(store) = &*gateway.borrow_and_update() {
+                let mine = store
+                    .state()
+                    .into_iter()
+                    .filter(|o| super::gateway::ours(o));
+                objects.extend(mine.map(|o| (&route, o)));
+            }
+            for (ar, obj) in objects {
+                let generation = obj.metadata.generation;
+                let (key, parsed) = document(ar, &obj);
+                seen.insert(key.clone());
+                let mut want = vec![super::status::accepted(
+                    generation,
+                    parsed.as_ref().err().map(Vec::as_slice).unwrap_or_default(),
+                )];
+                if let (Ok(docs), Some(cluster)) = (&parsed, &cluster) {
+                    want.push(super::status::resolved(generation, docs, |ns, svc| {
+                        cluster.knows(ns, svc)
+                    }));
+                }
+                if leader && cluster.is_some() && !super::status::carries(ar, &obj, &want) {
+                    let (client, ar, obj) = (client.clone(), ar.clone(), obj.clone());
+                    let manager = manager.clone();
+                    tokio::spawn(async move {
+                        super::status::write(&client, &ar, &obj, want, &manager).await
+                    });
+                }
+                match parsed {
+                    Ok(docs) => {
+                        refused.remove(&key);
+                        good.insert(key, docs);
                     }
-                    if leader && cluster.is_some() && !super::status::carries(&obj, &want) {
-                        let (client, ar, obj) = (client.clone(), ar.clone(), obj.clone());
-                        let manager = manager.clone();
-                        tokio::spawn(async move {
-                            super::status::write(&client, &ar, &obj, want, &manager).await
-                        });
-                    }
-                    match parsed {
-                        Ok(docs) => {
-                            refused.remove(&key);
-                            good.insert(key, docs);
-                        }
-                        Err(problems) => {
-                            if refused.get(&key) != Some(&generation) {
-                                let keeps = if good.contains_key(&key) {
-                                    "its last valid version keeps serving"
-                                } else {
-                                    "not applied"
-                                };
-                                for p in &problems {
-                                    tracing::warn!(object = %format!("{} {}/{}", key.0, key.1, key.2), problem = %p, "Kubernetes rule refused; {keeps}");
-                                }
-                                refused.insert(key, generation);
+                    Err(problems) => {
+                        if refused.get(&key) != Some(&generation) {
+                            let keeps = if good.contains_key(&key) {
+                                "its last valid version keeps serving"
+                            } else {
+                                "not applied"
+                            };
+                            for p in &problems {
+                                tracing::warn!(object = %format!("{} {}/{}", key.0, key.1, key.2), problem = %p, "Kubernetes rule refused; {keeps}");
                             }
+                            refused.insert(key, generation);
                         }
                     }
                 }
@@ -185,6 +219,7 @@ pub fn start(
                 () = changed.notified() => {}
                 r = clusters.changed(), if registry_open => registry_open = r.is_ok(),
                 r = leading.changed(), if election_open => election_open = r.is_ok(),
+                r = gateway.changed(), if gateway_open => gateway_open = r.is_ok(),
             }
         }
     });

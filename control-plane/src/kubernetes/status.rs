@@ -9,7 +9,10 @@
 //! `BackendNotFound` naming each that does not (the rule still applies:
 //! what it names may be created next). Written through the status
 //! subresource, and only when it would change, so a status write (which
-//! the watch sees) ends there.
+//! the watch sees) ends there. An HTTPRoute carries them where Gateway API
+//! puts them: in `status.parents[]`, one entry per Service parent with
+//! mesh's `controllerName`, beside the entries other controllers keep
+//! ("RouteParentStatus", https://gateway-api.sigs.k8s.io/reference/spec/#routeparentstatus).
 
 use crate::manifest::{self, Document, Located};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -19,6 +22,13 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 pub const ACCEPTED: &str = "Accepted";
 /// Whether every service it names exists.
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
+/// The controllerName of mesh's entries in an HTTPRoute's status.parents.
+pub const CONTROLLER: &str = "mesh.dev/mesh-control";
+
+/// Whether `ar` keeps its conditions per parent (Gateway API routes).
+fn per_parent(ar: &ApiResource) -> bool {
+    ar.kind == "HTTPRoute"
+}
 
 /// The Accepted condition `generation` should carry, given its problems.
 pub fn accepted(generation: Option<i64>, problems: &[manifest::Error]) -> Condition {
@@ -68,6 +78,29 @@ fn references(doc: &Document) -> Vec<(String, &str)> {
             out
         }
         Document::AuthorizationPolicy(d) => vec![("spec.service".into(), d.spec.service.as_str())],
+        Document::HttpRoute(d) => {
+            let parents = d.spec.parent_refs.iter().enumerate();
+            let mut out: Vec<(String, &str)> = parents
+                .map(|(i, p)| (format!("spec.parentRefs[{i}].name"), p.name.as_str()))
+                .collect();
+            for (i, rule) in d.spec.rules.iter().enumerate() {
+                for (j, b) in rule.backend_refs.iter().enumerate() {
+                    out.push((
+                        format!("spec.rules[{i}].backendRefs[{j}].name"),
+                        b.name.as_str(),
+                    ));
+                }
+                for (j, f) in rule.filters.iter().enumerate() {
+                    if let Some(m) = &f.request_mirror {
+                        out.push((
+                            format!("spec.rules[{i}].filters[{j}].requestMirror.backendRef.name"),
+                            m.backend_ref.name.as_str(),
+                        ));
+                    }
+                }
+            }
+            out
+        }
         _ => Vec::new(),
     }
 }
@@ -110,13 +143,25 @@ pub fn resolved(
     }
 }
 
-/// The conditions `obj` carries now.
-fn current(obj: &DynamicObject) -> Vec<Condition> {
-    let Some(conditions) = obj
+/// The entries of an HTTPRoute's status.parents: mesh's, and the others'.
+fn parents(obj: &DynamicObject) -> (Vec<&serde_json::Value>, Vec<&serde_json::Value>) {
+    let all = obj
         .data
-        .pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-    else {
+        .pointer("/status/parents")
+        .and_then(|p| p.as_array());
+    all.into_iter()
+        .flatten()
+        .partition(|p| p.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER))
+}
+
+/// The conditions `obj` carries now (for a route, in mesh's first entry).
+pub fn current(ar: &ApiResource, obj: &DynamicObject) -> Vec<Condition> {
+    let conditions = if per_parent(ar) {
+        parents(obj).0.first().and_then(|p| p.get("conditions"))
+    } else {
+        obj.data.pointer("/status/conditions")
+    };
+    let Some(conditions) = conditions.and_then(|c| c.as_array()) else {
         return Vec::new();
     };
     conditions
@@ -125,9 +170,13 @@ fn current(obj: &DynamicObject) -> Vec<Condition> {
         .collect()
 }
 
-/// Whether `obj` already says exactly what `want` says (the times aside).
-pub fn carries(obj: &DynamicObject, want: &[Condition]) -> bool {
-    let now = current(obj);
+/// Whether `obj` already says exactly what `want` says (the times aside;
+/// for a route, in an entry for each Service parent and no other).
+pub fn carries(ar: &ApiResource, obj: &DynamicObject, want: &[Condition]) -> bool {
+    if per_parent(ar) && parents(obj).0.len() != service_parents(obj).len() {
+        return false;
+    }
+    let now = current(ar, obj);
     now.len() == want.len()
         && want.iter().all(|w| {
             now.iter().any(|c| {
@@ -149,7 +198,7 @@ pub async fn write(
     mut want: Vec<Condition>,
     manager: &str,
 ) {
-    let was = current(obj);
+    let was = current(ar, obj);
     for w in &mut want {
         if let Some(c) = was
             .iter()
@@ -165,7 +214,25 @@ pub async fn write(
         return;
     };
     let api = kube::Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar);
-    let patch = serde_json::json!({"status": {"conditions": want}});
+    let patch = if per_parent(ar) {
+        // The list is written whole, so it is written against the version
+        // read: another controller's entry written meanwhile is a 409,
+        // and the next pass starts from it.
+        let mut entries: Vec<serde_json::Value> = parents(obj).1.into_iter().cloned().collect();
+        for parent in service_parents(obj) {
+            entries.push(serde_json::json!({
+                "parentRef": parent,
+                "controllerName": CONTROLLER,
+                "conditions": want,
+            }));
+        }
+        serde_json::json!({
+            "metadata": {"resourceVersion": obj.metadata.resource_version},
+            "status": {"parents": entries},
+        })
+    } else {
+        serde_json::json!({"status": {"conditions": want}})
+    };
     if let Err(e) = api
         .patch_status(
             name,
@@ -179,6 +246,19 @@ pub async fn write(
     {
         tracing::warn!(object = %format!("{} {ns}/{name}", ar.kind), error = %e, "writing the rule's status");
     }
+}
+
+/// An HTTPRoute's Service parentRefs, as written.
+fn service_parents(obj: &DynamicObject) -> Vec<serde_json::Value> {
+    let refs = obj
+        .data
+        .pointer("/spec/parentRefs")
+        .and_then(|r| r.as_array());
+    refs.into_iter()
+        .flatten()
+        .filter(|r| super::gateway::is_service(r))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

@@ -303,13 +303,19 @@ pub async fn kubectl_ok(api: &KubeApi, args: &[&str]) -> String {
 /// Client-side validation needs the OpenAPI documents, which this server
 /// does not serve; the server checks kinds, names and CRD schemas itself.
 pub async fn create(api: &KubeApi, dir: &Path, name: &str, yaml: &str) {
+    let (ok, said) = try_create(api, dir, name, yaml).await;
+    assert!(ok, "kubectl create -f {name}: {said}");
+}
+
+/// The same, for a write that may be refused: whether kubectl succeeded,
+/// and what it said on stderr.
+pub async fn try_create(api: &KubeApi, dir: &Path, name: &str, yaml: &str) -> (bool, String) {
     let path = dir.join(name);
     std::fs::write(&path, yaml).unwrap();
-    kubectl_ok(
-        api,
-        &["create", "--validate=false", "-f", path.to_str().unwrap()],
-    )
-    .await;
+    let args = ["create", "--validate=false", "-f", path.to_str().unwrap()];
+    let out = kubectl(api, &args).await;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), said)
 }
 
 /// A projected token of `default/account` (audience `mesh`) in a file, as
@@ -344,6 +350,62 @@ pub async fn install_crds(api: &KubeApi) {
         &["create", "--validate=false", "-f", &namespace, "-f", &crds],
     )
     .await;
+}
+
+/// Creates install/'s ValidatingWebhookConfiguration with every webhook
+/// pointed at `url` (a test cluster has no Service in front of the
+/// control plane), and waits until mesh-control has filled in every
+/// caBundle (the install leaves them empty) with `roots`.
+pub async fn install_webhooks(api: &KubeApi, url: &str, roots: &str) {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../install/control-plane/validating-webhook.yaml"
+    );
+    let created = kubectl_ok(
+        api,
+        &["create", "--validate=false", "-f", file, "-o", "json"],
+    )
+    .await;
+    let vwc: Value = serde_json::from_str(&created).unwrap();
+    let hooks = vwc["webhooks"].as_array().map_or(0, Vec::len);
+    let point: Vec<Value> = (0..hooks)
+        .map(|i| {
+            serde_json::json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                               "value": {"url": url}})
+        })
+        .collect();
+    let point = Value::Array(point).to_string();
+    let args = ["patch", "validatingwebhookconfiguration", "mesh-control"];
+    kubectl_ok(api, &[&args[..], &["--type=json", "-p", &point]].concat()).await;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let args = [
+            "get",
+            "validatingwebhookconfiguration",
+            "mesh-control",
+            "-o",
+            "json",
+        ];
+        let vwc: Value = serde_json::from_str(&kubectl_ok(api, &args).await).unwrap();
+        let hooks = vwc["webhooks"].as_array().cloned().unwrap_or_default();
+        let set = !hooks.is_empty()
+            && hooks.iter().all(|h| {
+                h["clientConfig"]["url"] == url
+                    && h["clientConfig"]["caBundle"].as_str().is_some_and(|b| {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD.decode(b).ok()
+                            == Some(roots.as_bytes().to_vec())
+                    })
+            });
+        if set {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the caBundle was never set: {vwc}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The Pod and EndpointSlice of one echo instance `id` whose sidecar
