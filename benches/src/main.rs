@@ -140,7 +140,7 @@ async fn cluster_suite(quick: bool) -> Result<()> {
     let (services, per, subscribers, changes) = if quick {
         (50, 10, 20, 3)
     } else {
-        (1000, 10, 1000, 30)
+        (1000, 10, 1000, 100)
     };
     let r = cluster::run(&dir, services, per, subscribers, changes).await?;
     let _ = std::fs::remove_dir_all(&dir);

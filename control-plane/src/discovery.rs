@@ -130,7 +130,7 @@ impl discovery_server::Discovery for Discovery {
                     _ => None,
                 };
                 let sent_delta = message.is_some();
-                let message = message.unwrap_or_else(|| snapshot.encoded.clone());
+                let message = message.unwrap_or_else(|| snapshot.full());
                 (sent, full) = (Some(snapshot.version), !incremental);
                 if tx.send(Ok(message)).await.is_err() {
                     break;

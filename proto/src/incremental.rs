@@ -26,8 +26,10 @@ pub fn between(
     base_version: &str,
     version: &str,
 ) -> DiscoveryResponse {
-    let (services, removed_services) = changed(base.0, next.0, service_key);
-    let (clusters, removed_clusters) = changed(base.1, next.1, |c| c.name.clone());
+    let (services, gone) = changed(base.0, next.0, |s| (s.namespace.as_str(), s.name.as_str()));
+    let removed_services = gone.into_iter().map(service_key).collect();
+    let (clusters, gone) = changed(base.1, next.1, |c| c.name.as_str());
+    let removed_clusters = gone.into_iter().map(|c| c.name.clone()).collect();
     DiscoveryResponse {
         version_info: version.to_string(),
         nonce: String::new(),
@@ -39,25 +41,22 @@ pub fn between(
     }
 }
 
-/// What of `next` differs from `base` (by key and content), and the keys
-/// of `base` that `next` lacks.
-fn changed<T: Clone + PartialEq>(
-    base: &[T],
-    next: &[T],
-    key: impl Fn(&T) -> String,
-) -> (Vec<T>, Vec<String>) {
-    let before: BTreeMap<String, &T> = base.iter().map(|t| (key(t), t)).collect();
-    let mut kept = std::collections::HashSet::new();
+/// What of `next` differs from `base` (by key and content), and what of
+/// `base` `next` lacks. Keys are borrowed: this runs on every change of a
+/// mesh of thousands of services.
+fn changed<'a, T: Clone + PartialEq, K: Ord>(
+    base: &'a [T],
+    next: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> (Vec<T>, Vec<&'a T>) {
+    let mut before: BTreeMap<K, &T> = base.iter().map(|t| (key(t), t)).collect();
     let mut out = Vec::new();
     for t in next {
-        let k = key(t);
-        if before.get(&k) != Some(&t) {
+        if before.remove(&key(t)) != Some(t) {
             out.push(t.clone());
         }
-        kept.insert(k);
     }
-    let removed = before.into_keys().filter(|k| !kept.contains(k)).collect();
-    (out, removed)
+    (out, before.into_values().collect())
 }
 
 /// The full snapshot `delta` describes on top of `base`, the last full

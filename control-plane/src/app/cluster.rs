@@ -72,7 +72,7 @@ fn feed(
                     if changed.is_err() { break; }
                     let next = clusters.borrow_and_update().clone();
                     if let Some(cluster) = next {
-                        let version = state.sync_cluster((*cluster).clone());
+                        let version = state.sync_cluster(cluster);
                         tracing::debug!(version, "Kubernetes registry synced");
                         registry = true;
                     }

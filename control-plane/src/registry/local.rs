@@ -8,6 +8,7 @@ use super::lease::Said;
 use super::{Catalog, Instance, ServiceKey, Source, subset};
 use crate::manifest::{Document, Located};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Identity of a registering sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub struct Registry {
     /// service's name).
     accounts: HashMap<ServiceKey, String>,
     /// What the Kubernetes registry last synced (empty in local mode).
-    cluster: Cluster,
+    cluster: Arc<Cluster>,
 }
 
 /// Checks a registration before anything is recorded of it.
@@ -142,8 +143,10 @@ impl Registry {
 
     /// Replaces what the Kubernetes registry contributes. Returns whether
     /// anything changed.
-    pub fn set_cluster(&mut self, cluster: Cluster) -> bool {
-        let changed = self.cluster != cluster;
+    pub fn set_cluster(&mut self, cluster: Arc<Cluster>) -> bool {
+        // Shared, not copied or compared: the cluster's registry is large,
+        // and the Kubernetes registry sends only one that differs.
+        let changed = !Arc::ptr_eq(&self.cluster, &cluster);
         self.cluster = cluster;
         changed
     }

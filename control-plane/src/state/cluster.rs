@@ -24,7 +24,7 @@ impl State {
 
     /// Takes in what the Kubernetes registry synced, and publishes it if it
     /// changes the config.
-    pub fn sync_cluster(&self, cluster: crate::registry::cluster::Cluster) -> u64 {
+    pub fn sync_cluster(&self, cluster: Arc<crate::registry::cluster::Cluster>) -> u64 {
         let mut inner = self.lock();
         if inner.registry.set_cluster(cluster) {
             return self.publish(&mut inner);

@@ -31,26 +31,34 @@ pub struct Snapshot {
     pub version: u64,
     /// What every sidecar receives.
     pub view: View,
-    /// The same, encoded once for every stream.
-    pub encoded: Prebuilt,
+    /// The same, encoded once for every stream that needs it whole (a new
+    /// one, one that fell behind or refused something): at first need,
+    /// since most streams of a busy mesh get only `delta`.
+    full: std::sync::OnceLock<Prebuilt>,
     /// What changed since the version before (the one named here),
     /// encoded once for every stream that holds it; none for the first.
     pub delta: Option<(u64, Prebuilt)>,
 }
 
 impl Snapshot {
-    fn new(version: u64, view: View, before: Option<&Snapshot>) -> Self {
-        let encoded = Prebuilt::new(&view.response(version));
-        let delta = before.map(|b| {
-            let d = view.delta(&b.view, b.version, version);
-            (b.version, Prebuilt::new(&d))
-        });
+    /// `delta`: the incremental response from the version it names.
+    fn new(version: u64, view: View, delta: Option<(u64, &pb::DiscoveryResponse)>) -> Self {
+        let delta = delta.map(|(base, d)| (base, Prebuilt::new(d)));
         Snapshot {
             version,
             view,
-            encoded,
+            full: std::sync::OnceLock::new(),
             delta,
         }
+    }
+
+    /// The full snapshot, encoded.
+    pub fn full(&self) -> Prebuilt {
+        let encoded = self
+            .full
+            .get_or_init(|| Prebuilt::new(&self.view.response(self.version)));
+        // A refcount bump.
+        encoded.clone()
     }
 }
 
@@ -284,14 +292,18 @@ impl State {
         }
         let view = index::build(&inner.registry, &inner.rules);
         let before = self.snapshots.borrow().clone();
-        if before.view != view {
+        // What changed decides whether anything did: one comparison of the
+        // two views, not two.
+        let delta = view.delta(&before.view, before.version, inner.version + 1);
+        let unchanged = delta.services.is_empty()
+            && delta.clusters.is_empty()
+            && delta.removed_services.is_empty()
+            && delta.removed_clusters.is_empty();
+        if !unchanged {
             inner.version += 1;
             self.proxies.published(inner.version);
-            self.snapshots.send_replace(Arc::new(Snapshot::new(
-                inner.version,
-                view,
-                Some(&before),
-            )));
+            let next = Snapshot::new(inner.version, view, Some((before.version, &delta)));
+            self.snapshots.send_replace(Arc::new(next));
         }
         inner.version
     }

@@ -103,9 +103,14 @@ pub fn convert<'a>(
     for s in services {
         cluster.declared.insert(ns_name(&s.metadata));
     }
-    let pods: HashMap<(String, String), &Pod> = pods
+    // Looked up once per endpoint: by borrowed names, allocating nothing.
+    let pods: HashMap<(&str, &str), &Pod> = pods
         .into_iter()
-        .map(|p| (ns_name(&p.metadata), p))
+        .map(|p| {
+            let meta = &p.metadata;
+            let ns = meta.namespace.as_deref().unwrap_or_default();
+            ((ns, meta.name.as_deref().unwrap_or_default()), p)
+        })
         .collect();
     // (namespace, service, address) → instance; a pod listed twice (two
     // slices during a slice's replacement) counts once, ready if either says so.
@@ -141,6 +146,10 @@ pub fn convert<'a>(
             problems.push(format!("{what}: no TCP port; skipped"));
             continue;
         };
+        // Endpoints whose Pod is unknown: said once per slice, not once per
+        // endpoint (a slice written by hand may name no Pod at all).
+        let mut podless: Option<(usize, String)> = None;
+        let mut podless_count = 0;
         for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
             let Some(ip) = ep
                 .addresses
@@ -162,8 +171,8 @@ pub fn convert<'a>(
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| r.name.clone());
             let pod = pod_ref
-                .as_ref()
-                .and_then(|p| pods.get(&(namespace.clone(), p.clone())));
+                .as_deref()
+                .and_then(|p| pods.get(&(namespace.as_str(), p)));
             let (version, identity) = match pod {
                 Some(pod) => {
                     let labels = pod.metadata.labels.as_ref();
@@ -197,10 +206,11 @@ pub fn convert<'a>(
                     // Without its pod nothing proves who serves there: no
                     // identity, so sidecars with one refuse it (no plaintext
                     // by accident) until the pod is seen.
-                    problems.push(format!(
-                        "{what}: endpoints[{i}] ({address}): its Pod {} is not known (yet); no version, no identity",
-                        pod_ref.as_deref().unwrap_or("(none)")
-                    ));
+                    podless_count += 1;
+                    if podless.is_none() {
+                        let pod = pod_ref.as_deref().unwrap_or("(none)");
+                        podless = Some((i, format!("({address}): its Pod {pod}")));
+                    }
                     (String::new(), String::new())
                 }
             };
@@ -222,6 +232,15 @@ pub fn convert<'a>(
                     found.insert(key, instance);
                 }
             }
+        }
+        if let Some((i, first)) = podless {
+            let others = match podless_count - 1 {
+                0 => String::new(),
+                n => format!(" (and {n} more endpoints like it)"),
+            };
+            problems.push(format!(
+                "{what}: endpoints[{i}] {first} is not known (yet){others}; no version, no identity"
+            ));
         }
     }
     cluster.instances = found.into_values().collect();
