@@ -312,3 +312,45 @@ async fn kubectl_dry_run_server_admits_all_of_install() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Against a real cluster, when `MESH_TEST_KUBECONFIG` names one: what
+/// can be checked there without changing anything. Its API server takes
+/// the whole install in a server-side dry run (the namespaced objects only
+/// once `mesh-system` exists: a dry run creates no namespace), and
+/// `meshctl check --pre` finds the cluster fit. Skipped, saying so,
+/// without one; the other tests here use the Kubernetes API test server.
+#[test]
+fn a_real_cluster_takes_a_dry_run_of_install_and_passes_check_pre() {
+    let Some(kubeconfig) = std::env::var_os("MESH_TEST_KUBECONFIG") else {
+        eprintln!("skipped: MESH_TEST_KUBECONFIG names no real cluster");
+        return;
+    };
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), said)
+    };
+    let install = root().join("install");
+    let path = |p: &str| install.join(p).display().to_string();
+    let mut files = vec![path("namespace.yaml"), path("crds")];
+    if kubectl(&["get", "namespace", "mesh-system"]).0 {
+        files.push(path("control-plane"));
+    } else {
+        files.push(path("control-plane/validating-webhook.yaml"));
+    }
+    let mut args = vec!["apply", "--dry-run=server"];
+    for f in &files {
+        args.extend(["-f", f.as_str()]);
+    }
+    let (ok, said) = kubectl(&args);
+    assert!(ok, "the cluster refused a dry run of install/: {said}");
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let (ok, out, err) = meshctl(&["--kubeconfig", &kubeconfig, "check", "--pre"]);
+    assert!(ok, "meshctl check --pre: {out}{err}");
+}

@@ -12,7 +12,9 @@
 //!
 //! With `MESH_TEST_KUBECONFIG` set, these would need a real cluster whose
 //! pods can reach this machine's loopback, which no cluster has: the
-//! variable is reported and ignored.
+//! variable is reported and ignored. What a real cluster can show without
+//! reaching back (a server-side dry run of install/, `meshctl check
+//! --pre`) runs against it in tests/install.rs.
 
 #[path = "support/kube_api/mod.rs"]
 mod kube_api;

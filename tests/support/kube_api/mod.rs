@@ -490,7 +490,8 @@ pub async fn condition(
 /// Says so when `MESH_TEST_KUBECONFIG` names a real cluster: the tests
 /// that use this server address sidecars and webhooks on this machine's
 /// loopback, which no cluster's API server or pods can reach, so they run
-/// against this server whatever it says.
+/// against this server whatever it says (tests/install.rs has what runs
+/// against the real one).
 pub fn real_cluster_ignored() {
     if let Some(k) = std::env::var_os("MESH_TEST_KUBECONFIG") {
         eprintln!(
