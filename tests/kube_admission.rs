@@ -16,42 +16,15 @@ mod support;
 use kube_api::{KubeApi, kubectl, kubectl_ok};
 use support::{Mesh, TempDir, split};
 
-/// What `meshctl apply` of `yaml` says in local mode, each problem without
-/// its `file:line: ` prefix.
-async fn meshctl_says(local: &Mesh, name: &str, yaml: &str) -> Vec<String> {
-    let out = local.apply(name, yaml).await;
-    assert!(!out.status.success(), "meshctl apply accepted {name}");
-    let prefix = regex::Regex::new(&format!(r"{}:\d+: (.+)", regex::escape(name))).unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    let problems: Vec<String> = said
-        .lines()
-        .filter_map(|l| prefix.captures(l).map(|c| c[1].to_string()))
-        .collect();
-    assert!(!problems.is_empty(), "meshctl named no problem: {said}");
-    problems
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
     kube_api::real_cluster_ignored();
     let dir = TempDir::new("kube-admission");
     let api = KubeApi::start(&dir.0).await;
-    let kubeconfig = api.kubeconfig.display().to_string();
     kube_api::install_crds(&api).await;
-    let mut mesh = Mesh::start_with_args(
-        "kube-admission",
-        &[
-            "--registry",
-            "kubernetes",
-            "--kubeconfig",
-            &kubeconfig,
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--webhook-names",
-            "127.0.0.1",
-        ],
-    )
-    .await;
+    let args = kube_api::control_args(&api);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut mesh = Mesh::start_with_args("kube-admission", &args).await;
     let local = Mesh::start("admission-local").await;
     let webhook = mesh.control.addr("webhook").expect("the webhook's address");
     let url = format!("https://{webhook}/validate");
@@ -68,7 +41,7 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
     eprintln!("kubectl create -f zero.yaml said: {}", said.trim());
     assert!(!ok, "a split with every weight 0 was stored");
     let denied = r#"admission webhook "rules.mesh.dev" denied the request: "#;
-    for problem in meshctl_says(&local, "zero.yaml", &zero).await {
+    for problem in local.refused("zero.yaml", &zero).await {
         assert!(
             said.contains(&format!("{denied}{problem}")),
             "kubectl said {said:?}, meshctl said {problem:?}"
@@ -83,7 +56,7 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
     let (ok, said) = kube_api::try_create(&api, &dir.0, "regexes.yaml", regexes).await;
     eprintln!("kubectl create -f regexes.yaml said: {}", said.trim());
     assert!(!ok, "{said}");
-    let problems = meshctl_says(&local, "regexes.yaml", regexes).await;
+    let problems = local.refused("regexes.yaml", regexes).await;
     assert!(
         problems.len() >= 2,
         "two bad regexes, two problems: {problems:?}"
@@ -219,7 +192,7 @@ async fn kubectl_is_refused_what_meshctl_apply_refuses_with_the_same_message() {
         split("echo", &[("echo-v1", "50"), ("echo-v2", "50")]).replace("echo-split", "echo-again");
     let (ok, said) = kube_api::try_create(&api, &dir.0, "second.yaml", &second).await;
     assert!(!ok, "a second split for echo was stored");
-    for problem in meshctl_says(&local, "second.yaml", &second).await {
+    for problem in local.refused("second.yaml", &second).await {
         assert!(
             said.contains(&problem),
             "kubectl said {said:?}, meshctl said {problem:?}"

@@ -95,23 +95,11 @@ async fn httproutes_with_a_service_parent_route_once_their_crd_is_installed() {
     kube_api::real_cluster_ignored();
     let dir = TempDir::new("kube-gateway");
     let api = KubeApi::start(&dir.0).await;
-    let kubeconfig = api.kubeconfig.display().to_string();
     kube_api::install_crds(&api).await;
+    let args = kube_api::control_args(&api);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Ready (start_with_args waits on /ready) with no HTTPRoute CRD at all.
-    let mesh = Mesh::start_with_args(
-        "kube-gateway",
-        &[
-            "--registry",
-            "kubernetes",
-            "--kubeconfig",
-            &kubeconfig,
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--webhook-names",
-            "127.0.0.1",
-        ],
-    )
-    .await;
+    let mesh = Mesh::start_with_args("kube-gateway", &args).await;
     let tokens = kube_api::accounts(&api, &dir.0, &["echo", "client"]).await;
     let with_token = [("MESH_PROXY_IDENTITY_TOKEN_FILE", tokens[0].as_str())];
     let insts = [
@@ -216,14 +204,7 @@ async fn httproutes_with_a_service_parent_route_once_their_crd_is_installed() {
         .replace("ingress-route", "echo-bad")
         .replace("{name: public-gateway}", service_parent)
         .replace("no-such-service", "echo-v2");
-    let out = local.apply("bad.yaml", &bad).await;
-    assert!(!out.status.success(), "meshctl apply accepted a bad regex");
-    let line = regex::Regex::new(r"bad\.yaml:\d+: (.+)").unwrap();
-    let meshctl_said = String::from_utf8_lossy(&out.stderr).into_owned();
-    let problem = line
-        .captures(&meshctl_said)
-        .map(|c| c[1].to_string())
-        .unwrap_or_else(|| panic!("meshctl named no problem: {meshctl_said}"));
+    let problem = local.refused("bad.yaml", &bad).await.remove(0);
     let (ok, said) = kube_api::try_create(&api, &dir.0, "bad.yaml", &bad).await;
     eprintln!("kubectl create -f bad.yaml said: {}", said.trim());
     assert!(!ok, "a route with a bad regex was stored");

@@ -393,6 +393,21 @@ impl Mesh {
         self.meshctl(&["apply", "-f", path.to_str().unwrap()]).await
     }
 
+    /// What `meshctl apply` of `yaml` says when it refuses it (it must),
+    /// each problem without its `file:line: ` prefix.
+    pub async fn refused(&self, name: &str, yaml: &str) -> Vec<String> {
+        let out = self.apply(name, yaml).await;
+        assert!(!out.status.success(), "meshctl apply accepted {name}");
+        let prefix = regex::Regex::new(&format!(r"{}:\d+: (.+)", regex::escape(name))).unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        let problems: Vec<String> = said
+            .lines()
+            .filter_map(|l| prefix.captures(l).map(|c| c[1].to_string()))
+            .collect();
+        assert!(!problems.is_empty(), "meshctl named no problem: {said}");
+        problems
+    }
+
     /// Applies and insists it worked; returns the config version it produced.
     pub async fn apply_ok(&self, name: &str, yaml: &str) {
         let out = self.apply(name, yaml).await;
