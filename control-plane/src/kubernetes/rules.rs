@@ -45,6 +45,17 @@ pub const KINDS: [(&str, &str, &str, &str); 4] = [
 /// `(kind, namespace, name)` of one object.
 type Key = (String, String, String);
 
+/// What an object's document is: the documents `meshctl apply` would send,
+/// or every problem with them.
+type Parsed = Result<Vec<Located>, Vec<manifest::Error>>;
+
+/// The key of `obj` (an object without a namespace is `default`'s).
+fn key_of(ar: &ApiResource, obj: &DynamicObject) -> Key {
+    let namespace = obj.metadata.namespace.as_deref().unwrap_or("default");
+    let name = obj.metadata.name.as_deref().unwrap_or_default();
+    (ar.kind.clone(), namespace.to_string(), name.to_string())
+}
+
 /// The API resource of a `(group, version, kind, plural)`.
 pub fn resource((group, version, kind, plural): &(&str, &str, &str, &str)) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
@@ -84,16 +95,9 @@ pub(super) fn reflect(
 /// The document of one object, as its file would read: what is not
 /// apiVersion, kind, name, namespace or spec (status, server fields) is
 /// left out, so the rules see only what the user wrote.
-pub fn document(
-    ar: &ApiResource,
-    obj: &DynamicObject,
-) -> (Key, Result<Vec<Located>, Vec<manifest::Error>>) {
-    let namespace = obj
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = obj.metadata.name.clone().unwrap_or_default();
+pub fn document(ar: &ApiResource, obj: &DynamicObject) -> (Key, Parsed) {
+    let key = key_of(ar, obj);
+    let (namespace, name) = (&key.1, &key.2);
     let text = serde_json::json!({
         "apiVersion": ar.api_version,
         "kind": ar.kind,
@@ -106,7 +110,7 @@ pub fn document(
         rules::rules_from(&docs)?;
         Ok(docs)
     });
-    ((ar.kind.clone(), namespace, name), parsed)
+    (key, parsed)
 }
 
 /// Starts the watchers; the receiver holds None until every kind has
@@ -146,6 +150,10 @@ pub fn start(
         // refused, so each refusal is logged once.
         let mut good: BTreeMap<Key, Vec<Located>> = BTreeMap::new();
         let mut refused: HashMap<Key, Option<i64>> = HashMap::new();
+        // Each object parsed once per resourceVersion: a registry change
+        // (every EndpointSlice event) re-judges ResolvedRefs, which needs
+        // the documents but not a fresh parse of every rule object.
+        let mut parsed_at: HashMap<Key, (String, Parsed)> = HashMap::new();
         let (mut registry_open, mut election_open, mut gateway_open) = (true, true, true);
         loop {
             let cluster = clusters.borrow_and_update().clone();
@@ -164,7 +172,16 @@ pub fn start(
             }
             for (ar, obj) in objects {
                 let generation = obj.metadata.generation;
-                let (key, parsed) = document(ar, &obj);
+                let version = obj.metadata.resource_version.clone().unwrap_or_default();
+                let key = key_of(ar, &obj);
+                let parsed = match parsed_at.get(&key) {
+                    Some((at, parsed)) if *at == version && !version.is_empty() => parsed.clone(),
+                    _ => {
+                        let parsed = document(ar, &obj).1;
+                        parsed_at.insert(key.clone(), (version, parsed.clone()));
+                        parsed
+                    }
+                };
                 seen.insert(key.clone());
                 let mut want = vec![super::status::accepted(
                     generation,
@@ -203,6 +220,7 @@ pub fn start(
                 }
             }
             good.retain(|k, _| seen.contains(k));
+            parsed_at.retain(|k, _| seen.contains(k));
             refused.retain(|k, _| seen.contains(k));
             let docs: Vec<Located> = good.values().flatten().cloned().collect();
             tx.send_if_modified(|current| {
