@@ -41,6 +41,14 @@ pub fn between(
     }
 }
 
+/// Whether an incremental response changes nothing.
+pub fn is_empty(delta: &DiscoveryResponse) -> bool {
+    delta.services.is_empty()
+        && delta.clusters.is_empty()
+        && delta.removed_services.is_empty()
+        && delta.removed_clusters.is_empty()
+}
+
 /// What of `next` differs from `base` (by key and content), and what of
 /// `base` `next` lacks. Keys are borrowed: this runs on every change of a
 /// mesh of thousands of services.
@@ -209,6 +217,7 @@ mod tests {
         assert_eq!(d.clusters.len(), 1);
         assert_eq!(d.clusters[0].name, "x.a");
         assert!(d.removed_clusters.is_empty());
+        assert!(!is_empty(&d));
         assert_eq!(apply(&base, &d).unwrap(), next);
     }
 
@@ -227,6 +236,7 @@ mod tests {
         );
         assert!(d.services.is_empty() && d.clusters.is_empty());
         assert!(d.removed_services.is_empty() && d.removed_clusters.is_empty());
+        assert!(is_empty(&d));
         assert_eq!(apply(&s, &d).unwrap().services, s.services);
     }
 

@@ -27,7 +27,7 @@ pub const CONTROLLER: &str = "mesh.dev/mesh-control";
 
 /// Whether `ar` keeps its conditions per parent (Gateway API routes).
 fn per_parent(ar: &ApiResource) -> bool {
-    ar.kind == "HTTPRoute"
+    ar.kind == super::gateway::HTTP_ROUTE.2
 }
 
 /// The Accepted condition `generation` should carry, given its problems.

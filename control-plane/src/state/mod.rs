@@ -295,11 +295,7 @@ impl State {
         // What changed decides whether anything did: one comparison of the
         // two views, not two.
         let delta = view.delta(&before.view, before.version, inner.version + 1);
-        let unchanged = delta.services.is_empty()
-            && delta.clusters.is_empty()
-            && delta.removed_services.is_empty()
-            && delta.removed_clusters.is_empty();
-        if !unchanged {
+        if !mesh_proto::incremental::is_empty(&delta) {
             inner.version += 1;
             self.proxies.published(inner.version);
             let next = Snapshot::new(inner.version, view, Some((before.version, &delta)));
