@@ -354,3 +354,95 @@ fn a_real_cluster_takes_a_dry_run_of_install_and_passes_check_pre() {
     let (ok, out, err) = meshctl(&["--kubeconfig", &kubeconfig, "check", "--pre"]);
     assert!(ok, "meshctl check --pre: {out}{err}");
 }
+
+/// `meshctl inject` of a multi-document file of every workload kind:
+/// every pod gets the sidecar, the output passes `kubernetes-validate
+/// --strict` (so the injected containers are what Kubernetes accepts), and
+/// `meshctl uninject` of it gives back the original documents exactly.
+#[test]
+fn meshctl_inject_is_valid_kubernetes_and_uninject_returns_the_original_documents() {
+    tools();
+    let dir = std::env::temp_dir().join(format!("mesh-inject-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let roots = rcgen::CertificateParams::new(vec!["mesh".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    let roots_file = dir.join("roots.pem");
+    std::fs::write(&roots_file, &roots).unwrap();
+    let original = root().join("tests/fixtures/inject-workloads.yaml");
+    let (ok, injected, said) = meshctl(&[
+        "inject",
+        "-f",
+        original.to_str().unwrap(),
+        "--roots",
+        roots_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{said}");
+    for line in [
+        "Deployment shop/web: injected",
+        "StatefulSet default/db: injected",
+        "DaemonSet default/agent: injected",
+        "Job default/migrate: injected",
+        "CronJob default/report: injected",
+        "Pod default/one: injected",
+        "Pod default/debug: left as it is: the pod opts out (mesh.dev/inject: disabled)",
+    ] {
+        assert!(said.contains(line), "{line:?} missing from: {said}");
+    }
+    let docs = |text: &str| -> Vec<serde_json::Value> {
+        text.split("\n---")
+            .filter(|d| {
+                d.lines()
+                    .any(|l| !l.trim().is_empty() && !l.starts_with('#') && l != "---")
+            })
+            .map(|d| serde_saphyr::from_str(d).unwrap())
+            .collect()
+    };
+    let before = docs(&std::fs::read_to_string(&original).unwrap());
+    let after = docs(&injected);
+    assert_eq!(before.len(), after.len());
+    assert_eq!(
+        injected.matches("name: mesh-proxy\n").count(),
+        6,
+        "{injected}"
+    );
+    assert!(injected.contains("MESH_PROXY_CONTROL_ROOTS"));
+    let injected_file = dir.join("injected.yaml");
+    std::fs::write(&injected_file, &injected).unwrap();
+    let (ok, text) = output(
+        Command::new("kubernetes-validate")
+            .args(["-k", "1.37.0", "--strict"])
+            .arg(&injected_file),
+    );
+    assert!(
+        ok,
+        "kubernetes-validate --strict refused the injected manifests:\n{text}"
+    );
+    let (ok, restored, said) = meshctl(&["uninject", "-f", injected_file.to_str().unwrap()]);
+    assert!(ok, "{said}");
+    assert!(said.contains("injection removed from 6 pod(s)"), "{said}");
+    assert_eq!(docs(&restored), before);
+    // A bad annotation: nothing printed, the document and annotation named.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {mesh.dev/proxy-memory-limit: lots}\nspec:\n  containers: [{name: a, image: a}]\n",
+    )
+    .unwrap();
+    let (ok, out, said) = meshctl(&[
+        "inject",
+        "-f",
+        bad.to_str().unwrap(),
+        "--roots",
+        roots_file.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        said.contains("Pod default/p: mesh.dev/proxy-memory-limit: \"lots\": not a quantity"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod http;
 pub mod identity;
 pub mod index;
+pub mod inject;
 pub mod kubernetes;
 pub mod listen;
 pub mod manifest;

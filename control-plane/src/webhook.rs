@@ -1,10 +1,13 @@
-//! The validating admission webhook's HTTPS listener (`--webhook-addr`):
-//! `POST /validate` takes an AdmissionReview v1 and answers it with
-//! `kubernetes::admission` against the rule objects in force. Its
+//! The admission webhooks' HTTPS listener (`--webhook-addr`): `POST
+//! /validate` takes an AdmissionReview v1 of a rule object and answers it
+//! with `kubernetes::admission` against the rule objects in force; `POST
+//! /inject` (a Pod of an opted-in namespace) and `/inject/pod` (a Pod that
+//! opts in itself) answer with `kubernetes::injection`'s patch. Its
 //! certificate names the webhook's Service (`--webhook-names`) and comes
-//! from the mesh CA, whose roots `kubernetes::ca_bundle` keeps in the
-//! ValidatingWebhookConfiguration.
+//! from the mesh CA, whose roots `kubernetes::ca_bundle` keeps in both
+//! webhook configurations.
 
+use crate::inject::{Namespace, Template};
 use crate::manifest::Located;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -18,6 +21,10 @@ use tokio::sync::watch;
 
 /// The path the ValidatingWebhookConfiguration names.
 pub const PATH: &str = "/validate";
+/// The MutatingWebhookConfiguration's path for Pods of opted-in namespaces.
+pub const INJECT_PATH: &str = "/inject";
+/// Its path for Pods that opt in themselves.
+pub const INJECT_POD_PATH: &str = "/inject/pod";
 
 /// The largest AdmissionReview read: an object and its old version, each
 /// at most the API server's 3 MiB request limit.
@@ -33,15 +40,20 @@ pub async fn serve(
     limit: crate::listen::Limit,
     idle: Duration,
     in_force: InForce,
+    template: Arc<Template>,
 ) {
     let mut conns = std::pin::pin!(crate::mtls::incoming(listener, tls, limit, idle));
     while let Some(conn) = conns.next().await {
         let Ok(conn) = conn else { continue };
         let in_force = in_force.clone();
+        let template = template.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let in_force = in_force.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(req, &in_force).await) }
+                let template = template.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(respond(req, &in_force, &template).await)
+                }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
@@ -53,7 +65,11 @@ pub async fn serve(
     }
 }
 
-async fn respond(req: Request<Incoming>, in_force: &InForce) -> Response<Full<Bytes>> {
+async fn respond(
+    req: Request<Incoming>,
+    in_force: &InForce,
+    template: &Template,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content: &'static str, body: Vec<u8>| {
         Response::builder()
             .status(status)
@@ -62,12 +78,17 @@ async fn respond(req: Request<Incoming>, in_force: &InForce) -> Response<Full<By
             .expect("a response of our own")
     };
     let text = |status, s: String| reply(status, "text/plain; charset=utf-8", s.into_bytes());
-    if req.uri().path() != PATH {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("only {PATH} is served here\n"),
-        );
-    }
+    let opted = match req.uri().path() {
+        PATH => None,
+        INJECT_PATH => Some(Namespace::OptedIn),
+        INJECT_POD_PATH => Some(Namespace::NotOptedIn),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("only {PATH}, {INJECT_PATH} and {INJECT_POD_PATH} are served here\n"),
+            );
+        }
+    };
     if req.method() != Method::POST {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -84,13 +105,17 @@ async fn respond(req: Request<Incoming>, in_force: &InForce) -> Response<Full<By
             return text(status, format!("{why}\n"));
         }
     };
-    let docs = in_force.borrow().clone().unwrap_or_default();
-    match crate::kubernetes::admission::answer(&body, &docs) {
-        Ok(review) => reply(
-            StatusCode::OK,
-            "application/json",
-            serde_json::to_vec(&review).expect("a review serializes"),
-        ),
+    let answered = match opted {
+        None => {
+            let docs = in_force.borrow().clone().unwrap_or_default();
+            crate::kubernetes::admission::answer(&body, &docs)
+                .map(|r| serde_json::to_vec(&r).expect("a review serializes"))
+        }
+        Some(opted) => crate::kubernetes::injection::answer(&body, opted, template)
+            .map(|r| serde_json::to_vec(&r).expect("a review serializes")),
+    };
+    match answered {
+        Ok(review) => reply(StatusCode::OK, "application/json", review),
         Err(e) => text(crate::errors::admission_status(&e), format!("{e}\n")),
     }
 }

@@ -70,6 +70,25 @@ impl Cluster {
         format!("cluster context {:?} ({})", self.context, self.server)
     }
 
+    /// The mesh's roots as the injection webhook configuration carries
+    /// them (mesh-control keeps its caBundle equal to them), for
+    /// `meshctl inject`.
+    pub async fn injection_roots(&self) -> Result<String> {
+        use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+        let mwc = kube::Api::<MutatingWebhookConfiguration>::all(self.client())
+            .get_opt("mesh-inject")
+            .await
+            .context("reading MutatingWebhookConfiguration mesh-inject")?
+            .context("MutatingWebhookConfiguration mesh-inject is missing: install mesh, or give --roots")?;
+        let bundle = mwc
+            .webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|w| w.client_config.ca_bundle)
+            .context("the injection webhook has no caBundle yet (is mesh-control running?); give --roots")?;
+        String::from_utf8(bundle.0).context("the injection webhook's caBundle is not PEM")
+    }
+
     /// The API client.
     pub(crate) fn client(&self) -> kube::Client {
         self.client.clone()

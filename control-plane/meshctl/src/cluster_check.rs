@@ -10,7 +10,9 @@
 
 use crate::cluster::Cluster;
 use anyhow::Result;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -58,6 +60,8 @@ pub struct Facts {
     pub root_pem: Option<String>,
     /// caBundles of the webhook configuration (None: missing).
     pub webhook_bundles: Option<Vec<String>>,
+    /// caBundles of the injection webhook configuration (None: missing).
+    pub injector_bundles: Option<Vec<String>>,
     /// Every rule object.
     pub rules: Vec<Rule>,
 }
@@ -95,17 +99,30 @@ pub fn judge(f: &Facts, now: i64) -> Vec<(bool, String)> {
         Some(t) => out.push((true, format!("CA root valid for {} more days", (t - now) / 86400))),
         None => out.push((false, "no CA in Secret mesh-system/mesh-ca: replicas do not share one chain (run mesh-control with --ca-secret)".into())),
     }
-    match (&f.webhook_bundles, &f.root_pem) {
-        (None, _) => out.push((false, "ValidatingWebhookConfiguration mesh-control is missing: bad rules reach the cluster unvalidated".into())),
-        (Some(b), _) if b.is_empty() || b.iter().any(String::is_empty) => out.push((
-            false,
-            "the webhook configuration has no caBundle yet: the API server cannot call the webhook (is mesh-control running?)".into(),
-        )),
-        (Some(b), Some(root)) if b.iter().any(|x| x.trim() != root.trim()) => out.push((
-            false,
-            "the webhook configuration's caBundle is not the mesh's roots: the API server will refuse the webhook's certificate".into(),
-        )),
-        (Some(_), _) => out.push((true, "the webhook configuration trusts the mesh's roots".into())),
+    for (bundles, what, missing) in [
+        (
+            &f.webhook_bundles,
+            "the webhook configuration",
+            "ValidatingWebhookConfiguration mesh-control is missing: bad rules reach the cluster unvalidated",
+        ),
+        (
+            &f.injector_bundles,
+            "the injection webhook configuration",
+            "MutatingWebhookConfiguration mesh-inject is missing: no Pod gets a sidecar",
+        ),
+    ] {
+        match (bundles, &f.root_pem) {
+            (None, _) => out.push((false, missing.into())),
+            (Some(b), _) if b.is_empty() || b.iter().any(String::is_empty) => out.push((
+                false,
+                format!("{what} has no caBundle yet: the API server cannot call the webhook (is mesh-control running?)"),
+            )),
+            (Some(b), Some(root)) if b.iter().any(|x| x.trim() != root.trim()) => out.push((
+                false,
+                format!("{what}'s caBundle is not the mesh's roots: the API server will refuse the webhook's certificate"),
+            )),
+            (Some(_), _) => out.push((true, format!("{what} trusts the mesh's roots"))),
+        }
     }
     for r in &f.rules {
         match &r.accepted {
@@ -150,6 +167,11 @@ pub async fn pre(c: &Cluster) -> Result<bool> {
         (
             "admissionregistration.k8s.io",
             "validatingwebhookconfigurations",
+            "",
+        ),
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
             "",
         ),
         ("", "serviceaccounts", "mesh-system"),
@@ -254,6 +276,10 @@ pub async fn gather(c: &Cluster) -> Result<Facts> {
             }
         }
     }
+    let bundle = |b: Option<&k8s_openapi::ByteString>| {
+        b.map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
     if let Some(vwc) = kube::Api::<ValidatingWebhookConfiguration>::all(c.client())
         .get_opt("mesh-control")
         .await?
@@ -262,13 +288,19 @@ pub async fn gather(c: &Cluster) -> Result<Facts> {
             vwc.webhooks
                 .unwrap_or_default()
                 .iter()
-                .map(|w| {
-                    w.client_config
-                        .ca_bundle
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                        .unwrap_or_default()
-                })
+                .map(|w| bundle(w.client_config.ca_bundle.as_ref()))
+                .collect(),
+        );
+    }
+    if let Some(mwc) = kube::Api::<MutatingWebhookConfiguration>::all(c.client())
+        .get_opt("mesh-inject")
+        .await?
+    {
+        f.injector_bundles = Some(
+            mwc.webhooks
+                .unwrap_or_default()
+                .iter()
+                .map(|w| bundle(w.client_config.ca_bundle.as_ref()))
                 .collect(),
         );
     }
@@ -336,6 +368,7 @@ mod tests {
             root_not_after: Some(1_000 + 400 * 86400),
             root_pem: Some("ROOT".into()),
             webhook_bundles: None,
+            injector_bundles: Some(vec!["ROOT".into()]),
             rules: vec![
                 Rule {
                     name: "TrafficSplit default/good".into(),

@@ -181,6 +181,10 @@ pub fn render(v: &Values) -> Vec<File> {
             "control-plane/validating-webhook.yaml",
             include_str!("../../../install/control-plane/validating-webhook.yaml"),
         ),
+        fixed(
+            "control-plane/mutating-webhook.yaml",
+            include_str!("../../../install/control-plane/mutating-webhook.yaml"),
+        ),
     ]
 }
 
@@ -274,7 +278,13 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("kind: "))
             .collect();
-        assert_eq!(kinds.first(), Some(&"ValidatingWebhookConfiguration"));
+        assert_eq!(
+            kinds[..2],
+            [
+                "MutatingWebhookConfiguration",
+                "ValidatingWebhookConfiguration"
+            ]
+        );
         assert_eq!(kinds.last(), Some(&"Namespace"));
         assert!(
             kinds.contains(&"Deployment") && kinds.contains(&"CustomResourceDefinition"),

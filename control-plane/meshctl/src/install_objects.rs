@@ -73,10 +73,14 @@ rules:
   - apiGroups: [authentication.k8s.io]
     resources: [tokenreviews]
     verbs: [create]
-  # Its own webhook configuration's caBundle, and no other's.
+  # Its own webhook configurations' caBundle, and no other's.
   - apiGroups: [admissionregistration.k8s.io]
     resources: [validatingwebhookconfigurations]
     resourceNames: [mesh-control]
+    verbs: [get, list, watch, patch]
+  - apiGroups: [admissionregistration.k8s.io]
+    resources: [mutatingwebhookconfigurations]
+    resourceNames: [mesh-inject]
     verbs: [get, list, watch, patch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1

@@ -98,6 +98,35 @@ enum Cmd {
     },
     /// Print what `meshctl install` created, for `kubectl delete -f -`.
     Uninstall,
+    /// Print manifests with mesh's sidecar added to every pod (Pods,
+    /// Deployments, StatefulSets, DaemonSets, Jobs, CronJobs, Lists), as the
+    /// injection webhook would add it.
+    Inject {
+        /// Manifest file, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The mesh's roots (PEM) sidecars know the control plane by
+        /// [default: from the cluster's injection webhook configuration,
+        /// with --kubeconfig or --context].
+        #[arg(long)]
+        roots: Option<PathBuf>,
+        /// The sidecar's image.
+        #[arg(long, default_value = "mesh/mesh-proxy:0.1.0")]
+        proxy_image: String,
+        /// The control plane's gRPC URL as pods reach it.
+        #[arg(long, default_value = "https://mesh-control.mesh-system.svc:15010")]
+        control_addr: String,
+        /// The SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Print manifests with what `meshctl inject` (or the webhook) added
+    /// removed again, exactly.
+    Uninject {
+        /// Manifest file, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
     /// Health of the mesh: config in sync, certificates fresh, CA root valid.
     /// Against a cluster: CRDs established, a leader, the CA Secret, the
     /// webhook's caBundle, every rule object accepted. Exits non-zero when
@@ -231,6 +260,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Cmd::Install { sets, output_dir } = &args.command {
         return install(sets, output_dir.as_deref());
     }
+    if let Cmd::Inject {
+        file,
+        roots,
+        proxy_image,
+        control_addr,
+        trust_domain,
+    } = &args.command
+    {
+        let roots_pem = match roots {
+            Some(r) => std::fs::read_to_string(r)
+                .map_err(|e| anyhow::anyhow!("--roots {}: {e}", r.display()))?,
+            None if args.kubeconfig.is_some() || args.context.is_some() => {
+                let c = meshctl::cluster::Cluster::connect(
+                    args.kubeconfig.as_deref(),
+                    args.context.as_deref(),
+                )
+                .await?;
+                c.injection_roots().await?
+            }
+            None => anyhow::bail!(
+                "meshctl inject needs the mesh's roots: give --roots FILE, or --kubeconfig to read them from the cluster"
+            ),
+        };
+        let template = mesh_control::inject::Template {
+            image: proxy_image.clone(),
+            pull_policy: "IfNotPresent".into(),
+            control_addr: control_addr.clone(),
+            roots_pem,
+            trust_domain: trust_domain.clone(),
+        };
+        let name = file.display().to_string();
+        let (out, lines) =
+            meshctl::inject::inject(&meshctl::inject::read(file)?, &name, &template)?;
+        for l in lines {
+            eprintln!("{l}");
+        }
+        print!("{out}");
+        return Ok(());
+    }
+    if let Cmd::Uninject { file } = &args.command {
+        let name = file.display().to_string();
+        let (out, count) = meshctl::inject::uninject(&meshctl::inject::read(file)?, &name)?;
+        eprintln!("{name}: injection removed from {count} pod(s)");
+        print!("{out}");
+        return Ok(());
+    }
     if let Cmd::Uninstall = &args.command {
         let files = meshctl::install::render(&meshctl::install::Values::default());
         print!("{}", meshctl::install::uninstall(&files));
@@ -336,7 +411,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             meshctl::stat::top(control, &query.query(), every, frames).await
         }
         // Rendered above, before any mode.
-        Cmd::Install { .. } | Cmd::Uninstall => Ok(()),
+        Cmd::Install { .. } | Cmd::Uninstall | Cmd::Inject { .. } | Cmd::Uninject { .. } => Ok(()),
         Cmd::Check { pre: true } => {
             anyhow::bail!("check --pre checks a cluster: give --kubeconfig or --context")
         }
@@ -382,7 +457,7 @@ async fn in_cluster(args: Args) -> anyhow::Result<()> {
         | Cmd::Release { .. }
         | Cmd::Check { .. } => None,
         Cmd::Up { .. } => Some("up"),
-        Cmd::Install { .. } | Cmd::Uninstall => None,
+        Cmd::Install { .. } | Cmd::Uninstall | Cmd::Inject { .. } | Cmd::Uninject { .. } => None,
         Cmd::Demo { .. } => Some("demo"),
         Cmd::Get { .. } => Some("get routes"),
         Cmd::Stat { .. } => Some("stat"),

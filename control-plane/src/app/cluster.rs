@@ -17,7 +17,11 @@ pub(super) struct Webhook {
     pub idle: Duration,
     /// The ValidatingWebhookConfiguration whose caBundle is kept.
     pub configuration: String,
+    /// The MutatingWebhookConfiguration whose caBundle is kept.
+    pub injector: String,
     pub roots_pem: String,
+    /// What injected sidecars are given.
+    pub template: Arc<crate::inject::Template>,
 }
 
 /// Starts leader election, the rule and registry watches, and the
@@ -45,10 +49,19 @@ pub(super) fn start(
             w.limit,
             w.idle,
             objects.clone(),
+            w.template,
         ));
-        tokio::spawn(crate::kubernetes::ca_bundle::keep(
+        use crate::kubernetes::ca_bundle::{Kind, keep};
+        tokio::spawn(keep(
             client.clone(),
+            Kind::Validating,
             w.configuration,
+            w.roots_pem.clone(),
+        ));
+        tokio::spawn(keep(
+            client.clone(),
+            Kind::Mutating,
+            w.injector,
             w.roots_pem,
         ));
     }

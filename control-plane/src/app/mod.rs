@@ -327,7 +327,15 @@ impl Bound {
                         limit: limit("webhook"),
                         idle: config.idle(),
                         configuration: w.configuration.clone(),
+                        injector: w.injector.configuration.clone(),
                         roots_pem: ca.roots_pem().concat(),
+                        template: Arc::new(crate::inject::Template {
+                            image: w.injector.image.clone(),
+                            pull_policy: w.injector.pull_policy.clone(),
+                            control_addr: w.injector.control_addr.clone(),
+                            roots_pem: ca.roots_pem().concat(),
+                            trust_domain: config.trust_domain.clone(),
+                        }),
                     });
             let election = crate::kubernetes::leader::Election {
                 namespace: config.cluster.namespace.clone(),

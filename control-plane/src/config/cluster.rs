@@ -28,6 +28,35 @@ pub(super) struct ClusterArgs {
         default_value = "mesh-control"
     )]
     webhook_configuration: String,
+    /// The MutatingWebhookConfiguration (sidecar injection) whose caBundle
+    /// mesh-control keeps equal to the mesh's roots.
+    #[arg(
+        long,
+        env = "MESH_CONTROL_INJECTOR_CONFIGURATION",
+        default_value = "mesh-inject"
+    )]
+    injector_configuration: String,
+    /// The image injected sidecars (and their redirect step) run.
+    #[arg(
+        long,
+        env = "MESH_CONTROL_PROXY_IMAGE",
+        default_value = DEFAULT_PROXY_IMAGE
+    )]
+    proxy_image: String,
+    /// The injected containers' imagePullPolicy: Always, IfNotPresent or Never.
+    #[arg(
+        long,
+        env = "MESH_CONTROL_PROXY_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    proxy_image_pull_policy: String,
+    /// The control plane's gRPC URL as injected sidecars reach it.
+    #[arg(
+        long,
+        env = "MESH_CONTROL_INJECT_CONTROL_ADDR",
+        default_value = DEFAULT_INJECT_CONTROL_ADDR
+    )]
+    inject_control_addr: String,
     /// The namespace of the control plane's own objects: its Lease and its
     /// CA Secret (`--registry kubernetes`).
     #[arg(long, env = "MESH_CONTROL_NAMESPACE", default_value = "mesh-system")]
@@ -54,6 +83,25 @@ pub(super) struct ClusterArgs {
 pub const DEFAULT_WEBHOOK_NAMES: &str =
     "mesh-control.mesh-system.svc,mesh-control.mesh-system.svc.cluster.local";
 
+/// The image injected sidecars run by default.
+const DEFAULT_PROXY_IMAGE: &str = "mesh/mesh-proxy:0.1.0";
+/// The control plane's gRPC URL from a pod, by default: the install's
+/// Service.
+const DEFAULT_INJECT_CONTROL_ADDR: &str = "https://mesh-control.mesh-system.svc:15010";
+
+/// What the injection webhook gives every sidecar it adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injector {
+    /// The MutatingWebhookConfiguration whose caBundle is kept current.
+    pub configuration: String,
+    /// The image injected sidecars run.
+    pub image: String,
+    /// Their imagePullPolicy.
+    pub pull_policy: String,
+    /// The control plane's URL as sidecars reach it.
+    pub control_addr: String,
+}
+
 /// The validating admission webhook's listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
@@ -63,6 +111,8 @@ pub struct Webhook {
     pub names: Vec<String>,
     /// The ValidatingWebhookConfiguration whose caBundle is kept current.
     pub configuration: String,
+    /// Sidecar injection, served on the same listener.
+    pub injector: Injector,
 }
 
 /// What a control plane on a cluster is configured with.
@@ -92,6 +142,7 @@ pub(super) fn check(args: &ClusterArgs, kubernetes: bool, problems: &mut Vec<Str
             addr,
             names: webhook_names(&args.webhook_names, problems),
             configuration: args.webhook_configuration.clone(),
+            injector: injector(args, problems),
         }
     });
     for (flag, given) in [
@@ -143,6 +194,40 @@ pub(super) fn check(args: &ClusterArgs, kubernetes: bool, problems: &mut Vec<Str
         identity,
         lease_duration_secs,
         ca_secret: args.ca_secret.clone(),
+    }
+}
+
+fn injector(args: &ClusterArgs, problems: &mut Vec<String>) -> Injector {
+    if !is_dns_name(&args.injector_configuration) {
+        problems.push(format!(
+            "--injector-configuration {:?}: not an object name (a lower-case DNS name)",
+            args.injector_configuration
+        ));
+    }
+    let image = args.proxy_image.trim();
+    if image.is_empty() || image.contains(char::is_whitespace) {
+        problems.push(format!(
+            "--proxy-image {:?}: not an image reference",
+            args.proxy_image
+        ));
+    }
+    let policy = args.proxy_image_pull_policy.trim();
+    if !matches!(policy, "Always" | "IfNotPresent" | "Never") {
+        problems.push(format!(
+            "--proxy-image-pull-policy {policy:?}: Always, IfNotPresent or Never"
+        ));
+    }
+    let addr = args.inject_control_addr.trim();
+    if !addr.starts_with("https://") || addr.parse::<http::Uri>().is_err() {
+        problems.push(format!(
+            "--inject-control-addr {addr:?}: the control plane speaks only TLS; an https:// URL"
+        ));
+    }
+    Injector {
+        configuration: args.injector_configuration.clone(),
+        image: image.to_string(),
+        pull_policy: policy.to_string(),
+        control_addr: addr.to_string(),
     }
 }
 
@@ -199,6 +284,27 @@ mod tests {
         let w = c.cluster.webhook.unwrap();
         assert_eq!(w.names, ["127.0.0.1", "mesh-control.mesh-system.svc"]);
         assert_eq!(w.configuration, "mesh-control");
+        assert_eq!(w.injector.configuration, "mesh-inject");
+        assert_eq!(w.injector.image, super::DEFAULT_PROXY_IMAGE);
+        let p = problems(&[
+            "--registry",
+            "kubernetes",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--proxy-image-pull-policy",
+            "Sometimes",
+            "--inject-control-addr",
+            "http://mesh-control:15010",
+        ]);
+        assert!(
+            p.iter()
+                .any(|x| x.contains("--proxy-image-pull-policy \"Sometimes\"")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|x| x.contains("--inject-control-addr")),
+            "{p:?}"
+        );
         assert!(parse(&[]).unwrap().cluster.webhook.is_none());
         let p = problems(&[
             "--webhook-addr",

@@ -6,7 +6,7 @@
 
 mod cluster;
 
-pub use cluster::{Cluster, DEFAULT_WEBHOOK_NAMES, Webhook};
+pub use cluster::{Cluster, DEFAULT_WEBHOOK_NAMES, Injector, Webhook};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use std::net::SocketAddr;

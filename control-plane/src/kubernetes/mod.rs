@@ -13,6 +13,7 @@ pub mod admission;
 pub mod ca_bundle;
 pub mod ca_secret;
 pub mod gateway;
+pub mod injection;
 pub mod leader;
 pub mod registry;
 pub mod rules;

@@ -113,18 +113,25 @@ pub(crate) fn admit(
             ));
         }
     }
-    if res.key() == super::webhooks::CONFIGURATIONS {
+    if res.key() == super::webhooks::CONFIGURATIONS || res.key() == super::webhooks::MUTATING {
         let problems = super::webhooks::check_configuration(object);
         if !problems.is_empty() {
             return Err(status(
                 422,
                 "Invalid",
                 &format!(
-                    "ValidatingWebhookConfiguration.admissionregistration.k8s.io {name:?} is invalid: [{}]",
+                    "{}.admissionregistration.k8s.io {name:?} is invalid: [{}]",
+                    res.kind,
                     problems.join(", ")
                 ),
             ));
         }
+    }
+    // "The Kubernetes control plane sets an immutable label
+    // kubernetes.io/metadata.name on all namespaces", its value the name
+    // ("Automatic labelling", Namespaces).
+    if res.plural == "namespaces" && res.group.is_empty() {
+        object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
     }
     if res.plural == "customresourcedefinitions" {
         let spec = &object["spec"];

@@ -113,40 +113,56 @@ pub fn control_args(api: &KubeApi) -> Vec<String> {
 /// control plane), and waits until mesh-control has filled in every
 /// caBundle (the install leaves them empty) with `roots`.
 pub async fn install_webhooks(api: &KubeApi, url: &str, roots: &str) {
-    let file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../install/control-plane/validating-webhook.yaml"
+    let base = url.strip_suffix("/validate").expect("a /validate URL");
+    install_webhook_file(api, "validating-webhook.yaml", base, roots).await;
+}
+
+/// Creates install/control-plane/`file` (a webhook configuration) with
+/// every webhook pointed at `base` plus the path its Service reference
+/// names (a test cluster has no Service in front of the control plane),
+/// and waits until mesh-control has filled in every caBundle (the install
+/// leaves them empty) with `roots`.
+pub async fn install_webhook_file(api: &KubeApi, file: &str, base: &str, roots: &str) {
+    let file = format!(
+        "{}/../install/control-plane/{file}",
+        env!("CARGO_MANIFEST_DIR")
     );
     let created = kubectl_ok(
         api,
-        &["create", "--validate=false", "-f", file, "-o", "json"],
+        &["create", "--validate=false", "-f", &file, "-o", "json"],
     )
     .await;
-    let vwc: Value = serde_json::from_str(&created).unwrap();
-    let hooks = vwc["webhooks"].as_array().map_or(0, Vec::len);
-    let point: Vec<Value> = (0..hooks)
-        .map(|i| {
+    let config: Value = serde_json::from_str(&created).unwrap();
+    let kind = config["kind"].as_str().unwrap().to_lowercase();
+    let name = config["metadata"]["name"].as_str().unwrap().to_string();
+    let urls: Vec<String> = config["webhooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let path = h["clientConfig"]["service"]["path"].as_str().unwrap_or("/");
+            format!("{base}{path}")
+        })
+        .collect();
+    let point: Vec<Value> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
             serde_json::json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
                                "value": {"url": url}})
         })
         .collect();
     let point = Value::Array(point).to_string();
-    let args = ["patch", "validatingwebhookconfiguration", "mesh-control"];
+    let args = ["patch", &kind, &name];
     kubectl_ok(api, &[&args[..], &["--type=json", "-p", &point]].concat()).await;
     let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let args = [
-            "get",
-            "validatingwebhookconfiguration",
-            "mesh-control",
-            "-o",
-            "json",
-        ];
+        let args = ["get", &kind, &name, "-o", "json"];
         let vwc: Value = serde_json::from_str(&kubectl_ok(api, &args).await).unwrap();
         let hooks = vwc["webhooks"].as_array().cloned().unwrap_or_default();
         let set = !hooks.is_empty()
-            && hooks.iter().all(|h| {
-                h["clientConfig"]["url"] == url
+            && hooks.iter().zip(&urls).all(|(h, url)| {
+                h["clientConfig"]["url"] == url.as_str()
                     && h["clientConfig"]["caBundle"].as_str().is_some_and(|b| {
                         use base64::Engine;
                         base64::engine::general_purpose::STANDARD.decode(b).ok()

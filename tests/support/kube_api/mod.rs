@@ -88,7 +88,7 @@ impl KubeApi {
             store
                 .create(
                     ("/namespaces".into(), String::new(), ns.into()),
-                    serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+                    serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
                 )
                 .map_err(|e| format!("{e:?}"))
                 .unwrap();
@@ -163,6 +163,11 @@ impl KubeApi {
             .unwrap()
             .get(&(resource.into(), namespace.into(), name.into()))
             .cloned()
+    }
+
+    /// How many Pods are stored, in every namespace.
+    pub fn pods(&self) -> usize {
+        self.shared.store.lock().unwrap().list("/pods", "").len()
     }
 
     /// A projected ServiceAccount token for `namespace/account`, for

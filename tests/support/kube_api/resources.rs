@@ -99,6 +99,13 @@ pub fn builtins() -> Vec<Resource> {
         ),
         Resource::builtin(
             "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "MutatingWebhookConfiguration",
+            false,
+            false,
+        ),
+        Resource::builtin(
+            "admissionregistration.k8s.io",
             "validatingwebhookconfigurations",
             "ValidatingWebhookConfiguration",
             false,

@@ -287,17 +287,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             if let Some(r) = super::writes::namespace_missing(&shared, res, &target.namespace) {
                 return r;
             }
-            if let Err(r) = super::admit::admit(&shared, res, &name, &mut object, strict) {
-                return r;
-            }
             let write = Write {
                 res,
                 namespace: &target.namespace,
                 name: &name,
                 subresource: None,
                 operation: "CREATE",
-                object: Some(&object),
+                object: None,
                 old: None,
+            };
+            if let Err(r) = webhooks::mutate(&shared, &write, &mut object).await {
+                return r;
+            }
+            if let Err(r) = super::admit::admit(&shared, res, &name, &mut object, strict) {
+                return r;
+            }
+            let write = Write {
+                object: Some(&object),
+                ..write
             };
             if let Err(r) = webhooks::validate(&shared, &write).await {
                 return r;

@@ -1,11 +1,14 @@
-//! Validating admission webhooks of the test API server, as "Dynamic
-//! Admission Control" says
+//! Admission webhooks of the test API server, as "Dynamic Admission
+//! Control" says
 //! (https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/):
-//! every write a ValidatingWebhookConfiguration's rules, namespaceSelector
-//! and objectSelector match is POSTed as an AdmissionReview v1 over HTTPS
-//! to the webhook's URL, trusting only its caBundle; a denial refuses the
+//! every write a webhook configuration's rules, namespaceSelector and
+//! objectSelector match is POSTed as an AdmissionReview v1 over HTTPS to
+//! the webhook's URL, trusting only its caBundle; a denial refuses the
 //! write, and a webhook that cannot be called refuses it too unless its
-//! failurePolicy is Ignore.
+//! failurePolicy is Ignore. Mutating webhooks run first, one after another
+//! in name order, each seeing the object as the ones before patched it
+//! (a JSONPatch, base64); validating webhooks then see the final object
+//! ("Admission control phases": mutating, then validating).
 // A refusal is the response itself, built once per failed request.
 #![allow(clippy::result_large_err)]
 
@@ -18,9 +21,11 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where the configurations are stored.
+/// Where the validating configurations are stored.
 pub(crate) const CONFIGURATIONS: &str =
     "admissionregistration.k8s.io/validatingwebhookconfigurations";
+/// Where the mutating configurations are stored.
+pub(crate) const MUTATING: &str = "admissionregistration.k8s.io/mutatingwebhookconfigurations";
 
 /// One write under admission.
 pub(crate) struct Write<'a> {
@@ -39,32 +44,90 @@ pub(crate) struct Write<'a> {
 /// Calls every webhook that matches `w`; the first denial or failure
 /// refuses the write. The store's lock is not held while calling.
 pub(crate) async fn validate(shared: &Shared, w: &Write<'_>) -> Result<(), Response> {
-    // Webhooks are not called on the webhook configurations themselves
-    // ("Webhooks and ... are not called for admission requests for
-    // ValidatingWebhookConfiguration ... objects", in "Matching requests").
-    if w.res.key() == CONFIGURATIONS {
+    let Some((hooks, namespace)) = hooks(shared, w, CONFIGURATIONS) else {
         return Ok(());
-    }
-    let (mut configs, namespace) = {
-        let store = shared.store.lock().unwrap();
-        let ns = store
-            .get(&("/namespaces".into(), String::new(), w.namespace.into()))
-            .cloned();
-        (store.list(CONFIGURATIONS, ""), ns)
     };
+    for hook in &hooks {
+        if matches(hook, w, namespace.as_ref()) {
+            call(hook, w).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Calls every mutating webhook that matches `w`, in order, applying each
+/// one's JSONPatch to `object` before the next sees it; the first denial,
+/// failure or unappliable patch refuses the write.
+pub(crate) async fn mutate(
+    shared: &Shared,
+    w: &Write<'_>,
+    object: &mut Value,
+) -> Result<(), Response> {
+    let Some((hooks, namespace)) = hooks(shared, w, MUTATING) else {
+        return Ok(());
+    };
+    for hook in &hooks {
+        let this = Write {
+            object: Some(&*object),
+            ..*w
+        };
+        if !matches(hook, &this, namespace.as_ref()) {
+            continue;
+        }
+        let Some(response) = call(hook, &this).await? else {
+            continue;
+        };
+        let Some(patch) = response["patch"].as_str() else {
+            continue;
+        };
+        let name = hook["name"].as_str().unwrap_or("");
+        let failed = |why: String| {
+            status(
+                500,
+                "InternalError",
+                &format!(
+                    "Internal error occurred: admission webhook {name:?} returned a patch that {why}"
+                ),
+            )
+        };
+        // "Currently the only supported patchType is JSONPatch."
+        if response["patchType"] != "JSONPatch" {
+            return Err(failed("is not of patchType JSONPatch".into()));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .map_err(|e| failed(format!("is not base64: {e}")))?;
+        let ops: json_patch::Patch = serde_json::from_slice(&bytes)
+            .map_err(|e| failed(format!("is not a JSON Patch: {e}")))?;
+        json_patch::patch(object, &ops).map_err(|e| failed(format!("does not apply: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The webhooks of the configurations stored under `key`, in the order
+/// they are called (configurations by name), and the write's namespace;
+/// none for writes of the configurations themselves ("Webhooks ... are not
+/// called for admission requests for ValidatingWebhookConfiguration ...
+/// objects", in "Matching requests").
+fn hooks(shared: &Shared, w: &Write<'_>, key: &str) -> Option<(Vec<Value>, Option<Value>)> {
+    if w.res.key() == CONFIGURATIONS || w.res.key() == MUTATING {
+        return None;
+    }
+    let store = shared.store.lock().unwrap();
+    let ns = store
+        .get(&("/namespaces".into(), String::new(), w.namespace.into()))
+        .cloned();
+    let mut configs = store.list(key, "");
     configs.sort_by(|a, b| {
         a["metadata"]["name"]
             .as_str()
             .cmp(&b["metadata"]["name"].as_str())
     });
-    for config in &configs {
-        for hook in config["webhooks"].as_array().into_iter().flatten() {
-            if matches(hook, w, namespace.as_ref()) {
-                call(hook, w).await?;
-            }
-        }
-    }
-    Ok(())
+    let hooks = configs
+        .iter()
+        .flat_map(|c| c["webhooks"].as_array().cloned().unwrap_or_default())
+        .collect();
+    Some((hooks, ns))
 }
 
 type Response = http::Response<Body>;
@@ -171,8 +234,10 @@ pub(crate) fn selector_matches(selector: &Value, labels: &Value) -> bool {
     by_label && by_expression
 }
 
-/// One webhook call and what its answer means for the write.
-async fn call(hook: &Value, w: &Write<'_>) -> Result<(), Response> {
+/// One webhook call and what its answer means for the write: its
+/// response when it allowed the write, none when it could not be called
+/// and its failurePolicy is Ignore.
+async fn call(hook: &Value, w: &Write<'_>) -> Result<Option<Value>, Response> {
     let name = hook["name"].as_str().unwrap_or("");
     let uid = format!("{:032x}", fastrand::u128(..));
     let review = json!({
@@ -199,7 +264,7 @@ async fn call(hook: &Value, w: &Write<'_>) -> Result<(), Response> {
         // "failurePolicy defines how unrecognized errors and timeout
         // errors from the admission webhook are handled. Allowed values
         // are Ignore or Fail" (Fail the default).
-        Err(_) if hook["failurePolicy"].as_str() == Some("Ignore") => return Ok(()),
+        Err(_) if hook["failurePolicy"].as_str() == Some("Ignore") => return Ok(None),
         Err(e) => {
             return Err(status(
                 500,
@@ -223,7 +288,7 @@ async fn call(hook: &Value, w: &Write<'_>) -> Result<(), Response> {
         ));
     }
     if response["allowed"] == true {
-        return Ok(());
+        return Ok(Some(response.clone()));
     }
     // A denial keeps the webhook's status, its code at least 400 and its
     // message prefixed with the webhook's name ("Response": "the
@@ -328,11 +393,13 @@ async fn post(hook: &Value, review: &Value) -> Result<Value, String> {
         .map_err(|_| failed(&"context deadline exceeded"))?
 }
 
-/// What the API server checks of a ValidatingWebhookConfiguration and the
-/// defaults it sets (the ValidatingWebhook reference,
-/// https://kubernetes.io/docs/reference/kubernetes-api/extend-resources/validating-webhook-configuration-v1/):
-/// returns the problems, each `field: problem`.
+/// What the API server checks of a webhook configuration and the defaults
+/// it sets (the ValidatingWebhook reference,
+/// https://kubernetes.io/docs/reference/kubernetes-api/extend-resources/validating-webhook-configuration-v1/,
+/// and the MutatingWebhook one, which adds `reinvocationPolicy`, default
+/// Never): returns the problems, each `field: problem`.
 pub(crate) fn check_configuration(object: &mut Value) -> Vec<String> {
+    let mutating = object["kind"] == "MutatingWebhookConfiguration";
     let mut problems = Vec::new();
     let Some(hooks) = object.get_mut("webhooks").and_then(Value::as_array_mut) else {
         return problems;
@@ -380,6 +447,9 @@ pub(crate) fn check_configuration(object: &mut Value) -> Vec<String> {
         if let Some(h) = hook.as_object_mut() {
             for (k, v) in defaults {
                 h.entry(k).or_insert(v);
+            }
+            if mutating {
+                h.entry("reinvocationPolicy").or_insert(json!("Never"));
             }
         }
         for rule in hook["rules"].as_array_mut().into_iter().flatten() {
