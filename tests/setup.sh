@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Tools the end-to-end tests run that no one here wrote: Prometheus' own
 # parsers (prometheus_client from PyPI; promtool from Debian's prometheus
-# package), and Kubernetes' schemas (kubernetes-validate, with the
-# jsonschema library it brings, from PyPI). Idempotent and quick when they are present; tests/exposition.rs
+# package), Kubernetes' schemas (kubernetes-validate, with the
+# jsonschema library it brings, from PyPI), and, as root, iptables (nft
+# and legacy, Debian) for the redirect tests in network namespaces. Idempotent and quick when they are present; tests/exposition.rs
 # runs it itself when they are missing, so `cargo test` on a fresh root
 # machine sets itself up.
 set -euo pipefail
@@ -25,4 +26,8 @@ if ! command -v promtool >/dev/null 2>&1; then
     echo "tests/setup.sh: promtool missing and cannot apt-get install prometheus (not root?)" >&2
     exit 1
   fi
+fi
+if [ "$(id -u)" = 0 ] && ! command -v iptables-nft-restore >/dev/null 2>&1; then
+  apt_iptables() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iptables >/dev/null; }
+  apt_iptables || { apt-get update -q >/dev/null && apt_iptables; }
 fi

@@ -17,6 +17,7 @@ pub mod forward;
 pub mod health;
 pub mod http;
 pub mod inbound;
+pub mod init;
 pub mod outbound;
 pub mod retry;
 pub mod server;

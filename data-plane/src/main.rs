@@ -1,11 +1,16 @@
 //! mesh-proxy binary: parse config before binding anything (exit 64 when
 //! bad), bind, print the bound addresses as one JSON line on stdout, serve
-//! until SIGTERM/SIGINT, then deregister and drain.
+//! until SIGTERM/SIGINT, then deregister and drain. `mesh-proxy init` is
+//! the pod's redirect step instead (`init`).
 
 use mesh_proxy::{app, config};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("init") {
+        return mesh_proxy::init::main(&args[1..]);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MESH_PROXY_LOG")

@@ -1,6 +1,7 @@
 //! mesh-proto: the generated gRPC contract between mesh-control, mesh-proxy
 //! and meshctl. Only generated code, two wire-level helpers (`prebuilt`,
-//! and `incremental`, which both planes use to make and apply a delta) and
+//! and `incremental`, which both planes use to make and apply a delta),
+//! the grammar of the port and CIDR lists a pod carries (`lists`) and
 //! the contract's one size limit live here; conversions into domain types
 //! belong to the consuming crate.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
@@ -16,6 +17,7 @@ pub mod echo {
 }
 
 pub mod incremental;
+pub mod lists;
 pub mod prebuilt;
 
 /// The most rule text one `Admin.Apply` or `Admin.Delete` carries, summed
