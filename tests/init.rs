@@ -78,7 +78,7 @@ fn call(ns: &NetNs, host: &str, port: u16, uid: Option<u32>) -> String {
 }
 
 fn tool_ref() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tools/origdst.py")
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tools/tcp_peer.py")
 }
 
 #[test]

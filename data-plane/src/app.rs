@@ -151,7 +151,8 @@ impl Bound {
         // One pool per direction, so TCP metrics tell app-bound connections
         // from sidecar-bound ones.
         let forwarder = Forwarder::new(tls.clone(), state.clone(), metrics.tcp("outbound", "dst"));
-        let app_forwarder = Forwarder::new(tls, state.clone(), metrics.tcp("inbound", "dst"));
+        let app_forwarder =
+            Forwarder::new(tls.clone(), state.clone(), metrics.tcp("inbound", "dst"));
         let tracing = match (&config.telemetry.trace, config.telemetry.enabled) {
             (Some(t), true) => Some(Arc::new(
                 crate::telemetry::trace::Tracing::start(t, &config.identity)
@@ -173,11 +174,25 @@ impl Bound {
         ));
         let drain = Drain::new(config.idle_timeout, config.max_connections);
         let inbound_state = state.clone();
-        let out = Outbound::new(state, forwarder.clone(), certificate.is_some(), obs.clone());
-        drain.serve(outbound, metrics.tcp("outbound", "src"), move |req| {
-            let out = out.clone();
-            async move { out.handle(req).await }
-        });
+        let opaque = crate::connect::Connector::new(
+            tls.clone(),
+            crate::tls::TCP,
+            state.clone(),
+            metrics.tcp("outbound", "dst"),
+        );
+        let listener = crate::outbound::Listener {
+            http: Outbound::new(
+                state.clone(),
+                forwarder.clone(),
+                certificate.is_some(),
+                obs.clone(),
+            ),
+            tcp: crate::outbound::Tcp::new(opaque, state.clone()),
+            state,
+            intercept: config.intercept.clone(),
+            metrics: metrics.clone(),
+        };
+        listener.serve(&drain, outbound, metrics.tcp("outbound", "src"));
         let registration = match (inbound, config.app_addr, inbound_addr) {
             (Some(listener), Some(app), Some(bound)) => {
                 let own = format!("{}.{}", config.identity.service, config.identity.namespace);

@@ -38,13 +38,24 @@ pub enum Error {
     Url(#[from] tonic::transport::Error),
 }
 
-/// Reads the trust anchors the control plane must chain to.
+/// Reads the trust anchors the control plane must chain to: the PEM
+/// itself (as the injector puts it in a pod's environment), or a file.
 fn roots(control: &Control) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let path = control.roots.display().to_string();
-    let bytes = std::fs::read(&control.roots).map_err(|e| Error::Roots {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let given = control.roots.to_string_lossy();
+    let inline = given.trim_start().starts_with("-----BEGIN");
+    let path = if inline {
+        "the PEM in MESH_PROXY_CONTROL_ROOTS".to_string()
+    } else {
+        control.roots.display().to_string()
+    };
+    let bytes = if inline {
+        given.as_bytes().to_vec()
+    } else {
+        std::fs::read(&control.roots).map_err(|e| Error::Roots {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?
+    };
     let roots: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| Error::Roots {

@@ -18,6 +18,7 @@ pub mod health;
 pub mod http;
 pub mod inbound;
 pub mod init;
+pub mod intercept;
 pub mod outbound;
 pub mod retry;
 pub mod server;

@@ -85,6 +85,7 @@ fn snapshot(version: &str, cluster: &str) -> pb::DiscoveryResponse {
             namespace: "default".into(),
             resource_version: "r".into(),
             authorization: None,
+            virtual_ips: Vec::new(),
             routes: vec![pb::Route {
                 name: "default".into(),
                 r#match: None,

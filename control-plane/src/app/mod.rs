@@ -108,7 +108,10 @@ pub fn seed(config: &Config) -> Result<(Registry, RuleSet), Error> {
         Some(p) => load_documents(p)?,
         None => Vec::new(),
     };
-    let registry = Registry::from_documents(&docs).map_err(Error::Config)?;
+    let mut registry = Registry::from_documents(&docs).map_err(Error::Config)?;
+    // A cluster's Services have ClusterIPs; the range is local mode's.
+    let local = config.registry == crate::config::RegistryKind::Local;
+    registry.set_virtual_ips(config.virtual_ips.filter(|_| local));
     let incoming = rules::rules_from(&docs)
         .map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
     let (rules, _) = RuleSet::default()

@@ -5,8 +5,10 @@
 //! nothing of the crate.
 
 mod cluster;
+mod vips;
 
 pub use cluster::{Cluster, DEFAULT_WEBHOOK_NAMES, Injector, Webhook};
+pub use vips::VirtualIps;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use std::net::SocketAddr;
@@ -106,6 +108,11 @@ struct Args {
     /// ~/.kube/config, or the in-cluster service account.
     #[arg(long, env = "MESH_CONTROL_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Local mode: the IPv4 range each service gets a virtual IP from
+    /// (dialled as a ClusterIP is, and redirected to the sidecar), or
+    /// `none`. A cluster's Services bring their own ClusterIPs.
+    #[arg(long, env = "MESH_CONTROL_VIRTUAL_IPS", default_value = "10.96.0.0/16")]
+    virtual_ips: String,
     #[command(flatten)]
     cluster: cluster::ClusterArgs,
 }
@@ -160,6 +167,8 @@ pub struct Config {
     pub registry: RegistryKind,
     /// kubeconfig for the Kubernetes registry (None: inferred).
     pub kubeconfig: Option<PathBuf>,
+    /// Local mode's virtual IP range, if it gives any.
+    pub virtual_ips: Option<VirtualIps>,
     /// What only a control plane on a Kubernetes cluster has.
     pub cluster: Cluster,
 }
@@ -262,6 +271,16 @@ impl Config {
         if args.kubeconfig.is_some() && registry != RegistryKind::Kubernetes {
             problems.push("--kubeconfig: only with --registry kubernetes".into());
         }
+        let virtual_ips = match args.virtual_ips.trim() {
+            "none" => None,
+            v => v.parse::<VirtualIps>().map_or_else(
+                |e| {
+                    problems.push(format!("--virtual-ips {v:?}: {e}"));
+                    None
+                },
+                Some,
+            ),
+        };
         let cluster = cluster::check(
             &args.cluster,
             registry == RegistryKind::Kubernetes,
@@ -273,6 +292,7 @@ impl Config {
         Ok(Config {
             registry,
             kubeconfig: args.kubeconfig,
+            virtual_ips,
             cluster,
             grpc_addr,
             http_addr,

@@ -134,15 +134,18 @@ pub fn build(reg: &dyn Catalog, rules: &RuleSet) -> View {
         name
     };
     let mut services = Vec::new();
+    let mut vips = reg.virtual_ips();
     for (ns, svc) in roots {
         let routes = routes::routes_for(&by, &ns, &svc, &mut |backend| cluster_for(&ns, backend));
         let authorization = by.authorization(&ns, &svc).map(authorization);
+        let virtual_ips = vips.remove(&(ns.clone(), svc.clone())).unwrap_or_default();
         let mut sc = pb::ServiceConfig {
             name: svc,
             namespace: ns,
             resource_version: String::new(),
             routes,
             authorization,
+            virtual_ips,
         };
         sc.resource_version = content_version(&sc);
         services.push(sc);

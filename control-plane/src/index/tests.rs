@@ -262,3 +262,26 @@ fn a_nonce_names_its_version_and_whether_it_was_the_delta() {
     assert_eq!(parse_nonce(""), None);
     assert_eq!(parse_nonce("x+"), None);
 }
+
+#[test]
+fn every_service_carries_its_virtual_ip_in_local_mode_and_none_without_a_range() {
+    let mut r = reg_with(&[("a", "v1", true), ("b", "v2", true)]);
+    let plain = build(&r, &rules(50, 50));
+    assert!(plain.services.iter().all(|s| s.virtual_ips.is_empty()));
+    r.set_virtual_ips(Some("10.96.0.0/16".parse().unwrap()));
+    let view = build(&r, &rules(50, 50));
+    let ips: Vec<&str> = view
+        .services
+        .iter()
+        .map(|s| s.virtual_ips[0].as_str())
+        .collect();
+    assert_eq!(ips.len(), 3, "echo, echo-v1, echo-v2: {ips:?}");
+    assert!(ips.iter().all(|ip| ip.starts_with("10.96.")), "{ips:?}");
+    let distinct: std::collections::BTreeSet<_> = ips.iter().collect();
+    assert_eq!(distinct.len(), 3);
+    // The same registry gives the same addresses: they survive restarts.
+    assert_eq!(
+        build(&r, &rules(90, 10)).services[0].virtual_ips,
+        view.services[0].virtual_ips
+    );
+}

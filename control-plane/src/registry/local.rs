@@ -45,6 +45,8 @@ pub struct Registry {
     accounts: HashMap<ServiceKey, String>,
     /// What the Kubernetes registry last synced (empty in local mode).
     cluster: Arc<Cluster>,
+    /// Where local mode's virtual IPs come from, if it gives any.
+    vips: Option<crate::config::VirtualIps>,
 }
 
 /// Checks a registration before anything is recorded of it.
@@ -71,6 +73,19 @@ impl Catalog for Registry {
 
     fn declared(&self) -> Box<dyn Iterator<Item = &ServiceKey> + '_> {
         Box::new(self.declared.iter().chain(self.cluster.declared()))
+    }
+
+    fn virtual_ips(&self) -> BTreeMap<ServiceKey, Vec<String>> {
+        // A cluster's Services carry their own; the range is local mode's.
+        let mut out = self.cluster.virtual_ips();
+        if let Some(range) = &self.vips {
+            let services = self.services();
+            let unassigned = services.keys().filter(|k| !out.contains_key(*k));
+            for (key, ip) in super::vips::assign(range, unassigned.collect::<Vec<_>>()) {
+                out.insert(key, vec![ip.to_string()]);
+            }
+        }
+        out
     }
 }
 
@@ -139,6 +154,11 @@ impl Registry {
                 self.instances.entry(key).or_insert(inst);
             }
         }
+    }
+
+    /// Gives every service a virtual IP from `range` (local mode).
+    pub fn set_virtual_ips(&mut self, range: Option<crate::config::VirtualIps>) {
+        self.vips = range;
     }
 
     /// Replaces what the Kubernetes registry contributes. Returns whether

@@ -13,6 +13,7 @@ pub mod claim;
 pub mod cluster;
 pub mod lease;
 pub mod local;
+pub mod vips;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,6 +65,12 @@ pub trait Catalog {
 
     /// Services declared without instances (yet).
     fn declared(&self) -> Box<dyn Iterator<Item = &ServiceKey> + '_>;
+
+    /// The virtual IPs of each service that has any (Kubernetes
+    /// ClusterIPs, or local mode's assigned ones).
+    fn virtual_ips(&self) -> BTreeMap<ServiceKey, Vec<String>> {
+        BTreeMap::new()
+    }
 
     /// Every known service with all its instances (ready or not), including
     /// subset services and declared services that have none yet.

@@ -4,9 +4,11 @@
 //! A leaf: the types its values take live here, and it imports nothing of
 //! the crate.
 
+mod intercept;
 mod parse;
 mod telemetry;
 
+pub use intercept::{DEFAULT_OPAQUE_PORTS, ENV_DETECT_TIMEOUT_MS, ENV_OPAQUE_PORTS, Intercept};
 use parse::Parser;
 pub use parse::{Env, ProcessEnv};
 use std::net::SocketAddr;
@@ -27,7 +29,8 @@ pub const ENV_INSTANCE_ID: &str = "MESH_PROXY_INSTANCE_ID";
 /// Control plane gRPC URL (TLS only).
 pub const ENV_CONTROL_ADDR: &str = "MESH_PROXY_CONTROL_ADDR";
 const DEFAULT_CONTROL_ADDR: &str = "https://127.0.0.1:15010";
-/// Trust anchors (PEM) the control plane's certificate must chain to.
+/// Trust anchors the control plane's certificate must chain to: a PEM
+/// file, or the PEM itself (as injection sets it).
 pub const ENV_CONTROL_ROOTS: &str = "MESH_PROXY_CONTROL_ROOTS";
 /// SPIFFE ID the control plane must prove; default its ID in the trust domain.
 pub const ENV_CONTROL_IDENTITY: &str = "MESH_PROXY_CONTROL_IDENTITY";
@@ -194,6 +197,8 @@ pub struct Config {
     pub inbound_mode: Mode,
     /// Metrics, aggregates, traces and access logs.
     pub telemetry: Telemetry,
+    /// Redirected connections: protocol detection and opaque ports.
+    pub intercept: Intercept,
     /// Compiled size limit of one route regex.
     pub regex_limit: RegexLimit,
 }
@@ -221,7 +226,7 @@ pub struct Tls {
 pub struct Control {
     /// `https://host:port`.
     pub url: String,
-    /// PEM file of the trust anchors.
+    /// PEM file of the trust anchors, or the PEM itself.
     pub roots: std::path::PathBuf,
     /// Its SPIFFE ID.
     pub identity: String,
@@ -310,12 +315,14 @@ impl Config {
         };
         let inbound_mode = p.parse(ENV_INBOUND_MODE, Mode::Permissive, "an inbound mode");
         let telemetry = p.telemetry();
+        let intercept = p.intercept();
         let default_limit = RegexLimit::default().0;
         let regex_limit =
             RegexLimit(p.positive(ENV_MAX_REGEX_BYTES, default_limit as u32) as usize);
         let config = Config {
             regex_limit,
             telemetry,
+            intercept,
             inbound_mode,
             tls,
             outbound_addr: p.addr(ENV_OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR),
@@ -473,6 +480,31 @@ mod tests {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
         assert_eq!(err.0.len(), 5);
+    }
+
+    #[test]
+    fn interception_defaults_and_bad_values_are_named() {
+        let c = Config::from_env(&env(&[(ENV_SERVICE, "echo")])).unwrap();
+        assert_eq!(c.intercept.detect_timeout, Duration::from_millis(100));
+        assert!(c.intercept.opaque(3306) && c.intercept.opaque(6379) && !c.intercept.opaque(80));
+        let c = Config::from_env(&env(&[
+            (ENV_SERVICE, "echo"),
+            (ENV_OPAQUE_PORTS, "7000-7010"),
+        ]))
+        .unwrap();
+        assert!(c.intercept.opaque(7005) && !c.intercept.opaque(3306));
+        let err = Config::from_env(&env(&[
+            (ENV_SERVICE, "echo"),
+            (ENV_OPAQUE_PORTS, "3306,mysql"),
+            (ENV_DETECT_TIMEOUT_MS, "soon"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("MESH_PROXY_OPAQUE_PORTS=\"3306,mysql\""),
+            "{err}"
+        );
+        assert!(err.contains("MESH_PROXY_DETECT_TIMEOUT_MS"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
 
+/// Where a redirected connection was headed (a request extension): its
+/// requests are its virtual IP's service's when their authority names
+/// none.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginalDst(pub std::net::SocketAddr);
+
 /// The outbound handler. Cloned per request, so every part is an `Arc`.
 #[derive(Clone)]
 pub struct Outbound {
@@ -103,6 +109,10 @@ impl Outbound {
         let authority = checked_authority(&req)?;
         let service = state
             .resolve(authority)
+            .or_else(|| {
+                let dst = req.extensions().get::<OriginalDst>()?;
+                state.by_virtual_ip(dst.0.ip())
+            })
             .ok_or_else(|| Error::UnknownService(authority.to_string()))?;
         let name = format!("{}.{}", service.name, service.namespace);
         seen.service = Some(name.clone());

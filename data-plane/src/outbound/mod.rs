@@ -5,8 +5,12 @@
 //! answers it, `attempt` runs the attempts and retries, `mirror` sends the
 //! shadow copies.
 
+mod accept;
 mod attempt;
 mod handle;
 mod mirror;
+mod tcp;
 
-pub use handle::Outbound;
+pub use accept::Listener;
+pub use handle::{OriginalDst, Outbound};
+pub use tcp::Tcp;

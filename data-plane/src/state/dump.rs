@@ -20,6 +20,8 @@ struct DumpService {
     name: String,
     namespace: String,
     resource_version: String,
+    /// The addresses apps dial for it.
+    virtual_ips: Vec<std::net::IpAddr>,
     routes: Vec<serde_json::Value>,
 }
 
@@ -57,6 +59,7 @@ impl Dump {
                     name: s.name.clone(),
                     namespace: s.namespace.clone(),
                     resource_version: s.resource_version.clone(),
+                    virtual_ips: s.virtual_ips.clone(),
                     routes: s.routes.iter().map(|r| r.dump()).collect(),
                 })
                 .collect(),

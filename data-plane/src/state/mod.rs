@@ -93,6 +93,14 @@ impl State {
         })
     }
 
+    /// The service whose virtual IP `ip` is, for a connection the pod's
+    /// redirect rules brought here.
+    pub fn by_virtual_ip(&self, ip: std::net::IpAddr) -> Option<&Arc<Service>> {
+        self.by_host
+            .get(&service::ip_host(ip))
+            .filter(|s| s.virtual_ips.contains(&ip))
+    }
+
     /// A cluster by name.
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.get(name)

@@ -19,6 +19,9 @@ pub struct Service {
     pub routes: Vec<Route>,
     /// Who may call it; `None` means everyone.
     pub authorization: Option<Authorization>,
+    /// The addresses apps dial for it (ClusterIPs, local mode's virtual
+    /// IPs): names of it like its host names.
+    pub virtual_ips: Vec<std::net::IpAddr>,
 }
 
 impl Service {
@@ -41,6 +44,13 @@ impl Service {
         }
         let mut routes = Vec::new();
         let mut errors = Vec::new();
+        let mut virtual_ips = Vec::new();
+        for ip in &s.virtual_ips {
+            match ip.parse() {
+                Ok(ip) => virtual_ips.push(ip),
+                Err(_) => errors.push(format!("{id}: virtual IP {ip:?} is not an IP address")),
+            }
+        }
         for r in &s.routes {
             match Route::from_proto(r, &id, cx) {
                 Ok(r) => routes.push(r),
@@ -56,6 +66,7 @@ impl Service {
             resource_version: s.resource_version.clone(),
             routes,
             authorization: s.authorization.as_ref().map(Authorization::from_proto),
+            virtual_ips,
         })
     }
 
@@ -68,6 +79,15 @@ impl Service {
         if self.namespace == namespace {
             hosts.push(self.name.clone());
         }
+        hosts.extend(self.virtual_ips.iter().map(|ip| ip_host(*ip)));
         hosts
+    }
+}
+
+/// An IP address as the host of an authority: IPv6 in brackets.
+pub(super) fn ip_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
     }
 }

@@ -38,6 +38,7 @@ fn snapshot(v1_eps: &[&str], v2_eps: &[&str], w1: u32, w2: u32) -> pb::Discovery
             namespace: "default".into(),
             resource_version: "r".into(),
             authorization: None,
+            virtual_ips: Vec::new(),
             routes: vec![pb::Route {
                 name: "split".into(),
                 backends: vec![

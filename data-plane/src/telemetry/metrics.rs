@@ -109,6 +109,18 @@ pub struct ConnectionLabels {
     pub outcome: &'static str,
 }
 
+/// Protocol detection on redirected connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectLabels {
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// `http1`, `h2`, `tls` or `opaque`.
+    pub protocol: &'static str,
+    /// What decided: `bytes` (the client's first bytes), `timeout` (it
+    /// sent nothing in time) or `port` (an opaque port: no detection).
+    pub by: &'static str,
+}
+
 /// TCP connections by direction and peer.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
@@ -166,6 +178,8 @@ pub struct Metrics {
     pub client_body_errors: Family<DirectionLabels, Counter>,
     /// Inbound connections.
     pub inbound_connections: Family<ConnectionLabels, Counter>,
+    /// Redirected connections by the protocol detected.
+    pub protocol_detections: Family<DetectLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
     config_version: Gauge,
@@ -242,6 +256,12 @@ impl Metrics {
                 r,
                 "inbound_connections",
                 "Inbound connections by transport and outcome",
+                Family::default(),
+            ),
+            protocol_detections: registered(
+                r,
+                "protocol_detections",
+                "Redirected connections by the protocol detected and what decided it (bytes, timeout, an opaque port)",
                 Family::default(),
             ),
             access_log_dropped: registered(

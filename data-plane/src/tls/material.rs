@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 pub const H2: &[u8] = b"h2";
 /// ALPN for HTTP/1.1.
 pub const HTTP1: &[u8] = b"http/1.1";
+/// ALPN for an opaque TCP connection between sidecars: the bytes after
+/// the handshake are the app's, copied to the peer's app as they are.
+pub const TCP: &[u8] = b"mesh.tcp/1";
 
 /// Why TLS material could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +98,7 @@ impl Material {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())?;
-        server.alpn_protocols = vec![H2.to_vec(), HTTP1.to_vec()];
+        server.alpn_protocols = vec![H2.to_vec(), HTTP1.to_vec(), TCP.to_vec()];
         Ok(Material {
             provider,
             roots,

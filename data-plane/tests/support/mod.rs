@@ -232,6 +232,7 @@ pub fn service(name: &str, routes: Vec<pb::Route>) -> pb::ServiceConfig {
         resource_version: "r".into(),
         routes,
         authorization: None,
+        virtual_ips: Vec::new(),
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Cluster {
     declared: BTreeSet<ServiceKey>,
     /// The ServiceAccount each service's pods run as.
     accounts: HashMap<ServiceKey, String>,
+    /// Each Service's ClusterIPs (none for a headless one).
+    cluster_ips: BTreeMap<ServiceKey, Vec<String>>,
 }
 
 impl Catalog for Cluster {
@@ -42,6 +44,10 @@ impl Catalog for Cluster {
 
     fn declared(&self) -> Box<dyn Iterator<Item = &ServiceKey> + '_> {
         Box::new(self.declared.iter())
+    }
+
+    fn virtual_ips(&self) -> BTreeMap<ServiceKey, Vec<String>> {
+        self.cluster_ips.clone()
     }
 }
 
@@ -101,7 +107,21 @@ pub fn convert<'a>(
     let mut problems = Vec::new();
     let mut cluster = Cluster::default();
     for s in services {
-        cluster.declared.insert(ns_name(&s.metadata));
+        let key = ns_name(&s.metadata);
+        // clusterIPs (dual-stack) else clusterIP; "None" is a headless
+        // Service, which has no virtual IP to dial.
+        let spec = s.spec.as_ref();
+        let ips: Vec<String> = spec
+            .and_then(|sp| sp.cluster_ips.clone())
+            .or_else(|| spec.and_then(|sp| sp.cluster_ip.clone()).map(|ip| vec![ip]))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        if !ips.is_empty() {
+            cluster.cluster_ips.insert(key.clone(), ips);
+        }
+        cluster.declared.insert(key);
     }
     // Looked up once per endpoint: by borrowed names, allocating nothing.
     let pods: HashMap<(&str, &str), &Pod> = pods

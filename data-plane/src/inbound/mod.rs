@@ -4,7 +4,10 @@
 //! Anything else is plaintext, which only permissive mode accepts (from
 //! unmeshed clients); strict mode refuses and counts it. The verified client
 //! identity reaches the app in [`CLIENT_ID_HEADER`]; a copy of that header
-//! arriving from outside is always removed first.
+//! arriving from outside is always removed first. An mTLS connection that
+//! negotiated `mesh.tcp/1` is opaque TCP instead (`tcp`).
+
+mod tcp;
 
 use crate::body::{BytesIn, ReqBody, Source};
 use crate::config::Mode;
@@ -106,6 +109,8 @@ impl Inbound {
     }
 
     async fn connection(self, drain: &Drain, stream: Metered<TcpStream>) {
+        // Where the peer dialled, when the pod's redirect rules brought it.
+        let dst = crate::intercept::original_dst(stream.get_ref());
         let mut first = [0u8; 1];
         // A peer that sends nothing within the idle timeout, or closes, is
         // dropped: it is neither TLS nor plaintext yet.
@@ -161,6 +166,9 @@ impl Inbound {
             .and_then(crate::tls::spiffe_id)
             .map(Arc::from);
         self.connection_outcome(true, "accepted");
+        if tls.get_ref().1.alpn_protocol() == Some(crate::tls::TCP) {
+            return self.opaque(tls, client, dst).await;
+        }
         let inbound = self.clone();
         drain
             .serve_conn(TokioIo::new(tls), move |req| {

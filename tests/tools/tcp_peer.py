@@ -1,9 +1,15 @@
-"""A TCP peer for the redirect tests, no part of mesh.
+"""TCP peers for the interception tests, no part of mesh.
 
 serve PORT: listens on PORT (all addresses), prints "ready" once it does,
 and answers each connection with the destination the client dialled as
 the kernel recorded it before a nat REDIRECT (SO_ORIGINAL_DST), or
 "direct PORT" when the connection was not redirected.
+
+echo PORT: listens, prints "ready", and sends back every byte it gets;
+when the client half-closes, it sends "<n> bytes then EOF\\n" and closes.
+
+banner PORT TEXT: listens, prints "ready", and greets each connection with
+TEXT first (a server that speaks first, as SMTP does), then echoes lines.
 
 call HOST PORT [UID]: connects (as UID if given), prints the answer, or
 "failed: why" within 2 seconds.
@@ -13,18 +19,28 @@ import os
 import socket
 import struct
 import sys
+import threading
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 
 
-def serve(port):
+def listen(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port))
-    s.listen(16)
+    s.listen(64)
     print("ready", flush=True)
+    return s
+
+
+def each(s, handle):
     while True:
         c, _ = s.accept()
+        threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+
+def serve(port):
+    def handle(c):
         try:
             raw = c.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
             dport, = struct.unpack("!H", raw[2:4])
@@ -38,6 +54,32 @@ def serve(port):
             answer = "direct %d" % port
         c.sendall((answer + "\n").encode())
         c.close()
+    each(listen(port), handle)
+
+
+def echo(port):
+    def handle(c):
+        n = 0
+        while True:
+            b = c.recv(1 << 16)
+            if not b:
+                break
+            n += len(b)
+            c.sendall(b)
+        c.sendall(("%d bytes then EOF\n" % n).encode())
+        c.close()
+    each(listen(port), handle)
+
+
+def banner(port, text):
+    def handle(c):
+        c.sendall((text + "\r\n").encode())
+        f = c.makefile("rwb")
+        for line in f:
+            f.write(line)
+            f.flush()
+        c.close()
+    each(listen(port), handle)
 
 
 def call(host, port, uid):
@@ -51,7 +93,12 @@ def call(host, port, uid):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
+    mode = sys.argv[1]
+    if mode == "serve":
         serve(int(sys.argv[2]))
+    elif mode == "echo":
+        echo(int(sys.argv[2]))
+    elif mode == "banner":
+        banner(int(sys.argv[2]), sys.argv[3])
     else:
         call(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else None)

@@ -1,0 +1,175 @@
+//! What a connection the pod's redirect rules brought to a listener is:
+//! where the app meant it to go (SO_ORIGINAL_DST, recorded by the kernel's
+//! nat before it rewrote the destination), and which protocol its first
+//! bytes speak (an HTTP/1 request line, the HTTP/2 preface, a TLS
+//! ClientHello, or anything else: opaque), with a short deadline for
+//! clients that wait for the server to speak first. And the copy of an
+//! opaque connection both ways, half-closes passed on.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Where the app dialled, if the connection was redirected here: none when
+/// it was addressed to the listener itself (or the kernel has no nat
+/// record of it, as for a connection that was never redirected).
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = stream.local_addr().ok()?;
+    let dst = match local {
+        SocketAddr::V4(_) => {
+            let raw = getsockopt(stream, sockopt::OriginalDst).ok()?;
+            SocketAddr::V4(nix::sys::socket::SockaddrIn::from(raw).into())
+        }
+        SocketAddr::V6(_) => {
+            let raw = getsockopt(stream, sockopt::Ip6tOriginalDst).ok()?;
+            SocketAddr::V6(nix::sys::socket::SockaddrIn6::from(raw).into())
+        }
+    };
+    (dst != local).then_some(dst)
+}
+
+/// What a connection's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// An HTTP/1.x request line.
+    Http1,
+    /// The HTTP/2 prior-knowledge preface.
+    H2,
+    /// A TLS ClientHello (the app's own TLS).
+    Tls,
+    /// Anything else, or nothing at all within the deadline.
+    Opaque,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The methods an HTTP/1 request line is taken to start with (RFC 9110
+/// §9, PATCH, and WebDAV's): a text protocol of its own (SMTP's EHLO,
+/// redis' PING) is not HTTP for starting with capitals.
+const METHODS: [&[u8]; 16] = [
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
+];
+/// The longest of them.
+const MAX_METHOD: usize = 9;
+
+/// What `bytes` (a connection's first, as many as have come) are, or none
+/// while they could still be more than one thing.
+pub fn classify(bytes: &[u8]) -> Option<Protocol> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let n = bytes.len().min(H2_PREFACE.len());
+    if bytes[..n] == H2_PREFACE[..n] {
+        return (n == H2_PREFACE.len()).then_some(Protocol::H2);
+    }
+    // A TLS record: handshake (22), version 3.x, then a ClientHello (1).
+    if bytes[0] == 0x16 {
+        return match bytes {
+            [_, 3, _, _, _, 1, ..] => Some(Protocol::Tls),
+            [_] | [_, 3] | [_, 3, _] | [_, 3, _, _] | [_, 3, _, _, _] => None,
+            _ => Some(Protocol::Opaque),
+        };
+    }
+    // An HTTP/1 request line starts with a method and a space.
+    let token = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    let method = &bytes[..token];
+    match bytes.get(token) {
+        Some(b' ') if METHODS.contains(&method) => Some(Protocol::Http1),
+        None if token <= MAX_METHOD && METHODS.iter().any(|m| m.starts_with(method)) => None,
+        _ => Some(Protocol::Opaque),
+    }
+}
+
+/// Peeks at `stream` until its protocol is told or `deadline` passes
+/// (then it is opaque: a client waiting for a server that speaks first);
+/// whether the deadline decided.
+pub async fn detect(stream: &TcpStream, deadline: Duration) -> io::Result<(Protocol, bool)> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut buf = [0u8; 32];
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout_at(until, stream.peek(&mut buf)).await {
+            Err(_) => return Ok((Protocol::Opaque, true)),
+            Ok(Err(e)) => return Err(e),
+            // Closed before a byte: nothing to detect, and nothing to send.
+            Ok(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(n)) => {
+                if let Some(p) = classify(&buf[..n]) {
+                    return Ok((p, false));
+                }
+                if n == seen {
+                    // Peeking does not consume: wait for more bytes a little
+                    // before looking again, within the deadline.
+                    if tokio::time::Instant::now() + Duration::from_millis(5) >= until {
+                        return Ok((Protocol::Opaque, true));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                seen = n;
+            }
+        }
+    }
+}
+
+/// Copies both ways until both sides are done: a side that finishes
+/// sending has its half closed on the other (a half-close passes on), and
+/// the copy ends when both have. The bytes each way.
+pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional(a, b).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_tell_the_protocol_or_wait_for_more() {
+        for (bytes, want) in [
+            (&b"GET / HTTP/1.1\r\n"[..], Some(Protocol::Http1)),
+            (b"OPTIONS * HTTP/1.1", Some(Protocol::Http1)),
+            (b"GE", None),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::H2)),
+            (b"PRI * HT", None),
+            (b"PRI * HTTP/1.1\r\n", Some(Protocol::Opaque)),
+            (&[0x16, 3, 1, 0, 0xc8, 1, 0, 0][..], Some(Protocol::Tls)),
+            (&[0x16, 3, 1], None),
+            (&[0x16, 9, 9, 9, 9, 9][..], Some(Protocol::Opaque)),
+            (&[0x16, 3, 3, 0, 5, 2][..], Some(Protocol::Opaque)),
+            (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Some(Protocol::Opaque)),
+            (b"get / HTTP/1.1", Some(Protocol::Opaque)),
+            (b"EHLO mail.example\r\n", Some(Protocol::Opaque)),
+            (b"PING\r\n", Some(Protocol::Opaque)),
+            (b"PROPFIND /a HTTP/1.1", Some(Protocol::Http1)),
+            (b"AAAAAAAAAAAAAAAAAAAAAAAAA", Some(Protocol::Opaque)),
+        ] {
+            assert_eq!(
+                classify(bytes),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+}

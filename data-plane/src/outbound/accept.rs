@@ -1,0 +1,111 @@
+//! The outbound listener's connections. One addressed to the listener
+//! itself is the app's HTTP, routed by its authority as always. One the
+//! pod's redirect rules brought is read for where it was going: to no
+//! service's virtual IP, it passes through unchanged; to a service's, its
+//! protocol is detected (or its port is opaque) and HTTP is routed as that
+//! service's while anything else goes to the service as opaque TCP.
+
+use super::handle::{OriginalDst, Outbound};
+use super::tcp::Tcp;
+use crate::config::Intercept;
+use crate::intercept::{self, Protocol};
+use crate::server::Drain;
+use crate::state::State;
+use crate::telemetry::meter::{Meter, Metered};
+use crate::telemetry::metrics::{DetectLabels, Metrics};
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Everything the outbound listener's connections need.
+#[derive(Clone)]
+pub struct Listener {
+    /// The HTTP handler.
+    pub http: Outbound,
+    /// Opaque and passthrough connections.
+    pub tcp: Tcp,
+    /// Live config, for virtual IPs.
+    pub state: Arc<ArcSwap<State>>,
+    /// Detection's settings.
+    pub intercept: Intercept,
+    /// For detection counts.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Listener {
+    /// Accepts on `listener` until the drain stops it.
+    pub fn serve(
+        self,
+        drain: &Arc<Drain>,
+        listener: TcpListener,
+        meter: Option<Arc<Meter>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let d = drain.clone();
+        drain.accept(listener, meter, move |stream, slot| {
+            let (this, drain) = (self.clone(), d.clone());
+            tokio::spawn(async move {
+                this.connection(&drain, stream).await;
+                drop(slot);
+            });
+        })
+    }
+
+    async fn connection(&self, drain: &Drain, stream: Metered<TcpStream>) {
+        let Some(dst) = intercept::original_dst(stream.get_ref()) else {
+            if crate::server::first_byte(stream.get_ref(), drain.idle()).await {
+                self.http(drain, stream, None).await;
+            }
+            return;
+        };
+        let service = self.state.load().by_virtual_ip(dst.ip()).cloned();
+        let Some(service) = service else {
+            return self.tcp.passthrough(stream, dst).await;
+        };
+        let (protocol, by) = if self.intercept.opaque(dst.port()) {
+            (Protocol::Opaque, "port")
+        } else {
+            match intercept::detect(stream.get_ref(), self.intercept.detect_timeout).await {
+                Ok((p, timed_out)) => (p, if timed_out { "timeout" } else { "bytes" }),
+                // Gone before its first byte: nothing to proxy.
+                Err(_) => return,
+            }
+        };
+        let name = match protocol {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::Tls => "tls",
+            Protocol::Opaque => "opaque",
+        };
+        self.metrics
+            .protocol_detections
+            .get_or_create(&DetectLabels {
+                direction: "outbound",
+                protocol: name,
+                by,
+            })
+            .inc();
+        match protocol {
+            Protocol::Http1 | Protocol::H2 => self.http(drain, stream, Some(dst)).await,
+            Protocol::Tls | Protocol::Opaque => self.tcp.to_service(stream, &service, dst).await,
+        }
+    }
+
+    async fn http(
+        &self,
+        drain: &Drain,
+        stream: Metered<TcpStream>,
+        dst: Option<std::net::SocketAddr>,
+    ) {
+        let out = self.http.clone();
+        drain
+            .serve_conn(TokioIo::new(stream), move |mut req| {
+                let out = out.clone();
+                if let Some(dst) = dst {
+                    req.extensions_mut().insert(OriginalDst(dst));
+                }
+                async move { out.handle(req).await }
+            })
+            .await;
+    }
+}
