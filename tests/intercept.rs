@@ -32,6 +32,17 @@ spec:
     weight: 50
 ";
 
+/// The split and a policy that lets only `client` call echo.
+const GUARDED: &str = "apiVersion: mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: echo-callers
+spec:
+  service: echo
+  allow:
+  - identity: spiffe://cluster.local/ns/default/sa/client
+";
+
 fn temp(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("mesh-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -156,5 +167,182 @@ async fn curl_to_a_virtual_ip_is_split_and_mtls_and_other_addresses_pass_through
         String::from_utf8_lossy(&said.stdout).contains("direct 9000"),
         "{said:?}"
     );
+
+    // The app's own TLS to a destination outside the mesh passes through
+    // untouched: curl verifies the server's own certificate.
+    let (cert, key) = (dir.join("outside.pem"), dir.join("outside.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=outside",
+        ])
+        .arg("-addext")
+        .arg(format!("subjectAltName=IP:{}", client.gateway))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let _tls_server = meshctl::procs::Proc::spawn_plain(
+        "outside-tls",
+        pods::in_ns(
+            &hub.ns,
+            &[
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-www",
+                "-accept",
+                "8443",
+                "-cert",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+            ],
+        ),
+        &hub.logs,
+    )
+    .unwrap();
+    let url = format!("https://{}:8443/", client.gateway);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        let out = client.ns.output(&[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "--cacert",
+            cert.to_str().unwrap(),
+            &url,
+        ]);
+        if out.status.success() || std::time::Instant::now() > end {
+            break out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("s_server"),
+        "TLS through the client's sidecar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
+    if !netns::root_or_skip("opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact") {
+        return;
+    }
+    let dir = temp("opaque");
+    let mut hub = Hub::start(&dir, &format!("{MESH}---\n{GUARDED}")).await;
+    let mut client = hub.pod("cli");
+    let mut intruder = hub.pod("web");
+    let mut server = hub.pod("srv");
+    hub.echo(&mut server, "v1", &[]).await;
+    hub.sidecar(&mut server, "echo", "v1", Some("127.0.0.1:8080"), &[])
+        .await;
+    hub.sidecar(&mut client, "client", "", None, &[]).await;
+    hub.sidecar(&mut intruder, "web", "", None, &[]).await;
+    // A raw TCP echo, a server that speaks first on a port detection
+    // watches (2525) and the same on an opaque one (25, SMTP's).
+    let _echo = hub
+        .tcp_peer(&server.ns, "tcp-echo", &["echo", "7000"])
+        .await;
+    let _smtp = hub
+        .tcp_peer(&server.ns, "banner", &["banner", "2525", "220 mesh ESMTP"])
+        .await;
+    let _opaque = hub
+        .tcp_peer(&server.ns, "banner-25", &["banner", "25", "220 opaque"])
+        .await;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let vip = loop {
+        let dump = client.ns.output(&[
+            "curl",
+            "-sf",
+            "-m",
+            "1",
+            "http://127.0.0.1:4191/config_dump",
+        ]);
+        if let Some(vip) = virtual_ip(&client.ns, "echo")
+            && String::from_utf8_lossy(&dump.stdout).contains(&format!("{}:4143", server.ip))
+        {
+            break vip;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "echo never had its endpoint"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/tcp_peer.py");
+    let py = |args: &[&str]| {
+        let mut all = vec!["python3", tool];
+        all.extend_from_slice(args);
+        client.ns.ok(&all)
+    };
+
+    // Half-close both ways: the server sees the client's EOF (and says so
+    // after echoing), then the client sees the server's.
+    let said = py(&["talk", &vip, "7000", "hello through two sidecars"]);
+    assert_eq!(said, "hello through two sidecars26 bytes then EOF\n");
+
+    // Server speaks first: on a watched port after the detection deadline
+    // (100 ms) and no later than 50 ms past it; on an opaque port at once.
+    let ms = |said: String, banner: &str| -> f64 {
+        let (ms, line) = said.trim().split_once(' ').unwrap();
+        assert_eq!(line, banner);
+        ms.parse().unwrap()
+    };
+    let watched = ms(py(&["greet", &vip, "2525"]), "220 mesh ESMTP");
+    let opaque = ms(py(&["greet", &vip, "25"]), "220 opaque");
+    eprintln!("banner after {watched:.1} ms on a watched port, {opaque:.1} ms on an opaque one");
+    assert!((100.0..=150.0).contains(&watched), "{watched} ms");
+    assert!(
+        opaque < watched - 90.0,
+        "the opaque port waited for detection: {opaque} ms"
+    );
+
+    // The server's sidecar enforces echo's AuthorizationPolicy on opaque
+    // connections too: web's gets nothing through, not even the banner.
+    let mut all = vec!["python3", tool];
+    all.extend_from_slice(&["talk", &vip, "7000", "let me in"]);
+    let denied = intruder.ns.output(&all);
+    assert_eq!(String::from_utf8_lossy(&denied.stdout), "", "{denied:?}");
+    let server_metrics = server
+        .ns
+        .ok(&["curl", "-sf", "http://127.0.0.1:4191/metrics"]);
+    assert!(
+        server_metrics
+            .contains(r#"mesh_inbound_connections_total{tls="true",outcome="forbidden"} 1"#),
+        "the denial was the policy's: {server_metrics}"
+    );
+
+    // 100 MB each way, byte for byte.
+    let said = py(&["bulk", &vip, "7000", "100"]);
+    assert_eq!(said.trim(), format!("same {}", 100 << 20));
+
+    // The server's sidecar counted what it detected nothing of, and the
+    // client's what decided each connection.
+    let metrics = client
+        .ns
+        .ok(&["curl", "-sf", "http://127.0.0.1:4191/metrics"]);
+    for want in [
+        r#"mesh_protocol_detections_total{direction="outbound",protocol="opaque",by="bytes"}"#,
+        r#"mesh_protocol_detections_total{direction="outbound",protocol="opaque",by="timeout"} 1"#,
+        r#"mesh_protocol_detections_total{direction="outbound",protocol="opaque",by="port"} 1"#,
+    ] {
+        assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

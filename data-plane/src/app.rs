@@ -174,12 +174,8 @@ impl Bound {
         ));
         let drain = Drain::new(config.idle_timeout, config.max_connections);
         let inbound_state = state.clone();
-        let opaque = crate::connect::Connector::new(
-            tls.clone(),
-            crate::tls::TCP,
-            state.clone(),
-            metrics.tcp("outbound", "dst"),
-        );
+        let opaque =
+            crate::outbound::Tcp::new(tls.clone(), state.clone(), metrics.tcp("outbound", "dst"));
         let listener = crate::outbound::Listener {
             http: Outbound::new(
                 state.clone(),
@@ -187,7 +183,7 @@ impl Bound {
                 certificate.is_some(),
                 obs.clone(),
             ),
-            tcp: crate::outbound::Tcp::new(opaque, state.clone()),
+            tcp: opaque,
             state,
             intercept: config.intercept.clone(),
             metrics: metrics.clone(),

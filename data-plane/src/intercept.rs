@@ -129,6 +129,25 @@ pub async fn detect(stream: &TcpStream, deadline: Duration) -> io::Result<(Proto
     }
 }
 
+/// What a sidecar sends first on an opaque (`mesh.tcp/1`) connection,
+/// right after the handshake: the port on the peer's pod the app dialled,
+/// so the peer hands the bytes to that port of its app whichever address
+/// the connection came in on.
+pub fn tcp_header(port: u16) -> [u8; 4] {
+    let [hi, lo] = port.to_be_bytes();
+    [b'M', b'T', hi, lo]
+}
+
+/// The port a `tcp_header` names, or none if the bytes are not one.
+pub fn parse_tcp_header(bytes: [u8; 4]) -> Option<u16> {
+    match bytes {
+        [b'M', b'T', hi, lo] if u16::from_be_bytes([hi, lo]) != 0 => {
+            Some(u16::from_be_bytes([hi, lo]))
+        }
+        _ => None,
+    }
+}
+
 /// Copies both ways until both sides are done: a side that finishes
 /// sending has its half closed on the other (a half-close passes on), and
 /// the copy ends when both have. The bytes each way.
@@ -143,6 +162,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tcp_header_names_a_port_and_nothing_else_passes_for_one() {
+        assert_eq!(parse_tcp_header(tcp_header(5432)), Some(5432));
+        assert_eq!(parse_tcp_header(*b"MT\0\0"), None);
+        assert_eq!(parse_tcp_header(*b"GET "), None);
+    }
 
     #[test]
     fn first_bytes_tell_the_protocol_or_wait_for_more() {

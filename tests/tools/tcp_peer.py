@@ -13,7 +13,20 @@ TEXT first (a server that speaks first, as SMTP does), then echoes lines.
 
 call HOST PORT [UID]: connects (as UID if given), prints the answer, or
 "failed: why" within 2 seconds.
+
+talk HOST PORT TEXT: sends TEXT, half-closes its side, and prints all it
+gets until the server closes.
+
+greet HOST PORT: prints the milliseconds from connect to the server's
+first line, and the line.
+
+bulk HOST PORT MB: sends MB megabytes (seeded pseudo-random) while reading
+the echo back, half-closes, and prints "same N" when the N bytes echoed
+are the bytes sent, else "different".
 """
+import hashlib
+import random
+import time
 import encodings.idna  # loaded before setuid: root's python files may be unreadable after
 import os
 import socket
@@ -92,6 +105,62 @@ def call(host, port, uid):
         print("failed: %s" % e, flush=True)
 
 
+def talk(host, port, text):
+    c = socket.create_connection((host, port), timeout=10)
+    c.sendall(text.encode())
+    c.shutdown(socket.SHUT_WR)
+    out = b""
+    while True:
+        b = c.recv(1 << 16)
+        if not b:
+            break
+        out += b
+    print(out.decode(), end="", flush=True)
+
+
+def greet(host, port):
+    start = time.monotonic()
+    c = socket.create_connection((host, port), timeout=10)
+    line = c.makefile().readline().strip()
+    print("%.1f %s" % ((time.monotonic() - start) * 1000, line), flush=True)
+
+
+def bulk(host, port, mb):
+    rng = random.Random(7)
+    chunk = rng.randbytes(1 << 20)
+    c = socket.create_connection((host, port), timeout=30)
+    sent = hashlib.sha256()
+    got = hashlib.sha256()
+    received = bytearray()
+    total = mb << 20
+
+    def send():
+        for i in range(mb):
+            piece = bytes(b ^ (i & 0xff) for b in chunk[:64]) + chunk[64:]
+            sent.update(piece)
+            c.sendall(piece)
+        c.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=send)
+    t.start()
+    n = 0
+    tail = b""
+    while True:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        if n + len(b) <= total:
+            got.update(b)
+        else:
+            keep = max(0, total - n)
+            got.update(b[:keep])
+            tail += b[keep:]
+        n += len(b)
+    t.join()
+    same = got.digest() == sent.digest() and tail.startswith(b"%d bytes then EOF" % total)
+    print(("same %d" % total) if same else "different (%d bytes back, tail %r)" % (n, tail[:40]), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "serve":
@@ -100,5 +169,11 @@ if __name__ == "__main__":
         echo(int(sys.argv[2]))
     elif mode == "banner":
         banner(int(sys.argv[2]), sys.argv[3])
+    elif mode == "talk":
+        talk(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif mode == "greet":
+        greet(sys.argv[2], int(sys.argv[3]))
+    elif mode == "bulk":
+        bulk(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
         call(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else None)

@@ -2,14 +2,14 @@
 //! `mesh.tcp/1` carries an app's bytes as they are. This service's
 //! AuthorizationPolicy is enforced against the peer's verified identity
 //! before a byte reaches the app; then the bytes are copied both ways to
-//! the app (the port the peer dialled when the redirect rules brought the
-//! connection, else the app's address), half-closes passed on.
+//! the app, to the port the peer's header names (the port its app
+//! dialled), half-closes passed on.
 
 use super::Inbound;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// How long connecting to the app may take.
@@ -42,9 +42,18 @@ impl Inbound {
             tracing::warn!(%policy, %reason, client = ?client, "opaque connection denied");
             return;
         }
-        let target = dst.map_or(self.app_addr, |d| {
-            SocketAddr::new(self.app_addr.ip(), d.port())
-        });
+        // The port first (the peer's header), within the handshake's time.
+        let mut header = [0u8; 4];
+        let read = tokio::time::timeout(CONNECT_TIMEOUT, peer.read_exact(&mut header)).await;
+        let Some(port) = read
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|_| crate::intercept::parse_tcp_header(header))
+        else {
+            tracing::info!(client = ?client, ?dst, "opaque connection closed: no valid tcp header");
+            return;
+        };
+        let target = SocketAddr::new(self.app_addr.ip(), port);
         let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
         {
             Ok(Ok(s)) => s,

@@ -1,52 +1,71 @@
 //! Outbound opaque TCP: a redirected connection to a service's virtual IP
 //! that is not HTTP (or whose port is opaque) goes to one of the service's
 //! endpoints, a backend picked by the split's weights and an endpoint by
-//! the balancer, over mTLS with ALPN `mesh.tcp/1` to the peer sidecar,
-//! which hands the bytes to its app; a redirected connection to an
-//! address that is no service goes out unchanged. Both copy bytes each
-//! way, half-closes passed on.
+//! the balancer, over mTLS with ALPN `mesh.tcp/1` to the peer sidecar
+//! (which must prove the identity the control plane published for it),
+//! the port the app dialled sent first so the peer hands the bytes to that
+//! port of its app. A redirected connection to an address that is no
+//! service goes out unchanged. Both copy bytes each way, half-closes
+//! passed on.
 
-use crate::connect::Connector;
-use crate::state::Service;
-use crate::state::State;
-use crate::telemetry::meter::Metered;
+use crate::connect::TlsContext;
+use crate::state::{Service, State};
+use crate::telemetry::meter::{Meter, Metered};
 use arc_swap::ArcSwap;
+use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// How long connecting upstream may take.
+/// How long connecting upstream may take, and separately the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The outbound TCP side.
 #[derive(Clone)]
 pub struct Tcp {
-    connector: Connector,
+    tls: Option<TlsContext>,
     state: Arc<ArcSwap<State>>,
+    /// Counts the connections it opens to endpoints.
+    meter: Option<Arc<Meter>>,
+}
+
+/// Why an opaque connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("no ready endpoint")]
+    NoEndpoint,
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("connecting to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("{0} publishes an identity but this sidecar has no certificate yet")]
+    NoCertificate(SocketAddr),
+    #[error("mTLS with {0}: {1}")]
+    Tls(SocketAddr, String),
 }
 
 impl Tcp {
-    /// Opaque connections through `connector` (ALPN `mesh.tcp/1`).
-    pub fn new(connector: Connector, state: Arc<ArcSwap<State>>) -> Self {
-        Tcp { connector, state }
+    /// Opaque connections with `tls` (none: this sidecar has no identity).
+    pub fn new(
+        tls: Option<TlsContext>,
+        state: Arc<ArcSwap<State>>,
+        meter: Option<Arc<Meter>>,
+    ) -> Self {
+        Tcp { tls, state, meter }
     }
 
     /// Sends `app`'s connection to `dst` as it is (no service has that
     /// address), from the sidecar's uid, which the redirect rules let out.
     pub async fn passthrough(&self, mut app: Metered<TcpStream>, dst: SocketAddr) {
-        let mut up = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        let mut up = match connect(dst).await {
+            Ok(s) => s,
+            Err(e) => {
                 tracing::info!(%dst, error = %e, "passthrough connection failed");
                 return;
             }
-            Err(_) => {
-                tracing::info!(%dst, "passthrough connection timed out");
-                return;
-            }
         };
-        let _ = up.set_nodelay(true);
         match crate::intercept::splice(&mut app, &mut up).await {
             Ok((sent, received)) => tracing::debug!(%dst, sent, received, "passthrough closed"),
             Err(e) => tracing::debug!(%dst, error = %e, "passthrough ended with error"),
@@ -62,47 +81,33 @@ impl Tcp {
         dst: SocketAddr,
     ) {
         let name = format!("{}.{}", service.name, service.namespace);
-        let Some((endpoint, secure)) = self.endpoint(service) else {
-            tracing::warn!(service = %name, %dst, "opaque connection closed: the service has no ready endpoint");
-            return;
+        let result = match self.endpoint(service) {
+            None => Err(Error::NoEndpoint),
+            Some((endpoint, identity)) => self.open(endpoint, identity, dst.port()).await,
         };
-        let scheme = if secure { "https" } else { "http" };
-        let uri: http::Uri = match format!("{scheme}://{endpoint}/").parse() {
-            Ok(u) => u,
-            Err(_) => return,
-        };
-        let mut connector = self.connector.clone();
-        let up = tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            tower_service::Service::call(&mut connector, uri),
-        )
-        .await;
-        let mut up = match up {
-            Ok(Ok(io)) => io.into_inner(),
-            Ok(Err(e)) => {
-                tracing::warn!(service = %name, %endpoint, error = %e, "opaque connection to the endpoint failed");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(service = %name, %endpoint, "opaque connection to the endpoint timed out");
+        let copied = match result {
+            Ok(Upstream::Tls(mut up)) => crate::intercept::splice(&mut app, up.as_mut()).await,
+            Ok(Upstream::Plain(mut up)) => crate::intercept::splice(&mut app, &mut up).await,
+            Err(e) => {
+                tracing::warn!(service = %name, %dst, error = %e, "opaque connection closed");
                 return;
             }
         };
-        match crate::intercept::splice(&mut app, &mut up).await {
+        match copied {
             Ok((sent, received)) => {
-                tracing::debug!(service = %name, %endpoint, sent, received, "opaque connection closed")
+                tracing::debug!(service = %name, %dst, sent, received, "opaque connection closed")
             }
             Err(e) => {
-                tracing::debug!(service = %name, %endpoint, error = %e, "opaque connection ended with error")
+                tracing::debug!(service = %name, %dst, error = %e, "opaque connection ended with error")
             }
         }
     }
 
-    /// An endpoint of `service` for one connection: the first route that
-    /// matches every request (a connection has no request to match), a
-    /// backend by weight, an endpoint by the balancer; and whether it
-    /// speaks mTLS.
-    fn endpoint(&self, service: &Service) -> Option<(SocketAddr, bool)> {
+    /// An endpoint of `service` for one connection, and the identity it
+    /// must prove if it speaks mTLS: the first route that matches every
+    /// request (a connection has no request to match), a backend by weight,
+    /// an endpoint by the balancer.
+    fn endpoint(&self, service: &Service) -> Option<(SocketAddr, Option<String>)> {
         let state = self.state.load();
         let route = service
             .routes
@@ -114,9 +119,58 @@ impl Tcp {
             let cluster = &backend.cluster;
             if let Ok(i) = cluster.pick(None) {
                 let addr = cluster.endpoints[i].addr;
-                return Some((addr, state.identity_of(&addr).is_some()));
+                return Some((addr, state.identity_of(&addr).map(String::from)));
             }
         }
         None
     }
+
+    /// Opens the connection to `endpoint`: mTLS with the tcp header when it
+    /// publishes an identity, else plain TCP to the port the app dialled.
+    async fn open(
+        &self,
+        endpoint: SocketAddr,
+        identity: Option<String>,
+        port: u16,
+    ) -> Result<Upstream, Error> {
+        let Some(expected) = identity else {
+            let to = SocketAddr::new(endpoint.ip(), port);
+            return Ok(Upstream::Plain(connect(to).await?));
+        };
+        let cert = self
+            .tls
+            .as_ref()
+            .and_then(|t| t.identity.load_full())
+            .ok_or(Error::NoCertificate(endpoint))?;
+        let config = cert
+            .tls
+            .client(&expected, crate::tls::TCP)
+            .map_err(|e| Error::Tls(endpoint, e.to_string()))?;
+        let tcp = Metered::new(connect(endpoint).await?, self.meter.as_ref());
+        let handshake = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::IpAddress(endpoint.ip().into()), tcp);
+        let mut tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| Error::Timeout(endpoint))?
+            .map_err(|e| Error::Tls(endpoint, e.to_string()))?;
+        tls.write_all(&crate::intercept::tcp_header(port))
+            .await
+            .map_err(|e| Error::Connect(endpoint, e))?;
+        Ok(Upstream::Tls(Box::new(tls)))
+    }
+}
+
+/// An opened opaque upstream.
+enum Upstream {
+    Tls(Box<tokio_rustls::client::TlsStream<Metered<TcpStream>>>),
+    Plain(TcpStream),
+}
+
+async fn connect(to: SocketAddr) -> Result<TcpStream, Error> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
+        .await
+        .map_err(|_| Error::Timeout(to))?
+        .map_err(|e| Error::Connect(to, e))?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
 }
