@@ -145,6 +145,35 @@ async fn curl_to_a_virtual_ip_is_split_and_mtls_and_other_addresses_pass_through
         );
     }
 
+    // A gRPC client (tonic, h2c prior knowledge) dialling the same virtual
+    // IP: detected as HTTP/2, routed per call, over mTLS both versions.
+    let grpc_url = format!("http://{vip}:8080");
+    let versions = client.ns.run(move || async move {
+        let channel = tonic::transport::Endpoint::from_shared(grpc_url)
+            .unwrap()
+            .connect()
+            .await
+            .expect("gRPC connects to the virtual IP");
+        let mut echo = mesh_proto::echo::echo_client::EchoClient::new(channel);
+        let mut versions = Vec::new();
+        for _ in 0..40 {
+            let reply = echo
+                .unary(mesh_proto::echo::EchoRequest {
+                    payload: b"hi".to_vec(),
+                })
+                .await
+                .expect("a unary call through two sidecars")
+                .into_inner();
+            assert_eq!(reply.payload, b"hi");
+            versions.push(reply.version);
+        }
+        versions
+    });
+    assert!(
+        versions.iter().any(|v| v == "v1") && versions.iter().any(|v| v == "v2"),
+        "{versions:?}"
+    );
+
     // An address that is no service passes through unchanged: a server in
     // the hub answers as itself.
     let _outside = hub.tcp_peer(&hub.ns, "outside", &["serve", "9000"]).await;
@@ -326,6 +355,42 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
         server_metrics
             .contains(r#"mesh_inbound_connections_total{tls="true",outcome="forbidden"} 1"#),
         "the denial was the policy's: {server_metrics}"
+    );
+
+    // An unmeshed client (in the hub) of the server pod's banner port: the
+    // pod's inbound redirect brings it to the sidecar, which hands the
+    // silent connection to the app after the deadline, not after the idle
+    // timeout.
+    let mut all = vec!["python3", tool];
+    let server_ip = server.ip.clone();
+    all.extend_from_slice(&["greet", &server_ip, "2525"]);
+    let said = hub.ns.ok(&all);
+    let unmeshed = ms(said, "220 mesh ESMTP");
+    assert!((100.0..=150.0).contains(&unmeshed), "{unmeshed} ms");
+    let mut all = vec!["python3", tool];
+    all.extend_from_slice(&["talk", &server_ip, "7000", "plain"]);
+    assert_eq!(hub.ns.ok(&all), "plain5 bytes then EOF\n");
+
+    // Bad input closes only its own connection: bytes that start like
+    // HTTP but are not get a 400; a garbage ClientHello to the pod's
+    // inbound is dropped; the next connections are served as before.
+    let said = py(&[
+        "talk",
+        &vip,
+        "8080",
+        "GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+    ]);
+    assert!(said.starts_with("HTTP/1.1 400"), "{said}");
+    let mut all = vec!["python3", tool];
+    all.extend_from_slice(&["talk", &server_ip, "7000", r"\x16\x03\x01\x00\x05garbage"]);
+    let out = hub.ns.output(&all);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("bytes then EOF"),
+        "a garbage ClientHello reached the app: {out:?}"
+    );
+    assert_eq!(
+        py(&["talk", &vip, "7000", "again"]),
+        "again5 bytes then EOF\n"
     );
 
     // 100 MB each way, byte for byte.

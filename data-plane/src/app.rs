@@ -201,6 +201,7 @@ impl Bound {
                     inbound_state,
                     own,
                 )
+                .with_intercept(config.intercept.clone())
                 .serve(&drain, listener);
                 let health = health::spawn(config.health.clone(), app);
                 let advertise = config.advertise_addr.unwrap_or(bound);

@@ -13,22 +13,23 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Where the app dialled, if the connection was redirected here: none when
-/// it was addressed to the listener itself (or the kernel has no nat
-/// record of it, as for a connection that was never redirected).
-pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+/// it was addressed to the listener itself, or the kernel keeps no nat
+/// record of it (ENOENT: it was never redirected, or the namespace has no
+/// nat table); an error when the record cannot be read.
+pub fn original_dst(stream: &TcpStream) -> io::Result<Option<SocketAddr>> {
     use nix::sys::socket::{getsockopt, sockopt};
-    let local = stream.local_addr().ok()?;
-    let dst = match local {
-        SocketAddr::V4(_) => {
-            let raw = getsockopt(stream, sockopt::OriginalDst).ok()?;
-            SocketAddr::V4(nix::sys::socket::SockaddrIn::from(raw).into())
-        }
-        SocketAddr::V6(_) => {
-            let raw = getsockopt(stream, sockopt::Ip6tOriginalDst).ok()?;
-            SocketAddr::V6(nix::sys::socket::SockaddrIn6::from(raw).into())
-        }
+    let local = stream.local_addr()?;
+    let read = match local {
+        SocketAddr::V4(_) => getsockopt(stream, sockopt::OriginalDst)
+            .map(|raw| SocketAddr::V4(nix::sys::socket::SockaddrIn::from(raw).into())),
+        SocketAddr::V6(_) => getsockopt(stream, sockopt::Ip6tOriginalDst)
+            .map(|raw| SocketAddr::V6(nix::sys::socket::SockaddrIn6::from(raw).into())),
     };
-    (dst != local).then_some(dst)
+    match read {
+        Ok(dst) => Ok((dst != local).then_some(dst)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
+    }
 }
 
 /// What a connection's first bytes say it is.

@@ -83,6 +83,30 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Runs `work` on a thread of its own that has joined this namespace
+    /// (setns affects the calling thread only), with a runtime of its own:
+    /// a client in the pod, as an app there would be.
+    pub fn run<T, F>(&self, work: impl FnOnce() -> F + Send + 'static) -> T
+    where
+        F: std::future::Future<Output = T>,
+        T: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("the namespace exists");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(work())
+        })
+        .join()
+        .expect("the thread in the namespace finished")
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -14,7 +14,8 @@ TEXT first (a server that speaks first, as SMTP does), then echoes lines.
 call HOST PORT [UID]: connects (as UID if given), prints the answer, or
 "failed: why" within 2 seconds.
 
-talk HOST PORT TEXT: sends TEXT, half-closes its side, and prints all it
+talk HOST PORT TEXT: sends TEXT (backslash escapes such as \\x16 read as
+the bytes they name), half-closes its side, and prints all it
 gets until the server closes.
 
 greet HOST PORT: prints the milliseconds from connect to the server's
@@ -107,7 +108,7 @@ def call(host, port, uid):
 
 def talk(host, port, text):
     c = socket.create_connection((host, port), timeout=10)
-    c.sendall(text.encode())
+    c.sendall(text.encode("latin-1").decode("unicode_escape").encode("latin-1"))
     c.shutdown(socket.SHUT_WR)
     out = b""
     while True:
@@ -115,7 +116,7 @@ def talk(host, port, text):
         if not b:
             break
         out += b
-    print(out.decode(), end="", flush=True)
+    print(out.decode("latin-1"), end="", flush=True)
 
 
 def greet(host, port):

@@ -56,6 +56,8 @@ pub struct Inbound {
     state: Arc<ArcSwap<State>>,
     /// This service's own name, `<service>.<namespace>`, as the state resolves it.
     own: String,
+    /// Detection's settings for redirected connections.
+    intercept: crate::config::Intercept,
 }
 
 impl Inbound {
@@ -85,7 +87,17 @@ impl Inbound {
             obs,
             state,
             own,
+            intercept: crate::config::Intercept {
+                detect_timeout: Duration::from_millis(100),
+                opaque_ports: Vec::new(),
+            },
         }
+    }
+
+    /// Detects redirected connections with `intercept`'s settings.
+    pub fn with_intercept(mut self, intercept: crate::config::Intercept) -> Self {
+        self.intercept = intercept;
+        self
     }
 
     /// Accepts on `listener` until the drain stops it.
@@ -110,7 +122,18 @@ impl Inbound {
 
     async fn connection(self, drain: &Drain, stream: Metered<TcpStream>) {
         // Where the peer dialled, when the pod's redirect rules brought it.
-        let dst = crate::intercept::original_dst(stream.get_ref());
+        let dst = match crate::intercept::original_dst(stream.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(peer = ?stream.get_ref().peer_addr().ok(), error = %e, "connection closed: its original destination cannot be read");
+                return;
+            }
+        };
+        if let Some(dst) = dst
+            && let Some(by) = self.plaintext_opaque(stream.get_ref(), dst.port()).await
+        {
+            return self.plaintext(stream, dst, by).await;
+        }
         let mut first = [0u8; 1];
         // A peer that sends nothing within the idle timeout, or closes, is
         // dropped: it is neither TLS nor plaintext yet.

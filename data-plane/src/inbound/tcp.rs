@@ -1,11 +1,19 @@
-//! Inbound opaque TCP: a peer sidecar's mTLS connection that negotiated
-//! `mesh.tcp/1` carries an app's bytes as they are. This service's
+//! Inbound opaque TCP. A redirected plaintext connection from an unmeshed
+//! client that is not HTTP (detected, silent past the deadline as a
+//! server-speaks-first protocol's client is, or to an opaque port) goes to
+//! the app's port it dialled as it is, in permissive mode only. A peer
+//! sidecar's mTLS connection that negotiated `mesh.tcp/1` carries an app's
+//! bytes as they are. This service's
 //! AuthorizationPolicy is enforced against the peer's verified identity
 //! before a byte reaches the app; then the bytes are copied both ways to
 //! the app, to the port the peer's header names (the port its app
 //! dialled), half-closes passed on.
 
 use super::Inbound;
+use crate::config::Mode;
+use crate::intercept::Protocol;
+use crate::telemetry::meter::Metered;
+use crate::telemetry::metrics::DetectLabels;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +24,61 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Inbound {
+    /// Whether the redirected connection on `stream` (dialled to `port`)
+    /// is plaintext that is not HTTP, and what decided it; none for mTLS
+    /// (a peer sidecar's: its ClientHello comes first) and HTTP.
+    pub(super) async fn plaintext_opaque(
+        &self,
+        stream: &TcpStream,
+        port: u16,
+    ) -> Option<&'static str> {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.intercept.detect_timeout, stream.peek(&mut first)).await {
+            Err(_) => Some("timeout"),
+            Ok(Ok(1)) if first[0] == 0x16 => None,
+            Ok(Ok(1)) if self.intercept.opaque(port) => Some("port"),
+            Ok(Ok(1)) => {
+                match crate::intercept::detect(stream, self.intercept.detect_timeout).await {
+                    Ok((Protocol::Opaque | Protocol::Tls, true)) => Some("timeout"),
+                    Ok((Protocol::Opaque | Protocol::Tls, false)) => Some("bytes"),
+                    _ => None,
+                }
+            }
+            // Closed or failed: the HTTP path drops it.
+            _ => None,
+        }
+    }
+
+    /// Serves a redirected plaintext connection that is not HTTP: to the
+    /// app's port `dst` names, in permissive mode; refused in strict.
+    pub(super) async fn plaintext(
+        &self,
+        stream: Metered<TcpStream>,
+        dst: SocketAddr,
+        by: &'static str,
+    ) {
+        self.metrics
+            .protocol_detections
+            .get_or_create(&DetectLabels {
+                direction: "inbound",
+                protocol: "opaque",
+                by,
+            })
+            .inc();
+        if self.mode == Mode::Strict {
+            self.connection_outcome(false, "refused");
+            tracing::info!(peer = ?stream.get_ref().peer_addr().ok(), %dst, "plaintext connection refused: inbound is strict mTLS");
+            return;
+        }
+        self.connection_outcome(false, "accepted");
+        self.to_app(
+            stream,
+            None,
+            SocketAddr::new(self.app_addr.ip(), dst.port()),
+        )
+        .await;
+    }
+
     /// Serves one opaque connection from `client` (dialled to `dst`).
     pub(super) async fn opaque<S>(
         &self,
@@ -53,7 +116,15 @@ impl Inbound {
             tracing::info!(client = ?client, ?dst, "opaque connection closed: no valid tcp header");
             return;
         };
-        let target = SocketAddr::new(self.app_addr.ip(), port);
+        self.to_app(peer, client, SocketAddr::new(self.app_addr.ip(), port))
+            .await;
+    }
+
+    /// Copies `peer`'s bytes to and from the app at `target`.
+    async fn to_app<S>(&self, mut peer: S, client: Option<Arc<str>>, target: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
         {
             Ok(Ok(s)) => s,

@@ -52,7 +52,14 @@ impl Listener {
     }
 
     async fn connection(&self, drain: &Drain, stream: Metered<TcpStream>) {
-        let Some(dst) = intercept::original_dst(stream.get_ref()) else {
+        let dst = match intercept::original_dst(stream.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(peer = ?stream.get_ref().peer_addr().ok(), error = %e, "connection closed: its original destination cannot be read");
+                return;
+            }
+        };
+        let Some(dst) = dst else {
             if crate::server::first_byte(stream.get_ref(), drain.idle()).await {
                 self.http(drain, stream, None).await;
             }

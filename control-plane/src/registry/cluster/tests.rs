@@ -192,3 +192,35 @@ fn an_endpoint_in_two_slices_counts_once_and_ready_if_either_says_so() {
     assert_eq!(all.len(), 1);
     assert!(all[0].ready);
 }
+
+#[test]
+fn a_service_s_cluster_ips_are_its_virtual_ips_and_a_headless_one_has_none() {
+    let with = |name: &str, spec: serde_json::Value| -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec}),
+        )
+        .unwrap()
+    };
+    let services = [
+        with(
+            "one",
+            json!({"clusterIP": "10.96.4.7", "clusterIPs": ["10.96.4.7"]}),
+        ),
+        with(
+            "dual",
+            json!({"clusterIP": "10.96.4.8", "clusterIPs": ["10.96.4.8", "fd00::48"]}),
+        ),
+        with("old", json!({"clusterIP": "10.96.4.9"})),
+        with(
+            "headless",
+            json!({"clusterIP": "None", "clusterIPs": ["None"]}),
+        ),
+    ];
+    let (c, _) = convert(&services, &[], &[], "cluster.local");
+    let vips = c.virtual_ips();
+    let key = |n: &str| ("default".to_string(), n.to_string());
+    assert_eq!(vips[&key("one")], ["10.96.4.7"]);
+    assert_eq!(vips[&key("dual")], ["10.96.4.8", "fd00::48"]);
+    assert_eq!(vips[&key("old")], ["10.96.4.9"]);
+    assert!(!vips.contains_key(&key("headless")));
+}
