@@ -50,24 +50,6 @@ fn temp(tag: &str) -> std::path::PathBuf {
     d
 }
 
-/// The virtual IP of `service` as the sidecar in `ns` knows it.
-fn virtual_ip(ns: &netns::NetNs, service: &str) -> Option<String> {
-    let dump = ns.output(&[
-        "curl",
-        "-sf",
-        "-m",
-        "1",
-        "http://127.0.0.1:4191/config_dump",
-    ]);
-    let dump: Value = serde_json::from_slice(&dump.stdout).ok()?;
-    dump["services"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == service)?["virtual_ips"][0]
-        .as_str()
-        .map(String::from)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_to_a_virtual_ip_is_split_and_mtls_and_other_addresses_pass_through() {
     if !netns::root_or_skip(
@@ -89,28 +71,7 @@ async fn curl_to_a_virtual_ip_is_split_and_mtls_and_other_addresses_pass_through
 
     // The client's sidecar knows echo's virtual IP once both versions are
     // its endpoints.
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let vip = loop {
-        let dump = client.ns.output(&[
-            "curl",
-            "-sf",
-            "-m",
-            "1",
-            "http://127.0.0.1:4191/config_dump",
-        ]);
-        let text = String::from_utf8_lossy(&dump.stdout);
-        if let Some(vip) = virtual_ip(&client.ns, "echo")
-            && text.contains(&format!("{}:4143", v1.ip))
-            && text.contains(&format!("{}:4143", v2.ip))
-        {
-            break vip;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "echo never had both endpoints: {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let vip = hub.wait_service(&client, "echo", &[&v1.ip, &v2.ip]).await;
     assert!(vip.starts_with("10.96."), "{vip}");
 
     // 200 requests from an unmodified curl to http://<vip>:8080/, one
@@ -294,26 +255,7 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
     let _opaque = hub
         .tcp_peer(&server.ns, "banner-25", &["banner", "25", "220 opaque"])
         .await;
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let vip = loop {
-        let dump = client.ns.output(&[
-            "curl",
-            "-sf",
-            "-m",
-            "1",
-            "http://127.0.0.1:4191/config_dump",
-        ]);
-        if let Some(vip) = virtual_ip(&client.ns, "echo")
-            && String::from_utf8_lossy(&dump.stdout).contains(&format!("{}:4143", server.ip))
-        {
-            break vip;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "echo never had its endpoint"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let vip = hub.wait_service(&client, "echo", &[&server.ip]).await;
     let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/tcp_peer.py");
     let py = |args: &[&str]| {
         let mut all = vec!["python3", tool];

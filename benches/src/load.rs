@@ -34,7 +34,26 @@ pub(crate) async fn oha(
     conns: usize,
     duration: Duration,
 ) -> Result<Run> {
-    let mut cmd = tokio::process::Command::new("oha");
+    oha_in(None, url, host, rate, conns, duration).await
+}
+
+/// `oha`, run inside network namespace `netns` when given (a pod's app).
+pub(crate) async fn oha_in(
+    netns: Option<&str>,
+    url: &str,
+    host: Option<&str>,
+    rate: u64,
+    conns: usize,
+    duration: Duration,
+) -> Result<Run> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "oha"]);
+            c
+        }
+        None => tokio::process::Command::new("oha"),
+    };
     cmd.args([
         "--no-tui",
         "--output-format",

@@ -15,6 +15,15 @@ mod control;
 mod data;
 mod data_suite;
 mod instructions;
+mod intercept;
+// The network-namespace pods of the interception tests.
+#[path = "../../tests/support/netns.rs"]
+mod netns;
+#[path = "../../tests/support/pods.rs"]
+mod pods;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/support/tokens.rs"]
+mod tokens;
 // The Kubernetes API test server of the end-to-end tests.
 #[path = "../../tests/support/kube_api/mod.rs"]
 mod kube_api;
@@ -51,6 +60,14 @@ enum Suite {
     },
     /// Data plane: direct vs mesh vs nginx vs haproxy, HTTP/1.1 and gRPC.
     Data {
+        /// Small and fast: proves every scenario runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Interception (root): the intercepted path against the explicit one,
+    /// and opaque TCP through the sidecar pair against haproxy, pod to pod
+    /// in network namespaces.
+    Intercept {
         /// Small and fast: proves every scenario runs; numbers are not recorded.
         #[arg(long)]
         quick: bool,
@@ -92,6 +109,7 @@ async fn main() -> Result<()> {
         Suite::Control { quick } => control_suite(quick).await,
         Suite::Cluster { quick } => cluster_suite(quick).await,
         Suite::Data { quick } => data(quick).await,
+        Suite::Intercept { quick } => intercept_suite(quick).await,
         Suite::Ab { quick } => compare(quick, "ab", ab::builds()?).await,
         Suite::Telemetry { quick } => compare(quick, "telemetry", ab::telemetry()).await,
         Suite::Instructions { quick } => {
@@ -107,6 +125,7 @@ async fn main() -> Result<()> {
             data(quick).await?;
             control_suite(quick).await?;
             cluster_suite(quick).await?;
+            intercept_suite(quick).await?;
             compare(quick, "telemetry", ab::telemetry()).await
         }
     }
@@ -131,6 +150,19 @@ async fn data(quick: bool) -> Result<()> {
     }
     let path = report::write_json("data", &json)?;
     report::update_markdown("data", &md)?;
+    println!("wrote {} and BENCHMARKS.md", path.display());
+    Ok(())
+}
+
+async fn intercept_suite(quick: bool) -> Result<()> {
+    let (md, json) = intercept::run(quick).await?;
+    println!("{md}");
+    if quick || json.get("skipped").is_some() {
+        println!("quick mode or skipped: numbers not recorded");
+        return Ok(());
+    }
+    let path = report::write_json("intercept", &json)?;
+    report::update_markdown("intercept", &md)?;
     println!("wrote {} and BENCHMARKS.md", path.display());
     Ok(())
 }

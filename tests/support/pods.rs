@@ -118,14 +118,9 @@ impl Hub {
     /// a pod's first init container: connections opened before the nat
     /// table exists would be rewritten mid-flight).
     pub fn pod(&mut self, what: &str) -> Pod {
-        self.pods += 1;
-        let n = self.pods;
-        let ns = NetNs::new(what);
-        let (gateway, ip) = (format!("10.77.{n}.1"), format!("10.77.{n}.2"));
-        link(&self.ns, &format!("{gateway}/24"), &ns, &format!("{ip}/24"));
-        ns.ok(&["ip", "route", "add", "default", "via", &gateway]);
+        let pod = self.bare_pod(what);
         let bin = binary("mesh-proxy").display().to_string();
-        ns.ok(&[
+        pod.ns.ok(&[
             &bin,
             "init",
             "--proxy-uid",
@@ -133,6 +128,17 @@ impl Hub {
             "--skip-inbound-ports",
             "4191",
         ]);
+        pod
+    }
+
+    /// A pod with no redirect rules (for proxies that are not mesh's).
+    pub fn bare_pod(&mut self, what: &str) -> Pod {
+        self.pods += 1;
+        let n = self.pods;
+        let ns = NetNs::new(what);
+        let (gateway, ip) = (format!("10.77.{n}.1"), format!("10.77.{n}.2"));
+        link(&self.ns, &format!("{gateway}/24"), &ns, &format!("{ip}/24"));
+        ns.ok(&["ip", "route", "add", "default", "via", &gateway]);
         Pod {
             ns,
             ip,
@@ -234,5 +240,44 @@ impl Hub {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         proc
+    }
+
+    /// Waits (bounded) until the sidecar in `pod` has `service` with an
+    /// endpoint at each of `ips` (their inbound port); its virtual IP.
+    pub async fn wait_service(&self, pod: &Pod, service: &str, ips: &[&str]) -> String {
+        let end = std::time::Instant::now() + DEADLINE;
+        loop {
+            let out = pod.ns.output(&[
+                "curl",
+                "-sf",
+                "-m",
+                "1",
+                "http://127.0.0.1:4191/config_dump",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let vip = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|d| {
+                    d["services"]
+                        .as_array()?
+                        .iter()
+                        .find(|s| s["name"] == service)?["virtual_ips"][0]
+                        .as_str()
+                        .map(String::from)
+                });
+            if let Some(vip) = vip
+                && ips
+                    .iter()
+                    .all(|ip| text.contains(&format!("\"{ip}:4143\"")))
+            {
+                return vip;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{service} never had endpoints {ips:?} in {}: {text}",
+                pod.ns.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -1,0 +1,294 @@
+//! Interception benchmarks, in network namespaces (root only; skipped,
+//! saying so, otherwise). The same pods as tests/intercept.rs: a client
+//! pod and an echo pod, each with its sidecar and the redirect rules of
+//! `mesh-proxy init`, joined through a hub that runs the control plane.
+//!
+//!   explicit     oha → 127.0.0.1:4140 (Host: echo) → sidecar → sidecar → echo
+//!   intercepted  oha → http://<echo's virtual IP>:8080/ → (nat) → the same
+//!
+//! in interleaved rounds at 1,000 rps, so the ratio of the two is the cost
+//! of interception alone; and opaque TCP throughput (bulk echo) through the
+//! sidecar pair against a haproxy pair in TCP mode, also pod to pod.
+
+use crate::load::{self, Run};
+use crate::netns::NetNs;
+use crate::pods::{Hub, Pod};
+use crate::{report, sys};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MESH: &str = "apiVersion: mesh.dev/v1alpha1
+kind: Service
+metadata:
+  name: echo
+spec: {}
+";
+
+/// One path's measurement in one round.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    run: Run,
+    /// CPU seconds per 1,000 requests, mean of the two sidecars.
+    cpu_per_1k: f64,
+}
+
+/// Runs the suite: markdown and JSON, or why it was skipped.
+pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
+    if !crate::netns::root_or_skip("the intercept benchmark") {
+        let md = "Skipped: needs root for network namespaces and iptables.".to_string();
+        return Ok((md, json!({"skipped": "not root"})));
+    }
+    let dir = std::env::temp_dir().join(format!("mesh-bench-intercept-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut hub = Hub::start(&dir, MESH).await;
+    let mut client = hub.pod("bcli");
+    let mut server = hub.pod("bsrv");
+    hub.echo(&mut server, "v1", &[]).await;
+    hub.sidecar(
+        &mut server,
+        "echo",
+        "v1",
+        Some("127.0.0.1:8080"),
+        &[("MESH_PROXY_LOG", "warn")],
+    )
+    .await;
+    hub.sidecar(
+        &mut client,
+        "client",
+        "",
+        None,
+        &[("MESH_PROXY_LOG", "warn")],
+    )
+    .await;
+    let vip = hub.wait_service(&client, "echo", &[&server.ip]).await;
+    let sidecars: Vec<Vec<u32>> = [&client, &server]
+        .iter()
+        .map(|p| sys::family(p.procs.last().and_then(|s| s.pid()).unwrap_or(0)))
+        .collect();
+
+    let (rounds, secs, rate, mb) = if quick {
+        (1, 1, 200, 16)
+    } else {
+        (5, 10, 1000, 1024)
+    };
+    let duration = Duration::from_secs(secs);
+    let explicit_url = "http://127.0.0.1:4140/".to_string();
+    let intercepted_url = format!("http://{vip}:8080/");
+    let (mut explicit, mut intercepted) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        explicit.push(
+            sample(
+                &client,
+                &sidecars,
+                &explicit_url,
+                Some("echo"),
+                rate,
+                duration,
+            )
+            .await?,
+        );
+        intercepted.push(sample(&client, &sidecars, &intercepted_url, None, rate, duration).await?);
+    }
+    let median = |xs: &[Sample], f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = xs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        report::percentile(&v, 0.5)
+    };
+    let p99 = |s: &Sample| s.run.p99;
+    let cpu = |s: &Sample| s.cpu_per_1k;
+    let (e_p99, i_p99) = (median(&explicit, p99), median(&intercepted, p99));
+    let (e_cpu, i_cpu) = (median(&explicit, cpu), median(&intercepted, cpu));
+    let errors: u64 = explicit
+        .iter()
+        .chain(&intercepted)
+        .map(|s| s.run.errors)
+        .sum();
+
+    // Opaque TCP: the sidecar pair against haproxy (TCP mode) pod to pod.
+    serve_echo(&server.ns, 7000);
+    let mut hcli = hub.bare_pod("hcli");
+    let hsrv = hub.bare_pod("hsrv");
+    serve_echo(&hsrv.ns, 7000);
+    let haproxy_b = haproxy(&hub, &hsrv, "0.0.0.0:7443", "127.0.0.1:7000")?;
+    let haproxy_a = haproxy(&hub, &hcli, "127.0.0.1:7444", &format!("{}:7443", hsrv.ip))?;
+    let haproxies: Vec<Vec<u32>> = [&haproxy_a, &haproxy_b]
+        .iter()
+        .map(|p| sys::family(p.pid().unwrap_or(0)))
+        .collect();
+    hcli.procs.push(haproxy_a);
+    let mesh_target: SocketAddr = format!("{vip}:7000").parse()?;
+    let haproxy_target: SocketAddr = "127.0.0.1:7444".parse()?;
+    let mut mesh_tcp = Vec::new();
+    let mut haproxy_tcp = Vec::new();
+    for _ in 0..rounds.min(3) {
+        mesh_tcp.push(throughput(&client.ns, mesh_target, mb, &sidecars)?);
+        haproxy_tcp.push(throughput(&hcli.ns, haproxy_target, mb, &haproxies)?);
+    }
+    drop(haproxy_b);
+    let mid = |xs: &[(f64, f64)], i: usize| {
+        let mut v: Vec<f64> = xs.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect();
+        v.sort_by(f64::total_cmp);
+        report::percentile(&v, 0.5)
+    };
+    let (m_mbps, m_cpu) = (mid(&mesh_tcp, 0), mid(&mesh_tcp, 1));
+    let (h_mbps, h_cpu) = (mid(&haproxy_tcp, 0), mid(&haproxy_tcp, 1));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let md = format!(
+        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- intercept` (root)\n\nPod to pod through network namespaces, the control plane in local mode with virtual IPs. HTTP/1.1 at {rate} rps, {CONNS} connections, {rounds} interleaved rounds of {secs} s (medians); CPU is per sidecar, per 1,000 requests. Target: interception adds ≤ 5% to p99 and CPU per request.\n\n| path | p99 | CPU-s per 1k req per sidecar | errors |\n|---|---|---|---|\n| explicit (127.0.0.1:4140, Host: echo) | {e_p99:.3} ms | {e_cpu:.4} | |\n| intercepted (http://{vip}:8080/) | {i_p99:.3} ms | {i_cpu:.4} | |\n| ratio intercepted / explicit | {:.3} | {:.3} | {errors} |\n\nOpaque TCP, bulk echo of {mb} MiB each way (medians of {} rounds); CPU per proxy, per GiB moved each way.\n\n| pair | MiB/s | CPU-s per GiB per proxy |\n|---|---|---|\n| mesh sidecars (mTLS, detection, tcp header) | {m_mbps:.0} | {m_cpu:.3} |\n| haproxy, mode tcp (plaintext) | {h_mbps:.0} | {h_cpu:.3} |\n| ratio mesh / haproxy | {:.2} | {:.2} |\n",
+        report::machine(),
+        i_p99 / e_p99,
+        i_cpu / e_cpu,
+        rounds.min(3),
+        m_mbps / h_mbps,
+        m_cpu / h_cpu,
+    );
+    let json = json!({
+        "machine": report::machine(),
+        "command": "cargo run --release -p mesh-benches -- intercept",
+        "rate": rate, "rounds": rounds, "seconds": secs,
+        "explicit": {"p99_ms": e_p99, "cpu_per_1k": e_cpu},
+        "intercepted": {"p99_ms": i_p99, "cpu_per_1k": i_cpu},
+        "errors": errors,
+        "opaque_tcp": {"mib": mb, "mesh_mib_s": m_mbps, "mesh_cpu_per_gib": m_cpu,
+                        "haproxy_mib_s": h_mbps, "haproxy_cpu_per_gib": h_cpu},
+    });
+    Ok((md, json))
+}
+
+const CONNS: usize = crate::data::CONNS;
+
+async fn sample(
+    client: &Pod,
+    sidecars: &[Vec<u32>],
+    url: &str,
+    host: Option<&str>,
+    rate: u64,
+    duration: Duration,
+) -> Result<Sample> {
+    let before: f64 = sidecars.iter().map(|p| sys::cpu_seconds(p)).sum();
+    let run = load::oha_in(Some(&client.ns.name), url, host, rate, CONNS, duration).await?;
+    let after: f64 = sidecars.iter().map(|p| sys::cpu_seconds(p)).sum();
+    let per_sidecar = (after - before) / sidecars.len() as f64;
+    Ok(Sample {
+        cpu_per_1k: per_sidecar / (run.requests.max(1) as f64 / 1000.0),
+        run,
+    })
+}
+
+/// A TCP echo on `port` of every address of `ns`, on a thread that joined
+/// it, for the rest of the run.
+fn serve_echo(ns: &NetNs, port: u16) {
+    let path = format!("/run/netns/{}", ns.name);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("the namespace exists");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+                .await
+                .unwrap();
+            let _ = ready_tx.send(());
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the echo listens");
+}
+
+/// One haproxy in TCP mode in `pod`, from `bind` to `to`, once it listens.
+fn haproxy(hub: &Hub, pod: &Pod, bind: &str, to: &str) -> Result<meshctl::procs::Proc> {
+    let conf = hub.logs.join(format!("haproxy-{}.cfg", pod.ns.name));
+    std::fs::create_dir_all(&hub.logs)?;
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n  nbthread 1\n  maxconn 8192\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend f\n  bind {bind}\n  default_backend b\nbackend b\n  server s1 {to}\n"
+        ),
+    )?;
+    let cmd = crate::pods::in_ns(&pod.ns, &["haproxy", "-db", "-f", conf.to_str().unwrap()]);
+    let proc =
+        meshctl::procs::Proc::spawn_plain(&format!("haproxy-{}", pod.ns.name), cmd, &hub.logs)
+            .context("starting haproxy (apt-get install haproxy)")?;
+    let port: u16 = bind.rsplit(':').next().unwrap().parse()?;
+    let end = Instant::now() + Duration::from_secs(10);
+    let listening = loop {
+        let out = pod.ns.output(&["ss", "-Hltn", &format!("sport = :{port}")]);
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            break true;
+        }
+        if Instant::now() > end {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    anyhow::ensure!(
+        listening,
+        "haproxy in {} never listened on {bind}",
+        pod.ns.name
+    );
+    Ok(proc)
+}
+
+/// Sends `mb` MiB to `target`'s echo from inside `ns` while reading it
+/// back: MiB/s, and CPU seconds per GiB of the `proxies`.
+fn throughput(
+    ns: &NetNs,
+    target: SocketAddr,
+    mb: usize,
+    proxies: &[Vec<u32>],
+) -> Result<(f64, f64)> {
+    let before: f64 = proxies.iter().map(|p| sys::cpu_seconds(p)).sum();
+    let secs = ns.run(move || async move {
+        let mut s = tokio::net::TcpStream::connect(target).await?;
+        s.set_nodelay(true)?;
+        let (mut r, mut w) = s.split();
+        let chunk = vec![0x5au8; 1 << 16];
+        let total = mb << 20;
+        let start = Instant::now();
+        let send = async {
+            for _ in 0..total / chunk.len() {
+                w.write_all(&chunk).await?;
+            }
+            w.shutdown().await
+        };
+        let recv = async {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0usize;
+            loop {
+                let n = r.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            Ok::<usize, std::io::Error>(got)
+        };
+        let (sent, got) = tokio::join!(send, recv);
+        sent?;
+        let got = got?;
+        anyhow::ensure!(got == total, "{got} of {total} bytes came back");
+        Ok::<f64, anyhow::Error>(start.elapsed().as_secs_f64())
+    })?;
+    let after: f64 = proxies.iter().map(|p| sys::cpu_seconds(p)).sum();
+    let per_proxy = (after - before) / proxies.len() as f64;
+    let gib = mb as f64 / 1024.0;
+    Ok((mb as f64 / secs, per_proxy / gib))
+}
