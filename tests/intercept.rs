@@ -12,25 +12,17 @@
 mod netns;
 #[path = "support/pods.rs"]
 mod pods;
-#[allow(dead_code, unreachable_pub)]
-#[path = "support/tokens.rs"]
-mod tokens;
+mod support;
+// The pods take their bootstrap tokens from the harness's.
+use support::tokens;
 
 use pods::Hub;
 use serde_json::Value;
 
-const MESH: &str = "apiVersion: split.smi-spec.io/v1alpha4
-kind: TrafficSplit
-metadata:
-  name: echo-split
-spec:
-  service: echo
-  backends:
-  - service: echo-v1
-    weight: 50
-  - service: echo-v2
-    weight: 50
-";
+/// echo v1 and v2, half each.
+fn mesh() -> String {
+    support::split("echo", &[("echo-v1", "50"), ("echo-v2", "50")])
+}
 
 /// The split and a policy that lets only `client` call echo.
 const GUARDED: &str = "apiVersion: mesh.dev/v1alpha1
@@ -58,7 +50,7 @@ async fn curl_to_a_virtual_ip_is_split_and_mtls_and_other_addresses_pass_through
         return;
     }
     let dir = temp("intercept");
-    let mut hub = Hub::start(&dir, MESH).await;
+    let mut hub = Hub::start(&dir, &mesh()).await;
     let mut client = hub.pod("cli");
     let mut v1 = hub.pod("v1");
     let mut v2 = hub.pod("v2");
@@ -235,7 +227,7 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
         return;
     }
     let dir = temp("opaque");
-    let mut hub = Hub::start(&dir, &format!("{MESH}---\n{GUARDED}")).await;
+    let mut hub = Hub::start(&dir, &format!("{}---\n{GUARDED}", mesh())).await;
     let mut client = hub.pod("cli");
     let mut intruder = hub.pod("web");
     let mut server = hub.pod("srv");
@@ -275,8 +267,15 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
         assert_eq!(line, banner);
         ms.parse().unwrap()
     };
-    let watched = ms(py(&["greet", &vip, "2525"]), "220 mesh ESMTP");
-    let opaque = ms(py(&["greet", &vip, "25"]), "220 opaque");
+    // The best of three: what the design adds, not what a busy machine's
+    // scheduler does to one try.
+    let best = |port: &str, banner: &str| {
+        (0..3)
+            .map(|_| ms(py(&["greet", &vip, port]), banner))
+            .fold(f64::MAX, f64::min)
+    };
+    let watched = best("2525", "220 mesh ESMTP");
+    let opaque = best("25", "220 opaque");
     eprintln!("banner after {watched:.1} ms on a watched port, {opaque:.1} ms on an opaque one");
     assert!((100.0..=150.0).contains(&watched), "{watched} ms");
     assert!(
@@ -306,8 +305,9 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
     let mut all = vec!["python3", tool];
     let server_ip = server.ip.clone();
     all.extend_from_slice(&["greet", &server_ip, "2525"]);
-    let said = hub.ns.ok(&all);
-    let unmeshed = ms(said, "220 mesh ESMTP");
+    let unmeshed = (0..3)
+        .map(|_| ms(hub.ns.ok(&all), "220 mesh ESMTP"))
+        .fold(f64::MAX, f64::min);
     assert!((100.0..=150.0).contains(&unmeshed), "{unmeshed} ms");
     let mut all = vec!["python3", tool];
     all.extend_from_slice(&["talk", &server_ip, "7000", "plain"]);
@@ -346,10 +346,32 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
         .ok(&["curl", "-sf", "http://127.0.0.1:4191/metrics"]);
     for want in [
         r#"mesh_protocol_detections_total{direction="outbound",protocol="opaque",by="bytes"}"#,
-        r#"mesh_protocol_detections_total{direction="outbound",protocol="opaque",by="timeout"} 1"#,
-        r#"mesh_protocol_detections_total{direction="outbound",protocol="opaque",by="port"} 1"#,
+        r#"mesh_protocol_detections_total{direction="outbound",protocol="opaque",by="timeout"} 3"#,
+        r#"mesh_protocol_detections_total{direction="outbound",protocol="opaque",by="port"} 3"#,
     ] {
         assert!(metrics.contains(want), "{want} missing:\n{metrics}");
     }
+    // Opaque connections by peer identity, with their bytes: the 100 MB
+    // went to echo's sidecar and came back from it.
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    let echo_id = "spiffe://cluster.local/ns/default/sa/echo";
+    for way in ["to_peer", "from_peer"] {
+        let series = format!(
+            r#"mesh_tcp_opaque_bytes_total{{direction="outbound",peer_identity="{echo_id}",way="{way}"}}"#
+        );
+        assert!(value(&metrics, &series) >= (100 << 20) as f64, "{series}");
+    }
+    let server_metrics = server
+        .ns
+        .ok(&["curl", "-sf", "http://127.0.0.1:4191/metrics"]);
+    let opened = value(
+        &server_metrics,
+        r#"mesh_tcp_opaque_opened_total{direction="inbound",peer_identity="spiffe://cluster.local/ns/default/sa/client"}"#,
+    );
+    assert!(opened >= 5.0, "{opened}");
     let _ = std::fs::remove_dir_all(&dir);
 }

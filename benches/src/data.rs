@@ -45,7 +45,7 @@ impl Topology {
     /// Runs HTTP/1.1 load (`rate` 0: flat out) and accounts the proxies' CPU.
     pub(crate) async fn http(&self, rate: u64, duration: Duration) -> Result<Measured> {
         let url = format!("http://{}/", self.http);
-        self.measure(load::oha(&url, self.host, rate, CONNS, duration))
+        self.measure(load::oha(None, &url, self.host, rate, CONNS, duration))
             .await
     }
 

@@ -64,6 +64,7 @@ async fn lifetime(
     let t = data::mesh(dir, echo, false, proxy, label, &[], &wrapper).await?;
     let before = arrivals(echo).await?;
     let run = crate::load::oha(
+        None,
         &format!("http://{}/", t.http_addr()),
         Some("echo"),
         RATE,

@@ -33,6 +33,10 @@ struct Sample {
     run: Run,
     /// CPU seconds per 1,000 requests, mean of the two sidecars.
     cpu_per_1k: f64,
+    /// Of which the kernel's (stime), client sidecar and server sidecar.
+    sys_per_1k: [f64; 2],
+    /// CPU seconds per 1,000 requests, client sidecar and server sidecar.
+    each_per_1k: [f64; 2],
 }
 
 /// Runs the suite: markdown and JSON, or why it was skipped.
@@ -101,6 +105,15 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let cpu = |s: &Sample| s.cpu_per_1k;
     let (e_p99, i_p99) = (median(&explicit, p99), median(&intercepted, p99));
     let (e_cpu, i_cpu) = (median(&explicit, cpu), median(&intercepted, cpu));
+    let split = |xs: &[Sample]| {
+        [
+            median(xs, |s| s.each_per_1k[0]),
+            median(xs, |s| s.sys_per_1k[0]),
+            median(xs, |s| s.each_per_1k[1]),
+            median(xs, |s| s.sys_per_1k[1]),
+        ]
+    };
+    let (e_split, i_split) = (split(&explicit), split(&intercepted));
     let errors: u64 = explicit
         .iter()
         .chain(&intercepted)
@@ -138,10 +151,18 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let _ = std::fs::remove_dir_all(&dir);
 
     let md = format!(
-        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- intercept` (root)\n\nPod to pod through network namespaces, the control plane in local mode with virtual IPs. HTTP/1.1 at {rate} rps, {CONNS} connections, {rounds} interleaved rounds of {secs} s (medians); CPU is per sidecar, per 1,000 requests. Target: interception adds ≤ 5% to p99 and CPU per request.\n\n| path | p99 | CPU-s per 1k req per sidecar | errors |\n|---|---|---|---|\n| explicit (127.0.0.1:4140, Host: echo) | {e_p99:.3} ms | {e_cpu:.4} | |\n| intercepted (http://{vip}:8080/) | {i_p99:.3} ms | {i_cpu:.4} | |\n| ratio intercepted / explicit | {:.3} | {:.3} | {errors} |\n\nOpaque TCP, bulk echo of {mb} MiB each way (medians of {} rounds); CPU per proxy, per GiB moved each way.\n\n| pair | MiB/s | CPU-s per GiB per proxy |\n|---|---|---|\n| mesh sidecars (mTLS, detection, tcp header) | {m_mbps:.0} | {m_cpu:.3} |\n| haproxy, mode tcp (plaintext) | {h_mbps:.0} | {h_cpu:.3} |\n| ratio mesh / haproxy | {:.2} | {:.2} |\n",
+        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- intercept` (root)\n\nPod to pod through network namespaces, the control plane in local mode with virtual IPs. HTTP/1.1 at {rate} rps, {CONNS} connections, {rounds} interleaved rounds of {secs} s (medians); CPU is per sidecar, per 1,000 requests. Target: interception adds ≤ 5% to p99 and CPU per request.\n\n| path | p99 | CPU-s per 1k req per sidecar | errors |\n|---|---|---|---|\n| explicit (127.0.0.1:4140, Host: echo) | {e_p99:.3} ms | {e_cpu:.4} | |\n| intercepted (http://{vip}:8080/) | {i_p99:.3} ms | {i_cpu:.4} | |\n| ratio intercepted / explicit | {:.3} | {:.3} | {errors} |\n\nWhere the CPU goes, CPU-s per 1k requests (of which the kernel's):\n\n| path | client sidecar | server sidecar |\n|---|---|---|\n| explicit | {:.4} ({:.4}) | {:.4} ({:.4}) |\n| intercepted | {:.4} ({:.4}) | {:.4} ({:.4}) |\n\nOpaque TCP, bulk echo of {mb} MiB each way (medians of {} rounds); CPU per proxy, per GiB moved each way.\n\n| pair | MiB/s | CPU-s per GiB per proxy |\n|---|---|---|\n| mesh sidecars (mTLS, detection, tcp header) | {m_mbps:.0} | {m_cpu:.3} |\n| haproxy, mode tcp (plaintext) | {h_mbps:.0} | {h_cpu:.3} |\n| ratio mesh / haproxy | {:.2} | {:.2} |\n",
         report::machine(),
         i_p99 / e_p99,
         i_cpu / e_cpu,
+        e_split[0],
+        e_split[1],
+        e_split[2],
+        e_split[3],
+        i_split[0],
+        i_split[1],
+        i_split[2],
+        i_split[3],
         rounds.min(3),
         m_mbps / h_mbps,
         m_cpu / h_cpu,
@@ -150,8 +171,8 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         "machine": report::machine(),
         "command": "cargo run --release -p mesh-benches -- intercept",
         "rate": rate, "rounds": rounds, "seconds": secs,
-        "explicit": {"p99_ms": e_p99, "cpu_per_1k": e_cpu},
-        "intercepted": {"p99_ms": i_p99, "cpu_per_1k": i_cpu},
+        "explicit": {"p99_ms": e_p99, "cpu_per_1k": e_cpu, "client_cpu_per_1k": e_split[0], "client_sys_per_1k": e_split[1], "server_cpu_per_1k": e_split[2], "server_sys_per_1k": e_split[3]},
+        "intercepted": {"p99_ms": i_p99, "cpu_per_1k": i_cpu, "client_cpu_per_1k": i_split[0], "client_sys_per_1k": i_split[1], "server_cpu_per_1k": i_split[2], "server_sys_per_1k": i_split[3]},
         "errors": errors,
         "opaque_tcp": {"mib": mb, "mesh_mib_s": m_mbps, "mesh_cpu_per_gib": m_cpu,
                         "haproxy_mib_s": h_mbps, "haproxy_cpu_per_gib": h_cpu},
@@ -169,12 +190,22 @@ async fn sample(
     rate: u64,
     duration: Duration,
 ) -> Result<Sample> {
-    let before: f64 = sidecars.iter().map(|p| sys::cpu_seconds(p)).sum();
-    let run = load::oha_in(Some(&client.ns.name), url, host, rate, CONNS, duration).await?;
-    let after: f64 = sidecars.iter().map(|p| sys::cpu_seconds(p)).sum();
-    let per_sidecar = (after - before) / sidecars.len() as f64;
+    let read = || -> Vec<(f64, f64)> {
+        sidecars
+            .iter()
+            .map(|p| (sys::cpu_seconds(p), sys::system_seconds(p)))
+            .collect()
+    };
+    let before = read();
+    let run = load::oha(Some(&client.ns.name), url, host, rate, CONNS, duration).await?;
+    let after = read();
+    let k = run.requests.max(1) as f64 / 1000.0;
+    let each = |i: usize| (after[i].0 - before[i].0) / k;
+    let sys_of = |i: usize| (after[i].1 - before[i].1) / k;
     Ok(Sample {
-        cpu_per_1k: per_sidecar / (run.requests.max(1) as f64 / 1000.0),
+        cpu_per_1k: (each(0) + each(1)) / 2.0,
+        sys_per_1k: [sys_of(0), sys_of(1)],
+        each_per_1k: [each(0), each(1)],
         run,
     })
 }

@@ -26,19 +26,9 @@ pub(crate) struct Run {
     pub(crate) rps: f64,
 }
 
-/// One oha run against `url`; `rate` 0 means as fast as possible.
+/// One oha run against `url` (inside network namespace `netns` when
+/// given, as a pod's app); `rate` 0 means as fast as possible.
 pub(crate) async fn oha(
-    url: &str,
-    host: Option<&str>,
-    rate: u64,
-    conns: usize,
-    duration: Duration,
-) -> Result<Run> {
-    oha_in(None, url, host, rate, conns, duration).await
-}
-
-/// `oha`, run inside network namespace `netns` when given (a pod's app).
-pub(crate) async fn oha_in(
     netns: Option<&str>,
     url: &str,
     host: Option<&str>,

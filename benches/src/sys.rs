@@ -43,6 +43,15 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
+/// The kernel's share of `cpu_seconds` (stime): what a process costs the
+/// system on its behalf (syscalls, and the packets it sends and receives).
+pub(crate) fn system_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| stat_fields(*p))
+        .map(|f| f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / TICKS_PER_SEC)
+        .sum()
+}
+
 /// Peak resident memory (VmHWM) summed over the processes, in MiB.
 pub(crate) fn peak_rss_mib(pids: &[u32]) -> f64 {
     pids.iter()

@@ -174,8 +174,12 @@ impl Bound {
         ));
         let drain = Drain::new(config.idle_timeout, config.max_connections);
         let inbound_state = state.clone();
-        let opaque =
-            crate::outbound::Tcp::new(tls.clone(), state.clone(), metrics.tcp("outbound", "dst"));
+        let opaque = crate::outbound::Tcp::new(
+            tls.clone(),
+            state.clone(),
+            metrics.tcp("outbound", "dst"),
+            metrics.clone(),
+        );
         let listener = crate::outbound::Listener {
             http: Outbound::new(
                 state.clone(),

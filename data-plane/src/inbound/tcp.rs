@@ -138,7 +138,14 @@ impl Inbound {
             }
         };
         let _ = app.set_nodelay(true);
-        match crate::intercept::splice(&mut peer, &mut app).await {
+        let counted = self
+            .metrics
+            .opaque
+            .opened("inbound", client.as_deref().unwrap_or(""));
+        let copied = crate::intercept::splice(&mut peer, &mut app).await;
+        let (from_peer, to_peer) = copied.as_ref().map_or((0, 0), |c| *c);
+        counted.closed(to_peer, from_peer);
+        match copied {
             Ok((from_peer, to_peer)) => {
                 tracing::debug!(client = ?client, %target, from_peer, to_peer, "opaque connection closed")
             }

@@ -11,6 +11,7 @@
 use crate::connect::TlsContext;
 use crate::state::{Service, State};
 use crate::telemetry::meter::{Meter, Metered};
+use crate::telemetry::metrics::Metrics;
 use arc_swap::ArcSwap;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub struct Tcp {
     state: Arc<ArcSwap<State>>,
     /// Counts the connections it opens to endpoints.
     meter: Option<Arc<Meter>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why an opaque connection could not be opened.
@@ -52,8 +54,14 @@ impl Tcp {
         tls: Option<TlsContext>,
         state: Arc<ArcSwap<State>>,
         meter: Option<Arc<Meter>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Tcp { tls, state, meter }
+        Tcp {
+            tls,
+            state,
+            meter,
+            metrics,
+        }
     }
 
     /// Sends `app`'s connection to `dst` as it is (no service has that
@@ -81,10 +89,16 @@ impl Tcp {
         dst: SocketAddr,
     ) {
         let name = format!("{}.{}", service.name, service.namespace);
-        let result = match self.endpoint(service) {
-            None => Err(Error::NoEndpoint),
-            Some((endpoint, identity)) => self.open(endpoint, identity, dst.port()).await,
+        let (result, peer) = match self.endpoint(service) {
+            None => (Err(Error::NoEndpoint), String::new()),
+            Some((endpoint, identity)) => {
+                let peer = identity.clone().unwrap_or_default();
+                (self.open(endpoint, identity, dst.port()).await, peer)
+            }
         };
+        let counted = result
+            .is_ok()
+            .then(|| self.metrics.opaque.opened("outbound", &peer));
         let copied = match result {
             Ok(Upstream::Tls(mut up)) => crate::intercept::splice(&mut app, up.as_mut()).await,
             Ok(Upstream::Plain(mut up)) => crate::intercept::splice(&mut app, &mut up).await,
@@ -93,6 +107,10 @@ impl Tcp {
                 return;
             }
         };
+        let (sent, received) = copied.as_ref().map_or((0, 0), |c| *c);
+        if let Some(c) = counted {
+            c.closed(sent, received);
+        }
         match copied {
             Ok((sent, received)) => {
                 tracing::debug!(service = %name, %dst, sent, received, "opaque connection closed")

@@ -180,6 +180,8 @@ pub struct Metrics {
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     /// Redirected connections by the protocol detected.
     pub protocol_detections: Family<DetectLabels, Counter>,
+    /// Opaque TCP connections by peer identity.
+    pub opaque: crate::telemetry::opaque::Opaque,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
     config_version: Gauge,
@@ -258,6 +260,7 @@ impl Metrics {
                 "Inbound connections by transport and outcome",
                 Family::default(),
             ),
+            opaque: crate::telemetry::opaque::Opaque::register(r),
             protocol_detections: registered(
                 r,
                 "protocol_detections",
