@@ -55,11 +55,13 @@ async fn curl_to_a_virtual_ip_is_split_and_mtls_and_other_addresses_pass_through
     let mut v1 = hub.pod("v1");
     let mut v2 = hub.pod("v2");
     for (pod, version) in [(&mut v1, "v1"), (&mut v2, "v2")] {
-        hub.echo(pod, version, &[]).await;
+        hub.echo(pod, version, "127.0.0.1:8080").await;
         hub.sidecar(pod, "echo", version, Some("127.0.0.1:8080"), &[])
             .await;
     }
     hub.sidecar(&mut client, "client", "", None, &[]).await;
+    // A second port of v1's pod, serving another app.
+    hub.echo(&mut v1, "second-port", "127.0.0.1:9090").await;
 
     // The client's sidecar knows echo's virtual IP once both versions are
     // its endpoints.
@@ -126,6 +128,16 @@ async fn curl_to_a_virtual_ip_is_split_and_mtls_and_other_addresses_pass_through
         versions.iter().any(|v| v == "v1") && versions.iter().any(|v| v == "v2"),
         "{versions:?}"
     );
+
+    // An unmeshed client (in the hub) calling the pod's ports directly: the
+    // pod's inbound redirect brings each to the sidecar, which forwards to
+    // the port it was dialled to.
+    for (port, version) in [("8080", "v1"), ("9090", "second-port")] {
+        let url = format!("http://{}:{port}/", v1.ip);
+        let out = hub.ns.ok(&["curl", "-sS", "-m", "5", &url]);
+        let answer: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(answer["version"], version, "{url}: {answer}");
+    }
 
     // An address that is no service passes through unchanged: a server in
     // the hub answers as itself.
@@ -231,7 +243,7 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
     let mut client = hub.pod("cli");
     let mut intruder = hub.pod("web");
     let mut server = hub.pod("srv");
-    hub.echo(&mut server, "v1", &[]).await;
+    hub.echo(&mut server, "v1", "127.0.0.1:8080").await;
     hub.sidecar(&mut server, "echo", "v1", Some("127.0.0.1:8080"), &[])
         .await;
     hub.sidecar(&mut client, "client", "", None, &[]).await;

@@ -50,7 +50,7 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let mut hub = Hub::start(&dir, MESH).await;
     let mut client = hub.pod("bcli");
     let mut server = hub.pod("bsrv");
-    hub.echo(&mut server, "v1", &[]).await;
+    hub.echo(&mut server, "v1", "127.0.0.1:8080").await;
     hub.sidecar(
         &mut server,
         "echo",

@@ -202,14 +202,14 @@ impl Hub {
         self.wait_http(&pod.ns, "http://127.0.0.1:4191/ready").await;
     }
 
-    /// Starts mesh-echo in `pod` on 127.0.0.1:8080.
-    pub async fn echo(&self, pod: &mut Pod, version: &str, extra: &[&str]) {
+    /// Starts mesh-echo in `pod` on `addr` (the app's port 8080 by convention).
+    pub async fn echo(&self, pod: &mut Pod, version: &str, addr: &str) {
         let bin = binary("mesh-echo").display().to_string();
         let id = format!("echo-{version}-{}", pod.ip.replace('.', "-"));
-        let mut args = vec![
+        let args = vec![
             bin.as_str(),
             "--addr",
-            "127.0.0.1:8080",
+            addr,
             "--service",
             "echo",
             "--version",
@@ -217,7 +217,6 @@ impl Hub {
             "--instance",
             &id,
         ];
-        args.extend_from_slice(extra);
         let proc = Proc::spawn(&format!("{id}-app"), in_ns(&pod.ns, &args), &self.logs)
             .await
             .expect("echo starts");

@@ -157,7 +157,7 @@ impl Inbound {
             drain
                 .serve_conn(TokioIo::new(stream), move |req| {
                     let inbound = inbound.clone();
-                    async move { inbound.handle(req, None).await }
+                    async move { inbound.handle(req, None, dst).await }
                 })
                 .await;
             return;
@@ -196,7 +196,7 @@ impl Inbound {
         drain
             .serve_conn(TokioIo::new(tls), move |req| {
                 let (inbound, client) = (inbound.clone(), client.clone());
-                async move { inbound.handle(req, client).await }
+                async move { inbound.handle(req, client, dst).await }
             })
             .await;
     }
@@ -224,12 +224,24 @@ impl Inbound {
         }
     }
 
-    /// Forwards one request to the app, with the verified client identity (if any).
+    /// Forwards one request to the app, with the verified client identity
+    /// (if any): to the app's port the connection was dialled to when the
+    /// pod's redirect rules brought it (`dst`), else to the app's address.
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
         client: Option<Arc<str>>,
+        dst: Option<std::net::SocketAddr>,
     ) -> Response<Body> {
+        let dialled = dst
+            .filter(|d| d.port() != self.app_addr.port())
+            .and_then(|d| {
+                std::net::SocketAddr::new(self.app_addr.ip(), d.port())
+                    .to_string()
+                    .parse::<Authority>()
+                    .ok()
+            });
+        let app = dialled.as_ref().unwrap_or(&self.app);
         let peer = client.as_deref().map(str::to_owned);
         // Never let an outside copy pass for a verified identity.
         req.headers_mut().remove(CLIENT_ID_HEADER);
@@ -253,7 +265,7 @@ impl Inbound {
                         let counted = req.extensions().get::<BytesIn>().cloned();
                         req.map(|b| ReqBody::Stream(Source::new(b, counted)))
                     },
-                    &self.app,
+                    app,
                     false,
                 )
                 .await
