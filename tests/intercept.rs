@@ -35,6 +35,78 @@ spec:
   - identity: spiffe://cluster.local/ns/default/sa/client
 ";
 
+/// openssl's own TLS server on port 8443 of `ns`, its certificate naming
+/// `ip` (no part of mesh); and the certificate, for the client to verify.
+fn tls_server(
+    hub: &Hub,
+    ns: &netns::NetNs,
+    ip: &str,
+    dir: &std::path::Path,
+) -> (meshctl::procs::Proc, std::path::PathBuf) {
+    let (cert, key) = (dir.join(format!("{ip}.pem")), dir.join(format!("{ip}.key")));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=app"])
+        .arg("-addext")
+        .arg(format!("subjectAltName=IP:{ip}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let server = meshctl::procs::Proc::spawn_plain(
+        &format!("tls-{ip}"),
+        pods::in_ns(
+            ns,
+            &[
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-www",
+                "-accept",
+                "8443",
+                "-cert",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+            ],
+        ),
+        &hub.logs,
+    )
+    .unwrap();
+    (server, cert)
+}
+
+/// curl of `url` from `ns` trusting `cert` alone, retried (bounded) while
+/// the server comes up: its output.
+async fn curl_tls(ns: &netns::NetNs, url: &str, cert: &std::path::Path) -> std::process::Output {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = ns.output(&[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "--cacert",
+            cert.to_str().unwrap(),
+            url,
+        ]);
+        if out.status.success() || std::time::Instant::now() > end {
+            return out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn temp(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("mesh-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -164,67 +236,9 @@ async fn curl_to_a_virtual_ip_is_split_and_mtls_and_other_addresses_pass_through
 
     // The app's own TLS to a destination outside the mesh passes through
     // untouched: curl verifies the server's own certificate.
-    let (cert, key) = (dir.join("outside.pem"), dir.join("outside.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=outside",
-        ])
-        .arg("-addext")
-        .arg(format!("subjectAltName=IP:{}", client.gateway))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let _tls_server = meshctl::procs::Proc::spawn_plain(
-        "outside-tls",
-        pods::in_ns(
-            &hub.ns,
-            &[
-                "openssl",
-                "s_server",
-                "-quiet",
-                "-www",
-                "-accept",
-                "8443",
-                "-cert",
-                cert.to_str().unwrap(),
-                "-key",
-                key.to_str().unwrap(),
-            ],
-        ),
-        &hub.logs,
-    )
-    .unwrap();
+    let (_tls_server, cert) = tls_server(&hub, &hub.ns, &client.gateway, &dir);
     let url = format!("https://{}:8443/", client.gateway);
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let out = loop {
-        let out = client.ns.output(&[
-            "curl",
-            "-sS",
-            "-m",
-            "5",
-            "--cacert",
-            cert.to_str().unwrap(),
-            &url,
-        ]);
-        if out.status.success() || std::time::Instant::now() > end {
-            break out;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let out = curl_tls(&client.ns, &url, &cert).await;
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("s_server"),
         "TLS through the client's sidecar: {}",
@@ -345,6 +359,18 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
     assert_eq!(
         py(&["talk", &vip, "7000", "again"]),
         "again5 bytes then EOF\n"
+    );
+
+    // An unmeshed client's own TLS to a port of the meshed pod: the pod's
+    // sidecar tells it from a peer's handshake (no sidecar marker in its
+    // ClientHello) and hands it to the app untouched; curl verifies the
+    // app's own certificate.
+    let (_app_tls, cert) = tls_server(&hub, &server.ns, &server.ip, &dir);
+    let out = curl_tls(&hub.ns, &format!("https://{}:8443/", server.ip), &cert).await;
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("s_server"),
+        "the app's own TLS through the pod's sidecar: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // 100 MB each way, byte for byte.

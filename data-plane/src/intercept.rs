@@ -130,6 +130,97 @@ pub async fn detect(stream: &TcpStream, deadline: Duration) -> io::Result<(Proto
     }
 }
 
+/// What a ClientHello says about who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    /// Not all of it has come yet.
+    Incomplete,
+    /// A mesh sidecar's: it offers `PEER_ALPN` beside its protocol.
+    Mesh,
+    /// A well-formed one of anyone else's: the app's own TLS.
+    App,
+    /// Not a ClientHello, or one whose lengths do not add up.
+    Malformed,
+}
+
+/// The ALPN protocol every sidecar offers beside the one it wants, so a
+/// pod's inbound tells a peer sidecar's handshake from an app's own TLS
+/// (which never offers it). No server selects it.
+pub const PEER_ALPN: &[u8] = b"mesh.peer";
+
+/// Reads the ALPN extension of the ClientHello `bytes` begin with (RFC
+/// 8446 §4.1.2, RFC 7301 §3.1): is `PEER_ALPN` among its protocols?
+pub fn hello(bytes: &[u8]) -> Hello {
+    // The record header (5), then the handshake header (4).
+    let Some(header) = bytes.get(..9) else {
+        return Hello::Incomplete;
+    };
+    if header[0] != 0x16 || header[1] != 3 || header[5] != 1 {
+        return Hello::Malformed;
+    }
+    let record_end = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    // Version (2) and random (32), then the session id, cipher suites and
+    // compression methods, each led by its length.
+    let mut at = 9 + 34;
+    let Some(&sid) = bytes.get(at) else {
+        return Hello::Incomplete;
+    };
+    at += 1 + usize::from(sid);
+    let Some(suites) = u16_at(at) else {
+        return Hello::Incomplete;
+    };
+    at += 2 + suites;
+    let Some(&compression) = bytes.get(at) else {
+        return Hello::Incomplete;
+    };
+    at += 1 + usize::from(compression);
+    let Some(extensions) = u16_at(at) else {
+        return Hello::Incomplete;
+    };
+    at += 2;
+    if at + extensions > record_end {
+        return Hello::Malformed;
+    }
+    let end = at + extensions;
+    while at + 4 <= end {
+        let (Some(kind), Some(len)) = (u16_at(at), u16_at(at + 2)) else {
+            return Hello::Incomplete;
+        };
+        at += 4;
+        if kind == 16 {
+            // application_layer_protocol_negotiation: a list of names.
+            if len < 2 || at + len > end {
+                return Hello::Malformed;
+            }
+            let Some(list) = bytes.get(at + 2..at + len) else {
+                return Hello::Incomplete;
+            };
+            let mut i = 0;
+            while let Some(&n) = list.get(i) {
+                let name = list.get(i + 1..i + 1 + usize::from(n));
+                if name == Some(PEER_ALPN) {
+                    return Hello::Mesh;
+                }
+                i += 1 + usize::from(n);
+            }
+            return Hello::App;
+        }
+        at += len;
+    }
+    if at != end {
+        Hello::Malformed
+    } else if bytes.len() < end {
+        Hello::Incomplete
+    } else {
+        Hello::App
+    }
+}
+
 /// What a sidecar sends first on an opaque (`mesh.tcp/1`) connection,
 /// right after the handshake: the port on the peer's pod the app dialled,
 /// so the peer hands the bytes to that port of its app whichever address
@@ -163,6 +254,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ClientHello as rustls sends it, offering `alpn`.
+    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let mut config = rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from("10.0.0.1").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_peer_sidecar_s_client_hello_is_told_from_an_app_s() {
+        let mesh = client_hello(&[b"h2", PEER_ALPN]);
+        assert_eq!(hello(&mesh), Hello::Mesh);
+        assert_eq!(hello(&client_hello(&[b"h2", b"http/1.1"])), Hello::App);
+        assert_eq!(hello(&client_hello(&[])), Hello::App);
+        for cut in [0, 5, 9, 44, 80] {
+            assert_eq!(hello(&mesh[..cut]), Hello::Incomplete, "cut at {cut}");
+        }
+        assert_eq!(
+            hello(b"\x16\x03\x01\x00\x05garbage and more bytes"),
+            Hello::Malformed
+        );
+        assert_eq!(hello(b"GET / HTTP/1.1\r\n"), Hello::Malformed);
+        // Lengths that run past the record.
+        let mut long = mesh.clone();
+        long[4] = 10;
+        assert_eq!(hello(&long), Hello::Malformed);
+    }
 
     #[test]
     fn the_tcp_header_names_a_port_and_nothing_else_passes_for_one() {

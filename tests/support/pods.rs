@@ -225,7 +225,8 @@ impl Hub {
 
     /// tests/tools/tcp_peer.py `args` in `ns`, once it says it listens.
     pub async fn tcp_peer(&self, ns: &NetNs, name: &str, args: &[&str]) -> Proc {
-        let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/tcp_peer.py");
+        // From the tests crate or the benches one alike.
+        let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tools/tcp_peer.py");
         let mut all = vec!["python3", "-u", tool];
         all.extend_from_slice(args);
         let proc = Proc::spawn_plain(name, in_ns(ns, &all), &self.logs).expect("python3 starts");

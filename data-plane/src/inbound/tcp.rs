@@ -11,7 +11,7 @@
 
 use super::Inbound;
 use crate::config::Mode;
-use crate::intercept::Protocol;
+use crate::intercept::{Hello, Protocol};
 use crate::telemetry::meter::Metered;
 use crate::telemetry::metrics::DetectLabels;
 use std::net::SocketAddr;
@@ -49,19 +49,49 @@ impl Inbound {
         }
     }
 
-    /// Serves a redirected plaintext connection that is not HTTP: to the
-    /// app's port `dst` names, in permissive mode; refused in strict.
+    /// Whether the redirected TLS connection on `stream` is an app's own
+    /// (its ClientHello does not offer the sidecars' marker), read within
+    /// the detection deadline; a hello still incomplete then is taken for
+    /// a peer's, whose handshake decides.
+    pub(super) async fn app_tls(&self, stream: &TcpStream) -> bool {
+        let until = tokio::time::Instant::now() + self.intercept.detect_timeout;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match tokio::time::timeout_at(until, stream.peek(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return false,
+            };
+            match crate::intercept::hello(&buf[..n]) {
+                // A peer's handshake, or a broken one, which the mTLS
+                // handshake then refuses.
+                Hello::Mesh | Hello::Malformed => return false,
+                Hello::App => return true,
+                Hello::Incomplete if n == buf.len() => return false,
+                Hello::Incomplete => {
+                    if tokio::time::Instant::now() + Duration::from_millis(5) >= until {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves a redirected connection from an unmeshed client that is not
+    /// HTTP (`protocol` opaque, or the app's own `tls`, as detected `by`):
+    /// to the app's port `dst` names, in permissive mode; refused in strict.
     pub(super) async fn plaintext(
         &self,
         stream: Metered<TcpStream>,
         dst: SocketAddr,
+        protocol: &'static str,
         by: &'static str,
     ) {
         self.metrics
             .protocol_detections
             .get_or_create(&DetectLabels {
                 direction: "inbound",
-                protocol: "opaque",
+                protocol,
                 by,
             })
             .inc();

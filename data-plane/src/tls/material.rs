@@ -127,7 +127,9 @@ impl Material {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![alpn.to_vec()];
+        // The peer marker beside the protocol: a pod's inbound tells a
+        // sidecar's handshake from an app's own TLS by it.
+        config.alpn_protocols = vec![alpn.to_vec(), crate::intercept::PEER_ALPN.to_vec()];
         let config = Arc::new(config);
         clients.insert((expected.to_string(), alpn), config.clone());
         Ok(config)
