@@ -43,6 +43,28 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
+/// CPU seconds used so far by the processes, to the nanosecond: the
+/// scheduler's own runtime of every thread (/proc/<pid>/task/*/schedstat),
+/// where `cpu_seconds` counts 10 ms ticks. Threads that have exited are
+/// not counted.
+pub(crate) fn cpu_seconds_exact(pids: &[u32]) -> f64 {
+    let mut ns = 0u64;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
+}
+
 /// The kernel's share of `cpu_seconds` (stime): what a process costs the
 /// system on its behalf (syscalls, and the packets it sends and receives).
 pub(crate) fn system_seconds(pids: &[u32]) -> f64 {
@@ -74,6 +96,7 @@ mod tests {
         }
         assert!(x > 0);
         assert!(cpu_seconds(&[me]) > 0.0);
+        assert!(cpu_seconds_exact(&[me]) >= 0.04);
         assert!(peak_rss_mib(&[me]) > 0.0);
         assert!(family(me).contains(&me));
     }
