@@ -6,8 +6,8 @@
 //!   explicit     oha → 127.0.0.1:4140 (Host: echo) → sidecar → sidecar → echo
 //!   intercepted  oha → http://<echo's virtual IP>:8080/ → (nat) → the same
 //!
-//! in interleaved rounds at 1,000 rps, so the ratio of the two is the cost
-//! of interception alone; and opaque TCP throughput (bulk echo) through the
+//! in interleaved rounds at 1,000 rps (ABBA order), so the ratio of the
+//! two is the cost of interception alone; and opaque TCP throughput (bulk echo) through the
 //! sidecar pair against a haproxy pair in TCP mode, also pod to pod.
 
 use crate::load::{self, Run};
@@ -81,20 +81,25 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let duration = Duration::from_secs(secs);
     let explicit_url = "http://127.0.0.1:4140/".to_string();
     let intercepted_url = format!("http://{vip}:8080/");
+    // The order alternates (explicit first, then intercepted first), so
+    // what drifts over a run weighs on both paths alike. (Pinning the
+    // sidecars to one core and echo to the other was tried: it made both
+    // paths slower and the ratio no steadier.)
     let (mut explicit, mut intercepted) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        explicit.push(
-            sample(
-                &client,
-                &sidecars,
-                &explicit_url,
-                Some("echo"),
-                rate,
-                duration,
-            )
-            .await?,
-        );
-        intercepted.push(sample(&client, &sidecars, &intercepted_url, None, rate, duration).await?);
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for through_nat in order {
+            let (url, host, out) = if through_nat {
+                (&intercepted_url, None, &mut intercepted)
+            } else {
+                (&explicit_url, Some("echo"), &mut explicit)
+            };
+            out.push(sample(&client, &sidecars, url, host, rate, duration).await?);
+        }
     }
     let median = |xs: &[Sample], f: fn(&Sample) -> f64| {
         let mut v: Vec<f64> = xs.iter().map(f).collect();
@@ -177,7 +182,7 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     let _ = std::fs::remove_dir_all(&dir);
 
     let md = format!(
-        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- intercept` (root)\n\nPod to pod through network namespaces, the control plane in local mode with virtual IPs. HTTP/1.1 at {rate} rps, {CONNS} connections, {rounds} interleaved rounds of {secs} s (medians); CPU is per sidecar, per 1,000 requests. CPU is the scheduler's runtime of every sidecar thread (ns, /proc/*/task/*/schedstat); the kernel's share comes from 10 ms ticks. Target: interception adds ≤ 5% to p99 and CPU per request.\n\n| path | p99 | CPU-s per 1k req per sidecar | errors |\n|---|---|---|---|\n| explicit (127.0.0.1:4140, Host: echo) | {e_p99:.3} ms | {e_cpu:.4} | |\n| intercepted (http://{vip}:8080/) | {i_p99:.3} ms | {i_cpu:.4} | |\n| ratio intercepted / explicit | {:.3} | {:.3} | {errors} |\n\nOver all rounds pooled, CPU-s per 1k requests per sidecar: explicit {e_pooled:.4}, intercepted {i_pooled:.4}, ratio {:.3}.\n\nWhere the CPU goes, CPU-s per 1k requests (of which the kernel's):\n\n| path | client sidecar | server sidecar |\n|---|---|---|\n| explicit | {:.4} ({:.4}) | {:.4} ({:.4}) |\n| intercepted | {:.4} ({:.4}) | {:.4} ({:.4}) |\n\nOpaque TCP, bulk echo of {mb} MiB each way (medians of {} rounds); CPU per proxy, per GiB moved each way.\n\n| pair | MiB/s | CPU-s per GiB per proxy |\n|---|---|---|\n| mesh sidecars (mTLS, detection, tcp header) | {m_mbps:.0} | {m_cpu:.3} |\n| haproxy, mode tcp (plaintext) | {h_mbps:.0} | {h_cpu:.3} |\n| ratio mesh / haproxy | {:.2} | {:.2} |\n\nA server that speaks first (an SMTP-style banner), from connect to the banner, best of {tries}: direct pod to pod {direct_ms:.2} ms; through the sidecar pair on an opaque port (25) {opaque_ms:.2} ms, {:.2} ms added (target ≤ 5 ms); on a watched port (2525) {watched_ms:.2} ms (the 100 ms detection deadline, target ≤ 150 ms).\n",
+        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- intercept` (root)\n\nPod to pod through network namespaces, the control plane in local mode with virtual IPs. HTTP/1.1 at {rate} rps, {CONNS} connections, {rounds} interleaved rounds of {secs} s in ABBA order (medians); CPU is per sidecar, per 1,000 requests. CPU is the scheduler's runtime of every sidecar thread (ns, /proc/*/task/*/schedstat); the kernel's share comes from 10 ms ticks. Target: interception adds ≤ 5% to p99 and CPU per request.\n\n| path | p99 | CPU-s per 1k req per sidecar | errors |\n|---|---|---|---|\n| explicit (127.0.0.1:4140, Host: echo) | {e_p99:.3} ms | {e_cpu:.4} | |\n| intercepted (http://{vip}:8080/) | {i_p99:.3} ms | {i_cpu:.4} | |\n| ratio intercepted / explicit | {:.3} | {:.3} | {errors} |\n\nOver all rounds pooled, CPU-s per 1k requests per sidecar: explicit {e_pooled:.4}, intercepted {i_pooled:.4}, ratio {:.3}.\n\nWhere the CPU goes, CPU-s per 1k requests (of which the kernel's):\n\n| path | client sidecar | server sidecar |\n|---|---|---|\n| explicit | {:.4} ({:.4}) | {:.4} ({:.4}) |\n| intercepted | {:.4} ({:.4}) | {:.4} ({:.4}) |\n\nOpaque TCP, bulk echo of {mb} MiB each way (medians of {} rounds); CPU per proxy, per GiB moved each way.\n\n| pair | MiB/s | CPU-s per GiB per proxy |\n|---|---|---|\n| mesh sidecars (mTLS, detection, tcp header) | {m_mbps:.0} | {m_cpu:.3} |\n| haproxy, mode tcp (plaintext) | {h_mbps:.0} | {h_cpu:.3} |\n| ratio mesh / haproxy | {:.2} | {:.2} |\n\nA server that speaks first (an SMTP-style banner), from connect to the banner, best of {tries}: direct pod to pod {direct_ms:.2} ms; through the sidecar pair on an opaque port (25) {opaque_ms:.2} ms, {:.2} ms added (target ≤ 5 ms); on a watched port (2525) {watched_ms:.2} ms (the 100 ms detection deadline, target ≤ 150 ms).\n",
         report::machine(),
         i_p99 / e_p99,
         i_cpu / e_cpu,
