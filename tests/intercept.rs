@@ -25,15 +25,13 @@ fn mesh() -> String {
 }
 
 /// The split and a policy that lets only `client` call echo.
-const GUARDED: &str = "apiVersion: mesh.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata:
-  name: echo-callers
-spec:
-  service: echo
-  allow:
-  - identity: spiffe://cluster.local/ns/default/sa/client
-";
+fn guarded() -> String {
+    support::authorization_policy(
+        "echo-callers",
+        "echo",
+        &["spiffe://cluster.local/ns/default/sa/client"],
+    )
+}
 
 /// openssl's own TLS server on port 8443 of `ns`, its certificate naming
 /// `ip` (no part of mesh); and the certificate, for the client to verify.
@@ -253,7 +251,7 @@ async fn opaque_tcp_and_server_first_protocols_cross_two_sidecars_intact() {
         return;
     }
     let dir = temp("opaque");
-    let mut hub = Hub::start(&dir, &format!("{}---\n{GUARDED}", mesh())).await;
+    let mut hub = Hub::start(&dir, &format!("{}---\n{}", mesh(), guarded())).await;
     let mut client = hub.pod("cli");
     let mut intruder = hub.pod("web");
     let mut server = hub.pod("srv");

@@ -211,15 +211,13 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     );
 }
 
-const POLICY: &str = "apiVersion: mesh.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata:
-  name: echo-callers
-spec:
-  service: echo
-  allow:
-  - identity: spiffe://cluster.local/ns/default/sa/client
-";
+fn policy() -> String {
+    support::authorization_policy(
+        "echo-callers",
+        "echo",
+        &["spiffe://cluster.local/ns/default/sa/client"],
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_policy_admits_listed_callers_and_denies_the_rest() {
@@ -229,7 +227,7 @@ async fn authorization_policy_admits_listed_callers_and_denies_the_rest() {
     let bad = mesh
         .apply(
             "bad-policy.yaml",
-            &POLICY.replace("spiffe://cluster.local/ns/default/sa/client", "client"),
+            &policy().replace("spiffe://cluster.local/ns/default/sa/client", "client"),
         )
         .await;
     assert!(!bad.status.success());
@@ -238,7 +236,7 @@ async fn authorization_policy_admits_listed_callers_and_denies_the_rest() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-    mesh.apply_ok("policy.yaml", POLICY).await;
+    mesh.apply_ok("policy.yaml", &policy()).await;
     let allowed = mesh
         .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN)])
         .await;

@@ -528,6 +528,17 @@ pub fn split(root: &str, backends: &[(&str, &str)]) -> String {
     s
 }
 
+/// An AuthorizationPolicy `name` letting only `identities` call `service`.
+pub fn authorization_policy(name: &str, service: &str, identities: &[&str]) -> String {
+    let mut s = format!(
+        "apiVersion: mesh.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\nspec:\n  service: {service}\n  allow:\n"
+    );
+    for id in identities {
+        s.push_str(&format!("  - identity: {id}\n"));
+    }
+    s
+}
+
 /// A TrafficPolicy document for `service` with this YAML under `spec`
 /// (indented two spaces, after `service`).
 pub fn traffic_policy(service: &str, spec: &str) -> String {

@@ -129,19 +129,10 @@ impl Inbound {
                 return;
             }
         };
-        if let Some(dst) = dst {
-            if let Some(by) = self.plaintext_opaque(stream.get_ref(), dst.port()).await {
-                return self.plaintext(stream, dst, "opaque", by).await;
-            }
-            // TLS, but the app's own (an unmeshed client's): its bytes go
-            // to the app as they are, as plaintext would.
-            let mut first = [0u8; 1];
-            if matches!(stream.get_ref().peek(&mut first).await, Ok(1))
-                && first[0] == TLS_HANDSHAKE_RECORD
-                && self.app_tls(stream.get_ref()).await
-            {
-                return self.plaintext(stream, dst, "tls", "bytes").await;
-            }
+        if let Some(dst) = dst
+            && let Some((protocol, by)) = self.unmeshed(stream.get_ref(), dst.port()).await
+        {
+            return self.plaintext(stream, dst, protocol, by).await;
         }
         let mut first = [0u8; 1];
         // A peer that sends nothing within the idle timeout, or closes, is

@@ -24,23 +24,26 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Inbound {
-    /// Whether the redirected connection on `stream` (dialled to `port`)
-    /// is plaintext that is not HTTP, and what decided it; none for mTLS
-    /// (a peer sidecar's: its ClientHello comes first) and HTTP.
-    pub(super) async fn plaintext_opaque(
+    /// Whether the redirected connection on `stream` (dialled to `port`) is
+    /// an unmeshed client's that is not HTTP: its protocol (`opaque`, or the
+    /// app's own `tls`) and what decided it; none for a peer sidecar's mTLS
+    /// and for HTTP, which the HTTP path serves.
+    pub(super) async fn unmeshed(
         &self,
         stream: &TcpStream,
         port: u16,
-    ) -> Option<&'static str> {
+    ) -> Option<(&'static str, &'static str)> {
         let mut first = [0u8; 1];
         match tokio::time::timeout(self.intercept.detect_timeout, stream.peek(&mut first)).await {
-            Err(_) => Some("timeout"),
-            Ok(Ok(1)) if first[0] == 0x16 => None,
-            Ok(Ok(1)) if self.intercept.opaque(port) => Some("port"),
+            Err(_) => Some(("opaque", "timeout")),
+            // TLS: a peer sidecar's handshake, unless it is the app's own
+            // (an unmeshed client's), whose bytes go to the app as they are.
+            Ok(Ok(1)) if first[0] == 0x16 => self.app_tls(stream).await.then_some(("tls", "bytes")),
+            Ok(Ok(1)) if self.intercept.opaque(port) => Some(("opaque", "port")),
             Ok(Ok(1)) => {
                 match crate::intercept::detect(stream, self.intercept.detect_timeout).await {
-                    Ok((Protocol::Opaque | Protocol::Tls, true)) => Some("timeout"),
-                    Ok((Protocol::Opaque | Protocol::Tls, false)) => Some("bytes"),
+                    Ok((Protocol::Opaque | Protocol::Tls, true)) => Some(("opaque", "timeout")),
+                    Ok((Protocol::Opaque | Protocol::Tls, false)) => Some(("opaque", "bytes")),
                     _ => None,
                 }
             }
