@@ -2,6 +2,7 @@
 //! report on releases and proxies. Thin: all logic lives in `state`.
 
 use crate::identity::ca::Ca;
+use crate::release::{self, Controller};
 use crate::rules;
 use crate::state::State;
 use crate::telemetry::{DEFAULT_WINDOW, MAX_WINDOW, Window};
@@ -15,21 +16,24 @@ pub struct Admin {
     ca: Arc<Ca>,
     trust_domain: String,
     telemetry: Arc<Window>,
+    releases: Arc<Controller>,
 }
 
 impl Admin {
-    /// An admin service over shared state and the CA.
+    /// An admin service over shared state, the CA and the release controller.
     pub fn new(
         state: Arc<State>,
         ca: Arc<Ca>,
         trust_domain: String,
         telemetry: Arc<Window>,
+        releases: Arc<Controller>,
     ) -> Self {
         Admin {
             state,
             ca,
             trust_domain,
             telemetry,
+            releases,
         }
     }
 }
@@ -194,7 +198,7 @@ impl pb::admin_server::Admin for Admin {
         let r = request.into_inner();
         let ns = namespace_or_default(r.namespace);
         let (split, version, warnings) = off_runtime(&self.state, move |s| {
-            s.shift(&ns, &r.service, &r.backend, r.percent)
+            s.shift(&ns, &r.service, &r.backend, r.percent, None)
         })
         .await??;
         Ok(Response::new(pb::ShiftResponse {
@@ -211,6 +215,67 @@ impl pb::admin_server::Admin for Admin {
         let r = request.into_inner();
         let ns = namespace_or_default(r.namespace);
         Ok(Response::new(self.state.status(&ns, &r.service)?))
+    }
+
+    async fn start_release(
+        &self,
+        request: Request<pb::StartReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let spec = match (r.file, r.spec) {
+            (Some(f), _) => release::spec::Spec::from_file(&f.filename, &f.content),
+            (None, Some(s)) => release::spec::Spec::from_proto(&s),
+            (None, None) => {
+                return Err(Status::invalid_argument(
+                    "a release needs a spec: flags or a Release document",
+                ));
+            }
+        };
+        let started = match spec {
+            Ok(spec) => self.releases.start(spec).await,
+            Err(problems) => Err(release::Error::Invalid(problems)),
+        };
+        match started {
+            Ok(answer) => Ok(Response::new(answer)),
+            // Every problem in the body, as Apply answers.
+            Err(release::Error::Invalid(problems)) => Ok(Response::new(pb::ReleaseResponse {
+                problems: problems.iter().map(crate::index::views::problem).collect(),
+                ..Default::default()
+            })),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn control_release(
+        &self,
+        request: Request<pb::ControlReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let who = crate::mtls::identity_of(&request).unwrap_or_else(|| "an operator".into());
+        let r = request.into_inner();
+        let ns = namespace_or_default(r.namespace);
+        Ok(Response::new(
+            self.releases
+                .command(&ns, &r.service, &r.action, &who)
+                .await?,
+        ))
+    }
+
+    async fn get_release(
+        &self,
+        request: Request<pb::GetReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let ns = namespace_or_default(r.namespace);
+        Ok(Response::new(self.releases.status(&ns, &r.service)?))
+    }
+
+    async fn release_history(
+        &self,
+        request: Request<pb::GetReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseHistoryResponse>, Status> {
+        let r = request.into_inner();
+        let ns = namespace_or_default(r.namespace);
+        Ok(Response::new(self.releases.history(&ns, &r.service)))
     }
 
     async fn proxy_status(

@@ -31,10 +31,9 @@ pub enum Access {
 /// not know, which nobody may call.
 pub fn access(method: &str) -> Option<Access> {
     match method {
-        "Apply" | "Delete" | "Shift" => Some(Access::Write),
-        "GetSplits" | "GetRoutes" | "GetStats" | "ReleaseStatus" | "ProxyStatus" | "Identities" => {
-            Some(Access::Read)
-        }
+        "Apply" | "Delete" | "Shift" | "StartRelease" | "ControlRelease" => Some(Access::Write),
+        "GetSplits" | "GetRoutes" | "GetStats" | "ReleaseStatus" | "ProxyStatus" | "Identities"
+        | "GetRelease" | "ReleaseHistory" => Some(Access::Read),
         _ => None,
     }
 }

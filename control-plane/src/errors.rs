@@ -94,6 +94,24 @@ impl From<Error> for Status {
     }
 }
 
+/// The gRPC code for each reason a release call is refused.
+pub fn release_code(e: &crate::release::Error) -> Code {
+    use crate::release::Error as R;
+    match e {
+        R::Invalid(_) | R::Action(_) => Code::InvalidArgument,
+        R::Missing(_) | R::Never(_) => Code::NotFound,
+        R::UnderWay { .. } | R::Refused(_) | R::Split(_) => Code::FailedPrecondition,
+        R::State(e) => code(e),
+        R::Store(_) => Code::Unavailable,
+    }
+}
+
+impl From<crate::release::Error> for Status {
+    fn from(e: crate::release::Error) -> Status {
+        Status::new(release_code(&e), e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +231,40 @@ mod tests {
         ];
         for (e, want) in rows {
             assert_eq!(identity_code(&e), want, "{e}");
+            let message = e.to_string();
+            let status = Status::from(e);
+            assert_eq!((status.code(), status.message()), (want, message.as_str()));
+        }
+    }
+
+    #[test]
+    fn each_release_error_has_a_deliberate_code() {
+        use crate::release::Error as R;
+        use crate::release::machine::{Command, Refused};
+        let rows = vec![
+            (R::Invalid(vec![]), Code::InvalidArgument),
+            (R::Action("jump".into()), Code::InvalidArgument),
+            (R::Missing("default/echo".into()), Code::NotFound),
+            (R::Never("default/echo".into()), Code::NotFound),
+            (
+                R::UnderWay {
+                    service: "default/echo".into(),
+                    phase: "Progressing",
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                R::Refused(Refused {
+                    service: "echo".into(),
+                    phase: "Promoted",
+                    command: Command::Pause,
+                }),
+                Code::FailedPrecondition,
+            ),
+            (R::Split("nothing splits".into()), Code::FailedPrecondition),
+            (R::State(Error::ClusterRules), Code::FailedPrecondition),
+        ];
+        for (e, want) in rows {
             let message = e.to_string();
             let status = Status::from(e);
             assert_eq!((status.code(), status.message()), (want, message.as_str()));

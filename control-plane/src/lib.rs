@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mtls;
 pub mod proxies;
 pub mod registry;
+pub mod release;
 pub mod rules;
 pub mod state;
 pub mod store;

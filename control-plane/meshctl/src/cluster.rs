@@ -382,7 +382,7 @@ pub async fn shift(
     let mut tries = 0;
     loop {
         let set = cluster.rule_set().await?;
-        let (_, split, what) = set.shift(namespace, service, backend, percent)?;
+        let (_, split, what) = set.shift(namespace, service, backend, percent, None)?;
         if !what.starts_with("TrafficSplit") {
             bail!(
                 "{what} routes {namespace}/{service}; a cluster's HTTPRoutes are not shifted by meshctl yet"

@@ -14,6 +14,7 @@ pub mod install;
 pub mod install_objects;
 pub mod procs;
 pub mod progress;
+pub mod release;
 pub mod routes;
 pub mod stat;
 pub mod traffic;

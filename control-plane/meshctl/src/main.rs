@@ -230,7 +230,8 @@ enum Release {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
-    /// Weights and live endpoints per backend.
+    /// Weights and live endpoints per backend, and the automated release
+    /// under way (or the last one) with its current window's numbers.
     Status {
         /// Root service.
         service: String,
@@ -240,7 +241,12 @@ enum Release {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// Follow the automated release until it ends.
+        #[arg(long)]
+        watch: bool,
     },
+    #[command(flatten)]
+    Auto(meshctl::release::Auto),
 }
 
 fn main() -> std::process::ExitCode {
@@ -393,11 +399,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     service,
                     namespace,
                     output,
+                    watch,
                 },
         } => {
+            if watch {
+                return meshctl::release::watch(control, &namespace, &service, output).await;
+            }
+            // The release first: one that ended has its weights in force,
+            // so the weights read after it are never older than it.
+            let release = meshctl::release::fetch(control, &namespace, &service).await?;
             let st = cli::status(control, &namespace, &service).await?;
-            cli::print_status(&st, output)
+            if output == Output::Json {
+                // One document: the weights, and the release if there is one.
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&cli::render_status(&st, output)?)?;
+                v["release"] = match &release {
+                    Some(r) => serde_json::from_str(&meshctl::release::render(r, output)?)?,
+                    None => serde_json::Value::Null,
+                };
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            cli::print_status(&st, output)?;
+            if let Some(r) = release {
+                print!("{}", meshctl::release::render(&r, output)?);
+            }
+            Ok(())
         }
+        Cmd::Release {
+            what: Release::Auto(auto),
+        } => meshctl::release::run(control, auto).await,
         Cmd::ProxyStatus { output } => cli::proxy_status(control, output).await,
         Cmd::Stat { query, output } => meshctl::stat::stat(control, &query.query(), output).await,
         Cmd::Top {
@@ -454,8 +485,13 @@ async fn in_cluster(args: Args) -> anyhow::Result<()> {
         | Cmd::Get {
             what: Get::Splits { .. },
         }
-        | Cmd::Release { .. }
+        | Cmd::Release {
+            what: Release::Shift { .. } | Release::Status { watch: false, .. },
+        }
         | Cmd::Check { .. } => None,
+        Cmd::Release { .. } => {
+            Some("release start|pause|resume|promote|abort|rollback|history|status --watch")
+        }
         Cmd::Up { .. } => Some("up"),
         Cmd::Install { .. } | Cmd::Uninstall | Cmd::Inject { .. } | Cmd::Uninject { .. } => None,
         Cmd::Demo { .. } => Some("demo"),
@@ -501,6 +537,7 @@ async fn in_cluster(args: Args) -> anyhow::Result<()> {
                     service,
                     namespace,
                     output,
+                    ..
                 },
         } => {
             let st = cluster::status(&c, &namespace, &service).await?;

@@ -3,6 +3,7 @@
 //! to stop.
 
 mod cluster;
+mod credentials;
 
 use crate::config::Config;
 use crate::identity::{Identity, ca, tokens, tokens::Tokens};
@@ -40,6 +41,9 @@ pub enum Error {
     /// The state directory is unusable.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The releases on disk cannot be read.
+    #[error(transparent)]
+    Releases(#[from] crate::release::Error),
     /// The CA could not be loaded or created.
     #[error(transparent)]
     Ca(#[from] crate::identity::ca::Error),
@@ -142,34 +146,14 @@ pub struct Bound {
     tls: Arc<crate::mtls::ServerTls>,
     grpc_tls: Arc<crate::mtls::ServerTls>,
     state: Arc<State>,
+    window: Arc<crate::telemetry::Window>,
+    releases: Arc<crate::release::Controller>,
     metrics: Arc<crate::metrics::Metrics>,
     identity: Identity,
     tokens: tokens::Shared,
     ca: Arc<ca::Ca>,
     kube: Option<kube::Client>,
     config: Config,
-}
-
-/// Writes the operators' client credentials: `admin/` may change the mesh,
-/// `viewer/` may only read it. Reissued on every start and renewal, so they
-/// are never older than a certificate lifetime. Beside them, `roots.pem`:
-/// the trust anchors a sidecar needs to know the control plane (not secret).
-fn write_operator_credentials(
-    ca: &ca::Ca,
-    trust_domain: &str,
-    dir: &Path,
-) -> Result<(), crate::mtls::Error> {
-    use crate::authz::{ADMIN_ACCOUNT, VIEWER_ACCOUNT};
-    for (account, sub) in [(ADMIN_ACCOUNT, "admin"), (VIEWER_ACCOUNT, "viewer")] {
-        let id = crate::mtls::system_id(trust_domain, account);
-        crate::mtls::write_credentials(ca, &id, &dir.join(sub))?;
-    }
-    let roots = dir.join("roots.pem");
-    std::fs::write(&roots, ca.roots_pem().concat()).map_err(|source| crate::mtls::Error::Read {
-        path: roots,
-        source,
-    })?;
-    Ok(())
 }
 
 /// Loads config and state and binds every listener. Nothing is served yet.
@@ -189,7 +173,13 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         }
         crate::config::RegistryKind::Local => None,
     };
-    let state = Arc::new(State::new(registry, rules, store, admission)?);
+    let state = Arc::new(State::new(registry, rules, store.clone(), admission)?);
+    let window = Arc::new(crate::telemetry::Window::default());
+    let releases = Arc::new(crate::release::Controller::load(
+        state.clone(),
+        window.clone(),
+        store,
+    )?);
     let provided = config
         .ca_cert
         .as_ref()
@@ -241,7 +231,7 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         "grpc",
     )?);
     let credentials = config.state_dir.join("credentials");
-    write_operator_credentials(&ca, &config.trust_domain, &credentials)?;
+    credentials::write(&ca, &config.trust_domain, &credentials)?;
     let grpc = bind(config.grpc_addr).await?;
     let http = bind(config.http_addr).await?;
     let admin = bind(config.admin_addr).await?;
@@ -282,6 +272,8 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         grpc,
         http,
         state,
+        window,
+        releases,
         identity,
         ca,
         kube,
@@ -309,6 +301,8 @@ impl Bound {
             grpc_tls,
             credentials,
             state,
+            window,
+            releases,
             metrics,
             identity,
             tokens,
@@ -394,7 +388,9 @@ impl Bound {
             std::time::Duration::from_millis(config.propagation_timeout_ms),
             crate::listen::Ending(ending.clone()),
         );
-        let window = Arc::new(crate::telemetry::Window::default());
+        // Releases move only while this control plane serves; a stopping
+        // one leaves each where it was, persisted, for the next to resume.
+        tokio::spawn(releases.clone().run(stopping.clone()));
         let drain = config.drain();
         let stop_state = state.clone();
         let stop = async move {
@@ -430,7 +426,7 @@ impl Bound {
                         Some(tls) => tls.renew(&renew_ca),
                         None => Ok(()),
                     })
-                    .and_then(|()| write_operator_credentials(&renew_ca, &td, &credentials));
+                    .and_then(|()| credentials::write(&renew_ca, &td, &credentials));
                 if let Err(e) = renewed {
                     tracing::error!(error = %e, "renewing the control plane's certificates");
                 }
@@ -444,6 +440,7 @@ impl Bound {
                     ca,
                     config.trust_domain.clone(),
                     window.clone(),
+                    releases,
                 ))
                 // The rule text of one apply, plus its framing.
                 .max_decoding_message_size(mesh_proto::MAX_APPLY_BYTES + (1 << 20)),

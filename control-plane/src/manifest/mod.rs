@@ -6,6 +6,7 @@
 pub mod gateway;
 pub mod meta;
 pub mod policy;
+pub mod release;
 pub mod smi;
 pub mod workload;
 
@@ -96,6 +97,8 @@ pub enum Document {
     HttpRoute(gateway::HttpRoute),
     /// How callers treat a service (boxed: by far the largest kind).
     TrafficPolicy(Box<policy::TrafficPolicy>),
+    /// An automated release (started by `meshctl release start -f`).
+    Release(release::Release),
 }
 
 impl Document {
@@ -109,6 +112,7 @@ impl Document {
             Document::HttpRouteGroup(d) => ("HTTPRouteGroup", &d.metadata),
             Document::HttpRoute(d) => ("HTTPRoute", &d.metadata),
             Document::TrafficPolicy(d) => ("TrafficPolicy", &d.metadata),
+            Document::Release(d) => ("Release", &d.metadata),
         }
     }
 }
@@ -236,7 +240,9 @@ fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Er
     }
     let expected_api = match kind.as_str() {
         "TrafficSplit" => smi::SPLIT_API_VERSION,
-        "Service" | "Workload" | "AuthorizationPolicy" | "TrafficPolicy" => MESH_API_VERSION,
+        "Service" | "Workload" | "AuthorizationPolicy" | "TrafficPolicy" | "Release" => {
+            MESH_API_VERSION
+        }
         "HTTPRouteGroup" => smi::SPECS_API_VERSION,
         "HTTPRoute" => gateway::GATEWAY_API_VERSION,
         other => {
@@ -244,7 +250,7 @@ fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Er
                 object,
                 Some("kind".into()),
                 format!(
-                    "unknown kind {other:?}; expected TrafficSplit, HTTPRouteGroup, HTTPRoute, TrafficPolicy, AuthorizationPolicy, Service or Workload"
+                    "unknown kind {other:?}; expected TrafficSplit, HTTPRouteGroup, HTTPRoute, TrafficPolicy, AuthorizationPolicy, Release, Service or Workload"
                 ),
             ));
         }
@@ -270,6 +276,7 @@ fn parse_one(file: &str, line: usize, text: &str) -> Result<Option<Document>, Er
         "HTTPRouteGroup" => Document::HttpRouteGroup(serde_saphyr::from_str(text).map_err(typed)?),
         "HTTPRoute" => Document::HttpRoute(serde_saphyr::from_str(text).map_err(typed)?),
         "TrafficPolicy" => Document::TrafficPolicy(serde_saphyr::from_str(text).map_err(typed)?),
+        "Release" => Document::Release(serde_saphyr::from_str(text).map_err(typed)?),
         _ => Document::Workload(serde_saphyr::from_str(text).map_err(typed)?),
     };
     Ok(Some(doc))

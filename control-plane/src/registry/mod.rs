@@ -92,6 +92,23 @@ pub trait Catalog {
         out
     }
 
+    /// Where a backend's own traffic shows in its sidecars' reports: the
+    /// service its instances run as (`name.namespace`) and their version
+    /// (empty for every version). A service of that name wins over a
+    /// version subset spelled the same; `None` while nothing serves it.
+    fn origin(&self, namespace: &str, backend: &str) -> Option<(String, String)> {
+        let mut subset_of = None;
+        for i in self.instances().filter(|i| i.namespace == namespace) {
+            if i.service == backend {
+                return Some((format!("{backend}.{namespace}"), String::new()));
+            }
+            if !i.version.is_empty() && subset(&i.service, &i.version) == backend {
+                subset_of = Some((format!("{}.{namespace}", i.service), i.version.clone()));
+            }
+        }
+        subset_of
+    }
+
     /// Whether `namespace/service` is known at all: declared, or served by
     /// an instance as its service or its version subset.
     fn knows(&self, namespace: &str, service: &str) -> bool {

@@ -312,18 +312,20 @@ impl RuleSet {
     /// proportion to their current weights (equally if they are all 0);
     /// weights of the result sum to 100. Returns the new set, the shifted
     /// rule's backends as a split of that name, and what was shifted
-    /// ("TrafficSplit default/echo", "HTTPRoute default/r rule w").
+    /// ("TrafficSplit default/echo", "HTTPRoute default/r rule w"). With
+    /// `rest_to`, the rest goes to that backend alone.
     pub fn shift(
         &self,
         namespace: &str,
         service: &str,
         backend: &str,
         percent: u32,
+        rest_to: Option<&str>,
     ) -> Result<(RuleSet, Split, String), ShiftError> {
         check_percent(percent)?;
         let mut next = self.clone();
         if let Some(split) = self.for_service(namespace, service) {
-            let updated = split.shifted(backend, percent)?;
+            let updated = split.shifted(backend, percent, rest_to)?;
             next.splits.insert(updated.key(), updated.clone());
             let what = format!("TrafficSplit {}/{}", split.namespace, split.name);
             return Ok((next, updated, what));
@@ -340,7 +342,7 @@ impl RuleSet {
             "HTTPRoute {}/{} rule {}",
             r.namespace, r.name, r.rules[i].name
         );
-        let backends = split::shifted(&r.rules[i].backends, backend, percent, &what)?;
+        let backends = split::shifted(&r.rules[i].backends, backend, percent, rest_to, &what)?;
         let mut updated = r.clone();
         updated.rules[i].backends = backends.clone();
         next.http_routes

@@ -36,28 +36,38 @@ impl Split {
     /// This split with `backend` at `percent`%; the rest goes to the other
     /// backends in proportion to their current weights (equally if they are
     /// all 0). Weights of the result sum to 100.
-    pub fn shifted(&self, backend: &str, percent: u32) -> Result<Split, ShiftError> {
+    pub fn shifted(
+        &self,
+        backend: &str,
+        percent: u32,
+        rest_to: Option<&str>,
+    ) -> Result<Split, ShiftError> {
         let label = format!("split {}/{}", self.namespace, self.name);
         Ok(Split {
-            backends: shifted(&self.backends, backend, percent, &label)?,
+            backends: shifted(&self.backends, backend, percent, rest_to, &label)?,
             ..self.clone()
         })
     }
 }
 
 /// `backends` with `backend` at `percent`%, the rest shared by the others
-/// in proportion to their weights (equally if all are 0), summing to 100.
-/// `rule` names whose backends they are, for the error.
+/// in proportion to their weights (equally if all are 0), or all of it to
+/// `rest_to` when given (a release's stable), summing to 100. `rule` names
+/// whose backends they are, for the error.
 pub(super) fn shifted(
     backends: &[Backend],
     backend: &str,
     percent: u32,
+    rest_to: Option<&str>,
     rule: &str,
 ) -> Result<Vec<Backend>, ShiftError> {
     check_percent(percent)?;
-    if !backends.iter().any(|b| b.service == backend) {
+    if let Some(missing) = std::iter::once(backend)
+        .chain(rest_to)
+        .find(|name| !backends.iter().any(|b| b.service == *name))
+    {
         return Err(ShiftError::UnknownBackend {
-            backend: backend.into(),
+            backend: missing.into(),
             rule: rule.into(),
             known: backends
                 .iter()
@@ -72,7 +82,12 @@ pub(super) fn shifted(
         Vec::new()
     } else {
         let total: u64 = others.iter().map(|b| u64::from(b.weight)).sum();
-        let basis: Vec<u64> = if total == 0 {
+        let basis: Vec<u64> = if let Some(stable) = rest_to {
+            others
+                .iter()
+                .map(|b| u64::from(b.service == stable))
+                .collect()
+        } else if total == 0 {
             vec![1; others.len()]
         } else {
             others.iter().map(|b| u64::from(b.weight)).collect()

@@ -94,25 +94,35 @@ fn shift_sums_to_100_and_keeps_proportions() {
             &docs,
         )
         .unwrap();
-    let (_, s, what) = set.shift("default", "echo", "v2", 10).unwrap();
+    let (_, s, what) = set.shift("default", "echo", "v2", 10, None).unwrap();
     assert_eq!(what, "TrafficSplit default/a");
     let w: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();
     assert_eq!(w, vec![68, 10, 22]);
-    let (_, s, _) = set.shift("default", "echo", "v2", 100).unwrap();
+    let (_, s, _) = set.shift("default", "echo", "v2", 100, None).unwrap();
     assert_eq!(
         s.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
         vec![0, 100, 0]
     );
+    // A release's shift: the rest to the stable alone, none to v3.
+    let (_, s, _) = set.shift("default", "echo", "v2", 25, Some("v1")).unwrap();
+    assert_eq!(
+        s.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        vec![75, 25, 0]
+    );
     assert!(matches!(
-        set.shift("default", "echo", "v9", 5),
+        set.shift("default", "echo", "v2", 5, Some("v7")),
+        Err(ShiftError::UnknownBackend { backend, .. }) if backend == "v7"
+    ));
+    assert!(matches!(
+        set.shift("default", "echo", "v9", 5, None),
         Err(ShiftError::UnknownBackend { .. })
     ));
     assert!(matches!(
-        set.shift("default", "nope", "v1", 5),
+        set.shift("default", "nope", "v1", 5, None),
         Err(ShiftError::NoSplit { .. })
     ));
     assert!(matches!(
-        set.shift("default", "echo", "v1", 101),
+        set.shift("default", "echo", "v1", 101, None),
         Err(ShiftError::Percent(101))
     ));
 }

@@ -17,6 +17,7 @@ use crate::rules::{self, RuleSet, Split};
 use crate::store::{self, Store};
 
 mod cluster;
+mod documents;
 mod register;
 use mesh_proto::prebuilt::Prebuilt;
 use mesh_proto::v1 as pb;
@@ -333,7 +334,7 @@ impl State {
         if self.cluster {
             return Err(Error::ClusterRules);
         }
-        let docs = rule_documents(files)?;
+        let docs = documents::rules(files)?;
         let incoming = rules::rules_from(&docs).map_err(Error::Invalid)?;
         let (_turn, current) = self.begin_change();
         let (next, outcomes) = current.apply(&incoming, &docs).map_err(Error::Invalid)?;
@@ -374,7 +375,7 @@ impl State {
         let docs = if files.is_empty() {
             Vec::new()
         } else {
-            rule_documents(files)?
+            documents::rules(files)?
         };
         targets.extend(docs.iter().map(|d| {
             let (kind, meta) = d.doc.kind_and_meta();
@@ -395,19 +396,21 @@ impl State {
         })
     }
 
-    /// `release shift`.
+    /// `release shift`; with `rest_to`, the rest of the traffic goes to
+    /// that backend alone (a release's stable).
     pub fn shift(
         &self,
         namespace: &str,
         service: &str,
         backend: &str,
         percent: u32,
+        rest_to: Option<&str>,
     ) -> Result<(Split, u64, Vec<String>), Error> {
         if self.cluster {
             return Err(Error::ClusterRules);
         }
         let (_turn, current) = self.begin_change();
-        let (next, split, what) = current.shift(namespace, service, backend, percent)?;
+        let (next, split, what) = current.shift(namespace, service, backend, percent, rest_to)?;
         let (version, warnings, _) =
             self.commit(next, |registry| index::warnings(registry, &what, &split))?;
         Ok((split, version, warnings))
@@ -439,6 +442,11 @@ impl State {
         )?)
     }
 
+    /// Where `backend`'s own traffic shows in telemetry (`Catalog::origin`).
+    pub fn origin(&self, namespace: &str, backend: &str) -> Option<(String, String)> {
+        self.lock().registry.origin(namespace, backend)
+    }
+
     /// `release status`.
     pub fn status(
         &self,
@@ -449,37 +457,5 @@ impl State {
         let mut st = index::status(&inner.registry, &inner.rules, namespace, service)?;
         st.version = inner.version.to_string();
         Ok(st)
-    }
-}
-
-/// Parses rule files, every problem at once; Service and Workload
-/// documents are refused (they belong in the mesh file).
-fn rule_documents(files: &[(String, String)]) -> Result<Vec<manifest::Located>, Error> {
-    let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    for (name, content) in files {
-        match manifest::parse(name, content) {
-            Ok(mut d) => docs.append(&mut d),
-            Err(mut e) => errors.append(&mut e),
-        }
-    }
-    for d in &docs {
-        if matches!(
-            d.doc,
-            manifest::Document::Service(_) | manifest::Document::Workload(_)
-        ) {
-            errors.push(manifest::Error {
-                file: d.file.clone(),
-                line: d.line,
-                object: None,
-                field: Some("kind".into()),
-                problem: "Service and Workload documents belong in the mesh file; apply takes rules (TrafficSplit, HTTPRouteGroup, HTTPRoute, TrafficPolicy, AuthorizationPolicy)".into(),
-            });
-        }
-    }
-    if errors.is_empty() {
-        Ok(docs)
-    } else {
-        Err(Error::Invalid(errors))
     }
 }

@@ -66,7 +66,7 @@ spec:
         Some(0),
         "a PathPrefix / match takes every request"
     );
-    let (next, shifted, what) = set.shift("default", "echo", "echo-v2", 40).unwrap();
+    let (next, shifted, what) = set.shift("default", "echo", "echo-v2", 40, None).unwrap();
     assert_eq!(what, "HTTPRoute default/echo-split rule echo-split-0");
     let weights: Vec<u32> = shifted.backends.iter().map(|b| b.weight).collect();
     assert_eq!(weights, [60, 40]);

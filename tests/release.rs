@@ -1,0 +1,323 @@
+//! Automated releases end to end: a control plane, echo v1 and v2 behind
+//! sidecars reporting telemetry every 200 ms, and a client sidecar with
+//! steady traffic. A good v2 is walked through its steps and promoted with
+//! nobody touching it; a v2 failing half its requests is rolled back on
+//! its own, with the failing metric and its numbers in the reason. A
+//! release with no traffic waits (never promotes), survives a control
+//! plane restart at its step, and the progress deadline rolls it back.
+
+mod support;
+
+use meshctl::traffic::Steady;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::{Mesh, split};
+
+const FAST_REPORTS: [(&str, &str); 1] = [("MESH_PROXY_TELEMETRY_INTERVAL_MS", "200")];
+
+async fn json(mesh: &Mesh, args: &[&str]) -> Value {
+    let out = mesh.meshctl(args).await;
+    assert!(
+        out.status.success(),
+        "meshctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+async fn status(mesh: &Mesh) -> Value {
+    json(mesh, &["release", "status", "echo", "-o", "json"]).await
+}
+
+fn weight(st: &Value, backend: &str) -> u64 {
+    st["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["service"] == backend)
+        .unwrap_or_else(|| panic!("no {backend} in {st:#}"))["weight"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Polls status until the release's phase is one of `phases`; bounded.
+async fn until_phase(mesh: &Mesh, phases: &[&str], within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = status(mesh).await;
+        if phases.iter().any(|p| st["release"]["phase"] == *p) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "release not {phases:?} within {within:?}: {st:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn two_versions(tag: &str) -> (Mesh, [support::Instance; 2], support::Client) {
+    let mesh = Mesh::start(tag).await;
+    let v1 = mesh
+        .instance_with("echo", "v1", "echo-v1-a", &[], None, &FAST_REPORTS)
+        .await;
+    let v2 = mesh
+        .instance_with("echo", "v2", "echo-v2-a", &[], None, &FAST_REPORTS)
+        .await;
+    mesh.apply_ok(
+        "split.yaml",
+        &split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]),
+    )
+    .await;
+    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1)])
+        .await
+        .unwrap();
+    let client = mesh.client_with("client-0", &FAST_REPORTS).await;
+    (mesh, [v1, v2], client)
+}
+
+const START: [&str; 10] = [
+    "release",
+    "start",
+    "echo",
+    "--canary",
+    "echo-v2",
+    "--steps",
+    "25,50,100",
+    "--interval",
+    "1s",
+    "--min-requests=10",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
+    let (mesh, [_v1, v2], client) = two_versions("release-auto").await;
+    let steady = Steady::start(client.outbound, "echo", 2, 1_000_000);
+
+    let mut args = START.to_vec();
+    args.extend(["-o", "json"]);
+    let started = json(&mesh, &args).await;
+    assert_eq!(started["phase"], "Progressing", "{started:#}");
+    assert_eq!(
+        (started["canaryWeight"].as_u64(), started["stable"].as_str()),
+        (Some(25), Some("echo-v1"))
+    );
+    let st = status(&mesh).await;
+    assert_eq!((weight(&st, "echo-v2"), weight(&st, "echo-v1")), (25, 75));
+
+    let done = until_phase(
+        &mesh,
+        &["Promoted", "RolledBack", "Aborted"],
+        Duration::from_secs(40),
+    )
+    .await;
+    let release = &done["release"];
+    assert_eq!(release["phase"], "Promoted", "{done:#}");
+    assert_eq!(
+        (weight(&done, "echo-v2"), weight(&done, "echo-v1")),
+        (100, 0)
+    );
+    let checks: Vec<(u64, &str)> = release["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["outcome"] != "no-data")
+        .map(|c| {
+            (
+                c["canaryWeight"].as_u64().unwrap(),
+                c["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checks,
+        [(25, "passed"), (50, "passed"), (100, "passed")],
+        "{release:#}"
+    );
+    for c in release["checks"].as_array().unwrap() {
+        if c["outcome"] == "passed" {
+            // Judged on the canary's own served traffic in the window.
+            assert!(c["canary"]["requests"].as_u64().unwrap() >= 10, "{c:#}");
+        }
+    }
+
+    // v2 goes bad: half its answers fail. Back to v1 by hand, and again.
+    let (code, body) = meshctl::traffic::get(v2.app_addr(), "/admin/errors?rate=0.5")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let out = mesh
+        .meshctl(&[
+            "release", "shift", "echo", "--to", "echo-v2", "--weight", "0",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&mesh, &args).await;
+    let done = until_phase(
+        &mesh,
+        &["Promoted", "RolledBack", "Aborted"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let release = &done["release"];
+    assert_eq!(release["phase"], "RolledBack", "{done:#}");
+    let reason = release["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("2 failed checks in a row at 25%: success rate")
+            && reason.contains("< 99.0%"),
+        "{reason}"
+    );
+    assert_eq!(
+        (weight(&done, "echo-v2"), weight(&done, "echo-v1")),
+        (0, 100)
+    );
+    let outcomes = steady.finish().await;
+    assert!(
+        outcomes.len() > 100,
+        "steady traffic ran: {}",
+        outcomes.len()
+    );
+
+    let history = json(&mesh, &["release", "history", "echo", "-o", "json"]).await;
+    let phases: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["RolledBack", "Promoted"], "{history:#}");
+    let table = mesh.meshctl(&["release", "history", "echo"]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("RolledBack") && table.contains("every step passed"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadline() {
+    let (mut mesh, _instances, _client) = two_versions("release-restart").await;
+
+    // Bad specs are refused, each problem named, and nothing moves.
+    let out = mesh
+        .meshctl(&[
+            "release",
+            "start",
+            "echo",
+            "--canary",
+            "echo-v2",
+            "--steps",
+            "50,10",
+            "--success-rate",
+            "120",
+        ])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.steps[1]: 10 after 50: steps must ascend"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.analysis.successRate: 120 is not a percentage"),
+        "{err}"
+    );
+    let out = mesh
+        .meshctl(&["release", "start", "echo", "--canary", "echo-v9"])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not to the canary \"echo-v9\""),
+        "{err}"
+    );
+    assert_eq!(weight(&status(&mesh).await, "echo-v1"), 100);
+
+    let mut args = START.to_vec();
+    args.extend(["--progress-deadline", "4s"]);
+    let out = mesh.meshctl(&args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mesh.meshctl(&args).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already Progressing"),
+        "{err}"
+    );
+
+    // No traffic: it waits, and never moves past its first step.
+    let waiting = until_phase(&mesh, &["WaitingForTraffic"], Duration::from_secs(10)).await;
+    let id = waiting["release"]["id"].clone();
+    assert!(
+        waiting["release"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("0 canary requests in the window, 10 needed"),
+        "{waiting:#}"
+    );
+    let out = mesh.meshctl(&["release", "pause", "echo"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A restart finds it where it was.
+    mesh.kill_control().await;
+    mesh.restart_control().await;
+    let after = status(&mesh).await;
+    assert_eq!(
+        (&after["release"]["id"], &after["release"]["phase"]),
+        (&id, &"Paused".into()),
+        "{after:#}"
+    );
+    assert_eq!(
+        (weight(&after, "echo-v2"), weight(&after, "echo-v1")),
+        (25, 75)
+    );
+    let out = mesh.meshctl(&["release", "resume", "echo"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Still no traffic: the deadline (4 s from the resume) rolls it back.
+    let resumed = Instant::now();
+    let done = until_phase(
+        &mesh,
+        &["RolledBack", "Promoted", "Aborted"],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(
+        resumed.elapsed() >= Duration::from_secs(3),
+        "rolled back before its deadline"
+    );
+    let release = &done["release"];
+    assert_eq!(release["phase"], "RolledBack", "{done:#}");
+    assert!(
+        release["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no progress for the progress deadline of 4 s"),
+        "{release:#}"
+    );
+    assert_eq!(
+        (weight(&done, "echo-v2"), weight(&done, "echo-v1")),
+        (0, 100)
+    );
+    let out = mesh.meshctl(&["release", "resume", "echo"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no release of default/echo under way"),
+        "{err}"
+    );
+}
