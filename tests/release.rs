@@ -321,3 +321,224 @@ async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadli
         "{err}"
     );
 }
+
+/// A hook server: each path answers the status set for it (404 if none),
+/// and every call is kept, path and JSON body.
+#[derive(Clone, Default)]
+struct Hooks {
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u16>>>,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl Hooks {
+    async fn serve(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let hooks = hooks.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let hooks = hooks.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let path = req.uri().path().to_string();
+                                let body = req.into_body().collect().await?.to_bytes();
+                                let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                                hooks.calls.lock().unwrap().push((path.clone(), json));
+                                let code = hooks
+                                    .answers
+                                    .lock()
+                                    .unwrap()
+                                    .get(&path)
+                                    .copied()
+                                    .unwrap_or(404);
+                                let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::new(),
+                                ));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                                Ok::<_, hyper::Error>(resp)
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(tcp);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn answer(&self, path: &str, code: u16) {
+        self.answers.lock().unwrap().insert(path.into(), code);
+    }
+
+    fn calls(&self, path: &str) -> Vec<Value> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_gate_confirm_fail_and_roll_back_a_release() {
+    let (mesh, _instances, client) = two_versions("release-hooks").await;
+    let hooks = Hooks::default();
+    let at = hooks.serve().await;
+    let url = |path: &str| format!("http://{at}{path}");
+    let flag = |kind: &str, path: &str| format!("--webhook={kind}={}", url(path));
+    let steady = Steady::start(client.outbound, "echo", 2, 1_000_000);
+    let start = |extra: Vec<String>| {
+        let mut args: Vec<String> = [
+            "release",
+            "start",
+            "echo",
+            "--canary",
+            "echo-v2",
+            "--steps",
+            "50,100",
+            "--interval",
+            "1s",
+            "--min-requests=10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra);
+        args
+    };
+
+    // pre-rollout answering 500: three attempts, then the start is refused
+    // and nothing moved.
+    hooks.answer("/pre", 500);
+    let args = start(vec![flag("pre-rollout", "/pre")]);
+    let out = mesh
+        .meshctl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "pre-rollout webhook pre-rollout-1: 500 Internal Server Error after 3 attempts"
+        ),
+        "{err}"
+    );
+    assert_eq!(hooks.calls("/pre").len(), 3);
+    assert_eq!(weight(&status(&mesh).await, "echo-v2"), 0);
+
+    // Passing pre-rollout; the last step waits for confirm-promotion.
+    hooks.answer("/pre", 200);
+    hooks.answer("/rollout", 200);
+    hooks.answer("/confirm", 403);
+    hooks.answer("/post", 200);
+    let args = start(vec![
+        flag("pre-rollout", "/pre"),
+        flag("rollout", "/rollout"),
+        flag("confirm-promotion", "/confirm"),
+        flag("post-rollout", "/post"),
+        flag("rollback", "/rollback"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = mesh.meshctl(&args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let waiting = until_phase(
+        &mesh,
+        &["WaitingForPromotion", "RolledBack", "Promoted"],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        waiting["release"]["phase"], "WaitingForPromotion",
+        "{waiting:#}"
+    );
+    assert_eq!(waiting["release"]["canaryWeight"], 100);
+    assert!(!hooks.calls("/confirm").is_empty() && !hooks.calls("/rollout").is_empty());
+    hooks.answer("/confirm", 200);
+    let done = until_phase(&mesh, &["Promoted", "RolledBack"], Duration::from_secs(20)).await;
+    assert_eq!(
+        (&done["release"]["phase"], &done["release"]["reason"]),
+        (
+            &"Promoted".into(),
+            &"promoted by the confirm-promotion webhook".into()
+        ),
+        "{done:#}"
+    );
+    // post-rollout hears how it ended, with Flagger's payload and ours.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hooks.calls("/post").is_empty() {
+        assert!(Instant::now() < deadline, "post-rollout never called");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let post = &hooks.calls("/post")[0];
+    assert_eq!(
+        (
+            &post["name"],
+            &post["namespace"],
+            &post["phase"],
+            &post["canary"],
+            &post["canaryWeight"]
+        ),
+        (
+            &"echo".into(),
+            &"default".into(),
+            &"Promoted".into(),
+            &"echo-v2".into(),
+            &100.into()
+        ),
+        "{post:#}"
+    );
+
+    // A failing rollout hook fails the checks it is part of.
+    let out = mesh
+        .meshctl(&[
+            "release", "shift", "echo", "--to", "echo-v2", "--weight", "0",
+        ])
+        .await;
+    assert!(out.status.success());
+    hooks.answer("/rollout", 500);
+    let out = mesh.meshctl(&args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = until_phase(&mesh, &["Promoted", "RolledBack"], Duration::from_secs(20)).await;
+    let reason = done["release"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("2 failed checks in a row at 50%: rollout webhook rollout-2: 500 Internal Server Error after 3 attempts"),
+        "{done:#}"
+    );
+    assert_eq!(weight(&done, "echo-v2"), 0);
+
+    // A rollback hook answering 2xx rolls back at the next check.
+    hooks.answer("/rollout", 200);
+    hooks.answer("/rollback", 200);
+    let out = mesh.meshctl(&args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = until_phase(&mesh, &["Promoted", "RolledBack"], Duration::from_secs(20)).await;
+    assert_eq!(
+        done["release"]["reason"], "rolled back by the rollback webhook rollback-5",
+        "{done:#}"
+    );
+    assert_eq!(weight(&done, "echo-v2"), 0);
+    steady.finish().await;
+}

@@ -100,7 +100,9 @@ pub fn release_code(e: &crate::release::Error) -> Code {
     match e {
         R::Invalid(_) | R::Action(_) => Code::InvalidArgument,
         R::Missing(_) | R::Never(_) => Code::NotFound,
-        R::UnderWay { .. } | R::Refused(_) | R::Split(_) => Code::FailedPrecondition,
+        R::UnderWay { .. } | R::Refused(_) | R::Split(_) | R::Webhook(_) => {
+            Code::FailedPrecondition
+        }
         R::State(e) => code(e),
         R::Store(_) => Code::Unavailable,
     }
@@ -262,6 +264,10 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (R::Split("nothing splits".into()), Code::FailedPrecondition),
+            (
+                R::Webhook("pre-rollout webhook gate: 500".into()),
+                Code::FailedPrecondition,
+            ),
             (R::State(Error::ClusterRules), Code::FailedPrecondition),
         ];
         for (e, want) in rows {

@@ -106,6 +106,10 @@ pub struct Start {
     /// Wait at the last step for `release promote`.
     #[arg(long)]
     manual_promotion: bool,
+    /// A hook, TYPE=URL: pre-rollout, rollout, confirm-promotion,
+    /// post-rollout or rollback (5 s timeout, 2 retries; -f for more).
+    #[arg(long = "webhook", value_name = "TYPE=URL")]
+    webhooks: Vec<String>,
     /// Namespace.
     #[arg(short, long, default_value = "default")]
     namespace: String,
@@ -151,6 +155,22 @@ impl Start {
             max_success_gap: self.max_success_gap,
             max_p99_ratio: self.max_p99_ratio,
             manual_promotion: self.manual_promotion,
+            webhooks: self
+                .webhooks
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let (kind, url) = w
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--webhook {w:?}: write TYPE=URL"))?;
+                    Ok(pb::ReleaseWebhook {
+                        name: format!("{kind}-{}", i + 1),
+                        r#type: kind.into(),
+                        url: url.into(),
+                        ..Default::default()
+                    })
+                })
+                .collect::<Result<_>>()?,
         };
         Ok(pb::StartReleaseRequest {
             spec: Some(spec),

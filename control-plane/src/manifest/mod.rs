@@ -98,7 +98,7 @@ pub enum Document {
     /// How callers treat a service (boxed: by far the largest kind).
     TrafficPolicy(Box<policy::TrafficPolicy>),
     /// An automated release (started by `meshctl release start -f`).
-    Release(release::Release),
+    Release(Box<release::Release>),
 }
 
 impl Document {

@@ -48,6 +48,31 @@ pub struct ReleaseSpec {
     /// Wait at the last step for `meshctl release promote`.
     #[serde(default)]
     pub manual_promotion: Option<bool>,
+    /// Hooks the release calls.
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// `spec.webhooks[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Shown in status.
+    pub name: String,
+    /// pre-rollout, rollout, confirm-promotion, post-rollout or rollback.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Per attempt ("5s").
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Attempts after the first.
+    #[serde(default)]
+    pub retries: Option<RawNumber>,
+    /// Sent along in the payload.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// `spec.analysis`.

@@ -269,10 +269,15 @@ impl Record {
             self.pending = true;
             return true;
         }
-        if self.spec.manual_promotion && self.phase != Phase::WaitingForPromotion {
+        let confirms = self.spec.hooks(super::spec::Hook::ConfirmPromotion).count() > 0;
+        if (self.spec.manual_promotion || confirms) && self.phase != Phase::WaitingForPromotion {
             self.phase = Phase::WaitingForPromotion;
             self.progressed_ms = now;
-            self.reason = "the last step passed: waiting for meshctl release promote".into();
+            self.reason = if self.spec.manual_promotion {
+                "the last step passed: waiting for meshctl release promote".into()
+            } else {
+                "the last step passed: waiting for the confirm-promotion webhook".into()
+            };
             return false;
         }
         if self.phase == Phase::WaitingForPromotion {

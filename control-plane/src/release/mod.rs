@@ -10,12 +10,13 @@ pub mod analysis;
 pub mod machine;
 pub mod spec;
 mod views;
+pub mod webhooks;
 
 use crate::manifest;
 use crate::state::State;
 use crate::store::{self, Store};
 use crate::telemetry::Window;
-use analysis::Sample;
+use analysis::{Outcome, Sample};
 use machine::{Command, Record};
 use mesh_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,9 @@ pub enum Error {
         "unknown release action {0:?}; expected pause, resume, promote, promote-full, abort or rollback"
     )]
     Action(String),
+    /// A pre-rollout hook did not pass.
+    #[error("the release did not start: {0}")]
+    Webhook(String),
     /// The rules refused the weight (Kubernetes mode: the objects are kubectl's).
     #[error(transparent)]
     State(#[from] crate::state::Error),
@@ -84,8 +88,10 @@ pub struct Controller {
     state: Arc<State>,
     window: Arc<Window>,
     store: Store,
-    /// Held across a transition and its persisting, never across a shift.
+    /// Held across a transition and its persisting, never across a shift
+    /// or a hook.
     book: Mutex<Book>,
+    hooks: webhooks::Caller,
 }
 
 fn now_ms() -> u64 {
@@ -107,6 +113,7 @@ impl Controller {
             window,
             store,
             book: Mutex::new(book),
+            hooks: webhooks::Caller::default(),
         })
     }
 
@@ -119,16 +126,31 @@ impl Controller {
     pub async fn start(self: &Arc<Self>, spec: spec::Spec) -> Result<pb::ReleaseResponse, Error> {
         let spec = self.resolve(spec)?;
         let k = key(&spec.namespace, &spec.service);
+        let under_way = |book: &Book| {
+            book.active.get(&k).map(|r| Error::UnderWay {
+                service: k.clone(),
+                phase: r.phase.as_str(),
+            })
+        };
+        let id = {
+            let book = self.lock();
+            if let Some(e) = under_way(&book) {
+                return Err(e);
+            }
+            book.next_id + 1
+        };
+        let record = Record::new(id, spec, now_ms());
+        self.hooks
+            .all(&record, spec::Hook::PreRollout)
+            .await
+            .map_err(Error::Webhook)?;
         {
             let mut book = self.lock();
-            if let Some(r) = book.active.get(&k) {
-                return Err(Error::UnderWay {
-                    service: k,
-                    phase: r.phase.as_str(),
-                });
+            // Another start may have won while the hooks ran.
+            if let Some(e) = under_way(&book) {
+                return Err(e);
             }
-            book.next_id += 1;
-            let record = Record::new(book.next_id, spec, now_ms());
+            book.next_id = book.next_id.max(id);
             book.active.insert(k.clone(), record);
             self.store.save(FILE, &*book)?;
         }
@@ -314,6 +336,15 @@ impl Controller {
             if current.phase.finished() {
                 let done = book.active.remove(k).expect("present");
                 tracing::info!(release = %k, phase = done.phase.as_str(), reason = %done.reason, "release finished");
+                if done.spec.hooks(spec::Hook::PostRollout).count() > 0 {
+                    let (hooks, record) = (self.hooks.clone(), done.clone());
+                    tokio::spawn(async move {
+                        match hooks.all(&record, spec::Hook::PostRollout).await {
+                            Ok(answers) => tracing::info!(?answers, "post-rollout webhooks"),
+                            Err(e) => tracing::warn!(error = %e, "post-rollout webhook"),
+                        }
+                    });
+                }
                 book.history.push(done);
                 let excess = book.history.len().saturating_sub(HISTORY);
                 book.history.drain(..excess);
@@ -334,7 +365,7 @@ impl Controller {
             }
             let keys: Vec<String> = self.lock().active.keys().cloned().collect();
             for k in keys {
-                if let Err(e) = self.check(&k) {
+                if let Err(e) = self.check(&k).await {
                     tracing::error!(release = %k, error = %e, "release check");
                 }
                 if let Err(e) = self.apply(&k).await {
@@ -345,20 +376,71 @@ impl Controller {
         }
     }
 
-    /// `k`'s check, if one is due.
-    fn check(&self, k: &str) -> Result<(), Error> {
+    /// `k`'s check, if one is due: the analysis, then the hooks (outside
+    /// the lock), then the transition, unless a command moved it meanwhile.
+    async fn check(&self, k: &str) -> Result<(), Error> {
         let now = now_ms();
+        let r = match self.lock().active.get(k) {
+            Some(r) if r.due(now) && !r.pending => r.clone(),
+            _ => return Ok(()),
+        };
+        let samples = self.samples(&r, r.window_ms(now));
+        let (mut outcome, mut detail) = analysis::judge(&r.spec, &samples[0], &samples[1]);
+        if outcome != Outcome::NoData
+            && let Err(e) = self.hooks.all(&r, spec::Hook::Rollout).await
+        {
+            outcome = Outcome::Failed;
+            detail = format!("{e}; {detail}");
+        }
+        let mut verdict = None;
+        for hook in r.spec.hooks(spec::Hook::Rollback) {
+            if self.hooks.call(&r, hook).await.is_ok() {
+                verdict = Some((
+                    Command::Rollback,
+                    format!("the rollback webhook {}", hook.name),
+                ));
+                break;
+            }
+        }
+        let last = r.step + 1 == r.spec.steps.len();
+        if verdict.is_none()
+            && last
+            && outcome == Outcome::Passed
+            && !r.spec.manual_promotion
+            && r.spec.hooks(spec::Hook::ConfirmPromotion).count() > 0
+            && self
+                .hooks
+                .all(&r, spec::Hook::ConfirmPromotion)
+                .await
+                .is_ok()
+        {
+            verdict = Some((
+                Command::Promote,
+                "the confirm-promotion webhook".to_string(),
+            ));
+        }
         let mut book = self.lock();
-        let Some(r) = book.active.get_mut(k) else {
+        let Some(current) = book.active.get_mut(k) else {
             return Ok(());
         };
-        if !r.due(now) || r.pending {
+        if current.updated_ms != r.updated_ms || current.phase != r.phase {
+            // A command moved it while the hooks ran; the next tick judges anew.
             return Ok(());
         }
-        let samples = self.samples(r, r.window_ms(now));
-        let (outcome, detail) = analysis::judge(&r.spec, &samples[0], &samples[1]);
-        r.on_check(now, outcome, detail, samples);
-        tracing::info!(release = %k, phase = r.phase.as_str(), weight = r.canary_weight, reason = %r.reason, "release check");
+        match verdict {
+            Some((Command::Rollback, who)) => {
+                current.command(now, Command::Rollback, &who)?;
+            }
+            other => {
+                current.on_check(now, outcome, detail, samples);
+                if let Some((command, who)) = other
+                    && current.phase == machine::Phase::WaitingForPromotion
+                {
+                    current.command(now, command, &who)?;
+                }
+            }
+        }
+        tracing::info!(release = %k, phase = current.phase.as_str(), weight = current.canary_weight, reason = %current.reason, "release check");
         self.store.save(FILE, &*book)?;
         Ok(())
     }

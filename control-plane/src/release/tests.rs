@@ -291,3 +291,47 @@ fn manual_promotion_waits_at_the_last_step() {
     assert!(r.command(1_500, Command::Promote, "carol").unwrap());
     assert_eq!((r.phase, r.canary_weight), (Phase::Promoted, 100));
 }
+
+#[test]
+fn webhooks_are_checked_field_by_field() {
+    let hook = |name: &str, kind: &str, url: &str| pb::ReleaseWebhook {
+        name: name.into(),
+        r#type: kind.into(),
+        url: url.into(),
+        ..Default::default()
+    };
+    let mut raw = pb::ReleaseSpec {
+        service: "echo".into(),
+        canary: "echo-v2".into(),
+        webhooks: vec![
+            hook("gate", "pre-rollout", "http://127.0.0.1:9/pre"),
+            hook("gate", "rollout", "http://127.0.0.1:9/r"),
+            hook("x", "sometimes", "http://127.0.0.1:9/"),
+            hook("y", "rollback", "https://hooks.example/"),
+            hook("z", "rollback", "not a url"),
+        ],
+        ..Default::default()
+    };
+    raw.webhooks[0].retries = Some(9);
+    let text: Vec<String> = Spec::from_proto(&raw)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let want = [
+        "spec.webhooks[0].retries: 9 is more than the 5 allowed",
+        "spec.webhooks[1].name: \"gate\" is used twice",
+        "spec.webhooks[2].type: \"sometimes\" is not a hook",
+        "spec.webhooks[3].url: \"https://hooks.example/\": https hooks are not supported yet",
+        "spec.webhooks[4].url: \"not a url\" is not an http://host:port/path URL",
+    ];
+    for w in want {
+        assert!(text.iter().any(|t| t.contains(w)), "{w:?} not in {text:#?}");
+    }
+    assert_eq!(text.len(), want.len(), "{text:#?}");
+    raw.webhooks.truncate(1);
+    raw.webhooks[0].retries = None;
+    let s = Spec::from_proto(&raw).unwrap();
+    let w = &s.webhooks[0];
+    assert_eq!((w.timeout_ms, w.retries), (5_000, 2));
+}

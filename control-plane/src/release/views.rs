@@ -23,6 +23,18 @@ fn spec(s: &Spec) -> pb::ReleaseSpec {
         max_success_gap: s.max_success_gap,
         max_p99_ratio: s.max_p99_ratio,
         manual_promotion: s.manual_promotion,
+        webhooks: s
+            .webhooks
+            .iter()
+            .map(|w| pb::ReleaseWebhook {
+                name: w.name.clone(),
+                r#type: w.hook.as_str().into(),
+                url: w.url.clone(),
+                timeout_ms: w.timeout_ms,
+                retries: Some(w.retries),
+                metadata: w.metadata.clone().into_iter().collect(),
+            })
+            .collect(),
     }
 }
 
