@@ -7,6 +7,7 @@
 //! release where it was and never loses a rollback.
 
 pub mod analysis;
+pub mod hook;
 pub mod machine;
 pub mod spec;
 mod views;
