@@ -2,8 +2,10 @@
 //! the debug profile these tests build, otherwise the same): it
 //! brings up the demo mesh, shifts 0 → 10 → 50 → 100% to v2 under steady
 //! traffic with no failed request, shows the shares it measured at each
-//! step, release status and the aggregated golden metrics, and exits 0
-//! having stopped everything it started.
+//! step, release status and the aggregated golden metrics, then runs an
+//! automated release of a good v2 (promoted unattended) and of a failing
+//! one (rolled back on its own), and exits 0 having stopped everything it
+//! started.
 
 mod support;
 
@@ -105,6 +107,29 @@ async fn the_demo_shifts_to_v2_step_by_step_with_no_failed_request() {
             .unwrap_or_else(|| panic!("no{version}row:\n{stat}"));
         assert!(line.contains("100.00%"), "{line}");
     }
+    // The automated half: the good v2 walked through its steps and
+    // promoted, the failing one rolled back on its own, with the reason.
+    let auto = stdout
+        .lines()
+        .find(|l| l.starts_with("automated releases:"))
+        .expect(&stdout);
+    assert!(
+        auto.contains(
+            "the good v2 Promoted, the bad v2 RolledBack; weights now echo-v1 100%, echo-v2 0%"
+        ),
+        "{auto}"
+    );
+    let passed: Vec<&str> = stdout.lines().filter(|l| l.contains(" passed ")).collect();
+    assert!(passed.len() >= 3, "a passed check per step:\n{stdout}");
+    assert!(stdout.contains("→ Promoted: every step passed"), "{stdout}");
+    let rolled = stdout
+        .lines()
+        .find(|l| l.contains("→ RolledBack: "))
+        .expect(&stdout);
+    assert!(
+        rolled.contains("failed checks in a row at 10%: success rate"),
+        "{rolled}"
+    );
     // It stopped what it started: its demo directory is gone.
     assert!(stdout.contains("shutting down"), "{stdout}");
     let logs = stdout

@@ -158,13 +158,42 @@ impl Window {
         window: Duration,
         direction: &str,
     ) -> Vec<pb::StatsRow> {
+        self.rows(service, window, direction, false)
+    }
+
+    /// `stats` over only the reports whose whole interval lies inside the
+    /// window: a release's step judges the traffic since the step began,
+    /// not a report that straddles its start.
+    pub fn stats_within(
+        &self,
+        service: Option<&str>,
+        window: Duration,
+        direction: &str,
+    ) -> Vec<pb::StatsRow> {
+        self.rows(service, window, direction, true)
+    }
+
+    fn rows(
+        &self,
+        service: Option<&str>,
+        window: Duration,
+        direction: &str,
+        whole: bool,
+    ) -> Vec<pb::StatsRow> {
         let now = Instant::now();
         let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
         let reporters = self.reporters.lock().unwrap_or_else(|p| p.into_inner());
         for q in reporters.values() {
             let recent: Vec<&pb::TelemetryReport> = q
                 .iter()
-                .filter(|r| now - r.at <= window)
+                .filter(|r| {
+                    let covered = if whole {
+                        Duration::from_millis(r.report.interval_ms)
+                    } else {
+                        Duration::ZERO
+                    };
+                    now - r.at + covered <= window
+                })
                 .map(|r| &r.report)
                 .collect();
             // Each sidecar's rate is its count over the time its own reports
@@ -369,6 +398,11 @@ mod tests {
                 .is_empty()
         );
         assert!(w.stats(None, DEFAULT_WINDOW, "outbound").is_empty());
+        // Reports of 1 s (and one of 500 ms) just in: a 700 ms window
+        // holds the whole of only the short one.
+        let within = w.stats_within(None, Duration::from_millis(700), "inbound");
+        assert_eq!(within.iter().map(|r| r.requests).max(), Some(50));
+        assert!(within.iter().all(|r| r.version != "v1"), "{within:?}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (echo v1 ×2, echo v2 ×1, a client sidecar), keeps steady traffic flowing,
 //! shifts 0 → 10 → 50 → 100% to v2, and shows the v1/v2 share of answers at
 //! each step, the number of failed requests (which should be zero), and the
-//! golden metrics per version the control plane aggregated.
+//! golden metrics per version the control plane aggregated. Then the same
+//! release automated (`demo_release`): a good v2 promoted unattended, a
+//! bad one rolled back on its own.
 
 use crate::cli;
 use crate::procs::wait_config;
@@ -126,5 +128,5 @@ async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
     if failed > 0 {
         bail!("{failed} requests failed during the release");
     }
-    Ok(())
+    crate::demo_release::story(mesh, &control, outbound).await
 }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod cluster_check;
 pub mod demo;
+pub mod demo_release;
 pub mod inject;
 pub mod install;
 pub mod install_objects;

@@ -292,7 +292,7 @@ impl Controller {
                 return Sample::default();
             };
             self.window
-                .stats(Some(&service), window, "inbound")
+                .stats_within(Some(&service), window, "inbound")
                 .into_iter()
                 .find(|row| row.version == version)
                 .map(|row| Sample {
