@@ -2,7 +2,8 @@
 //! sidecars reporting telemetry every 200 ms, and a client sidecar with
 //! steady traffic. A good v2 is walked through its steps and promoted with
 //! nobody touching it; a v2 failing half its requests is rolled back on
-//! its own, with the failing metric and its numbers in the reason. A
+//! its own, with the failing metric and its numbers in the reason, while
+//! the canary shield keeps every one of its failures from the users. A
 //! release with no traffic waits (never promotes), survives a control
 //! plane restart at its step, and the progress deadline rolls it back.
 
@@ -142,11 +143,8 @@ async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
         }
     }
 
-    // v2 goes bad: half its answers fail. Back to v1 by hand, and again.
-    let (code, body) = meshctl::traffic::get(v2.app_addr(), "/admin/errors?rate=0.5")
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
+    // Back to v1 by hand (once the client runs it), then v2 goes bad: half
+    // its answers fail. The same release again.
     let out = mesh
         .meshctl(&[
             "release", "shift", "echo", "--to", "echo-v2", "--weight", "0",
@@ -157,6 +155,11 @@ async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    mesh.sync(&client).await;
+    let (code, body) = meshctl::traffic::get(v2.app_addr(), "/admin/errors?rate=0.5")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
     json(&mesh, &args).await;
     let done = until_phase(
         &mesh,
@@ -182,6 +185,12 @@ async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
         "steady traffic ran: {}",
         outcomes.len()
     );
+    // The canary shield: every GET the bad v2 failed was sent once more to
+    // v1, so users saw none of it, while the analysis above still judged
+    // v2 by what it served itself.
+    support::assert_none_failed(&outcomes, "during both releases");
+    let shielded = support::metric(client.admin, "mesh_shielded_total", &[]).await;
+    assert!(shielded >= 1.0, "no shielded request counted");
 
     let history = json(&mesh, &["release", "history", "echo", "-o", "json"]).await;
     let phases: Vec<&str> = history

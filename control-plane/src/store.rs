@@ -101,6 +101,8 @@ struct SavedRules {
     http_routes: Vec<crate::rules::HttpRoute>,
     #[serde(default)]
     traffic_policies: Vec<crate::rules::TrafficPolicy>,
+    #[serde(default)]
+    shields: Vec<crate::rules::Shield>,
 }
 
 impl Store {
@@ -117,6 +119,7 @@ impl Store {
             traffic_policies: keyed(saved.traffic_policies, |p| {
                 (p.namespace.clone(), p.name.clone())
             }),
+            shields: keyed(saved.shields, |s| (s.namespace.clone(), s.service.clone())),
         }))
     }
 
@@ -128,6 +131,7 @@ impl Store {
             route_groups: rules.route_groups.values().cloned().collect(),
             http_routes: rules.http_routes.values().cloned().collect(),
             traffic_policies: rules.traffic_policies.values().cloned().collect(),
+            shields: rules.shields.values().cloned().collect(),
         };
         self.save(RULES, &saved)
     }

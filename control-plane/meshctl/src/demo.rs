@@ -128,5 +128,5 @@ async fn story(mesh: &Mesh, per_step: usize) -> Result<()> {
     if failed > 0 {
         bail!("{failed} requests failed during the release");
     }
-    crate::demo_release::story(mesh, &control, outbound).await
+    crate::demo_release::story(mesh, &control, outbound, admin).await
 }

@@ -69,7 +69,12 @@ async fn release(control: &Control) -> Result<pb::Release> {
 }
 
 /// The automated half of the demo.
-pub async fn story(mesh: &Mesh, control: &Control, outbound: SocketAddr) -> Result<()> {
+pub async fn story(
+    mesh: &Mesh,
+    control: &Control,
+    outbound: SocketAddr,
+    admin_addr: SocketAddr,
+) -> Result<()> {
     cli::shift(control, "default", "echo", "echo-v2", 0).await?;
     println!(
         "\n▶ automated release: `meshctl release start echo --canary echo-v2 --steps 10,50,100 --interval 3s`\n  (each step checks v2's own success rate ≥ 99% and p99 ≤ 500 ms over ≥ 20 requests)"
@@ -82,11 +87,13 @@ pub async fn story(mesh: &Mesh, control: &Control, outbound: SocketAddr) -> Resu
         .map(|(_, addr)| addr.clone())
         .context("demo mesh has an echo-v2 app")?;
     let addr: SocketAddr = v2.parse()?;
+    // Back to v1 first (once the client runs it), then v2 goes bad.
+    let version = cli::shift(control, "default", "echo", "echo-v2", 0).await?;
+    crate::procs::wait_config(admin_addr, version, Duration::from_secs(10)).await?;
     let (code, body) = crate::traffic::get(addr, "/admin/errors?rate=0.3").await?;
     if code != 200 {
         bail!("echo-v2 did not take the error rate: {code} {body}");
     }
-    cli::shift(control, "default", "echo", "echo-v2", 0).await?;
     println!("\n▶ v2 now fails 30% of its requests; the same release again");
     let bad = release(control).await?;
     let outcomes = steady.finish().await;
@@ -98,7 +105,7 @@ pub async fn story(mesh: &Mesh, control: &Control, outbound: SocketAddr) -> Resu
         .map(|b| format!("{} {}%", b.service, b.weight))
         .collect();
     println!(
-        "\nautomated releases: the good v2 {}, the bad v2 {}; weights now {}; {} of {} background requests failed",
+        "\nautomated releases: the good v2 {}, the bad v2 {}; weights now {}; {} of {} background requests failed (the canary shield sent each request the bad v2 failed once more, to v1)",
         good.phase,
         bad.phase,
         weights.join(", "),

@@ -110,6 +110,9 @@ pub struct Start {
     /// post-rollout or rollback (5 s timeout, 2 retries; -f for more).
     #[arg(long = "webhook", value_name = "TYPE=URL")]
     webhooks: Vec<String>,
+    /// Do not retry the canary's failures on the stable while it runs.
+    #[arg(long)]
+    no_shield: bool,
     /// Namespace.
     #[arg(short, long, default_value = "default")]
     namespace: String,
@@ -155,6 +158,7 @@ impl Start {
             max_success_gap: self.max_success_gap,
             max_p99_ratio: self.max_p99_ratio,
             manual_promotion: self.manual_promotion,
+            shield: Some(!self.no_shield),
             webhooks: self
                 .webhooks
                 .iter()

@@ -152,6 +152,17 @@ pub(super) fn routes_for(
                     percent: m.percent,
                 }),
                 hostnames: hostnames.to_vec(),
+                shield: rules
+                    .shields
+                    .get(&(ns.to_string(), service.to_string()))
+                    .filter(|s| {
+                        let names = |n: &str| r.backends.iter().any(|b| b.service == n);
+                        names(&s.canary) && names(&s.stable)
+                    })
+                    .map(|s| pb::Shield {
+                        canary: cluster(&s.canary),
+                        stable: cluster(&s.stable),
+                    }),
                 fault: policy.and_then(|p| p.fault.as_ref()).map(|f| pb::Fault {
                     delay_ms: f.delay_ms,
                     delay_percent: f.delay_percent,

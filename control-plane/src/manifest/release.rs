@@ -51,6 +51,9 @@ pub struct ReleaseSpec {
     /// Hooks the release calls.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+    /// Retry a canary's failure once on the stable (default true).
+    #[serde(default)]
+    pub shield: Option<bool>,
 }
 
 /// `spec.webhooks[]`.

@@ -314,6 +314,11 @@ impl Controller {
         let state = self.state.clone();
         let spec = r.spec.clone();
         let weight = r.canary_weight;
+        // The shield stands while the release does, and goes with its end.
+        let pin = crate::state::Pin {
+            stable: spec.stable.clone(),
+            shield: spec.shield && !r.phase.finished(),
+        };
         // A shift validates and fsyncs: off the async workers.
         let shifted = tokio::task::spawn_blocking(move || {
             state.shift(
@@ -321,7 +326,7 @@ impl Controller {
                 &spec.service,
                 &spec.canary,
                 weight,
-                Some(&spec.stable),
+                Some(&pin),
             )
         })
         .await

@@ -58,6 +58,14 @@ pub struct Spec {
     /// Hooks the release calls.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+    /// While under way, an idempotent request failing on the canary is
+    /// retried once on the stable.
+    #[serde(default = "shield_by_default")]
+    pub shield: bool,
+}
+
+fn shield_by_default() -> bool {
+    true
 }
 
 impl Spec {
@@ -195,6 +203,7 @@ fn from_document(
         max_p99_ratio: c.max_p99_ratio,
         manual_promotion: s.manual_promotion.unwrap_or(false),
         webhooks: Vec::new(),
+        shield: s.shield,
     };
     let mut raw = raw;
     for (i, w) in s.webhooks.iter().enumerate() {
@@ -341,6 +350,7 @@ fn validate(
         max_p99_ratio: s.max_p99_ratio,
         manual_promotion: s.manual_promotion,
         webhooks,
+        shield: s.shield.unwrap_or(true),
     })
 }
 

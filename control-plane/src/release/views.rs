@@ -23,6 +23,7 @@ fn spec(s: &Spec) -> pb::ReleaseSpec {
         max_success_gap: s.max_success_gap,
         max_p99_ratio: s.max_p99_ratio,
         manual_promotion: s.manual_promotion,
+        shield: Some(s.shield),
         webhooks: s
             .webhooks
             .iter()

@@ -62,6 +62,22 @@ pub struct RuleSet {
     pub http_routes: BTreeMap<(String, String), HttpRoute>,
     /// TrafficPolicies by identity.
     pub traffic_policies: BTreeMap<(String, String), TrafficPolicy>,
+    /// Releases under way that shield their canary, by service.
+    pub shields: BTreeMap<(String, String), Shield>,
+}
+
+/// A release's canary and stable: while it is under way, an idempotent
+/// request that fails on the canary is retried once on the stable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shield {
+    /// Namespace of the service.
+    pub namespace: String,
+    /// The service released.
+    pub service: String,
+    /// Its canary backend.
+    pub canary: String,
+    /// Its stable backend.
+    pub stable: String,
 }
 
 /// What an apply did to each rule it was given, e.g. `("trafficsplit default/echo", Created)`.

@@ -150,6 +150,16 @@ struct Inner {
     version: u64,
 }
 
+/// A release's hold on its split: where the rest of the traffic goes, and
+/// whether its canary is shielded.
+#[derive(Debug, Clone)]
+pub struct Pin {
+    /// The stable backend.
+    pub stable: String,
+    /// Shield the canary (while the release is under way).
+    pub shield: bool,
+}
+
 /// Shared control-plane state.
 pub struct State {
     inner: Mutex<Inner>,
@@ -396,21 +406,40 @@ impl State {
         })
     }
 
-    /// `release shift`; with `rest_to`, the rest of the traffic goes to
-    /// that backend alone (a release's stable).
+    /// `release shift`; with a `pin` (a release's), the rest of the
+    /// traffic goes to its stable alone, and its shield is set or lifted in
+    /// the same version.
     pub fn shift(
         &self,
         namespace: &str,
         service: &str,
         backend: &str,
         percent: u32,
-        rest_to: Option<&str>,
+        pin: Option<&Pin>,
     ) -> Result<(Split, u64, Vec<String>), Error> {
         if self.cluster {
             return Err(Error::ClusterRules);
         }
         let (_turn, current) = self.begin_change();
-        let (next, split, what) = current.shift(namespace, service, backend, percent, rest_to)?;
+        let rest_to = pin.map(|p| p.stable.as_str());
+        let (mut next, split, what) =
+            current.shift(namespace, service, backend, percent, rest_to)?;
+        if let Some(pin) = pin {
+            let key = (namespace.to_string(), service.to_string());
+            if pin.shield {
+                next.shields.insert(
+                    key,
+                    rules::Shield {
+                        namespace: namespace.into(),
+                        service: service.into(),
+                        canary: backend.into(),
+                        stable: pin.stable.clone(),
+                    },
+                );
+            } else {
+                next.shields.remove(&key);
+            }
+        }
         let (version, warnings, _) =
             self.commit(next, |registry| index::warnings(registry, &what, &split))?;
         Ok((split, version, warnings))

@@ -14,6 +14,7 @@ use crate::errors::Error;
 use crate::forward::Forwarder;
 use crate::http::{copy_head, grpc_status};
 use crate::retry::{ATTEMPT_HEADER, Policy as RetryPolicy};
+use crate::state::shield::Shield;
 use crate::state::{Backend, Cluster, Endpoint, Fallback, Route};
 use crate::telemetry::metrics::{BackendLabels, FallbackLabels, Metrics, RouteLabels};
 use http::{HeaderValue, Request, Response};
@@ -74,11 +75,20 @@ impl Attempts {
             budget.deposit();
         }
         let retry = retry.filter(|(p, _)| p.allows_method(req.method()));
+        // A release's shield: one more try, on the stable, for an
+        // idempotent request the canary failed.
+        let shield = route
+            .shield
+            .as_ref()
+            .filter(|_| Shield::idempotent(req.method()));
+        if let Some(s) = shield.filter(|s| s.own_budget) {
+            s.budget.deposit();
+        }
         let mirror = route.mirror.as_ref().filter(|m| m.sampled());
         let (parts, incoming) = req.into_parts();
         let incoming =
             body::Source::new(incoming, parts.extensions.get::<body::BytesIn>().cloned());
-        let (replay, mut streamed) = if retry.is_some() || mirror.is_some() {
+        let (replay, mut streamed) = if retry.is_some() || mirror.is_some() || shield.is_some() {
             match body::buffer(incoming).await {
                 Ok(r) => (Some(r), None),
                 Err(b) => (None, Some(b)),
@@ -89,14 +99,19 @@ impl Attempts {
         if let (Some(m), Some(r)) = (mirror, &replay) {
             self.mirrors.send(&self.forwarder, m, &parts, r.clone());
         }
-        let max_attempts = match (retry, &replay) {
+        let mut max_attempts = match (retry, &replay) {
             (Some((p, _)), Some(_)) => 1 + p.max_retries,
             _ => 1,
         };
+        let shield = shield.filter(|_| replay.is_some());
+        // Set once the shield sends the next try to the stable.
+        let mut to_stable = None;
         let mut parts = Some(parts);
         // The backend (by address) and endpoint the last attempt failed on.
         let mut avoid: Option<(usize, usize)> = None;
-        for attempt in 1..=max_attempts {
+        let mut attempt = 0;
+        while attempt < max_attempts {
+            attempt += 1;
             let req = match &replay {
                 Some(r) => {
                     let head = parts.as_ref().expect("kept while replaying");
@@ -112,7 +127,7 @@ impl Attempts {
                     streamed.take().expect("one attempt without replay"),
                 ),
             };
-            let (cluster, _slot, i) = match choose(route, avoid) {
+            let (cluster, _slot, i) = match choose(route, avoid, to_stable.take()) {
                 Ok(chosen) => chosen,
                 Err(
                     e @ (Error::NoEndpoints(_)
@@ -152,6 +167,24 @@ impl Attempts {
                         backend: cluster.name.clone(),
                     })
                     .inc();
+            }
+            if let Some(s) = shield
+                && verdict.ok == Some(false)
+                && Arc::ptr_eq(cluster, &route.backends[s.canary].cluster)
+                && s.budget.withdraw()
+            {
+                // Once per request: the stable's own answer stands.
+                max_attempts = max_attempts.max(attempt + 1);
+                to_stable = Some(s.stable);
+                drop(outcome);
+                self.metrics
+                    .shielded
+                    .get_or_create(&RouteLabels {
+                        service: seen.service.clone().unwrap_or_default(),
+                        route: route.name.clone(),
+                    })
+                    .inc();
+                continue;
             }
             let Some((policy, budget)) = retry else {
                 return streamed_out(outcome);
@@ -263,8 +296,13 @@ fn streamed_out(outcome: Result<Response<Incoming>, Error>) -> Result<Response<R
 fn choose(
     route: &Route,
     avoid: Option<(usize, usize)>,
+    backend: Option<usize>,
 ) -> Result<(&Arc<Cluster>, Slot, usize), Error> {
-    let first = route.pick_backend().ok_or_else(|| no_endpoints(route))?;
+    let first = match backend {
+        // The shield's choice, if it can serve; else by weight as always.
+        Some(b) if !route.backends[b].cluster.endpoints.is_empty() => &route.backends[b],
+        _ => route.pick_backend().ok_or_else(|| no_endpoints(route))?,
+    };
     let mut unusable = None;
     for backend in std::iter::once(first).chain(route.other_live_backends(first)) {
         let Backend { cluster, .. } = backend;

@@ -15,6 +15,7 @@ mod dump;
 mod fallback;
 mod route;
 mod service;
+pub mod shield;
 
 pub use authz::{Allow, Authorization};
 pub use cluster::{Cluster, Endpoint, EndpointStats, RETAIN};

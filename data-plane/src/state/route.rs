@@ -34,6 +34,8 @@ pub struct Route {
     pub hostnames: Vec<String>,
     /// What answers while no backend has a usable endpoint.
     pub fallback: Option<Fallback>,
+    /// A release's canary shield.
+    pub shield: Option<super::shield::Shield>,
     /// Indices of backends with ready endpoints, and the sum of their weights.
     /// Precomputed per snapshot so a pick is one random number and a scan.
     live: Vec<usize>,
@@ -348,6 +350,12 @@ impl Route {
                 )));
             }
         }
+        let names: Vec<&str> = backends.iter().map(|b| b.cluster.name.as_str()).collect();
+        let shield = r.shield.as_ref().and_then(|s| {
+            super::shield::Shield::from_proto(s, &names, retry.as_ref().map(|(_, b)| b))
+                .map_err(|e| errors.push(at(e)))
+                .ok()
+        });
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -365,6 +373,7 @@ impl Route {
             mirror,
             fault,
             fallback,
+            shield,
             live,
             live_weight,
         })
@@ -430,6 +439,10 @@ impl Route {
             })),
             "fault": self.fault,
             "fallback": self.fallback.as_ref().map(Fallback::dump),
+            "shield": self.shield.as_ref().map(|s| serde_json::json!({
+                "canary": self.backends[s.canary].cluster.name,
+                "stable": self.backends[s.stable].cluster.name,
+            })),
         })
     }
 }

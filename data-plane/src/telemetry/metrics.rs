@@ -166,6 +166,8 @@ pub struct Metrics {
     latency: Histograms,
     /// Retries sent.
     pub retries: Family<RouteLabels, Counter>,
+    /// Requests the canary failed that a release's shield sent to the stable.
+    pub shielded: Family<RouteLabels, Counter>,
     /// Requests that hit the route timeout or a per-try timeout.
     pub timeouts: Family<RouteLabels, Counter>,
     /// Endpoints ejected.
@@ -229,6 +231,12 @@ impl Metrics {
                 Family::new_with_constructor(histogram as fn() -> Histogram),
             ),
             retries: registered(r, "retries", "Retries sent", Family::default()),
+            shielded: registered(
+                r,
+                "shielded",
+                "Requests a canary failed, sent once more to the stable by a release's shield",
+                Family::default(),
+            ),
             timeouts: registered(
                 r,
                 "timeouts",
