@@ -298,8 +298,26 @@ async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadli
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Still no traffic: the deadline (4 s from the resume) rolls it back.
+    // Still no traffic: the deadline (4 s from the resume) rolls it back,
+    // which `status --watch` follows to the end and then exits.
     let resumed = Instant::now();
+    let watched = tokio::time::timeout(
+        Duration::from_secs(20),
+        mesh.meshctl(&["release", "status", "echo", "--watch"]),
+    )
+    .await
+    .expect("--watch ends with the release");
+    let lines = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    assert!(
+        lines.contains(": WaitingForTraffic at step 1 of 3 (echo-v2 25%, echo-v1 75%)")
+            && lines.contains(": RolledBack at step 1 of 3 (echo-v2 0%, echo-v1 100%)"),
+        "{lines}"
+    );
     let done = until_phase(
         &mesh,
         &["RolledBack", "Promoted", "Aborted"],
