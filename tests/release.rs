@@ -569,3 +569,67 @@ async fn webhooks_gate_confirm_fail_and_roll_back_a_release() {
     assert_eq!(weight(&done, "echo-v2"), 0);
     steady.finish().await;
 }
+
+/// A rollback the rules cannot take yet (someone deleted the split) is not
+/// lost: it stands, persisted, status says why, and it lands as soon as a
+/// split is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_the_rules_cannot_take_yet_lands_when_they_can() {
+    let (mesh, _instances, _client) = two_versions("release-blocked").await;
+    let mut args = START.to_vec();
+    args[8] = "60s";
+    let out = mesh.meshctl(&args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mesh
+        .meshctl(&["delete", "TrafficSplit", "echo-split"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mesh.meshctl(&["release", "rollback", "echo"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(": RolledBack at step 1")
+            && table.contains(
+                "weights not applied yet: no TrafficSplit or HTTPRoute routes service default/echo"
+            ),
+        "{table}"
+    );
+    let st = json(&mesh, &["release", "history", "echo", "-o", "json"]).await;
+    assert_eq!(
+        st[0]["phase"], "RolledBack",
+        "still under way until it lands: {st:#}"
+    );
+    assert_eq!(st[0]["finishedUnixMs"].as_u64().map(|t| t > 0), Some(true));
+    // The split is back, with the canary at 25%: the rollback lands.
+    mesh.apply_ok(
+        "split.yaml",
+        &split("echo", &[("echo-v1", "75"), ("echo-v2", "25")]),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(&mesh).await;
+        if weight(&st, "echo-v2") == 0 {
+            assert_eq!(st["release"]["blocked"], "", "{st:#}");
+            assert_eq!(weight(&st, "echo-v1"), 100);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollback never landed: {st:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -297,6 +297,7 @@ fn release_json(r: &pb::Release) -> serde_json::Value {
         "failedChecks": r.failed_checks,
         "startedUnixMs": r.started_unix_ms, "finishedUnixMs": r.finished_unix_ms,
         "nextCheckUnixMs": r.next_check_unix_ms,
+        "blocked": r.blocked,
         "checks": r.checks.iter().map(check_json).collect::<Vec<_>>(),
     })
 }
@@ -340,6 +341,9 @@ pub fn render(resp: &pb::ReleaseResponse, output: Output) -> Result<String> {
         100 - r.canary_weight.min(100),
         r.reason
     );
+    if !r.blocked.is_empty() {
+        out += &format!("  weights not applied yet: {}\n", r.blocked);
+    }
     if let Some(c) = &resp.current {
         let next = r.next_check_unix_ms.saturating_sub(now) as f64 / 1000.0;
         out += &format!(

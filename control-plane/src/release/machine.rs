@@ -148,6 +148,9 @@ pub struct Record {
     /// The weight asked for is not yet in the rules: set before the shift
     /// and cleared after it, so a restart between the two applies it.
     pub pending: bool,
+    /// Why the pending weight did not apply, while it does not.
+    #[serde(default)]
+    pub blocked: String,
 }
 
 impl Record {
@@ -171,6 +174,7 @@ impl Record {
             checks: Vec::new(),
             paused_from: None,
             pending: true,
+            blocked: String::new(),
             spec,
         }
     }

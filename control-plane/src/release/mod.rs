@@ -227,7 +227,11 @@ impl Controller {
             tracing::info!(release = %k, phase = r.phase.as_str(), reason = %r.reason, "release command");
             self.store.save(FILE, &*book)?;
         }
-        self.apply(&k).await?;
+        // The command stands, persisted, even when its weight cannot apply
+        // yet: status says why, and every tick tries again.
+        if let Err(e) = self.apply(&k).await {
+            self.blocked(&k, &e);
+        }
         self.get(&k)
     }
 
@@ -339,6 +343,7 @@ impl Controller {
         // Only if nothing moved it meanwhile; else the newer weight applies next.
         if current.updated_ms == r.updated_ms && current.canary_weight == weight {
             current.pending = false;
+            current.blocked.clear();
             if current.phase.finished() {
                 let done = book.active.remove(k).expect("present");
                 tracing::info!(release = %k, phase = done.phase.as_str(), reason = %done.reason, "release finished");
@@ -376,8 +381,25 @@ impl Controller {
                 }
                 if let Err(e) = self.apply(&k).await {
                     // Kept pending: the next tick tries again.
-                    tracing::error!(release = %k, error = %e, "applying a release's weight");
+                    self.blocked(&k, &e);
                 }
+            }
+        }
+    }
+
+    /// Records why `k`'s weight did not apply, and says so once per reason
+    /// rather than at every tick.
+    fn blocked(&self, k: &str, e: &Error) {
+        let mut book = self.lock();
+        let Some(r) = book.active.get_mut(k) else {
+            return;
+        };
+        let why = e.to_string();
+        if r.blocked != why {
+            tracing::error!(release = %k, error = %why, "applying a release's weight");
+            r.blocked = why;
+            if let Err(e) = self.store.save(FILE, &*book) {
+                tracing::error!(error = %e, "saving the releases");
             }
         }
     }

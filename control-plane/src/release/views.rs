@@ -78,6 +78,7 @@ pub(super) fn release(r: &Record) -> pb::Release {
         failed_checks: r.failed_checks,
         checks: r.checks.iter().map(check).collect(),
         id: r.id,
+        blocked: r.blocked.clone(),
     }
 }
 
