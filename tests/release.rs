@@ -17,12 +17,7 @@ use support::{Mesh, split};
 const FAST_REPORTS: [(&str, &str); 1] = [("MESH_PROXY_TELEMETRY_INTERVAL_MS", "200")];
 
 async fn json(mesh: &Mesh, args: &[&str]) -> Value {
-    let out = mesh.meshctl(args).await;
-    assert!(
-        out.status.success(),
-        "meshctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ok(mesh, args).await;
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
@@ -56,6 +51,22 @@ async fn until_phase(mesh: &Mesh, phases: &[&str], within: Duration) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Polls status until the release has ended; bounded.
+async fn until_ended(mesh: &Mesh, within: Duration) -> Value {
+    until_phase(mesh, &["Promoted", "RolledBack", "Aborted"], within).await
+}
+
+/// Runs meshctl, which must succeed.
+async fn ok(mesh: &Mesh, args: &[&str]) -> std::process::Output {
+    let out = mesh.meshctl(args).await;
+    assert!(
+        out.status.success(),
+        "meshctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 async fn two_versions(tag: &str) -> (Mesh, [support::Instance; 2], support::Client) {
@@ -107,12 +118,7 @@ async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
     let st = status(&mesh).await;
     assert_eq!((weight(&st, "echo-v2"), weight(&st, "echo-v1")), (25, 75));
 
-    let done = until_phase(
-        &mesh,
-        &["Promoted", "RolledBack", "Aborted"],
-        Duration::from_secs(40),
-    )
-    .await;
+    let done = until_ended(&mesh, Duration::from_secs(40)).await;
     let release = &done["release"];
     assert_eq!(release["phase"], "Promoted", "{done:#}");
     assert_eq!(
@@ -145,28 +151,20 @@ async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
 
     // Back to v1 by hand (once the client runs it), then v2 goes bad: half
     // its answers fail. The same release again.
-    let out = mesh
-        .meshctl(&[
+    ok(
+        &mesh,
+        &[
             "release", "shift", "echo", "--to", "echo-v2", "--weight", "0",
-        ])
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )
+    .await;
     mesh.sync(&client).await;
     let (code, body) = meshctl::traffic::get(v2.app_addr(), "/admin/errors?rate=0.5")
         .await
         .unwrap();
     assert_eq!(code, 200, "{body}");
     json(&mesh, &args).await;
-    let done = until_phase(
-        &mesh,
-        &["Promoted", "RolledBack", "Aborted"],
-        Duration::from_secs(30),
-    )
-    .await;
+    let done = until_ended(&mesh, Duration::from_secs(30)).await;
     let release = &done["release"];
     assert_eq!(release["phase"], "RolledBack", "{done:#}");
     let reason = release["reason"].as_str().unwrap();
@@ -248,12 +246,7 @@ async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadli
 
     let mut args = START.to_vec();
     args.extend(["--progress-deadline", "4s"]);
-    let out = mesh.meshctl(&args).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&mesh, &args).await;
     let out = mesh.meshctl(&args).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -271,12 +264,7 @@ async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadli
             .contains("0 canary requests in the window, 10 needed"),
         "{waiting:#}"
     );
-    let out = mesh.meshctl(&["release", "pause", "echo"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&mesh, &["release", "pause", "echo"]).await;
 
     // A restart finds it where it was.
     mesh.kill_control().await;
@@ -291,12 +279,7 @@ async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadli
         (weight(&after, "echo-v2"), weight(&after, "echo-v1")),
         (25, 75)
     );
-    let out = mesh.meshctl(&["release", "resume", "echo"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&mesh, &["release", "resume", "echo"]).await;
 
     // Still no traffic: the deadline (4 s from the resume) rolls it back,
     // which `status --watch` follows to the end and then exits.
@@ -318,12 +301,7 @@ async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadli
             && lines.contains(": RolledBack at step 1 of 3 (echo-v2 0%, echo-v1 100%)"),
         "{lines}"
     );
-    let done = until_phase(
-        &mesh,
-        &["RolledBack", "Promoted", "Aborted"],
-        Duration::from_secs(15),
-    )
-    .await;
+    let done = until_ended(&mesh, Duration::from_secs(15)).await;
     assert!(
         resumed.elapsed() >= Duration::from_secs(3),
         "rolled back before its deadline"
@@ -477,12 +455,7 @@ async fn webhooks_gate_confirm_fail_and_roll_back_a_release() {
         flag("rollback", "/rollback"),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = mesh.meshctl(&args).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&mesh, &args).await;
     let waiting = until_phase(
         &mesh,
         &["WaitingForPromotion", "RolledBack", "Promoted"],
@@ -538,12 +511,7 @@ async fn webhooks_gate_confirm_fail_and_roll_back_a_release() {
         .await;
     assert!(out.status.success());
     hooks.answer("/rollout", 500);
-    let out = mesh.meshctl(&args).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&mesh, &args).await;
     let done = until_phase(&mesh, &["Promoted", "RolledBack"], Duration::from_secs(20)).await;
     let reason = done["release"]["reason"].as_str().unwrap();
     assert!(
@@ -555,12 +523,7 @@ async fn webhooks_gate_confirm_fail_and_roll_back_a_release() {
     // A rollback hook answering 2xx rolls back at the next check.
     hooks.answer("/rollout", 200);
     hooks.answer("/rollback", 200);
-    let out = mesh.meshctl(&args).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&mesh, &args).await;
     let done = until_phase(&mesh, &["Promoted", "RolledBack"], Duration::from_secs(20)).await;
     assert_eq!(
         done["release"]["reason"], "rolled back by the rollback webhook rollback-5",
@@ -578,26 +541,9 @@ async fn a_rollback_the_rules_cannot_take_yet_lands_when_they_can() {
     let (mesh, _instances, _client) = two_versions("release-blocked").await;
     let mut args = START.to_vec();
     args[8] = "60s";
-    let out = mesh.meshctl(&args).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = mesh
-        .meshctl(&["delete", "TrafficSplit", "echo-split"])
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = mesh.meshctl(&["release", "rollback", "echo"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&mesh, &args).await;
+    ok(&mesh, &["delete", "TrafficSplit", "echo-split"]).await;
+    let out = ok(&mesh, &["release", "rollback", "echo"]).await;
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains(": RolledBack at step 1")
