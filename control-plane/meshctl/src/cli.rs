@@ -300,31 +300,36 @@ pub fn print_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<()
     Ok(())
 }
 
+/// `release status` as JSON: the weights and endpoints per backend.
+pub fn status_json(st: &pb::ReleaseStatusResponse) -> serde_json::Value {
+    let backends: Vec<_> = st
+        .backends
+        .iter()
+        .map(|b| {
+            json!({
+                "service": b.service,
+                "weight": b.weight,
+                "effectivePercent": b.effective_percent,
+                "readyEndpoints": b.endpoints.iter().filter(|e| e.ready).count(),
+                "endpoints": b.endpoints.iter().map(|e| json!({"instance": e.instance_id, "address": e.address, "ready": e.ready})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "service": st.service,
+        "namespace": st.namespace,
+        "hasSplit": st.has_split,
+        "routedBy": st.routed_by,
+        "configVersion": st.version,
+        "backends": backends,
+        "warnings": st.warnings,
+    })
+}
+
 /// Renders `release status`.
 pub fn render_status(st: &pb::ReleaseStatusResponse, output: Output) -> Result<String> {
     if output == Output::Json {
-        let backends: Vec<_> = st
-            .backends
-            .iter()
-            .map(|b| {
-                json!({
-                    "service": b.service,
-                    "weight": b.weight,
-                    "effectivePercent": b.effective_percent,
-                    "readyEndpoints": b.endpoints.iter().filter(|e| e.ready).count(),
-                    "endpoints": b.endpoints.iter().map(|e| json!({"instance": e.instance_id, "address": e.address, "ready": e.ready})).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        return Ok(serde_json::to_string_pretty(&json!({
-            "service": st.service,
-            "namespace": st.namespace,
-            "hasSplit": st.has_split,
-            "routedBy": st.routed_by,
-            "configVersion": st.version,
-            "backends": backends,
-            "warnings": st.warnings,
-        }))?);
+        return Ok(serde_json::to_string_pretty(&status_json(st))?);
     }
     let mut out = format!(
         "service {}/{} ({}; config version {})\n",

@@ -405,26 +405,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if watch {
                 return meshctl::release::watch(control, &namespace, &service, output).await;
             }
-            // The release first: one that ended has its weights in force,
-            // so the weights read after it are never older than it.
-            let release = meshctl::release::fetch(control, &namespace, &service).await?;
-            let st = cli::status(control, &namespace, &service).await?;
-            if output == Output::Json {
-                // One document: the weights, and the release if there is one.
-                let mut v: serde_json::Value =
-                    serde_json::from_str(&cli::render_status(&st, output)?)?;
-                v["release"] = match &release {
-                    Some(r) => serde_json::from_str(&meshctl::release::render(r, output)?)?,
-                    None => serde_json::Value::Null,
-                };
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            cli::print_status(&st, output)?;
-            if let Some(r) = release {
-                print!("{}", meshctl::release::render(&r, output)?);
-            }
-            Ok(())
+            meshctl::release::status(control, &namespace, &service, output).await
         }
         Cmd::Release {
             what: Release::Auto(auto),

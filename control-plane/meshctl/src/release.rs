@@ -2,7 +2,7 @@
 //! the automated release in `release status` (with `--watch`): thin over
 //! the Admin API's release calls.
 
-use crate::cli::{Output, render_problems};
+use crate::cli::{self, Output, render_problems};
 use crate::client::{Control, admin, explain};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -314,16 +314,48 @@ fn ago(now: u64, at: u64) -> String {
     format!("{:.0}s ago", now.saturating_sub(at) as f64 / 1000.0)
 }
 
+/// One release and its current window, as JSON.
+fn response_json(resp: &pb::ReleaseResponse) -> serde_json::Value {
+    let mut v = release_json(&resp.release.clone().unwrap_or_default());
+    v["current"] = resp
+        .current
+        .as_ref()
+        .map_or(serde_json::Value::Null, check_json);
+    v
+}
+
+/// `release status`: the weights, then the release under way (or the
+/// last one), as one document with `-o json`.
+pub async fn status(
+    control: &Control,
+    namespace: &str,
+    service: &str,
+    output: Output,
+) -> Result<()> {
+    // The release first: one that ended has its weights in force, so the
+    // weights read after it are never older than it.
+    let release = fetch(control, namespace, service).await?;
+    let st = cli::status(control, namespace, service).await?;
+    if output == Output::Json {
+        let mut v = cli::status_json(&st);
+        v["release"] = release
+            .as_ref()
+            .map_or(serde_json::Value::Null, response_json);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    cli::print_status(&st, output)?;
+    if let Some(r) = release {
+        print!("{}", render(&r, output)?);
+    }
+    Ok(())
+}
+
 /// Renders one release.
 pub fn render(resp: &pb::ReleaseResponse, output: Output) -> Result<String> {
     let r = resp.release.clone().unwrap_or_default();
     if output == Output::Json {
-        let mut v = release_json(&r);
-        v["current"] = resp
-            .current
-            .as_ref()
-            .map_or(serde_json::Value::Null, check_json);
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+        return Ok(serde_json::to_string_pretty(&response_json(resp))? + "\n");
     }
     let s = r.spec.clone().unwrap_or_default();
     let now = resp.now_unix_ms;

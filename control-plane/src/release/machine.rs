@@ -344,7 +344,7 @@ impl Record {
             Command::Promote => {
                 let at = self.canary_weight;
                 self.paused_from = None;
-                self.next_check_ms = now + self.spec.interval_ms;
+                // on_check sets the next check (or none, if it finishes).
                 let changed = self.on_check(
                     now,
                     Outcome::ByHand,

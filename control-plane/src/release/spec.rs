@@ -185,7 +185,7 @@ fn from_document(
             ),
         ));
     }
-    let raw = pb::ReleaseSpec {
+    let mut raw = pb::ReleaseSpec {
         service: s.service.clone(),
         namespace: r.metadata.namespace.clone(),
         stable: s.stable.clone().unwrap_or_default(),
@@ -205,7 +205,6 @@ fn from_document(
         webhooks: Vec::new(),
         shield: s.shield,
     };
-    let mut raw = raw;
     for (i, w) in s.webhooks.iter().enumerate() {
         let at = |f: &str| format!("spec.webhooks[{i}].{f}");
         let timeout_ms = w.timeout.as_ref().and_then(|t| {
