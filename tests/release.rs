@@ -190,6 +190,32 @@ async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
     let shielded = support::metric(client.admin, "mesh_shielded_total", &[]).await;
     assert!(shielded >= 1.0, "no shielded request counted");
 
+    // The control plane's release metrics: the latest phase, its weight,
+    // and every check by result.
+    let http = mesh.control.addr("http").unwrap();
+    let echo = "service=\"echo\"";
+    let gauge = |phase: &'static str| async move {
+        let phase = format!("phase=\"{phase}\"");
+        support::metric(http, "mesh_release_phase", &[echo, &phase]).await
+    };
+    assert_eq!(
+        (gauge("RolledBack").await, gauge("Promoted").await),
+        (1.0, 0.0)
+    );
+    assert_eq!(
+        support::metric(http, "mesh_release_canary_weight", &[echo]).await,
+        0.0
+    );
+    let checks = |result: &'static str| async move {
+        let result = format!("result=\"{result}\"");
+        support::metric(http, "mesh_release_checks_total", &[echo, &result]).await
+    };
+    let (passed, failed) = (checks("passed").await, checks("failed").await);
+    assert!(
+        passed >= 3.0 && failed >= 2.0,
+        "{passed} passed, {failed} failed"
+    );
+
     let history = json(&mesh, &["release", "history", "echo", "-o", "json"]).await;
     let phases: Vec<&str> = history
         .as_array()

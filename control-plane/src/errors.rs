@@ -104,7 +104,8 @@ pub fn release_code(e: &crate::release::Error) -> Code {
             Code::FailedPrecondition
         }
         R::State(e) => code(e),
-        R::Store(_) => Code::Unavailable,
+        R::Cluster(_) => Code::FailedPrecondition,
+        R::Store(_) | R::Weights(_) | R::Status { .. } => Code::Unavailable,
     }
 }
 
@@ -269,6 +270,13 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (R::State(Error::ClusterRules), Code::FailedPrecondition),
+            (R::Cluster("pause"), Code::FailedPrecondition),
+            (
+                R::Weights(crate::kubernetes::weights::Error::Busy(
+                    "default/echo".into(),
+                )),
+                Code::Unavailable,
+            ),
         ];
         for (e, want) in rows {
             let message = e.to_string();

@@ -283,7 +283,7 @@ pub async fn apply(cluster: &Cluster, paths: &[PathBuf]) -> Result<()> {
 }
 
 /// Problems found here, printed as a local control plane's are.
-fn render(problems: &[manifest::Error]) -> String {
+pub(crate) fn render(problems: &[manifest::Error]) -> String {
     let pb: Vec<pb::Problem> = problems
         .iter()
         .map(mesh_control::index::views::problem)
@@ -379,47 +379,33 @@ pub async fn shift(
     backend: &str,
     percent: u32,
 ) -> Result<Vec<(String, u32)>> {
-    let mut tries = 0;
-    loop {
-        let set = cluster.rule_set().await?;
-        let (_, split, what) = set.shift(namespace, service, backend, percent, None)?;
-        if !what.starts_with("TrafficSplit") {
-            bail!(
-                "{what} routes {namespace}/{service}; a cluster's HTTPRoutes are not shifted by meshctl yet"
-            );
-        }
-        let ar = Cluster::kinds()
-            .find(|ar| ar.kind == "TrafficSplit")
-            .expect("a rule kind");
-        let api = cluster.api(&ar, Some(namespace));
-        let current = api.get(&split.name).await.map_err(api_error)?;
-        let backends: Vec<serde_json::Value> = split
-            .backends
-            .iter()
-            .map(|b| serde_json::json!({"service": b.service, "weight": b.weight}))
-            .collect();
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": current.metadata.resource_version},
-            "spec": {"backends": backends},
-        });
-        let patched = api
-            .patch(&split.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
-        let stored = match patched {
-            Ok(o) => o,
-            Err(kube::Error::Api(s)) if s.code == 409 && tries < 5 => {
-                tries += 1;
-                continue;
-            }
-            Err(e) => return Err(api_error(e).context(format!("{what}: nothing was shifted"))),
-        };
-        confirm(&api, &split.name, stored.metadata.generation, &what).await?;
-        return Ok(split
-            .backends
-            .iter()
-            .map(|b| (b.service.clone(), b.weight))
-            .collect());
+    let set = cluster.rule_set().await?;
+    let (_, split, what) = set.shift(namespace, service, backend, percent, None)?;
+    if !what.starts_with("TrafficSplit") {
+        bail!(
+            "{what} routes {namespace}/{service}; a cluster's HTTPRoutes are not shifted by meshctl yet"
+        );
     }
+    let (split, stored) = mesh_control::kubernetes::weights::shift(
+        &cluster.client,
+        namespace,
+        &split.name,
+        backend,
+        percent,
+        None,
+    )
+    .await
+    .with_context(|| format!("{what}: nothing was shifted"))?;
+    let ar = Cluster::kinds()
+        .find(|ar| ar.kind == "TrafficSplit")
+        .expect("a rule kind");
+    let api = cluster.api(&ar, Some(namespace));
+    confirm(&api, &split.name, stored.metadata.generation, &what).await?;
+    Ok(split
+        .backends
+        .iter()
+        .map(|b| (b.service.clone(), b.weight))
+        .collect())
 }
 
 /// Waits for the leader's Accepted condition on `generation`.

@@ -27,11 +27,12 @@ const MIN_MINOR: u32 = 29;
 /// A CA root expiring sooner than this is worth a warning.
 const ROOT_WARN_SECS: i64 = 30 * 24 * 3600;
 /// The CRDs an install establishes.
-pub const CRDS: [&str; 4] = [
+pub const CRDS: [&str; 5] = [
     "trafficsplits.split.smi-spec.io",
     "httproutegroups.specs.smi-spec.io",
     "trafficpolicies.mesh.dev",
     "authorizationpolicies.mesh.dev",
+    "releases.mesh.dev",
 ];
 
 /// One rule object's standing.

@@ -160,6 +160,10 @@ pub fn render(v: &Values) -> Vec<File> {
             include_str!("../../../install/crds/httproutegroups.yaml"),
         ),
         fixed(
+            "crds/releases.yaml",
+            include_str!("../../../install/crds/releases.yaml"),
+        ),
+        fixed(
             "crds/trafficpolicies.yaml",
             include_str!("../../../install/crds/trafficpolicies.yaml"),
         ),

@@ -39,10 +39,11 @@ rules:
   - apiGroups: [discovery.k8s.io]
     resources: [endpointslices]
     verbs: [get, list, watch]
-  # The rules, and their status (written by the leader alone).
+  # The rules, and their status (written by the leader alone; the leader
+  # also patches a TrafficSplit's weights for a Release).
   - apiGroups: [split.smi-spec.io]
     resources: [trafficsplits]
-    verbs: [get, list, watch]
+    verbs: [get, list, watch, patch]
   - apiGroups: [specs.smi-spec.io]
     resources: [httproutegroups]
     verbs: [get, list, watch]
@@ -57,6 +58,14 @@ rules:
     verbs: [patch]
   - apiGroups: [mesh.dev]
     resources: [trafficpolicies/status, authorizationpolicies/status]
+    verbs: [patch]
+  # Releases: their status is the controller's persisted state, and the
+  # leader clears each command annotation it carries out.
+  - apiGroups: [mesh.dev]
+    resources: [releases]
+    verbs: [get, list, watch, patch]
+  - apiGroups: [mesh.dev]
+    resources: [releases/status]
     verbs: [patch]
   # Gateway API HTTPRoutes (installed by the cluster's owner, maybe later:
   # the CRD is watched by name to learn when), and their status.parents.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod cluster_check;
+pub mod cluster_release;
 pub mod demo;
 pub mod demo_release;
 pub mod inject;

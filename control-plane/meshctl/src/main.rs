@@ -467,12 +467,10 @@ async fn in_cluster(args: Args) -> anyhow::Result<()> {
             what: Get::Splits { .. },
         }
         | Cmd::Release {
-            what: Release::Shift { .. } | Release::Status { watch: false, .. },
+            what: Release::Shift { .. } | Release::Status { watch: false, .. } | Release::Auto(_),
         }
         | Cmd::Check { .. } => None,
-        Cmd::Release { .. } => {
-            Some("release start|pause|resume|promote|abort|rollback|history|status --watch")
-        }
+        Cmd::Release { .. } => Some("release status --watch"),
         Cmd::Up { .. } => Some("up"),
         Cmd::Install { .. } | Cmd::Uninstall | Cmd::Inject { .. } | Cmd::Uninject { .. } => None,
         Cmd::Demo { .. } => Some("demo"),
@@ -521,9 +519,14 @@ async fn in_cluster(args: Args) -> anyhow::Result<()> {
                     ..
                 },
         } => {
+            // The release first, as on a local mesh.
+            let release = meshctl::cluster_release::fetch(&c, &namespace, &service).await?;
             let st = cluster::status(&c, &namespace, &service).await?;
-            cli::print_status(&st, output)
+            meshctl::release::print_status(&st, release, output)
         }
+        Cmd::Release {
+            what: Release::Auto(auto),
+        } => meshctl::cluster_release::run(&c, auto).await,
         Cmd::Check { pre } => {
             let passed = if pre {
                 meshctl::cluster_check::pre(&c).await?

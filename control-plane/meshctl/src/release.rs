@@ -118,7 +118,7 @@ pub struct Start {
     namespace: String,
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
-    output: Output,
+    pub(crate) output: Output,
 }
 
 fn ms(flag: &str, d: &Option<String>) -> Result<Option<u64>> {
@@ -129,7 +129,7 @@ fn ms(flag: &str, d: &Option<String>) -> Result<Option<u64>> {
 }
 
 impl Start {
-    fn request(&self) -> Result<pb::StartReleaseRequest> {
+    pub(crate) fn request(&self) -> Result<pb::StartReleaseRequest> {
         if let Some(path) = &self.file {
             let content = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -315,7 +315,7 @@ fn ago(now: u64, at: u64) -> String {
 }
 
 /// One release and its current window, as JSON.
-fn response_json(resp: &pb::ReleaseResponse) -> serde_json::Value {
+pub(crate) fn response_json(resp: &pb::ReleaseResponse) -> serde_json::Value {
     let mut v = release_json(&resp.release.clone().unwrap_or_default());
     v["current"] = resp
         .current
@@ -336,15 +336,24 @@ pub async fn status(
     // weights read after it are never older than it.
     let release = fetch(control, namespace, service).await?;
     let st = cli::status(control, namespace, service).await?;
+    print_status(&st, release, output)
+}
+
+/// The weights, then the release, as `release status` shows them.
+pub fn print_status(
+    st: &pb::ReleaseStatusResponse,
+    release: Option<pb::ReleaseResponse>,
+    output: Output,
+) -> Result<()> {
     if output == Output::Json {
-        let mut v = cli::status_json(&st);
+        let mut v = cli::status_json(st);
         v["release"] = release
             .as_ref()
             .map_or(serde_json::Value::Null, response_json);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    cli::print_status(&st, output)?;
+    cli::print_status(st, output)?;
     if let Some(r) = release {
         print!("{}", render(&r, output)?);
     }
@@ -410,7 +419,7 @@ pub fn render(resp: &pb::ReleaseResponse, output: Output) -> Result<String> {
     Ok(out)
 }
 
-fn render_history(resp: &pb::ReleaseHistoryResponse, output: Output) -> Result<String> {
+pub(crate) fn render_history(resp: &pb::ReleaseHistoryResponse, output: Output) -> Result<String> {
     if output == Output::Json {
         let all: Vec<_> = resp.releases.iter().map(release_json).collect();
         return Ok(serde_json::to_string_pretty(&all)? + "\n");

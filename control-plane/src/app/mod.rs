@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::identity::{Identity, ca, tokens, tokens::Tokens};
 use crate::manifest::{self, Located};
 use crate::registry::local::Registry;
+use crate::release::{Controller, cluster::Objects};
 use crate::rules::{self, RuleSet};
 use crate::state::State;
 use crate::store::Store;
@@ -175,11 +176,11 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
     };
     let state = Arc::new(State::new(registry, rules, store.clone(), admission)?);
     let window = Arc::new(crate::telemetry::Window::default());
-    let releases = Arc::new(crate::release::Controller::load(
-        state.clone(),
-        window.clone(),
-        store,
-    )?);
+    let releases = match kube.clone() {
+        Some(kube) => Controller::cluster(state.clone(), window.clone(), Objects::start(kube)),
+        None => Controller::load(state.clone(), window.clone(), store)?,
+    };
+    let releases = Arc::new(releases.metered(metrics.releases.clone()));
     let provided = config
         .ca_cert
         .as_ref()
@@ -388,9 +389,13 @@ impl Bound {
             std::time::Duration::from_millis(config.propagation_timeout_ms),
             crate::listen::Ending(ending.clone()),
         );
-        // Releases move only while this control plane serves; a stopping
-        // one leaves each where it was, persisted, for the next to resume.
-        tokio::spawn(releases.clone().run(stopping.clone()));
+        // Releases move only while this control plane serves (and, in a
+        // cluster, leads); a stopping one leaves each where it was,
+        // persisted, for the next to resume.
+        let leading = leadership
+            .as_ref()
+            .map_or_else(|| watch::channel(true).1, |l| l.leading.clone());
+        tokio::spawn(releases.clone().run(stopping.clone(), leading));
         let drain = config.drain();
         let stop_state = state.clone();
         let stop = async move {

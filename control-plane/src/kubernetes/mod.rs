@@ -3,6 +3,7 @@
 //! (`registry`), those that turn rule objects into rule documents
 //! (`rules`; Gateway API HTTPRoutes once their CRD is served, `gateway`)
 //! and write their `.status.conditions` (`status`), the
+//! the TrafficSplit weights a shift patches (`weights`), the
 //! admission webhook's answer (`admission`) and the caBundle its
 //! configuration carries (`ca_bundle`), leader election among replicas
 //! (`leader`) and the CA they share in a Secret (`ca_secret`). What they produce goes out on
@@ -18,6 +19,7 @@ pub mod leader;
 pub mod registry;
 pub mod rules;
 pub mod status;
+pub mod weights;
 
 use std::path::Path;
 

@@ -27,6 +27,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase.
+    pub const ALL: [Phase; 7] = [
+        Phase::Progressing,
+        Phase::WaitingForTraffic,
+        Phase::Paused,
+        Phase::WaitingForPromotion,
+        Phase::Promoted,
+        Phase::RolledBack,
+        Phase::Aborted,
+    ];
+
     /// As status shows it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -151,6 +162,9 @@ pub struct Record {
     /// Why the pending weight did not apply, while it does not.
     #[serde(default)]
     pub blocked: String,
+    /// Kubernetes mode: the generation of the Release object it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 impl Record {
@@ -175,6 +189,7 @@ impl Record {
             paused_from: None,
             pending: true,
             blocked: String::new(),
+            generation: None,
             spec,
         }
     }

@@ -2,97 +2,68 @@
 //! time each. A release moves the canary's weight step by step while its
 //! own traffic (what the canary's sidecars served, from the telemetry
 //! window) passes the analysis, and returns every request to the stable in
-//! one push when it fails. Every transition is persisted to the state
-//! directory before its weight is applied, so a restart resumes the
-//! release where it was and never loses a rollback.
+//! one push when it fails. Every transition is persisted before its weight
+//! is applied (to the state directory, or in Kubernetes mode to the
+//! Release object's status, where only the Lease holder runs releases), so
+//! a restart or a new leader resumes the release where it was and never
+//! loses a rollback.
 
 pub mod analysis;
+mod book;
+mod checks;
+pub mod cluster;
+mod error;
 pub mod hook;
+mod leading;
 pub mod machine;
+mod reads;
 pub mod spec;
-mod views;
+pub mod views;
 pub mod webhooks;
 
-use crate::manifest;
+pub use book::key;
+pub use error::Error;
+
 use crate::state::State;
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::telemetry::Window;
-use analysis::{Outcome, Sample};
+use book::Book;
 use machine::{Command, Record};
 use mesh_proto::v1 as pb;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
-/// Why a release call was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The spec has problems (every one named).
-    #[error("the release spec has {} problem(s)", .0.len())]
-    Invalid(Vec<manifest::Error>),
-    /// One release per service at a time.
-    #[error("a release of {service} is already {phase}; abort or finish it first")]
-    UnderWay {
-        /// Whose.
-        service: String,
-        /// Its phase.
-        phase: &'static str,
-    },
-    /// Nothing under way to act on.
-    #[error("no release of {0} under way")]
-    Missing(String),
-    /// Nothing to show.
-    #[error("{0} has never had a release")]
-    Never(String),
-    /// The service's split cannot carry the release.
-    #[error("{0}")]
-    Split(String),
-    /// A command the release's phase does not allow.
-    #[error(transparent)]
-    Refused(#[from] machine::Refused),
-    /// An action name nobody knows.
-    #[error(
-        "unknown release action {0:?}; expected pause, resume, promote, promote-full, abort or rollback"
-    )]
-    Action(String),
-    /// A pre-rollout hook did not pass.
-    #[error("the release did not start: {0}")]
-    Webhook(String),
-    /// The rules refused the weight (Kubernetes mode: the objects are kubectl's).
-    #[error(transparent)]
-    State(#[from] crate::state::Error),
-    /// The state directory failed.
-    #[error(transparent)]
-    Store(#[from] store::Error),
-}
-
-/// Every release this control plane runs or ran, as persisted.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Book {
-    next_id: u64,
-    /// Under way, by `namespace/service`.
-    active: BTreeMap<String, Record>,
-    /// Finished, oldest first.
-    history: Vec<Record>,
-}
-
-/// The file the book lives in.
+/// The file the book lives in (local mode).
 pub const FILE: &str = "releases.json";
-/// Finished releases kept.
-const HISTORY: usize = 100;
 /// How often due checks and unapplied weights are looked at.
 const TICK: Duration = Duration::from_millis(200);
+
+/// Where the releases persist.
+enum Keeper {
+    /// The state directory.
+    File(Store),
+    /// The Release objects' status.
+    Cluster(cluster::Objects),
+}
 
 /// The release controller.
 pub struct Controller {
     state: Arc<State>,
     window: Arc<Window>,
-    store: Store,
-    /// Held across a transition and its persisting, never across a shift
-    /// or a hook.
+    keeper: Keeper,
+    /// Held across a transition (and its file save), never across a
+    /// shift, a hook or a status write.
     book: Mutex<Book>,
+    /// Kubernetes mode: one status write at a time, each of the latest
+    /// record, so an older one never lands after a newer.
+    writes: tokio::sync::Mutex<()>,
+    /// Kubernetes mode: releases whose status write failed; their weight
+    /// waits until it is written.
+    unsaved: Mutex<BTreeSet<String>>,
     hooks: webhooks::Caller,
+    metrics: crate::metrics::Releases,
 }
 
 fn now_ms() -> u64 {
@@ -101,31 +72,112 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn key(namespace: &str, service: &str) -> String {
-    format!("{namespace}/{service}")
-}
-
 impl Controller {
+    fn with(state: Arc<State>, window: Arc<Window>, keeper: Keeper, book: Book) -> Self {
+        Controller {
+            state,
+            window,
+            keeper,
+            book: Mutex::new(book),
+            writes: tokio::sync::Mutex::new(()),
+            unsaved: Mutex::new(BTreeSet::new()),
+            hooks: webhooks::Caller::default(),
+            metrics: crate::metrics::Releases::default(),
+        }
+    }
+
     /// The controller over `store`'s releases, as a restart finds them.
     pub fn load(state: Arc<State>, window: Arc<Window>, store: Store) -> Result<Self, Error> {
         let book = store.load::<Book>(FILE)?.unwrap_or_default();
-        Ok(Controller {
-            state,
-            window,
-            store,
-            book: Mutex::new(book),
-            hooks: webhooks::Caller::default(),
-        })
+        Ok(Self::with(state, window, Keeper::File(store), book))
+    }
+
+    /// The controller over a cluster's Release objects.
+    pub fn cluster(state: Arc<State>, window: Arc<Window>, objects: cluster::Objects) -> Self {
+        Self::with(state, window, Keeper::Cluster(objects), Book::default())
+    }
+
+    /// Sets `metrics` as releases move.
+    pub fn metered(mut self, metrics: crate::metrics::Releases) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Each service's latest release in the metrics.
+    fn observe(&self) {
+        let book = self.lock();
+        let phases = machine::Phase::ALL.map(machine::Phase::as_str);
+        let latest = book.history.iter().chain(book.active.values());
+        for r in latest {
+            let s = &r.spec;
+            if book.latest(&key(&s.namespace, &s.service)).map(|l| l.id) == Some(r.id) {
+                let phase = r.phase.as_str();
+                self.metrics
+                    .observe(&s.namespace, &s.service, phase, &phases, r.canary_weight);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a release. Checks the split carries both backends (and finds
-    /// the stable when the spec names none), then applies the first step.
+    fn unsaved(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.unsaved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves the book to its file (a no-op in Kubernetes mode, where
+    /// `flush` writes the one status that changed); called under the lock,
+    /// so saves never interleave.
+    fn save(&self, book: &Book) -> Result<(), Error> {
+        match &self.keeper {
+            Keeper::File(store) => Ok(store.save(FILE, book)?),
+            Keeper::Cluster(_) => Ok(()),
+        }
+    }
+
+    /// Kubernetes mode: writes `k`'s object's status from the book.
+    async fn flush(&self, k: &str) -> Result<(), Error> {
+        let Keeper::Cluster(objects) = &self.keeper else {
+            return Ok(());
+        };
+        let _turn = self.writes.lock().await;
+        let Some(status) = self.lock().status(k) else {
+            return Ok(());
+        };
+        let (namespace, name) = k.split_once('/').unwrap_or(("default", k));
+        match objects.write(namespace, name, &status).await {
+            Ok(()) => {
+                self.unsaved().remove(k);
+                Ok(())
+            }
+            Err(source) => {
+                self.unsaved().insert(k.to_string());
+                Err(Error::Status {
+                    object: k.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Starts a release (local mode).
     pub async fn start(self: &Arc<Self>, spec: spec::Spec) -> Result<pb::ReleaseResponse, Error> {
-        let spec = self.resolve(spec)?;
+        if matches!(self.keeper, Keeper::Cluster(_)) {
+            return Err(Error::Cluster("start"));
+        }
+        self.begin(spec, None).await
+    }
+
+    /// Checks the split carries both backends (and finds the stable when
+    /// the spec names none), then applies the first step. `generation` is
+    /// the Release object's, in Kubernetes mode.
+    async fn begin(
+        self: &Arc<Self>,
+        spec: spec::Spec,
+        generation: Option<i64>,
+    ) -> Result<pb::ReleaseResponse, Error> {
+        let spec = reads::resolve(&self.state, spec)?;
         let k = key(&spec.namespace, &spec.service);
         let under_way = |book: &Book| {
             book.active.get(&k).map(|r| Error::UnderWay {
@@ -140,7 +192,8 @@ impl Controller {
             }
             book.next_id + 1
         };
-        let record = Record::new(id, spec, now_ms());
+        let mut record = Record::new(id, spec, now_ms());
+        record.generation = generation;
         self.hooks
             .all(&record, spec::Hook::PreRollout)
             .await
@@ -153,61 +206,25 @@ impl Controller {
             }
             book.next_id = book.next_id.max(id);
             book.active.insert(k.clone(), record);
-            self.store.save(FILE, &*book)?;
+            self.save(&book)?;
         }
-        tracing::info!(release = %k, "release started");
-        if let Err(e) = self.apply(&k).await {
+        let begun = match self.flush(&k).await {
+            Ok(()) => self.apply(&k).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = begun {
             // The first weight did not take: the release never began.
             let mut book = self.lock();
             book.active.remove(&k);
-            self.store.save(FILE, &*book)?;
+            book.next_id = id - 1;
+            self.save(&book)?;
             return Err(e);
         }
+        tracing::info!(release = %k, "release started");
         self.get(&k)
     }
 
-    /// The stable and canary against the split in force.
-    fn resolve(&self, mut spec: spec::Spec) -> Result<spec::Spec, Error> {
-        let st = self.state.status(&spec.namespace, &spec.service)?;
-        let service = key(&spec.namespace, &spec.service);
-        if !st.has_split {
-            return Err(Error::Split(format!(
-                "nothing splits {service}: apply a TrafficSplit (or HTTPRoute) with the stable and the canary as backends first"
-            )));
-        }
-        let names: Vec<&str> = st.backends.iter().map(|b| b.service.as_str()).collect();
-        if !names.contains(&spec.canary.as_str()) {
-            return Err(Error::Split(format!(
-                "{} routes to {}, not to the canary {:?}",
-                st.routed_by,
-                names.join(", "),
-                spec.canary
-            )));
-        }
-        if spec.stable.is_empty() {
-            let others: Vec<&&str> = names.iter().filter(|n| **n != spec.canary).collect();
-            match others.as_slice() {
-                [one] => spec.stable = (**one).to_string(),
-                _ => {
-                    return Err(Error::Split(format!(
-                        "{} has {} backends besides the canary; name the stable",
-                        st.routed_by,
-                        others.len()
-                    )));
-                }
-            }
-        } else if !names.contains(&spec.stable.as_str()) {
-            return Err(Error::Split(format!(
-                "{} routes to {}, not to the stable {:?}",
-                st.routed_by,
-                names.join(", "),
-                spec.stable
-            )));
-        }
-        Ok(spec)
-    }
-
-    /// A command from `who` on the release under way.
+    /// A command from `who` on the release under way (local mode).
     pub async fn command(
         self: &Arc<Self>,
         namespace: &str,
@@ -215,24 +232,36 @@ impl Controller {
         action: &str,
         who: &str,
     ) -> Result<pb::ReleaseResponse, Error> {
+        if matches!(self.keeper, Keeper::Cluster(_)) {
+            return Err(Error::Cluster("pause|resume|promote|abort|rollback"));
+        }
+        self.act(&key(namespace, service), action, who).await
+    }
+
+    async fn act(
+        self: &Arc<Self>,
+        k: &str,
+        action: &str,
+        who: &str,
+    ) -> Result<pb::ReleaseResponse, Error> {
         let command = Command::parse(action).ok_or_else(|| Error::Action(action.into()))?;
-        let k = key(namespace, service);
         {
             let mut book = self.lock();
             let r = book
                 .active
-                .get_mut(&k)
-                .ok_or_else(|| Error::Missing(k.clone()))?;
+                .get_mut(k)
+                .ok_or_else(|| Error::Missing(k.to_string()))?;
             r.command(now_ms(), command, who)?;
             tracing::info!(release = %k, phase = r.phase.as_str(), reason = %r.reason, "release command");
-            self.store.save(FILE, &*book)?;
+            self.save(&book)?;
         }
+        self.flush(k).await?;
         // The command stands, persisted, even when its weight cannot apply
         // yet: status says why, and every tick tries again.
-        if let Err(e) = self.apply(&k).await {
-            self.blocked(&k, &e);
+        if let Err(e) = self.apply(k).await {
+            self.blocked(k, &e).await;
         }
-        self.get(&k)
+        self.get(k)
     }
 
     /// The release of `namespace/service` under way, else its last one.
@@ -246,7 +275,7 @@ impl Controller {
         if let Some(r) = book.active.get(k) {
             let current = (r.next_check_ms != 0).then(|| {
                 let window = r.window_ms(now);
-                let [c, s] = self.samples(r, window);
+                let [c, s] = reads::samples(&self.state, &self.window, r, window);
                 let (outcome, detail) = analysis::judge(&r.spec, &c, &s);
                 views::check(&machine::Check {
                     at_ms: now,
@@ -260,10 +289,7 @@ impl Controller {
             });
             return Ok(views::response(r, current, now));
         }
-        book.history
-            .iter()
-            .rev()
-            .find(|r| key(&r.spec.namespace, &r.spec.service) == k)
+        book.latest(k)
             .map(|r| views::response(r, None, now))
             .ok_or_else(|| Error::Never(k.into()))
     }
@@ -273,204 +299,166 @@ impl Controller {
         let k = key(namespace, service);
         let book = self.lock();
         pb::ReleaseHistoryResponse {
-            releases: book
-                .active
-                .get(&k)
-                .into_iter()
-                .chain(
-                    book.history
-                        .iter()
-                        .rev()
-                        .filter(|r| key(&r.spec.namespace, &r.spec.service) == k),
-                )
-                .map(views::release)
-                .collect(),
+            releases: book.of(&k).map(views::release).collect(),
         }
     }
 
-    /// The canary's and the stable's own traffic over the last `window_ms`.
-    fn samples(&self, r: &Record, window_ms: u64) -> [Sample; 2] {
-        let window = Duration::from_millis(window_ms);
-        [&r.spec.canary, &r.spec.stable].map(|backend| {
-            let Some((service, version)) = self.state.origin(&r.spec.namespace, backend) else {
-                return Sample::default();
-            };
-            self.window
-                .stats_within(Some(&service), window, "inbound")
-                .into_iter()
-                .find(|row| row.version == version)
-                .map(|row| Sample {
-                    requests: row.requests,
-                    failures: row.failures,
-                    success_rate: row.success_rate.map(|s| s * 100.0),
-                    p99_ms: row.p99_ms,
-                })
-                .unwrap_or_default()
-        })
-    }
-
-    /// Puts the weight `k`'s record asks for into the rules, if it is not
-    /// there yet, and files a finished release in the history.
+    /// Puts the weight `k`'s record asks for into the rules (or the
+    /// cluster's TrafficSplit), if it is not there yet, and files a
+    /// finished release in the history.
     async fn apply(self: &Arc<Self>, k: &str) -> Result<(), Error> {
+        if self.unsaved().contains(k) {
+            // Persisted before applied, always.
+            self.flush(k).await?;
+        }
         let Some(r) = self.lock().active.get(k).filter(|r| r.pending).cloned() else {
             return Ok(());
         };
-        let state = self.state.clone();
         let spec = r.spec.clone();
         let weight = r.canary_weight;
-        // The shield stands while the release does, and goes with its end.
-        let pin = crate::state::Pin {
-            stable: spec.stable.clone(),
-            shield: spec.shield && !r.phase.finished(),
-        };
-        // A shift validates and fsyncs: off the async workers.
-        let shifted = tokio::task::spawn_blocking(move || {
-            state.shift(
-                &spec.namespace,
-                &spec.service,
-                &spec.canary,
-                weight,
-                Some(&pin),
-            )
-        })
-        .await
-        .map_err(|e| Error::Split(format!("the shift failed: {e}")))?;
-        shifted?;
-        let mut book = self.lock();
-        let Some(current) = book.active.get_mut(k) else {
-            return Ok(());
-        };
-        // Only if nothing moved it meanwhile; else the newer weight applies next.
-        if current.updated_ms == r.updated_ms && current.canary_weight == weight {
+        match &self.keeper {
+            Keeper::File(_) => {
+                let state = self.state.clone();
+                // The shield stands while the release does, and goes with its end.
+                let pin = crate::state::Pin {
+                    stable: spec.stable.clone(),
+                    shield: spec.shield && !r.phase.finished(),
+                };
+                // A shift validates and fsyncs: off the async workers.
+                let shifted = tokio::task::spawn_blocking(move || {
+                    state.shift(
+                        &spec.namespace,
+                        &spec.service,
+                        &spec.canary,
+                        weight,
+                        Some(&pin),
+                    )
+                })
+                .await
+                .map_err(|e| Error::Split(format!("the shift failed: {e}")))?;
+                shifted?;
+            }
+            Keeper::Cluster(objects) => {
+                let (_, splits) = self.state.splits(&spec.namespace);
+                let split = splits
+                    .into_iter()
+                    .find(|s| s.service == spec.service && s.matches.is_empty())
+                    .ok_or_else(|| {
+                        Error::Split(format!(
+                            "no TrafficSplit routes {k}; in Kubernetes mode a release moves its service's TrafficSplit"
+                        ))
+                    })?;
+                crate::kubernetes::weights::shift(
+                    objects.client(),
+                    &spec.namespace,
+                    &split.name,
+                    &spec.canary,
+                    weight,
+                    Some(&spec.stable),
+                )
+                .await?;
+            }
+        }
+        {
+            let mut book = self.lock();
+            let Some(current) = book.active.get_mut(k) else {
+                return Ok(());
+            };
+            // Only if nothing moved it meanwhile; else the newer weight applies next.
+            if current.updated_ms != r.updated_ms || current.canary_weight != weight {
+                return Ok(());
+            }
             current.pending = false;
             current.blocked.clear();
             if current.phase.finished() {
-                let done = book.active.remove(k).expect("present");
+                let done = book.finish(k).expect("present");
                 tracing::info!(release = %k, phase = done.phase.as_str(), reason = %done.reason, "release finished");
-                if done.spec.hooks(spec::Hook::PostRollout).count() > 0 {
-                    let (hooks, record) = (self.hooks.clone(), done.clone());
-                    tokio::spawn(async move {
-                        match hooks.all(&record, spec::Hook::PostRollout).await {
-                            Ok(answers) => tracing::info!(?answers, "post-rollout webhooks"),
-                            Err(e) => tracing::warn!(error = %e, "post-rollout webhook"),
-                        }
-                    });
-                }
-                book.history.push(done);
-                let excess = book.history.len().saturating_sub(HISTORY);
-                book.history.drain(..excess);
+                self.post_rollout(done);
             }
-            self.store.save(FILE, &*book)?;
+            self.save(&book)?;
         }
-        Ok(())
+        self.flush(k).await
     }
 
-    /// Runs due checks and applies unapplied weights until `stop` turns true.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    fn post_rollout(&self, done: Record) {
+        if done.spec.hooks(spec::Hook::PostRollout).count() == 0 {
+            return;
+        }
+        let hooks = self.hooks.clone();
+        tokio::spawn(async move {
+            match hooks.all(&done, spec::Hook::PostRollout).await {
+                Ok(answers) => tracing::info!(?answers, "post-rollout webhooks"),
+                Err(e) => tracing::warn!(error = %e, "post-rollout webhook"),
+            }
+        });
+    }
+
+    /// Runs due checks and applies unapplied weights until `stop` turns
+    /// true; in Kubernetes mode only while `leading`, and follows the
+    /// Release objects either way.
+    pub async fn run(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        leading: watch::Receiver<bool>,
+    ) {
+        if let Keeper::Cluster(objects) = &self.keeper {
+            tokio::select! {
+                ready = objects.ready() => if !ready { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = Default::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            if let Keeper::Cluster(objects) = &self.keeper {
+                let leader = *leading.borrow();
+                self.follow(objects, leader, &mut seen).await;
+                if !leader {
+                    self.observe();
+                    continue;
+                }
+            }
             let keys: Vec<String> = self.lock().active.keys().cloned().collect();
             for k in keys {
                 if let Err(e) = self.check(&k).await {
                     tracing::error!(release = %k, error = %e, "release check");
+                    continue;
                 }
                 if let Err(e) = self.apply(&k).await {
                     // Kept pending: the next tick tries again.
-                    self.blocked(&k, &e);
+                    self.blocked(&k, &e).await;
                 }
             }
+            self.observe();
         }
     }
 
     /// Records why `k`'s weight did not apply, and says so once per reason
     /// rather than at every tick.
-    fn blocked(&self, k: &str, e: &Error) {
-        let mut book = self.lock();
-        let Some(r) = book.active.get_mut(k) else {
-            return;
-        };
-        let why = e.to_string();
-        if r.blocked != why {
+    async fn blocked(&self, k: &str, e: &Error) {
+        {
+            let mut book = self.lock();
+            let Some(r) = book.active.get_mut(k) else {
+                return;
+            };
+            let why = e.to_string();
+            if r.blocked == why {
+                return;
+            }
             tracing::error!(release = %k, error = %why, "applying a release's weight");
             r.blocked = why;
-            if let Err(e) = self.store.save(FILE, &*book) {
+            if let Err(e) = self.save(&book) {
                 tracing::error!(error = %e, "saving the releases");
             }
         }
-    }
-
-    /// `k`'s check, if one is due: the analysis, then the hooks (outside
-    /// the lock), then the transition, unless a command moved it meanwhile.
-    async fn check(&self, k: &str) -> Result<(), Error> {
-        let now = now_ms();
-        let r = match self.lock().active.get(k) {
-            Some(r) if r.due(now) && !r.pending => r.clone(),
-            _ => return Ok(()),
-        };
-        let samples = self.samples(&r, r.window_ms(now));
-        let (mut outcome, mut detail) = analysis::judge(&r.spec, &samples[0], &samples[1]);
-        if outcome != Outcome::NoData
-            && let Err(e) = self.hooks.all(&r, spec::Hook::Rollout).await
-        {
-            outcome = Outcome::Failed;
-            detail = format!("{e}; {detail}");
+        if let Err(e) = self.flush(k).await {
+            tracing::error!(error = %e, "saving the releases");
         }
-        let mut verdict = None;
-        for hook in r.spec.hooks(spec::Hook::Rollback) {
-            if self.hooks.call(&r, hook).await.is_ok() {
-                verdict = Some((
-                    Command::Rollback,
-                    format!("the rollback webhook {}", hook.name),
-                ));
-                break;
-            }
-        }
-        let last = r.step + 1 == r.spec.steps.len();
-        if verdict.is_none()
-            && last
-            && outcome == Outcome::Passed
-            && !r.spec.manual_promotion
-            && r.spec.hooks(spec::Hook::ConfirmPromotion).count() > 0
-            && self
-                .hooks
-                .all(&r, spec::Hook::ConfirmPromotion)
-                .await
-                .is_ok()
-        {
-            verdict = Some((
-                Command::Promote,
-                "the confirm-promotion webhook".to_string(),
-            ));
-        }
-        let mut book = self.lock();
-        let Some(current) = book.active.get_mut(k) else {
-            return Ok(());
-        };
-        if current.updated_ms != r.updated_ms || current.phase != r.phase {
-            // A command moved it while the hooks ran; the next tick judges anew.
-            return Ok(());
-        }
-        match verdict {
-            Some((Command::Rollback, who)) => {
-                current.command(now, Command::Rollback, &who)?;
-            }
-            other => {
-                current.on_check(now, outcome, detail, samples);
-                if let Some((command, who)) = other
-                    && current.phase == machine::Phase::WaitingForPromotion
-                {
-                    current.command(now, command, &who)?;
-                }
-            }
-        }
-        tracing::info!(release = %k, phase = current.phase.as_str(), weight = current.canary_weight, reason = %current.reason, "release check");
-        self.store.save(FILE, &*book)?;
-        Ok(())
     }
 }
 

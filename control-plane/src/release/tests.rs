@@ -335,3 +335,71 @@ fn webhooks_are_checked_field_by_field() {
     let w = &s.webhooks[0];
     assert_eq!((w.timeout_ms, w.retries), (5_000, 2));
 }
+
+/// What `meshctl --kubeconfig release start` writes reads back, through
+/// the code the controller reads a Release object with, as the same spec;
+/// and a book rebuilt from objects' status resumes what they hold.
+#[test]
+fn a_release_object_round_trips_and_its_status_rebuilds_the_book() {
+    let mut s = spec();
+    s.max_success_gap = Some(1.5);
+    s.webhooks = Spec::from_proto(&pb::ReleaseSpec {
+        service: "echo".into(),
+        canary: "echo-v2".into(),
+        webhooks: vec![pb::ReleaseWebhook {
+            name: "gate".into(),
+            r#type: "confirm-promotion".into(),
+            url: "http://127.0.0.1:9/gate".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .unwrap()
+    .webhooks;
+    let manifest = super::cluster::manifest(&s);
+    let obj: kube::api::DynamicObject = serde_json::from_value(manifest).unwrap();
+    assert_eq!(super::cluster::spec_of(&obj).unwrap(), s);
+
+    // One object under way, one finished with an older one in its history.
+    let mut under_way = Record::new(7, s.clone(), 1_000);
+    under_way.generation = Some(3);
+    let mut done = Record::new(
+        5,
+        Spec {
+            service: "other".into(),
+            ..s.clone()
+        },
+        500,
+    );
+    done.command(600, Command::Abort, "test").unwrap();
+    let mut older = done.clone();
+    older.id = 2;
+    let status = |r: &Record, history: Vec<Record>| super::cluster::Status::of(r, history);
+    let found = |name: &str, st: super::cluster::Status| super::cluster::Found {
+        namespace: "default".into(),
+        name: name.into(),
+        generation: 3,
+        version: "1".into(),
+        spec: Ok(s.clone()),
+        status: st,
+        command: None,
+    };
+    let book = super::book::Book::from_objects(&[
+        found("echo", status(&under_way, vec![])),
+        found("other", status(&done, vec![older])),
+    ]);
+    assert_eq!(book.next_id, 7);
+    assert_eq!(book.active.keys().collect::<Vec<_>>(), ["default/echo"]);
+    assert_eq!(book.latest("default/other").map(|r| r.id), Some(5));
+    let st = book.status("default/other").unwrap();
+    assert_eq!((st.phase.as_str(), st.history.len()), ("Aborted", 1));
+    assert_eq!(
+        book.status("default/echo").unwrap().observed_generation,
+        Some(3)
+    );
+    assert_eq!(
+        book.shields().len(),
+        1,
+        "the release under way shields its canary"
+    );
+}

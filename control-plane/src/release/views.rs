@@ -62,7 +62,7 @@ pub(super) fn check(c: &Check) -> pb::ReleaseCheck {
 }
 
 /// One release.
-pub(super) fn release(r: &Record) -> pb::Release {
+pub fn release(r: &Record) -> pb::Release {
     pb::Release {
         spec: Some(spec(&r.spec)),
         phase: r.phase.as_str().into(),
@@ -83,11 +83,7 @@ pub(super) fn release(r: &Record) -> pb::Release {
 }
 
 /// A release with the current window's numbers.
-pub(super) fn response(
-    r: &Record,
-    current: Option<pb::ReleaseCheck>,
-    now: u64,
-) -> pb::ReleaseResponse {
+pub fn response(r: &Record, current: Option<pb::ReleaseCheck>, now: u64) -> pb::ReleaseResponse {
     pb::ReleaseResponse {
         release: Some(release(r)),
         current,

@@ -1,11 +1,13 @@
 //! What the state takes from a Kubernetes cluster: its registry and its
-//! rule objects, each replacing what the state held, and the mark that the
+//! rule objects, each replacing what the state held, the shields of the
+//! releases under way, and the mark that the
 //! config is whole (both listed once), before which discovery sends
 //! nothing.
 
 use super::{Error, State};
 use crate::manifest;
 use crate::rules::{self, RuleSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -41,8 +43,24 @@ impl State {
         let (next, _) = RuleSet::default()
             .apply(&incoming, docs)
             .map_err(Error::Invalid)?;
+        let mut next = next;
         let mut inner = self.lock();
+        // The releases' shields are not rule objects: they stay.
+        next.shields = inner.rules.shields.clone();
         inner.rules = Arc::new(next);
         Ok(self.publish(&mut inner))
+    }
+
+    /// Replaces the shields with those of the releases under way (the
+    /// Release objects'), and publishes them if they changed.
+    pub fn set_shields(&self, shields: BTreeMap<(String, String), rules::Shield>) -> Option<u64> {
+        let mut inner = self.lock();
+        if inner.rules.shields == shields {
+            return None;
+        }
+        let mut next = (*inner.rules).clone();
+        next.shields = shields;
+        inner.rules = Arc::new(next);
+        Some(self.publish(&mut inner))
     }
 }

@@ -506,11 +506,18 @@ mod tests {
         for e in &exprs {
             for name in metric.find_iter(e) {
                 let name = name.as_str();
+                if name.starts_with("mesh_release_") {
+                    // mesh-control's; its own test checks them.
+                    continue;
+                }
                 assert!(
                     text.lines().any(|l| l.starts_with(&format!("{name}{{"))
                         || l.starts_with(&format!("{name} "))),
                     "{name} (in {e}) is not exported:\n{text}"
                 );
+            }
+            if e.contains("mesh_release_") {
+                continue;
             }
             for labels in by.captures_iter(e) {
                 for label in labels[1].split(',').map(str::trim) {

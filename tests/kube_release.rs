@@ -1,0 +1,338 @@
+//! Releases in Kubernetes mode, on the Kubernetes API test server: a
+//! Release object (install/crds/releases.yaml) written with kubectl or
+//! `meshctl --kubeconfig release start` is run by the Lease holder alone,
+//! which patches the TrafficSplit's weights and keeps the release's state
+//! in the object's status; commands are the `mesh.dev/release-command`
+//! annotation (kubectl annotate, or meshctl). The leader killed mid
+//! release, the other replica takes the Lease and resumes it from the
+//! status where it was; with traffic, a good canary is promoted.
+
+#[path = "support/kube_api/mod.rs"]
+mod kube_api;
+mod support;
+
+use kube_api::{KubeApi, kubectl, kubectl_ok};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::{Mesh, TempDir, split};
+
+/// Seconds a Lease lasts unrenewed in this test.
+const LEASE_SECS: u64 = 3;
+
+async fn replica(api: &KubeApi, name: &str) -> Mesh {
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let lease = LEASE_SECS.to_string();
+    Mesh::start_with_args(
+        name,
+        &[
+            "--registry",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig,
+            "--ca-secret",
+            "mesh-ca",
+            "--identity",
+            name,
+            "--lease-duration-secs",
+            &lease,
+        ],
+    )
+    .await
+}
+
+/// The Lease's holder, once one of `candidates` holds it.
+async fn holder(api: &KubeApi, candidates: &[&str], within: Duration) -> String {
+    let end = Instant::now() + within;
+    loop {
+        let out = kubectl(
+            api,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "mesh-system",
+                "mesh-control",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+        )
+        .await;
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if candidates.contains(&id.as_str()) {
+            return id;
+        }
+        assert!(
+            Instant::now() < end,
+            "none of {candidates:?} took the Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Release object as kubectl reads it.
+async fn release(api: &KubeApi) -> Value {
+    let out = kubectl_ok(api, &["get", "release", "echo", "-o", "json"]).await;
+    serde_json::from_str(&out).expect("kubectl prints JSON")
+}
+
+/// Polls the object until `pred` holds; bounded.
+async fn until(
+    api: &KubeApi,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let end = Instant::now() + within;
+    loop {
+        let r = release(api).await;
+        if pred(&r) {
+            return r;
+        }
+        assert!(Instant::now() < end, "{what} within {within:?}: {r:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The TrafficSplit's weights as stored.
+fn weights(api: &KubeApi) -> Vec<(String, i64)> {
+    let obj = api
+        .object("split.smi-spec.io/trafficsplits", "default", "echo-split")
+        .expect("the TrafficSplit is stored");
+    obj["spec"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["service"].as_str().unwrap().into(),
+                b["weight"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn weighted(v1: i64, v2: i64) -> Vec<(String, i64)> {
+    vec![("echo-v1".into(), v1), ("echo-v2".into(), v2)]
+}
+
+async fn meshctl(api: &KubeApi, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(meshctl::procs::binary("meshctl"))
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(args)
+        .output()
+        .await
+        .expect("meshctl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn release_yaml(steps: &str, deadline: &str) -> String {
+    format!(
+        "apiVersion: mesh.dev/v1alpha1
+kind: Release
+metadata:
+  name: echo
+  namespace: default
+spec:
+  service: echo
+  canary: echo-v2
+  steps: {steps}
+  interval: 1s
+  analysis:
+    minRequests: 10
+    progressDeadline: {deadline}
+"
+    )
+}
+
+fn phase(r: &Value) -> &str {
+    r["status"]["phase"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
+    kube_api::real_cluster_ignored();
+    let dir = TempDir::new("kube-release");
+    let api = KubeApi::start(&dir.0).await;
+    kube_api::install_crds(&api).await;
+    let a = replica(&api, "replica-a").await;
+    let b = replica(&api, "replica-b").await;
+    kube_api::create(&api, &dir.0, "service.yaml", kube_api::ECHO_SERVICE).await;
+    for (id, port, version) in [("echo-v1-a", 18080, "v1"), ("echo-v2-a", 18081, "v2")] {
+        let yaml = kube_api::echo_objects(id, port, version);
+        kube_api::create(&api, &dir.0, &format!("{id}.yaml"), &yaml).await;
+    }
+    let split_yaml = split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]);
+    kube_api::create(&api, &dir.0, "split.yaml", &split_yaml).await;
+    kube_api::condition(&api, "echo-split", "Accepted", "True", 1).await;
+    let leader = holder(&api, &["replica-a", "replica-b"], support::DEADLINE).await;
+
+    // A spec the control plane's validation refuses (the schema cannot
+    // see that steps must ascend): refused in its status, nothing moves.
+    let bad = dir.0.join("bad.yaml");
+    std::fs::write(&bad, release_yaml("[50, 10]", "60s")).unwrap();
+    kubectl_ok(
+        &api,
+        &["apply", "--validate=false", "-f", bad.to_str().unwrap()],
+    )
+    .await;
+    let refused = until(&api, "the bad spec refused", support::DEADLINE, |r| {
+        phase(r) == "Refused"
+    })
+    .await;
+    let reason = refused["status"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("spec.steps[1]: 10 after 50: steps must ascend"),
+        "{reason}"
+    );
+    assert_eq!(weights(&api), weighted(100, 0));
+
+    // The fixed spec (generation 2) starts: the TrafficSplit moves to the
+    // first step, and with no traffic the release waits there.
+    let good = dir.0.join("good.yaml");
+    std::fs::write(&good, release_yaml("[25, 50, 100]", "8s")).unwrap();
+    kubectl_ok(
+        &api,
+        &["apply", "--validate=false", "-f", good.to_str().unwrap()],
+    )
+    .await;
+    let waiting = until(&api, "waiting for traffic", support::DEADLINE, |r| {
+        phase(r) == "WaitingForTraffic"
+    })
+    .await;
+    assert_eq!(waiting["status"]["observedGeneration"], 2, "{waiting:#}");
+    assert_eq!(waiting["status"]["canaryWeight"], 25);
+    let id = waiting["status"]["record"]["id"].clone();
+    assert_eq!(weights(&api), weighted(75, 25));
+    let shown = kubectl_ok(
+        &api,
+        &[
+            "get",
+            "release",
+            "echo",
+            "-o",
+            "jsonpath={.status.phase} {.status.reason}",
+        ],
+    )
+    .await;
+    assert!(
+        shown.starts_with(
+            "WaitingForTraffic waiting for traffic: 0 canary requests in the window, 10 needed"
+        ),
+        "{shown}"
+    );
+
+    // Paused by meshctl (the annotation, carried out and removed).
+    let (ok, out, err) = meshctl(&api, &["release", "pause", "echo"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Paused"), "{out}");
+    let paused = release(&api).await;
+    assert_eq!(phase(&paused), "Paused");
+    assert!(
+        paused["metadata"]["annotations"]["mesh.dev/release-command"].is_null(),
+        "{paused:#}"
+    );
+    // A command the phase does not allow is refused before anything is written.
+    let (ok, _, err) = meshctl(&api, &["release", "pause", "echo"]).await;
+    assert!(!ok && err.contains("is Paused"), "{err}");
+
+    // The leader killed: the other replica takes the Lease and resumes the
+    // release from its status, same release, same step, same weights.
+    let (mut dead, survivor, follower) = if leader == "replica-a" {
+        (a, b, "replica-b")
+    } else {
+        (b, a, "replica-a")
+    };
+    dead.kill_control().await;
+    holder(&api, &[follower], Duration::from_secs(LEASE_SECS + 5)).await;
+    let after = release(&api).await;
+    assert_eq!(
+        (&after["status"]["record"]["id"], phase(&after)),
+        (&id, "Paused")
+    );
+    assert_eq!(weights(&api), weighted(75, 25));
+
+    // Resumed by kubectl annotate; still no traffic, so the progress
+    // deadline rolls it back: the new leader returns all to the stable.
+    kubectl_ok(
+        &api,
+        &[
+            "annotate",
+            "release",
+            "echo",
+            "mesh.dev/release-command=resume",
+        ],
+    )
+    .await;
+    until(&api, "resumed", support::DEADLINE, |r| {
+        phase(r) != "Paused" && r["metadata"]["annotations"]["mesh.dev/release-command"].is_null()
+    })
+    .await;
+    let done = until(&api, "rolled back", Duration::from_secs(20), |r| {
+        phase(r) == "RolledBack"
+    })
+    .await;
+    assert!(
+        done["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no progress for the progress deadline of 8 s"),
+        "{done:#}"
+    );
+    let end = Instant::now() + support::DEADLINE;
+    while weights(&api) != weighted(100, 0) {
+        assert!(
+            Instant::now() < end,
+            "weights back on the stable: {:?}",
+            weights(&api)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A second release through meshctl's flags: a new record, the first in
+    // the history; aborted by meshctl.
+    let (ok, out, err) = meshctl(
+        &api,
+        &[
+            "release",
+            "start",
+            "echo",
+            "--canary",
+            "echo-v2",
+            "--steps",
+            "10,100",
+            "--interval",
+            "1s",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("echo-v2 10%"), "{out}");
+    assert_eq!(weights(&api), weighted(90, 10));
+    let (ok, out, err) = meshctl(&api, &["release", "abort", "echo"]).await;
+    assert!(ok && out.contains("Aborted"), "{out}{err}");
+    let end = Instant::now() + support::DEADLINE;
+    while weights(&api) != weighted(100, 0) {
+        assert!(Instant::now() < end, "aborted back to the stable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out, err) = meshctl(&api, &["release", "history", "echo", "-o", "json"]).await;
+    assert!(ok, "{err}");
+    let history: Value = serde_json::from_str(&out).unwrap();
+    let phases: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["Aborted", "RolledBack"], "{history:#}");
+    let (ok, out, err) = meshctl(&api, &["release", "status", "echo", "-o", "json"]).await;
+    assert!(ok, "{err}");
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["release"]["phase"], "Aborted", "{st:#}");
+    drop(survivor);
+}
