@@ -336,3 +336,73 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
     assert_eq!(st["release"]["phase"], "Aborted", "{st:#}");
     drop(survivor);
 }
+
+/// With traffic, in Kubernetes mode: the leader judges the canary's own
+/// telemetry from its sidecar, walks the TrafficSplit 50 → 100 and
+/// promotes it, and no steady request fails on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_good_canary_is_promoted_through_the_cluster() {
+    kube_api::real_cluster_ignored();
+    let dir = TempDir::new("kube-release-traffic");
+    let api = KubeApi::start(&dir.0).await;
+    kube_api::install_crds(&api).await;
+    let mesh = replica(&api, "replica-a").await;
+    let tokens = kube_api::accounts(&api, &dir.0, &["echo", "client"]).await;
+    let fast = ("MESH_PROXY_TELEMETRY_INTERVAL_MS", "200");
+    let echo_env = [("MESH_PROXY_IDENTITY_TOKEN_FILE", tokens[0].as_str()), fast];
+    let client_env = [("MESH_PROXY_IDENTITY_TOKEN_FILE", tokens[1].as_str()), fast];
+    let v1 = mesh
+        .instance_with("echo", "v1", "echo-v1-a", &[], None, &echo_env)
+        .await;
+    let v2 = mesh
+        .instance_with("echo", "v2", "echo-v2-a", &[], None, &echo_env)
+        .await;
+    kube_api::create(&api, &dir.0, "service.yaml", kube_api::ECHO_SERVICE).await;
+    for (inst, version) in [(&v1, "v1"), (&v2, "v2")] {
+        let port = inst.sidecar.addr("inbound").unwrap().port();
+        let yaml = kube_api::echo_objects(&inst.id, port, version);
+        kube_api::create(&api, &dir.0, &format!("{}.yaml", inst.id), &yaml).await;
+    }
+    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
+        .await
+        .unwrap();
+    let split_yaml = split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]);
+    kube_api::create(&api, &dir.0, "split.yaml", &split_yaml).await;
+    kube_api::condition(&api, "echo-split", "Accepted", "True", 1).await;
+    let client = mesh.client_with("client-a", &client_env).await;
+    let steady = meshctl::traffic::Steady::start(client.outbound, "echo", 2, 1_000_000);
+
+    let file = dir.0.join("release.yaml");
+    std::fs::write(&file, release_yaml("[50, 100]", "60s")).unwrap();
+    let (ok, out, err) = meshctl(&api, &["release", "start", "-f", file.to_str().unwrap()]).await;
+    assert!(ok, "{out}{err}");
+    let done = until(&api, "promoted", Duration::from_secs(30), |r| {
+        ["Promoted", "RolledBack", "Aborted"].contains(&phase(r))
+    })
+    .await;
+    assert_eq!(phase(&done), "Promoted", "{done:#}");
+    let (ok, out, err) = meshctl(&api, &["release", "status", "echo", "-o", "json"]).await;
+    assert!(ok, "{err}");
+    let done: Value = serde_json::from_str(&out).unwrap();
+    let checks = done["release"]["checks"].as_array().unwrap();
+    let passed: Vec<u64> = checks
+        .iter()
+        .filter(|c| c["outcome"] == "passed")
+        .map(|c| c["canaryWeight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(passed, [50, 100], "{done:#}");
+    assert!(
+        checks
+            .iter()
+            .filter(|c| c["outcome"] == "passed")
+            .all(|c| c["canary"]["requests"].as_u64().unwrap() >= 10),
+        "{done:#}"
+    );
+    assert_eq!(weights(&api), weighted(0, 100));
+    let outcomes = steady.finish().await;
+    support::assert_none_failed(&outcomes, "a release through the cluster");
+    eprintln!(
+        "measured: {} requests through a Kubernetes-mode release, none failed",
+        outcomes.len()
+    );
+}

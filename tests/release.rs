@@ -6,6 +6,8 @@
 //! the canary shield keeps every one of its failures from the users. A
 //! release with no traffic waits (never promotes), survives a control
 //! plane restart at its step, and the progress deadline rolls it back.
+//! The bad canary under open-loop load, shielded and not; slow and
+//! comparatively worse canaries; pause, promote --full and abort by hand.
 
 mod support;
 
@@ -121,6 +123,11 @@ async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
     let done = until_ended(&mesh, Duration::from_secs(40)).await;
     let release = &done["release"];
     assert_eq!(release["phase"], "Promoted", "{done:#}");
+    // Unattended, in about steps × interval (3 × 1 s), within 20%.
+    let took =
+        release["finishedUnixMs"].as_u64().unwrap() - release["startedUnixMs"].as_u64().unwrap();
+    eprintln!("measured: promoted in {took} ms against 3 steps × 1 s");
+    assert!((2_400..=3_600).contains(&took), "promoted in {took} ms");
     assert_eq!(
         (weight(&done, "echo-v2"), weight(&done, "echo-v1")),
         (100, 0)
@@ -604,4 +611,291 @@ async fn a_rollback_the_rules_cannot_take_yet_lands_when_they_can() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Sets `inst`'s echo error rate, spread evenly (every 1/R-th request)
+/// so a window's rate is exact rather than sampled.
+async fn errors(inst: &support::Instance, rate: &str) {
+    let path = format!("/admin/errors?rate={rate}&spread=even");
+    let (code, body) = meshctl::traffic::get(inst.app_addr(), &path).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+}
+
+/// The split back to all on v1, and the client running it.
+async fn reset(mesh: &Mesh, client: &support::Client, backends: &[(&str, &str)]) {
+    mesh.apply_ok("split.yaml", &split("echo", backends)).await;
+    mesh.sync(client).await;
+}
+
+/// The bad canary, as written: v2 fails half its answers under an
+/// open-loop 200 rps of GETs, steps 5/10/25/50/100, interval 5 s. It is
+/// rolled back at its first step, shielded and not; the users' failures
+/// are counted at the load generator. Shielded, at most 1% fail; without
+/// the shield, no more than weight × error rate predicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_is_rolled_back_at_its_first_step_shielded_or_not() {
+    let (mesh, [_v1, v2], client) = two_versions("release-bad").await;
+    let (code, body) = meshctl::traffic::get(v2.app_addr(), "/admin/errors?rate=0.5")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    for shield in [true, false] {
+        let mut args = vec![
+            "release",
+            "start",
+            "echo",
+            "--canary",
+            "echo-v2",
+            "--interval",
+            "5s",
+        ];
+        if !shield {
+            args.push("--no-shield");
+        }
+        let outbound = client.outbound;
+        let load = tokio::spawn(support::load::open_loop(
+            outbound,
+            |_| support::load::Shape::get("echo"),
+            200,
+            Duration::from_secs(14),
+        ));
+        let started = Instant::now();
+        ok(&mesh, &args).await;
+        let done = until_ended(&mesh, Duration::from_secs(20)).await;
+        let took = started.elapsed();
+        let release = &done["release"];
+        assert_eq!(
+            (release["phase"].as_str(), release["canaryWeight"].as_u64()),
+            (Some("RolledBack"), Some(0)),
+            "{done:#}"
+        );
+        let reason = release["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("2 failed checks in a row at 5%: success rate"),
+            "{reason}"
+        );
+        // The canary's own numbers: about half failed, never the shielded figure.
+        let last = release["checks"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        let own = last["canary"]["successRate"].as_f64().unwrap();
+        assert!((30.0..70.0).contains(&own), "{last:#}");
+        let replies = load.await.unwrap();
+        let during: Vec<_> = replies
+            .iter()
+            .filter(|(sent, _)| *sent >= started && sent.duration_since(started) <= took)
+            .collect();
+        let failed = during.iter().filter(|(_, r)| r.status != 200).count();
+        let n = during.len();
+        // 5% of the requests meet the canary, which fails half of them.
+        let predicted = n as f64 * 0.05 * 0.5;
+        eprintln!(
+            "measured: shield {}: {failed} of {n} user requests failed in the {took:?} to rollback; weight × error rate predicts {predicted:.0}",
+            if shield { "on" } else { "off" }
+        );
+        if shield {
+            assert!(
+                failed * 100 <= n,
+                "{failed} of {n} failed with the shield on"
+            );
+        } else {
+            let sd = (predicted * 0.95).sqrt();
+            assert!(
+                (failed as f64) <= predicted + 4.0 * sd + 2.0,
+                "{failed} of {n} failed, {predicted:.0} predicted"
+            );
+            assert!(
+                failed > 0,
+                "without the shield the users see the canary's failures"
+            );
+        }
+        reset(&mesh, &client, &[("echo-v1", "100"), ("echo-v2", "0")]).await;
+    }
+}
+
+/// The other verdicts end to end: a canary with its stable's 2% errors
+/// passes a 97% threshold and a 1-point gap and is promoted; one at 5%
+/// against a stable at 1% is rolled back on the gap alone; one adding
+/// 800 ms is rolled back on a 500 ms p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_and_one_worse_than_its_stable_are_rolled_back() {
+    let mesh = Mesh::start("release-verdicts").await;
+    let mut insts = Vec::new();
+    for (version, id, args) in [
+        ("v1", "echo-v1-a", &[][..]),
+        ("v2", "echo-v2-a", &[][..]),
+        ("v3", "echo-v3-a", &["--latency-ms", "800"][..]),
+    ] {
+        insts.push(
+            mesh.instance_with("echo", version, id, args, None, &FAST_REPORTS)
+                .await,
+        );
+    }
+    let all_v1 = [("echo-v1", "100"), ("echo-v2", "0"), ("echo-v3", "0")];
+    mesh.apply_ok("split.yaml", &split("echo", &all_v1)).await;
+    mesh.wait_ready_endpoints("echo", &[("echo-v1", 1), ("echo-v2", 1), ("echo-v3", 1)])
+        .await
+        .unwrap();
+    let client = mesh.client_with("client-0", &FAST_REPORTS).await;
+    let steady = Steady::start(client.outbound, "echo", 4, 1_000_000);
+    let start = |canary: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec![
+            "release",
+            "start",
+            "echo",
+            "--canary",
+            canary,
+            "--stable",
+            "echo-v1",
+            "--steps",
+            "50,100",
+            "--interval",
+            "2s",
+        ];
+        args.extend(extra);
+        args
+    };
+
+    // Both at 2% errors: 98% passes 97% and the gap is about 0 ≤ 1 point.
+    errors(&insts[0], "0.02").await;
+    errors(&insts[1], "0.02").await;
+    let compare: &[&str] = &[
+        "--success-rate",
+        "97",
+        "--max-success-gap",
+        "1",
+        "--min-requests",
+        "50",
+    ];
+    ok(&mesh, &start("echo-v2", compare)).await;
+    let done = until_ended(&mesh, Duration::from_secs(20)).await;
+    assert_eq!(done["release"]["phase"], "Promoted", "{done:#}");
+    // At 50% the canary was compared with the stable's own traffic.
+    let compared = done["release"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| {
+            c["outcome"] == "passed"
+                && c["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("points behind the stable's"))
+        });
+    assert!(compared, "{done:#}");
+
+    // v2 at 5% and v1 at 1%: 95% still passes 94%, the 4-point gap does not.
+    reset(&mesh, &client, &all_v1).await;
+    errors(&insts[0], "0.01").await;
+    errors(&insts[1], "0.05").await;
+    let compare: &[&str] = &[
+        "--success-rate",
+        "94",
+        "--max-success-gap",
+        "1",
+        "--min-requests",
+        "50",
+    ];
+    ok(&mesh, &start("echo-v2", compare)).await;
+    let done = until_ended(&mesh, Duration::from_secs(20)).await;
+    let reason = done["release"]["reason"].as_str().unwrap();
+    assert_eq!(done["release"]["phase"], "RolledBack", "{done:#}");
+    assert!(
+        reason.contains("points behind the stable's") && reason.contains("> 1.0"),
+        "{reason}"
+    );
+    assert!(!reason.contains("< 94.0%"), "only the gap failed: {reason}");
+
+    // v3 adds 800 ms against a 500 ms p99 threshold.
+    errors(&insts[0], "0").await;
+    errors(&insts[1], "0").await;
+    ok(
+        &mesh,
+        &start("echo-v3", &["--p99", "500ms", "--min-requests", "3"]),
+    )
+    .await;
+    let done = until_ended(&mesh, Duration::from_secs(20)).await;
+    let reason = done["release"]["reason"].as_str().unwrap();
+    assert_eq!(done["release"]["phase"], "RolledBack", "{done:#}");
+    assert!(
+        reason.contains("p99") && reason.contains("> 500 ms"),
+        "{reason}"
+    );
+    assert_eq!(weight(&done, "echo-v1"), 100);
+    // The stable's own 1-2% errors reach the users (no shield covers the
+    // stable); the load only has to have run.
+    assert!(steady.finish().await.len() > 100);
+}
+
+/// The current window's verdict, as `release status` shows it.
+async fn current(mesh: &Mesh) -> String {
+    status(mesh).await["release"]["current"]["outcome"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn until_current(mesh: &Mesh, outcome: &str) {
+    let end = Instant::now() + Duration::from_secs(15);
+    while current(mesh).await != outcome {
+        assert!(Instant::now() < end, "the window never {outcome}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Manual control: pause holds the weights through two intervals with no
+/// check; `promote --full` is refused while the current window fails and
+/// taken once it passes; abort returns all traffic to the stable in the
+/// command's own push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_promote_full_needs_passing_checks_and_abort_returns_all() {
+    let (mesh, [_v1, v2], client) = two_versions("release-manual").await;
+    let steady = Steady::start(client.outbound, "echo", 2, 1_000_000);
+    let mut args = START.to_vec();
+    args.extend(["--failure-threshold", "5"]);
+    ok(&mesh, &args).await;
+    ok(&mesh, &["release", "pause", "echo"]).await;
+    let paused = status(&mesh).await;
+    let checks = paused["release"]["checks"].as_array().unwrap().len();
+    // What is shown is that nothing happens for two intervals and more.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let held = status(&mesh).await;
+    assert_eq!(held["release"]["phase"], "Paused", "{held:#}");
+    assert_eq!(held["release"]["checks"].as_array().unwrap().len(), checks);
+    assert_eq!(
+        (weight(&held, "echo-v2"), weight(&held, "echo-v1")),
+        (25, 75)
+    );
+    ok(&mesh, &["release", "resume", "echo"]).await;
+
+    // v2 goes bad: promote --full is refused, naming the failing check.
+    errors(&v2, "0.5").await;
+    until_current(&mesh, "failed").await;
+    let out = mesh
+        .meshctl(&["release", "promote", "echo", "--full"])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("success rate"),
+        "{err}"
+    );
+    assert_ne!(status(&mesh).await["release"]["phase"], "Promoted");
+    // Healthy again: taken, all traffic to v2 at once.
+    errors(&v2, "0").await;
+    until_current(&mesh, "passed").await;
+    ok(&mesh, &["release", "promote", "echo", "--full"]).await;
+    let st = status(&mesh).await;
+    assert_eq!(st["release"]["phase"], "Promoted", "{st:#}");
+    assert_eq!(weight(&st, "echo-v2"), 100);
+
+    // Abort: back to the stable in the command's own push.
+    reset(&mesh, &client, &[("echo-v1", "100"), ("echo-v2", "0")]).await;
+    ok(&mesh, &START).await;
+    ok(&mesh, &["release", "abort", "echo"]).await;
+    let st = status(&mesh).await;
+    assert_eq!(st["release"]["phase"], "Aborted", "{st:#}");
+    assert_eq!((weight(&st, "echo-v2"), weight(&st, "echo-v1")), (0, 100));
+    steady.finish().await;
 }

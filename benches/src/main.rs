@@ -29,6 +29,7 @@ mod tokens;
 mod kube_api;
 mod load;
 mod peers;
+mod release;
 mod report;
 mod sys;
 
@@ -45,7 +46,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Suite {
-    /// Control plane: rule-change fan-out to N sidecars, and memory at scale.
+    /// Control plane: rule-change fan-out to N sidecars, memory at scale,
+    /// and a release's rollback reaching real sidecars.
     Control {
         /// Small and fast: proves every scenario runs; numbers are not recorded.
         #[arg(long)]
@@ -209,7 +211,7 @@ async fn cluster_suite(quick: bool) -> Result<()> {
     });
     let path = report::write_json("cluster", &result)?;
     let body = format!(
-        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- cluster`\n\nmesh-control `--registry kubernetes` against the Kubernetes API test server (tests/support/kube_api), with every Service and EndpointSlice in its reflectors. Timed: from an EndpointSlice change committed in the API server (one endpoint's `ready` flipped; the server sends the watch event as it commits) until the last simulated sidecar has the new version and sends its ACK. Target: p99 ≤ 100 ms at 1,000 sidecars.\n\n| what | scale | | first | p50 / RSS | p99 / peak | max |\n|---|---|---|---|---|---|---|\n{}\n",
+        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- cluster`\n\nmesh-control `--registry kubernetes` against the Kubernetes API test server (tests/support/kube_api), with every Service and EndpointSlice in its reflectors. Timed: from an EndpointSlice change committed in the API server (one endpoint's `ready` flipped; the server sends the watch event as it commits) until the last simulated sidecar has the new version and sends its ACK. Target: p99 ≤ 100 ms at 1,000 sidecars. Rollback: a release started on the demo mesh's real sidecars, then `release rollback` (the transition a failed check makes: persisted, then one push), timed until all four sidecars run the stable-only config (polled every 1 ms).\n\n| what | scale | | first | p50 / RSS | p99 / peak | max |\n|---|---|---|---|---|---|---|\n{}\n",
         report::machine(),
         rows.join("\n")
     );
@@ -258,6 +260,13 @@ async fn control_suite(quick: bool) -> Result<()> {
     );
     println!("{row}");
     rows.push(row);
+    let r = release::rollback(&dir.join("rollback"), if quick { 2 } else { 20 }).await?;
+    let row = format!(
+        "| release rollback: command → every sidecar on stable-only weights | {} real sidecars (demo mesh) | {} rounds | | p50 {:.1} ms | | max {:.1} ms |",
+        r.sidecars, r.rounds, r.p50_ms, r.max_ms
+    );
+    println!("{row}");
+    rows.push(row);
     let _ = std::fs::remove_dir_all(&dir);
     if quick {
         println!("quick mode: every scenario ran end to end; numbers not recorded");
@@ -266,6 +275,7 @@ async fn control_suite(quick: bool) -> Result<()> {
     let result = json!({
         "machine": report::machine(),
         "command": "cargo run --release -p mesh-benches -- control",
+        "rollback": {"rounds": r.rounds, "sidecars": r.sidecars, "p50_ms": r.p50_ms, "max_ms": r.max_ms},
         "fanout": fanouts,
         "memory": {"services": m.services, "endpoints": m.endpoints, "subscribers": m.subscribers, "rss_mib": m.rss_mib, "peak_mib": m.peak_mib},
         "large_apply": {"splits": l.splits, "instances": l.instances, "apply_ms": l.apply_ms, "one_ms": l.one_ms, "beats": l.beats, "beat_p50_ms": l.beat_p50_ms, "beat_p99_ms": l.beat_p99_ms, "beat_max_ms": l.beat_max_ms},

@@ -104,7 +104,7 @@ pub fn release_code(e: &crate::release::Error) -> Code {
             Code::FailedPrecondition
         }
         R::State(e) => code(e),
-        R::Cluster(_) => Code::FailedPrecondition,
+        R::Cluster(_) | R::NotPassing(_) => Code::FailedPrecondition,
         R::Store(_) | R::Weights(_) | R::Status { .. } => Code::Unavailable,
     }
 }
@@ -271,6 +271,10 @@ mod tests {
             ),
             (R::State(Error::ClusterRules), Code::FailedPrecondition),
             (R::Cluster("pause"), Code::FailedPrecondition),
+            (
+                R::NotPassing("success rate 50.0% < 99.0%".into()),
+                Code::FailedPrecondition,
+            ),
             (
                 R::Weights(crate::kubernetes::weights::Error::Busy(
                     "default/echo".into(),

@@ -35,6 +35,9 @@ pub enum Error {
         "unknown release action {0:?}; expected pause, resume, promote, promote-full, abort or rollback"
     )]
     Action(String),
+    /// `promote --full` while the current window does not pass.
+    #[error("promote --full needs the current window to pass its checks; it has: {0}")]
+    NotPassing(String),
     /// A pre-rollout hook did not pass.
     #[error("the release did not start: {0}")]
     Webhook(String),

@@ -245,6 +245,16 @@ impl Controller {
         who: &str,
     ) -> Result<pb::ReleaseResponse, Error> {
         let command = Command::parse(action).ok_or_else(|| Error::Action(action.into()))?;
+        if command == Command::PromoteFull {
+            // All traffic to the canary at once only on the evidence.
+            let r = self.lock().active.get(k).cloned();
+            let r = r.ok_or_else(|| Error::Missing(k.to_string()))?;
+            let [c, s] = reads::samples(&self.state, &self.window, &r, r.window_ms(now_ms()));
+            let (outcome, detail) = analysis::judge(&r.spec, &c, &s);
+            if outcome != analysis::Outcome::Passed {
+                return Err(Error::NotPassing(detail));
+            }
+        }
         {
             let mut book = self.lock();
             let r = book

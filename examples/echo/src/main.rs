@@ -4,7 +4,8 @@
 //!
 //! HTTP paths: `/healthz` (the health check), `/admin/health?ok=false|true`
 //! (make the health check fail or pass), `/admin/errors?rate=R` (answer a
-//! share R of requests with an error from now on, as `--error-rate`),
+//! share R of requests with an error from now on, as `--error-rate`; with
+//! `&spread=even`, exactly every 1/R-th request rather than at random),
 //! `?status=NNN` on any other path
 //! (answer with that status), `/admin/stats` (requests that
 //! arrived, by method, and how many were retries: tests count arrivals
@@ -69,6 +70,11 @@ struct App {
     /// The share of requests failed, in millionths: `--error-rate`, until
     /// `/admin/errors` changes it.
     error_ppm: std::sync::atomic::AtomicU32,
+    /// Errors spread evenly (`spread=even`: every 1/R-th request) rather
+    /// than drawn at random, so any window's rate is exact.
+    even: AtomicBool,
+    /// Requests judged so far, for the even spread.
+    judged: std::sync::atomic::AtomicU64,
     filler: Bytes,
 }
 
@@ -78,7 +84,17 @@ impl App {
             tokio::time::sleep(Duration::from_millis(self.args.latency_ms)).await;
         }
         let ppm = self.error_ppm.load(Ordering::Relaxed);
-        ppm > 0 && fastrand::u32(..1_000_000) < ppm
+        if ppm == 0 {
+            return false;
+        }
+        if self.even.load(Ordering::Relaxed) {
+            // The n-th request fails when it carries the running count of
+            // failures (n × R) past a whole number.
+            let n = self.judged.fetch_add(1, Ordering::Relaxed);
+            let ppm = u64::from(ppm);
+            return (n + 1) * ppm / 1_000_000 > n * ppm / 1_000_000;
+        }
+        fastrand::u32(..1_000_000) < ppm
     }
 
     fn grpc_error(&self) -> tonic::Status {
@@ -201,9 +217,15 @@ async fn http(app: Arc<App>, req: Request<Incoming>) -> Response<tonic::body::Bo
                 .filter(|r| (0.0..=1.0).contains(r));
             return match rate {
                 Some(r) => {
+                    let even = query.split('&').any(|kv| kv == "spread=even");
+                    app.even.store(even, Ordering::Relaxed);
                     app.error_ppm
                         .store((r * 1_000_000.0).round() as u32, Ordering::Relaxed);
-                    text(StatusCode::OK, format!("{{\"error_rate\":{r}}}\n"))
+                    let spread = if even { "even" } else { "random" };
+                    text(
+                        StatusCode::OK,
+                        format!("{{\"error_rate\":{r},\"spread\":\"{spread}\"}}\n"),
+                    )
                 }
                 None => text(
                     StatusCode::BAD_REQUEST,
@@ -342,6 +364,8 @@ async fn main() -> anyhow::Result<()> {
         args,
         healthy: AtomicBool::new(true),
         error_ppm: std::sync::atomic::AtomicU32::new((args_error_rate * 1_000_000.0).round() as u32),
+        even: AtomicBool::new(false),
+        judged: Default::default(),
         filler,
     });
     let grpc = tonic::service::Routes::new(EchoServer::new(Grpc(app.clone())));
