@@ -35,10 +35,15 @@ fn tools() {
     if !have() {
         let setup = root().join("tests/setup.sh");
         let ok = Command::new("bash").arg(&setup).status();
+        // What the probe says, so a failure names its cause.
+        let probe = Command::new("kubernetes-validate")
+            .arg("--version")
+            .output();
         assert!(
             ok.is_ok_and(|s| s.success()) && have(),
-            "kubernetes-validate and jsonschema (pip) are needed; {} could not install them",
-            setup.display()
+            "kubernetes-validate and jsonschema (pip) are needed; {} could not install them (kubernetes-validate --version: {:?})",
+            setup.display(),
+            probe.map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned()))
         );
     }
 }

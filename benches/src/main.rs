@@ -211,7 +211,7 @@ async fn cluster_suite(quick: bool) -> Result<()> {
     });
     let path = report::write_json("cluster", &result)?;
     let body = format!(
-        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- cluster`\n\nmesh-control `--registry kubernetes` against the Kubernetes API test server (tests/support/kube_api), with every Service and EndpointSlice in its reflectors. Timed: from an EndpointSlice change committed in the API server (one endpoint's `ready` flipped; the server sends the watch event as it commits) until the last simulated sidecar has the new version and sends its ACK. Target: p99 ≤ 100 ms at 1,000 sidecars. Rollback: a release started on the demo mesh's real sidecars, then `release rollback` (the transition a failed check makes: persisted, then one push), timed until all four sidecars run the stable-only config (polled every 1 ms).\n\n| what | scale | | first | p50 / RSS | p99 / peak | max |\n|---|---|---|---|---|---|---|\n{}\n",
+        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- cluster`\n\nmesh-control `--registry kubernetes` against the Kubernetes API test server (tests/support/kube_api), with every Service and EndpointSlice in its reflectors. Timed: from an EndpointSlice change committed in the API server (one endpoint's `ready` flipped; the server sends the watch event as it commits) until the last simulated sidecar has the new version and sends its ACK. Target: p99 ≤ 100 ms at 1,000 sidecars.\n\n| what | scale | | first | p50 / RSS | p99 / peak | max |\n|---|---|---|---|---|---|---|\n{}\n",
         report::machine(),
         rows.join("\n")
     );
@@ -282,7 +282,7 @@ async fn control_suite(quick: bool) -> Result<()> {
     });
     let path = report::write_json("control", &result)?;
     let body = format!(
-        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- control`\n\nFan-out: time from the Shift RPC until the last simulated sidecar has the new version and sends its ACK (the control plane's record of every ACK is checked too). Target: p99 ≤ 100 ms at 1,000 sidecars.\n\n| what | scale | | first | p50 / RSS | p99 / peak | max |\n|---|---|---|---|---|---|---|\n{}\n",
+        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- control`\n\nFan-out: time from the Shift RPC until the last simulated sidecar has the new version and sends its ACK (the control plane's record of every ACK is checked too). Target: p99 ≤ 100 ms at 1,000 sidecars. Rollback: a release started on the demo mesh's real sidecars, then `release rollback` (the transition a failed check makes: persisted, then one push), timed until all four sidecars run the stable-only config (polled every 1 ms).\n\n| what | scale | | first | p50 / RSS | p99 / peak | max |\n|---|---|---|---|---|---|---|\n{}\n",
         report::machine(),
         rows.join("\n")
     );

@@ -65,7 +65,7 @@ pub struct Webhook {
     /// pre-rollout, rollout, confirm-promotion, post-rollout or rollback.
     #[serde(rename = "type")]
     pub kind: String,
-    /// `http://host:port/path`.
+    /// `http://host:port/path` or `https://…`.
     pub url: String,
     /// Per attempt ("5s").
     #[serde(default)]
@@ -76,6 +76,10 @@ pub struct Webhook {
     /// Sent along in the payload.
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// https: base64 of the PEM roots its certificate must chain to (as a
+    /// Kubernetes webhook's caBundle).
+    #[serde(default, rename = "caBundle")]
+    pub ca_bundle: Option<String>,
 }
 
 /// `spec.analysis`.

@@ -234,10 +234,15 @@ pub fn manifest(spec: &Spec) -> serde_json::Value {
         .webhooks
         .iter()
         .map(|w| {
-            serde_json::json!({
+            let mut hook = serde_json::json!({
                 "name": w.name, "type": w.hook.as_str(), "url": w.url,
                 "timeout": ms(w.timeout_ms), "retries": w.retries, "metadata": w.metadata,
-            })
+            });
+            if let Some(pem) = &w.ca_pem {
+                use base64::Engine as _;
+                hook["caBundle"] = base64::engine::general_purpose::STANDARD.encode(pem).into();
+            }
+            hook
         })
         .collect();
     let mut body = serde_json::json!({

@@ -51,7 +51,7 @@ pub struct Webhook {
     pub name: String,
     /// When it is called.
     pub hook: Hook,
-    /// `http://host:port/path`.
+    /// `http://host:port/path` or `https://…`.
     pub url: String,
     /// Per attempt.
     pub timeout_ms: u64,
@@ -59,6 +59,9 @@ pub struct Webhook {
     pub retries: u32,
     /// Sent along in the payload.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// https: the roots its certificate must chain to (PEM); None: the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 /// A hook's attempt when the spec names none.
@@ -95,26 +98,32 @@ pub(super) fn validate(s: &pb::ReleaseSpec, bad: &mut impl FnMut(&str, String)) 
                 ),
             );
         }
-        match w.url.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {}
-            Ok(u) if u.scheme_str() == Some("https") => {
-                bad(
-                    &at("url"),
-                    format!(
-                        "{:?}: https hooks are not supported yet; use http://",
-                        w.url
-                    ),
-                );
-                ok = false;
-            }
+        let https = match w.url.parse::<http::Uri>() {
+            Ok(u) if u.authority().is_some() && u.scheme_str() == Some("http") => false,
+            Ok(u) if u.authority().is_some() && u.scheme_str() == Some("https") => true,
             _ => {
                 bad(
                     &at("url"),
-                    format!("{:?} is not an http://host:port/path URL", w.url),
+                    format!("{:?} is not an http(s)://host:port/path URL", w.url),
                 );
                 ok = false;
+                false
             }
-        }
+        };
+        let ca_pem = if w.ca_bundle.is_empty() {
+            None
+        } else if !https {
+            bad(&at("caBundle"), "a caBundle needs an https:// URL".into());
+            ok = false;
+            None
+        } else {
+            let pem = String::from_utf8_lossy(&w.ca_bundle).into_owned();
+            if let Err(e) = super::https::bundle(&pem) {
+                bad(&at("caBundle"), e);
+                ok = false;
+            }
+            Some(pem)
+        };
         let timeout_ms = match w.timeout_ms {
             0 => DEFAULT_WEBHOOK_TIMEOUT_MS,
             t => t,
@@ -140,6 +149,7 @@ pub(super) fn validate(s: &pb::ReleaseSpec, bad: &mut impl FnMut(&str, String)) 
                 timeout_ms,
                 retries,
                 metadata: w.metadata.clone().into_iter().collect(),
+                ca_pem,
             });
         }
     }

@@ -14,6 +14,7 @@ mod checks;
 pub mod cluster;
 mod error;
 pub mod hook;
+mod https;
 mod leading;
 pub mod machine;
 mod reads;

@@ -217,6 +217,15 @@ fn from_document(
                 .map_err(|e| problems.push(origin.problem(&at("retries"), e)))
                 .ok()
         });
+        let ca_bundle = w.ca_bundle.as_ref().and_then(|b| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|e| {
+                    problems.push(origin.problem(&at("caBundle"), format!("not base64: {e}")))
+                })
+                .ok()
+        });
         raw.webhooks.push(pb::ReleaseWebhook {
             name: w.name.clone(),
             r#type: w.kind.clone(),
@@ -224,6 +233,7 @@ fn from_document(
             timeout_ms: timeout_ms.unwrap_or(0),
             retries,
             metadata: w.metadata.clone().into_iter().collect(),
+            ca_bundle: ca_bundle.unwrap_or_default(),
         });
     }
     (raw, problems)

@@ -34,6 +34,7 @@ fn spec(s: &Spec) -> pb::ReleaseSpec {
                 timeout_ms: w.timeout_ms,
                 retries: Some(w.retries),
                 metadata: w.metadata.clone().into_iter().collect(),
+                ca_bundle: w.ca_pem.clone().unwrap_or_default().into_bytes(),
             })
             .collect(),
     }

@@ -1,7 +1,7 @@
 //! Calling a release's hooks: a POST of the release as JSON (Flagger's
 //! payload: name, namespace, phase, metadata, and ours: canary, stable,
 //! weight), each attempt bounded by the hook's timeout, transport errors
-//! and 5xx retried up to its retries. Says what happened in words status
+//! and 5xx retried up to its retries; https through `https`. Says what happened in words status
 //! can show.
 
 use super::machine::Record;
@@ -55,7 +55,14 @@ impl Caller {
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(body.clone()))
                 .map_err(|e| format!("{name}: {e}"))?;
-            match tokio::time::timeout(timeout, self.client.request(req)).await {
+            let sent = async {
+                if req.uri().scheme_str() == Some("https") {
+                    super::https::send(req, hook.ca_pem.as_deref()).await
+                } else {
+                    self.client.request(req).await.map_err(|e| e.to_string())
+                }
+            };
+            match tokio::time::timeout(timeout, sent).await {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     return Ok(format!("{name}: {}", resp.status()));
                 }
@@ -65,7 +72,7 @@ impl Caller {
                     return Err(format!("{name}: {}", resp.status()));
                 }
                 Ok(Ok(resp)) => last = resp.status().to_string(),
-                Ok(Err(e)) => last = format!("{e}"),
+                Ok(Err(e)) => last = e,
                 Err(_) => last = format!("timed out after {} ms", hook.timeout_ms),
             }
             if attempt < attempts {
