@@ -10,75 +10,14 @@
 
 #[path = "support/kube_api/mod.rs"]
 mod kube_api;
+#[path = "support/kube_mesh.rs"]
+mod kube_mesh;
 mod support;
 
-use kube_api::{KubeApi, kubectl};
+use kube_api::KubeApi;
+use kube_mesh::{LEASE_SECS, replica, wait_for_holder};
 use std::time::{Duration, Instant};
-use support::{Mesh, TempDir, split};
-
-/// Seconds a Lease lasts unrenewed in this test.
-const LEASE_SECS: u64 = 3;
-
-async fn replica(api: &KubeApi, name: &str) -> Mesh {
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let lease = LEASE_SECS.to_string();
-    Mesh::start_with_args(
-        name,
-        &[
-            "--registry",
-            "kubernetes",
-            "--kubeconfig",
-            &kubeconfig,
-            "--ca-secret",
-            "mesh-ca",
-            "--identity",
-            name,
-            "--lease-duration-secs",
-            &lease,
-        ],
-    )
-    .await
-}
-
-/// The Lease's holder now, if any.
-async fn holder(api: &KubeApi) -> Option<String> {
-    let out = kubectl(
-        api,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "mesh-system",
-            "mesh-control",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-    )
-    .await;
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !id.is_empty()).then_some(id)
-}
-
-/// Waits until one of `candidates` holds the Lease; returns it and when.
-async fn wait_for_holder(
-    api: &KubeApi,
-    candidates: &[&str],
-    within: Duration,
-) -> (String, Instant) {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(h) = holder(api).await
-            && candidates.contains(&h.as_str())
-        {
-            return (h, Instant::now());
-        }
-        assert!(
-            Instant::now() < end,
-            "none of {candidates:?} took the Lease within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{TempDir, split};
 
 /// The field managers that wrote the status of TrafficSplit `name`.
 fn status_writers(api: &KubeApi, name: &str) -> Vec<String> {

@@ -8,26 +8,13 @@
 
 #[path = "support/kube_api/mod.rs"]
 mod kube_api;
+#[path = "support/kube_mesh.rs"]
+mod kube_mesh;
 mod support;
 
 use kube_api::KubeApi;
+use kube_mesh::meshctl;
 use support::{Mesh, TempDir, split};
-
-/// meshctl with `args` against `api`'s cluster: success, stdout, stderr.
-async fn meshctl(api: &KubeApi, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(meshctl::procs::binary("meshctl"))
-        .arg("--kubeconfig")
-        .arg(&api.kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .expect("meshctl runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn write(dir: &TempDir, name: &str, yaml: &str) -> String {
     let path = dir.0.join(name);

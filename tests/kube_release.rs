@@ -9,65 +9,15 @@
 
 #[path = "support/kube_api/mod.rs"]
 mod kube_api;
+#[path = "support/kube_mesh.rs"]
+mod kube_mesh;
 mod support;
 
-use kube_api::{KubeApi, kubectl, kubectl_ok};
+use kube_api::{KubeApi, kubectl_ok};
+use kube_mesh::{LEASE_SECS, meshctl, replica, wait_for_holder};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use support::{Mesh, TempDir, split};
-
-/// Seconds a Lease lasts unrenewed in this test.
-const LEASE_SECS: u64 = 3;
-
-async fn replica(api: &KubeApi, name: &str) -> Mesh {
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let lease = LEASE_SECS.to_string();
-    Mesh::start_with_args(
-        name,
-        &[
-            "--registry",
-            "kubernetes",
-            "--kubeconfig",
-            &kubeconfig,
-            "--ca-secret",
-            "mesh-ca",
-            "--identity",
-            name,
-            "--lease-duration-secs",
-            &lease,
-        ],
-    )
-    .await
-}
-
-/// The Lease's holder, once one of `candidates` holds it.
-async fn holder(api: &KubeApi, candidates: &[&str], within: Duration) -> String {
-    let end = Instant::now() + within;
-    loop {
-        let out = kubectl(
-            api,
-            &[
-                "get",
-                "lease",
-                "-n",
-                "mesh-system",
-                "mesh-control",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ],
-        )
-        .await;
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if candidates.contains(&id.as_str()) {
-            return id;
-        }
-        assert!(
-            Instant::now() < end,
-            "none of {candidates:?} took the Lease"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{TempDir, split};
 
 /// The Release object as kubectl reads it.
 async fn release(api: &KubeApi) -> Value {
@@ -115,21 +65,6 @@ fn weighted(v1: i64, v2: i64) -> Vec<(String, i64)> {
     vec![("echo-v1".into(), v1), ("echo-v2".into(), v2)]
 }
 
-async fn meshctl(api: &KubeApi, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(meshctl::procs::binary("meshctl"))
-        .arg("--kubeconfig")
-        .arg(&api.kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .expect("meshctl runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn release_yaml(steps: &str, deadline: &str) -> String {
     format!(
         "apiVersion: mesh.dev/v1alpha1
@@ -169,7 +104,7 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
     let split_yaml = split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]);
     kube_api::create(&api, &dir.0, "split.yaml", &split_yaml).await;
     kube_api::condition(&api, "echo-split", "Accepted", "True", 1).await;
-    let leader = holder(&api, &["replica-a", "replica-b"], support::DEADLINE).await;
+    let (leader, _) = wait_for_holder(&api, &["replica-a", "replica-b"], support::DEADLINE).await;
 
     // A spec the control plane's validation refuses (the schema cannot
     // see that steps must ascend): refused in its status, nothing moves.
@@ -248,7 +183,7 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
         (b, a, "replica-a")
     };
     dead.kill_control().await;
-    holder(&api, &[follower], Duration::from_secs(LEASE_SECS + 5)).await;
+    wait_for_holder(&api, &[follower], Duration::from_secs(LEASE_SECS + 5)).await;
     let after = release(&api).await;
     assert_eq!(
         (&after["status"]["record"]["id"], phase(&after)),

@@ -1,0 +1,89 @@
+//! mesh-control replicas on the Kubernetes API test server, shared by the
+//! tests that run them: a replica with a short Lease, who holds the Lease,
+//! and meshctl against the cluster.
+
+#![allow(dead_code, unreachable_pub)]
+
+use crate::kube_api::{KubeApi, kubectl};
+use crate::support::Mesh;
+use std::time::{Duration, Instant};
+
+/// Seconds a Lease lasts unrenewed in these tests.
+pub const LEASE_SECS: u64 = 3;
+
+pub async fn replica(api: &KubeApi, name: &str) -> Mesh {
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let lease = LEASE_SECS.to_string();
+    Mesh::start_with_args(
+        name,
+        &[
+            "--registry",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig,
+            "--ca-secret",
+            "mesh-ca",
+            "--identity",
+            name,
+            "--lease-duration-secs",
+            &lease,
+        ],
+    )
+    .await
+}
+
+/// The Lease's holder now, if any.
+pub async fn holder(api: &KubeApi) -> Option<String> {
+    let out = kubectl(
+        api,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "mesh-system",
+            "mesh-control",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )
+    .await;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !id.is_empty()).then_some(id)
+}
+
+/// Waits until one of `candidates` holds the Lease; returns it and when.
+pub async fn wait_for_holder(
+    api: &KubeApi,
+    candidates: &[&str],
+    within: Duration,
+) -> (String, Instant) {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(h) = holder(api).await
+            && candidates.contains(&h.as_str())
+        {
+            return (h, Instant::now());
+        }
+        assert!(
+            Instant::now() < end,
+            "none of {candidates:?} took the Lease within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// meshctl with `args` against `api`'s cluster: success, stdout, stderr.
+pub async fn meshctl(api: &KubeApi, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(meshctl::procs::binary("meshctl"))
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(args)
+        .output()
+        .await
+        .expect("meshctl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
