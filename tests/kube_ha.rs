@@ -15,7 +15,7 @@ mod kube_mesh;
 mod support;
 
 use kube_api::KubeApi;
-use kube_mesh::{LEASE_SECS, replica, wait_for_holder};
+use kube_mesh::{LEASE_SECS, echo_in_cluster, replica, wait_for_holder};
 use std::time::{Duration, Instant};
 use support::{TempDir, split};
 
@@ -82,12 +82,12 @@ async fn replicas_share_a_ca_and_a_config_and_one_leader_writes() {
     let v2 = b
         .instance_with("echo", "v2", "echo-v2-b", &[], None, &echo_env)
         .await;
-    kube_api::create(&api, &dir.0, "service.yaml", kube_api::ECHO_SERVICE).await;
-    for (inst, version) in [(&v1, "v1"), (&v2, "v2")] {
-        let port = inst.sidecar.addr("inbound").unwrap().port();
-        let yaml = kube_api::echo_objects(&inst.id, port, version);
-        kube_api::create(&api, &dir.0, &format!("{}.yaml", inst.id), &yaml).await;
-    }
+    let inbound = |i: &support::Instance| i.sidecar.addr("inbound").unwrap().port();
+    let pods = [
+        (v1.id.as_str(), inbound(&v1), "v1"),
+        (v2.id.as_str(), inbound(&v2), "v2"),
+    ];
+    echo_in_cluster(&api, &dir.0, &pods).await;
     for m in [&a, &b] {
         m.wait_ready_endpoints("echo", &[("echo", 2)])
             .await

@@ -13,30 +13,13 @@ mod kube_mesh;
 mod support;
 
 use kube_api::KubeApi;
-use kube_mesh::meshctl;
+use kube_mesh::{echo_in_cluster, meshctl, split_weights};
 use support::{Mesh, TempDir, split};
 
 fn write(dir: &TempDir, name: &str, yaml: &str) -> String {
     let path = dir.0.join(name);
     std::fs::write(&path, yaml).unwrap();
     path.display().to_string()
-}
-
-fn weights(api: &KubeApi, name: &str) -> Vec<(String, i64)> {
-    let obj = api
-        .object("split.smi-spec.io/trafficsplits", "default", name)
-        .unwrap_or_else(|| panic!("TrafficSplit {name} is stored"));
-    obj["spec"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["service"].as_str().unwrap().to_string(),
-                b["weight"].as_i64().unwrap(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,11 +43,8 @@ async fn meshctl_releases_through_the_cluster() {
     )
     .await;
     // The registry: the echo Service, a v1 and a v2 pod with their slices.
-    kube_api::create(&api, &dir.0, "service.yaml", kube_api::ECHO_SERVICE).await;
-    for (id, port, version) in [("echo-v1-a", 18080, "v1"), ("echo-v2-a", 18081, "v2")] {
-        let yaml = kube_api::echo_objects(id, port, version);
-        kube_api::create(&api, &dir.0, &format!("{id}.yaml"), &yaml).await;
-    }
+    let pods = [("echo-v1-a", 18080, "v1"), ("echo-v2-a", 18081, "v2")];
+    echo_in_cluster(&api, &dir.0, &pods).await;
     let mode = format!("meshctl: cluster context \"test\" (https://{}", api.addr());
 
     // apply: written to the cluster, and meshctl says where.
@@ -78,7 +58,7 @@ async fn meshctl_releases_through_the_cluster() {
     assert!(err.starts_with(&mode), "{err}");
     assert_eq!(out.trim(), "trafficsplit default/echo-split applied");
     assert_eq!(
-        weights(&api, "echo-split"),
+        split_weights(&api, "echo-split"),
         [("echo-v1".into(), 100), ("echo-v2".into(), 0)]
     );
     kube_api::condition(&api, "echo-split", "Accepted", "True", 1).await;
@@ -176,7 +156,7 @@ async fn meshctl_releases_through_the_cluster() {
         "{err}"
     );
     assert_eq!(
-        weights(&api, "echo-split"),
+        split_weights(&api, "echo-split"),
         [("echo-v1".into(), 70), ("echo-v2".into(), 30)]
     );
     let (ok, _, err) = meshctl(

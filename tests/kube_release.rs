@@ -14,7 +14,7 @@ mod kube_mesh;
 mod support;
 
 use kube_api::{KubeApi, kubectl_ok};
-use kube_mesh::{LEASE_SECS, meshctl, replica, wait_for_holder};
+use kube_mesh::{LEASE_SECS, echo_in_cluster, meshctl, replica, split_weights, wait_for_holder};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::{TempDir, split};
@@ -43,24 +43,6 @@ async fn until(
     }
 }
 
-/// The TrafficSplit's weights as stored.
-fn weights(api: &KubeApi) -> Vec<(String, i64)> {
-    let obj = api
-        .object("split.smi-spec.io/trafficsplits", "default", "echo-split")
-        .expect("the TrafficSplit is stored");
-    obj["spec"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["service"].as_str().unwrap().into(),
-                b["weight"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn weighted(v1: i64, v2: i64) -> Vec<(String, i64)> {
     vec![("echo-v1".into(), v1), ("echo-v2".into(), v2)]
 }
@@ -84,6 +66,17 @@ spec:
     )
 }
 
+/// `kubectl apply` of `yaml`, written to `dir/name`.
+async fn apply(api: &KubeApi, dir: &TempDir, name: &str, yaml: &str) {
+    let path = dir.0.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    kubectl_ok(
+        api,
+        &["apply", "--validate=false", "-f", path.to_str().unwrap()],
+    )
+    .await;
+}
+
 fn phase(r: &Value) -> &str {
     r["status"]["phase"].as_str().unwrap_or("")
 }
@@ -96,11 +89,8 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
     kube_api::install_crds(&api).await;
     let a = replica(&api, "replica-a").await;
     let b = replica(&api, "replica-b").await;
-    kube_api::create(&api, &dir.0, "service.yaml", kube_api::ECHO_SERVICE).await;
-    for (id, port, version) in [("echo-v1-a", 18080, "v1"), ("echo-v2-a", 18081, "v2")] {
-        let yaml = kube_api::echo_objects(id, port, version);
-        kube_api::create(&api, &dir.0, &format!("{id}.yaml"), &yaml).await;
-    }
+    let pods = [("echo-v1-a", 18080, "v1"), ("echo-v2-a", 18081, "v2")];
+    echo_in_cluster(&api, &dir.0, &pods).await;
     let split_yaml = split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]);
     kube_api::create(&api, &dir.0, "split.yaml", &split_yaml).await;
     kube_api::condition(&api, "echo-split", "Accepted", "True", 1).await;
@@ -108,13 +98,7 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
 
     // A spec the control plane's validation refuses (the schema cannot
     // see that steps must ascend): refused in its status, nothing moves.
-    let bad = dir.0.join("bad.yaml");
-    std::fs::write(&bad, release_yaml("[50, 10]", "60s")).unwrap();
-    kubectl_ok(
-        &api,
-        &["apply", "--validate=false", "-f", bad.to_str().unwrap()],
-    )
-    .await;
+    apply(&api, &dir, "bad.yaml", &release_yaml("[50, 10]", "60s")).await;
     let refused = until(&api, "the bad spec refused", support::DEADLINE, |r| {
         phase(r) == "Refused"
     })
@@ -124,15 +108,15 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
         reason.contains("spec.steps[1]: 10 after 50: steps must ascend"),
         "{reason}"
     );
-    assert_eq!(weights(&api), weighted(100, 0));
+    assert_eq!(split_weights(&api, "echo-split"), weighted(100, 0));
 
     // The fixed spec (generation 2) starts: the TrafficSplit moves to the
     // first step, and with no traffic the release waits there.
-    let good = dir.0.join("good.yaml");
-    std::fs::write(&good, release_yaml("[25, 50, 100]", "8s")).unwrap();
-    kubectl_ok(
+    apply(
         &api,
-        &["apply", "--validate=false", "-f", good.to_str().unwrap()],
+        &dir,
+        "good.yaml",
+        &release_yaml("[25, 50, 100]", "8s"),
     )
     .await;
     let waiting = until(&api, "waiting for traffic", support::DEADLINE, |r| {
@@ -142,7 +126,7 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
     assert_eq!(waiting["status"]["observedGeneration"], 2, "{waiting:#}");
     assert_eq!(waiting["status"]["canaryWeight"], 25);
     let id = waiting["status"]["record"]["id"].clone();
-    assert_eq!(weights(&api), weighted(75, 25));
+    assert_eq!(split_weights(&api, "echo-split"), weighted(75, 25));
     let shown = kubectl_ok(
         &api,
         &[
@@ -189,7 +173,7 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
         (&after["status"]["record"]["id"], phase(&after)),
         (&id, "Paused")
     );
-    assert_eq!(weights(&api), weighted(75, 25));
+    assert_eq!(split_weights(&api, "echo-split"), weighted(75, 25));
 
     // Resumed by kubectl annotate; still no traffic, so the progress
     // deadline rolls it back: the new leader returns all to the stable.
@@ -219,11 +203,11 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
         "{done:#}"
     );
     let end = Instant::now() + support::DEADLINE;
-    while weights(&api) != weighted(100, 0) {
+    while split_weights(&api, "echo-split") != weighted(100, 0) {
         assert!(
             Instant::now() < end,
             "weights back on the stable: {:?}",
-            weights(&api)
+            split_weights(&api, "echo-split")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -247,24 +231,22 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
     .await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("echo-v2 10%"), "{out}");
-    assert_eq!(weights(&api), weighted(90, 10));
+    assert_eq!(split_weights(&api, "echo-split"), weighted(90, 10));
     let (ok, out, err) = meshctl(&api, &["release", "abort", "echo"]).await;
     assert!(ok && out.contains("Aborted"), "{out}{err}");
     let end = Instant::now() + support::DEADLINE;
-    while weights(&api) != weighted(100, 0) {
+    while split_weights(&api, "echo-split") != weighted(100, 0) {
         assert!(Instant::now() < end, "aborted back to the stable");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (ok, out, err) = meshctl(&api, &["release", "history", "echo", "-o", "json"]).await;
     assert!(ok, "{err}");
     let history: Value = serde_json::from_str(&out).unwrap();
-    let phases: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["phase"].as_str().unwrap())
-        .collect();
-    assert_eq!(phases, ["Aborted", "RolledBack"], "{history:#}");
+    assert_eq!(
+        support::phases(&history),
+        ["Aborted", "RolledBack"],
+        "{history:#}"
+    );
     let (ok, out, err) = meshctl(&api, &["release", "status", "echo", "-o", "json"]).await;
     assert!(ok, "{err}");
     let st: Value = serde_json::from_str(&out).unwrap();
@@ -292,12 +274,12 @@ async fn a_good_canary_is_promoted_through_the_cluster() {
     let v2 = mesh
         .instance_with("echo", "v2", "echo-v2-a", &[], None, &echo_env)
         .await;
-    kube_api::create(&api, &dir.0, "service.yaml", kube_api::ECHO_SERVICE).await;
-    for (inst, version) in [(&v1, "v1"), (&v2, "v2")] {
-        let port = inst.sidecar.addr("inbound").unwrap().port();
-        let yaml = kube_api::echo_objects(&inst.id, port, version);
-        kube_api::create(&api, &dir.0, &format!("{}.yaml", inst.id), &yaml).await;
-    }
+    let inbound = |i: &support::Instance| i.sidecar.addr("inbound").unwrap().port();
+    let pods = [
+        (v1.id.as_str(), inbound(&v1), "v1"),
+        (v2.id.as_str(), inbound(&v2), "v2"),
+    ];
+    echo_in_cluster(&api, &dir.0, &pods).await;
     mesh.wait_ready_endpoints("echo", &[("echo", 2)])
         .await
         .unwrap();
@@ -333,7 +315,7 @@ async fn a_good_canary_is_promoted_through_the_cluster() {
             .all(|c| c["canary"]["requests"].as_u64().unwrap() >= 10),
         "{done:#}"
     );
-    assert_eq!(weights(&api), weighted(0, 100));
+    assert_eq!(split_weights(&api, "echo-split"), weighted(0, 100));
     let outcomes = steady.finish().await;
     support::assert_none_failed(&outcomes, "a release through the cluster");
     eprintln!(

@@ -224,13 +224,11 @@ async fn a_good_canary_is_promoted_and_a_bad_one_rolled_back_on_their_own() {
     );
 
     let history = json(&mesh, &["release", "history", "echo", "-o", "json"]).await;
-    let phases: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["phase"].as_str().unwrap())
-        .collect();
-    assert_eq!(phases, ["RolledBack", "Promoted"], "{history:#}");
+    assert_eq!(
+        support::phases(&history),
+        ["RolledBack", "Promoted"],
+        "{history:#}"
+    );
     let table = mesh.meshctl(&["release", "history", "echo"]).await;
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -741,7 +739,7 @@ async fn a_slow_canary_and_one_worse_than_its_stable_are_rolled_back() {
         .unwrap();
     let client = mesh.client_with("client-0", &FAST_REPORTS).await;
     let steady = Steady::start(client.outbound, "echo", 4, 1_000_000);
-    let start = |canary: &'static str, extra: &'static [&'static str]| {
+    let start = |canary: &'static str, extra: &[&'static str]| {
         let mut args = vec![
             "release",
             "start",
@@ -762,15 +760,17 @@ async fn a_slow_canary_and_one_worse_than_its_stable_are_rolled_back() {
     // Both at 2% errors: 98% passes 97% and the gap is about 0 ≤ 1 point.
     errors(&insts[0], "0.02").await;
     errors(&insts[1], "0.02").await;
-    let compare: &[&str] = &[
-        "--success-rate",
-        "97",
-        "--max-success-gap",
-        "1",
-        "--min-requests",
-        "50",
-    ];
-    ok(&mesh, &start("echo-v2", compare)).await;
+    let compare = |success_rate: &'static str| {
+        [
+            "--success-rate",
+            success_rate,
+            "--max-success-gap",
+            "1",
+            "--min-requests",
+            "50",
+        ]
+    };
+    ok(&mesh, &start("echo-v2", &compare("97"))).await;
     let done = until_ended(&mesh, Duration::from_secs(20)).await;
     assert_eq!(done["release"]["phase"], "Promoted", "{done:#}");
     // At 50% the canary was compared with the stable's own traffic.
@@ -790,15 +790,7 @@ async fn a_slow_canary_and_one_worse_than_its_stable_are_rolled_back() {
     reset(&mesh, &client, &all_v1).await;
     errors(&insts[0], "0.01").await;
     errors(&insts[1], "0.05").await;
-    let compare: &[&str] = &[
-        "--success-rate",
-        "94",
-        "--max-success-gap",
-        "1",
-        "--min-requests",
-        "50",
-    ];
-    ok(&mesh, &start("echo-v2", compare)).await;
+    ok(&mesh, &start("echo-v2", &compare("94"))).await;
     let done = until_ended(&mesh, Duration::from_secs(20)).await;
     let reason = done["release"]["reason"].as_str().unwrap();
     assert_eq!(done["release"]["phase"], "RolledBack", "{done:#}");

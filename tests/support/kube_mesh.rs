@@ -1,11 +1,13 @@
 //! mesh-control replicas on the Kubernetes API test server, shared by the
 //! tests that run them: a replica with a short Lease, who holds the Lease,
-//! and meshctl against the cluster.
+//! meshctl against the cluster, the echo Service with its pods, and a
+//! TrafficSplit's weights as stored.
 
 #![allow(dead_code, unreachable_pub)]
 
 use crate::kube_api::{KubeApi, kubectl};
 use crate::support::Mesh;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Seconds a Lease lasts unrenewed in these tests.
@@ -86,4 +88,32 @@ pub async fn meshctl(api: &KubeApi, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The echo Service, and each `(pod, port, version)` as a Pod and its
+/// EndpointSlice.
+pub async fn echo_in_cluster(api: &KubeApi, dir: &Path, pods: &[(&str, u16, &str)]) {
+    crate::kube_api::create(api, dir, "service.yaml", crate::kube_api::ECHO_SERVICE).await;
+    for (id, port, version) in pods {
+        let yaml = crate::kube_api::echo_objects(id, *port, version);
+        crate::kube_api::create(api, dir, &format!("{id}.yaml"), &yaml).await;
+    }
+}
+
+/// TrafficSplit `default/name`'s `(backend, weight)`s as stored.
+pub fn split_weights(api: &KubeApi, name: &str) -> Vec<(String, i64)> {
+    let obj = api
+        .object("split.smi-spec.io/trafficsplits", "default", name)
+        .unwrap_or_else(|| panic!("TrafficSplit {name} is stored"));
+    obj["spec"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["service"].as_str().unwrap().to_string(),
+                b["weight"].as_i64().unwrap(),
+            )
+        })
+        .collect()
 }

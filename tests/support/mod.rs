@@ -764,3 +764,13 @@ pub fn bad_splits() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ),
     ]
 }
+
+/// The phases of a `release history -o json`, newest first.
+pub fn phases(history: &serde_json::Value) -> Vec<&str> {
+    history
+        .as_array()
+        .expect("a history is a list")
+        .iter()
+        .map(|r| r["phase"].as_str().expect("each release has a phase"))
+        .collect()
+}
