@@ -1,6 +1,9 @@
 //! A slow apply never drops a live instance. Issue 12 saw every lease expire
 //! while a large apply held the control plane's writer: heartbeats waited
-//! for it, and sidecars ran snapshots with no endpoints in between. Here a
+//! for it, and sidecars ran snapshots with no endpoints in between. Later
+//! the sidecars' own conversion of the 10,000-split snapshot held their one
+//! worker, so their beats stopped for most of a second, leases lapsed and
+//! each re-registration republished (one CI run in three). Here a
 //! 10,000-split file is applied (much longer than one 900 ms lease in this
 //! build) while two heartbeating instances serve traffic with retries off:
 //! the client sidecar keeps both endpoints in every snapshot it runs, the

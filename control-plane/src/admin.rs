@@ -72,15 +72,14 @@ impl Admin {
     }
 }
 
-/// Runs a rule change off the async workers: a large apply is seconds of
-/// CPU, and on a worker it would stall the heartbeats and streams that
-/// share the runtime (their leases would lapse while it validates).
+/// Runs a rule change off the async workers (`State::off_runtime`): a large
+/// apply is seconds of CPU.
 async fn off_runtime<T: Send + 'static>(
     state: &Arc<State>,
     change: impl FnOnce(&State) -> T + Send + 'static,
 ) -> Result<T, Status> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || change(&state))
+    state
+        .off_runtime(change)
         .await
         .map_err(|e| Status::internal(format!("rule change failed: {e}")))
 }

@@ -189,16 +189,22 @@ impl discovery_server::Discovery for Discovery {
         let caller = crate::mtls::identity_of(&request);
         let req = request.into_inner();
         let (_, node) = node_id(req.node)?;
-        self.state.heartbeat(
-            caller.as_deref(),
-            &node,
-            Beat {
-                address: &req.address,
-                ready: req.ready,
-                identity: &req.identity,
-                cert_not_after_unix: req.cert_not_after_unix,
-            },
-        )?;
+        // Most beats only renew a lease, but one that registers publishes.
+        self.state
+            .off_runtime(move |s| {
+                s.heartbeat(
+                    caller.as_deref(),
+                    &node,
+                    Beat {
+                        address: &req.address,
+                        ready: req.ready,
+                        identity: &req.identity,
+                        cert_not_after_unix: req.cert_not_after_unix,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| Status::internal(format!("heartbeat failed: {e}")))??;
         Ok(Response::new(pb::HeartbeatResponse {
             interval_ms: self.heartbeat.as_millis() as u64,
         }))
@@ -210,7 +216,13 @@ impl discovery_server::Discovery for Discovery {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let caller = crate::mtls::identity_of(&request);
         let (_, node) = node_id(request.into_inner().node)?;
-        let version = self.state.deregister(caller.as_deref(), &node)?;
+        let version = {
+            let node = node.clone();
+            self.state
+                .off_runtime(move |s| s.deregister(caller.as_deref(), &node))
+                .await
+                .map_err(|e| Status::internal(format!("deregistration failed: {e}")))??
+        };
         let propagated = self
             .state
             .proxies()

@@ -97,10 +97,23 @@ async fn subscribe_once(
         *delivered = true;
         let now = std::time::Instant::now();
         let (version, nonce) = (resp.version_info.clone(), resp.nonce.clone());
-        let converted = whole(applied.as_ref(), resp).and_then(|full| {
-            let next = State::from_proto(&full, &node.namespace, &state.load(), stats, now)?;
-            Ok((full, next))
-        });
+        // Converting a large snapshot takes a while (10,000 splits: most of
+        // a second in a debug build), and a sidecar runs one worker: done
+        // there it would hold up every request and the heartbeats, whose
+        // lease would lapse. So it runs on a blocking thread, and the worker
+        // only swaps the result in.
+        let (base, prev, namespace) = (applied.take(), state.load_full(), node.namespace.clone());
+        let mut lent = std::mem::take(stats);
+        let (base, lent, converted) = tokio::task::spawn_blocking(move || {
+            let converted = whole(base.as_ref(), resp).and_then(|full| {
+                let next = State::from_proto(&full, &namespace, &prev, &mut lent, now)?;
+                Ok((full, next))
+            });
+            (base, lent, converted)
+        })
+        .await
+        .map_err(|e| tonic::Status::internal(format!("converting a snapshot failed: {e}")))?;
+        (applied, *stats) = (base, lent);
         let reply = match converted {
             Ok((full, next)) => {
                 // One atomic swap: requests already running keep the Arc they loaded.

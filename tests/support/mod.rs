@@ -352,7 +352,11 @@ impl Mesh {
             .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0")
             .env("MESH_PROXY_RECONNECT_MAX_MS", "500")
-            .env("MESH_PROXY_LOG", "info");
+            // Quiet unless the one running the tests asks for more.
+            .env(
+                "MESH_PROXY_LOG",
+                std::env::var("MESH_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            );
         cmd
     }
 

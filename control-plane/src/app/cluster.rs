@@ -85,8 +85,11 @@ fn feed(
                     if changed.is_err() { break; }
                     let next = clusters.borrow_and_update().clone();
                     if let Some(cluster) = next {
-                        let version = state.sync_cluster(cluster);
-                        tracing::debug!(version, "Kubernetes registry synced");
+                        // Off the workers: a large cluster's view is much CPU.
+                        match state.off_runtime(move |s| s.sync_cluster(cluster)).await {
+                            Ok(version) => tracing::debug!(version, "Kubernetes registry synced"),
+                            Err(e) => tracing::error!(error = %e, "syncing the Kubernetes registry failed"),
+                        }
                         registry = true;
                     }
                 }
@@ -94,9 +97,11 @@ fn feed(
                     if changed.is_err() { break; }
                     let next = objects.borrow_and_update().clone();
                     let Some(docs) = next else { continue };
-                    match state.sync_rules(&docs) {
-                        Ok(version) => tracing::info!(version, objects = docs.len(), "Kubernetes rules in force"),
-                        Err(e) => tracing::warn!(error = %e, "Kubernetes rules refused as a set; the rules in force keep serving"),
+                    let count = docs.len();
+                    match state.off_runtime(move |s| s.sync_rules(&docs)).await {
+                        Ok(Ok(version)) => tracing::info!(version, objects = count, "Kubernetes rules in force"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "Kubernetes rules refused as a set; the rules in force keep serving"),
+                        Err(e) => tracing::error!(error = %e, "syncing the Kubernetes rules failed"),
                     }
                     rules = true;
                 }

@@ -376,10 +376,11 @@ impl Bound {
                     _ = tick.tick() => {}
                     _ = expiry_stop.wait_for(|s| *s) => break,
                 }
-                match expiry_state.expire(lease) {
-                    Ok(dead) if !dead.is_empty() => tracing::info!(?dead, "leases expired"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "expiring leases"),
+                match expiry_state.off_runtime(move |s| s.expire(lease)).await {
+                    Ok(Ok(dead)) if !dead.is_empty() => tracing::info!(?dead, "leases expired"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "expiring leases"),
+                    Err(e) => tracing::error!(error = %e, "expiring leases failed"),
                 }
             }
         });

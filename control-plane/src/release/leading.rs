@@ -58,7 +58,13 @@ impl Controller {
             }
         }
         let shields = self.lock().shields();
-        self.state.set_shields(shields);
+        if let Err(e) = self
+            .state
+            .off_runtime(move |s| s.set_shields(shields))
+            .await
+        {
+            tracing::error!(error = %e, "setting the release shields failed");
+        }
     }
 
     /// The leader's part for one object: its command, then its start.

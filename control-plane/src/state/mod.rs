@@ -267,6 +267,19 @@ impl State {
         })
     }
 
+    /// Runs `change` on a blocking thread. Anything that may publish
+    /// (a rule change, a registration, an expiry) rebuilds the view, which
+    /// for a large mesh is much CPU; on an async worker it would stall the
+    /// heartbeats and streams sharing the runtime, and leases would lapse
+    /// for want of a worker to read their renewals.
+    pub async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        change: impl FnOnce(&State) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || change(&state)).await
+    }
+
     /// A receiver that sees every published snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.subscribe()
