@@ -2,7 +2,8 @@
 //! it speaks only TLS; without a client certificate only Certify answers;
 //! with one, a caller speaks only for its own namespace and service account
 //! and only for instances it registered; each identity holds a bounded
-//! number of registrations, counted in /metrics; and a bootstrap token
+//! number of registrations, counted in /metrics; only another replica of
+//! the control plane pulls the telemetry window; and a bootstrap token
 //! added to the tokens file works without a restart.
 
 mod support;
@@ -114,6 +115,11 @@ async fn only_proven_callers_speak_and_only_for_themselves() {
         report(anonymous.clone(), "echo").await.code(),
         Code::Unauthenticated
     );
+    let pull = TelemetryClient::new(anonymous.clone())
+        .held(pb::HeldRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(pull.code(), Code::Unauthenticated, "{pull:?}");
 
     // Another identity heartbeating echo's real instance id is refused,
     // naming both, and so is its deregistration; echo keeps its traffic.
@@ -134,6 +140,16 @@ async fn only_proven_callers_speak_and_only_for_themselves() {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::PermissionDenied, "{gone:?}");
+    // Only another replica of the control plane pulls the telemetry window.
+    let pull = TelemetryClient::new(as_client.clone())
+        .held(pb::HeldRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(pull.code(), Code::PermissionDenied, "{pull:?}");
+    assert!(
+        pull.message().contains(CLIENT_ID) && pull.message().contains("sa/mesh-control"),
+        "{pull:?}"
+    );
     // Nor may it read echo's config or report as echo.
     assert_eq!(
         subscribe(as_client.clone(), "echo").await.code(),

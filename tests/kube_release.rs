@@ -14,7 +14,10 @@ mod kube_mesh;
 mod support;
 
 use kube_api::{KubeApi, kubectl_ok};
-use kube_mesh::{LEASE_SECS, echo_in_cluster, meshctl, replica, split_weights, wait_for_holder};
+use kube_mesh::{
+    LEASE_SECS, control_in_cluster, echo_in_cluster, meshctl, replica, split_weights,
+    wait_for_holder,
+};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::{TempDir, split};
@@ -254,16 +257,26 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
     drop(survivor);
 }
 
-/// With traffic, in Kubernetes mode: the leader judges the canary's own
-/// telemetry from its sidecar, walks the TrafficSplit 50 → 100 and
-/// promotes it, and no steady request fails on the way.
+/// With traffic, in Kubernetes mode and two replicas: the canary's sidecar
+/// reports to the follower, the stable's and the client's to the leader.
+/// The leader judges the canary's own telemetry all the same (it pulls
+/// what its peer received), walks the TrafficSplit 50 → 100 and promotes
+/// it, and no steady request fails on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_good_canary_is_promoted_through_the_cluster() {
     kube_api::real_cluster_ignored();
     let dir = TempDir::new("kube-release-traffic");
     let api = KubeApi::start(&dir.0).await;
     kube_api::install_crds(&api).await;
-    let mesh = replica(&api, "replica-a").await;
+    let a = replica(&api, "replica-a").await;
+    let b = replica(&api, "replica-b").await;
+    control_in_cluster(&api, &dir.0, &[("replica-a", &a), ("replica-b", &b)]).await;
+    let (leader, _) = wait_for_holder(&api, &["replica-a", "replica-b"], support::DEADLINE).await;
+    let (mesh, follower) = if leader == "replica-a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
     let tokens = kube_api::accounts(&api, &dir.0, &["echo", "client"]).await;
     let fast = ("MESH_PROXY_TELEMETRY_INTERVAL_MS", "200");
     let echo_env = [("MESH_PROXY_IDENTITY_TOKEN_FILE", tokens[0].as_str()), fast];
@@ -271,7 +284,7 @@ async fn a_good_canary_is_promoted_through_the_cluster() {
     let v1 = mesh
         .instance_with("echo", "v1", "echo-v1-a", &[], None, &echo_env)
         .await;
-    let v2 = mesh
+    let v2 = follower
         .instance_with("echo", "v2", "echo-v2-a", &[], None, &echo_env)
         .await;
     let inbound = |i: &support::Instance| i.sidecar.addr("inbound").unwrap().port();

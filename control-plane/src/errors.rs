@@ -50,9 +50,21 @@ impl From<crate::identity::ca::Error> for Status {
     }
 }
 
+/// The gRPC code for each telemetry error: a malformed report is the
+/// caller's mistake; a pull of the window by anyone but a replica is
+/// refused as anonymous (no certificate) or forbidden.
+pub fn telemetry_code(e: &crate::telemetry::Error) -> Code {
+    use crate::telemetry::Error as T;
+    match e {
+        T::NotAPeer { caller: None, .. } => Code::Unauthenticated,
+        T::NotAPeer { .. } => Code::PermissionDenied,
+        T::NoNode | T::Buckets { .. } | T::Direction(_) => Code::InvalidArgument,
+    }
+}
+
 impl From<crate::telemetry::Error> for Status {
     fn from(e: crate::telemetry::Error) -> Status {
-        Status::invalid_argument(e.to_string())
+        Status::new(telemetry_code(&e), e.to_string())
     }
 }
 
@@ -290,21 +302,38 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_telemetry_report_is_an_invalid_argument() {
-        for e in [
-            crate::telemetry::Error::NoNode,
-            crate::telemetry::Error::Buckets {
-                instance: "echo-0".into(),
-                problem: "bounds not ascending".into(),
-            },
-            crate::telemetry::Error::Direction("sideways".into()),
-        ] {
+    fn a_malformed_telemetry_report_is_an_invalid_argument_and_a_stranger_s_pull_refused() {
+        use crate::telemetry::Error as T;
+        let peer = "spiffe://cluster.local/ns/mesh-system/sa/mesh-control";
+        let rows = [
+            (T::NoNode, Code::InvalidArgument),
+            (
+                T::Buckets {
+                    instance: "echo-0".into(),
+                    problem: "bounds not ascending".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (T::Direction("sideways".into()), Code::InvalidArgument),
+            (
+                T::NotAPeer {
+                    caller: None,
+                    expected: peer.into(),
+                },
+                Code::Unauthenticated,
+            ),
+            (
+                T::NotAPeer {
+                    caller: Some("spiffe://cluster.local/ns/default/sa/echo".into()),
+                    expected: peer.into(),
+                },
+                Code::PermissionDenied,
+            ),
+        ];
+        for (e, want) in rows {
             let message = e.to_string();
             let status = Status::from(e);
-            assert_eq!(
-                (status.code(), status.message()),
-                (Code::InvalidArgument, message.as_str())
-            );
+            assert_eq!((status.code(), status.message()), (want, message.as_str()));
         }
     }
 }

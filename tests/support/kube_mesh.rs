@@ -1,7 +1,8 @@
 //! mesh-control replicas on the Kubernetes API test server, shared by the
 //! tests that run them: a replica with a short Lease, who holds the Lease,
-//! meshctl against the cluster, the echo Service with its pods, and a
-//! TrafficSplit's weights as stored.
+//! meshctl against the cluster, the echo Service with its pods, the
+//! control plane's own Service with its replicas, and a TrafficSplit's
+//! weights as stored.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -97,6 +98,60 @@ pub async fn echo_in_cluster(api: &KubeApi, dir: &Path, pods: &[(&str, u16, &str
     for (id, port, version) in pods {
         let yaml = crate::kube_api::echo_objects(id, *port, version);
         crate::kube_api::create(api, dir, &format!("{id}.yaml"), &yaml).await;
+    }
+}
+
+/// The control plane's own Service in mesh-system (as install/ has it),
+/// and each `(name, replica)` as its Pod and an EndpointSlice with the
+/// replica's gRPC port: how the replicas find each other to pull
+/// telemetry (`--peers-service`).
+pub async fn control_in_cluster(api: &KubeApi, dir: &Path, replicas: &[(&str, &Mesh)]) {
+    let service = "apiVersion: v1
+kind: Service
+metadata:
+  name: mesh-control
+  namespace: mesh-system
+spec:
+  selector: {app.kubernetes.io/name: mesh-control}
+  ports:
+  - name: grpc
+    port: 15010
+    targetPort: grpc
+";
+    crate::kube_api::create(api, dir, "mesh-control-service.yaml", service).await;
+    for (name, mesh) in replicas {
+        let port = mesh.grpc.port();
+        let yaml = format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: mesh-system
+  labels: {{app.kubernetes.io/name: mesh-control}}
+spec:
+  serviceAccountName: mesh-control
+  containers:
+  - name: mesh-control
+    image: mesh-control
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: mesh-system
+  labels: {{kubernetes.io/service-name: mesh-control}}
+addressType: IPv4
+ports:
+- name: grpc
+  port: {port}
+  protocol: TCP
+endpoints:
+- addresses: [127.0.0.1]
+  conditions: {{ready: true}}
+  targetRef: {{kind: Pod, name: {name}, namespace: mesh-system}}
+"
+        );
+        crate::kube_api::create(api, dir, &format!("{name}.yaml"), &yaml).await;
     }
 }
 

@@ -5,13 +5,11 @@
 //! already names file, field and problem).
 
 use anyhow::{Context, Result, anyhow};
-use futures::future::BoxFuture;
-use hyper_util::rt::TokioIo;
-use mesh_control::mtls::{Credentials, control_id, server_name};
+use mesh_control::mtls::{Connector, Credentials, control_id};
 use mesh_proto::v1::admin_client::AdminClient;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tonic::transport::{Channel, Uri};
+use tonic::transport::Channel;
 
 /// Default admin API URL.
 pub const DEFAULT_CONTROL: &str = "https://127.0.0.1:15011";
@@ -86,40 +84,6 @@ fn current_file() -> Option<PathBuf> {
         .or_else(|| {
             std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/mesh/current.json"))
         })
-}
-
-/// Opens TLS connections for tonic: TCP to the URI's authority, then the
-/// operator's mTLS handshake.
-#[derive(Clone)]
-struct Connector(Arc<rustls::ClientConfig>);
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-    type Error = std::io::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let config = self.0.clone();
-        Box::pin(async move {
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .ok_or_else(|| std::io::Error::other("the admin URL has no host:port"))?;
-            let tcp = tokio::net::TcpStream::connect(&authority).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(server_name(), tcp)
-                .await?;
-            Ok(TokioIo::new(tls))
-        })
-    }
 }
 
 /// A channel to the control plane at `url` that presents no certificate

@@ -315,6 +315,7 @@ impl Bound {
         let limit = |what| metrics.limit(what, config.max_connections as usize);
         let webhook_tls = webhook.as_ref().map(|(_, tls)| tls.clone());
         let mut leadership = None;
+        let clustered = kube.is_some();
         if let Some(client) = kube {
             let webhook =
                 webhook
@@ -366,6 +367,21 @@ impl Bound {
             limit("http"),
             metrics.clone(),
         ));
+        if clustered && !config.cluster.peers_service.is_empty() {
+            let peers = crate::telemetry::peers::Peers {
+                namespace: config.cluster.namespace.clone(),
+                service: config.cluster.peers_service.clone(),
+                me: config.cluster.identity.clone(),
+                trust_domain: config.trust_domain.clone(),
+            };
+            crate::telemetry::peers::start(
+                peers,
+                state.clone(),
+                window.clone(),
+                ca.clone(),
+                stopping.clone(),
+            );
+        }
         let lease = config.lease();
         let expiry_state = state.clone();
         let mut expiry_stop = stopping.clone();
@@ -469,6 +485,7 @@ impl Bound {
             .add_service(TelemetryServer::new(crate::telemetry::Service {
                 window,
                 state: state.clone(),
+                peer: crate::mtls::control_id(&config.trust_domain),
                 ending: crate::listen::Ending(ending.clone()),
             }))
             .add_service(IdentityServer::new(identity))

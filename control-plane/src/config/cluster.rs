@@ -76,6 +76,16 @@ pub(super) struct ClusterArgs {
     /// one replica only.
     #[arg(long, env = "MESH_CONTROL_CA_SECRET")]
     ca_secret: Option<String>,
+    /// The Service (in --namespace) whose ready endpoints are this control
+    /// plane's replicas: each pulls from the others the telemetry their
+    /// sidecars reported, so the leader's release analysis and `stat` on
+    /// any replica see every sidecar. Empty: no pulling.
+    #[arg(
+        long,
+        env = "MESH_CONTROL_PEERS_SERVICE",
+        default_value = "mesh-control"
+    )]
+    peers_service: String,
 }
 
 /// The names the webhook's certificate carries by default: the install's
@@ -128,6 +138,8 @@ pub struct Cluster {
     pub lease_duration_secs: u64,
     /// The Secret holding the CA, if the replicas share one.
     pub ca_secret: Option<String>,
+    /// The Service whose endpoints are the replicas (empty: none).
+    pub peers_service: String,
 }
 
 /// Checks the cluster flags (`kubernetes`: whether the registry is the
@@ -167,6 +179,13 @@ pub(super) fn check(args: &ClusterArgs, kubernetes: bool, problems: &mut Vec<Str
             "--ca-secret {s:?}: not a Secret name (a lower-case DNS name)"
         ));
     }
+    let peers_service = args.peers_service.trim().to_string();
+    if !peers_service.is_empty() && !is_dns_label(&peers_service) {
+        problems.push(format!(
+            "--peers-service {:?}: not a Service name (lower-case letters, digits and '-', at most 63), or empty for none",
+            args.peers_service
+        ));
+    }
     let lease_duration_secs = match args.lease_duration_secs.trim().parse::<u64>() {
         Ok(n) if (2..=3600).contains(&n) => n,
         _ => {
@@ -194,6 +213,7 @@ pub(super) fn check(args: &ClusterArgs, kubernetes: bool, problems: &mut Vec<Str
         identity,
         lease_duration_secs,
         ca_secret: args.ca_secret.clone(),
+        peers_service,
     }
 }
 
@@ -346,6 +366,10 @@ mod tests {
         assert_eq!(c.cluster.identity, "replica-a");
         assert_eq!(c.cluster.ca_secret.as_deref(), Some("mesh-ca"));
         assert_eq!(c.cluster.lease_duration_secs, 4);
+        // The install's Service is where the peers are, unless told.
+        assert_eq!(c.cluster.peers_service, "mesh-control");
+        let off = parse(&["--registry", "kubernetes", "--peers-service", ""]).unwrap();
+        assert_eq!(off.cluster.peers_service, "");
         let p = problems(&[
             "--ca-secret",
             "Mesh_CA",
@@ -353,12 +377,15 @@ mod tests {
             "Mesh",
             "--lease-duration-secs",
             "1",
+            "--peers-service",
+            "Mesh.Control",
         ]);
         for what in [
             "--ca-secret: only with --registry kubernetes",
             "\"Mesh_CA\": not a Secret name",
             "--namespace \"Mesh\"",
             "--lease-duration-secs \"1\"",
+            "--peers-service \"Mesh.Control\": not a Service name",
         ] {
             assert!(p.iter().any(|x| x.contains(what)), "{what}: {p:?}");
         }

@@ -4,7 +4,9 @@
 //! roots that proves the control plane's SPIFFE ID.
 
 use super::pem::{Error, certs, provider, roots, spiffe_id};
-use crate::identity::ca::pem_blocks;
+use crate::identity::ca::{Signed, pem_blocks};
+use futures::future::BoxFuture;
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
@@ -13,6 +15,7 @@ use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::Path;
 use std::sync::Arc;
+use tonic::transport::Uri;
 
 /// A client's credentials, read from a directory `write_credentials` filled.
 pub struct Credentials {
@@ -48,6 +51,23 @@ impl Credentials {
             chain,
             key,
             roots: roots(&pem_blocks(&roots_text), &roots_path)?,
+        })
+    }
+
+    /// Credentials from a certificate just issued (`Ca::issue`) and its
+    /// key: what a replica presents to its peers.
+    pub fn from_signed(signed: &Signed, key_pem: &str) -> Result<Credentials, Error> {
+        let origin = Path::new("(issued by this control plane)");
+        let mut blocks = vec![signed.certificate_pem.clone()];
+        blocks.extend(signed.chain_pem.iter().cloned());
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| Error::Pem {
+            path: origin.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Credentials {
+            chain: certs(&blocks, origin)?,
+            key,
+            roots: roots(&signed.roots_pem, origin)?,
         })
     }
 
@@ -174,5 +194,39 @@ impl ServerCertVerifier for SpiffeVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// Opens TLS connections for tonic: TCP to the URI's authority, then the
+/// handshake `config` describes (tonic itself sees plain http).
+#[derive(Clone)]
+pub struct Connector(pub Arc<ClientConfig>);
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let config = self.0.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .ok_or_else(|| std::io::Error::other("the control plane URL has no host:port"))?;
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(server_name(), tcp)
+                .await?;
+            Ok(TokioIo::new(tls))
+        })
     }
 }

@@ -12,7 +12,7 @@ mod client;
 
 mod pem;
 
-pub use client::{Credentials, anonymous_config, server_name};
+pub use client::{Connector, Credentials, anonymous_config, server_name};
 pub use pem::{Error, spiffe_id};
 use pem::{certs, provider, roots};
 

@@ -1,6 +1,7 @@
 //! What the state takes from a Kubernetes cluster: its registry and its
 //! rule objects, each replacing what the state held, the shields of the
-//! releases under way, and the mark that the
+//! releases under way, the control plane's own replicas among its
+//! endpoints, and the mark that the
 //! config is whole (both listed once), before which discovery sends
 //! nothing.
 
@@ -12,6 +13,20 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 impl State {
+    /// The control plane's other replicas: the ready endpoints of
+    /// `namespace/service` but the Pod `me`, by address.
+    pub fn peers(&self, namespace: &str, service: &str, me: &str) -> Vec<std::net::SocketAddr> {
+        use crate::registry::Catalog;
+        let inner = self.lock();
+        inner
+            .registry
+            .instances()
+            .filter(|i| i.namespace == namespace && i.service == service)
+            .filter(|i| i.ready && i.instance_id != me)
+            .filter_map(|i| i.address.parse().ok())
+            .collect()
+    }
+
     /// Turns true once the config is whole (see `complete`).
     pub fn completed(&self) -> watch::Receiver<bool> {
         self.complete.subscribe()

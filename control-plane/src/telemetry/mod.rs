@@ -7,8 +7,10 @@
 use mesh_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_stream::StreamExt;
+
+pub mod peers;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The longest window a query may ask for; older reports are dropped.
@@ -33,17 +35,75 @@ pub enum Error {
     /// A direction other than inbound or outbound.
     #[error("unknown direction {0:?}: expected inbound or outbound")]
     Direction(String),
+    /// A pull of the window by someone other than a replica.
+    #[error(
+        "Held: only a replica of the control plane ({expected}) may pull its telemetry; the caller is {}",
+        .caller.as_deref().unwrap_or("anonymous")
+    )]
+    NotAPeer {
+        /// The caller's verified ID, if any.
+        caller: Option<String>,
+        /// The control plane's.
+        expected: String,
+    },
 }
 
 struct Received {
     at: Instant,
+    /// The order this replica received it in; none for a report pulled
+    /// from a peer, which is never served on (each report has one home).
+    seq: Option<u64>,
     report: pb::TelemetryReport,
 }
 
-/// Reports per sidecar (namespace/service/instance), newest last.
-#[derive(Default)]
+/// Reports per sidecar (namespace/service/instance), oldest first.
 pub struct Window {
-    reporters: Mutex<HashMap<String, VecDeque<Received>>>,
+    reporters: Mutex<Reporters>,
+    /// Names this process's numbering of reports: a peer's cursor from
+    /// before a restart means nothing here, and its pull starts over.
+    epoch: u64,
+}
+
+#[derive(Default)]
+struct Reporters {
+    by: HashMap<String, VecDeque<Received>>,
+    /// The number of the last report received here.
+    last: u64,
+    /// When sidecars gone quiet were last forgotten.
+    swept: Option<Instant>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Window {
+            reporters: Mutex::default(),
+            epoch: (nanos ^ u64::from(std::process::id()) << 40).max(1),
+        }
+    }
+}
+
+impl Reporters {
+    /// Files `r` under `instance`, in time order: a pulled report arrives
+    /// late, and goes where its age puts it.
+    fn insert(&mut self, instance: String, r: Received) {
+        let now = Instant::now();
+        let q = self.by.entry(instance).or_default();
+        let at = q.partition_point(|x| x.at <= r.at);
+        q.insert(at, r);
+        while q.front().is_some_and(|r| now - r.at > MAX_WINDOW) {
+            q.pop_front();
+        }
+        // Sidecars gone for longer than the longest window are forgotten;
+        // looked for once a second, not on every report of a large mesh.
+        if self.swept.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+            self.by
+                .retain(|_, q| q.back().is_some_and(|r| now - r.at <= MAX_WINDOW));
+            self.swept = Some(now);
+        }
+    }
 }
 
 fn check(report: &pb::TelemetryReport) -> Result<String, Error> {
@@ -138,16 +198,74 @@ impl Window {
     /// Adds one report from a sidecar.
     pub fn add(&self, report: pb::TelemetryReport) -> Result<(), Error> {
         let instance = check(&report)?;
-        let now = Instant::now();
-        let mut reporters = self.reporters.lock().unwrap_or_else(|p| p.into_inner());
-        let q = reporters.entry(instance).or_default();
-        q.push_back(Received { at: now, report });
-        while q.front().is_some_and(|r| now - r.at > MAX_WINDOW) {
-            q.pop_front();
-        }
-        // Sidecars gone for longer than the longest window are forgotten.
-        reporters.retain(|_, q| q.back().is_some_and(|r| now - r.at <= MAX_WINDOW));
+        let mut reporters = self.lock();
+        reporters.last += 1;
+        let seq = Some(reporters.last);
+        let at = Instant::now();
+        reporters.insert(instance, Received { at, seq, report });
         Ok(())
+    }
+
+    /// Adds reports a peer received, each `age` ago; returns the first
+    /// problem of those refused (the others are added).
+    pub fn add_pulled(
+        &self,
+        reports: impl IntoIterator<Item = (Duration, pb::TelemetryReport)>,
+    ) -> Option<Error> {
+        let now = Instant::now();
+        let mut refused = None;
+        let mut reporters = self.lock();
+        for (age, report) in reports {
+            let instance = match check(&report) {
+                Ok(i) => i,
+                Err(e) => {
+                    refused.get_or_insert(e);
+                    continue;
+                }
+            };
+            let Some(at) = now.checked_sub(age).filter(|_| age <= MAX_WINDOW) else {
+                continue;
+            };
+            let seq = None;
+            reporters.insert(instance, Received { at, seq, report });
+        }
+        refused
+    }
+
+    /// What a peer pulls: the reports received here after number `after`
+    /// (all of them when `epoch` is another process's), each with its age.
+    pub fn held(&self, epoch: u64, after: u64) -> pb::HeldResponse {
+        let after = if epoch == self.epoch { after } else { 0 };
+        let now = Instant::now();
+        let reporters = self.lock();
+        let mut reports = Vec::new();
+        for q in reporters.by.values() {
+            // Reports received here are numbered in their queue's order.
+            for r in q.iter().rev() {
+                match r.seq {
+                    None => continue,
+                    Some(seq) if seq <= after => break,
+                    Some(_) => reports.push(pb::HeldReport {
+                        age_ms: (now - r.at).as_millis() as u64,
+                        report: Some(r.report.clone()),
+                    }),
+                }
+            }
+        }
+        pb::HeldResponse {
+            epoch: self.epoch,
+            last: reporters.last,
+            reports,
+        }
+    }
+
+    /// This process's numbering: a pull answered with it reached itself.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reporters> {
+        self.reporters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Golden metrics over the last `window`, one row per service (all
@@ -182,8 +300,8 @@ impl Window {
     ) -> Vec<pb::StatsRow> {
         let now = Instant::now();
         let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
-        let reporters = self.reporters.lock().unwrap_or_else(|p| p.into_inner());
-        for q in reporters.values() {
+        let reporters = self.lock();
+        for q in reporters.by.values() {
             let recent: Vec<&pb::TelemetryReport> = q
                 .iter()
                 .filter(|r| {
@@ -271,6 +389,9 @@ pub struct Service {
     pub window: std::sync::Arc<Window>,
     /// Whose last-seen times reports refresh.
     pub state: std::sync::Arc<crate::state::State>,
+    /// The control plane's own ID: the only caller that may pull the
+    /// window (`Held`).
+    pub peer: String,
     /// Turns true when a stopping control plane ends every stream.
     pub ending: crate::listen::Ending,
 }
@@ -313,6 +434,19 @@ impl pb::telemetry_server::Telemetry for Service {
             self.window.add(report)?;
         }
         Ok(Response::new(pb::TelemetryAck {}))
+    }
+
+    async fn held(
+        &self,
+        req: Request<pb::HeldRequest>,
+    ) -> Result<Response<pb::HeldResponse>, Status> {
+        let caller = crate::mtls::identity_of(&req);
+        if caller.as_deref() != Some(self.peer.as_str()) {
+            let expected = self.peer.clone();
+            return Err(Error::NotAPeer { caller, expected }.into());
+        }
+        let r = req.into_inner();
+        Ok(Response::new(self.window.held(r.epoch, r.after)))
     }
 }
 
@@ -403,6 +537,82 @@ mod tests {
         let within = w.stats_within(None, Duration::from_millis(700), "inbound");
         assert_eq!(within.iter().map(|r| r.requests).max(), Some(50));
         assert!(within.iter().all(|r| r.version != "v1"), "{within:?}");
+    }
+
+    #[test]
+    fn a_peer_pulls_what_was_received_here_once_and_never_what_was_pulled() {
+        let here = Window::default();
+        let one =
+            |i: &str, n: u64| report(i, "v2", 1000, &[("echo.default", n, n / 2, [n, 0, 0, 0])]);
+        here.add(one("a", 10)).unwrap();
+        here.add(one("b", 20)).unwrap();
+        // A first pull (no cursor) takes the whole window.
+        let first = here.held(0, 0);
+        assert_eq!((first.epoch, first.last), (here.epoch(), 2));
+        let mut counts: Vec<u64> = first
+            .reports
+            .iter()
+            .map(|h| h.report.as_ref().unwrap().traffic[0].requests)
+            .collect();
+        counts.sort();
+        assert_eq!(counts, [10, 20]);
+        // From the cursor, only what came since.
+        here.add(one("a", 30)).unwrap();
+        let next = here.held(first.epoch, first.last);
+        assert_eq!(next.last, 3);
+        assert_eq!(next.reports.len(), 1, "{:?}", next.reports);
+        assert_eq!(
+            next.reports[0].report.as_ref().unwrap().traffic[0].requests,
+            30
+        );
+        assert!(here.held(next.epoch, next.last).reports.is_empty());
+        // A cursor of another process's numbering starts over.
+        assert_eq!(here.held(next.epoch + 1, next.last).reports.len(), 3);
+
+        // The puller's window reads the peer's sidecars beside its own,
+        // and serves on only its own.
+        let there = Window::default();
+        assert_ne!(there.epoch(), here.epoch());
+        there.add(one("c", 40)).unwrap();
+        let pulled = here
+            .held(0, 0)
+            .reports
+            .into_iter()
+            .map(|h| (Duration::from_millis(h.age_ms), h.report.unwrap()));
+        assert!(there.add_pulled(pulled).is_none());
+        let rows = there.stats(Some("echo.default"), DEFAULT_WINDOW, "inbound");
+        let v2 = rows.iter().find(|r| r.version == "v2").unwrap();
+        assert_eq!((v2.requests, v2.failures, v2.reporters), (100, 50, 3));
+        let served = there.held(0, 0).reports;
+        assert_eq!(served.len(), 1);
+        assert_eq!(served[0].report.as_ref().unwrap().traffic[0].requests, 40);
+    }
+
+    #[test]
+    fn pulled_reports_keep_their_age_and_bad_ones_are_named() {
+        let w = Window::default();
+        let r = |n: u64| report("a", "v1", 1000, &[("echo.default", n, 0, [n, 0, 0, 0])]);
+        let mut bad = r(1);
+        bad.traffic[0].direction = "sideways".into();
+        let refused = w.add_pulled([
+            (Duration::from_secs(20), r(5)),
+            (Duration::ZERO, bad),
+            (Duration::from_secs(2), r(7)),
+            // Older than any window: dropped.
+            (MAX_WINDOW + Duration::from_secs(1), r(100)),
+        ]);
+        assert_eq!(refused, Some(Error::Direction("sideways".into())));
+        let total = |window: Duration| {
+            w.stats_within(None, window, "inbound")
+                .iter()
+                .find(|row| row.version.is_empty())
+                .map_or(0, |row| row.requests)
+        };
+        // Received 2 s and 20 s ago (each covering 1 s), by age, not by
+        // when they were pulled.
+        assert_eq!(total(Duration::from_secs(5)), 7);
+        assert_eq!(total(Duration::from_secs(30)), 12);
+        assert_eq!(total(MAX_WINDOW), 12);
     }
 
     #[test]
