@@ -4,13 +4,15 @@
 
 mod cluster;
 mod credentials;
+mod error;
+mod seed;
+
+pub use error::Error;
+pub use seed::{load_documents, seed};
 
 use crate::config::Config;
 use crate::identity::{Identity, ca, tokens, tokens::Tokens};
-use crate::manifest::{self, Located};
-use crate::registry::local::Registry;
 use crate::release::{Controller, cluster::Objects};
-use crate::rules::{self, RuleSet};
 use crate::state::State;
 use crate::store::Store;
 use crate::{admin::Admin, discovery::Discovery, http};
@@ -24,106 +26,6 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-/// Startup errors; each one is fatal and names its cause.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The mesh file does not parse or validate.
-    #[error("invalid mesh config:\n{}", .0.join("\n"))]
-    Config(Vec<String>),
-    /// A file or directory could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// Path.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The state directory is unusable.
-    #[error(transparent)]
-    Store(#[from] crate::store::Error),
-    /// The releases on disk cannot be read.
-    #[error(transparent)]
-    Releases(#[from] crate::release::Error),
-    /// The CA could not be loaded or created.
-    #[error(transparent)]
-    Ca(#[from] crate::identity::ca::Error),
-    /// The admin listener's TLS or the operator credentials could not be made.
-    #[error("TLS: {0}")]
-    Tls(#[from] crate::mtls::Error),
-    /// The bootstrap tokens file is invalid.
-    #[error(transparent)]
-    Tokens(#[from] crate::identity::tokens::Error),
-    /// The CA Secret could not be read or created.
-    #[error(transparent)]
-    CaSecret(#[from] crate::kubernetes::ca_secret::Error),
-    /// The Kubernetes registry's client could not be made.
-    #[error(transparent)]
-    Kubernetes(#[from] crate::kubernetes::Error),
-    /// A listener could not be bound.
-    #[error("binding {addr}: {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
-
-/// Reads a mesh file, or every `*.yaml`/`*.yml` in a directory (sorted), and
-/// parses all of it, collecting every error.
-pub fn load_documents(path: &Path) -> Result<Vec<Located>, Error> {
-    let read_err = |source| Error::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let files = if path.is_dir() {
-        let mut files: Vec<_> = std::fs::read_dir(path)
-            .map_err(read_err)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
-    let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|source| Error::Read {
-            path: f.display().to_string(),
-            source,
-        })?;
-        match manifest::parse(&f.display().to_string(), &text) {
-            Ok(mut d) => docs.append(&mut d),
-            Err(e) => errors.extend(e.iter().map(|e| e.to_string())),
-        }
-    }
-    if errors.is_empty() {
-        Ok(docs)
-    } else {
-        Err(Error::Config(errors))
-    }
-}
-
-/// Builds the registry and rules a mesh file describes.
-pub fn seed(config: &Config) -> Result<(Registry, RuleSet), Error> {
-    let docs = match &config.config {
-        Some(p) => load_documents(p)?,
-        None => Vec::new(),
-    };
-    let mut registry = Registry::from_documents(&docs).map_err(Error::Config)?;
-    // A cluster's Services have ClusterIPs; the range is local mode's.
-    let local = config.registry == crate::config::RegistryKind::Local;
-    registry.set_virtual_ips(config.virtual_ips.filter(|_| local));
-    let incoming = rules::rules_from(&docs)
-        .map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
-    let (rules, _) = RuleSet::default()
-        .apply(&incoming, &docs)
-        .map_err(|e| Error::Config(e.iter().map(|e| e.to_string()).collect()))?;
-    Ok((registry, rules))
-}
 
 /// The bound control plane, ready to run.
 pub struct Bound {
