@@ -15,7 +15,7 @@ mod kube_mesh;
 mod support;
 
 use kube_api::KubeApi;
-use kube_mesh::{LEASE_SECS, echo_in_cluster, replica, wait_for_holder};
+use kube_mesh::{LEASE_SECS, echo_pair, replica, wait_for_holder};
 use std::time::{Duration, Instant};
 use support::{TempDir, split};
 
@@ -76,23 +76,14 @@ async fn replicas_share_a_ca_and_a_config_and_one_leader_writes() {
     let (echo_token, client_token) = (&tokens[0], &tokens[1]);
     let echo_env = [("MESH_PROXY_IDENTITY_TOKEN_FILE", echo_token.as_str())];
     let client_env = [("MESH_PROXY_IDENTITY_TOKEN_FILE", client_token.as_str())];
-    let v1 = a
-        .instance_with("echo", "v1", "echo-v1-a", &[], None, &echo_env)
-        .await;
-    let v2 = b
-        .instance_with("echo", "v2", "echo-v2-b", &[], None, &echo_env)
-        .await;
-    let inbound = |i: &support::Instance| i.sidecar.addr("inbound").unwrap().port();
-    let pods = [
-        (v1.id.as_str(), inbound(&v1), "v1"),
-        (v2.id.as_str(), inbound(&v2), "v2"),
-    ];
-    echo_in_cluster(&api, &dir.0, &pods).await;
-    for m in [&a, &b] {
-        m.wait_ready_endpoints("echo", &[("echo", 2)])
-            .await
-            .unwrap();
-    }
+    let (_v1, _v2) = echo_pair(
+        &api,
+        &dir.0,
+        (&a, "echo-v1-a"),
+        (&b, "echo-v2-b"),
+        &echo_env,
+    )
+    .await;
     let client_a = a.client_with("client-a", &client_env).await;
     let client_b = b.client_with("client-b", &client_env).await;
 

@@ -5,7 +5,9 @@
 //! in the object's status; commands are the `mesh.dev/release-command`
 //! annotation (kubectl annotate, or meshctl). The leader killed mid
 //! release, the other replica takes the Lease and resumes it from the
-//! status where it was; with traffic, a good canary is promoted.
+//! status where it was; with traffic, a good canary is promoted (judged
+//! on the telemetry of both replicas); an HTTPRoute's catch-all rule moves
+//! as a TrafficSplit does.
 
 #[path = "support/kube_api/mod.rs"]
 mod kube_api;
@@ -15,7 +17,7 @@ mod support;
 
 use kube_api::{KubeApi, kubectl_ok};
 use kube_mesh::{
-    LEASE_SECS, control_in_cluster, echo_in_cluster, meshctl, replica, split_weights,
+    LEASE_SECS, control_in_cluster, echo_in_cluster, echo_pair, meshctl, replica, split_weights,
     wait_for_holder,
 };
 use serde_json::Value;
@@ -257,6 +259,161 @@ async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
     drop(survivor);
 }
 
+/// Gateway API HTTPRoutes (fixture CRD, as in kube_gateway.rs).
+const GATEWAY_CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/gateway-api-httproutes.yaml"
+);
+
+/// echo routed by an HTTPRoute with the Service as parent: a header rule
+/// to v2, then the catch-all rule a release moves.
+const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: echo-route
+  namespace: default
+spec:
+  parentRefs:
+  - {group: \"\", kind: Service, name: echo, port: 80}
+  rules:
+  - name: tagged
+    matches:
+    - headers:
+      - {name: x-canary, value: \"true\"}
+    backendRefs:
+    - {name: echo-v2, port: 80}
+  - name: all
+    backendRefs:
+    - {name: echo-v1, port: 80, weight: 100}
+    - {name: echo-v2, port: 80, weight: 0}
+";
+
+/// The HTTPRoute's rules as stored: each rule's `(backend, weight)`s.
+fn route_weights(api: &KubeApi) -> Vec<Vec<(String, i64)>> {
+    let obj = api
+        .object(
+            "gateway.networking.k8s.io/httproutes",
+            "default",
+            "echo-route",
+        )
+        .expect("the HTTPRoute is stored");
+    obj["spec"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["backendRefs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    let w = b["weight"].as_i64().unwrap_or(1);
+                    (b["name"].as_str().unwrap().to_string(), w)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A service routed by an HTTPRoute, in Kubernetes mode: `meshctl release
+/// shift` and a Release object move the weights of its catch-all rule in
+/// the stored route (the header rule untouched), as they move a
+/// TrafficSplit's, and an abort puts them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_moves_an_httproute_s_catch_all_rule() {
+    kube_api::real_cluster_ignored();
+    let dir = TempDir::new("kube-release-route");
+    let api = KubeApi::start(&dir.0).await;
+    kube_api::install_crds(&api).await;
+    kubectl_ok(&api, &["create", "--validate=false", "-f", GATEWAY_CRD]).await;
+    let mesh = replica(&api, "replica-a").await;
+    let pods = [("echo-v1-a", 18080, "v1"), ("echo-v2-a", 18081, "v2")];
+    echo_in_cluster(&api, &dir.0, &pods).await;
+    apply(&api, &dir, "route.yaml", ROUTE).await;
+    let tagged = vec![("echo-v2".to_string(), 1)];
+    let weights = |v1: i64, v2: i64| vec![tagged.clone(), weighted(v1, v2)];
+    assert_eq!(route_weights(&api), weights(100, 0));
+
+    // By hand: meshctl waits for the control plane to accept the route it
+    // patched (mesh's entry in status.parents), so the route must be known.
+    let end = Instant::now() + support::DEADLINE;
+    let shifted = loop {
+        let args = [
+            "release", "shift", "echo", "--to", "echo-v2", "--weight", "30",
+        ];
+        let (ok, out, err) = meshctl(&api, &args).await;
+        if ok {
+            break out;
+        }
+        assert!(Instant::now() < end, "meshctl release shift: {out}{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(shifted.contains("echo-v2"), "{shifted}");
+    assert_eq!(route_weights(&api), weights(70, 30));
+
+    // A Release moves the same rule, step by step, and an abort returns it.
+    apply(
+        &api,
+        &dir,
+        "release.yaml",
+        &release_yaml("[25, 50, 100]", "60s"),
+    )
+    .await;
+    let end = Instant::now() + support::DEADLINE;
+    while route_weights(&api) != weights(75, 25) {
+        assert!(
+            Instant::now() < end,
+            "the first step on the route: {:?} {:#}",
+            route_weights(&api),
+            release(&api).await["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `status --watch` follows the object until the release ends: its
+    // first drawing is read before the abort, the rest after.
+    use tokio::io::AsyncBufReadExt;
+    let mut watch = tokio::process::Command::new(meshctl::procs::binary("meshctl"))
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(["release", "status", "echo", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(support::DEADLINE, lines.next_line())
+        .await
+        .expect("status --watch draws the release")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(first.contains("at step 1 of 3"), "{first}");
+    let (ok, out, err) = meshctl(&api, &["release", "abort", "echo"]).await;
+    assert!(ok && out.contains("Aborted"), "{out}{err}");
+    let mut rest = String::new();
+    let drawn = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        watch.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(support::DEADLINE, drawn)
+        .await
+        .expect("status --watch ends with the release");
+    assert!(status.success(), "{first}\n{rest}");
+    assert!(rest.contains("Aborted"), "{first}\n{rest}");
+    let end = Instant::now() + support::DEADLINE;
+    while route_weights(&api) != weights(100, 0) {
+        assert!(
+            Instant::now() < end,
+            "aborted back to the stable: {:?}",
+            route_weights(&api)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(mesh);
+}
+
 /// With traffic, in Kubernetes mode and two replicas: the canary's sidecar
 /// reports to the follower, the stable's and the client's to the leader.
 /// The leader judges the canary's own telemetry all the same (it pulls
@@ -281,21 +438,14 @@ async fn a_good_canary_is_promoted_through_the_cluster() {
     let fast = ("MESH_PROXY_TELEMETRY_INTERVAL_MS", "200");
     let echo_env = [("MESH_PROXY_IDENTITY_TOKEN_FILE", tokens[0].as_str()), fast];
     let client_env = [("MESH_PROXY_IDENTITY_TOKEN_FILE", tokens[1].as_str()), fast];
-    let v1 = mesh
-        .instance_with("echo", "v1", "echo-v1-a", &[], None, &echo_env)
-        .await;
-    let v2 = follower
-        .instance_with("echo", "v2", "echo-v2-a", &[], None, &echo_env)
-        .await;
-    let inbound = |i: &support::Instance| i.sidecar.addr("inbound").unwrap().port();
-    let pods = [
-        (v1.id.as_str(), inbound(&v1), "v1"),
-        (v2.id.as_str(), inbound(&v2), "v2"),
-    ];
-    echo_in_cluster(&api, &dir.0, &pods).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 2)])
-        .await
-        .unwrap();
+    let (_v1, _v2) = echo_pair(
+        &api,
+        &dir.0,
+        (mesh, "echo-v1-a"),
+        (follower, "echo-v2-a"),
+        &echo_env,
+    )
+    .await;
     let split_yaml = split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]);
     kube_api::create(&api, &dir.0, "split.yaml", &split_yaml).await;
     kube_api::condition(&api, "echo-split", "Accepted", "True", 1).await;

@@ -893,3 +893,77 @@ async fn pause_holds_promote_full_needs_passing_checks_and_abort_returns_all() {
     assert_eq!((weight(&st, "echo-v2"), weight(&st, "echo-v1")), (0, 100));
     steady.finish().await;
 }
+
+/// Each release's tick runs on its own: one whose rollback webhook never
+/// answers (5 s a try, 3 tries per check) holds up no other. The second
+/// release, with no traffic and a 3 s progress deadline, rolls back on
+/// time while the first is still waiting on its hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_never_answers_holds_up_no_other_release() {
+    let (mesh, _echo, _client) = two_versions("release-apart").await;
+    let _pay = [
+        mesh.instance("pay", "v1", "pay-v1-a", &[], None).await,
+        mesh.instance("pay", "v2", "pay-v2-a", &[], None).await,
+    ];
+    mesh.apply_ok(
+        "pay-split.yaml",
+        &split("pay", &[("pay-v1", "100"), ("pay-v2", "0")]),
+    )
+    .await;
+    // Takes connections and never answers on them.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            conns.push(tcp);
+        }
+    });
+    let hook = format!("--webhook=rollback=http://{at}/rollback");
+    let mut args = START.to_vec();
+    args.push(&hook);
+    ok(&mesh, &args).await;
+    let started = Instant::now();
+    let pay = [
+        "release",
+        "start",
+        "pay",
+        "--canary",
+        "pay-v2",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1s",
+        "--progress-deadline",
+        "3s",
+    ];
+    ok(&mesh, &pay).await;
+    let end = Instant::now() + Duration::from_secs(12);
+    let done = loop {
+        let st = json(&mesh, &["release", "status", "pay", "-o", "json"]).await;
+        if st["release"]["phase"] == "RolledBack" {
+            break st;
+        }
+        assert!(
+            Instant::now() < end,
+            "pay not rolled back on its deadline while echo's hook hangs: {st:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let took = started.elapsed();
+    assert!(
+        done["release"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("no progress for the progress deadline of 3 s"),
+        "{done:#}"
+    );
+    let echo = status(&mesh).await;
+    assert!(
+        !["Promoted", "RolledBack", "Aborted"]
+            .contains(&echo["release"]["phase"].as_str().unwrap()),
+        "echo's release still waits on its hook: {echo:#}"
+    );
+    eprintln!("measured: pay rolled back {took:?} after its start, echo's hook still unanswered");
+    held.abort();
+}

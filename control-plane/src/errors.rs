@@ -289,7 +289,7 @@ mod tests {
             ),
             (
                 R::Weights(crate::kubernetes::weights::Error::Busy(
-                    "default/echo".into(),
+                    "TrafficSplit default/echo".into(),
                 )),
                 Code::Unavailable,
             ),

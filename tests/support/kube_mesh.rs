@@ -101,6 +101,32 @@ pub async fn echo_in_cluster(api: &KubeApi, dir: &Path, pods: &[(&str, u16, &str
     }
 }
 
+/// echo v1 as `v1.1` on replica `v1.0` and v2 as `v2.1` on `v2.0`, each
+/// sidecar with `env`, their Pods and EndpointSlices in the cluster;
+/// returns once both replicas see both endpoints ready.
+pub async fn echo_pair(
+    api: &KubeApi,
+    dir: &Path,
+    v1: (&Mesh, &str),
+    v2: (&Mesh, &str),
+    env: &[(&str, &str)],
+) -> (crate::support::Instance, crate::support::Instance) {
+    let one = v1.0.instance_with("echo", "v1", v1.1, &[], None, env).await;
+    let two = v2.0.instance_with("echo", "v2", v2.1, &[], None, env).await;
+    let inbound = |i: &crate::support::Instance| i.sidecar.addr("inbound").unwrap().port();
+    let pods = [
+        (one.id.as_str(), inbound(&one), "v1"),
+        (two.id.as_str(), inbound(&two), "v2"),
+    ];
+    echo_in_cluster(api, dir, &pods).await;
+    for m in [v1.0, v2.0] {
+        m.wait_ready_endpoints("echo", &[("echo", 2)])
+            .await
+            .unwrap();
+    }
+    (one, two)
+}
+
 /// The control plane's own Service in mesh-system (as install/ has it),
 /// and each `(name, replica)` as its Pod and an EndpointSlice with the
 /// replica's gRPC port: how the replicas find each other to pull

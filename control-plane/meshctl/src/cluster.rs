@@ -130,6 +130,23 @@ impl Cluster {
                 }
             }
         }
+        // HTTPRoutes too, where the cluster serves them, and only mesh's
+        // (a Service parent): Gateway API is the cluster owner's to install.
+        let ar = mesh_control::kubernetes::gateway::resource();
+        match self.api(&ar, None).list(&ListParams::default()).await {
+            Ok(list) => {
+                for obj in list
+                    .iter()
+                    .filter(|o| mesh_control::kubernetes::rules::ours(&ar, o))
+                {
+                    if let (_, Ok(mine)) = mesh_control::kubernetes::rules::document(&ar, obj) {
+                        docs.extend(mine);
+                    }
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("listing HTTPRoutes")),
+        }
         Ok(docs)
     }
 
@@ -368,8 +385,9 @@ pub async fn status(
     )?)
 }
 
-/// `meshctl release shift` against the cluster: the TrafficSplit's
-/// weights patched (only if nobody changed it meanwhile; else redone from
+/// `meshctl release shift` against the cluster: the weights of what
+/// routes the service (its TrafficSplit, or its HTTPRoute's catch-all
+/// rule) patched, only if nobody changed it meanwhile (else redone from
 /// the new version), then the control plane's acceptance of the new
 /// generation awaited.
 pub async fn shift(
@@ -379,28 +397,24 @@ pub async fn shift(
     backend: &str,
     percent: u32,
 ) -> Result<Vec<(String, u32)>> {
+    use mesh_control::kubernetes::weights::{self, Router};
     let set = cluster.rule_set().await?;
-    let (_, split, what) = set.shift(namespace, service, backend, percent, None)?;
-    if !what.starts_with("TrafficSplit") {
-        bail!(
-            "{what} routes {namespace}/{service}; a cluster's HTTPRoutes are not shifted by meshctl yet"
-        );
-    }
-    let (split, stored) = mesh_control::kubernetes::weights::shift(
-        &cluster.client,
-        namespace,
-        &split.name,
-        backend,
-        percent,
-        None,
-    )
-    .await
-    .with_context(|| format!("{what}: nothing was shifted"))?;
-    let ar = Cluster::kinds()
-        .find(|ar| ar.kind == "TrafficSplit")
-        .expect("a rule kind");
+    // The same checks as the control plane's, on the rules as listed.
+    let (_, _, what) = set.shift(namespace, service, backend, percent, None)?;
+    let router = Router::of(&set, namespace, service)
+        .with_context(|| format!("nothing routes {namespace}/{service}"))?;
+    let (split, stored) =
+        weights::shift(&cluster.client, namespace, &router, backend, percent, None)
+            .await
+            .with_context(|| format!("{what}: nothing was shifted"))?;
+    let ar = match &router {
+        Router::Split(_) => Cluster::kinds()
+            .find(|ar| ar.kind == "TrafficSplit")
+            .expect("a rule kind"),
+        Router::Route(_) => mesh_control::kubernetes::gateway::resource(),
+    };
     let api = cluster.api(&ar, Some(namespace));
-    confirm(&api, &split.name, stored.metadata.generation, &what).await?;
+    confirm(&api, &ar, &split.name, stored.metadata.generation, &what).await?;
     Ok(split
         .backends
         .iter()
@@ -411,6 +425,7 @@ pub async fn shift(
 /// Waits for the leader's Accepted condition on `generation`.
 async fn confirm(
     api: &kube::Api<DynamicObject>,
+    ar: &ApiResource,
     name: &str,
     generation: Option<i64>,
     what: &str,
@@ -418,15 +433,13 @@ async fn confirm(
     let end = Instant::now() + CONFIRM;
     while Instant::now() < end {
         let obj = api.get(name).await.map_err(api_error)?;
-        let accepted = obj
-            .data
-            .pointer("/status/conditions")
-            .and_then(|c| c.as_array())
-            .and_then(|c| c.iter().find(|c| c["type"] == "Accepted"))
-            .filter(|c| c["observedGeneration"].as_i64() == generation)
-            .cloned();
+        // A rule object's own conditions, or those of mesh's entry in an
+        // HTTPRoute's status.parents.
+        let accepted = mesh_control::kubernetes::status::current(ar, &obj)
+            .into_iter()
+            .find(|c| c.type_ == "Accepted" && c.observed_generation == generation);
         if let Some(c) = accepted {
-            if c["status"] == "True" {
+            if c.status == "True" {
                 eprintln!(
                     "{what} generation {} accepted by the control plane",
                     generation.unwrap_or(0)
@@ -436,7 +449,7 @@ async fn confirm(
             bail!(
                 "{what}: the control plane refused generation {}: {}",
                 generation.unwrap_or(0),
-                c["message"].as_str().unwrap_or("")
+                c.message
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

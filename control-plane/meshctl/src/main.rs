@@ -467,10 +467,9 @@ async fn in_cluster(args: Args) -> anyhow::Result<()> {
             what: Get::Splits { .. },
         }
         | Cmd::Release {
-            what: Release::Shift { .. } | Release::Status { watch: false, .. } | Release::Auto(_),
+            what: Release::Shift { .. } | Release::Status { .. } | Release::Auto(_),
         }
         | Cmd::Check { .. } => None,
-        Cmd::Release { .. } => Some("release status --watch"),
         Cmd::Up { .. } => Some("up"),
         Cmd::Install { .. } | Cmd::Uninstall | Cmd::Inject { .. } | Cmd::Uninject { .. } => None,
         Cmd::Demo { .. } => Some("demo"),
@@ -516,9 +515,13 @@ async fn in_cluster(args: Args) -> anyhow::Result<()> {
                     service,
                     namespace,
                     output,
-                    ..
+                    watch,
                 },
         } => {
+            if watch {
+                let fetch = || meshctl::cluster_release::fetch(&c, &namespace, &service);
+                return meshctl::release::watch_with(fetch, &namespace, &service, output).await;
+            }
             // The release first, as on a local mesh.
             let release = meshctl::cluster_release::fetch(&c, &namespace, &service).await?;
             let st = cluster::status(&c, &namespace, &service).await?;

@@ -451,6 +451,27 @@ pub async fn watch(
     service: &str,
     output: Output,
 ) -> Result<()> {
+    watch_with(
+        || fetch(control, namespace, service),
+        namespace,
+        service,
+        output,
+    )
+    .await
+}
+
+/// The same over any source of the release: the admin API, or the
+/// Release object in a cluster.
+pub async fn watch_with<F, Fut>(
+    mut fetch: F,
+    namespace: &str,
+    service: &str,
+    output: Output,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<pb::ReleaseResponse>>>,
+{
     let bar = indicatif::ProgressBar::new(100);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos:>3}% canary  {msg}")
@@ -458,7 +479,7 @@ pub async fn watch(
     );
     let mut last = None;
     loop {
-        let Some(resp) = fetch(control, namespace, service).await? else {
+        let Some(resp) = fetch().await? else {
             bail!("no release of {namespace}/{service}");
         };
         let r = resp.release.clone().unwrap_or_default();

@@ -19,6 +19,7 @@ mod leading;
 pub mod machine;
 mod reads;
 pub mod spec;
+mod turns;
 pub mod views;
 pub mod webhooks;
 
@@ -65,6 +66,8 @@ pub struct Controller {
     unsaved: Mutex<BTreeSet<String>>,
     hooks: webhooks::Caller,
     metrics: crate::metrics::Releases,
+    /// The releases whose tick is at work (`turns`).
+    busy: Arc<Mutex<BTreeSet<String>>>,
 }
 
 fn now_ms() -> u64 {
@@ -84,6 +87,7 @@ impl Controller {
             unsaved: Mutex::new(BTreeSet::new()),
             hooks: webhooks::Caller::default(),
             metrics: crate::metrics::Releases::default(),
+            busy: Arc::default(),
         }
     }
 
@@ -350,19 +354,17 @@ impl Controller {
                 shifted?;
             }
             Keeper::Cluster(objects) => {
-                let (_, splits) = self.state.splits(&spec.namespace);
-                let split = splits
-                    .into_iter()
-                    .find(|s| s.service == spec.service && s.matches.is_empty())
-                    .ok_or_else(|| {
-                        Error::Split(format!(
-                            "no TrafficSplit routes {k}; in Kubernetes mode a release moves its service's TrafficSplit"
-                        ))
-                    })?;
-                crate::kubernetes::weights::shift(
+                use crate::kubernetes::weights::{self, Router};
+                let rules = self.state.rules();
+                let router = Router::of(&rules, &spec.namespace, &spec.service).ok_or_else(|| {
+                    Error::Split(format!(
+                        "no TrafficSplit or HTTPRoute routes {k}; a release moves the weights of one"
+                    ))
+                })?;
+                weights::shift(
                     objects.client(),
                     &spec.namespace,
-                    &split.name,
+                    &router,
                     &spec.canary,
                     weight,
                     Some(&spec.stable),
@@ -434,41 +436,8 @@ impl Controller {
                     continue;
                 }
             }
-            let keys: Vec<String> = self.lock().active.keys().cloned().collect();
-            for k in keys {
-                if let Err(e) = self.check(&k).await {
-                    tracing::error!(release = %k, error = %e, "release check");
-                    continue;
-                }
-                if let Err(e) = self.apply(&k).await {
-                    // Kept pending: the next tick tries again.
-                    self.blocked(&k, &e).await;
-                }
-            }
+            self.step_all();
             self.observe();
-        }
-    }
-
-    /// Records why `k`'s weight did not apply, and says so once per reason
-    /// rather than at every tick.
-    async fn blocked(&self, k: &str, e: &Error) {
-        {
-            let mut book = self.lock();
-            let Some(r) = book.active.get_mut(k) else {
-                return;
-            };
-            let why = e.to_string();
-            if r.blocked == why {
-                return;
-            }
-            tracing::error!(release = %k, error = %why, "applying a release's weight");
-            r.blocked = why;
-            if let Err(e) = self.save(&book) {
-                tracing::error!(error = %e, "saving the releases");
-            }
-        }
-        if let Err(e) = self.flush(k).await {
-            tracing::error!(error = %e, "saving the releases");
         }
     }
 }

@@ -13,6 +13,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 impl State {
+    /// The rules in force (what routes a service, for a cluster's shift).
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.lock().rules.clone()
+    }
+
     /// The control plane's other replicas: the ready endpoints of
     /// `namespace/service` but the Pod `me`, by address.
     pub fn peers(&self, namespace: &str, service: &str, me: &str) -> Vec<std::net::SocketAddr> {
