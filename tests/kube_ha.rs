@@ -15,9 +15,9 @@ mod kube_mesh;
 mod support;
 
 use kube_api::KubeApi;
-use kube_mesh::{LEASE_SECS, echo_pair, replica, wait_for_holder};
+use kube_mesh::{LEASE_SECS, echo_pair, two_replicas, wait_for_holder};
 use std::time::{Duration, Instant};
-use support::{TempDir, split};
+use support::split;
 
 /// The field managers that wrote the status of TrafficSplit `name`.
 fn status_writers(api: &KubeApi, name: &str) -> Vec<String> {
@@ -50,12 +50,7 @@ async fn versions(client: &support::Client, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_a_ca_and_a_config_and_one_leader_writes() {
-    kube_api::real_cluster_ignored();
-    let dir = TempDir::new("kube-ha");
-    let api = KubeApi::start(&dir.0).await;
-    kube_api::install_crds(&api).await;
-    let a = replica(&api, "replica-a").await;
-    let b = replica(&api, "replica-b").await;
+    let (dir, api, a, b) = two_replicas("kube-ha").await;
 
     // One CA for both: the Secret one of them created.
     let secret = api

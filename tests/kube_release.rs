@@ -17,8 +17,8 @@ mod support;
 
 use kube_api::{KubeApi, kubectl_ok};
 use kube_mesh::{
-    LEASE_SECS, control_in_cluster, echo_in_cluster, echo_pair, meshctl, replica, split_weights,
-    wait_for_holder,
+    LEASE_SECS, cluster, control_in_cluster, echo_in_cluster, echo_pair, meshctl, replica,
+    split_weights, two_replicas, wait_for_holder,
 };
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -88,12 +88,7 @@ fn phase(r: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_runs_a_release_object_and_a_new_leader_resumes_it() {
-    kube_api::real_cluster_ignored();
-    let dir = TempDir::new("kube-release");
-    let api = KubeApi::start(&dir.0).await;
-    kube_api::install_crds(&api).await;
-    let a = replica(&api, "replica-a").await;
-    let b = replica(&api, "replica-b").await;
+    let (dir, api, a, b) = two_replicas("kube-release").await;
     let pods = [("echo-v1-a", 18080, "v1"), ("echo-v2-a", 18081, "v2")];
     echo_in_cluster(&api, &dir.0, &pods).await;
     let split_yaml = split("echo", &[("echo-v1", "100"), ("echo-v2", "0")]);
@@ -321,10 +316,7 @@ fn route_weights(api: &KubeApi) -> Vec<Vec<(String, i64)>> {
 /// TrafficSplit's, and an abort puts them back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_release_moves_an_httproute_s_catch_all_rule() {
-    kube_api::real_cluster_ignored();
-    let dir = TempDir::new("kube-release-route");
-    let api = KubeApi::start(&dir.0).await;
-    kube_api::install_crds(&api).await;
+    let (dir, api) = cluster("kube-release-route").await;
     kubectl_ok(&api, &["create", "--validate=false", "-f", GATEWAY_CRD]).await;
     let mesh = replica(&api, "replica-a").await;
     let pods = [("echo-v1-a", 18080, "v1"), ("echo-v2-a", 18081, "v2")];
@@ -421,12 +413,7 @@ async fn a_release_moves_an_httproute_s_catch_all_rule() {
 /// it, and no steady request fails on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_good_canary_is_promoted_through_the_cluster() {
-    kube_api::real_cluster_ignored();
-    let dir = TempDir::new("kube-release-traffic");
-    let api = KubeApi::start(&dir.0).await;
-    kube_api::install_crds(&api).await;
-    let a = replica(&api, "replica-a").await;
-    let b = replica(&api, "replica-b").await;
+    let (dir, api, a, b) = two_replicas("kube-release-traffic").await;
     control_in_cluster(&api, &dir.0, &[("replica-a", &a), ("replica-b", &b)]).await;
     let (leader, _) = wait_for_holder(&api, &["replica-a", "replica-b"], support::DEADLINE).await;
     let (mesh, follower) = if leader == "replica-a" {

@@ -7,12 +7,30 @@
 #![allow(dead_code, unreachable_pub)]
 
 use crate::kube_api::{KubeApi, kubectl};
-use crate::support::Mesh;
+use crate::support::{Mesh, TempDir};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Seconds a Lease lasts unrenewed in these tests.
 pub const LEASE_SECS: u64 = 3;
+
+/// A Kubernetes API test server with mesh's CRDs, in a fresh directory
+/// named after `tag` (skipped when a real cluster is configured).
+pub async fn cluster(tag: &str) -> (TempDir, KubeApi) {
+    crate::kube_api::real_cluster_ignored();
+    let dir = TempDir::new(tag);
+    let api = KubeApi::start(&dir.0).await;
+    crate::kube_api::install_crds(&api).await;
+    (dir, api)
+}
+
+/// The same, with two replicas on it: replica-a and replica-b.
+pub async fn two_replicas(tag: &str) -> (TempDir, KubeApi, Mesh, Mesh) {
+    let (dir, api) = cluster(tag).await;
+    let a = replica(&api, "replica-a").await;
+    let b = replica(&api, "replica-b").await;
+    (dir, api, a, b)
+}
 
 pub async fn replica(api: &KubeApi, name: &str) -> Mesh {
     let kubeconfig = api.kubeconfig.display().to_string();

@@ -9,6 +9,7 @@
 //! https://kubernetes.io/docs/reference/using-api/api-concepts/); a
 //! conflict is redone from the newer version, a few times.
 
+use crate::manifest::Located;
 use crate::rules::{RuleSet, ShiftError, Split, rules_from, splits_from};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 
@@ -98,9 +99,11 @@ pub async fn shift(
     };
     for _ in 0..TRIES {
         let current = api.get(name).await.map_err(api_error)?;
+        let (_, parsed) = super::rules::document(&ar, &current);
+        let docs = parsed.map_err(|p| invalid(&what, p))?;
         let (shifted, spec) = match router {
-            Router::Split(_) => split_patch(&ar, &current, &what, backend, percent, rest_to)?,
-            Router::Route(_) => route_patch(&ar, &current, &what, backend, percent, rest_to)?,
+            Router::Split(_) => split_patch(&docs, &what, backend, percent, rest_to)?,
+            Router::Route(_) => route_patch(&docs, &current, &what, backend, percent, rest_to)?,
         };
         let patch = serde_json::json!({
             "metadata": {"resourceVersion": current.metadata.resource_version},
@@ -125,16 +128,13 @@ fn invalid(what: &str, problems: Vec<crate::manifest::Error>) -> Error {
 
 /// A TrafficSplit's backends shifted, and the spec that says so.
 fn split_patch(
-    ar: &ApiResource,
-    current: &DynamicObject,
+    docs: &[Located],
     what: &str,
     backend: &str,
     percent: u32,
     rest_to: Option<&str>,
 ) -> Result<(Split, serde_json::Value), Error> {
-    let (_, parsed) = super::rules::document(ar, current);
-    let split = parsed
-        .and_then(|docs| splits_from(&docs))
+    let split = splits_from(docs)
         .map_err(|p| invalid(what, p))?
         .into_iter()
         .next()
@@ -153,18 +153,16 @@ fn split_patch(
 /// with their new weights. A merge patch replaces a list whole (a custom
 /// resource has no strategic merge), so the rules go back entire.
 fn route_patch(
-    ar: &ApiResource,
+    docs: &[Located],
     current: &DynamicObject,
     what: &str,
     backend: &str,
     percent: u32,
     rest_to: Option<&str>,
 ) -> Result<(Split, serde_json::Value), Error> {
-    let (_, parsed) = super::rules::document(ar, current);
-    let docs = parsed.map_err(|p| invalid(what, p))?;
-    let incoming = rules_from(&docs).map_err(|p| invalid(what, p))?;
+    let incoming = rules_from(docs).map_err(|p| invalid(what, p))?;
     let (set, _) = RuleSet::default()
-        .apply(&incoming, &docs)
+        .apply(&incoming, docs)
         .map_err(|p| invalid(what, p))?;
     let route = set
         .http_routes
