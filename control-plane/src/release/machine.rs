@@ -214,6 +214,7 @@ impl Record {
         samples: [Sample; 2],
     ) -> bool {
         let [canary, stable] = samples;
+        let silent = canary.requests == 0;
         let check = Check {
             at_ms: now,
             canary_weight: self.canary_weight,
@@ -239,8 +240,10 @@ impl Record {
             Outcome::NoData => {
                 let deadline = self.spec.progress_deadline_ms;
                 if now.saturating_sub(self.progressed_ms) >= deadline {
+                    // A canary nobody called is said plainly.
+                    let none = if silent { " (no canary traffic)" } else { "" };
                     let reason = format!(
-                        "no progress for the progress deadline of {} s: {detail}",
+                        "no progress for the progress deadline of {} s{none}: {detail}",
                         deadline / 1000
                     );
                     return self.finish(now, Phase::RolledBack, reason);

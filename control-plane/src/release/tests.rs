@@ -238,6 +238,19 @@ fn no_traffic_waits_then_the_progress_deadline_rolls_back() {
         "{}",
         r.reason
     );
+    // None at all is named as such.
+    let mut r = Record::new(1, spec(), 0);
+    for t in 1..=5 {
+        check(&mut r, t * 1_000, sample(0, 0, 0.0));
+    }
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert!(
+        r.reason.starts_with(
+            "no progress for the progress deadline of 5 s (no canary traffic): 0 canary requests"
+        ),
+        "{}",
+        r.reason
+    );
 }
 
 #[test]

@@ -55,9 +55,12 @@ impl Controller {
         }
     }
 
-    /// One tick's work for `k`: its due check, then its weight.
+    /// One tick's work for `k`: its due check, then its weight; the
+    /// metrics follow each at once, not at the next tick.
     async fn step(self: &Arc<Self>, k: &str) {
-        if let Err(e) = self.check(k).await {
+        let checked = self.check(k).await;
+        self.observe();
+        if let Err(e) = checked {
             tracing::error!(release = %k, error = %e, "release check");
             return;
         }
@@ -65,6 +68,7 @@ impl Controller {
             // Kept pending: the next tick tries again.
             self.blocked(k, &e).await;
         }
+        self.observe();
     }
 
     /// Records why `k`'s weight did not apply, and says so once per reason
