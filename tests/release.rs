@@ -266,6 +266,14 @@ async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadli
         "{err}"
     );
     let out = mesh
+        .meshctl(&["release", "start", "nope", "--canary", "nope-v2"])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown service default/nope"),
+        "{err}"
+    );
+    let out = mesh
         .meshctl(&["release", "start", "echo", "--canary", "echo-v9"])
         .await;
     let err = String::from_utf8_lossy(&out.stderr);
