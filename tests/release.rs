@@ -39,6 +39,20 @@ fn weight(st: &Value, backend: &str) -> u64 {
         .unwrap()
 }
 
+/// SIGKILLs the control plane and restarts it: the release is still `id`,
+/// with `field` at its value, and the weights are `(echo-v2, echo-v1)`.
+async fn after_a_kill(mesh: &mut Mesh, id: &Value, field: (&str, Value), weights: (u64, u64)) {
+    mesh.kill_control().await;
+    mesh.restart_control().await;
+    let st = status(mesh).await;
+    assert_eq!(
+        (&st["release"]["id"], &st["release"][field.0]),
+        (id, &field.1),
+        "{st:#}"
+    );
+    assert_eq!((weight(&st, "echo-v2"), weight(&st, "echo-v1")), weights);
+}
+
 /// Polls status until the release's phase is one of `phases`; bounded.
 async fn until_phase(mesh: &Mesh, phases: &[&str], within: Duration) -> Value {
     let deadline = Instant::now() + within;
@@ -306,18 +320,7 @@ async fn a_release_without_traffic_waits_survives_a_restart_and_meets_its_deadli
     ok(&mesh, &["release", "pause", "echo"]).await;
 
     // A restart finds it where it was.
-    mesh.kill_control().await;
-    mesh.restart_control().await;
-    let after = status(&mesh).await;
-    assert_eq!(
-        (&after["release"]["id"], &after["release"]["phase"]),
-        (&id, &"Paused".into()),
-        "{after:#}"
-    );
-    assert_eq!(
-        (weight(&after, "echo-v2"), weight(&after, "echo-v1")),
-        (25, 75)
-    );
+    after_a_kill(&mut mesh, &id, ("phase", "Paused".into()), (25, 75)).await;
     ok(&mesh, &["release", "resume", "echo"]).await;
 
     // Still no traffic: the deadline (4 s from the resume) rolls it back,
@@ -1068,18 +1071,7 @@ async fn a_kill_at_step_3_of_5_resumes_there_and_a_decided_rollback_stays() {
     let rolled = until_ended(&mesh, Duration::from_secs(20)).await;
     assert_eq!(rolled["release"]["phase"], "RolledBack", "{rolled:#}");
     let second = rolled["release"]["id"].clone();
-    mesh.kill_control().await;
-    mesh.restart_control().await;
-    let kept = status(&mesh).await;
-    assert_eq!(
-        (&kept["release"]["id"], &kept["release"]["phase"]),
-        (&second, &"RolledBack".into()),
-        "{kept:#}"
-    );
-    assert_eq!(
-        (weight(&kept, "echo-v2"), weight(&kept, "echo-v1")),
-        (0, 100)
-    );
+    after_a_kill(&mut mesh, &second, ("phase", "RolledBack".into()), (0, 100)).await;
     mesh.sync(&client).await;
     drop(steady.finish().await);
     eprintln!(
