@@ -55,17 +55,33 @@ async fn after_a_kill(mesh: &mut Mesh, id: &Value, field: (&str, Value), weights
 
 /// Polls status until the release's phase is one of `phases`; bounded.
 async fn until_phase(mesh: &Mesh, phases: &[&str], within: Duration) -> Value {
+    let what = format!("release {phases:?}");
+    until_status(mesh, "echo", &what, within, |st| {
+        phases.iter().any(|p| st["release"]["phase"] == *p)
+    })
+    .await
+}
+
+/// Polls `service`'s `release status` until `pred` holds; bounded, with
+/// `what` in the failure.
+async fn until_status(
+    mesh: &Mesh,
+    service: &str,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let st = status(mesh).await;
-        if phases.iter().any(|p| st["release"]["phase"] == *p) {
+        let st = json(mesh, &["release", "status", service, "-o", "json"]).await;
+        if pred(&st) {
             return st;
         }
         assert!(
             Instant::now() < deadline,
-            "release not {phases:?} within {within:?}: {st:#}"
+            "{service}: {what} not within {within:?}: {st:#}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -949,18 +965,11 @@ async fn a_webhook_that_never_answers_holds_up_no_other_release() {
         "3s",
     ];
     ok(&mesh, &pay).await;
-    let end = Instant::now() + Duration::from_secs(12);
-    let done = loop {
-        let st = json(&mesh, &["release", "status", "pay", "-o", "json"]).await;
-        if st["release"]["phase"] == "RolledBack" {
-            break st;
-        }
-        assert!(
-            Instant::now() < end,
-            "pay not rolled back on its deadline while echo's hook hangs: {st:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let what = "rolled back on its deadline while echo's hook hangs";
+    let done = until_status(&mesh, "pay", what, Duration::from_secs(12), |st| {
+        st["release"]["phase"] == "RolledBack"
+    })
+    .await;
     let took = started.elapsed();
     assert!(
         done["release"]["reason"]
@@ -1017,15 +1026,10 @@ async fn a_kill_at_step_3_of_5_resumes_there_and_a_decided_rollback_stays() {
     ];
     ok(&mesh, &steps).await;
     // Killed as soon as it reaches step 3, well before that step's check.
-    let end = Instant::now() + Duration::from_secs(30);
-    let at3 = loop {
-        let st = status(&mesh).await;
-        if st["release"]["step"] == 3 {
-            break st;
-        }
-        assert!(Instant::now() < end, "never reached step 3: {st:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let at3 = until_status(&mesh, "echo", "step 3", Duration::from_secs(30), |st| {
+        st["release"]["step"] == 3
+    })
+    .await;
     let id = at3["release"]["id"].clone();
     mesh.sync(&client).await;
     let ran = echo_routes(&client).await;
