@@ -18,28 +18,16 @@ const ECHO_ID: &str = "spiffe://cluster.local/ns/default/sa/echo";
 
 /// A control plane that knows both workloads' tokens.
 async fn mesh(tag: &str, lifetime_secs: &str) -> (Mesh, TempDir) {
-    let dir = TempDir::new(&format!("{tag}-tokens"));
-    let tokens = dir.0.join("tokens.yaml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "- {{token: {ECHO_TOKEN}, namespace: default, serviceAccount: echo}}\n\
-             - {{token: {CLIENT_TOKEN}, namespace: default, serviceAccount: client}}\n\
-             - {{token: {OTHER_TOKEN}, namespace: default, serviceAccount: other}}\n"
-        ),
-    )
-    .unwrap();
-    let mesh = Mesh::start_with_args(
+    support::identity_mesh(
         tag,
+        lifetime_secs,
         &[
-            "--bootstrap-tokens",
-            tokens.to_str().unwrap(),
-            "--cert-lifetime-secs",
-            lifetime_secs,
+            (ECHO_TOKEN, "echo"),
+            (CLIENT_TOKEN, "client"),
+            (OTHER_TOKEN, "other"),
         ],
     )
-    .await;
-    (mesh, dir)
+    .await
 }
 
 /// Inbound connection counters from a sidecar's /metrics.

@@ -142,6 +142,26 @@ pub(crate) fn telemetry() -> Comparison {
     }
 }
 
+/// This build with two workers (thread per core, SO_REUSEPORT listeners)
+/// against the same build with one.
+pub(crate) fn workers() -> Comparison {
+    let proxy = meshctl::procs::binary("mesh-proxy");
+    Comparison {
+        a: Side {
+            label: "2 workers",
+            proxy: proxy.clone(),
+            env: &[("MESH_PROXY_WORKERS", "2")],
+        },
+        b: Side {
+            label: "1 worker",
+            proxy,
+            env: &[("MESH_PROXY_WORKERS", "1")],
+        },
+        command: "cargo run --release -p mesh-benches -- workers",
+        what: "Plaintext sidecar pairs of this build, MESH_PROXY_WORKERS=2 and =1",
+    }
+}
+
 /// A plaintext sidecar pair of one side.
 async fn pair(dir: &std::path::Path, echo: std::net::SocketAddr, side: &Side) -> Result<Topology> {
     data::mesh(dir, echo, false, &side.proxy, side.label, side.env, &[]).await

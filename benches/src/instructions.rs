@@ -21,7 +21,7 @@ use std::time::Duration;
 
 /// Requests per second of the measured runs: slow enough for a proxy
 /// under callgrind (about 50× slower than native) to keep up.
-const RATE: u64 = 100;
+pub(crate) const RATE: u64 = 100;
 
 /// The request count at the echo app.
 async fn arrivals(echo: SocketAddr) -> Result<u64> {
@@ -45,22 +45,19 @@ fn total_instructions(file: &Path) -> Result<u64> {
         .with_context(|| format!("no instruction total in {}", file.display()))
 }
 
-/// One client sidecar's lifetime under callgrind, serving `secs` of load:
-/// (instructions, requests).
-async fn lifetime(
+/// One client sidecar's lifetime under `valgrind` with `tool_args`,
+/// serving `secs` of HTTP/1.1 at `RATE`: the requests the echo app counted.
+pub(crate) async fn under_valgrind(
     dir: &Path,
     echo: SocketAddr,
     proxy: &Path,
     label: &'static str,
     secs: f64,
-) -> Result<(u64, u64)> {
+    tool_args: &[String],
+) -> Result<u64> {
     std::fs::create_dir_all(dir)?;
-    let out = dir.join("callgrind.out");
-    let wrapper = vec![
-        "valgrind".to_string(),
-        "--tool=callgrind".to_string(),
-        format!("--callgrind-out-file={}", out.display()),
-    ];
+    let mut wrapper = vec!["valgrind".to_string()];
+    wrapper.extend_from_slice(tool_args);
     let t = data::mesh(dir, echo, false, proxy, label, &[], &wrapper).await?;
     let before = arrivals(echo).await?;
     let run = crate::load::oha(
@@ -75,6 +72,24 @@ async fn lifetime(
     anyhow::ensure!(run.errors == 0, "{label}: {} requests failed", run.errors);
     let requests = arrivals(echo).await? - before;
     t.stop().await;
+    Ok(requests)
+}
+
+/// One client sidecar's lifetime under callgrind, serving `secs` of load:
+/// (instructions, requests).
+async fn lifetime(
+    dir: &Path,
+    echo: SocketAddr,
+    proxy: &Path,
+    label: &'static str,
+    secs: f64,
+) -> Result<(u64, u64)> {
+    let out = dir.join("callgrind.out");
+    let args = [
+        "--tool=callgrind".to_string(),
+        format!("--callgrind-out-file={}", out.display()),
+    ];
+    let requests = under_valgrind(dir, echo, proxy, label, secs, &args).await?;
     Ok((total_instructions(&out)?, requests))
 }
 

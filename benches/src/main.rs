@@ -5,11 +5,14 @@
 //!   cargo run --release -p mesh-benches -- all --quick  # CI smoke: every scenario runs; no timings asserted
 //!   MESH_BENCH_BASELINE_PROXY=<mesh-proxy> cargo run --release -p mesh-benches -- ab            # A/B, wall clock
 //!   MESH_BENCH_BASELINE_PROXY=<mesh-proxy> cargo run --release -p mesh-benches -- instructions  # A/B, callgrind
+//!   cargo run --release -p mesh-benches -- allocations   # heap allocations per request (DHAT)
+//!   cargo run --release -p mesh-benches -- workers       # two workers against one
 //!
 //! Needs oha (`cargo install oha --locked`), nginx and haproxy (Debian
 //! packages); `benches/setup.sh` installs whatever is missing.
 
 mod ab;
+mod allocations;
 mod cluster;
 mod control;
 mod data;
@@ -88,6 +91,20 @@ enum Suite {
         #[arg(long)]
         quick: bool,
     },
+    /// Heap allocations per proxied HTTP/1.1 request (DHAT), by crate and
+    /// by our own call sites.
+    Allocations {
+        /// Small and fast: proves the measurement runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The sidecar with two workers against one, same build, interleaved
+    /// rounds in one run.
+    Workers {
+        /// Small and fast: proves the comparison runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Telemetry at its defaults against telemetry off, same build,
     /// interleaved rounds in one run.
     Telemetry {
@@ -114,6 +131,16 @@ async fn main() -> Result<()> {
         Suite::Intercept { quick } => intercept_suite(quick).await,
         Suite::Ab { quick } => compare(quick, "ab", ab::builds()?).await,
         Suite::Telemetry { quick } => compare(quick, "telemetry", ab::telemetry()).await,
+        Suite::Workers { quick } => compare(quick, "workers", ab::workers()).await,
+        Suite::Allocations { quick } => {
+            let (md, json) = allocations::run(quick).await?;
+            println!("{md}");
+            if !quick {
+                report::write_json("allocations", &json)?;
+                report::update_markdown("allocations", &md)?;
+            }
+            Ok(())
+        }
         Suite::Instructions { quick } => {
             let (md, json) = instructions::run(quick).await?;
             println!("{md}");

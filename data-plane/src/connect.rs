@@ -87,6 +87,27 @@ pub enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<Metered<TcpStream>>>),
 }
 
+impl Connector {
+    /// Opens one connection to `endpoint`, over mTLS when `secure`.
+    pub async fn open(
+        &self,
+        endpoint: &http::uri::Authority,
+        secure: bool,
+    ) -> Result<TokioIo<Stream>, BoxError> {
+        let uri = Uri::builder()
+            .scheme(if secure {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            })
+            .authority(endpoint.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme, authority and path are all set");
+        tower_service::Service::call(&mut self.clone(), uri).await
+    }
+}
+
 impl tower_service::Service<Uri> for Connector {
     type Response = TokioIo<Stream>;
     type Error = BoxError;

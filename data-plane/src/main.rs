@@ -27,19 +27,14 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    // One worker by default: on small machines the tail comes from
-    // cross-thread wake-ups, not from parsing (see shared/PEERS.md).
-    let rt = if config.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.workers)
-            .enable_all()
-            .build()
-    }
-    .expect("tokio runtime");
+    // One thread per worker, each with a runtime of its own (`app`): on
+    // small machines the tail comes from cross-thread wake-ups, not from
+    // parsing (see shared/PEERS.md), so nothing on the request path is
+    // handed from one thread to another. One worker is the default.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async move {
         let bound = match app::build(config).await {
             Ok(b) => b,

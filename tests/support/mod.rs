@@ -576,6 +576,36 @@ pub async fn echo_channel(outbound: SocketAddr) -> tonic::transport::Channel {
         .unwrap()
 }
 
+/// A control plane that issues certificates of `lifetime_secs` to the
+/// `(bootstrap token, service account)` pairs given, all in namespace
+/// default; the directory holds the tokens file.
+pub async fn identity_mesh(
+    tag: &str,
+    lifetime_secs: &str,
+    accounts: &[(&str, &str)],
+) -> (Mesh, TempDir) {
+    let dir = TempDir::new(&format!("{tag}-tokens"));
+    let tokens = dir.0.join("tokens.yaml");
+    let yaml: String = accounts
+        .iter()
+        .map(|(token, sa)| {
+            format!("- {{token: {token}, namespace: default, serviceAccount: {sa}}}\n")
+        })
+        .collect();
+    std::fs::write(&tokens, yaml).unwrap();
+    let mesh = Mesh::start_with_args(
+        tag,
+        &[
+            "--bootstrap-tokens",
+            tokens.to_str().unwrap(),
+            "--cert-lifetime-secs",
+            lifetime_secs,
+        ],
+    )
+    .await;
+    (mesh, dir)
+}
+
 /// GET `path` of service `echo` through `proxy` with extra headers; asserts
 /// 200 and returns the echo app's JSON answer.
 pub async fn echo_json(

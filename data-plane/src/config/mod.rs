@@ -71,9 +71,10 @@ const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// Most connections each listener (outbound, inbound) keeps open at once.
 pub const ENV_MAX_CONNECTIONS: &str = "MESH_PROXY_MAX_CONNECTIONS";
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
-/// Runtime worker threads; 1 (the default) keeps the tail short on small machines.
+/// Worker threads, each with its own runtime, listeners and pools; 1 (the
+/// default) keeps the tail short on small machines.
 pub const ENV_WORKERS: &str = "MESH_PROXY_WORKERS";
-const DEFAULT_WORKERS: usize = 1;
+const DEFAULT_WORKERS: u32 = 1;
 /// Longest wait between reconnects to the control plane, in ms.
 pub const ENV_RECONNECT_MAX_MS: &str = "MESH_PROXY_RECONNECT_MAX_MS";
 const DEFAULT_RECONNECT_MAX_MS: u64 = 5_000;
@@ -346,9 +347,7 @@ impl Config {
             drain_timeout: p.millis(ENV_DRAIN_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT_MS),
             idle_timeout: p.millis(ENV_IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS),
             max_connections: p.positive(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS) as usize,
-            workers: p
-                .parse(ENV_WORKERS, DEFAULT_WORKERS, "a number of threads")
-                .max(1),
+            workers: p.positive(ENV_WORKERS, DEFAULT_WORKERS) as usize,
             reconnect_max: p.millis(ENV_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MAX_MS),
             control,
             identity: Identity {

@@ -4,11 +4,12 @@
 //! pool by the URI's authority, so it would send the endpoint's address as
 //! `:authority` instead, beside a Host header that names the service.
 
+use super::fail::{connect_error, upstream};
 use crate::body::ReqBody;
-use crate::connect::{Connector, PendingLimit};
+use crate::connect::Connector;
 use crate::errors::Error;
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::uri::Authority;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -98,14 +99,9 @@ impl H2Pool {
     /// own request and closes when that finishes.
     async fn connect(&self, key: &Key) -> Result<SendRequest<ReqBody>, Error> {
         let (endpoint, secure) = key;
-        let uri = Uri::builder()
-            .scheme(if *secure { Scheme::HTTPS } else { Scheme::HTTP })
-            .authority(endpoint.clone())
-            .path_and_query("/")
-            .build()
-            .expect("scheme, authority and path are all set");
-        let mut connector = self.connector.clone();
-        let io = tower_service::Service::call(&mut connector, uri)
+        let io = self
+            .connector
+            .open(endpoint, *secure)
             .await
             .map_err(|e| connect_error(endpoint, e))?;
         let (sender, conn) = Builder::new(TokioExecutor::new())
@@ -135,28 +131,5 @@ impl H2Pool {
             })
             .or_insert_with(|| (id, sender.clone()));
         Ok(sender)
-    }
-}
-
-fn connect_error(endpoint: &Authority, e: Box<dyn std::error::Error + Send + Sync>) -> Error {
-    // Our own connection-attempt limit, not the upstream's fault.
-    if let Some(limit) = super::find_source::<PendingLimit>(e.as_ref()) {
-        return Error::PendingLimit {
-            addr: endpoint.to_string(),
-            limit: limit.0,
-        };
-    }
-    upstream(endpoint, true, e)
-}
-
-fn upstream(
-    endpoint: &Authority,
-    connect: bool,
-    source: Box<dyn std::error::Error + Send + Sync>,
-) -> Error {
-    Error::Upstream {
-        addr: endpoint.to_string(),
-        connect,
-        source,
     }
 }

@@ -3,25 +3,29 @@
 //! bodies and trailers through without buffering. Shared by inbound and
 //! outbound; it knows nothing of routing.
 
+mod fail;
+mod h1;
 mod h2;
 
 use crate::body::ReqBody;
-use crate::connect::{Connector, PendingLimit, TlsContext};
+use crate::connect::{Connector, TlsContext};
 use crate::errors::Error;
 use crate::state::State;
 use arc_swap::ArcSwap;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Pooled HTTP/1.1 and HTTP/2 clients.
+/// How long a free upstream HTTP/1.1 connection is kept, unless the
+/// upstream says it keeps them for less.
+const H1_IDLE: Duration = Duration::from_secs(60);
+
+/// Pooled HTTP/1.1 and HTTP/2 connections.
 #[derive(Clone)]
 pub struct Forwarder {
-    h1: Client<Connector, ReqBody>,
+    h1: h1::H1Pool,
     h2: h2::H2Pool,
     /// Our workload certificate, when this sidecar has an identity.
     identity: Option<crate::tls::identity::Current>,
@@ -37,14 +41,10 @@ impl Forwarder {
         state: Arc<ArcSwap<State>>,
         meter: Option<Arc<crate::telemetry::meter::Meter>>,
     ) -> Self {
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(Connector::new(
-                tls.clone(),
-                crate::tls::HTTP1,
-                state.clone(),
-                meter.clone(),
-            ));
+        let h1 = h1::H1Pool::new(
+            Connector::new(tls.clone(), crate::tls::HTTP1, state.clone(), meter.clone()),
+            H1_IDLE,
+        );
         let identity = tls.as_ref().map(|t| t.identity.clone());
         let h2 = h2::H2Pool::new(Connector::new(tls, crate::tls::H2, state, meter));
         Forwarder { h1, h2, identity }
@@ -52,9 +52,9 @@ impl Forwarder {
 
     /// Sends `req` to `authority` (over mTLS when `secure`). The upstream
     /// still sees the name the app used: over HTTP/1.1 in the Host header
-    /// (the URI's authority only picks the pooled connection), over HTTP/2
-    /// as `:authority`, which a retained Host must agree with (RFC 9113
-    /// §8.3.1).
+    /// (the request target goes in origin form, RFC 9112 §3.2.1), over
+    /// HTTP/2 as `:authority`, which a retained Host must agree with (RFC
+    /// 9113 §8.3.1).
     pub async fn forward(
         &self,
         mut req: Request<ReqBody>,
@@ -83,21 +83,21 @@ impl Forwarder {
         {
             req.headers_mut().insert(header::HOST, host);
         }
-        // The scheme keys the pool too, so plain and mTLS connections never mix.
-        parts.scheme = Some(if secure { Scheme::HTTPS } else { Scheme::HTTP });
-        parts.authority = if h2 {
-            parts
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        if h2 {
+            parts.scheme = Some(if secure { Scheme::HTTPS } else { Scheme::HTTP });
+            parts.authority = parts
                 .authority
                 .take()
                 .or_else(|| host_authority(req.headers()))
+                .or_else(|| Some(authority.clone()));
         } else {
-            None
+            parts.scheme = None;
+            parts.authority = None;
         }
-        .or_else(|| Some(authority.clone()));
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are all set");
+        *req.uri_mut() = Uri::from_parts(parts).expect("a path, and a scheme with an authority");
         strip_hop_by_hop(req.headers_mut());
         // A body the client broke (already, while it was buffered, or on
         // the way) makes the failure the client's.
@@ -108,7 +108,7 @@ impl Forwarder {
         let sent = if h2 {
             self.h2.send(req, authority, secure).await
         } else {
-            self.send_h1(req, authority).await
+            self.h1.send(req, authority, secure).await
         };
         let mut resp = match (sent, broke.as_ref().and_then(|b| b.reason())) {
             (Err(_), Some(reason)) => return Err(Error::ClientBody(reason.to_string())),
@@ -117,47 +117,12 @@ impl Forwarder {
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
-
-    async fn send_h1(
-        &self,
-        req: Request<ReqBody>,
-        authority: &Authority,
-    ) -> Result<Response<Incoming>, Error> {
-        self.h1.request(req).await.map_err(|source| {
-            // Our own connection-attempt limit, not the upstream's fault.
-            if let Some(limit) = find_source::<PendingLimit>(&source) {
-                return Error::PendingLimit {
-                    addr: authority.to_string(),
-                    limit: limit.0,
-                };
-            }
-            Error::Upstream {
-                addr: authority.to_string(),
-                connect: source.is_connect(),
-                source: source.into(),
-            }
-        })
-    }
 }
 
 /// The Host header as an authority, for an HTTP/2 request that came without
 /// `:authority`.
 fn host_authority(headers: &HeaderMap) -> Option<Authority> {
     headers.get(header::HOST)?.to_str().ok()?.parse().ok()
-}
-
-/// The first error of type `T` in `e`'s source chain.
-fn find_source<'a, T: std::error::Error + 'static>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cur = err.source();
-    }
-    None
 }
 
 /// Removes headers that describe one hop, not the message (RFC 9110 §7.6.1),

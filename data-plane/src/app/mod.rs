@@ -1,14 +1,13 @@
 //! Wires the sidecar together: bind every listener first (reporting the
 //! addresses actually bound, so tests use port 0), then run until shutdown,
 //! then shut down in the order that loses no request: deregister, stop
-//! accepting, drain in-flight requests.
+//! accepting, drain in-flight requests. The control-plane tasks run on the
+//! main runtime, beside worker 0; `worker` owns the request path.
+
+mod worker;
 
 use crate::config::Config;
-use crate::connect::TlsContext;
 use crate::discovery::{self, Registration};
-use crate::forward::Forwarder;
-use crate::inbound::Inbound;
-use crate::outbound::Outbound;
 use crate::server::Drain;
 use crate::state::State;
 use crate::tls::identity;
@@ -18,7 +17,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use worker::{Listeners, Worker};
 
 /// Startup errors.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,14 @@ pub enum Error {
     /// The control plane's channels could not be made.
     #[error(transparent)]
     Control(#[from] crate::control::Error),
+    /// A worker thread could not be started.
+    #[error("starting worker {n}: {source}")]
+    Worker {
+        /// Which worker.
+        n: usize,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// A sidecar with its listeners bound.
@@ -47,42 +55,69 @@ pub struct Bound {
     pub inbound_addr: Option<SocketAddr>,
     /// Admin listener address.
     pub admin_addr: SocketAddr,
-    outbound: TcpListener,
-    inbound: Option<TcpListener>,
+    /// Each worker's listeners, worker 0's first.
+    workers: Vec<Listeners>,
     admin: TcpListener,
     bootstrap: tonic::transport::Channel,
     config: Config,
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
-    let local = l
-        .local_addr()
-        .map_err(|source| Error::Bind { addr, source })?;
+/// Binds `addr`; `shared` lets the other workers bind the same address
+/// (SO_REUSEPORT: the kernel spreads new connections over the listeners).
+fn bind(addr: SocketAddr, shared: bool) -> Result<(TcpListener, SocketAddr), Error> {
+    let failed = |source| Error::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    // As TcpListener::bind does: a restarted sidecar can rebind at once.
+    socket.set_reuseaddr(true).map_err(failed)?;
+    if shared {
+        socket.set_reuseport(true).map_err(failed)?;
+    }
+    socket.bind(addr).map_err(failed)?;
+    let l = socket.listen(1024).map_err(failed)?;
+    let local = l.local_addr().map_err(failed)?;
     Ok((l, local))
+}
+
+/// `n` listeners on `addr` (port 0 picks one port for all of them).
+fn bind_all(addr: SocketAddr, n: usize) -> Result<(Vec<TcpListener>, SocketAddr), Error> {
+    let shared = n > 1;
+    let (first, local) = bind(addr, shared)?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind(local, shared)?.0);
+    }
+    Ok((all, local))
 }
 
 /// Binds the listeners; serves nothing yet.
 pub async fn build(config: Config) -> Result<Bound, Error> {
     // First, so an unusable roots file is reported before anything binds.
     let bootstrap = crate::control::bootstrap(&config.control)?;
-    let (outbound, outbound_addr) = bind(config.outbound_addr).await?;
-    let (admin, admin_addr) = bind(config.admin_addr).await?;
+    let n = config.workers.max(1);
+    let (outbound, outbound_addr) = bind_all(config.outbound_addr, n)?;
+    let (admin, admin_addr) = bind(config.admin_addr, false)?;
     let (inbound, inbound_addr) = match config.app_addr {
         Some(_) => {
-            let (l, a) = bind(config.inbound_addr).await?;
-            (Some(l), Some(a))
+            let (l, a) = bind_all(config.inbound_addr, n)?;
+            (l.into_iter().map(Some).collect::<Vec<_>>(), Some(a))
         }
-        None => (None, None),
+        None => ((0..n).map(|_| None).collect(), None),
     };
+    let workers = outbound
+        .into_iter()
+        .zip(inbound)
+        .map(|(outbound, inbound)| Listeners { outbound, inbound })
+        .collect();
     Ok(Bound {
         outbound_addr,
         inbound_addr,
         admin_addr,
-        outbound,
-        inbound,
+        workers,
         admin,
         bootstrap,
         config,
@@ -94,8 +129,7 @@ impl Bound {
     /// in-flight request finished within the drain timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<bool, Error> {
         let Bound {
-            outbound,
-            inbound,
+            workers,
             admin,
             config,
             inbound_addr,
@@ -144,15 +178,6 @@ impl Bound {
             config.reconnect_max,
             metrics.clone(),
         ));
-        let tls = certificate.clone().map(|identity| TlsContext {
-            state: state.clone(),
-            identity,
-        });
-        // One pool per direction, so TCP metrics tell app-bound connections
-        // from sidecar-bound ones.
-        let forwarder = Forwarder::new(tls.clone(), state.clone(), metrics.tcp("outbound", "dst"));
-        let app_forwarder =
-            Forwarder::new(tls.clone(), state.clone(), metrics.tcp("inbound", "dst"));
         let tracing = match (&config.telemetry.trace, config.telemetry.enabled) {
             (Some(t), true) => Some(Arc::new(
                 crate::telemetry::trace::Tracing::start(t, &config.identity)
@@ -173,40 +198,31 @@ impl Bound {
             log,
         ));
         let drain = Drain::new(config.idle_timeout, config.max_connections);
-        let inbound_state = state.clone();
-        let opaque = crate::outbound::Tcp::new(
-            tls.clone(),
-            state.clone(),
-            metrics.tcp("outbound", "dst"),
-            metrics.clone(),
-        );
-        let listener = crate::outbound::Listener {
-            http: Outbound::new(
-                state.clone(),
-                forwarder.clone(),
-                certificate.is_some(),
-                obs.clone(),
-            ),
-            tcp: opaque,
+        let worker = Worker {
             state,
-            intercept: config.intercept.clone(),
+            certificate: certificate.clone(),
             metrics: metrics.clone(),
+            obs: obs.clone(),
+            drain: drain.clone(),
+            intercept: config.intercept.clone(),
+            app: config.app_addr.map(|app| (app, config.inbound_mode)),
+            own: format!("{}.{}", config.identity.service, config.identity.namespace),
         };
-        listener.serve(&drain, outbound, metrics.tcp("outbound", "src"));
-        let registration = match (inbound, config.app_addr, inbound_addr) {
-            (Some(listener), Some(app), Some(bound)) => {
-                let own = format!("{}.{}", config.identity.service, config.identity.namespace);
-                Inbound::new(
-                    app,
-                    app_forwarder,
-                    certificate.clone(),
-                    config.inbound_mode,
-                    obs.clone(),
-                    inbound_state,
-                    own,
-                )
-                .with_intercept(config.intercept.clone())
-                .serve(&drain, listener);
+        let (done, workers_done) = tokio::sync::watch::channel(false);
+        let mut workers = workers.into_iter();
+        let first = workers.next().expect("one worker at least");
+        for (i, listeners) in workers.enumerate() {
+            let n = i + 1;
+            let unbound = listeners
+                .unbind()
+                .map_err(|source| Error::Worker { n, source })?;
+            worker
+                .spawn(n, unbound, workers_done.clone())
+                .map_err(|source| Error::Worker { n, source })?;
+        }
+        worker.serve(first);
+        let registration = match (config.app_addr, inbound_addr) {
+            (Some(app), Some(bound)) => {
                 let health = health::spawn(config.health.clone(), app);
                 let advertise = config.advertise_addr.unwrap_or(bound);
                 // A plaintext inbound registers no identity: meshed peers
@@ -235,6 +251,7 @@ impl Bound {
         // 2 and 3. Stop accepting, then let in-flight requests finish.
         let drained = drain.shutdown(config.drain_timeout).await;
         tracing::info!(drained, "drain complete");
+        done.send_replace(true);
         obs.shutdown().await;
         sub_task.abort();
         admin_task.abort();
