@@ -149,8 +149,19 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
         total += extra;
         let (krate, frame, caller) = owner(frames);
         *by_crate.entry(format!("{krate} | {caller}")).or_default() += extra;
-        if krate == "mesh_proxy" {
-            *ours.entry(frame).or_default() += extra;
+        // Ours: our own code's, or a library's called straight from ours.
+        let ours_at = if krate == "mesh_proxy" {
+            Some(frame)
+        } else if caller == "mesh_proxy" {
+            frames
+                .iter()
+                .find(|f| crate_of(f).as_deref() == Some("mesh_proxy"))
+                .map(|f| format!("{krate} from {f}"))
+        } else {
+            None
+        };
+        if let Some(site) = ours_at {
+            *ours.entry(site).or_default() += extra;
         }
     }
     let sorted = |m: &BTreeMap<String, f64>| {
@@ -170,7 +181,7 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     for (k, n) in by_crate.iter().filter(|(_, n)| *n >= 0.05) {
         let _ = writeln!(md, "| {k} | {n:.2} |");
     }
-    md.push_str("\nOur own sites (mesh_proxy frames that allocate directly or through std):\n\n| site | allocations per request |\n|---|---|\n");
+    md.push_str("\nOur own sites (mesh_proxy frames that allocate, directly or through std, or that call the library that does):\n\n| site | allocations per request |\n|---|---|\n");
     for (site, n) in ours.iter().filter(|(_, n)| *n >= 0.05).take(12) {
         let _ = writeln!(md, "| `{}` | {n:.2} |", site.replace('|', "\\|"));
     }

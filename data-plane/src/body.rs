@@ -41,16 +41,18 @@ impl ClientBroke {
 pub struct Source {
     body: Incoming,
     counted: Option<BytesIn>,
-    broke: ClientBroke,
+    /// None for a body that is over before it starts (a GET's), which
+    /// cannot break: no allocation for it.
+    broke: Option<ClientBroke>,
 }
 
 impl Source {
     /// Reads `body`, counting into `counted`.
     pub fn new(body: Incoming, counted: Option<BytesIn>) -> Self {
         Source {
+            broke: (!body.is_end_stream()).then(ClientBroke::default),
             body,
             counted,
-            broke: ClientBroke::default(),
         }
     }
 }
@@ -76,7 +78,9 @@ impl Body for Source {
                     Some(cause) => format!("{e}: {cause}"),
                     None => e.to_string(),
                 };
-                let _ = this.broke.0.set(reason);
+                if let Some(b) = &this.broke {
+                    let _ = b.0.set(reason);
+                }
             }
             _ => {}
         }
@@ -108,7 +112,7 @@ impl ReqBody {
     /// still read from the client.
     pub fn client_broke(&self) -> Option<ClientBroke> {
         match self {
-            ReqBody::Stream(s) | ReqBody::Overflow(_, s) => Some(s.broke.clone()),
+            ReqBody::Stream(s) | ReqBody::Overflow(_, s) => s.broke.clone(),
             ReqBody::Replay(_) => None,
         }
     }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod inbound;
 pub mod init;
 pub mod intercept;
+pub mod name;
 pub mod outbound;
 pub mod retry;
 pub mod server;

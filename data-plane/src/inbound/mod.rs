@@ -55,7 +55,7 @@ pub struct Inbound {
     /// Live config, for this service's authorization policy.
     state: Arc<ArcSwap<State>>,
     /// This service's own name, `<service>.<namespace>`, as the state resolves it.
-    own: String,
+    own: crate::name::Name,
     /// Detection's settings for redirected connections.
     intercept: crate::config::Intercept,
 }
@@ -86,7 +86,7 @@ impl Inbound {
             metrics: obs.metrics.clone(),
             obs,
             state,
-            own,
+            own: own.into(),
             intercept: crate::config::Intercept {
                 detect_timeout: Duration::from_millis(100),
                 opaque_ports: Vec::new(),
@@ -294,7 +294,7 @@ impl Inbound {
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
             tls: peer.is_some(),
-            peer_identity: peer.unwrap_or_default(),
+            peer_identity: peer.unwrap_or_default().into(),
             ..Default::default()
         };
         self.obs.finish(watch, labels, Some(self.app_addr), resp)

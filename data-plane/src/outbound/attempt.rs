@@ -13,6 +13,7 @@ use crate::body::{self, ReqBody, ResBody};
 use crate::errors::Error;
 use crate::forward::Forwarder;
 use crate::http::{copy_head, grpc_status};
+use crate::name::Name;
 use crate::retry::{ATTEMPT_HEADER, Policy as RetryPolicy};
 use crate::state::shield::Shield;
 use crate::state::{Backend, Cluster, Endpoint, Fallback, Route};
@@ -24,12 +25,12 @@ use std::sync::Arc;
 /// What the request met on its way, for its metric labels.
 #[derive(Default)]
 pub(super) struct Observed {
-    pub(super) service: Option<String>,
-    pub(super) route: String,
-    pub(super) backend: String,
-    pub(super) version: String,
+    pub(super) service: Option<Name>,
+    pub(super) route: Name,
+    pub(super) backend: Name,
+    pub(super) version: Name,
     pub(super) tls: bool,
-    pub(super) peer: String,
+    pub(super) peer: Name,
     pub(super) endpoint: Option<std::net::SocketAddr>,
 }
 
@@ -164,7 +165,7 @@ impl Attempts {
                 self.metrics
                     .ejections
                     .get_or_create(&BackendLabels {
-                        backend: cluster.name.clone(),
+                        backend: cluster.name.to_string(),
                     })
                     .inc();
             }
@@ -180,8 +181,8 @@ impl Attempts {
                 self.metrics
                     .shielded
                     .get_or_create(&RouteLabels {
-                        service: seen.service.clone().unwrap_or_default(),
-                        route: route.name.clone(),
+                        service: seen.service.clone().unwrap_or_default().to_string(),
+                        route: route.name.to_string(),
                     })
                     .inc();
                 continue;
@@ -200,8 +201,8 @@ impl Attempts {
             self.metrics
                 .retries
                 .get_or_create(&RouteLabels {
-                    service: seen.service.clone().unwrap_or_default(),
-                    route: route.name.clone(),
+                    service: seen.service.clone().unwrap_or_default().to_string(),
+                    route: route.name.to_string(),
                 })
                 .inc();
             tokio::time::sleep(policy.backoff(attempt)).await;
@@ -223,7 +224,7 @@ impl Attempts {
         seen.peer = if secure {
             endpoint.identity.clone().unwrap_or_default()
         } else {
-            String::new()
+            Name::default()
         };
         secure
     }
@@ -242,8 +243,8 @@ impl Attempts {
     ) -> Result<Response<ResBody>, Error> {
         let resp = match fallback {
             Fallback::Response(r) => {
-                seen.backend.clear();
-                seen.version.clear();
+                seen.backend = Name::default();
+                seen.version = Name::default();
                 seen.endpoint = None;
                 let mut resp = Response::new(ResBody::full(r.body.clone()));
                 *resp.status_mut() = r.status;
@@ -274,8 +275,8 @@ impl Attempts {
         self.metrics
             .fallbacks
             .get_or_create(&FallbackLabels {
-                service: seen.service.clone().unwrap_or_default(),
-                route: route.name.clone(),
+                service: seen.service.clone().unwrap_or_default().to_string(),
+                route: route.name.to_string(),
                 fallback: fallback.label().to_string(),
             })
             .inc();
@@ -334,13 +335,13 @@ fn no_endpoints(route: &Route) -> Error {
 fn pick_error(e: NoPick, cluster: &Cluster) -> Error {
     match e {
         NoPick::Empty if cluster.refused_plaintext > 0 => Error::PlaintextRefused {
-            cluster: cluster.name.clone(),
+            cluster: cluster.name.to_string(),
             refused: cluster.refused_plaintext,
         },
-        NoPick::Empty => Error::NoEndpoints(cluster.name.clone()),
-        NoPick::AllEjected => Error::AllEjected(cluster.name.clone()),
+        NoPick::Empty => Error::NoEndpoints(cluster.name.to_string()),
+        NoPick::AllEjected => Error::AllEjected(cluster.name.to_string()),
         NoPick::Overloaded(limit) => Error::Overloaded {
-            cluster: cluster.name.clone(),
+            cluster: cluster.name.to_string(),
             limit,
         },
     }

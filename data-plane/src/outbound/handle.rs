@@ -4,6 +4,10 @@
 //! and turns any error into the response the one error table gives it.
 
 use super::attempt::{Attempts, Observed};
+use crate::name::Name;
+
+/// The service label of a request no service answered to.
+static UNKNOWN: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from("unknown"));
 use crate::errors::{self, Body, Error};
 use crate::forward::Forwarder;
 use crate::http::{checked_authority, grpc_status, is_grpc};
@@ -70,8 +74,8 @@ impl Outbound {
                     self.metrics
                         .timeouts
                         .get_or_create(&RouteLabels {
-                            service: service.clone(),
-                            route: seen.route.clone(),
+                            service: service.to_string(),
+                            route: seen.route.to_string(),
                         })
                         .inc();
                 }
@@ -81,7 +85,7 @@ impl Outbound {
         let labels = RequestLabels {
             direction: "outbound",
             // Only names from config: an unknown authority is not a label value.
-            service: seen.service.unwrap_or_else(|| "unknown".into()),
+            service: seen.service.unwrap_or_else(|| UNKNOWN.clone()),
             route: seen.route,
             backend: seen.backend,
             backend_version: seen.version,
@@ -114,9 +118,10 @@ impl Outbound {
                 state.by_virtual_ip(dst.0.ip())
             })
             .ok_or_else(|| Error::UnknownService(authority.to_string()))?;
-        let name = format!("{}.{}", service.name, service.namespace);
-        seen.service = Some(name.clone());
-        let route = service.route(&req).ok_or(Error::NoRoute(name))?;
+        seen.service = Some(service.full.clone());
+        let route = service
+            .route(&req)
+            .ok_or_else(|| Error::NoRoute(service.full.to_string()))?;
         seen.route.clone_from(&route.name);
         if let Some(f) = &route.fault {
             if f.delays() {
@@ -124,7 +129,7 @@ impl Outbound {
             }
             if f.aborts() {
                 return Err(Error::FaultAbort {
-                    route: route.name.clone(),
+                    route: route.name.to_string(),
                     status: http::StatusCode::from_u16(f.abort_status)
                         .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
                 });

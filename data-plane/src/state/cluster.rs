@@ -22,7 +22,7 @@ pub const RETAIN: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub struct Cluster {
     /// `<service>.<namespace>`.
-    pub name: String,
+    pub name: crate::name::Name,
     /// Content version.
     pub resource_version: String,
     /// Endpoints.
@@ -49,9 +49,9 @@ pub struct Endpoint {
     /// Instance id.
     pub instance_id: String,
     /// Version label.
-    pub version: String,
+    pub version: crate::name::Name,
     /// SPIFFE ID it presents over mTLS; `None` means plaintext.
-    pub identity: Option<String>,
+    pub identity: Option<crate::name::Name>,
 }
 
 impl Cluster {
@@ -110,12 +110,12 @@ impl Cluster {
                 addr,
                 authority,
                 instance_id: e.instance_id.clone(),
-                version: e.version.clone(),
-                identity,
+                version: e.version.clone().into(),
+                identity: identity.map(Into::into),
             });
         }
         Cluster {
-            name: c.name.clone(),
+            name: c.name.clone().into(),
             resource_version: c.resource_version.clone(),
             endpoints,
             stats: records,

@@ -65,7 +65,7 @@ impl Dump {
                 .collect(),
             clusters: clusters
                 .map(|c| DumpCluster {
-                    name: c.name.clone(),
+                    name: c.name.to_string(),
                     resource_version: c.resource_version.clone(),
                     policy: c.policy.clone(),
                     refused_plaintext: c.refused_plaintext,
@@ -77,8 +77,8 @@ impl Dump {
                             stats: st.dump(),
                             address: e.addr.to_string(),
                             instance_id: e.instance_id.clone(),
-                            version: e.version.clone(),
-                            identity: e.identity.clone(),
+                            version: e.version.to_string(),
+                            identity: e.identity.as_ref().map(|i| i.to_string()),
                         })
                         .collect(),
                 })

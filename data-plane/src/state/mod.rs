@@ -46,7 +46,7 @@ pub struct State {
     /// Endpoint sets by cluster name.
     clusters: BTreeMap<String, Arc<Cluster>>,
     /// The SPIFFE ID each mTLS endpoint must present, for the connector.
-    identities: HashMap<SocketAddr, String>,
+    identities: HashMap<SocketAddr, crate::name::Name>,
     /// Endpoints whose backends cap connection attempts: the limit.
     pending_limits: HashMap<SocketAddr, (Arc<balance::Stats>, u32)>,
     /// This sidecar's own limit, carried from snapshot to snapshot.
@@ -115,7 +115,7 @@ impl State {
 
     /// The identity the endpoint at `addr` must present, if it speaks mTLS.
     pub fn identity_of(&self, addr: &SocketAddr) -> Option<&str> {
-        self.identities.get(addr).map(String::as_str)
+        self.identities.get(addr).map(crate::name::Name::as_str)
     }
 
     /// Converts a snapshot. `namespace` is the sidecar's own, for short
@@ -188,7 +188,7 @@ impl State {
         let mut c = Carried::default();
         for cl in self.clusters.values() {
             c.in_flight
-                .insert(cl.name.clone(), Arc::clone(&cl.in_flight));
+                .insert(cl.name.to_string(), Arc::clone(&cl.in_flight));
         }
         for s in &self.services {
             for r in &s.routes {

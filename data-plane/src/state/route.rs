@@ -17,7 +17,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Route {
     /// Name (the TrafficSplit's or HTTPRoute rule's, or `default`).
-    pub name: String,
+    pub name: crate::name::Name,
     /// Any match selects the route; empty matches everything.
     pub matches: Vec<Match>,
     /// All backends as configured.
@@ -365,7 +365,7 @@ impl Route {
         let live_weight = live.iter().map(|&i| u64::from(backends[i].weight)).sum();
         Ok(Route {
             hostnames: r.hostnames.clone(),
-            name: r.name.clone(),
+            name: r.name.clone().into(),
             matches,
             backends,
             timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),

@@ -13,6 +13,8 @@ pub struct Service {
     pub name: String,
     /// Namespace.
     pub namespace: String,
+    /// `name.namespace`, the service's metric label.
+    pub full: crate::name::Name,
     /// Content version.
     pub resource_version: String,
     /// In order; first match wins.
@@ -63,6 +65,7 @@ impl Service {
         Ok(Service {
             name: s.name.clone(),
             namespace: s.namespace.clone(),
+            full: format!("{}.{}", s.name, s.namespace).into(),
             resource_version: s.resource_version.clone(),
             routes,
             authorization: s.authorization.as_ref().map(Authorization::from_proto),

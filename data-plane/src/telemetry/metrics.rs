@@ -29,13 +29,13 @@ pub struct RequestLabels {
     /// `inbound` or `outbound`.
     pub direction: &'static str,
     /// Target service, `name.namespace`.
-    pub service: String,
+    pub service: crate::name::Name,
     /// Route name; empty on inbound.
-    pub route: String,
+    pub route: crate::name::Name,
     /// Backend service, `name.namespace`; empty on inbound.
-    pub backend: String,
+    pub backend: crate::name::Name,
     /// Version of the endpoint that answered; empty if none did.
-    pub backend_version: String,
+    pub backend_version: crate::name::Name,
     /// HTTP status of the response.
     pub status_code: u16,
     /// gRPC status when the response carries it in its headers.
@@ -44,7 +44,7 @@ pub struct RequestLabels {
     pub tls: bool,
     /// Verified SPIFFE ID of the peer (the client on inbound, the server on
     /// outbound); empty without mTLS.
-    pub peer_identity: String,
+    pub peer_identity: crate::name::Name,
 }
 
 /// Latency labels: the request's, without the per-response ones.
@@ -200,7 +200,7 @@ pub struct Metrics {
     /// resolved, so a request costs one fast hash and a few atomic adds.
     resolved: RwLock<HashMap<RequestLabels, Resolved, foldhash::fast::RandomState>>,
     enabled: bool,
-    own_version: String,
+    own_version: crate::name::Name,
 }
 
 impl Default for Metrics {
@@ -323,7 +323,7 @@ impl Metrics {
             aggregates: Arc::new(Aggregates::new(&BUCKETS)),
             resolved: RwLock::default(),
             enabled,
-            own_version,
+            own_version: own_version.into(),
         }
     }
 
@@ -364,10 +364,10 @@ impl Metrics {
             .latency
             .get_or_create(&LatencyLabels {
                 direction: labels.direction,
-                service: labels.service.clone(),
-                route: labels.route.clone(),
-                backend: labels.backend.clone(),
-                backend_version: labels.backend_version.clone(),
+                service: labels.service.to_string(),
+                route: labels.route.to_string(),
+                backend: labels.backend.to_string(),
+                backend_version: labels.backend_version.to_string(),
             })
             .clone();
         let requests = self.requests.get_or_create(labels).clone();
@@ -380,9 +380,9 @@ impl Metrics {
         };
         let cell = self.aggregates.cell((
             labels.direction,
-            labels.service.clone(),
-            backend.clone(),
-            labels.backend_version.clone(),
+            labels.service.to_string(),
+            backend.to_string(),
+            labels.backend_version.to_string(),
         ));
         Resolved {
             requests,

@@ -113,7 +113,7 @@ fn response_attributes(labels: &RequestLabels, upstream: Option<SocketAddr>) -> 
         ("mesh.peer.identity", &labels.peer_identity),
     ] {
         if !v.is_empty() {
-            attrs.push(KeyValue::new(k, v.clone()));
+            attrs.push(KeyValue::new(k, v.to_string()));
         }
     }
     attrs
@@ -200,9 +200,9 @@ impl Observer {
                 status: labels.status_code,
                 upstream,
                 peer_identity: (!labels.peer_identity.is_empty())
-                    .then(|| labels.peer_identity.clone()),
-                route: labels.route.clone(),
-                backend: labels.backend.clone(),
+                    .then(|| labels.peer_identity.to_string()),
+                route: labels.route.to_string(),
+                backend: labels.backend.to_string(),
                 bytes_in: w.bytes_in,
             };
             (e, o)
