@@ -51,23 +51,7 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 
 /// An echo instance with a workload certificate and a strict inbound, ready.
 async fn strict_echo(mesh: &Mesh) -> support::Instance {
-    let echo = mesh
-        .instance_with(
-            "echo",
-            "v1",
-            "echo-v1-a",
-            &[],
-            None,
-            &[
-                ("MESH_PROXY_IDENTITY_TOKEN", ECHO_TOKEN),
-                ("MESH_PROXY_INBOUND_MODE", "strict"),
-            ],
-        )
-        .await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
-    echo
+    support::strict_echo(mesh, ECHO_TOKEN, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,23 +66,7 @@ async fn two_workers_each_take_their_share_of_connections_over_mtls() {
     )
     .await;
     let workers = ("MESH_PROXY_WORKERS", "2");
-    let inst = mesh
-        .instance_with(
-            "echo",
-            "v1",
-            "echo-v1-a",
-            &[],
-            None,
-            &[
-                workers,
-                ("MESH_PROXY_IDENTITY_TOKEN", ECHO_TOKEN),
-                ("MESH_PROXY_INBOUND_MODE", "strict"),
-            ],
-        )
-        .await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
+    let inst = support::strict_echo(&mesh, ECHO_TOKEN, &[workers]).await;
     let client = mesh
         .client_with(
             "client-0",

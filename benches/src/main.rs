@@ -133,22 +133,10 @@ async fn main() -> Result<()> {
         Suite::Telemetry { quick } => compare(quick, "telemetry", ab::telemetry()).await,
         Suite::Workers { quick } => compare(quick, "workers", ab::workers()).await,
         Suite::Allocations { quick } => {
-            let (md, json) = allocations::run(quick).await?;
-            println!("{md}");
-            if !quick {
-                report::write_json("allocations", &json)?;
-                report::update_markdown("allocations", &md)?;
-            }
-            Ok(())
+            publish(quick, "allocations", allocations::run(quick).await?)
         }
         Suite::Instructions { quick } => {
-            let (md, json) = instructions::run(quick).await?;
-            println!("{md}");
-            if !quick {
-                report::write_json("instructions", &json)?;
-                report::update_markdown("instructions", &md)?;
-            }
-            Ok(())
+            publish(quick, "instructions", instructions::run(quick).await?)
         }
         Suite::All { quick } => {
             data(quick).await?;
@@ -161,7 +149,11 @@ async fn main() -> Result<()> {
 }
 
 async fn compare(quick: bool, name: &str, cmp: ab::Comparison) -> Result<()> {
-    let (md, json) = ab::run(quick, cmp).await?;
+    publish(quick, name, ab::run(quick, cmp).await?)
+}
+
+/// Prints a suite's section; records it (JSON and BENCHMARKS.md) unless quick.
+fn publish(quick: bool, name: &str, (md, json): (String, serde_json::Value)) -> Result<()> {
     println!("{md}");
     if !quick {
         report::write_json(name, &json)?;

@@ -576,6 +576,23 @@ pub async fn echo_channel(outbound: SocketAddr) -> tonic::transport::Channel {
         .unwrap()
 }
 
+/// echo v1 with an identity from `token` and a strict inbound (mTLS
+/// only), ready in the registry; `extra` adds sidecar environment.
+pub async fn strict_echo(mesh: &Mesh, token: &str, extra: &[(&str, &str)]) -> Instance {
+    let mut env = vec![
+        ("MESH_PROXY_IDENTITY_TOKEN", token),
+        ("MESH_PROXY_INBOUND_MODE", "strict"),
+    ];
+    env.extend_from_slice(extra);
+    let echo = mesh
+        .instance_with("echo", "v1", "echo-v1-a", &[], None, &env)
+        .await;
+    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
+        .await
+        .unwrap();
+    echo
+}
+
 /// A control plane that issues certificates of `lifetime_secs` to the
 /// `(bootstrap token, service account)` pairs given, all in namespace
 /// default; the directory holds the tokens file.
