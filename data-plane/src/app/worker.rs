@@ -57,6 +57,14 @@ impl Listeners {
             inbound: self.inbound.map(TcpListener::into_std).transpose()?,
         })
     }
+
+    /// Registers detached listeners with the current runtime.
+    fn rebind(u: Unbound) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            outbound: TcpListener::from_std(u.outbound)?,
+            inbound: u.inbound.map(TcpListener::from_std).transpose()?,
+        })
+    }
 }
 
 impl Worker {
@@ -132,15 +140,5 @@ impl Worker {
                 });
             })?;
         Ok(())
-    }
-}
-
-impl Listeners {
-    /// Registers detached listeners with the current runtime.
-    fn rebind(u: Unbound) -> std::io::Result<Listeners> {
-        Ok(Listeners {
-            outbound: TcpListener::from_std(u.outbound)?,
-            inbound: u.inbound.map(TcpListener::from_std).transpose()?,
-        })
     }
 }

@@ -165,7 +165,7 @@ impl Attempts {
                 self.metrics
                     .ejections
                     .get_or_create(&BackendLabels {
-                        backend: cluster.name.to_string(),
+                        backend: cluster.name.clone(),
                     })
                     .inc();
             }
@@ -181,8 +181,8 @@ impl Attempts {
                 self.metrics
                     .shielded
                     .get_or_create(&RouteLabels {
-                        service: seen.service.clone().unwrap_or_default().to_string(),
-                        route: route.name.to_string(),
+                        service: seen.service.clone().unwrap_or_default(),
+                        route: route.name.clone(),
                     })
                     .inc();
                 continue;
@@ -201,8 +201,8 @@ impl Attempts {
             self.metrics
                 .retries
                 .get_or_create(&RouteLabels {
-                    service: seen.service.clone().unwrap_or_default().to_string(),
-                    route: route.name.to_string(),
+                    service: seen.service.clone().unwrap_or_default(),
+                    route: route.name.clone(),
                 })
                 .inc();
             tokio::time::sleep(policy.backoff(attempt)).await;
@@ -275,8 +275,8 @@ impl Attempts {
         self.metrics
             .fallbacks
             .get_or_create(&FallbackLabels {
-                service: seen.service.clone().unwrap_or_default().to_string(),
-                route: route.name.to_string(),
+                service: seen.service.clone().unwrap_or_default(),
+                route: route.name.clone(),
                 fallback: fallback.label().to_string(),
             })
             .inc();

@@ -4,13 +4,10 @@
 //! and turns any error into the response the one error table gives it.
 
 use super::attempt::{Attempts, Observed};
-use crate::name::Name;
-
-/// The service label of a request no service answered to.
-static UNKNOWN: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from("unknown"));
 use crate::errors::{self, Body, Error};
 use crate::forward::Forwarder;
 use crate::http::{checked_authority, grpc_status, is_grpc};
+use crate::name::Name;
 use crate::state::State;
 use crate::telemetry::metrics::{DirectionLabels, Metrics, RequestLabels, RouteLabels};
 use crate::telemetry::observe::Observer;
@@ -18,6 +15,9 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
+
+/// The service label of a request no service answered to.
+static UNKNOWN: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from("unknown"));
 
 /// Where a redirected connection was headed (a request extension): its
 /// requests are its virtual IP's service's when their authority names
@@ -74,8 +74,8 @@ impl Outbound {
                     self.metrics
                         .timeouts
                         .get_or_create(&RouteLabels {
-                            service: service.to_string(),
-                            route: seen.route.to_string(),
+                            service: service.clone(),
+                            route: seen.route.clone(),
                         })
                         .inc();
                 }

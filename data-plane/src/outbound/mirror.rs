@@ -53,7 +53,7 @@ impl Mirrors {
             self.metrics
                 .mirrors
                 .get_or_create(&MirrorLabels {
-                    backend: cluster.name.to_string(),
+                    backend: cluster.name.clone(),
                     result,
                 })
                 .inc();

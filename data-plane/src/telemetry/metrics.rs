@@ -61,23 +61,23 @@ struct LatencyLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// Target service.
-    pub service: String,
+    pub service: crate::name::Name,
     /// Route name.
-    pub route: String,
+    pub route: crate::name::Name,
 }
 
 /// Per-backend events.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     /// Backend service, `name.namespace`.
-    pub backend: String,
+    pub backend: crate::name::Name,
 }
 
 /// Mirror outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
     /// Shadow backend.
-    pub backend: String,
+    pub backend: crate::name::Name,
     /// `sent` or `dropped` (too many in flight).
     pub result: &'static str,
 }
@@ -86,9 +86,9 @@ pub struct MirrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FallbackLabels {
     /// Target service.
-    pub service: String,
+    pub service: crate::name::Name,
     /// Route name.
-    pub route: String,
+    pub route: crate::name::Name,
     /// The fallback cluster, or `static`.
     pub fallback: String,
 }
