@@ -68,11 +68,6 @@ async fn one(t: &Topology, l: &Load, d: Duration) -> Result<Measured> {
     Ok(m)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// One side of a comparison.
 pub(crate) struct Side {
     label: &'static str,
@@ -236,7 +231,7 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
         for (metric, f) in metrics {
             let va: Vec<f64> = ma.iter().map(f).collect();
             let vb: Vec<f64> = mb.iter().map(f).collect();
-            let (xa, xb) = (median(va.clone()), median(vb.clone()));
+            let (xa, xb) = (report::median(va.clone()), report::median(vb.clone()));
             let fmt = |v: &[f64]| {
                 v.iter()
                     .map(|x| format!("{x:.3}"))

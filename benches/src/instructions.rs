@@ -33,7 +33,7 @@ async fn arrivals(echo: SocketAddr) -> Result<u64> {
 }
 
 /// The total instruction count callgrind wrote to `file`.
-fn total_instructions(file: &Path) -> Result<u64> {
+pub(crate) fn total_instructions(file: &Path) -> Result<u64> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     text.lines()

@@ -32,6 +32,7 @@ mod tokens;
 mod kube_api;
 mod load;
 mod peers;
+mod redirect;
 mod release;
 mod report;
 mod sys;

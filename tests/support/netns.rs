@@ -22,8 +22,9 @@ pub fn root_or_skip(test: &str) -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
     {
-        // A fresh root machine: tests/setup.sh installs iptables.
-        let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/setup.sh");
+        // A fresh root machine: tests/setup.sh installs iptables (named
+        // from the tests crate or the benches one alike).
+        let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/setup.sh");
         let ok = Command::new("bash").arg(setup).status();
         assert!(
             ok.is_ok_and(|s| s.success()),
@@ -92,10 +93,9 @@ impl NetNs {
         F: std::future::Future<Output = T>,
         T: Send + 'static,
     {
-        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
         std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("the namespace exists");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            enter(&name);
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -105,6 +105,13 @@ impl NetNs {
         .join()
         .expect("the thread in the namespace finished")
     }
+}
+
+/// Joins the calling thread to namespace `name` (setns moves the calling
+/// thread only, so a thread of its own runs what belongs in a pod).
+pub fn enter(name: &str) {
+    let ns = std::fs::File::open(format!("/run/netns/{name}")).expect("the namespace exists");
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
 }
 
 impl Drop for NetNs {

@@ -97,7 +97,12 @@ impl Hub {
 
     /// Waits (bounded) until `url` answers 2xx from inside `ns`.
     pub async fn wait_http(&self, ns: &NetNs, url: &str) {
-        let end = std::time::Instant::now() + DEADLINE;
+        self.wait_http_within(ns, url, DEADLINE).await
+    }
+
+    /// `wait_http` with a deadline of its own.
+    pub async fn wait_http_within(&self, ns: &NetNs, url: &str, deadline: Duration) {
+        let end = std::time::Instant::now() + deadline;
         loop {
             let out = ns.output(&["curl", "-sf", "-m", "1", "-o", "/dev/null", url]);
             if out.status.success() {
@@ -157,21 +162,35 @@ impl Hub {
         app: Option<&str>,
         env: &[(&str, &str)],
     ) {
+        self.sidecar_under(pod, service, version, app, env, &[])
+            .await
+    }
+
+    /// `sidecar`, with the sidecar run under `wrapper` (a profiler such as
+    /// `valgrind --tool=callgrind`), still as the sidecar's uid.
+    pub async fn sidecar_under(
+        &self,
+        pod: &mut Pod,
+        service: &str,
+        version: &str,
+        app: Option<&str>,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) {
         let bin = binary("mesh-proxy").display().to_string();
         let id = format!("{service}-{version}-{}", pod.ip.replace('.', "-"));
-        let mut cmd = in_ns(
-            &pod.ns,
-            &[
-                "setpriv",
-                "--reuid",
-                PROXY_UID,
-                "--regid",
-                PROXY_UID,
-                "--clear-groups",
-                "--",
-                &bin,
-            ],
-        );
+        let mut args = vec![
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            "--",
+        ];
+        args.extend_from_slice(wrapper);
+        args.push(&bin);
+        let mut cmd = in_ns(&pod.ns, &args);
         cmd.env("MESH_PROXY_SERVICE", service)
             .env("MESH_PROXY_VERSION", version)
             .env("MESH_PROXY_INSTANCE_ID", &id)
@@ -199,7 +218,14 @@ impl Hub {
             .await
             .expect("sidecar starts");
         pod.procs.push(proc);
-        self.wait_http(&pod.ns, "http://127.0.0.1:4191/ready").await;
+        // A profiled sidecar starts many times slower.
+        let deadline = if wrapper.is_empty() {
+            DEADLINE
+        } else {
+            DEADLINE * 4
+        };
+        self.wait_http_within(&pod.ns, "http://127.0.0.1:4191/ready", deadline)
+            .await;
     }
 
     /// Starts mesh-echo in `pod` on `addr` (the app's port 8080 by convention).

@@ -5,7 +5,7 @@
 //! protocol is detected (or its port is opaque) and HTTP is routed as that
 //! service's while anything else goes to the service as opaque TCP.
 
-use super::handle::{OriginalDst, Outbound};
+use super::handle::Outbound;
 use super::tcp::Tcp;
 use crate::config::Intercept;
 use crate::intercept::{self, Protocol};
@@ -106,12 +106,9 @@ impl Listener {
     ) {
         let out = self.http.clone();
         drain
-            .serve_conn(TokioIo::new(stream), move |mut req| {
+            .serve_conn(TokioIo::new(stream), move |req| {
                 let out = out.clone();
-                if let Some(dst) = dst {
-                    req.extensions_mut().insert(OriginalDst(dst));
-                }
-                async move { out.handle(req).await }
+                async move { out.handle(req, dst).await }
             })
             .await;
     }

@@ -14,16 +14,11 @@ use crate::telemetry::observe::Observer;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The service label of a request no service answered to.
 static UNKNOWN: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from("unknown"));
-
-/// Where a redirected connection was headed (a request extension): its
-/// requests are its virtual IP's service's when their authority names
-/// none.
-#[derive(Debug, Clone, Copy)]
-pub struct OriginalDst(pub std::net::SocketAddr);
 
 /// The outbound handler. Cloned per request, so every part is an `Arc`.
 #[derive(Clone)]
@@ -52,11 +47,19 @@ impl Outbound {
     }
 
     /// Routes and forwards one request; errors become responses here.
-    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+    /// `dst`: where the redirected connection it came on was headed (its
+    /// requests are that virtual IP's service's when their authority names
+    /// none); a parameter rather than a request extension, which would
+    /// allocate a map per request.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        dst: Option<SocketAddr>,
+    ) -> Response<Body> {
         let grpc = is_grpc(&req);
         let watch = self.obs.begin("outbound", &mut req);
         let mut seen = Observed::default();
-        let resp = match self.route_and_forward(req, &mut seen).await {
+        let resp = match self.route_and_forward(req, dst, &mut seen).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "outbound request failed");
@@ -102,6 +105,7 @@ impl Outbound {
     async fn route_and_forward(
         &self,
         req: Request<Incoming>,
+        dst: Option<SocketAddr>,
         seen: &mut Observed,
     ) -> Result<Response<Body>, Error> {
         // One lock-free load per request: this Arc pins the snapshot the request runs on.
@@ -113,10 +117,7 @@ impl Outbound {
         let authority = checked_authority(&req)?;
         let service = state
             .resolve(authority)
-            .or_else(|| {
-                let dst = req.extensions().get::<OriginalDst>()?;
-                state.by_virtual_ip(dst.0.ip())
-            })
+            .or_else(|| state.by_virtual_ip(dst?.ip()))
             .ok_or_else(|| Error::UnknownService(authority.to_string()))?;
         seen.service = Some(service.full.clone());
         let route = service

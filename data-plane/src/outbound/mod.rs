@@ -12,5 +12,5 @@ mod mirror;
 mod tcp;
 
 pub use accept::Listener;
-pub use handle::{OriginalDst, Outbound};
+pub use handle::Outbound;
 pub use tcp::Tcp;

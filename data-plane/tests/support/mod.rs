@@ -284,7 +284,7 @@ impl Sidecar {
         let drain = Drain::new(mesh_proxy::server::IDLE_TIMEOUT, 10_000);
         drain.serve(listener, None, move |req| {
             let out = out.clone();
-            async move { out.handle(req).await }
+            async move { out.handle(req, None).await }
         });
         Sidecar {
             outbound,
