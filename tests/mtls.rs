@@ -1,7 +1,8 @@
 //! mTLS between sidecars: the app sees the caller's verified identity (never
 //! a forged one), a strict inbound refuses and counts plaintext, garbage on
 //! the TLS port closes only that connection, and certificates rotate under
-//! load without a failed request.
+//! load without a failed request; later connections between a pair
+//! resume their TLS session.
 
 mod support;
 
@@ -38,6 +39,15 @@ async fn counter(admin: SocketAddr, labels: &str) -> u64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no counter {labels} in:\n{text}"))
+}
+
+/// A sidecar's count of mTLS handshakes in `direction` of `kind`.
+async fn handshakes(admin: SocketAddr, direction: &str, kind: &str) -> f64 {
+    let (d, k) = (
+        format!("direction=\"{direction}\""),
+        format!("kind=\"{kind}\""),
+    );
+    support::metric(admin, "mesh_tls_handshakes_total", &[&d, &k]).await
 }
 
 /// Writes `bytes` to `addr` and returns whatever comes back before close.
@@ -112,6 +122,42 @@ async fn strict_mtls_carries_verified_identity_and_refuses_plaintext() {
     assert!(
         outcomes.iter().all(|o| o.error.is_none()),
         "steady mTLS traffic was unaffected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_connections_between_a_pair_resume_the_session_and_keep_the_identity() {
+    let (mesh, _tokens) = mesh("resume", "3600").await;
+    let echo = strict_echo(&mesh).await;
+    let client = mesh
+        .client_with("client-0", &[("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN)])
+        .await;
+    // The first connection pays a full handshake; the server's session
+    // tickets come on it before the first answer.
+    let first = support::echo_json(client.outbound, "/", &[]).await;
+    assert_eq!(first["client_id"], CLIENT_ID, "{first}");
+    assert_eq!(handshakes(client.admin, "outbound", "full").await, 1.0);
+    assert_eq!(handshakes(client.admin, "outbound", "resumed").await, 0.0);
+    // Four slow requests at once: the idle connection takes one, and each
+    // of the others needs a connection of its own, opened with a ticket.
+    let slow = (0..4).map(|_| support::echo_json(client.outbound, "/?delay_ms=300", &[]));
+    for answer in futures::future::join_all(slow).await {
+        assert_eq!(
+            answer["client_id"], CLIENT_ID,
+            "a resumed session keeps the caller's verified identity: {answer}"
+        );
+    }
+    let resumed = handshakes(client.admin, "outbound", "resumed").await;
+    assert!(resumed >= 1.0, "no later connection resumed its session");
+    assert_eq!(
+        handshakes(client.admin, "outbound", "full").await,
+        1.0,
+        "only the first connection paid for a full handshake"
+    );
+    assert_eq!(
+        handshakes(echo.admin(), "inbound", "resumed").await,
+        resumed,
+        "both ends count the same resumptions"
     );
 }
 

@@ -5,6 +5,7 @@
 
 use crate::state::State;
 use crate::telemetry::meter::{Meter, Metered};
+use crate::telemetry::metrics::HandshakeLabels;
 use crate::tls;
 use crate::tls::identity::Current;
 use arc_swap::ArcSwap;
@@ -12,6 +13,8 @@ use futures::future::BoxFuture;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rustls::pki_types::ServerName;
 use std::io;
 use std::pin::Pin;
@@ -29,6 +32,8 @@ pub struct TlsContext {
     pub state: Arc<ArcSwap<State>>,
     /// Our workload certificate.
     pub identity: Current,
+    /// Counts each handshake, full or resumed.
+    pub handshakes: Family<HandshakeLabels, Counter>,
 }
 
 /// A connector for one ALPN protocol.
@@ -164,6 +169,14 @@ impl tower_service::Service<Uri> for Connector {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
                 .await
                 .map_err(|_| format!("TLS handshake with {addr} timed out"))??;
+            let kind = tls::handshake_kind(stream.get_ref().1)
+                .map_err(|why| format!("TLS with {addr}: {why}"))?;
+            ctx.handshakes
+                .get_or_create(&HandshakeLabels {
+                    direction: "outbound",
+                    kind,
+                })
+                .inc();
             Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
         })
     }

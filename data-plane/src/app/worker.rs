@@ -75,6 +75,7 @@ impl Worker {
         let tls = self.certificate.clone().map(|identity| TlsContext {
             state: self.state.clone(),
             identity,
+            handshakes: self.metrics.tls_handshakes.clone(),
         });
         let m = &self.metrics;
         let forwarder = Forwarder::new(tls.clone(), self.state.clone(), m.tcp("outbound", "dst"));

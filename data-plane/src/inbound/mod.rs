@@ -16,7 +16,7 @@ use crate::forward::Forwarder;
 use crate::server::Drain;
 use crate::state::State;
 use crate::telemetry::meter::Metered;
-use crate::telemetry::metrics::{ConnectionLabels, Metrics, RequestLabels};
+use crate::telemetry::metrics::{ConnectionLabels, HandshakeLabels, Metrics, RequestLabels};
 use crate::telemetry::observe::Observer;
 use crate::tls::identity::Current;
 use arc_swap::ArcSwap;
@@ -188,7 +188,22 @@ impl Inbound {
             .and_then(|c| c.first())
             .and_then(crate::tls::spiffe_id)
             .map(Arc::from);
+        let kind = match crate::tls::handshake_kind(tls.get_ref().1) {
+            Ok(kind) => kind,
+            Err(why) => {
+                self.connection_outcome(true, "handshake_failed");
+                tracing::warn!("mTLS connection closed: {why}");
+                return;
+            }
+        };
         self.connection_outcome(true, "accepted");
+        self.metrics
+            .tls_handshakes
+            .get_or_create(&HandshakeLabels {
+                direction: "inbound",
+                kind,
+            })
+            .inc();
         if tls.get_ref().1.alpn_protocol() == Some(crate::tls::TCP) {
             return self.opaque(tls, client, dst).await;
         }

@@ -109,6 +109,15 @@ pub struct ConnectionLabels {
     pub outcome: &'static str,
 }
 
+/// Completed mTLS handshakes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `inbound` (we terminated it) or `outbound` (we opened it).
+    pub direction: &'static str,
+    /// `full`, or `resumed` from a TLS 1.3 session ticket.
+    pub kind: &'static str,
+}
+
 /// Protocol detection on redirected connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DetectLabels {
@@ -180,6 +189,8 @@ pub struct Metrics {
     pub client_body_errors: Family<DirectionLabels, Counter>,
     /// Inbound connections.
     pub inbound_connections: Family<ConnectionLabels, Counter>,
+    /// mTLS handshakes, full or resumed.
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// Redirected connections by the protocol detected.
     pub protocol_detections: Family<DetectLabels, Counter>,
     /// Opaque TCP connections by peer identity.
@@ -266,6 +277,12 @@ impl Metrics {
                 r,
                 "inbound_connections",
                 "Inbound connections by transport and outcome",
+                Family::default(),
+            ),
+            tls_handshakes: registered(
+                r,
+                "tls_handshakes",
+                "Completed mTLS handshakes by direction and kind: full, or resumed from a TLS 1.3 session ticket (no certificate exchange or signature)",
                 Family::default(),
             ),
             opaque: crate::telemetry::opaque::Opaque::register(r),

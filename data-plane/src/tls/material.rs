@@ -54,6 +54,32 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     (uris.next().is_none() && first.starts_with("spiffe://")).then(|| first.to_string())
 }
 
+/// A completed handshake's kind as a label value (`full`, or `resumed`
+/// from a TLS 1.3 ticket), or why the connection is refused.
+pub fn handshake_kind(session: &rustls::CommonState) -> Result<&'static str, &'static str> {
+    judge(
+        session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        session.peer_certificates().and_then(|c| c.first()),
+    )
+}
+
+/// A resumed session skips certificate verification: its peer's leaf must
+/// still be inside its validity period, so that a session never outlives
+/// the certificate its full handshake proved.
+fn judge(resumed: bool, leaf: Option<&CertificateDer<'_>>) -> Result<&'static str, &'static str> {
+    if !resumed {
+        return Ok("full");
+    }
+    let valid = leaf.is_some_and(|cert| {
+        x509_parser::parse_x509_certificate(cert).is_ok_and(|(_, c)| c.validity().is_valid())
+    });
+    if valid {
+        Ok("resumed")
+    } else {
+        Err("a resumed session's peer certificate is past its validity")
+    }
+}
+
 /// (expected server identity, ALPN protocol).
 type ClientKey = (String, &'static [u8]);
 
@@ -99,6 +125,15 @@ impl Material {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())?;
         server.alpn_protocols = vec![H2.to_vec(), HTTP1.to_vec(), TCP.to_vec()];
+        // Stateless TLS 1.3 tickets (encrypted under rotating keys, no
+        // state per ticket here): a peer's later connections resume with
+        // no certificates sent and no signatures made. Four per connection,
+        // so a burst of new connections to one endpoint can each resume (a
+        // client keeps eight per server). Tickets die with this Material,
+        // as the clients' session caches do: after a certificate rotation
+        // either side starts over with a full handshake.
+        server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        server.send_tls13_tickets = 4;
         Ok(Material {
             provider,
             roots,
@@ -383,6 +418,64 @@ mod tests {
             seen, None,
             "our server accepted a client certificate from another CA"
         );
+    }
+
+    /// Connects `client` to `server` and reads one byte the server writes
+    /// (so the client takes in the session tickets sent before it): each
+    /// side's handshake kind.
+    async fn kinds(client: &Material, server: &Material) -> (&'static str, &'static str) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let connector = tokio_rustls::TlsConnector::from(client.client(SERVER, H2).unwrap());
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server.clone());
+        let server_side = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut s = acceptor.accept(b).await.unwrap();
+            s.write_all(b"x").await.unwrap();
+            s.flush().await.unwrap();
+            let kind = handshake_kind(s.get_ref().1).unwrap();
+            (kind, s)
+        });
+        let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let mut c = connector.connect(name, a).await.unwrap();
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut c, &mut byte)
+            .await
+            .unwrap();
+        let (server_kind, _s) = server_side.await.unwrap();
+        (handshake_kind(c.get_ref().1).unwrap(), server_kind)
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_resumes_until_a_certificate_rotates() {
+        let ca = TestCa::new();
+        let (server, client) = (
+            ca.material(SERVER, -60, 3600),
+            ca.material(CLIENT, -60, 3600),
+        );
+        assert_eq!(kinds(&client, &server).await, ("full", "full"));
+        for _ in 0..3 {
+            assert_eq!(kinds(&client, &server).await, ("resumed", "resumed"));
+        }
+        // New material on either side (a rotation) starts over.
+        let rotated = ca.material(SERVER, -60, 3600);
+        assert_eq!(kinds(&client, &rotated).await, ("full", "full"));
+        let fresh_client = ca.material(CLIENT, -60, 3600);
+        assert_eq!(kinds(&fresh_client, &rotated).await, ("full", "full"));
+    }
+
+    #[test]
+    fn a_resumed_session_with_an_expired_peer_certificate_is_refused() {
+        let ca = TestCa::new();
+        let der = |pem: String| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (live, expired) = (
+            der(ca.leaf(CLIENT, -60, 3600).0),
+            der(ca.leaf(CLIENT, -7200, -3600).0),
+        );
+        assert_eq!(judge(true, Some(&live)), Ok("resumed"));
+        assert!(judge(true, Some(&expired)).is_err());
+        assert!(judge(true, None).is_err());
+        // A full handshake verified the certificate itself.
+        assert_eq!(judge(false, Some(&expired)), Ok("full"));
     }
 
     #[tokio::test]

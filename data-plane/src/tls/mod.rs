@@ -6,4 +6,4 @@
 pub mod identity;
 pub mod material;
 
-pub use material::{H2, HTTP1, TCP, spiffe_id};
+pub use material::{H2, HTTP1, TCP, handshake_kind, spiffe_id};
