@@ -81,6 +81,8 @@ pub(crate) struct Comparison {
     b: Side,
     command: &'static str,
     what: &'static str,
+    /// Pairs speak mTLS to each other (plaintext otherwise).
+    mtls: bool,
 }
 
 /// The other build's mesh-proxy, from `MESH_BENCH_BASELINE_PROXY`.
@@ -113,6 +115,7 @@ pub(crate) fn builds() -> Result<Comparison> {
         },
         command: "MESH_BENCH_BASELINE_PROXY=<other mesh-proxy> cargo run --release -p mesh-benches -- ab",
         what: "Plaintext sidecar pairs of this build and of the baseline build",
+        mtls: false,
     })
 }
 
@@ -134,6 +137,7 @@ pub(crate) fn telemetry() -> Comparison {
         },
         command: "cargo run --release -p mesh-benches -- telemetry",
         what: "Plaintext sidecar pairs of this build, telemetry at its defaults and MESH_PROXY_TELEMETRY=off",
+        mtls: false,
     }
 }
 
@@ -154,12 +158,39 @@ pub(crate) fn workers() -> Comparison {
         },
         command: "cargo run --release -p mesh-benches -- workers",
         what: "Plaintext sidecar pairs of this build, MESH_PROXY_WORKERS=2 and =1",
+        mtls: false,
     }
 }
 
-/// A plaintext sidecar pair of one side.
-async fn pair(dir: &std::path::Path, echo: std::net::SocketAddr, side: &Side) -> Result<Topology> {
-    data::mesh(dir, echo, false, &side.proxy, side.label, side.env, &[]).await
+/// This build's TLS crypto (ring) against `MESH_BENCH_BASELINE_PROXY`
+/// built with `--features aws-lc`, both pairs over mTLS.
+pub(crate) fn providers() -> Result<Comparison> {
+    let base = baseline()?;
+    Ok(Comparison {
+        a: Side {
+            label: "ring",
+            proxy: meshctl::procs::binary("mesh-proxy"),
+            env: &[],
+        },
+        b: Side {
+            label: "aws-lc-rs",
+            proxy: base,
+            env: &[],
+        },
+        command: "cargo build --release -p mesh-proxy --features aws-lc --target-dir target/aws-lc && MESH_BENCH_BASELINE_PROXY=target/aws-lc/release/mesh-proxy cargo run --release -p mesh-benches -- providers",
+        what: "mTLS sidecar pairs of this build (ring) and of the same source built with aws-lc-rs",
+        mtls: true,
+    })
+}
+
+/// A sidecar pair of one side.
+async fn pair(
+    dir: &std::path::Path,
+    echo: std::net::SocketAddr,
+    side: &Side,
+    mtls: bool,
+) -> Result<Topology> {
+    data::mesh(dir, echo, mtls, &side.proxy, side.label, side.env, &[]).await
 }
 
 /// Runs the comparison; returns the markdown section and the JSON.
@@ -169,6 +200,7 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
         b: sb,
         command,
         what,
+        mtls,
     } = cmp;
     let dir = std::env::temp_dir().join(format!("mesh-bench-ab-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -181,10 +213,10 @@ pub(crate) async fn run(quick: bool, cmp: Comparison) -> Result<(String, serde_j
     // Two pairs per side, started A B B A: on this machine a pair's place
     // in the start order showed up as a few percent of its own, so each
     // side runs half its rounds on an early pair and half on a late one.
-    let a1 = pair(&dir.join("a1"), echo, &sa).await?;
-    let b1 = pair(&dir.join("b1"), echo, &sb).await?;
-    let b2 = pair(&dir.join("b2"), echo, &sb).await?;
-    let a2 = pair(&dir.join("a2"), echo, &sa).await?;
+    let a1 = pair(&dir.join("a1"), echo, &sa, mtls).await?;
+    let b1 = pair(&dir.join("b1"), echo, &sb, mtls).await?;
+    let b2 = pair(&dir.join("b2"), echo, &sb, mtls).await?;
+    let a2 = pair(&dir.join("a2"), echo, &sa, mtls).await?;
     for t in [&a1, &b1, &b2, &a2] {
         t.http(500, Duration::from_millis(300)).await?;
         t.grpc(500, Duration::from_millis(300)).await?;

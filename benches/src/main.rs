@@ -7,6 +7,8 @@
 //!   MESH_BENCH_BASELINE_PROXY=<mesh-proxy> cargo run --release -p mesh-benches -- instructions  # A/B, callgrind
 //!   cargo run --release -p mesh-benches -- allocations   # heap allocations per request (DHAT)
 //!   cargo run --release -p mesh-benches -- workers       # two workers against one
+//!   cargo run --release -p mesh-benches -- memory        # where a sidecar's resident memory goes
+//!   MESH_BENCH_BASELINE_PROXY=<aws-lc build> cargo run --release -p mesh-benches -- providers  # ring against aws-lc-rs
 //!
 //! Needs oha (`cargo install oha --locked`), nginx and haproxy (Debian
 //! packages); `benches/setup.sh` installs whatever is missing.
@@ -31,6 +33,7 @@ mod tokens;
 #[path = "../../tests/support/kube_api/mod.rs"]
 mod kube_api;
 mod load;
+mod memory;
 mod peers;
 mod redirect;
 mod release;
@@ -85,6 +88,13 @@ enum Suite {
         #[arg(long)]
         quick: bool,
     },
+    /// TLS crypto: this build (ring) against MESH_BENCH_BASELINE_PROXY
+    /// built with `--features aws-lc`, mTLS pairs.
+    Providers {
+        /// Small and fast: proves the comparison runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Instructions per proxied request (callgrind), this build against
     /// MESH_BENCH_BASELINE_PROXY: the precise A/B.
     Instructions {
@@ -96,6 +106,12 @@ enum Suite {
     /// by our own call sites.
     Allocations {
         /// Small and fast: proves the measurement runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Where an mTLS sidecar's resident memory goes under load, by mapping.
+    Memory {
+        /// Small and fast: proves the suite runs; numbers are not recorded.
         #[arg(long)]
         quick: bool,
     },
@@ -133,9 +149,11 @@ async fn main() -> Result<()> {
         Suite::Ab { quick } => compare(quick, "ab", ab::builds()?).await,
         Suite::Telemetry { quick } => compare(quick, "telemetry", ab::telemetry()).await,
         Suite::Workers { quick } => compare(quick, "workers", ab::workers()).await,
+        Suite::Providers { quick } => compare(quick, "providers", ab::providers()?).await,
         Suite::Allocations { quick } => {
             publish(quick, "allocations", allocations::run(quick).await?)
         }
+        Suite::Memory { quick } => publish(quick, "memory", memory::run(quick).await?),
         Suite::Instructions { quick } => {
             publish(quick, "instructions", instructions::run(quick).await?)
         }
@@ -144,6 +162,7 @@ async fn main() -> Result<()> {
             control_suite(quick).await?;
             cluster_suite(quick).await?;
             intercept_suite(quick).await?;
+            publish(quick, "memory", memory::run(quick).await?)?;
             compare(quick, "telemetry", ab::telemetry()).await
         }
     }

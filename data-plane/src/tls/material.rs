@@ -54,6 +54,24 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     (uris.next().is_none() && first.starts_with("spiffe://")).then(|| first.to_string())
 }
 
+/// The sidecar's crypto provider: ring, or aws-lc-rs when built with the
+/// `aws-lc` feature (the two are compared in BENCHMARKS.md).
+fn provider() -> Arc<CryptoProvider> {
+    #[cfg(feature = "aws-lc")]
+    let p = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "aws-lc"))]
+    let p = rustls::crypto::ring::default_provider();
+    Arc::new(p)
+}
+
+/// Session tickets' encryption, from the same provider.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    #[cfg(feature = "aws-lc")]
+    return rustls::crypto::aws_lc_rs::Ticketer::new();
+    #[cfg(not(feature = "aws-lc"))]
+    rustls::crypto::ring::Ticketer::new()
+}
+
 /// A completed handshake's kind as a label value (`full`, or `resumed`
 /// from a TLS 1.3 ticket), or why the connection is refused.
 pub fn handshake_kind(session: &rustls::CommonState) -> Result<&'static str, &'static str> {
@@ -102,7 +120,7 @@ impl Material {
         key_pem: &str,
         roots_pem: &[String],
     ) -> Result<Material, Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let mut chain = Vec::new();
         for pem in chain_pem {
             chain.push(
@@ -132,7 +150,7 @@ impl Material {
         // client keeps eight per server). Tickets die with this Material,
         // as the clients' session caches do: after a certificate rotation
         // either side starts over with a full handshake.
-        server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        server.ticketer = ticketer()?;
         server.send_tls13_tickets = 4;
         Ok(Material {
             provider,
@@ -192,7 +210,7 @@ pub fn anonymous_client(
     expected: &str,
     alpn: &'static [u8],
 ) -> Result<Arc<ClientConfig>, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let mut store = RootCertStore::empty();
     for der in roots {
         store.add(der)?;
