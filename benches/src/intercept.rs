@@ -90,12 +90,7 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     // paths slower and the ratio no steadier.)
     let (mut explicit, mut intercepted) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for through_nat in order {
+        for through_nat in report::abba(round) {
             let (url, host, out) = if through_nat {
                 (&intercepted_url, None, &mut intercepted)
             } else {

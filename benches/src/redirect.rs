@@ -12,7 +12,7 @@
 
 use crate::load;
 use crate::netns::NetNs;
-use crate::pods::{Hub, PROXY_UID, Pod};
+use crate::pods::{AS_PROXY, Hub, PROXY_UID, Pod};
 use crate::report;
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -68,9 +68,7 @@ pub(crate) fn ping_pong(hub: &mut Hub, rounds: usize, trips: usize) -> Result<(T
     let client = std::thread::spawn(move || -> Result<[Samples; 2]> {
         crate::netns::enter(&name);
         let mut paths = [Samples::default(), Samples::default()];
-        for round in 0..2 * rounds {
-            // ABBA: direct first in even pairs, redirected first in odd.
-            let nat = (round % 2 == 1) ^ ((round / 2) % 2 == 1);
+        for nat in (0..rounds).flat_map(report::abba) {
             let to = if nat { redirected } else { direct };
             let (rtts, cpu) = trips_to(to, trips)
                 .with_context(|| format!("ping-pong to {to} ({})", what(nat)))?;
@@ -223,12 +221,7 @@ pub(crate) async fn instructions(
     let (mut e, mut i) = (Vec::new(), Vec::new());
     let mut dumps = 0;
     for rep in 0..reps {
-        let order = if rep % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for nat in order {
+        for nat in report::abba(rep) {
             let (path, into) = if nat {
                 (&intercepted, &mut i)
             } else {
@@ -252,16 +245,9 @@ pub(crate) async fn instructions(
 /// that process made, and from another uid (even root) the exchange
 /// stalls.
 fn callgrind_control(verb: &str, pid: u32) -> Result<()> {
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
-        .args([
-            "--",
-            "timeout",
-            "60",
-            "callgrind_control",
-            verb,
-            &pid.to_string(),
-        ])
+    let out = std::process::Command::new(AS_PROXY[0])
+        .args(&AS_PROXY[1..])
+        .args(["timeout", "60", "callgrind_control", verb, &pid.to_string()])
         .output()
         .context("running callgrind_control (valgrind)")?;
     anyhow::ensure!(

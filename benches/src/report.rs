@@ -85,6 +85,16 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Which of two paths (false, true) goes first in `round`: A B, then B A,
+/// so whatever drifts over a run weighs on both alike.
+pub(crate) fn abba(round: usize) -> [bool; 2] {
+    if round.is_multiple_of(2) {
+        [false, true]
+    } else {
+        [true, false]
+    }
+}
+
 /// Resident and peak memory of a process, in MiB.
 pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -101,7 +111,7 @@ pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{median, percentile};
+    use super::{abba, median, percentile};
 
     #[test]
     fn nearest_rank() {
@@ -111,5 +121,9 @@ mod tests {
         assert_eq!(percentile(&v[..1], 99.0), 1.0);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert!(median(Vec::new()).is_nan());
+        assert_eq!(
+            [abba(0), abba(1), abba(2)],
+            [[false, true], [true, false], [false, true]]
+        );
     }
 }

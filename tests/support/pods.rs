@@ -16,6 +16,16 @@ use std::time::Duration;
 /// The sidecar's uid in every pod.
 pub const PROXY_UID: &str = "2102";
 const DEADLINE: Duration = Duration::from_secs(20);
+/// A command's prefix that runs the rest as the sidecar's uid.
+pub const AS_PROXY: [&str; 7] = [
+    "setpriv",
+    "--reuid",
+    PROXY_UID,
+    "--regid",
+    PROXY_UID,
+    "--clear-groups",
+    "--",
+];
 
 /// The hub: routes between pods, runs mesh-control.
 pub struct Hub {
@@ -179,15 +189,7 @@ impl Hub {
     ) {
         let bin = binary("mesh-proxy").display().to_string();
         let id = format!("{service}-{version}-{}", pod.ip.replace('.', "-"));
-        let mut args = vec![
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-            "--",
-        ];
+        let mut args = AS_PROXY.to_vec();
         args.extend_from_slice(wrapper);
         args.push(&bin);
         let mut cmd = in_ns(&pod.ns, &args);
