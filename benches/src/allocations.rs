@@ -9,7 +9,7 @@
 //! library, so the report tells our code's allocations from hyper's, h2's
 //! or tokio's, and names our own sites.
 
-use crate::instructions::{RATE, under_valgrind};
+use crate::instructions::{Load, RATE, under_valgrind};
 use crate::report;
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -121,7 +121,7 @@ async fn lifetime(
         // Whole source paths, so each frame can be told by its crate.
         "--fullpath-after=".to_string(),
     ];
-    let requests = under_valgrind(dir, echo, proxy, "this", secs, &args).await?;
+    let requests = under_valgrind(dir, echo, (proxy, Load::Http1), "this", secs, &args).await?;
     Ok((sites(&out)?, requests))
 }
 

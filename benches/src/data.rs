@@ -80,6 +80,10 @@ impl Topology {
         self.http
     }
 
+    pub(crate) fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+    }
+
     /// Stops every process gracefully (SIGTERM, the client sidecar first),
     /// so a profiler around one writes its results.
     pub(crate) async fn stop(mut self) {

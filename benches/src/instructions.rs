@@ -1,6 +1,7 @@
 //! Instructions per proxied request, counted by callgrind: the client-side
 //! sidecar of a plaintext pair runs under `valgrind --tool=callgrind`
-//! through a short and a long fixed-rate HTTP/1.1 run, one connection. The
+//! through a short and a long fixed-rate run, one connection, of HTTP/1.1
+//! and of gRPC unary calls (h2). The
 //! difference in instructions over the difference in requests (counted at
 //! the echo app, so none is missed or double-counted) is what one request
 //! costs, with start-up and shutdown cancelled out. Instruction counts do
@@ -45,12 +46,28 @@ pub(crate) fn total_instructions(file: &Path) -> Result<u64> {
         .with_context(|| format!("no instruction total in {}", file.display()))
 }
 
+/// What the measured runs send.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Load {
+    Http1,
+    Grpc,
+}
+
+impl Load {
+    fn label(self) -> &'static str {
+        match self {
+            Load::Http1 => "HTTP/1.1",
+            Load::Grpc => "gRPC unary (h2)",
+        }
+    }
+}
+
 /// One client sidecar's lifetime under `valgrind` with `tool_args`,
-/// serving `secs` of HTTP/1.1 at `RATE`: the requests the echo app counted.
+/// serving `secs` of `load` at `RATE`: the requests the echo app counted.
 pub(crate) async fn under_valgrind(
     dir: &Path,
     echo: SocketAddr,
-    proxy: &Path,
+    (proxy, load): (&Path, Load),
     label: &'static str,
     secs: f64,
     tool_args: &[String],
@@ -60,15 +77,14 @@ pub(crate) async fn under_valgrind(
     wrapper.extend_from_slice(tool_args);
     let t = data::mesh(dir, echo, false, proxy, label, &[], &wrapper).await?;
     let before = arrivals(echo).await?;
-    let run = crate::load::oha(
-        None,
-        &format!("http://{}/", t.http_addr()),
-        Some("echo"),
-        RATE,
-        1,
-        Duration::from_secs_f64(secs),
-    )
-    .await?;
+    let duration = Duration::from_secs_f64(secs);
+    let run = match load {
+        Load::Http1 => {
+            let url = format!("http://{}/", t.http_addr());
+            crate::load::oha(None, &url, Some("echo"), RATE, 1, duration).await?
+        }
+        Load::Grpc => crate::load::grpc(t.grpc_addr(), Some("echo"), RATE, 1, duration).await?,
+    };
     anyhow::ensure!(run.errors == 0, "{label}: {} requests failed", run.errors);
     let requests = arrivals(echo).await? - before;
     t.stop().await;
@@ -80,7 +96,7 @@ pub(crate) async fn under_valgrind(
 async fn lifetime(
     dir: &Path,
     echo: SocketAddr,
-    proxy: &Path,
+    proxy: (&Path, Load),
     label: &'static str,
     secs: f64,
 ) -> Result<(u64, u64)> {
@@ -98,7 +114,7 @@ async fn lifetime(
 async fn per_request(
     dir: &Path,
     echo: SocketAddr,
-    proxy: &Path,
+    proxy: (&Path, Load),
     label: &'static str,
     (short, long): (f64, f64),
 ) -> Result<f64> {
@@ -119,23 +135,29 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
     };
     let dir = std::env::temp_dir().join(format!("mesh-bench-instr-{}", std::process::id()));
     let (_echo, echo) = data::echo(&dir).await?;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let loads = [Load::Http1, Load::Grpc];
+    // this and base, per load, per repetition.
+    let mut seen = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
     for rep in 0..reps {
-        let d = dir.join(format!("rep-{rep}"));
-        // Which side goes first alternates; callgrind does not care, but
-        // whatever a run leaves in the echo app or the kernel is shared.
-        if rep % 2 == 0 {
-            a.push(per_request(&d.join("this"), echo, &this, "this", secs).await?);
-            b.push(per_request(&d.join("base"), echo, &base, "base", secs).await?);
-        } else {
-            b.push(per_request(&d.join("base"), echo, &base, "base", secs).await?);
-            a.push(per_request(&d.join("this"), echo, &this, "this", secs).await?);
+        for (l, load) in loads.into_iter().enumerate() {
+            let d = dir.join(format!("rep-{rep}-{l}"));
+            // Which side goes first alternates; callgrind does not care,
+            // but whatever a run leaves in the echo app or the kernel is
+            // shared.
+            for side in report::abba(rep) {
+                let (proxy, label) = if !side {
+                    (&this, "this")
+                } else {
+                    (&base, "base")
+                };
+                let n = per_request(&d.join(label), echo, (proxy, load), label, secs).await?;
+                seen[l][usize::from(side)].push(n);
+            }
         }
         eprintln!("instructions: repetition {} done", rep + 1);
     }
     let _ = std::fs::remove_dir_all(&dir);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (ma, mb) = (mean(&a), mean(&b));
     let fmt = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{x:.0}"))
@@ -143,16 +165,25 @@ pub(crate) async fn run(quick: bool) -> Result<(String, serde_json::Value)> {
             .join(", ")
     };
     let mut md = format!(
-        "Machine: {}\n\nCommand: `{BASELINE_ENV}=<other mesh-proxy> cargo run --release -p mesh-benches -- instructions`\n\nThe client sidecar of a plaintext pair under `valgrind --tool=callgrind`, HTTP/1.1 at {RATE} rps over one connection for {} s and for {} s, each in its own sidecar lifetime; instructions per request = the difference in instructions over the difference in requests counted at the echo app. {reps} repetitions, alternating which side goes first.\n\n| build | instructions per request (mean) | per repetition |\n|---|---|---|\n",
+        "Machine: {}\n\nCommand: `{BASELINE_ENV}=<other mesh-proxy> cargo run --release -p mesh-benches -- instructions`\n\nThe client sidecar of a plaintext pair under `valgrind --tool=callgrind`, HTTP/1.1 and gRPC unary calls at {RATE} rps over one connection for {} s and for {} s, each in its own sidecar lifetime; instructions per request = the difference in instructions over the difference in requests counted at the echo app. {reps} repetitions, alternating which side goes first.\n\n| load | build | instructions per request (mean) | per repetition |\n|---|---|---|---|\n",
         report::machine(),
         secs.0,
         secs.1
     );
-    let _ = writeln!(md, "| this | {ma:.0} | {} |", fmt(&a));
-    let _ = writeln!(md, "| base | {mb:.0} | {} |", fmt(&b));
-    let _ = writeln!(md, "\nthis/base: {:.3}×", ma / mb);
+    let mut json_loads = serde_json::Map::new();
+    for (l, load) in loads.into_iter().enumerate() {
+        let [a, b] = &seen[l];
+        let (ma, mb) = (mean(a), mean(b));
+        let _ = writeln!(md, "| {} | this | {ma:.0} | {} |", load.label(), fmt(a));
+        let _ = writeln!(md, "| {} | base | {mb:.0} | {} |", load.label(), fmt(b));
+        let _ = writeln!(md, "| {} | this/base | {:.3}× | |", load.label(), ma / mb);
+        json_loads.insert(
+            format!("{load:?}"),
+            json!({"this": a, "base": b, "ratio": ma / mb}),
+        );
+    }
     Ok((
         md,
-        json!({"machine": report::machine(), "rate": RATE, "seconds": [secs.0, secs.1], "this": a, "base": b, "ratio": ma / mb}),
+        json!({"machine": report::machine(), "rate": RATE, "seconds": [secs.0, secs.1], "loads": json_loads}),
     ))
 }

@@ -3,7 +3,8 @@
 //! same bytes again; a body that outgrows the limit keeps streaming, with the
 //! part already read sent first, and is then never replayed. Responses: the
 //! upstream's stream or our own bytes, optionally watched to the end (bytes
-//! sent, gRPC status in trailers) for an access-log line.
+//! sent, gRPC status in trailers) for an access-log line; an upstream's
+//! stream holds its place on a shared HTTP/2 connection until it is done.
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -12,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 /// Largest body kept for replay.
@@ -246,18 +247,77 @@ impl End {
     }
 }
 
+/// One place in a count, given back when dropped: an HTTP/2 connection's
+/// open streams, held from checkout until the response body is done.
+#[derive(Debug)]
+pub struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    /// Takes a place in `count`.
+    pub fn take(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Held(count.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream's response body, with the stream place it holds (HTTP/2)
+/// until its end is read or it is dropped.
+#[derive(Debug)]
+pub struct Upstream {
+    body: Incoming,
+    held: Option<Held>,
+}
+
+impl Upstream {
+    /// `body`, holding `held` while it lasts.
+    pub fn new(body: Incoming, held: Option<Held>) -> Self {
+        Upstream { body, held }
+    }
+}
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.held = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Called once when a watched response body is done.
 pub type OnEnd = Box<dyn FnOnce(End) + Send>;
 
 /// Every response body the sidecar returns.
 pub struct ResBody {
-    inner: http_body_util::Either<Incoming, http_body_util::Full<Bytes>>,
+    inner: http_body_util::Either<Upstream, http_body_util::Full<Bytes>>,
     watch: Option<(End, OnEnd)>,
 }
 
 impl ResBody {
     /// The upstream's body, streamed.
-    pub fn stream(b: Incoming) -> Self {
+    pub fn stream(b: Upstream) -> Self {
         ResBody {
             inner: http_body_util::Either::Left(b),
             watch: None,

@@ -225,16 +225,19 @@ impl Drain {
         let hint_value = self.hint.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let hint = keeps_alive(&req).then(|| hint_value.clone());
-            let fut = handler(req);
-            async move {
-                let mut resp = fut.await;
+            // A combinator, not an async block around the handler's future:
+            // an async block that awaits a future it captured holds it
+            // twice (rust-lang/rust#62958), and hyper moves this future
+            // whole several times per HTTP/2 stream (into its stream task,
+            // into tokio's task cell).
+            futures::FutureExt::map(handler(req), move |mut resp| {
                 if let Some(hint) = hint {
                     resp.headers_mut()
                         .entry(http::header::HeaderName::from_static("keep-alive"))
                         .or_insert(hint);
                 }
                 Ok::<_, Infallible>(resp)
-            }
+            })
         });
         let conn = self.builder.serve_connection(io, svc);
         if let Err(e) = watcher.watch(conn).await {

@@ -11,12 +11,11 @@
 //! outlive snapshots and belong to one worker.
 
 use super::fail::{connect_error, upstream};
-use crate::body::ReqBody;
+use crate::body::{ReqBody, Upstream};
 use crate::connect::Connector;
 use crate::errors::Error;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, header};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -67,7 +66,7 @@ impl H1Pool {
         mut req: Request<ReqBody>,
         endpoint: &Authority,
         secure: bool,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Upstream>, Error> {
         if !req.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(endpoint.as_str())
         {
@@ -81,13 +80,14 @@ impl H1Pool {
             let reused = cached.is_some();
             let mut sender = match cached.take() {
                 Some(sender) => sender,
-                None => self.connect(endpoint, secure).await?,
+                // Boxed, as in the HTTP/2 pool: rare, and large inline.
+                None => Box::pin(self.connect(endpoint, secure)).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let keep = kept_for(resp.headers()).map_or(self.idle, |k| k.min(self.idle));
                     self.checkin(endpoint, secure, sender, keep);
-                    return Ok(resp);
+                    return Ok(resp.map(|b| Upstream::new(b, None)));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
@@ -213,6 +213,7 @@ mod tests {
     use arc_swap::ArcSwap;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

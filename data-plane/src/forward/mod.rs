@@ -7,20 +7,27 @@ mod fail;
 mod h1;
 mod h2;
 
-use crate::body::ReqBody;
+use crate::body::{ReqBody, Upstream};
 use crate::connect::{Connector, TlsContext};
 use crate::errors::Error;
 use crate::state::State;
 use arc_swap::ArcSwap;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a free upstream HTTP/1.1 connection is kept, unless the
-/// upstream says it keeps them for less.
-const H1_IDLE: Duration = Duration::from_secs(60);
+/// How long a free upstream connection is kept (an HTTP/1.1 one for less
+/// when the upstream says it keeps them for less).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Open streams on one upstream HTTP/2 connection before the next one takes
+/// new streams: the least a peer should allow, "no smaller than 100" (RFC
+/// 9113 §6.5.2), so no peer that follows the RFC makes a request queue
+/// behind its limit while another connection could carry it. hyper does not
+/// tell us a peer's own SETTINGS_MAX_CONCURRENT_STREAMS; below this, the
+/// stream waits inside h2 for one to end.
+const H2_STREAMS: usize = 100;
 
 /// Pooled HTTP/1.1 and HTTP/2 connections.
 #[derive(Clone)]
@@ -43,10 +50,14 @@ impl Forwarder {
     ) -> Self {
         let h1 = h1::H1Pool::new(
             Connector::new(tls.clone(), crate::tls::HTTP1, state.clone(), meter.clone()),
-            H1_IDLE,
+            IDLE,
         );
         let identity = tls.as_ref().map(|t| t.identity.clone());
-        let h2 = h2::H2Pool::new(Connector::new(tls, crate::tls::H2, state, meter));
+        let h2 = h2::H2Pool::new(
+            Connector::new(tls, crate::tls::H2, state, meter),
+            H2_STREAMS,
+            IDLE,
+        );
         Forwarder { h1, h2, identity }
     }
 
@@ -60,7 +71,7 @@ impl Forwarder {
         mut req: Request<ReqBody>,
         authority: &Authority,
         secure: bool,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<Upstream>, Error> {
         // Without our certificate yet, mTLS cannot start: say so, rather
         // than fail a connect that would be held against the endpoint (and
         // never fall back to plaintext).

@@ -9,7 +9,7 @@
 
 use super::mirror::Mirrors;
 use crate::balance::{Attempt, NoPick, Slot};
-use crate::body::{self, ReqBody, ResBody};
+use crate::body::{self, ReqBody, ResBody, Upstream};
 use crate::errors::Error;
 use crate::forward::Forwarder;
 use crate::http::{copy_head, grpc_status};
@@ -136,7 +136,8 @@ impl Attempts {
                     | Error::PlaintextRefused { .. }),
                 ) => {
                     return match &route.fallback {
-                        Some(f) => self.fall_back(f, req, route, seen, e).await,
+                        // Boxed: rare, and it would make every request's future larger.
+                        Some(f) => Box::pin(self.fall_back(f, req, route, seen, e)).await,
                         None => Err(e),
                     };
                 }
@@ -146,12 +147,19 @@ impl Attempts {
             let secure = self.observe(seen, cluster, endpoint);
             let tracker = Attempt::start(&cluster.stats[i]);
             let per_try = retry.and_then(|(p, _)| p.per_try_timeout);
-            let sent = self.forwarder.forward(req, &endpoint.authority, secure);
+            // Made in each arm, not bound first: see route_and_forward.
             let outcome = match per_try {
-                Some(t) => tokio::time::timeout(t, sent)
-                    .await
-                    .unwrap_or(Err(Error::Timeout(t))),
-                None => sent.await,
+                Some(t) => tokio::time::timeout(
+                    t,
+                    self.forwarder.forward(req, &endpoint.authority, secure),
+                )
+                .await
+                .unwrap_or(Err(Error::Timeout(t))),
+                None => {
+                    self.forwarder
+                        .forward(req, &endpoint.authority, secure)
+                        .await
+                }
             };
             let verdict = judge(&outcome, retry.map(|(p, _)| p));
             if let Some(ok) = verdict.ok
@@ -285,7 +293,7 @@ impl Attempts {
 }
 
 /// An upstream's answer, streamed on.
-fn streamed_out(outcome: Result<Response<Incoming>, Error>) -> Result<Response<ResBody>, Error> {
+fn streamed_out(outcome: Result<Response<Upstream>, Error>) -> Result<Response<ResBody>, Error> {
     outcome.map(|r| r.map(ResBody::stream))
 }
 
@@ -348,7 +356,7 @@ fn pick_error(e: NoPick, cluster: &Cluster) -> Error {
 }
 
 /// Whether an attempt succeeded, and whether `policy` retries it.
-fn judge(outcome: &Result<Response<Incoming>, Error>, policy: Option<&RetryPolicy>) -> Verdict {
+fn judge(outcome: &Result<Response<Upstream>, Error>, policy: Option<&RetryPolicy>) -> Verdict {
     match outcome {
         Ok(resp) => {
             // gRPC UNAVAILABLE is the server saying it cannot serve: a failure.

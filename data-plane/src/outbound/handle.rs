@@ -136,12 +136,13 @@ impl Outbound {
                 });
             }
         }
-        let attempts = self.attempts.run(req, route, seen);
+        // The attempts' future is made in each arm rather than bound
+        // first: a bound future awaited later is held twice in this one.
         match route.timeout {
-            Some(t) => tokio::time::timeout(t, attempts)
+            Some(t) => tokio::time::timeout(t, self.attempts.run(req, route, seen))
                 .await
                 .map_err(|_| Error::Timeout(t))?,
-            None => attempts.await,
+            None => self.attempts.run(req, route, seen).await,
         }
     }
 }
