@@ -18,7 +18,7 @@ use http::uri::Authority;
 use http::{HeaderValue, Request, Response, header};
 use hyper::client::conn::http1::{Builder, SendRequest};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One endpoint's connections: plaintext at 0, mTLS at 1, least recently
@@ -53,9 +53,19 @@ impl H1Pool {
             conns: Arc::default(),
             idle,
         };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep(Arc::downgrade(&pool.conns), idle));
-        }
+        // Closes connections free past their expiry, and forgets endpoints
+        // with none left.
+        super::sweep::spawn(&pool.conns, idle, |conns, now| {
+            conns.retain(|_, stacks| {
+                for stack in stacks.iter_mut() {
+                    stack.retain(|c| {
+                        let expired = c.sender.is_ready() && now >= c.expires;
+                        !(c.sender.is_closed() || expired)
+                    });
+                }
+                stacks.iter().any(|s| !s.is_empty())
+            })
+        });
         pool
     }
 
@@ -80,8 +90,7 @@ impl H1Pool {
             let reused = cached.is_some();
             let mut sender = match cached.take() {
                 Some(sender) => sender,
-                // Boxed, as in the HTTP/2 pool: rare, and large inline.
-                None => Box::pin(self.connect(endpoint, secure)).await?,
+                None => self.connect(endpoint, secure).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -181,28 +190,6 @@ fn kept_for(headers: &http::HeaderMap) -> Option<Duration> {
             .then(|| v.trim().parse::<u64>().ok())?
     })?;
     Some(Duration::from_secs(secs.saturating_sub(1)))
-}
-
-/// Closes connections free past their expiry, and forgets endpoints with
-/// none left, until the pool is gone.
-async fn sweep(conns: Weak<Conns>, idle: Duration) {
-    let mut every = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let Some(conns) = conns.upgrade() else { return };
-        let now = Instant::now();
-        let mut conns = conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|_, stacks| {
-            for stack in stacks.iter_mut() {
-                stack.retain(|c| {
-                    let expired = c.sender.is_ready() && now >= c.expires;
-                    !(c.sender.is_closed() || expired)
-                });
-            }
-            stacks.iter().any(|s| !s.is_empty())
-        });
-    }
 }
 
 #[cfg(test)]

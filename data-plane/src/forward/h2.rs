@@ -20,7 +20,7 @@ use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -81,9 +81,16 @@ impl H2Pool {
             streams: streams.max(1),
             idle,
         };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep(Arc::downgrade(&pool.conns), idle));
-        }
+        // Closes connections without an open stream for `idle`, and forgets
+        // endpoints with none left: dropping the last sender of a connection
+        // without streams ends it.
+        super::sweep::spawn(&pool.conns, idle, move |conns, now| {
+            conns.retain(|_, at| {
+                at.conns
+                    .retain(|c| !c.sender.is_closed() && !unused(c, now, idle));
+                !at.conns.is_empty() || at.opening.as_ref().is_some_and(|o| o.has_changed().is_ok())
+            })
+        });
         pool
     }
 
@@ -204,25 +211,6 @@ impl H2Pool {
             used: Instant::now(),
         });
         Ok((sender, held))
-    }
-}
-
-/// Closes connections without an open stream for `idle`, and forgets
-/// endpoints with none left, until the pool is gone. Dropping the last
-/// sender of a connection without streams ends it.
-async fn sweep(conns: Weak<Conns>, idle: Duration) {
-    let mut every = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let Some(conns) = conns.upgrade() else { return };
-        let now = Instant::now();
-        let mut conns = conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|_, at| {
-            at.conns
-                .retain(|c| !c.sender.is_closed() && !unused(c, now, idle));
-            !at.conns.is_empty() || at.opening.as_ref().is_some_and(|o| o.has_changed().is_ok())
-        });
     }
 }
 

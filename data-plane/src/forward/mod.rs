@@ -6,6 +6,7 @@
 mod fail;
 mod h1;
 mod h2;
+mod sweep;
 
 use crate::body::{ReqBody, Upstream};
 use crate::connect::{Connector, TlsContext};

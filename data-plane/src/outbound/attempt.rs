@@ -147,19 +147,12 @@ impl Attempts {
             let secure = self.observe(seen, cluster, endpoint);
             let tracker = Attempt::start(&cluster.stats[i]);
             let per_try = retry.and_then(|(p, _)| p.per_try_timeout);
-            // Made in each arm, not bound first: see route_and_forward.
+            let sent = self.forwarder.forward(req, &endpoint.authority, secure);
             let outcome = match per_try {
-                Some(t) => tokio::time::timeout(
-                    t,
-                    self.forwarder.forward(req, &endpoint.authority, secure),
-                )
-                .await
-                .unwrap_or(Err(Error::Timeout(t))),
-                None => {
-                    self.forwarder
-                        .forward(req, &endpoint.authority, secure)
-                        .await
-                }
+                Some(t) => tokio::time::timeout(t, sent)
+                    .await
+                    .unwrap_or(Err(Error::Timeout(t))),
+                None => sent.await,
             };
             let verdict = judge(&outcome, retry.map(|(p, _)| p));
             if let Some(ok) = verdict.ok

@@ -136,13 +136,12 @@ impl Outbound {
                 });
             }
         }
-        // The attempts' future is made in each arm rather than bound
-        // first: a bound future awaited later is held twice in this one.
+        let attempts = self.attempts.run(req, route, seen);
         match route.timeout {
-            Some(t) => tokio::time::timeout(t, self.attempts.run(req, route, seen))
+            Some(t) => tokio::time::timeout(t, attempts)
                 .await
                 .map_err(|_| Error::Timeout(t))?,
-            None => self.attempts.run(req, route, seen).await,
+            None => attempts.await,
         }
     }
 }
