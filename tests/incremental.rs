@@ -9,61 +9,8 @@ mod support;
 
 use mesh_proto::incremental;
 use mesh_proto::v1 as pb;
-use mesh_proto::v1::discovery_client::DiscoveryClient;
-use support::{DEADLINE, Mesh, split};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-
-struct Subscriber {
-    tx: mpsc::Sender<pb::DiscoveryRequest>,
-    rx: tonic::Streaming<pb::DiscoveryResponse>,
-}
-
-impl Subscriber {
-    async fn open(channel: tonic::transport::Channel, instance: &str, incremental: bool) -> Self {
-        let (tx, requests) = mpsc::channel(4);
-        tx.send(pb::DiscoveryRequest {
-            node: Some(pb::Node {
-                service: "client".into(),
-                version: "v1".into(),
-                namespace: "default".into(),
-                instance_id: instance.into(),
-            }),
-            incremental,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let rx = DiscoveryClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .subscribe(ReceiverStream::new(requests))
-            .await
-            .expect("subscribed")
-            .into_inner();
-        Subscriber { tx, rx }
-    }
-
-    async fn next(&mut self) -> pb::DiscoveryResponse {
-        tokio::time::timeout(DEADLINE, self.rx.message())
-            .await
-            .expect("a response within the deadline")
-            .expect("the stream is healthy")
-            .expect("the stream is open")
-    }
-
-    /// Answers `resp`: an ACK, or a NACK with `error`.
-    async fn reply(&self, resp: &pb::DiscoveryResponse, error: Option<&str>) {
-        self.tx
-            .send(pb::DiscoveryRequest {
-                version_info: resp.version_info.clone(),
-                response_nonce: resp.nonce.clone(),
-                error_detail: error.map(|m| pb::ErrorDetail { message: m.into() }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
-}
+use support::subscriber::Subscriber;
+use support::{Mesh, split};
 
 /// Full snapshots compare without their nonces (a delta's differs).
 fn content(mut r: pb::DiscoveryResponse) -> pb::DiscoveryResponse {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 /// Subscriptions sharing one HTTP/2 connection, as a node's sidecars would not;
 /// but 10 per connection keeps the client side from dominating the measurement.
 const STREAMS_PER_CONN: usize = 10;
@@ -45,7 +45,7 @@ pub(crate) struct Memory {
     pub(crate) subscribers: usize,
 }
 
-fn mesh_file(services: usize, endpoints_per: usize) -> String {
+pub(crate) fn mesh_file(services: usize, endpoints_per: usize) -> String {
     let mut s = String::new();
     for i in 0..services {
         s.push_str(&format!(
@@ -68,7 +68,7 @@ fn mesh_file(services: usize, endpoints_per: usize) -> String {
     s
 }
 
-async fn start_control(
+pub(crate) async fn start_control(
     dir: &Path,
     yaml: &str,
     heartbeat_ms: Option<u64>,
@@ -96,7 +96,7 @@ async fn start_control(
 /// A channel to the control plane as workload `account` of `default`:
 /// credentials issued by the CA in `dir`'s state, as Certify would issue
 /// them (the control plane serves no call of a sidecar's without one).
-async fn workload_channel(
+pub(crate) async fn workload_channel(
     dir: &Path,
     url: &str,
     account: &str,
@@ -232,18 +232,42 @@ pub(crate) async fn large_apply(dir: &Path, splits: usize, instances: usize) -> 
     })
 }
 
-/// Opens `n` subscriptions; every received version is reported as
-/// (subscriber, version, when its ACK was sent).
+/// One response a simulated sidecar applied.
+pub(crate) struct Got {
+    /// Which subscriber.
+    pub(crate) i: usize,
+    pub(crate) version: u64,
+    /// Its encoded size.
+    pub(crate) bytes: usize,
+    /// The clusters it carried.
+    pub(crate) clusters: Vec<String>,
+    /// When its ACK was sent.
+    pub(crate) at: Instant,
+}
+
+/// Opens `n` subscriptions to every service; every response applied is
+/// reported.
 pub(crate) async fn subscribe(
     dir: &Path,
     url: &str,
     n: usize,
-) -> Result<mpsc::UnboundedReceiver<(usize, u64, Instant)>> {
+) -> Result<mpsc::UnboundedReceiver<Got>> {
+    subscribe_to(dir, url, n, |_| Vec::new()).await
+}
+
+/// Opens `n` subscriptions, subscriber `i` to the services `names(i)`
+/// (none: every service); every response applied is reported.
+pub(crate) async fn subscribe_to(
+    dir: &Path,
+    url: &str,
+    n: usize,
+    names: impl Fn(usize) -> Vec<String>,
+) -> Result<mpsc::UnboundedReceiver<Got>> {
     let (report, rx) = mpsc::unbounded_channel();
     for conn in 0..n.div_ceil(STREAMS_PER_CONN) {
         let channel = workload_channel(dir, url, "sim").await?;
         for i in conn * STREAMS_PER_CONN..((conn + 1) * STREAMS_PER_CONN).min(n) {
-            let (channel, report) = (channel.clone(), report.clone());
+            let (channel, report, subscribe) = (channel.clone(), report.clone(), names(i));
             tokio::spawn(async move {
                 let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
                 let (tx, rx) = mpsc::channel(4);
@@ -256,6 +280,7 @@ pub(crate) async fn subscribe(
                 tx.send(pb::DiscoveryRequest {
                     node: Some(node),
                     incremental: true,
+                    subscribe,
                     ..Default::default()
                 })
                 .await
@@ -280,14 +305,21 @@ pub(crate) async fn subscribe(
                         response_nonce: resp.nonce.clone(),
                         error_detail: (!fits).then(|| pb::ErrorDetail {
                             message: format!("delta on {}, running {running}", resp.base_version),
+                            ..Default::default()
                         }),
                         ..Default::default()
                     };
                     tx.send(reply).await.ok()?;
                     if fits {
                         running = resp.version_info.clone();
-                        let v = resp.version_info.parse().unwrap_or(0);
-                        report.send((i, v, Instant::now())).ok()?;
+                        let got = Got {
+                            i,
+                            version: resp.version_info.parse().unwrap_or(0),
+                            bytes: prost::Message::encoded_len(&resp),
+                            clusters: resp.clusters.into_iter().map(|c| c.name).collect(),
+                            at: Instant::now(),
+                        };
+                        report.send(got).ok()?;
                     }
                 }
                 Some(())
@@ -299,7 +331,7 @@ pub(crate) async fn subscribe(
 
 /// Waits until every subscriber reported `version` or newer; returns when the last one did.
 pub(crate) async fn all_have(
-    rx: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>,
+    rx: &mut mpsc::UnboundedReceiver<Got>,
     n: usize,
     version: u64,
 ) -> Result<(Instant, Instant)> {
@@ -307,11 +339,11 @@ pub(crate) async fn all_have(
     let mut count = 0;
     let end = tokio::time::Instant::now() + DEADLINE;
     while count < n {
-        let Ok(Some((i, v, at))) = tokio::time::timeout_at(end, rx.recv()).await else {
+        let Ok(Some(got)) = tokio::time::timeout_at(end, rx.recv()).await else {
             bail!("only {count} of {n} subscribers reached version {version}");
         };
-        if v >= version && have[i].is_none() {
-            have[i] = Some(at);
+        if got.version >= version && have[got.i].is_none() {
+            have[got.i] = Some(got.at);
             count += 1;
         }
     }

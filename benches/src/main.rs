@@ -8,6 +8,7 @@
 //!   cargo run --release -p mesh-benches -- allocations   # heap allocations per request (DHAT)
 //!   cargo run --release -p mesh-benches -- workers       # two workers against one
 //!   cargo run --release -p mesh-benches -- memory        # where a sidecar's resident memory goes
+//!   cargo run --release -p mesh-benches -- scale         # the control plane at 10,000 services, sidecars subscribed
 //!   MESH_BENCH_BASELINE_PROXY=<aws-lc build> cargo run --release -p mesh-benches -- providers  # ring against aws-lc-rs
 //!
 //! Needs oha (`cargo install oha --locked`), nginx and haproxy (Debian
@@ -38,6 +39,7 @@ mod peers;
 mod redirect;
 mod release;
 mod report;
+mod scale;
 mod sys;
 
 use anyhow::Result;
@@ -56,6 +58,14 @@ enum Suite {
     /// Control plane: rule-change fan-out to N sidecars, memory at scale,
     /// and a release's rollback reaching real sidecars.
     Control {
+        /// Small and fast: proves every scenario runs; numbers are not recorded.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Control plane at scale: 10,000 services and 100,000 endpoints,
+    /// sidecars subscribed to what they call; an endpoint change, a rolling
+    /// restart, and 5,000 sidecars connecting at once.
+    Scale {
         /// Small and fast: proves every scenario runs; numbers are not recorded.
         #[arg(long)]
         quick: bool,
@@ -144,6 +154,7 @@ async fn main() -> Result<()> {
     match args.suite {
         Suite::Control { quick } => control_suite(quick).await,
         Suite::Cluster { quick } => cluster_suite(quick).await,
+        Suite::Scale { quick } => scale_suite(quick).await,
         Suite::Data { quick } => data(quick).await,
         Suite::Intercept { quick } => intercept_suite(quick).await,
         Suite::Ab { quick } => compare(quick, "ab", ab::builds()?).await,
@@ -204,6 +215,76 @@ async fn intercept_suite(quick: bool) -> Result<()> {
     }
     let path = report::write_json("intercept", &json)?;
     report::update_markdown("intercept", &md)?;
+    println!("wrote {} and BENCHMARKS.md", path.display());
+    Ok(())
+}
+
+async fn scale_suite(quick: bool) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mesh-bench-scale-{}", std::process::id()));
+    let (services, per, subscribers, changes, connecting) = if quick {
+        (200, 10, 50, 4, 200)
+    } else {
+        (10_000, 10, 1_000, 20, 5_000)
+    };
+    let r = scale::run(&dir, services, per, subscribers, changes, connecting).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = [
+        format!(
+            "| one endpoint change of a service every sidecar calls | {} services, {} endpoints | {} sidecars, {} changes | p50 {:.1} ms | p99 {:.1} ms | last sidecar p99 {:.1} ms | {:.0} bytes p50, {:.0} max |",
+            r.services,
+            r.endpoints,
+            r.subscribers,
+            r.changes,
+            r.p50_ms,
+            r.p99_ms,
+            r.last_p99_ms,
+            r.bytes_p50,
+            r.bytes_max
+        ),
+        format!(
+            "| responses at sidecars that do not call the changed service | | | | {} | | |",
+            r.unaffected
+        ),
+        format!(
+            "| rolling restart of 100 endpoints, 25 at a time | | {} sidecars | | {:.1} pushes per sidecar (mean) | | {} max |",
+            r.subscribers, r.rollout_pushes_mean, r.rollout_pushes_max
+        ),
+        format!(
+            "| sidecars connecting at once, each calling 10 services | | {} sidecars | | first config p50 {:.0} ms | p99 {:.0} ms | |",
+            r.connecting, r.first_p50_ms, r.first_p99_ms
+        ),
+        format!(
+            "| control-plane RSS, idle then with them connected | | {} sidecars | | idle {:.1} MiB | connected {:.1} MiB | {:.2}× |",
+            r.connecting,
+            r.idle_mib,
+            r.connected_mib,
+            r.connected_mib / r.idle_mib
+        ),
+    ];
+    for row in &rows {
+        println!("{row}");
+    }
+    if quick {
+        println!("quick mode: every scenario ran end to end; numbers not recorded");
+        return Ok(());
+    }
+    let result = json!({
+        "machine": report::machine(),
+        "command": "cargo run --release -p mesh-benches -- scale",
+        "services": r.services, "endpoints": r.endpoints, "subscribers": r.subscribers, "changes": r.changes,
+        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "last_p99_ms": r.last_p99_ms,
+        "bytes_p50": r.bytes_p50, "bytes_max": r.bytes_max, "unaffected": r.unaffected,
+        "rollout_pushes_mean": r.rollout_pushes_mean, "rollout_pushes_max": r.rollout_pushes_max,
+        "connecting": r.connecting, "first_p50_ms": r.first_p50_ms, "first_p99_ms": r.first_p99_ms,
+        "idle_mib": r.idle_mib, "connected_mib": r.connected_mib,
+    });
+    let path = report::write_json("scale", &result)?;
+    let body = format!(
+        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- scale`\n\nSimulated sidecars over real gRPC (as in the control suite), each subscribed to 10 services: `svc-0`, which every one calls, and 9 others spread over the mesh. An endpoint change is a registration (or deregistration) of one instance of `svc-0` over the Discovery API, timed until each sidecar has applied the response and sent its ACK; registry changes are gathered for 10 ms (`--batch-window-ms`) before they are pushed. Targets: p99 ≤ 50 ms, ≤ 1 KiB per affected sidecar, nothing for the others; a handful of pushes per sidecar for a rolling restart; first config p99 ≤ 1 s and RSS ≤ 2× idle with 5,000 sidecars connecting at once.\n\n| what | scale | sidecars | | p50 / count | p99 | |\n|---|---|---|---|---|---|---|\n{}\n",
+        report::machine(),
+        rows.join("\n")
+    );
+    report::update_markdown("scale", &body)?;
     println!("wrote {} and BENCHMARKS.md", path.display());
     Ok(())
 }

@@ -117,6 +117,20 @@ impl Proxies {
         self.acks.send_modify(|n| *n += 1);
     }
 
+    /// Records that a proxy holds what `version` gives it without a push:
+    /// nothing it receives changed since what it last ACKed.
+    pub fn record_current(&self, id: u64, version: u64) {
+        let mut proxies = self.proxies_lock();
+        let Some(p) = proxies.get_mut(&id) else {
+            return;
+        };
+        if p.acked.is_some_and(|v| v < version) {
+            p.acked = Some(version);
+            drop(proxies);
+            self.acks.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Subscribed proxies.
     pub fn list(&self) -> Vec<Proxy> {
         self.proxies_lock().values().cloned().collect()

@@ -1,8 +1,9 @@
 //! The control plane's single writer in-process: an apply is validated,
 //! persisted, then published; a failed apply (bad document, conflict with
 //! the rules in force, or a state directory that cannot be written) leaves
-//! both the file on disk and the published snapshot untouched; and a
-//! deregistration is propagated only once every other sidecar ACKs it.
+//! both the file on disk and the published snapshot untouched; a
+//! deregistration is propagated only once every other sidecar ACKs it; and
+//! a burst of registry changes is published as one.
 
 use mesh_control::registry::local::{NodeId, Registry};
 use mesh_control::rules::RuleSet;
@@ -197,7 +198,9 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
     let short = Duration::from_millis(300);
 
     // Nobody answers: not propagated, after the timeout and not before.
-    let v = state.deregister(Some(ECHO), &leaving).unwrap();
+    let v = state
+        .published(state.deregister(Some(ECHO), &leaving).unwrap())
+        .await;
     let started = Instant::now();
     assert!(!state.proxies().wait_propagated(v, "echo-0", short).await);
     assert!(started.elapsed() >= short);
@@ -228,7 +231,9 @@ async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() 
     state
         .heartbeat(Some(ECHO), &again, beat("127.0.0.1:4144"))
         .unwrap();
-    let v = state.deregister(Some(ECHO), &again).unwrap();
+    let v = state
+        .published(state.deregister(Some(ECHO), &again).unwrap())
+        .await;
     state.proxies().record_reply(1, v, None);
     state
         .proxies()
@@ -342,4 +347,77 @@ fn heartbeats_never_wait_for_a_large_apply() {
     let one = t.elapsed();
     eprintln!("measured: a one-split apply on top of 10,000: {one:?}");
     assert!(one < took, "one split took {one:?}, all 10,000 {took:?}");
+}
+
+#[tokio::test]
+async fn a_burst_of_registry_changes_is_published_once_and_a_lone_one_after_the_window() {
+    let dir = Dir::new("batch");
+    let window = Duration::from_millis(200);
+    let state = std::sync::Arc::new(
+        State::new(
+            Registry::default(),
+            RuleSet::default(),
+            Store::open(&dir.0).unwrap(),
+            Default::default(),
+        )
+        .unwrap()
+        .with_batch_window(window),
+    );
+    tokio::spawn(state.clone().run_batches());
+    let endpoints = |state: &State| {
+        let snap = state.subscribe().borrow().clone();
+        snap.view
+            .clusters
+            .iter()
+            .find(|c| c.name == "echo.default")
+            .map_or(0, |c| c.endpoints.len())
+    };
+
+    // A rollout's worth of registrations at once: one publication.
+    let before = state.version();
+    let mut last = 0;
+    for i in 0..100 {
+        let node = NodeId {
+            namespace: "default".into(),
+            service: "echo".into(),
+            version: "v1".into(),
+            instance_id: format!("echo-{i}"),
+        };
+        let address = format!("127.0.0.1:{}", 5000 + i);
+        state.heartbeat(Some(ECHO), &node, beat(&address)).unwrap();
+        last += 1;
+    }
+    let started = Instant::now();
+    let version = state.published(last).await;
+    assert_eq!(endpoints(&state), 100);
+    let publications = version - before;
+    eprintln!(
+        "measured: 100 registrations published in {publications} push(es), {:?} after the last",
+        started.elapsed()
+    );
+    assert!(
+        publications <= 2,
+        "{publications} publications for one burst"
+    );
+
+    // A lone change is not published at once, but once its window ends.
+    let node = NodeId {
+        namespace: "default".into(),
+        service: "echo".into(),
+        version: "v1".into(),
+        instance_id: "echo-late".into(),
+    };
+    let at = Instant::now();
+    state
+        .heartbeat(Some(ECHO), &node, beat("127.0.0.1:6000"))
+        .unwrap();
+    assert_eq!(state.version(), version, "held for the window");
+    let v = state.published(last + 1).await;
+    let took = at.elapsed();
+    assert_eq!((v, endpoints(&state)), (version + 1, 101));
+    assert!(
+        took >= window,
+        "published before its window ended: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }

@@ -5,6 +5,7 @@
 //! instance with heartbeats and deregisters it on shutdown.
 
 use crate::config::Identity;
+use crate::demand::Demand;
 use crate::state::{EndpointStats, Rejected, State};
 use arc_swap::ArcSwap;
 use mesh_proto::v1 as pb;
@@ -37,23 +38,24 @@ pub async fn subscribe(
     state: Arc<ArcSwap<State>>,
     reconnect_max: Duration,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
+    demand: Arc<Demand>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     // Owned here, by the single writer, so what was learned about each
     // endpoint survives snapshots and reconnects alike.
     let mut stats = EndpointStats::default();
+    // The last full snapshot applied: what a delta builds on, on this
+    // stream and the next (a reconnect says what it holds, and gets only
+    // what changed meanwhile).
+    let mut applied: Option<pb::DiscoveryResponse> = None;
     loop {
         let mut delivered = false;
-        match subscribe_once(
-            &channel,
-            &node,
-            &state,
-            &metrics,
-            &mut stats,
-            &mut delivered,
-        )
-        .await
-        {
+        let mut held = Held {
+            applied: &mut applied,
+            stats: &mut stats,
+            delivered: &mut delivered,
+        };
+        match subscribe_once(&channel, &node, &state, &metrics, &demand, &mut held).await {
             Ok(()) => tracing::warn!("control plane closed the discovery stream"),
             Err(e) => {
                 tracing::warn!(error = %e, "discovery stream failed; serving last good config")
@@ -70,80 +72,166 @@ pub async fn subscribe(
     }
 }
 
+/// What one stream leaves to the next.
+struct Held<'a> {
+    applied: &'a mut Option<pb::DiscoveryResponse>,
+    stats: &'a mut EndpointStats,
+    /// The stream delivered config.
+    delivered: &'a mut bool,
+}
+
+/// The first request of a stream: who this is, what it subscribes to, and
+/// what it holds.
+fn first_request(
+    node: &pb::Node,
+    state: &State,
+    applied: Option<&pb::DiscoveryResponse>,
+    demand: &Demand,
+) -> pb::DiscoveryRequest {
+    let mut subscribe = demand.subscription();
+    if subscribe.is_empty() {
+        // No name would mean every service: name its own, which it
+        // receives anyway.
+        subscribe.push(format!("{}.{}", node.service, node.namespace));
+    }
+    let mut first = pb::DiscoveryRequest {
+        node: Some(node.clone()),
+        version_info: state.version.clone(),
+        incremental: true,
+        subscribe,
+        ..Default::default()
+    };
+    if let Some(a) = applied.filter(|a| a.version_info == state.version) {
+        first.service_versions = a
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    mesh_proto::incremental::service_key(s),
+                    s.resource_version.clone(),
+                )
+            })
+            .collect();
+        first.cluster_versions = a
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.resource_version.clone()))
+            .collect();
+    }
+    first
+}
+
 async fn subscribe_once(
     channel: &Channel,
     node: &pb::Node,
     state: &ArcSwap<State>,
     metrics: &crate::telemetry::metrics::Metrics,
-    stats: &mut EndpointStats,
-    delivered: &mut bool,
+    demand: &Demand,
+    held: &mut Held<'_>,
 ) -> Result<(), tonic::Status> {
     let mut client = DiscoveryClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::channel(4);
-    let first = pb::DiscoveryRequest {
-        node: Some(node.clone()),
-        version_info: state.load().version.clone(),
-        incremental: true,
-        ..Default::default()
-    };
+    let first = first_request(node, &state.load(), held.applied.as_ref(), demand);
     tx.send(first).await.expect("receiver is alive");
     let mut stream = client
         .subscribe(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    // The last full snapshot applied on this stream: what a delta builds on.
-    let mut applied: Option<pb::DiscoveryResponse> = None;
-    while let Some(resp) = stream.message().await? {
-        *delivered = true;
-        let now = std::time::Instant::now();
-        let (version, nonce) = (resp.version_info.clone(), resp.nonce.clone());
-        // Converting a large snapshot takes a while (10,000 splits: most of
-        // a second in a debug build), and a sidecar runs one worker: done
-        // there it would hold up every request and the heartbeats, whose
-        // lease would lapse. So it runs on a blocking thread, and the worker
-        // only swaps the result in.
-        let (base, prev, namespace) = (applied.take(), state.load_full(), node.namespace.clone());
-        let mut lent = std::mem::take(stats);
-        let (base, lent, converted) = tokio::task::spawn_blocking(move || {
-            let converted = whole(base.as_ref(), resp).and_then(|full| {
-                let next = State::from_proto(&full, &namespace, &prev, &mut lent, now)?;
-                Ok((full, next))
-            });
-            (base, lent, converted)
-        })
-        .await
-        .map_err(|e| tonic::Status::internal(format!("converting a snapshot failed: {e}")))?;
-        (applied, *stats) = (base, lent);
-        let reply = match converted {
-            Ok((full, next)) => {
-                // One atomic swap: requests already running keep the Arc they loaded.
-                state.store(Arc::new(next));
-                applied = Some(full);
-                metrics.config_applied(&version);
-                tracing::info!(%version, "config applied");
-                pb::DiscoveryRequest {
-                    version_info: version,
-                    response_nonce: nonce,
-                    ..Default::default()
+    let mut sweep = tokio::time::interval(demand.sweep_every());
+    sweep.reset();
+    loop {
+        let resp = tokio::select! {
+            resp = stream.message() => match resp? {
+                Some(resp) => resp,
+                None => break,
+            },
+            // A request asked for a name this sidecar holds nothing for.
+            () = demand.asked() => {
+                let subscribe = demand.added();
+                if !subscribe.is_empty() {
+                    let req = pb::DiscoveryRequest { subscribe, ..Default::default() };
+                    if tx.send(req).await.is_err() { break }
                 }
+                continue;
             }
-            Err(rejected) => {
-                tracing::warn!(%version, reason = %rejected, "config rejected; keeping the previous one");
-                pb::DiscoveryRequest {
-                    version_info: state.load().version.clone(),
-                    response_nonce: nonce,
-                    error_detail: Some(pb::ErrorDetail {
-                        message: rejected.to_string(),
-                    }),
-                    ..Default::default()
+            _ = sweep.tick() => {
+                let now = state.load();
+                let unsubscribe = demand.sweep(|n| now.take_used(n));
+                if !unsubscribe.is_empty() {
+                    tracing::debug!(?unsubscribe, "dropping services no request used");
+                    let req = pb::DiscoveryRequest { unsubscribe, ..Default::default() };
+                    if tx.send(req).await.is_err() { break }
                 }
+                continue;
             }
         };
+        *held.delivered = true;
+        let reply = apply(resp, node, state, metrics, held).await?;
+        demand.applied();
         if tx.send(reply).await.is_err() {
             break;
         }
     }
     Ok(())
+}
+
+/// Applies one response, atomically or not at all, and says so: the reply.
+async fn apply(
+    resp: pb::DiscoveryResponse,
+    node: &pb::Node,
+    state: &ArcSwap<State>,
+    metrics: &crate::telemetry::metrics::Metrics,
+    held: &mut Held<'_>,
+) -> Result<pb::DiscoveryRequest, tonic::Status> {
+    let now = std::time::Instant::now();
+    let (version, nonce) = (resp.version_info.clone(), resp.nonce.clone());
+    // Converting a large snapshot takes a while (10,000 splits: most of
+    // a second in a debug build), and a sidecar runs one worker: done
+    // there it would hold up every request and the heartbeats, whose
+    // lease would lapse. So it runs on a blocking thread, and the worker
+    // only swaps the result in.
+    let (base, prev, namespace) = (
+        held.applied.take(),
+        state.load_full(),
+        node.namespace.clone(),
+    );
+    let mut lent = std::mem::take(held.stats);
+    let (base, lent, converted) = tokio::task::spawn_blocking(move || {
+        let converted = whole(base.as_ref(), resp).and_then(|full| {
+            let next = State::from_proto(&full, &namespace, &prev, &mut lent, now)?;
+            Ok((full, next))
+        });
+        (base, lent, converted)
+    })
+    .await
+    .map_err(|e| tonic::Status::internal(format!("converting a snapshot failed: {e}")))?;
+    (*held.applied, *held.stats) = (base, lent);
+    Ok(match converted {
+        Ok((full, next)) => {
+            // One atomic swap: requests already running keep the Arc they loaded.
+            state.store(Arc::new(next));
+            *held.applied = Some(full);
+            metrics.config_applied(&version);
+            tracing::info!(%version, "config applied");
+            pb::DiscoveryRequest {
+                version_info: version,
+                response_nonce: nonce,
+                ..Default::default()
+            }
+        }
+        Err(rejected) => {
+            tracing::warn!(%version, reason = %rejected, "config rejected; keeping the previous one");
+            pb::DiscoveryRequest {
+                version_info: state.load().version.clone(),
+                response_nonce: nonce,
+                error_detail: Some(pb::ErrorDetail {
+                    message: rejected.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        }
+    })
 }
 
 /// The full snapshot a response gives: itself, or a delta applied to the

@@ -39,6 +39,15 @@ pub enum Error {
     /// The authority names no service in the mesh.
     #[error("no service {0:?} in the mesh")]
     UnknownService(String),
+    /// The sidecar holds no config for the name, and the control plane
+    /// sent none within the wait.
+    #[error("no config for {name:?} arrived from the control plane within {waited:?}")]
+    DiscoveryTimeout {
+        /// What the request named.
+        name: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// No route of the service matches the request.
     #[error("no route of service {0} matches the request")]
     NoRoute(String),
@@ -104,6 +113,7 @@ pub fn codes(e: &Error) -> (StatusCode, u32) {
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
         Error::NoEndpoints(_)
         | Error::NotReady
+        | Error::DiscoveryTimeout { .. }
         | Error::PlaintextRefused { .. }
         | Error::NoCertificate(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
         Error::AllEjected(_) | Error::Overloaded { .. } | Error::PendingLimit { .. } => {
@@ -229,6 +239,14 @@ mod tests {
             ),
             (Error::Timeout(Duration::from_secs(1)), 504, 4),
             (Error::NotReady, 503, 14),
+            (
+                Error::DiscoveryTimeout {
+                    name: "echo".into(),
+                    waited: std::time::Duration::from_secs(1),
+                },
+                503,
+                14,
+            ),
             (upstream_error().await, 502, 14),
             // A fault's own status, and gRPC's HTTP mapping for it.
             (abort(503), 503, 14),

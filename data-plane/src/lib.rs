@@ -11,6 +11,7 @@ pub mod body;
 pub mod config;
 pub mod connect;
 pub mod control;
+pub mod demand;
 pub mod discovery;
 pub mod errors;
 pub mod forward;

@@ -150,6 +150,7 @@ async fn serve(
         state.clone(),
         Duration::from_millis(200),
         Default::default(),
+        Default::default(),
     ));
     (replies, state)
 }

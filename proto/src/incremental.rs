@@ -38,6 +38,7 @@ pub fn between(
         base_version: base_version.to_string(),
         removed_services,
         removed_clusters,
+        unknown: Vec::new(),
     }
 }
 
@@ -115,6 +116,8 @@ pub fn apply(
         base_version: String::new(),
         removed_services: Vec::new(),
         removed_clusters: Vec::new(),
+        // Not a resource: each response says it anew.
+        unknown: delta.unknown.clone(),
     })
 }
 

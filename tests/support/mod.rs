@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod load;
+pub mod subscriber;
 pub mod tokens;
 
 use anyhow::{Result, bail};

@@ -76,7 +76,11 @@ pub async fn build(config: Config) -> Result<Bound, Error> {
         }
         crate::config::RegistryKind::Local => None,
     };
-    let state = Arc::new(State::new(registry, rules, store.clone(), admission)?);
+    let state = Arc::new(
+        State::new(registry, rules, store.clone(), admission)?
+            .with_batch_window(std::time::Duration::from_millis(config.batch_window_ms)),
+    );
+    tokio::spawn(state.clone().run_batches());
     let window = Arc::new(crate::telemetry::Window::default());
     let releases = match kube.clone() {
         Some(kube) => Controller::cluster(state.clone(), window.clone(), Objects::start(kube)),

@@ -81,6 +81,11 @@ struct Args {
         default_value = "2000"
     )]
     propagation_timeout_ms: String,
+    /// How long registry changes (registrations, readiness, departures,
+    /// endpoints from the cluster) are gathered into one push, in ms; a
+    /// lone change waits no longer than this. 0: each is pushed at once.
+    #[arg(long, env = "MESH_CONTROL_BATCH_WINDOW_MS", default_value = "10")]
+    batch_window_ms: String,
     /// On SIGTERM, how long connected sidecars keep their streams (with
     /// publication stopped) before they are ended, in ms.
     #[arg(long, env = "MESH_CONTROL_DRAIN_TIMEOUT_MS", default_value = "5000")]
@@ -155,6 +160,8 @@ pub struct Config {
     pub ca_roots: Option<PathBuf>,
     /// How long a deregistration waits for every sidecar to ACK, in ms.
     pub propagation_timeout_ms: u64,
+    /// How long registry changes are gathered into one push, in ms.
+    pub batch_window_ms: u64,
     /// On SIGTERM, how long connected sidecars keep their streams, in ms.
     pub drain_timeout_ms: u64,
     /// How long a new connection may stay silent, in ms.
@@ -240,6 +247,7 @@ impl Config {
         let propagation_timeout_ms =
             number("propagation-timeout-ms", &args.propagation_timeout_ms, 1);
         let drain_timeout_ms = number("drain-timeout-ms", &args.drain_timeout_ms, 0);
+        let batch_window_ms = number("batch-window-ms", &args.batch_window_ms, 0);
         let idle_timeout_ms = number("idle-timeout-ms", &args.idle_timeout_ms, 1);
         let max_connections = number("max-connections", &args.max_connections, 1);
         let max_registrations_per_identity = number(
@@ -307,6 +315,7 @@ impl Config {
             ca_key: args.ca_key,
             ca_roots: args.ca_roots,
             propagation_timeout_ms,
+            batch_window_ms,
             drain_timeout_ms,
             idle_timeout_ms,
             max_connections,

@@ -1,17 +1,20 @@
-//! The Discovery gRPC service: streams snapshots to sidecars, records their
-//! ACKs and NACKs, and takes heartbeats and deregistrations, each only from
-//! a caller whose certificate proves it may speak for the node it names.
+//! The Discovery gRPC service: streams each sidecar its part of every
+//! snapshot, records their ACKs and NACKs, and takes heartbeats and
+//! deregistrations, each only from a caller whose certificate proves it
+//! may speak for the node it names. What a stream sends is `stream`'s.
+
+mod stream;
 
 use crate::listen::Ending;
 use crate::registry::local::NodeId;
 use crate::state::{Beat, State};
-use futures::Stream;
 use mesh_proto::prebuilt::{Prebuilt, server::discovery_server};
 use mesh_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use stream::{Reply, Stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -66,7 +69,7 @@ fn node_id(node: Option<pb::Node>) -> Result<(pb::Node, NodeId), Status> {
     Ok((node, id))
 }
 
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Prebuilt, Status>> + Send>>;
+type SubscribeStream = Pin<Box<dyn futures::Stream<Item = Result<Prebuilt, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl discovery_server::Discovery for Discovery {
@@ -88,8 +91,7 @@ impl discovery_server::Discovery for Discovery {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let incremental = first.incremental;
-        let (node, _) = node_id(first.node)?;
+        let (node, _) = node_id(first.node.clone())?;
         self.state
             .speaks_for(
                 "Subscribe",
@@ -98,6 +100,8 @@ impl discovery_server::Discovery for Discovery {
                 &node.service,
             )
             .map_err(Status::from)?;
+        let mut stream =
+            Stream::new(&node, &first).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = id, service = %node.service, instance = %node.instance_id, "proxy subscribed");
         self.state.proxies().add(id, node);
@@ -118,22 +122,22 @@ impl discovery_server::Discovery for Discovery {
                 _ = tx.closed() => return,
             }
             let mut snapshots = state.subscribe();
-            // The version last sent, which the next change builds on when
-            // the sidecar applies deltas; `full` once it refused one (it
-            // runs something older than what was sent).
-            let (mut sent, mut full) = (None, !incremental);
             'send: loop {
-                // A refcount bump: both forms were encoded once for all streams.
+                // A refcount bump; what is sent was encoded once for all streams.
                 let snapshot = snapshots.borrow_and_update().clone();
-                let message = match &snapshot.delta {
-                    Some((base, delta)) if !full && sent == Some(*base) => Some(delta.clone()),
-                    _ => None,
-                };
-                let sent_delta = message.is_some();
-                let message = message.unwrap_or_else(|| snapshot.full());
-                (sent, full) = (Some(snapshot.version), !incremental);
-                if tx.send(Ok(message)).await.is_err() {
-                    break;
+                let evaluated = snapshot.version;
+                match stream.next(&snapshot) {
+                    Some(message) => {
+                        if tx.send(Ok(message)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Nothing it receives changed: it is as current as it was.
+                    None => {
+                        if stream.answered() {
+                            state.proxies().record_current(id, evaluated);
+                        }
+                    }
                 }
                 loop {
                     tokio::select! {
@@ -147,29 +151,35 @@ impl discovery_server::Discovery for Discovery {
                         }
                         msg = inbound.message() => match msg {
                             Ok(Some(req)) => {
-                                // The nonce names the version a reply answers, even
-                                // if newer ones were sent meanwhile.
-                                let Some((v, delta)) = crate::index::parse_nonce(&req.response_nonce) else { continue };
-                                let error = req.error_detail.map(|e| e.message);
-                                match &error {
-                                    // Not the config's verdict: the full snapshot
-                                    // (sent now, unless the last message was one)
-                                    // gets the sidecar's.
-                                    Some(reason) if delta => {
-                                        tracing::info!(stream = id, version = v, %reason, "proxy refused a delta; sending the full snapshot");
-                                        full = true;
-                                        if sent_delta {
-                                            continue 'send;
+                                let resubscribed = match stream.subscribe(&req) {
+                                    Ok(changed) => changed,
+                                    Err(e) => {
+                                        let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                                        break 'send;
+                                    }
+                                };
+                                match stream.reply(&req, evaluated) {
+                                    Reply::None => {}
+                                    Reply::Ack { version, current } => {
+                                        state.proxies().record_reply(id, version, None);
+                                        if let Some(c) = current {
+                                            state.proxies().record_current(id, c);
                                         }
-                                        continue;
                                     }
-                                    Some(reason) => {
-                                        tracing::warn!(stream = id, version = v, %reason, "proxy rejected config");
-                                        full = true;
+                                    Reply::Nack { version, reason } => {
+                                        tracing::warn!(stream = id, version, %reason, "proxy rejected config");
+                                        state.proxies().record_reply(id, version, Some(reason));
                                     }
-                                    None => {}
+                                    // Not the config's verdict: the whole
+                                    // response, sent now, gets the sidecar's.
+                                    Reply::Resend { version, reason } => {
+                                        tracing::info!(stream = id, version, %reason, "proxy refused a delta; sending it whole");
+                                        continue 'send;
+                                    }
                                 }
-                                state.proxies().record_reply(id, v, error);
+                                if resubscribed {
+                                    continue 'send;
+                                }
                             }
                             Ok(None) | Err(_) => break 'send,
                         }
@@ -216,13 +226,14 @@ impl discovery_server::Discovery for Discovery {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let caller = crate::mtls::identity_of(&request);
         let (_, node) = node_id(request.into_inner().node)?;
-        let version = {
+        let ticket = {
             let node = node.clone();
             self.state
                 .off_runtime(move |s| s.deregister(caller.as_deref(), &node))
                 .await
                 .map_err(|e| Status::internal(format!("deregistration failed: {e}")))??
         };
+        let version = self.state.published(ticket).await;
         let propagated = self
             .state
             .proxies()

@@ -4,6 +4,7 @@
 
 mod routes;
 mod status;
+pub mod subset;
 pub mod views;
 
 pub use status::{Error, effective_shares, status, warnings};
@@ -62,8 +63,10 @@ pub fn nonce(version: u64, incremental: bool) -> String {
 }
 
 /// The version a reply's nonce names, and whether it answered the
-/// incremental response.
+/// incremental response. A stream's own responses add `/<n>` (see
+/// `discovery`), which this ignores.
 pub fn parse_nonce(nonce: &str) -> Option<(u64, bool)> {
+    let nonce = nonce.split_once('/').map_or(nonce, |(n, _)| n);
     match nonce.strip_suffix('+') {
         Some(v) => Some((v.parse().ok()?, true)),
         None => Some((nonce.parse().ok()?, false)),

@@ -25,20 +25,7 @@ pub fn routes(
             namespace: namespace.into(),
             service: service.into(),
         })?;
-    let named: BTreeSet<&str> = sc
-        .routes
-        .iter()
-        .flat_map(|r| {
-            r.backends
-                .iter()
-                .map(|b| b.cluster.as_str())
-                .chain(r.mirror.iter().map(|m| m.cluster.as_str()))
-                .chain(r.fallback.iter().filter_map(|f| match &f.target {
-                    Some(pb::fallback::Target::Cluster(c)) => Some(c.as_str()),
-                    _ => None,
-                }))
-        })
-        .collect();
+    let named: BTreeSet<&str> = super::subset::named_clusters(sc).collect();
     Ok(pb::GetRoutesResponse {
         version: version.to_string(),
         service: Some(sc.clone()),

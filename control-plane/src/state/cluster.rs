@@ -45,11 +45,16 @@ impl State {
     }
 
     /// Takes in what the Kubernetes registry synced, and publishes it if it
-    /// changes the config.
+    /// changes the config: at once until the config is whole (so the first
+    /// config any sidecar sees has the cluster's endpoints), batched with
+    /// the changes near it after.
     pub fn sync_cluster(&self, cluster: Arc<crate::registry::cluster::Cluster>) -> u64 {
         let mut inner = self.lock();
         if inner.registry.set_cluster(cluster) {
-            return self.publish(&mut inner);
+            if !*self.complete.borrow() {
+                return self.publish(&mut inner);
+            }
+            self.publish_soon(&mut inner);
         }
         inner.version
     }

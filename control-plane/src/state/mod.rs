@@ -16,6 +16,7 @@ use crate::registry::{Catalog, Source};
 use crate::rules::{self, RuleSet, Split};
 use crate::store::{self, Store};
 
+mod batch;
 mod cluster;
 mod documents;
 mod register;
@@ -111,6 +112,8 @@ struct Inner {
     registry: Registry,
     rules: Arc<RuleSet>,
     version: u64,
+    /// Registry changes taken so far (see `batch`).
+    tickets: u64,
 }
 
 /// A release's hold on its split: where the rest of the traffic goes, and
@@ -145,6 +148,8 @@ pub struct State {
     /// a stopping control plane never pushes a registry it can no longer
     /// keep alive (heartbeats cannot reach it).
     stopped: std::sync::atomic::AtomicBool,
+    /// How registry changes are gathered into one push.
+    batch: batch::Batch,
 }
 
 /// A poisoned lock's data is still whole: every mutation builds the new
@@ -216,6 +221,7 @@ impl State {
                 registry,
                 rules: Arc::new(rules),
                 version,
+                tickets: 0,
             }),
             writer: Mutex::new(()),
             leases: Mutex::new(leases),
@@ -227,6 +233,7 @@ impl State {
             store,
             complete: watch::channel(!admission.cluster).0,
             stopped: Default::default(),
+            batch: batch::Batch::new(std::time::Duration::ZERO),
         })
     }
 
@@ -274,6 +281,9 @@ impl State {
 
     /// Rebuilds the view and publishes it if anything changed.
     fn publish(&self, inner: &mut Inner) -> u64 {
+        // Whether or not anything changes (or is published at all once
+        // stopped), every change taken so far has had its turn.
+        self.flushing(inner);
         if self.stopped() {
             return inner.version;
         }

@@ -100,7 +100,7 @@ impl State {
                 && inner.registry.heartbeat(node, &said)?
             {
                 self.store.save_registry(&inner.registry)?;
-                self.publish(&mut inner);
+                self.publish_soon(&mut inner);
             }
         }
         self.proxies.seen(&node.namespace, &node.instance_id);
@@ -117,15 +117,15 @@ impl State {
         }))
     }
 
-    /// Removes an instance `caller` registered; returns the version that no
-    /// longer contains it.
+    /// Removes an instance `caller` registered; returns the ticket of the
+    /// change (see [`State::published`] for the version without it).
     pub fn deregister(&self, caller: Option<&str>, node: &NodeId) -> Result<u64, Error> {
         if self.cluster {
             if caller.is_none() {
                 return Err(self.refused(Refusal::Anonymous { call: "Deregister" }));
             }
             // Nothing was registered: the cluster removes the endpoint.
-            return Ok(self.version());
+            return Ok(self.lock().tickets);
         }
         let caller = self.speaks_for("Deregister", caller, &node.namespace, &node.service)?;
         let (namespace, instance_id) = (&node.namespace, &node.instance_id);
@@ -140,7 +140,7 @@ impl State {
         if inner.registry.deregister(namespace, instance_id) {
             self.store.save_registry(&inner.registry)?;
         }
-        Ok(self.publish(&mut inner))
+        Ok(self.publish_soon(&mut inner))
     }
 
     /// Drops instances whose heartbeats stopped.
@@ -162,7 +162,7 @@ impl State {
             inner.registry.deregister(ns, id);
         }
         self.store.save_registry(&inner.registry)?;
-        self.publish(&mut inner);
+        self.publish_soon(&mut inner);
         Ok(dead
             .into_iter()
             .map(|(ns, id)| format!("{ns}/{id}"))

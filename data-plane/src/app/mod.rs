@@ -171,12 +171,14 @@ impl Bound {
             metrics.clone(),
             config.idle_timeout,
         ));
+        let demand = Arc::new(crate::demand::Demand::new(config.demand.clone()));
         let sub_task = tokio::spawn(discovery::subscribe(
             channel.clone(),
             node.clone(),
             state.clone(),
             config.reconnect_max,
             metrics.clone(),
+            demand.clone(),
         ));
         let tracing = match (&config.telemetry.trace, config.telemetry.enabled) {
             (Some(t), true) => Some(Arc::new(
@@ -200,6 +202,7 @@ impl Bound {
         let drain = Drain::new(config.idle_timeout, config.max_connections);
         let worker = Worker {
             state,
+            demand,
             certificate: certificate.clone(),
             metrics: metrics.clone(),
             obs: obs.clone(),

@@ -8,6 +8,7 @@
 
 use crate::config::{Intercept, Mode};
 use crate::connect::TlsContext;
+use crate::demand::Demand;
 use crate::forward::Forwarder;
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
@@ -25,6 +26,8 @@ use tokio::net::TcpListener;
 #[derive(Clone)]
 pub(super) struct Worker {
     pub(super) state: Arc<ArcSwap<State>>,
+    /// What the sidecar subscribes to, and the wait for what it does not.
+    pub(super) demand: Arc<Demand>,
     pub(super) certificate: Option<Current>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) obs: Arc<Observer>,
@@ -82,6 +85,7 @@ impl Worker {
         let outbound = crate::outbound::Listener {
             http: Outbound::new(
                 self.state.clone(),
+                self.demand.clone(),
                 forwarder,
                 self.certificate.is_some(),
                 self.obs.clone(),
@@ -93,6 +97,7 @@ impl Worker {
                 m.clone(),
             ),
             state: self.state.clone(),
+            demand: self.demand.clone(),
             intercept: self.intercept.clone(),
             metrics: m.clone(),
         };

@@ -4,10 +4,12 @@
 //! A leaf: the types its values take live here, and it imports nothing of
 //! the crate.
 
+mod demand;
 mod intercept;
 mod parse;
 mod telemetry;
 
+pub use demand::{Demand, ENV_DISCOVERY_WAIT_MS, ENV_SERVICES, ENV_UNSUBSCRIBE_AFTER_MS};
 pub use intercept::{DEFAULT_OPAQUE_PORTS, ENV_DETECT_TIMEOUT_MS, ENV_OPAQUE_PORTS, Intercept};
 use parse::Parser;
 pub use parse::{Env, ProcessEnv};
@@ -200,6 +202,8 @@ pub struct Config {
     pub telemetry: Telemetry,
     /// Redirected connections: protocol detection and opaque ports.
     pub intercept: Intercept,
+    /// Which services it subscribes to, and how on demand.
+    pub demand: Demand,
     /// Compiled size limit of one route regex.
     pub regex_limit: RegexLimit,
 }
@@ -317,6 +321,7 @@ impl Config {
         let inbound_mode = p.parse(ENV_INBOUND_MODE, Mode::Permissive, "an inbound mode");
         let telemetry = p.telemetry();
         let intercept = p.intercept();
+        let demand = p.demand();
         let default_limit = RegexLimit::default().0;
         let regex_limit =
             RegexLimit(p.positive(ENV_MAX_REGEX_BYTES, default_limit as u32) as usize);
@@ -324,6 +329,7 @@ impl Config {
             regex_limit,
             telemetry,
             intercept,
+            demand,
             inbound_mode,
             tls,
             outbound_addr: p.addr(ENV_OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR),

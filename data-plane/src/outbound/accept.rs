@@ -8,9 +8,10 @@
 use super::handle::Outbound;
 use super::tcp::Tcp;
 use crate::config::Intercept;
+use crate::errors::Error;
 use crate::intercept::{self, Protocol};
 use crate::server::Drain;
-use crate::state::State;
+use crate::state::{Service, State};
 use crate::telemetry::meter::{Meter, Metered};
 use crate::telemetry::metrics::{DetectLabels, Metrics};
 use arc_swap::ArcSwap;
@@ -27,6 +28,8 @@ pub struct Listener {
     pub tcp: Tcp,
     /// Live config, for virtual IPs.
     pub state: Arc<ArcSwap<State>>,
+    /// For virtual IPs the sidecar holds no config for yet.
+    pub demand: Arc<crate::demand::Demand>,
     /// Detection's settings.
     pub intercept: Intercept,
     /// For detection counts.
@@ -66,8 +69,19 @@ impl Listener {
             return;
         };
         let service = self.state.load().by_virtual_ip(dst.ip()).cloned();
-        let Some(service) = service else {
-            return self.tcp.passthrough(stream, dst).await;
+        let service = match service {
+            Some(s) => s,
+            None => match self.ask(dst.ip()).await {
+                Ok(Some(s)) => s,
+                // No service of the mesh: not ours to secure.
+                Ok(None) => return self.tcp.passthrough(stream, dst).await,
+                // It may be one the control plane is slow to name: passing
+                // it through could send plaintext to a meshed endpoint.
+                Err(e) => {
+                    tracing::warn!(%dst, error = %e, "connection closed: its destination is not known yet");
+                    return;
+                }
+            },
         };
         let (protocol, by) = if self.intercept.opaque(dst.port()) {
             (Protocol::Opaque, "port")
@@ -95,6 +109,22 @@ impl Listener {
         match protocol {
             Protocol::Http1 | Protocol::H2 => self.http(drain, stream, Some(dst)).await,
             Protocol::Tls | Protocol::Opaque => self.tcp.to_service(stream, &service, dst).await,
+        }
+    }
+
+    /// The service of virtual IP `ip` once the control plane says whether
+    /// there is one (None: none), asking for it on demand.
+    async fn ask(&self, ip: std::net::IpAddr) -> Result<Option<Arc<Service>>, Error> {
+        let names = [ip.to_string()];
+        match Box::pin(
+            self.demand
+                .wait(&self.state, &names, |s| s.by_virtual_ip(ip).is_some()),
+        )
+        .await
+        {
+            Ok(state) => Ok(state.by_virtual_ip(ip).cloned()),
+            Err(Error::UnknownService(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

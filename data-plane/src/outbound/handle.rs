@@ -4,11 +4,12 @@
 //! and turns any error into the response the one error table gives it.
 
 use super::attempt::{Attempts, Observed};
+use crate::demand::Demand;
 use crate::errors::{self, Body, Error};
 use crate::forward::Forwarder;
 use crate::http::{checked_authority, grpc_status, is_grpc};
 use crate::name::Name;
-use crate::state::State;
+use crate::state::{Service, State};
 use crate::telemetry::metrics::{DirectionLabels, Metrics, RequestLabels, RouteLabels};
 use crate::telemetry::observe::Observer;
 use arc_swap::ArcSwap;
@@ -24,6 +25,7 @@ static UNKNOWN: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::fr
 #[derive(Clone)]
 pub struct Outbound {
     state: Arc<ArcSwap<State>>,
+    demand: Arc<Demand>,
     attempts: Arc<Attempts>,
     metrics: Arc<Metrics>,
     obs: Arc<Observer>,
@@ -34,12 +36,14 @@ impl Outbound {
     /// identity, so it speaks mTLS to endpoints that publish one.
     pub fn new(
         state: Arc<ArcSwap<State>>,
+        demand: Arc<Demand>,
         forwarder: Forwarder,
         mtls: bool,
         obs: Arc<Observer>,
     ) -> Self {
         Outbound {
             state,
+            demand,
             attempts: Arc::new(Attempts::new(forwarder, mtls, obs.metrics.clone())),
             metrics: obs.metrics.clone(),
             obs,
@@ -115,10 +119,17 @@ impl Outbound {
             return Err(Error::NotReady);
         }
         let authority = checked_authority(&req)?;
-        let service = state
-            .resolve(authority)
-            .or_else(|| state.by_virtual_ip(dst?.ip()))
-            .ok_or_else(|| Error::UnknownService(authority.to_string()))?;
+        let waited;
+        let service = match find(&state, authority, dst) {
+            Some(s) => s,
+            None => {
+                // Boxed: the rare path, kept out of every request's future.
+                waited = Box::pin(self.discover(authority, dst)).await?;
+                find(&waited, authority, dst)
+                    .ok_or_else(|| Error::UnknownService(authority.to_string()))?
+            }
+        };
+        service.mark_used();
         seen.service = Some(service.full.clone());
         let route = service
             .route(&req)
@@ -144,4 +155,34 @@ impl Outbound {
             None => attempts.await,
         }
     }
+
+    /// A snapshot with config for what the request names, which the
+    /// sidecar held none for: asked of the control plane on demand.
+    async fn discover(
+        &self,
+        authority: &str,
+        dst: Option<SocketAddr>,
+    ) -> Result<Arc<State>, Error> {
+        let mut names = vec![crate::http::host_of(authority).to_ascii_lowercase()];
+        names.extend(dst.map(|d| d.ip().to_string()));
+        self.demand
+            .wait(&self.state, &names, |s| find(s, authority, dst).is_some())
+            .await
+            .map_err(|e| match e {
+                Error::UnknownService(_) => Error::UnknownService(authority.to_string()),
+                e => e,
+            })
+    }
+}
+
+/// The service a request names: by its authority, or else by the virtual
+/// IP its connection was headed to.
+fn find<'s>(
+    state: &'s State,
+    authority: &str,
+    dst: Option<SocketAddr>,
+) -> Option<&'s Arc<Service>> {
+    state
+        .resolve(authority)
+        .or_else(|| state.by_virtual_ip(dst?.ip()))
 }

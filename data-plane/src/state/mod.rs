@@ -54,6 +54,8 @@ pub struct State {
     /// This sidecar has a workload identity: it reaches only endpoints that
     /// prove one, unless their backend allows plaintext. Carried too.
     pub mtls: bool,
+    /// Names it subscribed to that the control plane knows no service for.
+    unknown: HashSet<String>,
 }
 
 /// Why a snapshot was rejected (one line per bad resource).
@@ -100,6 +102,22 @@ impl State {
         self.by_host
             .get(&service::ip_host(ip))
             .filter(|s| s.virtual_ips.contains(&ip))
+    }
+
+    /// Whether the control plane said it knows no service `name` (a name
+    /// this sidecar subscribed to).
+    pub fn is_unknown(&self, name: &str) -> bool {
+        self.unknown.contains(name)
+    }
+
+    /// Whether the service `name` (a host or a virtual IP) means had a
+    /// request since the last call; clears the mark.
+    pub fn take_used(&self, name: &str) -> bool {
+        let service = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => self.by_virtual_ip(ip),
+            Err(_) => self.resolve(name),
+        };
+        service.is_some_and(|s| s.used.swap(false, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// A cluster by name.
@@ -151,7 +169,12 @@ impl State {
         let mut services = Vec::new();
         for s in &resp.services {
             match Service::from_proto(s, &cx) {
-                Ok(svc) => services.push(Arc::new(svc)),
+                Ok(mut svc) => {
+                    if let Some(used) = carried.used.get(&(s.namespace.as_str(), s.name.as_str())) {
+                        svc.used = Arc::clone(used);
+                    }
+                    services.push(Arc::new(svc))
+                }
                 Err(mut e) => errors.append(&mut e),
             }
         }
@@ -179,18 +202,21 @@ impl State {
             identities,
             regex_limit: prev.regex_limit,
             mtls: prev.mtls,
+            unknown: resp.unknown.iter().cloned().collect(),
         })
     }
 
-    /// What a new snapshot inherits: in-flight counts by cluster, and retry
-    /// budgets by `service/route`.
-    fn carried(&self) -> Carried {
+    /// What a new snapshot inherits: in-flight counts by cluster, retry
+    /// budgets by `service/route`, and services' request marks.
+    fn carried(&self) -> Carried<'_> {
         let mut c = Carried::default();
         for cl in self.clusters.values() {
             c.in_flight
                 .insert(cl.name.to_string(), Arc::clone(&cl.in_flight));
         }
         for s in &self.services {
+            c.used
+                .insert((s.namespace.as_str(), s.name.as_str()), &s.used);
             for r in &s.routes {
                 if let Some((_, b)) = &r.retry {
                     let key = format!("service {}/{}/{}", s.namespace, s.name, r.name);
@@ -208,9 +234,10 @@ impl State {
 }
 
 #[derive(Default)]
-struct Carried {
+struct Carried<'a> {
     in_flight: HashMap<String, Arc<AtomicU32>>,
     budgets: HashMap<String, Arc<Budget>>,
+    used: HashMap<(&'a str, &'a str), &'a Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[cfg(test)]

@@ -24,9 +24,21 @@ pub struct Service {
     /// The addresses apps dial for it (ClusterIPs, local mode's virtual
     /// IPs): names of it like its host names.
     pub virtual_ips: Vec<std::net::IpAddr>,
+    /// Whether it had a request since on-demand discovery last looked;
+    /// carried from snapshot to snapshot.
+    pub(super) used: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Service {
+    /// Notes a request to it. A load before the store: the store, which
+    /// takes the cache line, happens once per sweep, not per request.
+    pub fn mark_used(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
+    }
+
     /// The first route matching the request.
     pub fn route<B>(&self, req: &http::Request<B>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(req))
@@ -70,6 +82,7 @@ impl Service {
             routes,
             authorization: s.authorization.as_ref().map(Authorization::from_proto),
             virtual_ips,
+            used: Default::default(),
         })
     }
 

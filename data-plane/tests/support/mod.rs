@@ -278,7 +278,8 @@ impl Sidecar {
         let state = Arc::new(arc_swap::ArcSwap::from_pointee(state));
         let forwarder = Forwarder::new(None, state.clone(), None);
         let obs = Arc::new(Observer::new(metrics.clone(), None, None));
-        let out = Outbound::new(state.clone(), forwarder, false, obs);
+        let demand = Arc::default();
+        let out = Outbound::new(state.clone(), demand, forwarder, false, obs);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let outbound = listener.local_addr().unwrap();
         let drain = Drain::new(mesh_proxy::server::IDLE_TIMEOUT, 10_000);
