@@ -171,6 +171,7 @@ async fn main() -> Result<()> {
         Suite::All { quick } => {
             data(quick).await?;
             control_suite(quick).await?;
+            scale_suite(quick).await?;
             cluster_suite(quick).await?;
             intercept_suite(quick).await?;
             publish(quick, "memory", memory::run(quick).await?)?;

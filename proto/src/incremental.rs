@@ -9,6 +9,7 @@
 //! `base_version` empty.
 
 use crate::v1::{Cluster, DiscoveryResponse, ServiceConfig};
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// A service's key in `removed_services`: `<namespace>/<name>`.
@@ -20,9 +21,9 @@ pub fn service_key(s: &ServiceConfig) -> String {
 /// to `next` (at `version`): the services and clusters of `next` that
 /// `base` lacks or holds with other content, and the keys of those `next`
 /// lacks. The nonce is left to the caller.
-pub fn between(
-    base: (&[ServiceConfig], &[Cluster]),
-    next: (&[ServiceConfig], &[Cluster]),
+pub fn between<S: Borrow<ServiceConfig>, C: Borrow<Cluster>>(
+    base: (&[S], &[C]),
+    next: (&[S], &[C]),
     base_version: &str,
     version: &str,
 ) -> DiscoveryResponse {
@@ -52,16 +53,20 @@ pub fn is_empty(delta: &DiscoveryResponse) -> bool {
 
 /// What of `next` differs from `base` (by key and content), and what of
 /// `base` `next` lacks. Keys are borrowed: this runs on every change of a
-/// mesh of thousands of services.
-fn changed<'a, T: Clone + PartialEq, K: Ord>(
-    base: &'a [T],
-    next: &'a [T],
+/// mesh of thousands of services. A resource shared by both (the same
+/// one, behind an `Arc`) is the same without a look at its content.
+fn changed<'a, T: Clone + PartialEq + 'a, B: Borrow<T>, K: Ord>(
+    base: &'a [B],
+    next: &'a [B],
     key: impl Fn(&'a T) -> K,
 ) -> (Vec<T>, Vec<&'a T>) {
-    let mut before: BTreeMap<K, &T> = base.iter().map(|t| (key(t), t)).collect();
+    let mut before: BTreeMap<K, &T> = base.iter().map(|t| (key(t.borrow()), t.borrow())).collect();
     let mut out = Vec::new();
-    for t in next {
-        if before.remove(&key(t)) != Some(t) {
+    for t in next.iter().map(Borrow::borrow) {
+        let same = before
+            .remove(&key(t))
+            .is_some_and(|b| std::ptr::eq(b, t) || b == t);
+        if !same {
             out.push(t.clone());
         }
     }

@@ -451,6 +451,31 @@ impl Mesh {
         st.control_version.parse().unwrap()
     }
 
+    /// Whether the config sidecars are sent has these endpoint counts for
+    /// `service`'s backends (a backend its routes do not name counts as 0).
+    async fn published_endpoints(&self, service: &str, want: &[(&str, usize)]) -> bool {
+        let Ok(mut c) = meshctl::client::admin(&self.admin()).await else {
+            return false;
+        };
+        let req = mesh_proto::v1::GetRoutesRequest {
+            service: service.into(),
+            namespace: "default".into(),
+        };
+        let Ok(routes) = c.get_routes(req).await else {
+            return false;
+        };
+        let routes = routes.into_inner();
+        want.iter().all(|(backend, n)| {
+            let name = format!("{backend}.default");
+            routes
+                .clusters
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(0, |c| c.endpoints.len())
+                == *n
+        })
+    }
+
     /// Waits until `service`'s backends have these ready endpoint counts.
     pub async fn wait_ready_endpoints(&self, service: &str, want: &[(&str, usize)]) -> Result<()> {
         let end = tokio::time::Instant::now() + DEADLINE;
@@ -471,7 +496,9 @@ impl Mesh {
                     .map(|b| b.endpoints.iter().filter(|e| e.ready).count())
                     == Some(*n)
             });
-            if ok {
+            // The registry can be ahead of what sidecars are sent (changes
+            // are gathered for a few ms): wait for the published config too.
+            if ok && self.published_endpoints(service, want).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() > end {

@@ -5,11 +5,12 @@
 //! for all such streams; one that takes a part gets its part put together
 //! from resources each encoded once.
 
-use crate::index::subset::{Held, Refused, Subscription};
+use crate::index::subset::{Held, Refused, Selected, Subscription};
 use crate::index::{nonce, parse_nonce};
 use crate::state::Snapshot;
 use mesh_proto::prebuilt::Prebuilt;
 use mesh_proto::v1 as pb;
+use std::sync::Arc;
 
 /// What the sidecar holds.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub(super) struct Stream {
     /// The subscription changed: answer even if nothing it receives did,
     /// so a request waiting on a name learns that it has all there is.
     answer: bool,
+    /// The last snapshot a part was selected from, and the selection.
+    selected: Option<(Arc<Snapshot>, Selected)>,
 }
 
 /// What a reply says.
@@ -83,6 +86,7 @@ impl Stream {
             unknown: Vec::new(),
             last: None,
             answer: false,
+            selected: None,
         })
     }
 
@@ -94,6 +98,9 @@ impl Stream {
         let was_all = self.subscription.all();
         let changed = self.subscription.change(&req.subscribe, &req.unsubscribe)?;
         self.answer |= changed;
+        if changed {
+            self.selected = None;
+        }
         if !was_all && self.subscription.all() {
             // From a part to everything: the shared responses build on
             // whole versions, so start over from one.
@@ -104,7 +111,7 @@ impl Stream {
 
     /// The response that brings the sidecar to `snap`, if anything it
     /// receives differs from what it holds.
-    pub(super) fn next(&mut self, snap: &Snapshot) -> Option<Prebuilt> {
+    pub(super) fn next(&mut self, snap: &Arc<Snapshot>) -> Option<Prebuilt> {
         let message = if self.subscription.all() {
             self.next_whole_view(snap)
         } else {
@@ -145,8 +152,40 @@ impl Stream {
         }
     }
 
-    fn next_part(&mut self, snap: &Snapshot) -> Option<(Prebuilt, String)> {
+    /// Whether `snap` has the same resources in the same order as the
+    /// snapshot this stream's part was last selected from (its lookup is
+    /// shared: only endpoints changed), so the part is the same indices and
+    /// only what is not shared with that snapshot can differ. Most changes
+    /// of a large mesh are such, and cost a stream in proportion to what
+    /// changed in its part, not to the mesh or the part.
+    fn same_part(&self, snap: &Arc<Snapshot>) -> bool {
+        let Some((prev, _)) = &self.selected else {
+            return false;
+        };
+        !self.answer
+            && self.incremental
+            && matches!(self.holds, Holds::Part(..))
+            && Arc::ptr_eq(prev.lookup(), snap.lookup())
+    }
+
+    fn next_part(&mut self, snap: &Arc<Snapshot>) -> Option<(Prebuilt, String)> {
+        if self.same_part(snap) {
+            let (Some((prev, selected)), Holds::Part(base, held)) =
+                (&mut self.selected, &mut self.holds)
+            else {
+                unreachable!("same_part checked both");
+            };
+            let change = held.update_shared(&prev.view, &snap.view, selected);
+            *prev = Arc::clone(snap);
+            if change.is_empty() {
+                return None;
+            }
+            let base = std::mem::replace(base, snap.version.to_string());
+            let unknown = selected.unknown.clone();
+            return Some(self.assemble(snap, &base, change, unknown));
+        }
         let selected = self.subscription.select(&snap.view, snap.lookup());
+        self.selected = Some((Arc::clone(snap), selected.clone()));
         let (base, mut held) = match std::mem::replace(&mut self.holds, Holds::Nothing) {
             Holds::Part(base, held) if self.incremental => (base, held),
             _ => (String::new(), Held::default()),
@@ -210,6 +249,7 @@ impl Stream {
             Some(reason) => {
                 // It runs something other than what we think it holds.
                 self.holds = Holds::Nothing;
+                self.selected = None;
                 if delta {
                     Reply::Resend { version, reason }
                 } else {

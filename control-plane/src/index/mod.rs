@@ -2,6 +2,8 @@
 //! read-only views `meshctl` shows. The only code of the control plane that
 //! builds proto from domain types. No I/O, no locks, no clocks.
 
+mod clusters;
+pub mod rebuild;
 mod routes;
 mod status;
 pub mod subset;
@@ -12,16 +14,18 @@ pub use status::{Error, effective_shares, status, warnings};
 use crate::registry::{Catalog, ServiceKey};
 use crate::rules::{Policy, RuleSet};
 use mesh_proto::v1 as pb;
-use prost::Message;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// The discovery payload shared by every subscriber of one version.
+/// The discovery payload shared by every subscriber of one version. Each
+/// resource is shared, not copied, with the views before and after it
+/// that hold it unchanged (see `rebuild`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
-    /// Route config per service.
-    pub services: Vec<pb::ServiceConfig>,
-    /// Ready endpoints per backend.
-    pub clusters: Vec<pb::Cluster>,
+    /// Route config per service, ordered by (namespace, name).
+    pub services: Vec<Arc<pb::ServiceConfig>>,
+    /// Ready endpoints per backend, ordered by name.
+    pub clusters: Vec<Arc<pb::Cluster>>,
 }
 
 impl View {
@@ -30,8 +34,8 @@ impl View {
         pb::DiscoveryResponse {
             version_info: version.to_string(),
             nonce: nonce(version, false),
-            services: self.services.clone(),
-            clusters: self.clusters.clone(),
+            services: self.services.iter().map(|s| (**s).clone()).collect(),
+            clusters: self.clusters.iter().map(|c| (**c).clone()).collect(),
             ..Default::default()
         }
     }
@@ -48,6 +52,29 @@ impl View {
         );
         d.nonce = nonce(version, true);
         d
+    }
+}
+
+impl View {
+    /// The incremental response from `base_version` to this view as
+    /// `version`, when only the clusters at `changed` differ from it (as
+    /// `rebuild::after` says): no comparison of the whole view.
+    pub fn delta_of(
+        &self,
+        changed: &[usize],
+        base_version: u64,
+        version: u64,
+    ) -> pb::DiscoveryResponse {
+        pb::DiscoveryResponse {
+            version_info: version.to_string(),
+            nonce: nonce(version, true),
+            base_version: base_version.to_string(),
+            clusters: changed
+                .iter()
+                .map(|&i| (*self.clusters[i]).clone())
+                .collect(),
+            ..Default::default()
+        }
     }
 }
 
@@ -102,37 +129,14 @@ pub fn build(reg: &dyn Catalog, rules: &RuleSet) -> View {
             ),
     );
     let by = routes::ByService::new(rules);
-    let mut clusters: BTreeMap<String, pb::Cluster> = BTreeMap::new();
+    let mut clusters: BTreeMap<String, Arc<pb::Cluster>> = BTreeMap::new();
     let mut cluster_for = |ns: &str, svc: &str| {
         let name = cluster_name(ns, svc);
         clusters.entry(name.clone()).or_insert_with(|| {
-            let instances = catalog.get(&(ns.to_string(), svc.to_string()));
-            // A version subset (echo-v1) takes its service's TrafficPolicy.
-            let parent = instances
-                .and_then(|insts| insts.iter().find(|i| i.service != svc))
-                .map(|i| i.service.as_str());
-            let endpoints = instances
-                .map(|insts| {
-                    insts
-                        .iter()
-                        .filter(|i| i.ready)
-                        .map(|i| pb::Endpoint {
-                            address: i.address.clone(),
-                            instance_id: i.instance_id.clone(),
-                            version: i.version.clone(),
-                            identity: i.identity.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut c = pb::Cluster {
-                name: name.clone(),
-                resource_version: String::new(),
-                endpoints,
-                policy: Some(routes::backend_policy(&by, ns, svc, parent)),
-            };
-            c.resource_version = content_version(&c);
-            c
+            let instances = catalog
+                .get(&(ns.to_string(), svc.to_string()))
+                .map_or(&[][..], Vec::as_slice);
+            Arc::new(clusters::cluster(&by, instances, ns, svc))
         });
         name
     };
@@ -150,8 +154,8 @@ pub fn build(reg: &dyn Catalog, rules: &RuleSet) -> View {
             authorization,
             virtual_ips,
         };
-        sc.resource_version = content_version(&sc);
-        services.push(sc);
+        sc.resource_version = clusters::content_version(&sc);
+        services.push(Arc::new(sc));
     }
     View {
         services,
@@ -178,17 +182,6 @@ fn authorization(p: &Policy) -> pb::Authorization {
             })
             .collect(),
     }
-}
-
-/// A stable content hash (FNV-1a over the encoded message), so a resource's
-/// version changes exactly when its content does.
-fn content_version<M: Message>(m: &M) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in m.encode_to_vec() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use super::View;
 use mesh_proto::v1 as pb;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The most names one sidecar may subscribe to: more than any workload
 /// calls, few enough that a hostile stream cannot make the control plane
@@ -191,7 +192,7 @@ pub fn named_clusters(sc: &pb::ServiceConfig) -> impl Iterator<Item = &str> {
 }
 
 /// A subscription's part of one view.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Selected {
     /// Indices into the view's services.
     pub services: Vec<usize>,
@@ -237,6 +238,44 @@ impl Change {
 }
 
 impl Held {
+    /// [`Held::update`] for a `view` with the same resources in the same
+    /// order as `prev`, which `selected` was selected from and this holds
+    /// as of: only the resources it does not share with `prev` are looked
+    /// at, so the cost is in what changed, not in the part.
+    pub fn update_shared(&mut self, prev: &View, view: &View, selected: &Selected) -> Change {
+        let mut change = Change::default();
+        for &i in &selected.services {
+            if Arc::ptr_eq(&prev.services[i], &view.services[i]) {
+                continue;
+            }
+            let s = &view.services[i];
+            let key = mesh_proto::incremental::service_key(s);
+            if self.services.get(&key) != Some(&s.resource_version) {
+                self.services.insert(key, s.resource_version.clone());
+                change.services.push(i);
+            }
+        }
+        for &i in &selected.clusters {
+            if Arc::ptr_eq(&prev.clusters[i], &view.clusters[i]) {
+                continue;
+            }
+            let c = &view.clusters[i];
+            match self.clusters.get_mut(&c.name) {
+                Some(v) if *v == c.resource_version => {}
+                Some(v) => {
+                    v.clone_from(&c.resource_version);
+                    change.clusters.push(i);
+                }
+                None => {
+                    self.clusters
+                        .insert(c.name.clone(), c.resource_version.clone());
+                    change.clusters.push(i);
+                }
+            }
+        }
+        change
+    }
+
     /// What `selected` changes for a sidecar holding this, which then
     /// holds `selected`.
     pub fn update(&mut self, view: &View, selected: &Selected) -> Change {
@@ -309,7 +348,7 @@ mod tests {
     /// another namespace, and other.
     fn view() -> View {
         View {
-            services: vec![
+            services: [
                 service("default", "client", &["client.default"], ""),
                 service(
                     "default",
@@ -319,7 +358,10 @@ mod tests {
                 ),
                 service("default", "other", &["other.default"], ""),
                 service("store", "db", &["db.store"], ""),
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
             clusters: [
                 "client.default",
                 "db.store",
@@ -328,7 +370,7 @@ mod tests {
                 "other.default",
             ]
             .into_iter()
-            .map(cluster)
+            .map(|c| Arc::new(cluster(c)))
             .collect(),
         }
     }
@@ -419,23 +461,47 @@ mod tests {
             held.update(&v, &sub.select(&v, &Lookup::new(&v)))
                 .is_empty()
         );
-        v.clusters[4].resource_version = "2".into();
+        Arc::make_mut(&mut v.clusters[4]).resource_version = "2".into();
         assert!(
             held.update(&v, &sub.select(&v, &Lookup::new(&v)))
                 .is_empty()
         );
 
         // One of its clusters changes: that cluster alone.
-        v.clusters[2].resource_version = "2".into();
+        Arc::make_mut(&mut v.clusters[2]).resource_version = "2".into();
         let c = held.update(&v, &sub.select(&v, &Lookup::new(&v)));
         assert_eq!((c.services, c.clusters), (vec![], vec![2]));
 
         // Its route drops a backend: the service, and the cluster removed.
-        v.services[1].routes[0].backends.pop();
-        v.services[1].resource_version = "2".into();
+        let echo = Arc::make_mut(&mut v.services[1]);
+        echo.routes[0].backends.pop();
+        echo.resource_version = "2".into();
         let c = held.update(&v, &sub.select(&v, &Lookup::new(&v)));
         assert_eq!(c.services, vec![1]);
         assert_eq!(c.removed_clusters, ["echo-v2.default"]);
+    }
+
+    #[test]
+    fn against_a_view_it_shares_resources_with_only_the_unshared_are_looked_at() {
+        let before = view();
+        let sub = subscribed(&["echo"]);
+        let selected = sub.select(&before, &Lookup::new(&before));
+        let mut held = Held::default();
+        held.update(&before, &selected);
+        let mut after = before.clone();
+        // other's cluster is not its part; echo-v1's is.
+        Arc::make_mut(&mut after.clusters[4]).resource_version = "2".into();
+        Arc::make_mut(&mut after.clusters[2]).resource_version = "2".into();
+        let mut by_update = held.clone();
+        let c = held.update_shared(&before, &after, &selected);
+        assert_eq!((c.services.len(), c.clusters.as_slice()), (0, &[2][..]));
+        assert_eq!(
+            c,
+            by_update.update(&after, &selected),
+            "what a full look finds"
+        );
+        assert_eq!(held, by_update);
+        assert!(held.update_shared(&after, &after, &selected).is_empty());
     }
 
     #[test]

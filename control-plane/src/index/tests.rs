@@ -285,3 +285,72 @@ fn every_service_carries_its_virtual_ip_in_local_mode_and_none_without_a_range()
         view.services[0].virtual_ips
     );
 }
+
+/// Registers `id` of `svc` at `port` in `r`; the services it touched.
+fn beat(r: &mut Registry, svc: &str, version: &str, id: &str, ready: bool) -> Vec<ServiceKey> {
+    let node = NodeId {
+        namespace: "default".into(),
+        service: svc.into(),
+        version: version.into(),
+        instance_id: id.into(),
+    };
+    let said = Said {
+        service: svc.into(),
+        version: version.into(),
+        address: "127.0.0.1:2000".into(),
+        ready,
+        identity: String::new(),
+        owner: String::new(),
+    };
+    let mut touched = r.services_of("default", id);
+    r.heartbeat(&node, &said).unwrap();
+    touched.extend(r.services_of("default", id));
+    touched
+}
+
+#[test]
+fn a_registry_change_remakes_only_its_clusters_and_gives_the_whole_build() {
+    let mut reg = reg_with(&[("a", "v1", true), ("b", "v2", true)]);
+    beat(&mut reg, "other", "", "o", true);
+    let rules = rules(80, 20);
+    let before = build(&reg, &rules);
+
+    // echo-v2 gains a ready instance, then b goes unready.
+    for (id, ready) in [("c", true), ("b", false)] {
+        let touched: std::collections::BTreeSet<_> = beat(&mut reg, "echo", "v2", id, ready)
+            .into_iter()
+            .collect();
+        let (after, changed) =
+            rebuild::after(&before, &reg, &rules, &touched).expect("only endpoints changed");
+        assert_eq!(after, build(&reg, &rules), "the same as the whole build");
+        let names: Vec<&str> = changed
+            .iter()
+            .map(|&i| after.clusters[i].name.as_str())
+            .collect();
+        assert_eq!(names, ["echo-v2.default"]);
+        let d = after.delta_of(&changed, 1, 2);
+        assert_eq!(
+            d,
+            after.delta(&before, 1, 2),
+            "the same delta as the whole comparison"
+        );
+        let shared = |name: &str| {
+            let find = |v: &View| v.clusters.iter().find(|c| c.name == name).cloned().unwrap();
+            Arc::ptr_eq(&find(&before), &find(&after))
+        };
+        assert!(
+            shared("other.default") && shared("echo-v1.default"),
+            "untouched: shared"
+        );
+        assert!(!shared("echo-v2.default"), "touched: remade");
+        assert!(Arc::ptr_eq(&before.services[0], &after.services[0]));
+    }
+
+    // A new service, or one losing its last instance: only a whole build says.
+    let touched: std::collections::BTreeSet<_> =
+        beat(&mut reg, "new", "", "n", true).into_iter().collect();
+    assert_eq!(rebuild::after(&before, &reg, &rules, &touched), None);
+    let gone: std::collections::BTreeSet<_> = reg.services_of("default", "o").into_iter().collect();
+    reg.deregister("default", "o");
+    assert_eq!(rebuild::after(&before, &reg, &rules, &gone), None);
+}

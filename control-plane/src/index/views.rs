@@ -28,12 +28,12 @@ pub fn routes(
     let named: BTreeSet<&str> = super::subset::named_clusters(sc).collect();
     Ok(pb::GetRoutesResponse {
         version: version.to_string(),
-        service: Some(sc.clone()),
+        service: Some((**sc).clone()),
         clusters: view
             .clusters
             .iter()
             .filter(|c| named.contains(c.name.as_str()))
-            .cloned()
+            .map(|c| (**c).clone())
             .collect(),
     })
 }

@@ -206,6 +206,20 @@ impl Registry {
         Ok(changed)
     }
 
+    /// The services whose endpoints instance `instance_id` is one of: its
+    /// service and its version subset. None while it is not registered.
+    pub fn services_of(&self, namespace: &str, instance_id: &str) -> Vec<ServiceKey> {
+        let key = (namespace.to_string(), instance_id.to_string());
+        let Some(i) = self.instances.get(&key) else {
+            return Vec::new();
+        };
+        let mut keys = vec![(i.namespace.clone(), i.service.clone())];
+        if !i.version.is_empty() {
+            keys.push((i.namespace.clone(), super::subset(&i.service, &i.version)));
+        }
+        keys
+    }
+
     /// Removes a registered instance. Returns whether it was present.
     pub fn deregister(&mut self, namespace: &str, instance_id: &str) -> bool {
         let key = (namespace.to_string(), instance_id.to_string());

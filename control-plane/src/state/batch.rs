@@ -39,9 +39,17 @@ impl State {
         self
     }
 
-    /// Publishes the registry change just made to `inner` by the end of the
-    /// window (at once without one); its ticket.
-    pub(super) fn publish_soon(&self, inner: &mut Inner) -> u64 {
+    /// Publishes the registry change just made to `inner`, to the endpoints
+    /// of the services `touched` names, by the end of the window (at once
+    /// without one); its ticket.
+    pub(super) fn publish_soon(
+        &self,
+        inner: &mut Inner,
+        touched: impl IntoIterator<Item = crate::registry::ServiceKey>,
+    ) -> u64 {
+        if let Some(dirty) = &mut inner.dirty {
+            dirty.extend(touched);
+        }
         inner.tickets += 1;
         if self.batch.window.is_zero() {
             self.publish(inner);

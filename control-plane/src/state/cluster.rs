@@ -51,10 +51,12 @@ impl State {
     pub fn sync_cluster(&self, cluster: Arc<crate::registry::cluster::Cluster>) -> u64 {
         let mut inner = self.lock();
         if inner.registry.set_cluster(cluster) {
+            // Which services changed is the whole build's to find.
+            inner.dirty = None;
             if !*self.complete.borrow() {
                 return self.publish(&mut inner);
             }
-            self.publish_soon(&mut inner);
+            self.publish_soon(&mut inner, []);
         }
         inner.version
     }

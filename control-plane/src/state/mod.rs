@@ -12,13 +12,15 @@ use crate::proxies::Proxies;
 use crate::registry::claim::{Claims, Refusal};
 use crate::registry::lease::{Leases, Said};
 use crate::registry::local::{self, Registry};
-use crate::registry::{Catalog, Source};
+use crate::registry::{Catalog, ServiceKey, Source};
 use crate::rules::{self, RuleSet, Split};
 use crate::store::{self, Store};
+use std::collections::BTreeSet;
 
 mod batch;
 mod cluster;
 mod documents;
+mod publish;
 mod register;
 mod snapshot;
 use mesh_proto::v1 as pb;
@@ -114,6 +116,11 @@ struct Inner {
     version: u64,
     /// Registry changes taken so far (see `batch`).
     tickets: u64,
+    /// The services whose endpoints changed since the last publication
+    /// (None: what changed is unknown, and the whole view is rebuilt).
+    dirty: Option<BTreeSet<ServiceKey>>,
+    /// The rules the published view was built from.
+    built_from: Arc<RuleSet>,
 }
 
 /// A release's hold on its split: where the rest of the traffic goes, and
@@ -204,6 +211,7 @@ impl State {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
+        let rules = Arc::new(rules);
         let view = index::build(&registry, &rules);
         let (snapshots, _) = watch::channel(Arc::new(Snapshot::new(version, view, None)));
         if !admission.cluster {
@@ -219,9 +227,11 @@ impl State {
         Ok(State {
             inner: Mutex::new(Inner {
                 registry,
-                rules: Arc::new(rules),
+                built_from: rules.clone(),
+                rules,
                 version,
                 tickets: 0,
+                dirty: Some(BTreeSet::new()),
             }),
             writer: Mutex::new(()),
             leases: Mutex::new(leases),
@@ -277,28 +287,6 @@ impl State {
 
     fn stopped(&self) -> bool {
         self.stopped.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Rebuilds the view and publishes it if anything changed.
-    fn publish(&self, inner: &mut Inner) -> u64 {
-        // Whether or not anything changes (or is published at all once
-        // stopped), every change taken so far has had its turn.
-        self.flushing(inner);
-        if self.stopped() {
-            return inner.version;
-        }
-        let view = index::build(&inner.registry, &inner.rules);
-        let before = self.snapshots.borrow().clone();
-        // What changed decides whether anything did: one comparison of the
-        // two views, not two.
-        let delta = view.delta(&before.view, before.version, inner.version + 1);
-        if !mesh_proto::incremental::is_empty(&delta) {
-            inner.version += 1;
-            self.proxies.published(inner.version);
-            let next = Snapshot::new(inner.version, view, Some((before.version, &delta)));
-            self.snapshots.send_replace(Arc::new(next));
-        }
-        inner.version
     }
 
     /// Takes the writer's turn and the rules in force to change.

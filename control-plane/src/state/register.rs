@@ -96,11 +96,17 @@ impl State {
             // What the lease holds now, not what this heartbeat said: a
             // later one may have overtaken it on the way to this lock.
             let latest = unpoisoned(&self.leases).said(&key).cloned();
+            let before = inner
+                .registry
+                .services_of(&node.namespace, &node.instance_id);
             if let Some(said) = latest
                 && inner.registry.heartbeat(node, &said)?
             {
                 self.store.save_registry(&inner.registry)?;
-                self.publish_soon(&mut inner);
+                let after = inner
+                    .registry
+                    .services_of(&node.namespace, &node.instance_id);
+                self.publish_soon(&mut inner, before.into_iter().chain(after));
             }
         }
         self.proxies.seen(&node.namespace, &node.instance_id);
@@ -137,10 +143,11 @@ impl State {
             self.metrics.held.set(leases.len() as i64);
         }
         let mut inner = self.lock();
+        let gone = inner.registry.services_of(namespace, instance_id);
         if inner.registry.deregister(namespace, instance_id) {
             self.store.save_registry(&inner.registry)?;
         }
-        Ok(self.publish_soon(&mut inner))
+        Ok(self.publish_soon(&mut inner, gone))
     }
 
     /// Drops instances whose heartbeats stopped.
@@ -158,11 +165,13 @@ impl State {
             return Ok(Vec::new());
         }
         let mut inner = self.lock();
+        let mut gone = Vec::new();
         for (ns, id) in &dead {
+            gone.extend(inner.registry.services_of(ns, id));
             inner.registry.deregister(ns, id);
         }
         self.store.save_registry(&inner.registry)?;
-        self.publish_soon(&mut inner);
+        self.publish_soon(&mut inner, gone);
         Ok(dead
             .into_iter()
             .map(|(ns, id)| format!("{ns}/{id}"))

@@ -7,7 +7,7 @@ use crate::index::View;
 use crate::index::subset::Lookup;
 use mesh_proto::prebuilt::{Entry, Prebuilt};
 use mesh_proto::v1 as pb;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// One published version of the config.
 #[derive(Debug)]
@@ -23,8 +23,9 @@ pub struct Snapshot {
     /// What changed since the version before (the one named here),
     /// encoded once for every stream that holds it; none for the first.
     pub delta: Option<(u64, Prebuilt)>,
-    /// The view's resources by key, at first need.
-    lookup: OnceLock<Lookup>,
+    /// The view's resources by key, at first need (or the version
+    /// before's, when it has the same resources in the same order).
+    lookup: OnceLock<Arc<Lookup>>,
     /// Each service and cluster encoded, at its first need: a stream that
     /// holds a few services makes only those few be encoded, once for
     /// every stream that receives them.
@@ -60,9 +61,19 @@ impl Snapshot {
         encoded.clone()
     }
 
-    /// The view's resources by key.
-    pub fn lookup(&self) -> &Lookup {
-        self.lookup.get_or_init(|| Lookup::new(&self.view))
+    /// The view's resources by key, shared with the versions before and
+    /// after that have the same resources in the same order.
+    pub fn lookup(&self) -> &Arc<Lookup> {
+        self.lookup
+            .get_or_init(|| Arc::new(Lookup::new(&self.view)))
+    }
+
+    /// Takes `before`'s lookup, if it made one: this view has the same
+    /// services and clusters in the same order (only endpoints changed).
+    pub(super) fn share_lookup(&mut self, before: &Snapshot) {
+        if let Some(l) = before.lookup.get() {
+            let _ = self.lookup.set(Arc::clone(l));
+        }
     }
 
     /// The `i`th service of the view, encoded.
