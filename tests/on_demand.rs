@@ -41,15 +41,7 @@ async fn get(outbound: std::net::SocketAddr, host: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_learns_a_service_at_its_first_request_and_drops_it_unused() {
-    let mesh = Mesh::start("on-demand").await;
-    let _echo = mesh.instance("echo", "v1", "echo-a", &[], None).await;
-    let _other = mesh.instance("other", "v1", "other-a", &[], None).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
-    mesh.wait_ready_endpoints("other", &[("other", 1)])
-        .await
-        .unwrap();
+    let (mesh, _instances) = Mesh::with_instances("on-demand", &["echo", "other"]).await;
     let client = mesh
         .client_with(
             "client-a",

@@ -33,15 +33,7 @@ fn subscribe(names: &[&str]) -> pb::DiscoveryRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_receives_the_services_it_names_and_changes_to_them_alone() {
-    let mesh = Mesh::start("subscriptions-only").await;
-    let _echo = mesh.instance("echo", "v1", "echo-a", &[], None).await;
-    let _other = mesh.instance("other", "v1", "other-a", &[], None).await;
-    mesh.wait_ready_endpoints("echo", &[("echo", 1)])
-        .await
-        .unwrap();
-    mesh.wait_ready_endpoints("other", &[("other", 1)])
-        .await
-        .unwrap();
+    let (mesh, _instances) = Mesh::with_instances("subscriptions-only", &["echo", "other"]).await;
     let channel = mesh.workload_channel("client").await;
     let mut part =
         Subscriber::open_with(channel.clone(), "client-part", subscribe(&["echo"])).await;
@@ -143,12 +135,7 @@ async fn all_now(mesh: &Mesh) -> pb::DiscoveryResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_come_and_go_on_a_live_stream_and_an_unknown_one_is_named() {
-    let mesh = Mesh::start("subscriptions-change").await;
-    let _echo = mesh.instance("echo", "v1", "echo-a", &[], None).await;
-    let _other = mesh.instance("other", "v1", "other-a", &[], None).await;
-    mesh.wait_ready_endpoints("other", &[("other", 1)])
-        .await
-        .unwrap();
+    let (mesh, _instances) = Mesh::with_instances("subscriptions-change", &["echo", "other"]).await;
     let channel = mesh.workload_channel("client").await;
     let mut sub = Subscriber::open_with(channel, "client-a", subscribe(&["echo"])).await;
     let first = sub.next().await;

@@ -262,32 +262,23 @@ async fn scale_suite(quick: bool) -> Result<()> {
             r.connected_mib / r.idle_mib
         ),
     ];
-    for row in &rows {
-        println!("{row}");
-    }
-    if quick {
-        println!("quick mode: every scenario ran end to end; numbers not recorded");
-        return Ok(());
-    }
-    let result = json!({
-        "machine": report::machine(),
-        "command": "cargo run --release -p mesh-benches -- scale",
-        "services": r.services, "endpoints": r.endpoints, "subscribers": r.subscribers, "changes": r.changes,
-        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "last_p99_ms": r.last_p99_ms,
-        "bytes_p50": r.bytes_p50, "bytes_max": r.bytes_max, "unaffected": r.unaffected,
-        "rollout_pushes_mean": r.rollout_pushes_mean, "rollout_pushes_max": r.rollout_pushes_max,
-        "connecting": r.connecting, "first_p50_ms": r.first_p50_ms, "first_p99_ms": r.first_p99_ms,
-        "idle_mib": r.idle_mib, "connected_mib": r.connected_mib,
-    });
-    let path = report::write_json("scale", &result)?;
-    let body = format!(
-        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- scale`\n\nSimulated sidecars over real gRPC (as in the control suite), each subscribed to 10 services: `svc-0`, which every one calls, and 9 others spread over the mesh. An endpoint change is a registration (or deregistration) of one instance of `svc-0` over the Discovery API, timed until each sidecar has applied the response and sent its ACK; registry changes are gathered for 10 ms (`--batch-window-ms`) before they are pushed. Targets: p99 ≤ 50 ms, ≤ 1 KiB per affected sidecar, nothing for the others; a handful of pushes per sidecar for a rolling restart; first config p99 ≤ 1 s and RSS ≤ 2× idle with 5,000 sidecars connecting at once.\n\n| what | scale | sidecars | | p50 / count | p99 | |\n|---|---|---|---|---|---|---|\n{}\n",
-        report::machine(),
-        rows.join("\n")
-    );
-    report::update_markdown("scale", &body)?;
-    println!("wrote {} and BENCHMARKS.md", path.display());
-    Ok(())
+    record(
+        quick,
+        "scale",
+        &rows,
+        "Simulated sidecars over real gRPC (as in the control suite), each subscribed to 10 services: `svc-0`, which every one calls, and 9 others spread over the mesh. An endpoint change is a registration (or deregistration) of one instance of `svc-0` over the Discovery API, timed until each sidecar has applied the response and sent its ACK; registry changes are gathered for 10 ms (`--batch-window-ms`) before they are pushed. Targets: p99 ≤ 50 ms, ≤ 1 KiB per affected sidecar, nothing for the others; a handful of pushes per sidecar for a rolling restart; first config p99 ≤ 1 s and RSS ≤ 2× idle with 5,000 sidecars connecting at once.",
+        "| what | scale | sidecars | | p50 / count | p99 | |\n|---|---|---|---|---|---|---|",
+        || {
+            json!({
+                "services": r.services, "endpoints": r.endpoints, "subscribers": r.subscribers, "changes": r.changes,
+                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "last_p99_ms": r.last_p99_ms,
+                "bytes_p50": r.bytes_p50, "bytes_max": r.bytes_max, "unaffected": r.unaffected,
+                "rollout_pushes_mean": r.rollout_pushes_mean, "rollout_pushes_max": r.rollout_pushes_max,
+                "connecting": r.connecting, "first_p50_ms": r.first_p50_ms, "first_p99_ms": r.first_p99_ms,
+                "idle_mib": r.idle_mib, "connected_mib": r.connected_mib,
+            })
+        },
+    )
 }
 
 async fn cluster_suite(quick: bool) -> Result<()> {
@@ -316,29 +307,20 @@ async fn cluster_suite(quick: bool) -> Result<()> {
             r.services, r.endpoints, r.subscribers, r.rss_mib, r.peak_mib
         ),
     ];
-    for row in &rows {
-        println!("{row}");
-    }
-    if quick {
-        println!("quick mode: every scenario ran end to end; numbers not recorded");
-        return Ok(());
-    }
-    let result = json!({
-        "machine": report::machine(),
-        "command": "cargo run --release -p mesh-benches -- cluster",
-        "services": r.services, "endpoints": r.endpoints, "subscribers": r.subscribers, "changes": r.changes,
-        "first_p50_ms": r.first_p50_ms, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
-        "rss_mib": r.rss_mib, "peak_mib": r.peak_mib,
-    });
-    let path = report::write_json("cluster", &result)?;
-    let body = format!(
-        "Machine: {}\n\nCommand: `cargo run --release -p mesh-benches -- cluster`\n\nmesh-control `--registry kubernetes` against the Kubernetes API test server (tests/support/kube_api), with every Service and EndpointSlice in its reflectors. Timed: from an EndpointSlice change committed in the API server (one endpoint's `ready` flipped; the server sends the watch event as it commits) until the last simulated sidecar has the new version and sends its ACK. Target: p99 ≤ 100 ms at 1,000 sidecars.\n\n| what | scale | | first | p50 / RSS | p99 / peak | max |\n|---|---|---|---|---|---|---|\n{}\n",
-        report::machine(),
-        rows.join("\n")
-    );
-    report::update_markdown("cluster", &body)?;
-    println!("wrote {} and BENCHMARKS.md", path.display());
-    Ok(())
+    record(
+        quick,
+        "cluster",
+        &rows,
+        "mesh-control `--registry kubernetes` against the Kubernetes API test server (tests/support/kube_api), with every Service and EndpointSlice in its reflectors. Timed: from an EndpointSlice change committed in the API server (one endpoint's `ready` flipped; the server sends the watch event as it commits) until the last simulated sidecar has the new version and sends its ACK. Target: p99 ≤ 100 ms at 1,000 sidecars.",
+        "| what | scale | | first | p50 / RSS | p99 / peak | max |\n|---|---|---|---|---|---|---|",
+        || {
+            json!({
+                "services": r.services, "endpoints": r.endpoints, "subscribers": r.subscribers, "changes": r.changes,
+                "first_p50_ms": r.first_p50_ms, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
+                "rss_mib": r.rss_mib, "peak_mib": r.peak_mib,
+            })
+        },
+    )
 }
 
 async fn control_suite(quick: bool) -> Result<()> {
@@ -408,6 +390,40 @@ async fn control_suite(quick: bool) -> Result<()> {
         rows.join("\n")
     );
     report::update_markdown("control", &body)?;
+    println!("wrote {} and BENCHMARKS.md", path.display());
+    Ok(())
+}
+
+/// Prints a suite's rows; unless quick, records them in
+/// benches/results/<name>.json (`result`, with the machine and the
+/// command added) and in BENCHMARKS.md, under `prose`, as a table with
+/// `header`.
+fn record(
+    quick: bool,
+    name: &str,
+    rows: &[String],
+    prose: &str,
+    header: &str,
+    result: impl FnOnce() -> serde_json::Value,
+) -> Result<()> {
+    for row in rows {
+        println!("{row}");
+    }
+    if quick {
+        println!("quick mode: every scenario ran end to end; numbers not recorded");
+        return Ok(());
+    }
+    let command = format!("cargo run --release -p mesh-benches -- {name}");
+    let mut result = result();
+    result["machine"] = json!(report::machine());
+    result["command"] = json!(command);
+    let path = report::write_json(name, &result)?;
+    let body = format!(
+        "Machine: {}\n\nCommand: `{command}`\n\n{prose}\n\n{header}\n{}\n",
+        report::machine(),
+        rows.join("\n")
+    );
+    report::update_markdown(name, &body)?;
     println!("wrote {} and BENCHMARKS.md", path.display());
     Ok(())
 }

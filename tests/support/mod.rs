@@ -306,6 +306,21 @@ impl Mesh {
             .expect("client sidecar catches up with the control plane");
     }
 
+    /// A mesh with one instance of each of `services` (version v1, ids
+    /// `<service>-a`), each ready in the config sidecars are sent.
+    pub async fn with_instances(tag: &str, services: &[&str]) -> (Mesh, Vec<Instance>) {
+        let mesh = Mesh::start(tag).await;
+        let mut instances = Vec::new();
+        for svc in services {
+            let id = format!("{svc}-a");
+            instances.push(mesh.instance(svc, "v1", &id, &[], None).await);
+        }
+        for svc in services {
+            mesh.wait_ready_endpoints(svc, &[(svc, 1)]).await.unwrap();
+        }
+        (mesh, instances)
+    }
+
     /// One echo instance (extra `echo_args`), ready, and a client sidecar
     /// that knows it.
     pub async fn one_instance(tag: &str, echo_args: &[&str]) -> (Mesh, Instance, Client) {
