@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// The bootstrap token of a real `client` sidecar on a control plane
+/// `start_control` started.
+pub(crate) const CLIENT_TOKEN: &str = "bench-client-token-0123456789abcd";
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 /// Subscriptions sharing one HTTP/2 connection, as a node's sidecars would not;
 /// but 10 per connection keeps the client side from dominating the measurement.
@@ -77,6 +80,12 @@ pub(crate) async fn start_control(
     let file = dir.join("mesh.yaml");
     std::fs::write(&file, yaml)?;
     let _ = std::fs::remove_dir_all(dir.join("state"));
+    // For a real sidecar of service `client`, where a suite starts one.
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!("- {{token: {CLIENT_TOKEN}, namespace: default, serviceAccount: client}}\n"),
+    )?;
     let p = ControlPlane {
         grpc_addr: "127.0.0.1:0",
         admin_addr: "127.0.0.1:0",
@@ -84,8 +93,13 @@ pub(crate) async fn start_control(
         config: Some(&file),
         heartbeat_ms,
         log: "warn",
-        // One identity stands in for a whole fleet here.
-        extra_args: &["--max-registrations-per-identity".into(), "1000000".into()],
+        extra_args: &[
+            // One identity stands in for a whole fleet here.
+            "--max-registrations-per-identity".into(),
+            "1000000".into(),
+            "--bootstrap-tokens".into(),
+            tokens.display().to_string(),
+        ],
     }
     .start(&dir.join("logs"))
     .await?;

@@ -7,13 +7,18 @@
 //! - a rolling restart of 100 endpoints of one service, counted in pushes
 //!   per subscribed sidecar;
 //! - 5,000 sidecars connecting at once: time to each one's first config,
-//!   and control-plane RSS against its idle RSS with the same registry.
+//!   and control-plane RSS against its idle RSS with the same registry;
+//! - a real sidecar's RSS on demand in that mesh, against one that holds
+//!   every service of a 10-service mesh.
 
-use crate::control::{DEADLINE, Got, mesh_file, start_control, subscribe_to, workload_channel};
+use crate::control::{
+    CLIENT_TOKEN, DEADLINE, Got, mesh_file, start_control, subscribe_to, workload_channel,
+};
 use crate::report::{percentile, rss_mib};
 use anyhow::{Context, Result, bail};
 use mesh_proto::v1 as pb;
 use mesh_proto::v1::discovery_client::DiscoveryClient;
+use meshctl::procs::{Proc, binary, wait_ready};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -42,6 +47,10 @@ pub(crate) struct Scale {
     pub(crate) first_p99_ms: f64,
     pub(crate) idle_mib: f64,
     pub(crate) connected_mib: f64,
+    /// A real sidecar's RSS: on demand in this mesh, and holding every
+    /// service of a 10-service one.
+    pub(crate) sidecar_mib: f64,
+    pub(crate) small_sidecar_mib: f64,
 }
 
 /// The hot service every sidecar calls, and nine of the rest for sidecar
@@ -255,6 +264,13 @@ pub(crate) async fn run(
             pushes[got.i] += 1;
         }
     }
+    // A real sidecar on demand in this mesh, against one holding every
+    // service of a 10-service mesh: each after a request to svc-0.
+    let sidecar_mib = sidecar_rss(&dir.join("changes"), &url, &control, "").await?;
+    control.stop(Duration::from_secs(5)).await;
+    let small = dir.join("small");
+    let (mut control, url) = start_control(&small, &mesh_file(10, per), None).await?;
+    let small_sidecar_mib = sidecar_rss(&small, &url, &control, "*").await?;
     control.stop(Duration::from_secs(5)).await;
 
     // 5,000 sidecars at once, on a control plane of their own.
@@ -291,5 +307,41 @@ pub(crate) async fn run(
         first_p99_ms: percentile(&firsts, 99.0),
         idle_mib,
         connected_mib,
+        sidecar_mib,
+        small_sidecar_mib,
     })
+}
+
+/// The resident memory of a real `client` sidecar (`MESH_PROXY_SERVICES`
+/// set to `services`) on the control plane at `url`, once a request to
+/// `svc-0` has made it hold svc-0's config. The request itself fails:
+/// the mesh file's endpoints are addresses nobody serves.
+async fn sidecar_rss(dir: &Path, url: &str, control: &Proc, services: &str) -> Result<f64> {
+    let mut cmd = tokio::process::Command::new(binary("mesh-proxy"));
+    cmd.env("MESH_PROXY_SERVICE", "client")
+        .env("MESH_PROXY_INSTANCE_ID", "client-rss")
+        .env("MESH_PROXY_CONTROL_ADDR", url)
+        .env("MESH_PROXY_CONTROL_ROOTS", control.roots()?)
+        .env("MESH_PROXY_IDENTITY_TOKEN", CLIENT_TOKEN)
+        .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
+        .env("MESH_PROXY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MESH_PROXY_SERVICES", services)
+        .env("MESH_PROXY_LOG", "warn");
+    let sidecar = Proc::spawn("rss-sidecar", cmd, dir).await?;
+    let admin = sidecar.addr("admin")?;
+    wait_ready(admin, "/ready", DEADLINE).await?;
+    let client = meshctl::traffic::client();
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        meshctl::traffic::one(&client, sidecar.addr("outbound")?, "svc-0").await;
+        let (_, dump) = meshctl::traffic::get(admin, "/config_dump").await?;
+        if dump.contains("\"svc-0\"") {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < end,
+            "the sidecar never held svc-0"
+        );
+    }
+    Ok(rss_mib(sidecar.pid().context("sidecar running")?).0)
 }
