@@ -662,10 +662,9 @@ async fn reset(mesh: &Mesh, client: &support::Client, backends: &[(&str, &str)])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_canary_is_rolled_back_at_its_first_step_shielded_or_not() {
     let (mesh, [_v1, v2], client) = two_versions("release-bad").await;
-    let (code, body) = meshctl::traffic::get(v2.app_addr(), "/admin/errors?rate=0.5")
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
+    // Evenly: sampled, ~50 canary requests left "about half" outside 30-70%
+    // a few times in a thousand (38 of 53 failed in one CI run).
+    errors(&v2, "0.5").await;
     for shield in [true, false] {
         let mut args = vec![
             "release",
