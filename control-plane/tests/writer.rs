@@ -42,6 +42,18 @@ impl Drop for Dir {
     }
 }
 
+/// The state of a control plane with nothing registered and no rules,
+/// over whatever `dir` holds.
+fn fresh(dir: &Dir) -> State {
+    State::new(
+        Registry::default(),
+        RuleSet::default(),
+        Store::open(&dir.0).unwrap(),
+        Default::default(),
+    )
+    .unwrap()
+}
+
 fn split(name: &str, v1: &str, v2: &str) -> (String, String) {
     (
         format!("{name}.yaml"),
@@ -88,13 +100,7 @@ fn invalid(r: Result<mesh_control::state::Applied, Error>) -> String {
 fn an_apply_is_persisted_then_published_and_a_failed_one_changes_nothing() {
     let dir = Dir::new("apply");
     let rules_file = dir.0.join(store::RULES);
-    let state = State::new(
-        Registry::default(),
-        RuleSet::default(),
-        Store::open(&dir.0).unwrap(),
-        Default::default(),
-    )
-    .unwrap();
+    let state = fresh(&dir);
     let mut watch = state.subscribe();
     let v0 = watch.borrow_and_update().version;
 
@@ -152,13 +158,7 @@ fn an_apply_is_persisted_then_published_and_a_failed_one_changes_nothing() {
 
     // A restart restores the rules from disk, not the seed.
     drop(state);
-    let restarted = State::new(
-        Registry::default(),
-        RuleSet::default(),
-        Store::open(&dir.0).unwrap(),
-        Default::default(),
-    )
-    .unwrap();
+    let restarted = fresh(&dir);
     assert_eq!(weights(&restarted), [50, 50]);
 }
 
@@ -174,15 +174,7 @@ fn node(id: &str) -> pb::Node {
 #[tokio::test]
 async fn a_deregistration_is_propagated_only_when_every_other_sidecar_acks_it() {
     let dir = Dir::new("dereg");
-    let state = std::sync::Arc::new(
-        State::new(
-            Registry::default(),
-            RuleSet::default(),
-            Store::open(&dir.0).unwrap(),
-            Default::default(),
-        )
-        .unwrap(),
-    );
+    let state = std::sync::Arc::new(fresh(&dir));
     let leaving = NodeId {
         namespace: "default".into(),
         service: "echo".into(),
@@ -274,15 +266,7 @@ fn many_splits(n: usize) -> (String, String) {
 #[test]
 fn heartbeats_never_wait_for_a_large_apply() {
     let dir = Dir::new("large");
-    let state = std::sync::Arc::new(
-        State::new(
-            Registry::default(),
-            RuleSet::default(),
-            Store::open(&dir.0).unwrap(),
-            Default::default(),
-        )
-        .unwrap(),
-    );
+    let state = std::sync::Arc::new(fresh(&dir));
     let node = NodeId {
         namespace: "default".into(),
         service: "echo".into(),
@@ -353,16 +337,7 @@ fn heartbeats_never_wait_for_a_large_apply() {
 async fn a_burst_of_registry_changes_is_published_once_and_a_lone_one_after_the_window() {
     let dir = Dir::new("batch");
     let window = Duration::from_millis(200);
-    let state = std::sync::Arc::new(
-        State::new(
-            Registry::default(),
-            RuleSet::default(),
-            Store::open(&dir.0).unwrap(),
-            Default::default(),
-        )
-        .unwrap()
-        .with_batch_window(window),
-    );
+    let state = std::sync::Arc::new(fresh(&dir).with_batch_window(window));
     tokio::spawn(state.clone().run_batches());
     let endpoints = |state: &State| {
         let snap = state.subscribe().borrow().clone();
