@@ -176,6 +176,30 @@ pub(crate) async fn large_apply(dir: &Path, splits: usize, instances: usize) -> 
             .await?;
     }
     let mut admin = meshctl::client::admin(&control.control()?).await?;
+    // Registrations are published at the end of the control plane's batch
+    // window: count versions only from once they are.
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let routes = admin
+            .get_routes(pb::GetRoutesRequest {
+                service: "beat".into(),
+                namespace: "default".into(),
+            })
+            .await
+            .map(|r| r.into_inner());
+        let published = routes.is_ok_and(|r| {
+            r.clusters
+                .iter()
+                .any(|c| c.name == "beat.default" && c.endpoints.len() == instances)
+        });
+        if published {
+            break;
+        }
+        if tokio::time::Instant::now() > end {
+            bail!("the {instances} registrations were never published");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let before: u64 = admin
         .proxy_status(pb::ProxyStatusRequest {})
         .await?
